@@ -1,0 +1,326 @@
+"""The recipe: one TOML file, validated once, here, by typed models.
+
+Everything downstream receives a :class:`Recipe` (frozen) and never re-validates. A bad
+recipe raises :class:`RecipeError` whose message names the field, the bad value and what
+is allowed; the CLI prints it and exits with code 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from factory.aus import DISFA_AUS, EMOTIONS
+from stages.base import StageConfig, StageError
+
+__all__ = [
+    "Recipe",
+    "RecipeError",
+    "StageSection",
+    "load_recipe",
+    "recipe_from_dict",
+    "apply_overrides",
+    "ETHNICITIES",
+    "AGE_BANDS",
+    "GENDERS",
+    "EMOTION_MIX_KEYS",
+]
+
+# The 6 ethnic groups of MIFA (paper section 3.1 "6 major ethnic groups"; FairFace's
+# groupings with Southeast and East Asian merged).
+ETHNICITIES = ("east_asian", "south_asian", "black", "white", "middle_eastern", "latino")
+# "Ages ranging from children to the elderly" (paper section 3.1).
+AGE_BANDS = ("child", "teen", "young_adult", "adult", "middle_aged", "elderly")
+GENDERS = ("female", "male")
+# The 7 emotions with EMFACS prototypes, plus a neutral face and non-prototypical mixes.
+EMOTION_MIX_KEYS = (*EMOTIONS, "neutral", "mixed")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used. ``str()`` is the one message to show the user."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSection(_Model):
+    name: str = Field("mifa", pattern=r"^[a-z0-9][a-z0-9_]*$", max_length=40)
+    target: int = Field(1000, ge=1, le=100_000_000, description="accepted samples to build")
+    shard_size: int = Field(1000, ge=1, le=100_000)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    out: str = "runs/mifa"
+
+
+class AUSection(_Model):
+    units: tuple[int, ...] = DISFA_AUS
+    active_share: float = Field(0.3, gt=0.0, lt=1.0, description="share of samples with each AU active")
+    share_overrides: dict[str, float] = Field(default_factory=dict)
+    intensity_weights: tuple[float, float, float, float, float] = (1, 1, 1, 1, 1)
+    intensity_scale: tuple[int, int] = (0, 5)
+
+    @field_validator("units")
+    @classmethod
+    def _units_in_disfa(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [u for u in v if u not in DISFA_AUS]
+        if bad:
+            raise ValueError(f"AU {bad[0]} is not labelled by MIFA; allowed: {list(DISFA_AUS)}")
+        if len(set(v)) != len(v) or not v:
+            raise ValueError("must list each AU once and not be empty")
+        return v
+
+    @field_validator("share_overrides")
+    @classmethod
+    def _override_keys(cls, v: dict[str, float]) -> dict[str, float]:
+        allowed = [f"AU{a}" for a in DISFA_AUS]
+        for key, share in v.items():
+            if key not in allowed:
+                raise ValueError(f"unknown AU key {key!r}; allowed: {allowed}")
+            if not 0.0 < share < 1.0:
+                raise ValueError(f"{key} share {share} must be between 0 and 1 (exclusive)")
+        return v
+
+    @field_validator("intensity_weights")
+    @classmethod
+    def _weights_positive(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(w < 0 for w in v) or sum(v) <= 0:
+            raise ValueError("the 5 weights (for intensities 1-5) must be >= 0 with a positive sum")
+        return v
+
+    @field_validator("intensity_scale")
+    @classmethod
+    def _scale_is_disfa(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if tuple(v) != (0, 5):
+            raise ValueError("MIFA labels intensity on the DISFA scale; allowed: [0, 5]")
+        return v
+
+    def share(self, au: int) -> float:
+        return self.share_overrides.get(f"AU{au}", self.active_share)
+
+
+def _weights(keys: tuple[str, ...], name: str):
+    """Validator for a {category: weight} table over a fixed vocabulary."""
+
+    def check(v: dict[str, float]) -> dict[str, float]:
+        for key, w in v.items():
+            if key not in keys:
+                raise ValueError(f"unknown {name} {key!r}; allowed: {list(keys)}")
+            if w < 0:
+                raise ValueError(f"weight for {key!r} is {w}; weights must be >= 0")
+        if sum(v.values()) <= 0:
+            raise ValueError("weights must have a positive sum")
+        return v
+
+    return check
+
+
+def _uniform(keys: tuple[str, ...]) -> dict[str, float]:
+    return {k: 1.0 for k in keys}
+
+
+class DemographicsSection(_Model):
+    ethnicity: dict[str, float] = Field(default_factory=lambda: _uniform(ETHNICITIES))
+    age_band: dict[str, float] = Field(default_factory=lambda: _uniform(AGE_BANDS))
+    gender: dict[str, float] = Field(default_factory=lambda: _uniform(GENDERS))
+
+    _eth = field_validator("ethnicity")(_weights(ETHNICITIES, "ethnic group"))
+    _age = field_validator("age_band")(_weights(AGE_BANDS, "age band"))
+    _gen = field_validator("gender")(_weights(GENDERS, "gender"))
+
+
+_DEFAULT_EMOTIONS = {**{e: 0.08 for e in EMOTIONS}, "neutral": 0.04, "mixed": 0.40}
+
+
+class EmotionSection(_Model):
+    mix: dict[str, float] = Field(default_factory=lambda: dict(_DEFAULT_EMOTIONS))
+
+    _mix = field_validator("mix")(_weights(EMOTION_MIX_KEYS, "emotion"))
+
+
+class IdentitySection(_Model):
+    bank: str = Field("builtin", description="'builtin', 'none', or a folder with identities.csv")
+
+
+class StageSection(_Model):
+    """``name`` picks a registered stage; the other keys are that stage's options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OutputSection(_Model):
+    image_format: Literal["jpg", "webp", "png"] = "jpg"
+    image_quality: int = Field(95, ge=1, le=100)
+    image_size: int = Field(512, ge=32, le=2048)
+    keep_rejected_images: bool = False
+
+
+class EngineSection(_Model):
+    gpus: int = Field(0, ge=0, le=4096, description="GPU actors; 0 runs one CPU actor per worker")
+    cpu_workers: int = Field(1, ge=1, le=4096, description="actors when gpus = 0")
+    batch_size: int = Field(8, ge=1, le=1024)
+    inflight_per_actor: int = Field(2, ge=1, le=16)
+    max_retries: int = Field(2, ge=0, le=100)
+    min_acceptance_rate: float = Field(0.01, ge=0.0, le=1.0)
+    rate_check_after_shards: int = Field(3, ge=1)
+    expected_acceptance_rate: float = Field(0.5, gt=0.0, le=1.0)
+    address: str | None = None
+
+
+class Recipe(_Model):
+    dataset: DatasetSection = DatasetSection()
+    aus: AUSection = AUSection()
+    emotions: EmotionSection = EmotionSection()
+    demographics: DemographicsSection = DemographicsSection()
+    identities: IdentitySection = IdentitySection()
+    prompt: StageSection = StageSection(name="prompt")
+    generator: StageSection = StageSection(name="warp")
+    face: StageSection = StageSection(name="dlib")
+    detectors: tuple[StageSection, ...] = (StageSection(name="geometric"),)
+    agreement: StageSection = StageSection(name="agreement")
+    realism: StageSection = StageSection(name="heuristic-realism")
+    filters: StageSection = StageSection(name="filters")
+    output: OutputSection = OutputSection()
+    engine: EngineSection = EngineSection()
+
+    @model_validator(mode="after")
+    def _detector_names_unique(self) -> Recipe:
+        names = [d.name for d in self.detectors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"detectors: each detector may appear once, got {names}")
+        return self
+
+    def stage_sections(self) -> dict[str, StageSection]:
+        """Recipe path -> section for every stage the recipe chooses, in pipeline order."""
+        out = {"prompt": self.prompt, "generator": self.generator, "face": self.face}
+        out.update({f"detectors[{i}]": d for i, d in enumerate(self.detectors)})
+        out.update(agreement=self.agreement, realism=self.realism, filters=self.filters)
+        return out
+
+    def stage_config(self, path: str) -> StageConfig:
+        """The validated options of the stage at recipe ``path`` (e.g. ``generator``)."""
+        section = self.stage_sections()[path]
+        from stages import stage_class
+
+        return stage_class(section.name).config_model(**section.options())
+
+    def fingerprint(self) -> str:
+        """Stable hash of the full recipe; a resume with another fingerprint is refused."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
+    for item in loc:
+        try:
+            data = data[item]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _first_error(exc: ValidationError, data: dict[str, Any], source: str) -> RecipeError:
+    err = exc.errors()[0]
+    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    field = _location(loc)
+    more = len(exc.errors()) - 1
+    tail = f" ({more} more problem{'s' if more > 1 else ''} after this one)" if more else ""
+    if err["type"] == "extra_forbidden":
+        parent = _location(loc[:-1]) or "the top level"
+        msg = f"{source}: unknown field '{field}' in {parent}; check the spelling{tail}"
+    else:
+        value = _lookup(data, loc)
+        got = "missing" if err["type"] == "missing" else f"got {value!r}"
+        reason = str(err["msg"]).removeprefix("Value error, ")
+        msg = f"{source}: field '{field}': {got}; {reason}{tail}"
+    return RecipeError(msg, field=field)
+
+
+def _validate_stage_options(recipe: Recipe, source: str) -> None:
+    from stages import stage_class
+
+    for path, section in recipe.stage_sections().items():
+        try:
+            cls = stage_class(section.name)
+        except StageError as exc:
+            raise RecipeError(f"{source}: field '{path}.name': {exc}", field=f"{path}.name") from exc
+        try:
+            cls.config_model(**section.options())
+        except ValidationError as exc:
+            sub = _first_error(exc, section.options(), source)
+            field = f"{path}.{sub.field}"
+            raise RecipeError(str(sub).replace(f"'{sub.field}'", f"'{field}'", 1), field=field) from exc
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate ``data`` (a parsed TOML document) into a :class:`Recipe`."""
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, data, source) from exc
+    _validate_stage_options(recipe, source)
+    return recipe
+
+
+def apply_overrides(data: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """Return a copy of ``data`` with CLI flags applied (``None`` means "not given")."""
+    paths = {
+        "target": ("dataset", "target"),
+        "seed": ("dataset", "seed"),
+        "out": ("dataset", "out"),
+        "gpus": ("engine", "gpus"),
+        "address": ("engine", "address"),
+        "shard_size": ("dataset", "shard_size"),
+    }
+    merged = json.loads(json.dumps(data))
+    for flag, value in overrides.items():
+        if value is None:
+            continue
+        section, key = paths[flag]
+        merged.setdefault(section, {})[key] = value
+    return merged
+
+
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"recipe file {str(p)!r} does not exist; pass a TOML file such as recipes/demo.toml")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{p}: not valid TOML ({exc}); fix the syntax at that line") from exc
+
+
+def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
+    """Read, override and validate a recipe file."""
+    data = apply_overrides(read_recipe_file(path), **overrides)
+    return recipe_from_dict(data, source=str(path))

@@ -1,0 +1,90 @@
+"""Versioned Arrow schema of a shard manifest (one row per planned sample, kept or not).
+
+Vectors of 12 are in ``factory.aus.DISFA_AUS`` order. In ``consensus_*`` and ``au_*``
+``-1`` means uncertain (no detector consensus); in a detector vote ``null`` means the
+detector does not cover that AU.
+
+Record keys that are *not* columns live only while a sample is in flight:
+
+- ``image``: ``numpy.ndarray`` uint8 RGB ``(H, W, 3)``, set by the generator
+- ``image_bytes``: encoded image, set by the shard writer
+- ``landmarks``: ``numpy.ndarray`` float32 ``(68, 2)`` in image pixels, set by the face stage
+- ``detector_votes``: ``dict[detector_name, {"occurrence": [12 x float|None],
+  "intensity": [12 x float|None]}]`` filled by detector stages, stored as ``votes``
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+__all__ = ["SCHEMA_VERSION", "PLAN_SCHEMA", "MANIFEST_SCHEMA", "TRANSIENT_KEYS", "N_AUS"]
+
+SCHEMA_VERSION = "1.0"
+N_AUS = 12
+
+_i8x12 = pa.list_(pa.int8(), N_AUS)
+_f32x12 = pa.list_(pa.float32(), N_AUS)
+
+PLAN_FIELDS = [
+    pa.field("key", pa.string(), nullable=False),  # "{shard:06d}_{index:05d}", unique
+    pa.field("shard", pa.int32(), nullable=False),
+    pa.field("index", pa.int32(), nullable=False),  # position inside the shard
+    pa.field("seed", pa.int64(), nullable=False),  # per-sample generation seed
+    pa.field("emotion", pa.string(), nullable=False),  # one of aus.EMOTIONS, neutral, mixed
+    pa.field("planned_intensity", _i8x12, nullable=False),  # 0 = inactive, 1-5 active
+    pa.field("identity_id", pa.string(), nullable=False),
+    pa.field("ethnicity", pa.string(), nullable=False),
+    pa.field("age_band", pa.string(), nullable=False),
+    pa.field("gender", pa.string(), nullable=False),
+    pa.field("identity_match", pa.string(), nullable=False),  # how well identity fits stratum
+]
+PLAN_SCHEMA = pa.schema(PLAN_FIELDS, metadata={"mifa_schema_version": SCHEMA_VERSION})
+
+_vote = pa.struct(
+    [
+        pa.field("detector", pa.string()),
+        pa.field("occurrence", _f32x12),  # probability, null where not covered
+        pa.field("intensity", _f32x12),  # 0-5, null where not covered
+    ]
+)
+
+MANIFEST_FIELDS = PLAN_FIELDS + [
+    # prompt stage
+    pa.field("description", pa.string()),
+    pa.field("prompt_backend", pa.string()),
+    pa.field("prompt_version", pa.string()),
+    pa.field("prompt_jaccard", pa.float32()),  # read-back active set vs planned
+    pa.field("prompt_intensity_agreement", pa.float32()),
+    # generator stage
+    pa.field("generator", pa.string()),
+    pa.field("label_source", pa.string()),  # exact | decoded | planned | consensus
+    pa.field("generator_occurrence", _f32x12),
+    pa.field("generator_intensity", _f32x12),
+    # face stage
+    pa.field("face_score", pa.float32()),
+    pa.field("face_box", pa.list_(pa.float32(), 4)),  # x0, y0, x1, y1 in pixels
+    # detectors + agreement
+    pa.field("votes", pa.list_(_vote)),
+    pa.field("consensus_occurrence", _i8x12),
+    pa.field("consensus_intensity", _f32x12),
+    pa.field("agreement_score", pa.float32()),
+    # final labels (what a user trains on)
+    pa.field("au_occurrence", _i8x12),
+    pa.field("au_intensity", _i8x12),
+    # filters
+    pa.field("label_jaccard", pa.float32()),
+    pa.field("realism_score", pa.float32()),
+    pa.field("realism_scorer", pa.string()),
+    pa.field("identity_similarity", pa.float32()),
+    # outcome
+    pa.field("accepted", pa.bool_(), nullable=False),
+    pa.field("dropped_by", pa.string()),
+    pa.field("drop_reason", pa.string()),
+    pa.field("image_member", pa.string()),  # member name in the shard tar, null if not stored
+    pa.field("image_format", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+]
+MANIFEST_SCHEMA = pa.schema(MANIFEST_FIELDS, metadata={"mifa_schema_version": SCHEMA_VERSION})
+
+TRANSIENT_KEYS = ("image", "image_bytes", "landmarks", "detector_votes", "face_crop")

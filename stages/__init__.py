@@ -1,0 +1,76 @@
+"""Stage registry: one line per stage, ``name -> "module:Class"``.
+
+Modules are imported lazily so a stage's heavy or optional dependencies (torch, dlib,
+onnxruntime, openai) are only needed when a recipe chooses it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from stages.base import Stage, StageConfig, StageError
+
+__all__ = ["REGISTRY", "stage_class", "stage_names"]
+
+REGISTRY: dict[str, str] = {
+    # prompt expansion
+    "prompt": "stages.prompt.stage:PromptStage",
+    # generators
+    "warp": "stages.generate_warp:WarpGenerator",
+    "diffusers": "stages.generate_diffusers:DiffusersGenerator",
+    "maugen": "stages.generate_maugen:MaugenGenerator",
+    "bench-standin": "stages.generate_standin:BenchStandInGenerator",
+    # face detection and alignment
+    "dlib": "stages.face_dlib:DlibFaceStage",
+    "lbp": "stages.face_lbp:LBPFaceStage",
+    "scrfd": "stages.face_scrfd:SCRFDFaceStage",
+    # AU detectors
+    "geometric": "stages.detect_geometric:GeometricAUDetector",
+    "opengraphau": "stages.detect_opengraphau:OpenGraphAUDetector",
+    "onnx-au": "stages.detect_onnx:OnnxAUDetector",
+    # agreement, realism, filters
+    "agreement": "stages.agreement:AgreementStage",
+    "heuristic-realism": "stages.realism_heuristic:HeuristicRealism",
+    "learned-realism": "stages.realism_learned:LearnedRealism",
+    "filters": "stages.filters:FilterStage",
+}
+
+
+def stage_names(kind: str | None = None) -> list[str]:
+    """Registered names, optionally only those of one ``kind`` (imports the modules)."""
+    if kind is None:
+        return sorted(REGISTRY)
+    return sorted(n for n in REGISTRY if _try_kind(n) == kind)
+
+
+def _try_kind(name: str) -> str | None:
+    try:
+        return stage_class(name).kind
+    except StageError:
+        return None
+
+
+def stage_class(name: str) -> type[Stage]:
+    """The class registered as ``name``; a clear error for unknown or unimportable ones."""
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise StageError(
+            f"unknown stage {name!r}; registered stages: {', '.join(sorted(REGISTRY))}"
+        ) from None
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise StageError(
+            f"stage {name!r} needs the Python package {exc.name!r}, which is not installed; "
+            f"install it with: pip install 'mifa-factory[all]'"
+        ) from exc
+    cls = getattr(module, class_name)
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise StageError(f"{target} is not a Stage subclass")
+    return cls
+
+
+def stage_config_model(name: str) -> type[StageConfig]:
+    return stage_class(name).config_model
