@@ -26,6 +26,7 @@ REGISTRY: dict[str, str] = {
     "scrfd": "stages.face_scrfd:SCRFDFaceStage",
     # AU detectors
     "geometric": "stages.detect_geometric:GeometricAUDetector",
+    "appearance": "stages.detect_appearance:AppearanceAUDetector",
     "opengraphau": "stages.detect_opengraphau:OpenGraphAUDetector",
     "onnx-au": "stages.detect_onnx:OnnxAUDetector",
     # agreement, realism, filters
