@@ -71,7 +71,8 @@ class DatasetSection(_Model):
 class AUSection(_Model):
     units: tuple[int, ...] = DISFA_AUS
     active_share: float = Field(0.3, gt=0.0, lt=1.0, description="share of samples with each AU active")
-    share_overrides: dict[str, float] = Field(default_factory=dict)
+    # AU25 is implied by AU26 (see factory.plan.CONSTRAINTS), so it needs a larger share.
+    share_overrides: dict[str, float] = Field(default_factory=lambda: {"AU25": 0.45})
     intensity_weights: tuple[float, float, float, float, float] = (1, 1, 1, 1, 1)
     intensity_scale: tuple[int, int] = (0, 5)
 

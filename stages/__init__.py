@@ -52,13 +52,20 @@ def _try_kind(name: str) -> str | None:
 
 
 def stage_class(name: str) -> type[Stage]:
-    """The class registered as ``name``; a clear error for unknown or unimportable ones."""
-    try:
-        target = REGISTRY[name]
-    except KeyError:
-        raise StageError(
-            f"unknown stage {name!r}; registered stages: {', '.join(sorted(REGISTRY))}"
-        ) from None
+    """The class registered as ``name``, or a plugin given as ``"package.module:Class"``.
+
+    Unknown or unimportable names raise a StageError that says what to do.
+    """
+    if ":" in name:
+        target = name  # a user's own stage, importable on every Ray worker
+    else:
+        try:
+            target = REGISTRY[name]
+        except KeyError:
+            raise StageError(
+                f"unknown stage {name!r}; registered stages: {', '.join(sorted(REGISTRY))}, "
+                "or 'package.module:Class' for your own"
+            ) from None
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -67,7 +74,7 @@ def stage_class(name: str) -> type[Stage]:
             f"stage {name!r} needs the Python package {exc.name!r}, which is not installed; "
             f"install it with: pip install 'mifa-factory[all]'"
         ) from exc
-    cls = getattr(module, class_name)
+    cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Stage)):
         raise StageError(f"{target} is not a Stage subclass")
     return cls

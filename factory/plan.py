@@ -1,0 +1,350 @@
+"""The planner: a pure, deterministic function from (recipe, shard index) to that shard's
+planned samples.
+
+Each sample gets a key, a generation seed, a target AU intensity vector (0 = inactive,
+1-5 = FACS A-E), an emotion label, an identity and its demographic stratum. Shards are
+planned independently (nothing global is held), so planning 1,000,000 samples streams
+shard by shard in constant memory; ``build`` writes each shard's plan to Parquet before
+running it, so a resumed build replays exactly the recorded plan.
+
+How balance is achieved
+-----------------------
+* Emotions and demographic cells (ethnicity x age band x gender) use per-shard quotas
+  (largest remainder of ``proportion x shard_size``, ties broken by a seeded order), so each
+  shard already matches the recipe proportions to within one sample per category.
+* Prototypical emotions draw their EMFACS AUs (table below). The ``mixed`` share draws
+  every AU independently with probabilities calibrated once per recipe (deterministic
+  Monte-Carlo fixed point, below) so that, after the plausibility constraints are
+  applied, each AU is active in its recipe share of *all* samples.
+* Active intensities are drawn from ``aus.intensity_weights`` over 1-5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+
+from factory.aus import AU_INDEX, DISFA_AUS, EMOTIONS
+from factory.identities import IdentityRecord
+from factory.recipe import AGE_BANDS, ETHNICITIES, GENDERS, Recipe, RecipeError
+from manifests.schema import N_AUS, PLAN_SCHEMA
+
+__all__ = [
+    "EMFACS_PROTOTYPES",
+    "CONSTRAINTS",
+    "Planner",
+    "PlanStats",
+    "apply_constraints",
+    "plan_shard",
+    "shards_for",
+]
+
+# --- EMFACS prototypes on the 12 DISFA AUs -------------------------------------------
+# (required AUs, optional AUs drawn with p = 0.5, max intensity for the emotion's AUs)
+# Sources: Friesen & Ekman (1983) EMFACS-7; Ekman, Friesen & Hager (2002) FACS Investigator's
+# Guide, Table 10-1 (prototypes and major variants); Du, Tao & Martinez (2014) PNAS 111(15)
+# "Compound facial expressions of emotion", Table 1. AUs outside the DISFA 12 (7, 14, 16, 23,
+# 24) are left out, so anger and contempt keep only their DISFA-visible part.
+EMFACS_PROTOTYPES: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {
+    "happiness": ((6, 12), (25,), 5),  # 6+12 (Duchenne smile), often lips part
+    "sadness": ((1, 4, 15), (17,), 5),  # 1+4+15, variant with 17
+    "surprise": ((1, 2, 5, 26), (), 5),  # 1+2+5B+26 (25 follows from 26, see CONSTRAINTS)
+    "fear": ((1, 2, 4, 5, 20, 26), (), 5),  # 1+2+4+5+7+20+26 without 7
+    "anger": ((4, 5), (17,), 5),  # 4+5+7+23 without 7/23; 4+5+17 variant
+    "disgust": ((9, 15), (17, 25), 5),  # 9+15+16 without 16; 9+17 variant
+    "contempt": ((12,), (), 2),  # R12A+R14A: unilateral, weak 12 (14 not in DISFA)
+    "neutral": ((), (), 0),
+}
+
+# --- Anatomical plausibility constraints ----------------------------------------------
+# Applied in this order to every planned vector (prototypes and mixes alike).
+# 1. AU26 => AU25: a dropped jaw parts the lips (FACS 2002 ch. 8, "26 always scored with 25
+#    unless lips are held together by 24"); DISFA codes 26 with 25 in practice.
+# 2. AU12 and AU15 not both >= 3: zygomaticus major pulls the lip corners up, depressor
+#    anguli oris pulls them down; both strong is not a producible configuration
+#    (FACS 2002 ch. 6 on 12+15). The weaker (tie: 15) is capped at 2.
+# 3. AU17 and AU26 not both >= 3: mentalis pushes the lower lip and chin up while the jaw
+#    drops; strong 17 needs a closed jaw (FACS 2002 ch. 8). Weaker (tie: 17) capped at 2.
+# 4. AU2 and AU4 not both >= 4: lateral frontalis raises the outer brow while corrugator and
+#    depressor supercilii pull the brows down; both extreme is not producible (fear's 1+2+4
+#    shows them moderate). Weaker (tie: 2) capped at 3.
+# 5. AU5 and AU6 not both >= 4: orbicularis oculi (pars orbitalis) narrows the eye opening
+#    that levator palpebrae widens. Weaker (tie: 5) capped at 3.
+CONSTRAINTS: tuple[tuple[str, int, int, int], ...] = (
+    # (kind, au_a, au_b, limit)
+    ("implies", 26, 25, 0),
+    ("not_both_above", 12, 15, 2),
+    ("not_both_above", 26, 17, 2),
+    ("not_both_above", 4, 2, 3),
+    ("not_both_above", 6, 5, 3),
+)
+
+
+def apply_constraints(v: np.ndarray) -> np.ndarray:
+    """Apply :data:`CONSTRAINTS` to intensity vectors ``(n, 12)`` (returns a new array).
+
+    ``implies a b``: where a > 0 and b == 0, b takes a's intensity.
+    ``not_both_above a b limit``: where both exceed ``limit``, the weaker is capped at
+    ``limit`` (on a tie, ``b`` is capped).
+    """
+    out = np.array(v, dtype=np.int8, copy=True)
+    for kind, au_a, au_b, limit in CONSTRAINTS:
+        a, b = out[:, AU_INDEX[au_a]], out[:, AU_INDEX[au_b]]
+        if kind == "implies":
+            fix = (a > 0) & (b == 0)
+            b[fix] = a[fix]
+        else:
+            both = (a > limit) & (b > limit)
+            cap_b = both & (b <= a)
+            cap_a = both & (a < b)
+            b[cap_b] = limit
+            a[cap_a] = limit
+    return out
+
+
+def _quota(weights: Sequence[float], n: int, rng: np.random.Generator) -> np.ndarray:
+    """Category index per slot: largest-remainder counts of ``n``, shuffled (seeded)."""
+    p = np.asarray(weights, dtype=np.float64)
+    p = p / p.sum()
+    exact = p * n
+    counts = np.floor(exact).astype(np.int64)
+    short = n - int(counts.sum())
+    if short:
+        # random tie-breaking so no category is systematically favoured across shards
+        order = np.lexsort((rng.random(len(p)), -(exact - counts)))
+        counts[order[:short]] += 1
+    slots = np.repeat(np.arange(len(p)), counts)
+    rng.shuffle(slots)
+    return slots
+
+
+def _intensities(rng: np.random.Generator, shape: tuple[int, ...], weights: np.ndarray) -> np.ndarray:
+    return rng.choice(np.arange(1, 6, dtype=np.int8), size=shape, p=weights)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """The hashable part of a recipe the planner depends on (for calibration caching)."""
+
+    units: tuple[int, ...]
+    shares: tuple[float, ...]
+    intensity_weights: tuple[float, ...]
+    emotion_keys: tuple[str, ...]
+    emotion_weights: tuple[float, ...]
+
+    @staticmethod
+    def of(recipe: Recipe) -> _Spec:
+        mix = recipe.emotions.mix
+        keys = tuple(k for k in (*EMOTIONS, "neutral", "mixed") if mix.get(k, 0.0) > 0)
+        w = np.array([recipe.aus.intensity_weights], dtype=np.float64)[0]
+        return _Spec(
+            units=recipe.aus.units,
+            shares=tuple(recipe.aus.share(au) if au in recipe.aus.units else 0.0 for au in DISFA_AUS),
+            intensity_weights=tuple((w / w.sum()).tolist()),
+            emotion_keys=keys,
+            emotion_weights=tuple(mix[k] for k in keys),
+        )
+
+
+def _draw_vectors(spec: _Spec, emotions: np.ndarray, mixed_p: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Intensity vectors for emotion indices ``emotions`` (into ``spec.emotion_keys``)."""
+    n = len(emotions)
+    weights = np.asarray(spec.intensity_weights)
+    out = np.zeros((n, N_AUS), dtype=np.int8)
+    allowed = np.array([au in spec.units for au in DISFA_AUS])
+    for e_idx, name in enumerate(spec.emotion_keys):
+        rows = np.flatnonzero(emotions == e_idx)
+        if rows.size == 0:
+            continue
+        if name == "mixed":
+            active = rng.random((rows.size, N_AUS)) < mixed_p
+            values = _intensities(rng, (rows.size, N_AUS), weights)
+            out[rows] = np.where(active, values, 0)
+            continue
+        required, optional, cap = EMFACS_PROTOTYPES[name]
+        for au in required + optional:
+            col = AU_INDEX[au]
+            on = np.ones(rows.size, bool) if au in required else rng.random(rows.size) < 0.5
+            vals = _intensities(rng, (rows.size,), weights)
+            if cap < 5:
+                vals = np.minimum(vals, cap)
+            out[rows, col] = np.where(on, vals, 0)
+    out[:, ~allowed] = 0
+    return apply_constraints(out) * allowed
+
+
+@lru_cache(maxsize=16)
+def _calibrate_mixed(spec: _Spec) -> tuple[float, ...]:
+    """Per-AU activation probability for ``mixed`` samples so overall shares hit the recipe.
+
+    Deterministic fixed-point iteration on a fixed Monte-Carlo sample: estimate each AU's
+    share over all emotions (after constraints), move the mixed probability by the gap
+    divided by the mixed share, repeat. Raises RecipeError when a share is unreachable.
+    """
+    target = np.asarray(spec.shares)
+    weights = np.asarray(spec.emotion_weights) / np.sum(spec.emotion_weights)
+    mixed_share = weights[spec.emotion_keys.index("mixed")] if "mixed" in spec.emotion_keys else 0.0
+    rng_seed = 20240601
+    n = 40_000
+    emotions = _quota(weights, n, np.random.default_rng(rng_seed))
+    p = np.clip(target, 0.0, 1.0)
+    for _ in range(12):
+        v = _draw_vectors(spec, emotions, p, np.random.default_rng(rng_seed + 1))
+        share = (v > 0).mean(axis=0)
+        if mixed_share == 0:
+            break
+        p = np.clip(p + (target - share) / mixed_share, 0.0, 1.0)
+    v = _draw_vectors(spec, emotions, p, np.random.default_rng(rng_seed + 1))
+    share = (v > 0).mean(axis=0)
+    for i, au in enumerate(DISFA_AUS):
+        if au in spec.units and abs(share[i] - target[i]) > 0.02:
+            raise RecipeError(
+                f"field 'aus.active_share' (AU{au}): a share of {target[i]:.2f} cannot be reached "
+                f"with this emotion mix (best {share[i]:.2f}); raise emotions.mix.mixed or move "
+                f"AU{au}'s share (aus.share_overrides.AU{au}) towards {share[i]:.2f}",
+                field="aus.active_share",
+            )
+    return tuple(p.tolist())
+
+
+@dataclass
+class Planner:
+    """Plans shards of one recipe; holds only the calibration and the bank's strata."""
+
+    recipe: Recipe
+    identities: Sequence[IdentityRecord] | None = None
+    _spec: _Spec = field(init=False)
+    _mixed_p: np.ndarray = field(init=False)
+    _cells: list[tuple[str, str, str]] = field(init=False)
+    _cell_weights: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._spec = _Spec.of(self.recipe)
+        self._mixed_p = np.asarray(_calibrate_mixed(self._spec))
+        demo = self.recipe.demographics
+        self._cells, weights = [], []
+        for eth in ETHNICITIES:
+            for age in AGE_BANDS:
+                for gen in GENDERS:
+                    w = demo.ethnicity.get(eth, 0) * demo.age_band.get(age, 0) * demo.gender.get(gen, 0)
+                    if w > 0:
+                        self._cells.append((eth, age, gen))
+                        weights.append(w)
+        self._cell_weights = np.asarray(weights)
+
+    def shard(self, shard: int) -> pa.Table:
+        """The plan of shard ``shard`` as an Arrow table with :data:`PLAN_SCHEMA`."""
+        if shard < 0:
+            raise ValueError(f"shard index must be >= 0, got {shard}")
+        n = self.recipe.dataset.shard_size
+        rng = np.random.default_rng([self.recipe.dataset.seed, shard])
+        emotion_idx = _quota(self._spec.emotion_weights, n, rng)
+        vectors = _draw_vectors(self._spec, emotion_idx, self._mixed_p, rng)
+        cell_idx = _quota(self._cell_weights, n, rng)
+        seeds = rng.integers(0, 2**63 - 1, size=n, dtype=np.int64)
+        pick = rng.random(n)
+        emotions = np.asarray(self._spec.emotion_keys, dtype=object)[emotion_idx]
+        cells = [self._cells[c] for c in cell_idx]
+        ids, eths, ages, gens, matches = self._identities(cells, pick, shard)
+        return pa.table(
+            {
+                "key": [f"{shard:06d}_{i:05d}" for i in range(n)],
+                "shard": pa.array(np.full(n, shard, np.int32)),
+                "index": pa.array(np.arange(n, dtype=np.int32)),
+                "seed": pa.array(seeds),
+                "emotion": pa.array(emotions.tolist(), pa.string()),
+                "planned_intensity": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), N_AUS),
+                "identity_id": ids,
+                "ethnicity": eths,
+                "age_band": ages,
+                "gender": gens,
+                "identity_match": matches,
+            },
+            schema=PLAN_SCHEMA,
+        )
+
+    def _identities(
+        self, cells: list[tuple[str, str, str]], pick: np.ndarray, shard: int
+    ) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
+        """Identity per sample: the bank identity that best fits the planned stratum.
+
+        Fallback order: same cell, same ethnicity + gender, same ethnicity, any. The
+        sample's metadata is the chosen identity's (truthful), and ``identity_match`` says
+        which level matched. Without a bank each sample is a new generated identity with
+        the planned stratum.
+        """
+        if not self.identities:
+            ids = [f"gen-{shard:06d}-{i:05d}" for i in range(len(cells))]
+            return ids, [c[0] for c in cells], [c[1] for c in cells], [c[2] for c in cells], ["generated"] * len(cells)
+        groups = _bank_groups(tuple(self.identities))
+        out: tuple[list[str], list[str], list[str], list[str], list[str]] = ([], [], [], [], [])
+        for (eth, age, gen), u in zip(cells, pick, strict=True):
+            for level, key in (("exact", (eth, age, gen)), ("ethnicity_gender", (eth, "*", gen)),
+                               ("ethnicity", (eth, "*", "*")), ("any", ("*", "*", "*"))):
+                members = groups.get(key)
+                if members:
+                    rec = members[int(u * len(members))]
+                    for lst, val in zip(out, (rec.identity_id, rec.ethnicity, rec.age_band, rec.gender, level),
+                                        strict=True):
+                        lst.append(val)
+                    break
+        return out
+
+
+@lru_cache(maxsize=4)
+def _bank_groups(records: tuple[IdentityRecord, ...]) -> dict[tuple[str, str, str], list[IdentityRecord]]:
+    groups: dict[tuple[str, str, str], list[IdentityRecord]] = {}
+    for r in sorted(records, key=lambda r: r.identity_id):
+        for key in ((r.ethnicity, r.age_band, r.gender), (r.ethnicity, "*", r.gender),
+                    (r.ethnicity, "*", "*"), ("*", "*", "*")):
+            groups.setdefault(key, []).append(r)
+    return groups
+
+
+def plan_shard(recipe: Recipe, shard: int, identities: Sequence[IdentityRecord] | None = None) -> pa.Table:
+    """Pure function form of :meth:`Planner.shard`."""
+    return Planner(recipe, identities).shard(shard)
+
+
+def shards_for(samples: int, shard_size: int) -> int:
+    return -(-samples // shard_size)
+
+
+@dataclass
+class PlanStats:
+    """Streaming balance statistics over planned shards (constant memory)."""
+
+    n: int = 0
+    au_active: np.ndarray = field(default_factory=lambda: np.zeros(N_AUS, np.int64))
+    intensity_hist: np.ndarray = field(default_factory=lambda: np.zeros((N_AUS, 6), np.int64))
+    emotions: dict[str, int] = field(default_factory=dict)
+    ethnicity: dict[str, int] = field(default_factory=dict)
+    age_band: dict[str, int] = field(default_factory=dict)
+    gender: dict[str, int] = field(default_factory=dict)
+    identity_match: dict[str, int] = field(default_factory=dict)
+    violations: int = 0
+
+    def add(self, table: pa.Table) -> None:
+        v = table.column("planned_intensity").combine_chunks().flatten().to_numpy().reshape(-1, N_AUS)
+        self.n += len(v)
+        self.au_active += (v > 0).sum(axis=0)
+        for level in range(6):
+            self.intensity_hist[:, level] += (v == level).sum(axis=0)
+        self.violations += int((apply_constraints(v) != v).any(axis=1).sum())
+        for name in ("emotion", "ethnicity", "age_band", "gender", "identity_match"):
+            counts = getattr(self, "emotions" if name == "emotion" else name)
+            vc = table.column(name).value_counts()
+            for item in vc.to_pylist():
+                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+
+    def shares(self) -> dict[str, float]:
+        return {f"AU{au}": float(self.au_active[i] / max(self.n, 1)) for i, au in enumerate(DISFA_AUS)}
+
+
+def iter_plans(planner: Planner, n_shards: int) -> Iterator[pa.Table]:
+    for shard in range(n_shards):
+        yield planner.shard(shard)
