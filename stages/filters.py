@@ -1,0 +1,184 @@
+"""Quality filters (MAUGen section 3.1: "label-prompt consistency using Jaccard similarity,
+along with an image realism discriminator"), plus an optional identity check.
+
+Each filter is a small pure function ``(record, threshold) -> (keep, reason)`` that reads
+a score already on the record; :class:`FilterStage` first computes and records every score
+(so kept *and* dropped samples carry them into the manifest), then applies the filters in
+order and drops the record on the first failure.
+
+Label-prompt Jaccard compares the set of AUs the plan made active
+(``planned_intensity >= 1``) with the set the detectors' consensus found active
+(``consensus_occurrence == 1``). AUs whose consensus is uncertain (-1) are removed from
+*both* sets: an AU no detector group could decide is neither evidence for nor against the
+plan. Two empty sets score 1.0 (a planned neutral face that the detectors also see as
+neutral is consistent); one empty and one non-empty set score 0.0.
+
+Default ``min_label_jaccard = 0.5``. The paper gives no number. With the default AU
+active share of 0.3 a sample plans about 3.6 active AUs; 0.5 still keeps an image whose
+detectors missed one AU of a 2-4 AU expression, or saw one extra (3/4, 3/5, 2/3, 1/2),
+and drops one where the detectors disagree with most of the plan (e.g. 1 of 3 shared).
+
+Identity similarity (off by default, it costs a dlib ResNet pass per sample) is the cosine
+between the L2-normalised dlib descriptors of the generated face and of the identity's
+exemplar. The default 0.9 restates dlib's documented same-person rule (Euclidean distance
+< 0.6 between raw descriptors) as a cosine: the raw descriptors of this dlib model measure
+norm ~1.43 (1.41 and 1.46 on the two builtin portraits), so 1 - 0.6**2 / (2 * 1.43**2)
+= 0.91; those two different women score 0.887 (raw distance 0.68), below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from factory.aus import DISFA_AUS, UNCERTAIN
+from stages.base import Record, Stage, StageConfig, StageError, drop, is_dropped
+
+__all__ = [
+    "FilterConfig",
+    "FilterResult",
+    "FilterStage",
+    "active_sets",
+    "identity_filter",
+    "jaccard",
+    "label_prompt_filter",
+    "label_prompt_jaccard",
+    "realism_filter",
+]
+
+FilterResult = tuple[bool, str | None]
+
+
+class FilterConfig(StageConfig):
+    min_label_jaccard: float | None = Field(0.5, ge=0.0, le=1.0, description="None disables")
+    min_realism: float | None = Field(0.5, ge=0.0, le=1.0, description="None disables")
+    identity_similarity: bool = Field(False, description="compute the dlib identity cosine")
+    min_identity_similarity: float = Field(0.9, ge=-1.0, le=1.0)
+
+
+def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
+    """|a & b| / |a | b|; 1.0 for two empty sets, 0.0 for one empty and one non-empty."""
+    sa, sb = set(a), set(b)
+    union = sa | sb
+    if not union:
+        return 1.0
+    return len(sa & sb) / len(union)
+
+
+def active_sets(
+    planned_intensity: Sequence[int], consensus_occurrence: Sequence[int]
+) -> tuple[set[int], set[int]]:
+    """Active AUs of the plan and of the consensus, uncertain AUs removed from both."""
+    if len(planned_intensity) != len(DISFA_AUS) or len(consensus_occurrence) != len(DISFA_AUS):
+        raise ValueError("planned_intensity and consensus_occurrence must both have 12 values")
+    planned: set[int] = set()
+    found: set[int] = set()
+    for au, plan, cons in zip(DISFA_AUS, planned_intensity, consensus_occurrence, strict=True):
+        if cons == UNCERTAIN:
+            continue
+        if plan >= 1:
+            planned.add(au)
+        if cons == 1:
+            found.add(au)
+    return planned, found
+
+
+def label_prompt_jaccard(planned_intensity: Sequence[int], consensus_occurrence: Sequence[int]) -> float:
+    return jaccard(*active_sets(planned_intensity, consensus_occurrence))
+
+
+def _at_least(record: Record, key: str, threshold: float | None, what: str) -> FilterResult:
+    if threshold is None:
+        return True, None
+    score = record.get(key)
+    if score is None:
+        return False, f"{what}: no {key}"
+    if score < threshold:
+        return False, f"{what} {score:.3f} < {threshold:.3f}"
+    return True, None
+
+
+def label_prompt_filter(record: Record, threshold: float | None) -> FilterResult:
+    return _at_least(record, "label_jaccard", threshold, "label-prompt jaccard")
+
+
+def realism_filter(record: Record, threshold: float | None) -> FilterResult:
+    return _at_least(record, "realism_score", threshold, "realism")
+
+
+def identity_filter(record: Record, threshold: float | None) -> FilterResult:
+    return _at_least(record, "identity_similarity", threshold, "identity similarity")
+
+
+class FilterStage(Stage):
+    name: ClassVar[str] = "filters"
+    kind: ClassVar[str] = "filter"
+    config_model: ClassVar[type[StageConfig]] = FilterConfig
+
+    def __init__(self, config: StageConfig, context: Any) -> None:
+        super().__init__(config, context)
+        self._exemplar_embeddings: dict[str, np.ndarray | None] = {}
+
+    def setup(self) -> None:
+        cfg: FilterConfig = self.config  # type: ignore[assignment]
+        if cfg.identity_similarity and self.context.identity_bank is None:
+            raise StageError(
+                "filters.identity_similarity = true needs an identity bank to compare against; "
+                "set identities.bank to 'builtin' or a bank folder, or turn the option off"
+            )
+
+    def _exemplar_embedding(self, identity_id: str) -> np.ndarray | None:
+        if identity_id not in self._exemplar_embeddings:
+            from factory.landmarks import detect_faces, face_embedding
+
+            image = self.context.identity_bank.image(identity_id)
+            faces = detect_faces(image)
+            self._exemplar_embeddings[identity_id] = (
+                face_embedding(image, faces[0].landmarks) if faces else None
+            )
+        return self._exemplar_embeddings[identity_id]
+
+    def identity_similarity(self, record: Record) -> float | None:
+        """Cosine of the dlib descriptors of the sample's face and its identity exemplar."""
+        from factory.landmarks import face_embedding
+
+        if record.get("landmarks") is None or record.get("image") is None:
+            return None
+        ref = self._exemplar_embedding(record["identity_id"])
+        if ref is None:
+            return None
+        emb = face_embedding(record["image"], record["landmarks"])
+        return float(np.dot(emb, ref))
+
+    def _scores(self, record: Record) -> None:
+        cfg: FilterConfig = self.config  # type: ignore[assignment]
+        cons = record.get("consensus_occurrence")
+        if cons is None:
+            raise StageError(
+                f"record {record.get('key')!r} has no consensus_occurrence; the filters need the "
+                "agreement stage to run first (recipe section [agreement])"
+            )
+        record["label_jaccard"] = label_prompt_jaccard(record["planned_intensity"], cons)
+        if cfg.identity_similarity:
+            record["identity_similarity"] = self.identity_similarity(record)
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        cfg: FilterConfig = self.config  # type: ignore[assignment]
+        checks = [
+            (label_prompt_filter, cfg.min_label_jaccard),
+            (realism_filter, cfg.min_realism),
+            (identity_filter, cfg.min_identity_similarity if cfg.identity_similarity else None),
+        ]
+        for record in batch:
+            if is_dropped(record):
+                continue
+            self._scores(record)
+            for check, threshold in checks:
+                keep, reason = check(record, threshold)
+                if not keep:
+                    drop(record, self.name, reason or check.__name__)
+                    break
+        return batch

@@ -1,0 +1,116 @@
+"""Filters: Jaccard edge cases, uncertain AUs, thresholds, order, identity similarity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from factory.aus import AU_INDEX, UNCERTAIN
+from stages.base import StageContext, StageError, drop
+from stages.filters import (
+    FilterConfig,
+    FilterStage,
+    active_sets,
+    jaccard,
+    label_prompt_filter,
+    label_prompt_jaccard,
+    realism_filter,
+)
+
+N = 12
+
+
+def vec(values: dict[int, int], default: int = 0) -> list[int]:
+    out = [default] * N
+    for au, v in values.items():
+        out[AU_INDEX[au]] = v
+    return out
+
+
+def test_jaccard_edge_cases() -> None:
+    assert jaccard(set(), set()) == 1.0
+    assert jaccard(set(), {12}) == 0.0
+    assert jaccard({4}, set()) == 0.0
+    assert jaccard({1, 2, 4}, {1, 2, 5}) == pytest.approx(2 / 4)
+    assert jaccard({6, 12}, {12, 6}) == 1.0
+
+
+def test_uncertain_aus_are_removed_from_both_sets() -> None:
+    planned = vec({6: 3, 12: 4, 25: 2})
+    cons = vec({6: UNCERTAIN, 12: 1, 25: 0, 26: UNCERTAIN})
+    p, c = active_sets(planned, cons)
+    assert p == {12, 25} and c == {12}
+    assert label_prompt_jaccard(planned, cons) == pytest.approx(0.5)
+    # everything uncertain: both sets empty -> consistent by definition
+    assert label_prompt_jaccard(planned, [UNCERTAIN] * N) == 1.0
+    # planned neutral, detectors see a smile
+    assert label_prompt_jaccard([0] * N, vec({12: 1})) == 0.0
+
+
+def test_active_sets_rejects_wrong_length() -> None:
+    with pytest.raises(ValueError, match="12 values"):
+        active_sets([0] * 8, [0] * 12)
+
+
+def test_filter_functions_thresholds() -> None:
+    assert label_prompt_filter({"label_jaccard": 0.5}, 0.5) == (True, None)
+    keep, reason = label_prompt_filter({"label_jaccard": 0.4}, 0.5)
+    assert not keep and "0.400 < 0.500" in (reason or "")
+    assert realism_filter({"realism_score": 0.1}, None) == (True, None)  # disabled
+    keep, reason = realism_filter({}, 0.5)
+    assert not keep and "no realism_score" in (reason or "")
+
+
+def _stage(**cfg: object) -> FilterStage:
+    stage = FilterStage(FilterConfig(**cfg), StageContext(run_dir=Path(".")))
+    stage.setup()
+    return stage
+
+
+def test_stage_records_scores_and_drops_on_first_failure() -> None:
+    good = {"key": "g", "planned_intensity": vec({12: 3}), "consensus_occurrence": vec({12: 1}),
+            "realism_score": 0.9}
+    bad_labels = {"key": "l", "planned_intensity": vec({12: 3}), "consensus_occurrence": vec({4: 1}),
+                  "realism_score": 0.1}
+    bad_realism = {"key": "r", "planned_intensity": vec({12: 3}), "consensus_occurrence": vec({12: 1}),
+                   "realism_score": 0.2}
+    dead = drop({"key": "d"}, "face", "no face")
+    _stage().process([good, bad_labels, bad_realism, dead])
+    assert not good.get("dropped_by") and good["label_jaccard"] == 1.0
+    assert bad_labels["dropped_by"] == "filters" and "jaccard" in bad_labels["drop_reason"]
+    assert bad_labels["label_jaccard"] == 0.0  # scores recorded for dropped samples too
+    assert bad_realism["dropped_by"] == "filters" and "realism" in bad_realism["drop_reason"]
+    assert dead["dropped_by"] == "face" and "label_jaccard" not in dead
+
+
+def test_stage_needs_consensus() -> None:
+    with pytest.raises(StageError, match="agreement stage"):
+        _stage().process([{"key": "x", "planned_intensity": [0] * N}])
+
+
+def test_identity_option_needs_a_bank() -> None:
+    with pytest.raises(StageError, match="identity bank"):
+        _stage(identity_similarity=True)
+
+
+def test_identity_similarity_same_vs_other_person() -> None:
+    from factory.identities import open_bank
+    from factory.landmarks import detect_faces
+
+    bank = open_bank("builtin")
+    stage = FilterStage(FilterConfig(identity_similarity=True, min_label_jaccard=None, min_realism=None),
+                        StageContext(run_dir=Path("."), identity_bank=bank))
+    stage.setup()
+    records = []
+    for source, claimed in (("builtin-grace-hopper", "builtin-grace-hopper"),
+                            ("builtin-astronaut", "builtin-grace-hopper")):
+        image = bank.image(source)
+        face = detect_faces(image)[0]
+        records.append({"key": source, "identity_id": claimed, "image": image, "landmarks": face.landmarks,
+                        "planned_intensity": [0] * N, "consensus_occurrence": [0] * N})
+    stage.process(records)
+    same, other = records
+    assert same["identity_similarity"] > 0.99 and not same.get("dropped_by")
+    assert other["identity_similarity"] < 0.9 and other["dropped_by"] == "filters"
+    assert "identity" in other["drop_reason"]
