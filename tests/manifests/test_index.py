@@ -61,7 +61,7 @@ def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
     with ShardWriter(tmp_path / "shards", "a", 2) as writer:
         writer.add(make_record(0, 1, rng))  # key 000000_00001 again
         writer.commit()
-    with pytest.raises(ValueError, match="more than one shard.*000000_00001"):
+    with pytest.raises(ValueError, match=r"more than one shard.*000000_00001"):
         write_index(tmp_path, "a", [0, 1, 2], target=1, surplus=[], failed={})
     assert read_index(tmp_path) is None
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
@@ -101,6 +101,6 @@ def test_verify_reads_tar_with_webdataset(run_dir: Path) -> None:
 
 def test_read_index_corrupt(tmp_path: Path) -> None:
     (tmp_path / "index.json").write_text("{")
-    with pytest.raises(ValueError, match="index.json is not valid JSON"):
+    with pytest.raises(ValueError, match=r"index\.json is not valid JSON"):
         read_index(tmp_path)
     assert "not valid JSON" in verify(tmp_path)[0]
