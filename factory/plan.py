@@ -41,6 +41,8 @@ __all__ = [
     "apply_constraints",
     "plan_shard",
     "shards_for",
+    "plan_statistics",
+    "iter_plans",
 ]
 
 # --- EMFACS prototypes on the 12 DISFA AUs -------------------------------------------
@@ -348,3 +350,13 @@ class PlanStats:
 def iter_plans(planner: Planner, n_shards: int) -> Iterator[pa.Table]:
     for shard in range(n_shards):
         yield planner.shard(shard)
+
+
+def plan_statistics(recipe: Recipe, samples: int, identities: Sequence[IdentityRecord] | None = None) -> PlanStats:
+    """Balance statistics of the first ``samples`` planned samples (rounded up to whole
+    shards), streamed shard by shard so memory does not grow with ``samples``."""
+    planner = Planner(recipe, identities)
+    stats = PlanStats()
+    for table in iter_plans(planner, shards_for(samples, recipe.dataset.shard_size)):
+        stats.add(table)
+    return stats

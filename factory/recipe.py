@@ -48,6 +48,9 @@ GENDERS = ("female", "male")
 EMOTION_MIX_KEYS = (*EMOTIONS, "neutral", "mixed")
 
 
+SKIP = "none"  # stage name that switches an optional stage off
+
+
 class RecipeError(ValueError):
     """A recipe that cannot be used. ``str()`` is the one message to show the user."""
 
@@ -210,12 +213,23 @@ class Recipe(_Model):
             raise ValueError(f"detectors: each detector may appear once, got {names}")
         return self
 
+    @model_validator(mode="after")
+    def _required_stages(self) -> Recipe:
+        for path in ("prompt", "generator"):
+            if getattr(self, path).name == SKIP:
+                raise ValueError(f"{path}: this stage is required; '{SKIP}' is only allowed for "
+                                 "face, agreement, realism and filters")
+        return self
+
     def stage_sections(self) -> dict[str, StageSection]:
-        """Recipe path -> section for every stage the recipe chooses, in pipeline order."""
+        """Recipe path -> section for every stage the recipe runs, in pipeline order.
+
+        ``name = "none"`` switches off face, agreement, realism or filters.
+        """
         out = {"prompt": self.prompt, "generator": self.generator, "face": self.face}
         out.update({f"detectors[{i}]": d for i, d in enumerate(self.detectors)})
         out.update(agreement=self.agreement, realism=self.realism, filters=self.filters)
-        return out
+        return {path: sec for path, sec in out.items() if sec.name != SKIP}
 
     def stage_config(self, path: str) -> StageConfig:
         """The validated options of the stage at recipe ``path`` (e.g. ``generator``)."""

@@ -70,6 +70,9 @@ def stage_class(name: str) -> type[Stage]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise StageError(f"stage {name!r}: module {module_name!r} cannot be imported; check the "
+                             "stage name or that your plugin package is installed on every worker") from exc
         raise StageError(
             f"stage {name!r} needs the Python package {exc.name!r}, which is not installed; "
             f"install it with: pip install 'mifa-factory[all]'"

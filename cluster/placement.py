@@ -1,0 +1,42 @@
+"""Placing workers: one long-lived shard worker per GPU, a CPU prompt worker beside them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from factory.recipe import Recipe
+
+__all__ = ["make_workers", "kill_workers"]
+
+
+def make_workers(recipe: Recipe, run_root: Path) -> tuple[list[Any], Any]:
+    """``--gpus N`` -> N shard workers, each pinned to one GPU with ``num_gpus=1`` (Ray sets
+    each one's CUDA_VISIBLE_DEVICES to its own device); ``--gpus 0`` -> ``engine.cpu_workers``
+    CPU workers. Workers restart when they die (the engine redoes their shard); on a
+    multi-node cluster a restarted worker may land on another node.
+    """
+    import ray
+
+    from factory.worker import PromptWorker, ShardWorker
+
+    engine = recipe.engine
+    if engine.gpus > 0:
+        # num_cpus=0: a GPU worker must not wait for a CPU slot on GPU-dense nodes.
+        opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 0}
+        count = engine.gpus
+    else:
+        opts = {"num_gpus": 0, "num_cpus": 1}
+        count = engine.cpu_workers
+    remote_worker = ray.remote(ShardWorker).options(max_restarts=-1, max_task_retries=0, **opts)
+    workers = [remote_worker.remote(recipe, str(run_root)) for _ in range(count)]
+    prompt = ray.remote(PromptWorker).options(num_cpus=0, max_restarts=-1, max_task_retries=0).remote(
+        recipe, str(run_root))
+    return workers, prompt
+
+
+def kill_workers(workers: list[Any]) -> None:
+    import ray
+
+    for w in workers:
+        ray.kill(w, no_restart=True)
