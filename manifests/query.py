@@ -1,0 +1,167 @@
+"""SQL over a built dataset with DuckDB.
+
+The view ``samples`` holds the manifests of the indexed shards: every manifest column of
+``manifests.schema.MANIFEST_SCHEMA``, accepted samples only unless ``include_rejected``.
+
+DuckDB lists are **1-based**: ``au_occurrence[1]`` is AU1, ``au_occurrence[7]`` is AU12
+(vectors are in ``factory.aus.DISFA_AUS`` order). Rather than counting, use the macro
+``au(n)``, the 1-based position of AU ``n`` (NULL for an AU MIFA does not label)::
+
+    SELECT key, au_intensity[au(12)] AS smile FROM samples WHERE au_occurrence[au(12)] = 1
+
+DuckDB binds a macro's body when it is created, so a macro cannot read a column of the
+query implicitly; ``au_occ(n)`` style filters are written ``au_occurrence[au(n)]``, or
+built in Python with :func:`au_filter` (``au_filter(12) == "au_occurrence[au(12)] = 1"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from factory.aus import AU_INDEX, DISFA_AUS, INTENSITY_LEVELS
+from manifests.index import indexed_parquet_files, read_index
+from manifests.schema import MANIFEST_SCHEMA
+
+__all__ = [
+    "au_filter",
+    "au_occurrence_counts",
+    "connect",
+    "drop_reasons",
+    "intensity_histograms",
+    "query",
+    "summary",
+]
+
+_AU_LIST = "[" + ", ".join(str(a) for a in DISFA_AUS) + "]"
+MACROS = (
+    # 1-based position of AU n in the label vectors (NULL if MIFA does not label it).
+    f"CREATE MACRO au(n) AS list_position({_AU_LIST}, n)",
+)
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def connect(run_dir: Path, *, include_rejected: bool = False) -> Any:
+    """An in-memory DuckDB connection with the ``samples`` view and the ``au(n)`` macro."""
+    import duckdb
+
+    files = indexed_parquet_files(run_dir)
+    con = duckdb.connect()
+    if files:
+        listing = "[" + ", ".join(_sql_string(str(f)) for f in files) + "]"
+        source = f"read_parquet({listing})"
+    else:
+        # An index of zero shards is valid (target reached by nothing yet): an empty view.
+        con.register("_empty_manifest", MANIFEST_SCHEMA.empty_table())
+        source = "_empty_manifest"
+    con.execute(
+        f"CREATE VIEW samples AS SELECT * FROM {source}{'' if include_rejected else ' WHERE accepted'}"
+    )
+    for macro in MACROS:
+        con.execute(macro)
+    return con
+
+
+def au_filter(au: int, value: int = 1, column: str = "au_occurrence") -> str:
+    """SQL condition ``{column}[au({au})] = {value}``; raises for an AU MIFA does not label."""
+    if au not in AU_INDEX:
+        raise ValueError(f"AU {au} is not labelled by MIFA; labelled AUs: {list(DISFA_AUS)}")
+    return f"{column}[au({au})] = {int(value)}"
+
+
+def query(
+    run_dir: Path, sql: str | None = None, where: str | None = None, include_rejected: bool = False
+) -> pa.Table:
+    """Run ``sql`` (or ``SELECT * FROM samples WHERE {where}``) and return an Arrow table."""
+    if sql is not None and where is not None:
+        raise ValueError("pass either sql (a full query) or where (a filter on samples), not both")
+    if sql is None:
+        sql = "SELECT * FROM samples" + (f" WHERE {where}" if where else "")
+    con = connect(run_dir, include_rejected=include_rejected)
+    try:
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
+
+
+def au_occurrence_counts(con: Any, relation: str = "samples") -> dict[int, dict[str, int]]:
+    """AU -> counts of present (1), absent (0) and uncertain (-1) labels in ``relation``."""
+    rows = con.execute(
+        f"""
+        SELECT i, count(*) FILTER (WHERE au_occurrence[i] = 1),
+               count(*) FILTER (WHERE au_occurrence[i] = 0),
+               count(*) FILTER (WHERE au_occurrence[i] = -1)
+        FROM {relation}, range(1, 13) AS t(i) GROUP BY i ORDER BY i
+        """
+    ).fetchall()
+    out = {au: {"present": 0, "absent": 0, "uncertain": 0} for au in DISFA_AUS}
+    for i, present, absent, uncertain in rows:
+        out[DISFA_AUS[i - 1]] = {"present": present, "absent": absent, "uncertain": uncertain}
+    return out
+
+
+def intensity_histograms(con: Any, relation: str = "samples") -> dict[int, dict[str, int]]:
+    """AU -> count of samples per intensity level "0".."5" (and "uncertain") in ``relation``."""
+    rows = con.execute(
+        f"SELECT i, au_intensity[i] AS level, count(*) FROM {relation}, range(1, 13) AS t(i) "
+        "WHERE au_intensity[i] IS NOT NULL GROUP BY ALL"
+    ).fetchall()
+    out = {au: {**{str(level): 0 for level in INTENSITY_LEVELS}, "uncertain": 0} for au in DISFA_AUS}
+    for i, level, count in rows:
+        out[DISFA_AUS[i - 1]]["uncertain" if level < 0 else str(level)] += count
+    return out
+
+
+def drop_reasons(con: Any) -> dict[str, dict[str, int]]:
+    """Stage -> reason -> count over the rejected rows of ``samples`` (needs include_rejected)."""
+    rows = con.execute(
+        "SELECT dropped_by, drop_reason, count(*) FROM samples WHERE NOT accepted GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    out: dict[str, dict[str, int]] = {}
+    for stage, reason, count in rows:
+        out.setdefault(str(stage), {})[str(reason)] = count
+    return out
+
+
+def _counts(con: Any, column: str, relation: str) -> dict[str, int]:
+    rows = con.execute(f"SELECT {column}, count(*) FROM {relation} GROUP BY ALL ORDER BY ALL")
+    return {str(value): count for value, count in rows.fetchall()}
+
+
+def summary(run_dir: Path) -> dict[str, Any]:
+    """Totals, per-AU occurrence counts and intensity histograms (accepted samples),
+    demographic and emotion counts, and drop reasons by stage (rejected samples)."""
+    index = read_index(run_dir) or {}
+    con = connect(run_dir, include_rejected=True)
+    try:
+        planned, accepted = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE accepted) FROM samples"
+        ).fetchone()
+        reasons = drop_reasons(con)
+        con.execute("CREATE VIEW accepted_samples AS SELECT * FROM samples WHERE accepted")
+        by = {
+            c: _counts(con, c, "accepted_samples")
+            for c in ("emotion", "ethnicity", "age_band", "gender", "label_source")
+        }
+        occurrence = au_occurrence_counts(con, "accepted_samples")
+        intensity = intensity_histograms(con, "accepted_samples")
+    finally:
+        con.close()
+    return {
+        "dataset": index.get("dataset"),
+        "target": index.get("target"),
+        "shards": len(index.get("shards", [])),
+        "planned": planned,
+        "accepted": accepted,
+        "rejected": planned - accepted,
+        "acceptance_rate": accepted / planned if planned else None,
+        "au_occurrence": occurrence,
+        "au_intensity": intensity,
+        "by": by,
+        "drop_reasons": reasons,
+    }
