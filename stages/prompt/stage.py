@@ -1,0 +1,191 @@
+"""The prompt stage: planned AU vector + emotion (+ demographics) -> checked description.
+
+``backend = "grammar"`` (default) uses the embedded grammar, no network. ``backend =
+"llm"`` asks an OpenAI-compatible endpoint and falls back to the grammar (or drops the
+sample, ``on_failure = "drop"``) when the server fails or its text does not read back.
+
+Every description, from either backend, is read back before use
+(:func:`stages.prompt.readback.check_description`); the record gets ``description``,
+``prompt_backend`` (``grammar`` | ``llm`` | ``grammar-fallback``), ``prompt_version``,
+``prompt_jaccard`` and ``prompt_intensity_agreement``; a fallback also gets
+``prompt_note`` with the reason the LLM text was not used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import ClassVar, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field
+
+from stages.base import Record, Resources, Stage, StageConfig, StageError, drop, is_dropped
+from stages.prompt.grammar import GRAMMAR_VERSION, describe, validate_intensity
+from stages.prompt.readback import check_description, mismatch_report
+
+__all__ = ["GRAMMAR_VARIANTS", "LOCAL_HOSTS", "PromptConfig", "PromptStage"]
+
+# Grammar texts tried per sample before giving up on read-back (the grammar reads back
+# exactly in tests; this only guards against a vocabulary regression).
+GRAMMAR_VARIANTS = 4
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class PromptConfig(StageConfig):
+    backend: Literal["grammar", "llm"] = "grammar"
+    # grammar
+    mention_inactive: float = Field(0.35, ge=0.0, le=1.0, description="chance to mention some inactive AUs")
+    facs_share: float = Field(0.15, ge=0.0, le=1.0, description="chance an AU is named by FACS name + code")
+    include_demographics: bool = True
+    # read-back acceptance (every backend)
+    min_jaccard: float = Field(1.0, ge=0.0, le=1.0)
+    min_intensity_agreement: float = Field(0.0, ge=0.0, le=1.0)
+    # llm
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    api_key_env: str = Field("OPENAI_API_KEY", description="name of the variable holding the key")
+    concurrency: int = Field(8, ge=1, le=1024)
+    timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
+    max_retries: int = Field(3, ge=0, le=20, description="extra attempts per request on 429/5xx/timeout")
+    retry_backoff_s: float = Field(1.0, ge=0.0, le=600.0)
+    max_feedback_rounds: int = Field(2, ge=0, le=10)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    # samples failing on requests before the rest of the batch skips the server
+    give_up_after: int = Field(3, ge=1, le=10_000)
+    on_failure: Literal["grammar", "drop"] = "grammar"
+
+
+class PromptStage(Stage):
+    name: ClassVar[str] = "prompt"
+    kind: ClassVar[str] = "prompt"
+    resources: ClassVar[Resources] = Resources(num_gpus=0, num_cpus=1)
+    config_model: ClassVar[type[StageConfig]] = PromptConfig
+
+    config: PromptConfig
+    # Requests sent / cache hits of the last LLM batch (for logs and tests).
+    last_stats: ClassVar[dict[str, int]] = {}
+
+    def setup(self) -> None:
+        if self.config.backend != "llm":
+            return
+        try:
+            import openai  # noqa: F401
+        except ModuleNotFoundError as exc:
+            raise StageError(
+                "prompt backend 'llm' needs the Python package 'openai'; install it with: "
+                "pip install 'mifa-factory[llm]'"
+            ) from exc
+        self._api_key()  # fail early on a missing key
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.context.run_dir / "cache" / "llm.sqlite"
+
+    def _api_key(self) -> str:
+        key = os.environ.get(self.config.api_key_env)
+        if key:
+            return key
+        host = urlparse(self.config.base_url).hostname or ""
+        if host in LOCAL_HOSTS:
+            return "unused-local-key"  # local servers (vLLM, llama.cpp) accept any key
+        raise StageError(
+            f"the LLM endpoint {self.config.base_url} needs an API key, but the environment variable "
+            f"{self.config.api_key_env!r} is not set; export it, or point prompt.api_key_env at the "
+            "variable that holds the key"
+        )
+
+    # -- per record ---------------------------------------------------------------------
+
+    def _grammar(self, record: Record, levels: list[int]) -> tuple[str, float, float] | str:
+        """(text, jaccard, agreement) of the first grammar variant that reads back, else why not."""
+        demo = self.config.include_demographics
+        last = ""
+        for variant in range(GRAMMAR_VARIANTS):
+            text = describe(
+                levels,
+                record["emotion"],
+                seed=int(record["seed"]),
+                ethnicity=record.get("ethnicity") if demo else None,
+                age_band=record.get("age_band") if demo else None,
+                gender=record.get("gender") if demo else None,
+                mention_inactive=self.config.mention_inactive,
+                facs_share=self.config.facs_share,
+                variant=variant,
+            ).text
+            jac, agree = check_description(text, levels)
+            if jac >= self.config.min_jaccard and agree >= self.config.min_intensity_agreement:
+                return text, jac, agree
+            last = mismatch_report(text, levels)
+        return f"grammar description failed read-back in {GRAMMAR_VARIANTS} variants: {last}"
+
+    def _fill(self, record: Record, text: str, backend: str, version: str, jac: float, agree: float) -> None:
+        record.update(description=text, prompt_backend=backend, prompt_version=version,
+                      prompt_jaccard=float(jac), prompt_intensity_agreement=float(agree))
+
+    def _use_grammar(self, record: Record, levels: list[int], backend: str) -> None:
+        result = self._grammar(record, levels)
+        if isinstance(result, str):
+            drop(record, self.name, result)
+        else:
+            self._fill(record, result[0], backend, GRAMMAR_VERSION, result[1], result[2])
+
+    def _levels(self, record: Record) -> list[int] | None:
+        try:
+            levels = validate_intensity(record["planned_intensity"])
+        except (KeyError, TypeError, ValueError) as exc:
+            drop(record, self.name, f"bad planned_intensity: {exc}")
+            return None
+        return levels
+
+    # -- batch --------------------------------------------------------------------------
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        live = [(r, lv) for r in batch if not is_dropped(r) for lv in [self._levels(r)] if lv is not None]
+        if self.config.backend == "grammar":
+            for record, levels in live:
+                self._use_grammar(record, levels, "grammar")
+            return batch
+        self._process_llm(live)
+        return batch
+
+    def _process_llm(self, live: list[tuple[Record, list[int]]]) -> None:
+        from stages.prompt.llm import (
+            PROMPT_TEMPLATE_VERSION,
+            LLMRequest,
+            LLMSettings,
+            describe_with_llm,
+            run_coroutine,
+        )
+
+        c = self.config
+        settings = LLMSettings(
+            base_url=c.base_url, model=c.model, api_key=self._api_key(), concurrency=c.concurrency,
+            timeout_s=c.timeout_s, max_retries=c.max_retries, retry_backoff_s=c.retry_backoff_s,
+            max_feedback_rounds=c.max_feedback_rounds, min_jaccard=c.min_jaccard,
+            min_intensity_agreement=c.min_intensity_agreement, temperature=c.temperature,
+            give_up_after=c.give_up_after,
+        )
+        requests = [
+            LLMRequest(
+                intensity=tuple(levels),
+                emotion=str(record["emotion"]),
+                demographics=tuple(str(record.get(k, "")) for k in ("ethnicity", "age_band", "gender"))
+                if c.include_demographics else (),
+            )
+            for record, levels in live
+        ]
+        outcomes = run_coroutine(lambda: describe_with_llm(requests, settings, self.cache_path))
+        version = f"{PROMPT_TEMPLATE_VERSION}+{c.model}"
+        self.last_stats = {"requests": sum(o.requests for o in outcomes),
+                           "cache_hits": sum(o.cache_hits for o in outcomes)}
+        for (record, levels), outcome in zip(live, outcomes, strict=True):
+            if outcome.description is not None:
+                self._fill(record, outcome.description, "llm", version, outcome.jaccard,
+                           outcome.intensity_agreement)
+            elif c.on_failure == "drop":
+                drop(record, self.name, outcome.reason or "LLM description not accepted")
+            else:
+                record["prompt_note"] = outcome.reason
+                self._use_grammar(record, levels, "grammar-fallback")
