@@ -14,9 +14,10 @@ One call, :func:`describe_with_llm`, describes a whole shard's samples concurren
 - every reply is stored in a SQLite cache keyed by (model, prompt-template version,
   temperature, AU vector, emotion, demographic words, conversation so far), so a resumed
   build never pays twice; the API key is never part of a key, a reason or a log line;
-- a circuit breaker: after ``give_up_after`` samples failed on requests (or at once on a
-  non-retryable error such as a bad key) the rest of the batch skips the server, so a dead
-  endpoint costs a bounded number of attempts.
+- a circuit breaker: after ``give_up_after * (max_retries + 1)`` failed requests in a row
+  (one success resets the count), or at once on a non-retryable error such as a bad key,
+  the rest of the batch skips the server, so a dead endpoint costs a bounded number of
+  requests (that many, plus at most ``concurrency - 1`` already in flight).
 
 A sample that fails comes back with ``description=None`` and a ``reason``; the stage
 decides between grammar fallback and drop.
@@ -223,17 +224,22 @@ class _BreakerOpen(Exception):
 
 
 class _Breaker:
-    """Stops calling a server that keeps failing, for the rest of one batch."""
+    """Stops calling a failing server for the rest of one batch: trips after ``limit`` failed
+    requests in a row (any success resets the count) or at once on a non-retryable error."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.failures = 0
+        self.consecutive = 0
         self.reason: str | None = None
 
-    def record(self, exc: _RequestFailed) -> None:
-        self.failures += 1
-        if not exc.retryable or self.failures >= self.limit:
-            self.reason = f"LLM server skipped for the rest of the batch after: {exc}"
+    def failed(self, message: str, retryable: bool) -> None:
+        self.consecutive += 1
+        if self.reason is None and (not retryable or self.consecutive >= self.limit):
+            self.reason = (f"LLM server skipped for the rest of the batch after {self.consecutive} "
+                           f"failed request{'s' if self.consecutive > 1 else ''} in a row; last: {message}")
+
+    def ok(self) -> None:
+        self.consecutive = 0
 
 
 def _describe_error(exc: BaseException, settings: LLMSettings) -> tuple[str, bool]:
@@ -274,12 +280,17 @@ async def _complete(client: Any, settings: LLMSettings, messages: list[dict[str,
                     if breaker.reason:  # tripped while this request waited its turn
                         raise _BreakerOpen(breaker.reason)
                     outcome.requests += 1
-                    response = await client.chat.completions.create(
-                        model=settings.model,
-                        messages=messages,
-                        temperature=settings.temperature,
-                        response_format={"type": "json_object"},
-                    )
+                    try:
+                        response = await client.chat.completions.create(
+                            model=settings.model,
+                            messages=messages,
+                            temperature=settings.temperature,
+                            response_format={"type": "json_object"},
+                        )
+                    except Exception as exc:
+                        breaker.failed(*_describe_error(exc, settings))
+                        raise
+                    breaker.ok()
     except _BreakerOpen as exc:
         raise _RequestFailed(str(exc), retryable=False, skipped=True) from None
     except Exception as exc:
@@ -310,7 +321,6 @@ async def _describe_one(client: Any, settings: LLMSettings, request: LLMRequest,
                 if exc.skipped:
                     outcome.reason = str(exc)
                     return outcome
-                breaker.record(exc)
                 outcome.reason = f"LLM request failed: {exc}"
                 return outcome
             cache.put(key, settings.model, content)
@@ -342,7 +352,7 @@ async def describe_with_llm(requests: Sequence[LLMRequest], settings: LLMSetting
 
     cache = RequestCache(cache_path)
     semaphore = asyncio.Semaphore(settings.concurrency)
-    breaker = _Breaker(settings.give_up_after)
+    breaker = _Breaker(settings.give_up_after * (settings.max_retries + 1))
     client = AsyncOpenAI(base_url=settings.base_url, api_key=settings.api_key,
                          timeout=settings.timeout_s, max_retries=0)
     try:

@@ -86,7 +86,7 @@ INTENSITY_WORDS: dict[str, int] = _intensity_words()
 
 # Filler allowed between a body part and its verb: "inner brows are slightly raised".
 _F = r"(?:(?:is|are|appear|appears|seem|seems|look|looks|being|been|held|remain|remains|" \
-     r"get|gets|a bit|somewhat|very|quite|just|rather|not|never|\w+ly)\s+){0,3}"
+     r"get|gets|hangs?|falls?|sits?|stays?|a bit|somewhat|very|quite|just|rather|not|never|\w+ly)\s+){0,3}"
 _BROW = r"(?:eye)?brows?"
 _LC = r"(?:(?:lip|mouth) corners?|corners of (?:the |her |his |their )?(?:mouth|lips))"
 _LIDS = r"(?:upper )?(?:eye)?lids?"

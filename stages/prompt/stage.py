@@ -51,7 +51,7 @@ class PromptConfig(StageConfig):
     retry_backoff_s: float = Field(1.0, ge=0.0, le=600.0)
     max_feedback_rounds: int = Field(2, ge=0, le=10)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
-    # samples failing on requests before the rest of the batch skips the server
+    # the batch stops calling the server after give_up_after x (max_retries + 1) failed requests in a row
     give_up_after: int = Field(3, ge=1, le=10_000)
     on_failure: Literal["grammar", "drop"] = "grammar"
 
