@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import tarfile
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -70,8 +71,9 @@ JSON_KEYS = (
 REQUIRED_KEYS = tuple(
     f.name for f in MANIFEST_SCHEMA if not f.nullable and f.name not in ("shard", "index", "accepted")
 )
-_COLUMNS = frozenset(MANIFEST_SCHEMA.names)
-_TRANSIENT = frozenset(TRANSIENT_KEYS)
+_NAMES = tuple(MANIFEST_SCHEMA.names)
+_POS = {name: i for i, name in enumerate(_NAMES)}
+_KNOWN_KEYS = frozenset(_NAMES) | frozenset(TRANSIENT_KEYS)
 _PIL_FORMAT = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
 # Keys of the stats JSON the writer owns; extra_stats may not replace them.
 _RESERVED_STATS = frozenset(
@@ -257,20 +259,17 @@ def sample_json(record: dict[str, Any], accepted: bool) -> bytes:
     return json.dumps(doc, default=json_default, ensure_ascii=False).encode()
 
 
-def _nan_to_none(values: Any) -> list[float | None] | None:
-    # The schema says null = detector does not cover the AU; detectors often use NaN for it.
-    if values is None:
-        return None
-    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in _plain(values)]
-
-
 def votes_column(detector_votes: dict[str, Any]) -> list[dict[str, Any]]:
-    """``record["detector_votes"]`` (name -> occurrence/intensity) -> the ``votes`` column."""
+    """``record["detector_votes"]`` (name -> occurrence/intensity) -> a ``votes`` value.
+
+    Vectors stay as given; NaN becomes null when the column is built (detectors often use
+    NaN for "AU not covered", which the schema spells null).
+    """
     return [
         {
             "detector": name,
-            "occurrence": _nan_to_none(vote.get("occurrence")),
-            "intensity": _nan_to_none(vote.get("intensity")),
+            "occurrence": vote.get("occurrence"),
+            "intensity": vote.get("intensity"),
         }
         for name, vote in detector_votes.items()
     ]
@@ -303,8 +302,16 @@ def encode_image(image: Any, image_format: ImageFormat, quality: int, key: str) 
     return buf.getvalue()
 
 
-class _HashingFile:
-    """Write-through file wrapper that hashes and counts what passes (one pass over the bytes)."""
+class _TarSink:
+    """Streams USTAR members to a file, hashing and counting the bytes on the way.
+
+    Why not ``webdataset.TarWriter``: ``import webdataset`` imports torch (about 8 s and
+    hundreds of MB per process on this machine), and TarWriter ignores its ``format``
+    argument, so every member gets a 1 kB PAX header for its float mtime. Why not
+    ``tarfile.addfile``: it copies each member through 16 kB reads; here a member is one
+    header (built by ``tarfile.TarInfo.tobuf``), one write of the bytes and the padding, the
+    same layout tarfile writes. webdataset and tarfile read the result (tested).
+    """
 
     def __init__(self, fh: BinaryIO, checksum: bool) -> None:
         self.fh = fh
@@ -312,17 +319,32 @@ class _HashingFile:
         self.size = 0
         self.discarded = False
 
-    def write(self, data: bytes) -> int:
+    def _write(self, data: bytes) -> None:
         if self.discarded:
-            # After abort(): tarfile's finaliser still flushes its buffer; swallow it.
-            return len(data)
+            return
         if self.hash is not None:
             self.hash.update(data)
+        self.fh.write(data)
         self.size += len(data)
-        return self.fh.write(data)
 
-    def flush(self) -> None:
-        self.fh.flush()
+    def add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o444
+        info.uname = info.gname = "mifa"
+        # mtime stays 0: identical input gives byte-identical tars (and checksums).
+        self._write(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
+        self._write(data)
+        padding = -len(data) % tarfile.BLOCKSIZE
+        if padding:
+            self._write(tarfile.NUL * padding)
+
+    def close(self) -> None:
+        """End-of-archive blocks, padded to a full record (as tarfile does)."""
+        self._write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        remainder = self.size % tarfile.RECORDSIZE
+        if remainder:
+            self._write(tarfile.NUL * (tarfile.RECORDSIZE - remainder))
 
     def hexdigest(self) -> str | None:
         return self.hash.hexdigest() if self.hash is not None else None
@@ -364,7 +386,7 @@ class ShardWriter:
                 f"shard {self.paths.tar} is already done (see {self.paths.stats}); "
                 "pass overwrite=True to rebuild it"
             )
-        self._rows: dict[str, list[Any]] = {name: [] for name in MANIFEST_SCHEMA.names}
+        self._rows: list[list[Any]] = []  # one list per sample, in MANIFEST_SCHEMA order
         self._keys: set[str] = set()
         self._drops: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._ignored: set[str] = set()
@@ -381,12 +403,7 @@ class ShardWriter:
         except OSError as exc:
             self._remove_temps()
             raise _write_error(self._tar_tmp, exc, "could not create") from exc
-        import webdataset as wds
-
-        self._sink = _HashingFile(self._fh, checksum)
-        # encoder=False: members are already bytes; mtime fixed so identical input gives
-        # byte-identical tars (and checksums).
-        self._tar = wds.TarWriter(self._sink, encoder=False, mtime=0.0)
+        self._sink = _TarSink(self._fh, checksum)
 
     # -- context manager -------------------------------------------------------------
     def __enter__(self) -> ShardWriter:
@@ -431,7 +448,8 @@ class ShardWriter:
                 elif width is None or height is None:
                     width, height = _encoded_size(data)
                 member = f"{key}.{fmt}"
-                self._write_member({"__key__": key, fmt: data, "json": sample_json(record, accepted)})
+                self._write_member(member, data)
+                self._write_member(f"{key}.json", sample_json(record, accepted))
                 if not accepted:
                     self._kept_rejected += 1
         if not accepted:
@@ -453,9 +471,9 @@ class ShardWriter:
             return None, None
         return encode_image(image, self.image_format, self.image_quality, key), self.image_format
 
-    def _write_member(self, sample: dict[str, Any]) -> None:
+    def _write_member(self, name: str, data: bytes) -> None:
         try:
-            self._tar.write(sample)
+            self._sink.add(name, data)
         except OSError as exc:
             raise _write_error(self.paths.tar, exc, "could not write shard") from exc
 
@@ -469,42 +487,43 @@ class ShardWriter:
         width: Any,
         height: Any,
     ) -> None:
-        rows = self._rows
-        for name in record.keys() - _COLUMNS - _TRANSIENT:
-            self._ignored.add(name)
-        filled = {
-            "key": key,
-            "shard": record.get("shard", self.shard),
-            "index": record.get("index", len(self._keys) - 1),
-            "accepted": accepted,
-            "image_member": member,
-            "image_format": fmt,
-            "width": width,
-            "height": height,
-        }
-        votes = record.get("votes")
-        if votes is None and record.get("detector_votes") is not None:
-            votes = votes_column(record["detector_votes"])
-        filled["votes"] = votes
-        for name, column in rows.items():
-            column.append(_plain(filled[name] if name in filled else record.get(name)))
+        unknown = record.keys() - _KNOWN_KEYS
+        if unknown:
+            self._ignored.update(unknown)
+        # Values go in as they are (numpy arrays and scalars too): pyarrow converts whole
+        # columns at commit, far faster than converting field by field here.
+        row = [record.get(name) for name in _NAMES]
+        row[_POS["key"]] = key
+        row[_POS["accepted"]] = accepted
+        row[_POS["image_member"]] = member
+        row[_POS["image_format"]] = fmt
+        row[_POS["width"]] = width
+        row[_POS["height"]] = height
+        if row[_POS["shard"]] is None:
+            row[_POS["shard"]] = self.shard
+        if row[_POS["index"]] is None:
+            row[_POS["index"]] = len(self._rows)
+        if row[_POS["votes"]] is None and record.get("detector_votes") is not None:
+            row[_POS["votes"]] = votes_column(record["detector_votes"])
+        self._rows.append(row)
 
     # -- commit / abort --------------------------------------------------------------
     def _manifest_table(self) -> pa.Table:
+        columns = list(zip(*self._rows, strict=True)) if self._rows else [()] * len(_NAMES)
         arrays = []
-        for field in MANIFEST_SCHEMA:
-            values = self._rows[field.name]
+        for field, values in zip(MANIFEST_SCHEMA, columns, strict=True):
             try:
-                arrays.append(pa.array(values, type=field.type))
+                # from_pandas: NaN -> null in votes (the schema: null = AU not covered).
+                arrays.append(pa.array(values, type=field.type, from_pandas=field.name == "votes"))
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
-                raise ValueError(self._bad_value_message(field, values, exc)) from exc
+                raise ValueError(self._bad_value_message(field, columns[0], values, exc)) from exc
         return pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA)
 
-    def _bad_value_message(self, field: pa.Field, values: list[Any], exc: Exception) -> str:
+    def _bad_value_message(self, field: pa.Field, keys: Any, values: Any, exc: Exception) -> str:
         # Only on the error path: find the first offending row so the message names a key.
-        for key, value in zip(self._rows["key"], values, strict=True):
+        for key, value in zip(keys, values, strict=True):
             try:
-                pa.array([value], type=field.type)
+                pa.array([value], type=field.type, from_pandas=field.name == "votes")
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
                 return (
                     f"shard {self.paths.parquet}: sample {key}: column {field.name!r} = {value!r} "
@@ -547,7 +566,7 @@ class ShardWriter:
 
     def _close_tar(self) -> None:
         try:
-            self._tar.close()
+            self._sink.close()
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()
