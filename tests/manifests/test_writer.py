@@ -235,3 +235,40 @@ def test_is_done_detects_truncated_tar(tmp_path: Path) -> None:
     assert not is_done(tmp_path, "d", 0)
     with pytest.raises(ValueError, match="not valid JSON"):
         read_stats(tmp_path, "d", 0)
+
+
+def test_nan_votes_become_null_and_unknown_keys_are_reported(tmp_path: Path) -> None:
+    record = make_record(0, 0, np.random.default_rng(13))
+    occurrence = np.full(12, 0.7, np.float32)
+    occurrence[3] = np.nan  # a detector's "not covered"
+    record["detector_votes"] = {"d": {"occurrence": occurrence, "intensity": None}}
+    record["debug_note"] = "not a column"
+    with ShardWriter(tmp_path, "d", 0) as writer:
+        writer.add(record)
+        stats = writer.commit()
+    (vote,) = pq.read_table(shard_paths(tmp_path, "d", 0).parquet)["votes"].to_pylist()[0]
+    assert vote["occurrence"][3] is None and vote["occurrence"][0] == pytest.approx(0.7)
+    assert vote["intensity"] is None
+    assert stats["ignored_keys"] == ["debug_note"]
+
+
+def test_same_input_gives_identical_tar(tmp_path: Path) -> None:
+    digests = []
+    for name in ("a", "b"):
+        _, stats = write_shard(tmp_path, name, 0, 3, rng=np.random.default_rng(14))
+        digests.append(stats["tar_sha256"])
+    assert digests[0] == digests[1]
+    assert (tmp_path / "a-000000.tar").read_bytes() == (tmp_path / "b-000000.tar").read_bytes()
+    _, unchecked = write_shard(tmp_path, "c", 0, 3, rng=np.random.default_rng(14), checksum=False)
+    assert unchecked["tar_sha256"] is None and unchecked["tar_bytes"] > 0
+
+
+def test_tar_is_standard_for_tarfile(tmp_path: Path) -> None:
+    import tarfile
+
+    write_shard(tmp_path, "d", 0, 2, rng=np.random.default_rng(15))
+    with tarfile.open(shard_paths(tmp_path, "d", 0).tar) as tar:
+        names = tar.getnames()
+        label = json.loads(tar.extractfile("000000_00001.json").read())
+    assert names == ["000000_00000.jpg", "000000_00000.json", "000000_00001.jpg", "000000_00001.json"]
+    assert label["key"] == "000000_00001"
