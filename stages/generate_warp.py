@@ -1,0 +1,424 @@
+"""``warp`` generator: an identity photo warped into a planned AU expression (exact labels).
+
+CPU only, no model downloads. For each record it takes the identity's exemplar photo
+(``context.identity_bank.image(record["identity_id"])``) and the planned 12-vector of AU
+intensities, moves the 68 dlib landmarks by the documented model in
+:mod:`stages.warp_model`, and warps the photo with a piecewise-affine map over a Delaunay
+triangulation of the landmarks plus fixed anchor points (a ring around the face and a far
+square, so hair and background stay put). Where the lips part it paints a mouth interior
+(dark cavity, a hint of upper teeth); where FACS names wrinkles or furrows as the sign of an
+AU it adds soft shading. Because the expression is made from the label, the labels are the
+plan itself: ``label_source = "exact"``.
+
+Pipeline per record (all in the output frame, one resampling of the source photo):
+seeded jitter (roll, scale, shift) -> crop of ``crop_scale`` inter-ocular distances around
+the face -> triangle-wise affine map output px -> source px (same maths as
+``skimage.transform.PiecewiseAffineTransform``, rasterised with OpenCV for speed) ->
+``cv2.remap`` -> mouth interior -> wrinkle shading -> seeded lighting jitter. The same seed
+gives the identical image.
+
+Identities: ``identities.bank = "builtin"`` gives ``builtin-astronaut`` and
+``builtin-grace-hopper``. To use your own, make a folder with the photos and an
+``identities.csv`` with columns ``identity_id,image,ethnicity,age_band,gender,source,licence``
+(``image`` relative to the folder; values as in :mod:`factory.recipe`), set
+``identities.bank`` to that folder, and optionally run ``factory identities index FOLDER``
+to check every photo up front. A usable photo shows exactly one frontal face (dlib's HOG
+detector finds it), ideally neutral with closed lips, at least ~60 px between the eyes.
+
+Unusable identity photos (unreadable, no face, several faces): with the default
+``on_bad_identity = "error"`` the stage raises :class:`StageError` naming the identity and
+the file, since a bad bank is a setup problem; with ``"drop"`` each affected record is
+dropped with that reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from factory.aus import DISFA_AUS, INTENSITY_MAX
+from stages.base import Record, Resources, Stage, StageConfig, StageError, drop, is_dropped
+from stages.warp_model import appearance_strokes, displacements, face_frame
+
+__all__ = [
+    "IdentityGeometry",
+    "WarpConfig",
+    "WarpGenerator",
+    "identity_geometry",
+    "piecewise_affine_map",
+    "render_expression",
+]
+
+
+class WarpConfig(StageConfig):
+    jitter: float = Field(1.0, ge=0.0, le=3.0, description="scale of the seeded roll/scale/shift/"
+                          "lighting jitter; 0 renders every seed the same")
+    mouth_interior: bool = Field(True, description="paint a mouth cavity where the lips part")
+    teeth: bool = Field(True, description="a hint of upper teeth inside the cavity")
+    appearance_cues: bool = Field(True, description="wrinkle/furrow shading (AU1/2/4/6/9/12/15/17/20)")
+    cue_strength: float = Field(1.0, ge=0.0, le=3.0, description="multiplies the shading darkness")
+    crop_scale: float = Field(4.2, ge=2.5, le=10.0, description="output side in inter-ocular distances")
+    image_size: int | None = Field(None, ge=32, le=2048, description="default: output.image_size")
+    on_bad_identity: Literal["error", "drop"] = "error"
+
+
+# Jitter at jitter=1.0: roll (degrees), scale, shift (share of the side), lighting.
+_ROLL_DEG, _SCALE, _SHIFT = 4.0, 0.04, 0.025
+_GAIN, _CHANNEL_GAIN, _GAMMA, _GRADIENT = 0.06, 0.025, 0.07, 0.05
+# Crop centre below the eye midpoint, in IOD (puts the nose near the image centre).
+_CENTRE_DOWN = 0.55
+
+
+@dataclass
+class IdentityGeometry:
+    """What the stage caches per identity: photo, landmarks, frame, triangulation."""
+
+    identity_id: str
+    image: np.ndarray  # uint8 RGB source photo
+    landmarks: np.ndarray  # (68, 2) float64 source pixels
+    origin: np.ndarray  # eye midpoint, source pixels
+    basis: np.ndarray  # 2x2, columns: eye axis, face-down axis
+    iod: float  # source pixels
+    points: np.ndarray  # (68 + anchors, 2) face frame (IOD units): landmarks then anchors
+    simplices: np.ndarray  # (T, 3) Delaunay triangles over ``points``
+    scaled: dict[float, np.ndarray] = field(default_factory=dict)  # pre-shrunk photos
+
+
+def _anchor_points(landmarks_face: np.ndarray) -> np.ndarray:
+    """Fixed (never displaced) points in the face frame: a ring outside the face and a far
+    square, so the deformation stays local and the triangulation covers any crop."""
+    centre = landmarks_face.mean(axis=0)
+    half = (landmarks_face.max(axis=0) - landmarks_face.min(axis=0)) / 2
+    # The ring leaves room for the largest move (jaw drop 0.27 IOD) below the chin.
+    radii = half * 1.25 + 0.45
+    angles = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+    ring = centre + np.stack([np.cos(angles) * radii[0], np.sin(angles) * radii[1]], axis=1)
+    far = 12.0
+    square = np.array([[x, y] for x in (-far, 0, far) for y in (-far, 0, far) if (x, y) != (0, 0)])
+    return np.vstack([ring, square])
+
+
+def identity_geometry(identity_id: str, image: np.ndarray, landmarks: np.ndarray) -> IdentityGeometry:
+    """Face frame and triangulation of one identity photo (pure; cached by the stage)."""
+    from scipy.spatial import Delaunay
+
+    lm = np.asarray(landmarks, np.float64)
+    origin, basis, iod = face_frame(lm)
+    face = (lm - origin) @ basis / iod
+    # Closed lips give (near-)identical inner-lip points; keep a hair of gap so the
+    # triangulation has non-degenerate triangles there to open the mouth with.
+    min_gap = 0.006
+    for up, low in ((61, 67), (62, 66), (63, 65)):
+        gap = face[low, 1] - face[up, 1]
+        if gap < min_gap:
+            mid = (face[low, 1] + face[up, 1]) / 2
+            face[up, 1], face[low, 1] = mid - min_gap / 2, mid + min_gap / 2
+    points = np.vstack([face, _anchor_points(face)])
+    simplices = Delaunay(points).simplices.astype(np.int32)
+    return IdentityGeometry(identity_id, np.ascontiguousarray(image), lm, origin, basis, iod,
+                            points, simplices)
+
+
+def piecewise_affine_map(
+    dst: np.ndarray, src: np.ndarray, simplices: np.ndarray, shape: tuple[int, int],
+    fallback: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backward maps ``(map_x, map_y)`` for ``cv2.remap``: each output pixel inside triangle
+    ``dst[simplices[t]]`` goes to the same barycentric spot of ``src[simplices[t]]``.
+
+    The per-pixel result equals ``skimage.transform.PiecewiseAffineTransform`` estimated
+    from ``dst`` to ``src`` on the given triangles; pixels outside every triangle use the
+    2x3 ``fallback`` affine (default: identity).
+    """
+    import cv2
+
+    h, w = shape
+    tri_dst = dst[simplices]  # (T, 3, 2)
+    tri_src = src[simplices]
+    ones = np.ones((len(simplices), 3, 1))
+    q = np.concatenate([tri_dst, ones], axis=2)  # (T, 3, 3) rows [x, y, 1]
+    det = np.linalg.det(q)
+    ok = np.abs(det) > 1e-9
+    affines = np.zeros((len(simplices) + 1, 2, 3))
+    affines[0] = np.array([[1.0, 0, 0], [0, 1.0, 0]]) if fallback is None else fallback
+    # Solve q @ A^T = tri_src for each well-formed triangle: A maps [x, y, 1] -> source.
+    affines[1:][ok] = np.linalg.solve(q[ok], tri_src[ok]).transpose(0, 2, 1)
+    index = np.zeros((h, w), np.int32)
+    shift = 4  # sub-pixel vertex precision for the rasteriser
+    for t in np.flatnonzero(ok):
+        poly = np.round(tri_dst[t] * (1 << shift)).astype(np.int32)
+        cv2.fillConvexPoly(index, poly, int(t) + 1, lineType=cv2.LINE_8, shift=shift)
+    a = affines.astype(np.float32)[index]  # (h, w, 2, 3)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    map_x = a[..., 0, 0] * xs + a[..., 0, 1] * ys + a[..., 0, 2]
+    map_y = a[..., 1, 0] * xs + a[..., 1, 1] * ys + a[..., 1, 2]
+    return map_x, map_y
+
+
+def _inner_gap(pts: np.ndarray) -> float:
+    return float(np.mean([np.linalg.norm(pts[lo] - pts[up]) for up, lo in ((61, 67), (62, 66), (63, 65))]))
+
+
+def _poly_mask(shape: tuple[int, int], poly: np.ndarray) -> np.ndarray:
+    """Anti-aliased float mask (0-1) of a polygon given in (sub-)pixel coordinates."""
+    import cv2
+
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
+    return mask.astype(np.float32) / 255.0
+
+
+def _synthetic_teeth(cavity: np.ndarray, dst_pts: np.ndarray, gap: float, iod: float) -> np.ndarray:
+    """A hint of upper teeth hanging from the upper inner lip, fading towards the corners."""
+    import cv2
+
+    h, w = cavity.shape[:2]
+    upper = dst_pts[[60, 61, 62, 63, 64]]
+    depth = min(0.42 * gap, 0.07 * iod)
+    hang = np.array([0.25, 0.85, 1.0, 0.85, 0.25])[:, None] * depth * np.array([[0.0, 1.0]])
+    tmask = _poly_mask((h, w), np.vstack([upper, (upper + hang)[::-1]]))
+    centre_x = dst_pts[62, 0]
+    half_w = max(float(np.linalg.norm(dst_pts[64] - dst_pts[60])) / 2, 1.0)
+    xs = np.arange(w, dtype=np.float32)
+    fade = np.clip(1.0 - 0.6 * np.abs(xs - centre_x) / half_w, 0.2, 1.0)[None, :]
+    seams = np.zeros((h, w), np.float32)
+    tooth_w = 0.13 * iod  # a central incisor is ~8.5 mm wide, ~0.13 IOD
+    top, bottom = round(upper[:, 1].min()) - 2, round(upper[:, 1].max() + depth) + 2
+    for k in (-2, -1, 0, 1, 2):
+        x = centre_x + k * tooth_w * (1.0 if abs(k) <= 1 else 0.9)
+        cv2.line(seams, (round(x), top), (round(x), bottom), 1.0, max(1, round(0.012 * iod)), cv2.LINE_AA)
+    enamel = np.array([214, 205, 186], np.float32)  # in the shadow of the lips
+    tooth_rgb = enamel[None, None] * (fade * (1.0 - 0.2 * seams))[..., None]
+    return cavity * (1 - tmask[..., None]) + tooth_rgb * tmask[..., None]
+
+
+def _paint_mouth(img: np.ndarray, source: np.ndarray, out_to_src: np.ndarray, src_pts: np.ndarray,
+                 dst_pts: np.ndarray, iod: float, teeth: bool) -> np.ndarray:
+    """Mouth interior inside the displaced inner-lip contour where the lips part further.
+
+    A dark oral cavity with a dim tongue fills the new opening. If the photo already shows
+    its mouth interior (teeth in a smile), that interior is moved with the upper lip (upper
+    teeth are fixed to the skull) and laid over the cavity instead of being stretched;
+    otherwise a hint of upper teeth is drawn. ``src_pts`` / ``dst_pts`` are the neutral and
+    displaced landmarks in output pixels; ``out_to_src`` maps output pixels to ``source``
+    pixels for the undeformed crop.
+    """
+    import cv2
+
+    gap_dst, gap_src = _inner_gap(dst_pts), _inner_gap(src_pts)
+    if gap_dst < 0.02 * iod or gap_dst - gap_src < 0.01 * iod:
+        return img
+    h, w = img.shape[:2]
+    cavity = np.empty((h, w, 3), np.float32)
+    cavity[:] = (42, 16, 20)  # dark red-brown of the oral cavity in shadow
+    lower = dst_pts[[65, 66, 67]].mean(axis=0)
+    axes = (max(int(0.45 * np.linalg.norm(dst_pts[64] - dst_pts[60])), 1), max(int(0.35 * gap_dst), 1))
+    tongue = np.zeros((h, w), np.float32)
+    cv2.ellipse(tongue, (round(lower[0]), round(lower[1])), axes, 0, 180, 360, 1.0, -1, cv2.LINE_AA)
+    tongue = cv2.GaussianBlur(tongue, (0, 0), max(0.15 * gap_dst, 0.5))
+    cavity += tongue[..., None] * (np.array([105, 42, 46], np.float32) - cavity) * 0.6
+
+    if gap_src >= 0.03 * iod:
+        # Move the photo's own mouth interior with the upper lip, widening it with the mouth.
+        c_src, c_dst = src_pts[61:64].mean(axis=0), dst_pts[61:64].mean(axis=0)
+        width_src = max(float(np.linalg.norm(src_pts[64] - src_pts[60])), 1.0)
+        sx = float(np.linalg.norm(dst_pts[64] - dst_pts[60])) / width_src
+        # q (output) -> v = c_src + diag(1/sx, 1) (q - c_dst) (undeformed output) -> source.
+        to_undeformed = np.array([[1 / sx, 0, c_src[0] - c_dst[0] / sx], [0, 1, c_src[1] - c_dst[1]]])
+        full = np.vstack([out_to_src, [0, 0, 1]]) @ np.vstack([to_undeformed, [0, 0, 1]])
+        interior = cv2.warpAffine(source, full[:2], (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_REFLECT_101).astype(np.float32)
+        moved_poly = c_dst + (src_pts[60:68] - c_src) * np.array([[sx, 1.0]])
+        keep = cv2.GaussianBlur(_poly_mask((h, w), moved_poly), (0, 0), max(0.004 * iod, 0.5))
+        cavity = cavity * (1 - keep[..., None]) + interior * keep[..., None]
+    elif teeth and gap_dst > 0.04 * iod:
+        cavity = _synthetic_teeth(cavity, dst_pts, gap_dst, iod)
+    m = cv2.GaussianBlur(_poly_mask((h, w), dst_pts[60:68]), (0, 0), max(0.004 * iod, 0.5))
+    out = img.astype(np.float32) * (1 - m[..., None]) + cavity * m[..., None]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _shade(img: np.ndarray, landmarks: np.ndarray, intensities: list[int], strength: float) -> np.ndarray:
+    import cv2
+
+    strokes = appearance_strokes(landmarks, intensities)
+    if not strokes or strength <= 0:
+        return img
+    shade = np.zeros(img.shape[:2], np.float32)
+    for s in strokes:
+        layer = np.zeros_like(shade)
+        width = max(round(s.width), 1)
+        cv2.polylines(layer, [np.round(s.points * 16).astype(np.int32)], False, 1.0, width,
+                      cv2.LINE_AA, shift=4)
+        # Wide blur: a furrow is a soft shadow, not a drawn line.
+        layer = cv2.GaussianBlur(layer, (0, 0), max(s.width * 1.1, 0.8))
+        shade += layer * s.darkness * strength
+    out = img.astype(np.float32) * (1.0 - np.clip(shade, -0.3, 0.6))[..., None]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _light(img: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+    if amount <= 0:
+        return img
+    gain = 1 + _GAIN * amount * rng.uniform(-1, 1)
+    channel = 1 + _CHANNEL_GAIN * amount * rng.uniform(-1, 1, size=3)
+    gamma = 1 + _GAMMA * amount * rng.uniform(-1, 1)
+    h, w = img.shape[:2]
+    angle = rng.uniform(0, 2 * np.pi)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = ((xs / w - 0.5) * np.cos(angle) + (ys / h - 0.5) * np.sin(angle)) * 2 * _GRADIENT * amount
+    x = img.astype(np.float32) / 255.0
+    x = np.power(x, gamma) * (gain * channel)[None, None] * (1 + ramp)[..., None]
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def render_expression(geom: IdentityGeometry, intensities: list[int], size: int, seed: int,
+                      config: WarpConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The expression image ``(size, size, 3)`` uint8 and its 68 landmarks in output pixels."""
+    import cv2
+
+    cfg = config or WarpConfig()
+    rng = np.random.default_rng(seed)
+    j = cfg.jitter
+    roll = np.deg2rad(_ROLL_DEG * j * rng.uniform(-1, 1))
+    zoom = 1 + _SCALE * j * rng.uniform(-1, 1)
+    shift = _SHIFT * j * rng.uniform(-1, 1, size=2) * size
+    px_per_iod = size / cfg.crop_scale * zoom
+    c, s = np.cos(roll), np.sin(roll)
+    rot = np.array([[c, -s], [s, c]])
+    centre_face = np.array([0.0, _CENTRE_DOWN])
+
+    def to_output(u: np.ndarray) -> np.ndarray:  # face frame (IOD) -> output pixels
+        return size / 2 + shift + px_per_iod * (u - centre_face) @ rot.T
+
+    # Sample from a pre-shrunk photo when the output is much smaller (avoids aliasing).
+    ratio = (size / cfg.crop_scale) / geom.iod
+    factor = 1.0 if ratio >= 0.7 else round(min(ratio * 1.25, 1.0), 3)
+    if factor not in geom.scaled:
+        geom.scaled[factor] = geom.image if factor == 1.0 else cv2.resize(
+            geom.image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+    source = geom.scaled[factor]
+
+    n = 68
+    disp = np.zeros_like(geom.points)
+    disp[:n] = displacements(intensities)
+    src_face, dst_face = geom.points, geom.points + disp
+    src_pixels = (geom.origin + geom.iod * src_face @ geom.basis.T) * factor
+    dst_out = to_output(dst_face)
+    src_out = to_output(src_face)
+    # Fallback for pixels outside all triangles: the undeformed crop transform.
+    fallback_pts = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    q = np.hstack([to_output(fallback_pts), np.ones((3, 1))])
+    fallback = np.linalg.solve(q, (geom.origin + geom.iod * fallback_pts @ geom.basis.T) * factor).T
+    map_x, map_y = piecewise_affine_map(dst_out, src_pixels, geom.simplices, (size, size), fallback)
+    img = cv2.remap(source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+    lm_out = dst_out[:n]
+    if cfg.mouth_interior:
+        img = _paint_mouth(img, source, fallback, src_out[:n], lm_out, px_per_iod, cfg.teeth)
+    if cfg.appearance_cues:
+        img = _shade(img, lm_out, intensities, cfg.cue_strength)
+    img = _light(img, rng, j)
+    return img, lm_out.astype(np.float32)
+
+
+def _validate_plan(record: Record) -> list[int] | str:
+    """The planned 12-vector as ints 0-5, or the reason it is unusable."""
+    planned = record.get("planned_intensity")
+    try:
+        values = [int(v) for v in planned]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return f"planned_intensity {planned!r} is not a list of {len(DISFA_AUS)} integers"
+    if len(values) != len(DISFA_AUS) or any(not 0 <= v <= INTENSITY_MAX for v in values):
+        return f"planned_intensity {values} must be {len(DISFA_AUS)} integers in 0-{INTENSITY_MAX}"
+    return values
+
+
+class WarpGenerator(Stage):
+    name = "warp"
+    kind = "generator"
+    resources = Resources(num_gpus=0.0, num_cpus=1.0)
+    config_model = WarpConfig
+
+    def __init__(self, config: StageConfig, context: Any) -> None:
+        super().__init__(config, context)
+        self._geometry: dict[str, IdentityGeometry] = {}
+        self._unusable: dict[str, str] = {}
+
+    def setup(self) -> None:
+        if self.context.identity_bank is None:
+            raise StageError("the 'warp' generator needs an identity bank; set identities.bank to "
+                             "'builtin' or to a folder with identities.csv")
+        from factory.landmarks import load_models
+
+        try:
+            load_models()  # load dlib's models now, not inside the first batch
+        except RuntimeError as exc:
+            raise StageError(str(exc)) from exc
+
+    def _identity_file(self, identity_id: str) -> str:
+        bank = self.context.identity_bank
+        rec = bank.get(identity_id)
+        root = getattr(bank, "root", None)
+        return rec.image if root is None or rec.image.startswith("pkg:") else str(root / rec.image)
+
+    def geometry(self, identity_id: str) -> IdentityGeometry:
+        """The cached geometry of an identity; :class:`StageError` if its photo is unusable."""
+        if identity_id in self._geometry:
+            return self._geometry[identity_id]
+        if identity_id not in self._unusable:
+            self._unusable[identity_id] = ""
+            try:
+                self._geometry[identity_id] = self._load(identity_id)
+                del self._unusable[identity_id]
+                return self._geometry[identity_id]
+            except StageError as exc:
+                self._unusable[identity_id] = str(exc)
+        raise StageError(self._unusable[identity_id])
+
+    def _load(self, identity_id: str) -> IdentityGeometry:
+        from factory.identities import IdentityBankError
+        from factory.identity_index import ExemplarError, exemplar_face
+
+        bank = self.context.identity_bank
+        try:
+            path = self._identity_file(identity_id)
+            image = np.asarray(bank.image(identity_id))
+        except IdentityBankError as exc:
+            raise StageError(f"warp: identity {identity_id!r}: {exc}") from exc
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise StageError(f"warp: identity {identity_id!r} ({path}) is not an RGB image")
+        try:
+            face = exemplar_face(image)
+        except ExemplarError as exc:
+            raise StageError(f"warp: identity {identity_id!r} photo {path} is unusable: {exc.reason}; "
+                             "replace the photo with a single frontal face or remove the identity "
+                             "(check a bank with: factory identities index FOLDER)") from exc
+        return identity_geometry(identity_id, image, face.landmarks)
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        cfg: WarpConfig = self.config  # type: ignore[assignment]
+        size = cfg.image_size or self.context.image_size
+        for record in batch:
+            if is_dropped(record):
+                continue
+            planned = _validate_plan(record)
+            if isinstance(planned, str):
+                drop(record, self.name, planned)
+                continue
+            try:
+                geom = self.geometry(record["identity_id"])
+            except StageError as exc:
+                if cfg.on_bad_identity == "error":
+                    raise
+                drop(record, self.name, str(exc))
+                continue
+            record["image"], _ = render_expression(geom, planned, size, int(record["seed"]), cfg)
+            record["generator"] = self.name
+            record["label_source"] = "exact"
+            record["generator_occurrence"] = [1.0 if v > 0 else 0.0 for v in planned]
+            record["generator_intensity"] = [float(v) for v in planned]
+        return batch
