@@ -276,7 +276,7 @@ _REST_FRAMES: tuple[str, ...] = (
 _CONTINUATIONS: tuple[str, ...] = (
     "It also shows {L}.",
     "Also present: {L}.",
-    "Further down the face, {L}.",
+    "Beyond that, {L}.",
     "In addition, {L}.",
     "The rest of the face adds {L}.",
 )
@@ -430,8 +430,8 @@ def describe(
     sentences: list[tuple[str, str]] = []
     inline = bool(mentioned) and rng.random() < 0.6
     if inline:
-        for m in mentioned:
-            items.insert(rng.randint(0, len(items)), m)
+        for m in mentioned:  # never first: a frame should open on what the face does
+            items.insert(rng.randint(1, len(items)), m)
     split_at = len(items)
     if len(items) >= 3 and rng.random() < 0.3:
         split_at = rng.randint(1, len(items) - 1)

@@ -161,6 +161,11 @@ def cache_key(settings: LLMSettings, request: LLMRequest, history: Sequence[tupl
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+# A refusal or apology is not a description, even for a face with no active AU (whose
+# read-back is trivially perfect).
+_REFUSAL = re.compile(
+    r"\b(?:sorry|apologi[sz]e|i cannot|i can ?not|i can't|i am unable|i'm unable|as an ai)\b", re.IGNORECASE
+)
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
@@ -330,6 +335,8 @@ async def _describe_one(client: Any, settings: LLMSettings, request: LLMRequest,
         description = parse_reply(content)
         if description is None:
             problem = 'the reply was not a JSON object with a non-empty "description" string'
+        elif _REFUSAL.search(description):
+            problem = "the reply was a refusal or apology, not a description"
         else:
             jac, agree = check_description(description, request.intensity)
             if jac >= settings.min_jaccard and agree >= settings.min_intensity_agreement:

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from pydantic import Field
 
+from factory.recipe import EMOTION_MIX_KEYS
 from stages.base import Record, Resources, Stage, StageConfig, StageError, drop, is_dropped
 from stages.prompt.grammar import GRAMMAR_VERSION, describe, validate_intensity
 from stages.prompt.readback import check_description, mismatch_report
@@ -132,10 +133,15 @@ class PromptStage(Stage):
             self._fill(record, result[0], backend, GRAMMAR_VERSION, result[1], result[2])
 
     def _levels(self, record: Record) -> list[int] | None:
+        """The record's validated plan, or ``None`` after dropping it with the reason."""
         try:
             levels = validate_intensity(record["planned_intensity"])
         except (KeyError, TypeError, ValueError) as exc:
             drop(record, self.name, f"bad planned_intensity: {exc}")
+            return None
+        emotion = record.get("emotion")
+        if emotion not in EMOTION_MIX_KEYS:
+            drop(record, self.name, f"bad emotion {emotion!r}; allowed: {list(EMOTION_MIX_KEYS)}")
             return None
         return levels
 

@@ -5,6 +5,7 @@
 - ``good``: JSON ``{"description": ...}`` written by the grammar from the AUs in the prompt
 - ``prose``: the same text without JSON (a server that ignores ``response_format``)
 - ``garbage``: prose that names no AU at all
+- ``refusal``: JSON carrying an apology instead of a description
 - ``wrong``: JSON describing the wrong AUs (always a strong smile and a frown)
 - ``fix_after_feedback``: ``wrong`` until the conversation carries read-back feedback
 - ``500`` / ``429``: that HTTP status; ``fail_first`` > 0 fails only the first N requests
@@ -114,7 +115,9 @@ class StubLLM:
         if mode == "prose":
             return 200, grammar_reply(messages)
         if mode == "garbage":
-            return 200, "I am sorry, but I cannot help with that request!!"
+            return 200, "Lorem ipsum dolor sit amet <<>> 42"
+        if mode == "refusal":
+            return 200, json.dumps({"description": "I am sorry, but I cannot help with that request."})
         if mode == "wrong":
             return 200, json.dumps({"description": "A strong smile and a marked frown."})
         raise ValueError(mode)

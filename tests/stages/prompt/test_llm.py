@@ -105,6 +105,16 @@ def test_garbage_is_retried_with_feedback_then_falls_back_to_grammar(stub, tmp_p
     _assert_all_described_or_dropped(out)
 
 
+def test_refusal_is_not_accepted_even_for_a_face_at_rest(stub, tmp_path) -> None:
+    records = make_records(3, seed=30)
+    for r in records:
+        r["planned_intensity"], r["emotion"] = [0] * 12, "neutral"
+    stub.reset("refusal")  # "I am sorry, but I cannot help ..." reads back as no AU: Jaccard 1.0
+    out = _run(_stage(stub, tmp_path, max_feedback_rounds=0), records)
+    assert stub.requests == 3
+    assert all(r["prompt_backend"] == "grammar-fallback" and "refusal" in r["prompt_note"] for r in out)
+
+
 def test_wrong_aus_dropped_with_reason_when_on_failure_is_drop(stub, tmp_path) -> None:
     stub.reset("wrong")
     out = _run(_stage(stub, tmp_path, max_feedback_rounds=1, on_failure="drop"), make_records(N, seed=4))
