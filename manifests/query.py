@@ -9,15 +9,21 @@ DuckDB lists are **1-based**: ``au_occurrence[1]`` is AU1, ``au_occurrence[7]`` 
 
     SELECT key, au_intensity[au(12)] AS smile FROM samples WHERE au_occurrence[au(12)] = 1
 
-DuckDB binds a macro's body when it is created, so a macro cannot read a column of the
-query implicitly; ``au_occ(n)`` style filters are written ``au_occurrence[au(n)]``, or
-built in Python with :func:`au_filter` (``au_filter(12) == "au_occurrence[au(12)] = 1"``).
+DuckDB binds a macro's body when it is created, so no macro can read a column of the
+query implicitly. The shorthands ``au_occ(N)`` and ``au_int(N)`` (``N`` a literal AU number)
+are therefore expanded before DuckDB sees the SQL, by :func:`expand_au_shorthand`::
+
+    au_occ(12) = 1 AND au_int(6) >= 3   ->   au_occurrence[7] = 1 AND au_intensity[5] >= 3
+
+An AU MIFA does not label is an error there, naming the labelled ones. In Python,
+:func:`au_filter` builds the same conditions (``au_filter(12) == "au_occ(12) = 1"``).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -30,6 +36,7 @@ __all__ = [
     "au_occurrence_counts",
     "connect",
     "drop_reasons",
+    "expand_au_shorthand",
     "intensity_histograms",
     "query",
     "summary",
@@ -67,11 +74,29 @@ def connect(run_dir: Path, *, include_rejected: bool = False) -> Any:
     return con
 
 
-def au_filter(au: int, value: int = 1, column: str = "au_occurrence") -> str:
-    """SQL condition ``{column}[au({au})] = {value}``; raises for an AU MIFA does not label."""
+_SHORTHAND = re.compile(r"\bau_(occ|int)\(\s*(\d+)\s*\)", re.IGNORECASE)
+_SHORTHAND_COLUMN = {"occ": "au_occurrence", "int": "au_intensity"}
+
+
+def _position(au: int) -> int:
     if au not in AU_INDEX:
         raise ValueError(f"AU {au} is not labelled by MIFA; labelled AUs: {list(DISFA_AUS)}")
-    return f"{column}[au({au})] = {int(value)}"
+    return AU_INDEX[au] + 1  # DuckDB lists are 1-based
+
+
+def expand_au_shorthand(sql: str) -> str:
+    """``au_occ(N)`` / ``au_int(N)`` -> ``au_occurrence[pos]`` / ``au_intensity[pos]``."""
+
+    def replace(match: re.Match[str]) -> str:
+        return f"{_SHORTHAND_COLUMN[match.group(1).lower()]}[{_position(int(match.group(2)))}]"
+
+    return _SHORTHAND.sub(replace, sql)
+
+
+def au_filter(au: int, value: int = 1, kind: Literal["occ", "int"] = "occ") -> str:
+    """SQL condition ``au_occ({au}) = {value}`` (or ``au_int``); raises for an unlabelled AU."""
+    _position(au)
+    return f"au_{kind}({au}) = {int(value)}"
 
 
 def query(
@@ -82,6 +107,7 @@ def query(
         raise ValueError("pass either sql (a full query) or where (a filter on samples), not both")
     if sql is None:
         sql = "SELECT * FROM samples" + (f" WHERE {where}" if where else "")
+    sql = expand_au_shorthand(sql)
     con = connect(run_dir, include_rejected=include_rejected)
     try:
         return con.sql(sql).to_arrow_table()

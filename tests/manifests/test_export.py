@@ -41,7 +41,7 @@ def _source_images(run_dir: Path) -> dict[str, bytes]:
 def test_export_webdataset_reshards_selection(source: tuple[Path, dict], tmp_path: Path) -> None:
     run_dir, accepted = source
     out = tmp_path / "out"
-    where = "au_occurrence[au(12)] = 1"
+    where = "au_occ(12) = 1"
     expected = sorted(k for k, r in accepted.items() if r["au_occurrence"][DISFA_AUS.index(12)] == 1)
     assert len(expected) > 3
     report = export(run_dir, out, where=where, shard_size=3)

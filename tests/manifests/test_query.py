@@ -7,7 +7,7 @@ import pytest
 
 from factory.aus import DISFA_AUS
 from manifests.index import write_index
-from manifests.query import au_filter, query, summary
+from manifests.query import au_filter, expand_au_shorthand, query, summary
 from tests.manifests import write_shard
 
 
@@ -37,21 +37,36 @@ def test_samples_view_accepted_only(built: tuple[Path, list[dict]]) -> None:
     assert sum(not a for a in everything["accepted"].to_pylist()) == 4
 
 
-def test_au_macro_matches_one_based_list_index(built: tuple[Path, list[dict]]) -> None:
+def test_au_macro_and_shorthand_match_one_based_list_index(built: tuple[Path, list[dict]]) -> None:
     run_dir, records = built
     expected = sorted(r["key"] for r in _accepted(records) if r["au_occurrence"][DISFA_AUS.index(12)] == 1)
     assert 0 < len(expected) < 12  # the fixture has both values for AU12
-    by_macro = query(run_dir, where=au_filter(12))["key"].to_pylist()
     by_index = query(run_dir, sql="SELECT key FROM samples WHERE au_occurrence[7] = 1")["key"].to_pylist()
-    assert sorted(by_macro) == sorted(by_index) == expected
-    # Intensities through the same macro.
-    table = query(run_dir, sql="SELECT key, au_intensity[au(26)] AS jaw FROM samples ORDER BY key")
+    by_macro = query(run_dir, where="au_occurrence[au(12)] = 1")["key"].to_pylist()
+    by_shorthand = query(run_dir, where="au_occ(12) = 1")["key"].to_pylist()
+    by_helper = query(run_dir, where=au_filter(12))["key"].to_pylist()
+    assert sorted(by_index) == sorted(by_macro) == sorted(by_shorthand) == sorted(by_helper) == expected
+    # Intensities through the macro and the shorthand.
+    table = query(
+        run_dir, sql="SELECT key, au_intensity[au(26)] AS a, au_int(26) AS b FROM samples ORDER BY key"
+    )
     want = {r["key"]: int(r["au_intensity"][-1]) for r in _accepted(records)}
-    assert dict(zip(table["key"].to_pylist(), table["jaw"].to_pylist(), strict=True)) == want
-    # An AU MIFA does not label has no position.
+    assert dict(zip(table["key"].to_pylist(), table["a"].to_pylist(), strict=True)) == want
+    assert table["a"].to_pylist() == table["b"].to_pylist()
+    # An AU MIFA does not label: NULL position from the macro, an error from the shorthand.
     assert query(run_dir, sql="SELECT au(3) AS p")["p"].to_pylist() == [None]
     with pytest.raises(ValueError, match="AU 3 is not labelled"):
+        query(run_dir, where="au_occ(3) = 1")
+    with pytest.raises(ValueError, match="AU 3 is not labelled"):
         au_filter(3)
+
+
+def test_expand_au_shorthand() -> None:
+    assert (
+        expand_au_shorthand("au_occ(12) = 1 AND AU_INT( 6 ) >= 3")
+        == "au_occurrence[7] = 1 AND au_intensity[5] >= 3"
+    )
+    assert expand_au_shorthand("my_au_occ(12)") == "my_au_occ(12)"  # only the whole word
 
 
 def test_sql_and_where_are_exclusive(built: tuple[Path, list[dict]]) -> None:
