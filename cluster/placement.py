@@ -7,7 +7,7 @@ from typing import Any
 
 from factory.recipe import Recipe
 
-__all__ = ["make_workers", "kill_workers"]
+__all__ = ["kill_workers", "make_workers"]
 
 
 def make_workers(recipe: Recipe, run_root: Path) -> tuple[list[Any], Any]:

@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "DISFA_AUS",
     "AU_INDEX",
     "AU_INFO",
-    "AUInfo",
+    "DISFA_AUS",
     "EMOTIONS",
     "INTENSITY_LEVELS",
     "INTENSITY_MAX",
     "UNCERTAIN",
+    "AUInfo",
     "au_column",
 ]
 

@@ -29,7 +29,9 @@ err = Console(stderr=True)
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe TOML file, e.g. recipes/demo.toml.")]
 RunArg = Annotated[Path, typer.Argument(help="A build's output directory (its --out).")]
-TargetOpt = Annotated[int | None, typer.Option("--target", help="Accepted samples to build (overrides dataset.target).")]
+TargetOpt = Annotated[
+    int | None, typer.Option("--target", help="Accepted samples to build (overrides dataset.target).")
+]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Master seed (overrides dataset.seed).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Output directory (overrides dataset.out).")]
 
@@ -78,13 +80,19 @@ def plan(
     for i, au in enumerate(DISFA_AUS):
         active = max(int(stats.au_active[i]), 1)
         table.add_row(
-            f"AU{au}", f"{stats.au_active[i] / stats.n:.3f}",
+            f"AU{au}",
+            f"{stats.au_active[i] / stats.n:.3f}",
             f"{r.aus.share(au):.3f}" if au in r.aus.units else "off",
             *[f"{stats.intensity_hist[i, lv] / active:.2f}" for lv in range(1, 6)],
         )
     out.print(table)
-    for name, counts in (("emotion", stats.emotions), ("ethnicity", stats.ethnicity), ("age band", stats.age_band),
-                         ("gender", stats.gender), ("identity match", stats.identity_match)):
+    for name, counts in (
+        ("emotion", stats.emotions),
+        ("ethnicity", stats.ethnicity),
+        ("age band", stats.age_band),
+        ("gender", stats.gender),
+        ("identity match", stats.identity_match),
+    ):
         shares = ", ".join(f"{k} {v / stats.n:.3f}" for k, v in sorted(counts.items()))
         out.print(f"[bold]{name}[/]: {shares}")
     out.print(f"[bold]constraint violations[/]: {stats.violations}")
@@ -97,9 +105,16 @@ def build(
     gpus: Annotated[int | None, typer.Option("--gpus", help="GPU workers, one per GPU (0: CPU workers).")] = None,
     out_dir: OutOpt = None,
     seed: SeedOpt = None,
-    address: Annotated[str | None, typer.Option("--address", help="Join this Ray cluster instead of a local one.")] = None,
-    local_gpus: Annotated[int | None, typer.Option(
-        "--local-gpus", help="Give the local Ray cluster this many logical GPU slots (testing placement without GPUs).")] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Join this Ray cluster instead of a local one.")
+    ] = None,
+    local_gpus: Annotated[
+        int | None,
+        typer.Option(
+            "--local-gpus",
+            help="Give the local Ray cluster this many logical GPU slots (testing placement without GPUs).",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a live bar (CI).")] = False,
 ) -> None:
     """Build the dataset, or resume it: run the same command again after a crash.
@@ -112,7 +127,8 @@ def build(
 
 def _run_build(r: Any, *, local_gpus: int | None, quiet: bool, retry_failed: bool) -> None:
     from cluster.ray_cluster import ClusterError
-    from factory.engine import BuildError, build as run_build
+    from factory.engine import BuildError
+    from factory.engine import build as run_build
     from factory.identities import IdentityBankError
     from factory.state import RunError
     from stages.base import StageError
@@ -121,16 +137,20 @@ def _run_build(r: Any, *, local_gpus: int | None, quiet: bool, retry_failed: boo
         summary = run_build(r, local_gpus=local_gpus, quiet=quiet, retry_failed=retry_failed)
     except (BuildError, RunError, ClusterError, IdentityBankError, StageError) as exc:
         _fail(str(exc))
-    out.print(f"[bold green]dataset[/] {summary.run_dir}: {summary.accepted} accepted of "
-              f"{summary.planned_samples} generated (target {summary.target}) in {len(summary.indexed_shards)} "
-              f"shards, {summary.seconds:.0f} s")
+    out.print(
+        f"[bold green]dataset[/] {summary.run_dir}: {summary.accepted} accepted of "
+        f"{summary.planned_samples} generated (target {summary.target}) in {len(summary.indexed_shards)} "
+        f"shards, {summary.seconds:.0f} s"
+    )
     if summary.stage_rates:
         out.print("per-stage samples/s: " + ", ".join(f"{k} {v:.1f}" for k, v in summary.stage_rates.items()))
     if summary.surplus_shards:
         out.print(f"surplus shards kept aside (not indexed): {summary.surplus_shards}")
     if summary.failed_shards:
-        _fail(f"{len(summary.failed_shards)} shard(s) failed and were skipped: {sorted(summary.failed_shards)}; "
-              f"see {summary.run_dir}/failed/ and run `factory retry {summary.run_dir}`")
+        _fail(
+            f"{len(summary.failed_shards)} shard(s) failed and were skipped: {sorted(summary.failed_shards)}; "
+            f"see {summary.run_dir}/failed/ and run `factory retry {summary.run_dir}`"
+        )
 
 
 @app.command()
@@ -169,16 +189,27 @@ def status(
     if as_json:
         out.print_json(json.dumps(s, default=str))
     else:
-        state = "[green]complete[/]" if s["complete"] else ("[yellow]running[/]" if s["build_running"] else "[yellow]incomplete[/]")
+        state = (
+            "[green]complete[/]"
+            if s["complete"]
+            else ("[yellow]running[/]" if s["build_running"] else "[yellow]incomplete[/]")
+        )
         out.print(f"{s['run_dir']} ({s['dataset']}): {state}")
-        out.print(f"  shards: {s['planned_shards']} planned, {s['done_shards']} done, "
-                  f"{len(s['running_shards'])} running, {len(s['unfinished_shards'])} unfinished, "
-                  f"{len(s['failed_shards'])} failed")
-        out.print(f"  accepted: {s['accepted_in_done_shards']} of {s['planned_in_done_shards']} generated; target {s['target']}")
+        out.print(
+            f"  shards: {s['planned_shards']} planned, {s['done_shards']} done, "
+            f"{len(s['running_shards'])} running, {len(s['unfinished_shards'])} unfinished, "
+            f"{len(s['failed_shards'])} failed"
+        )
+        out.print(
+            f"  accepted: {s['accepted_in_done_shards']} of {s['planned_in_done_shards']} generated; "
+            f"target {s['target']}"
+        )
         if s["index"]:
             ix = s["index"]
-            out.print(f"  index: {ix.get('accepted')} samples in {len(ix.get('shards', []))} shards "
-                      f"(surplus {ix.get('surplus', [])})")
+            out.print(
+                f"  index: {ix.get('accepted')} samples in {len(ix.get('shards', []))} shards "
+                f"(surplus {ix.get('surplus_shards', [])})"
+            )
         for shard, error in s["failed_shards"].items():
             out.print(f"  [red]failed[/] shard {shard}: {error.splitlines()[0][:200]}")
         for problem in s.get("problems", []):
@@ -188,7 +219,9 @@ def status(
 
 
 @app.command()
-def doctor(recipe: Annotated[Path | None, typer.Argument(help="Also check this recipe's models and endpoints.")] = None) -> None:
+def doctor(
+    recipe: Annotated[Path | None, typer.Argument(help="Also check this recipe's models and endpoints.")] = None,
+) -> None:
     """Report which optional parts are usable here: Ray, GPUs, packages, model paths, LLM endpoint."""
     from factory.doctor import run_checks
 
@@ -206,8 +239,12 @@ def doctor(recipe: Annotated[Path | None, typer.Argument(help="Also check this r
 @app.command()
 def query(
     run_dir: RunArg,
-    sql: Annotated[str | None, typer.Argument(help="SQL over the view `samples`, e.g. \"SELECT count(*) FROM samples\".")] = None,
-    where: Annotated[str | None, typer.Option("--where", help="Filter instead of full SQL, e.g. \"au_occ(12) = 1\".")] = None,
+    sql: Annotated[
+        str | None, typer.Argument(help='SQL over the view `samples`, e.g. "SELECT count(*) FROM samples".')
+    ] = None,
+    where: Annotated[
+        str | None, typer.Option("--where", help='Filter instead of full SQL, e.g. "au_occ(12) = 1".')
+    ] = None,
     include_rejected: Annotated[bool, typer.Option("--include-rejected")] = False,
     limit: Annotated[int, typer.Option("--limit", help="Rows to print.")] = 20,
 ) -> None:
@@ -242,8 +279,9 @@ def export(
     from manifests.export import export as run_export
 
     try:
-        result = run_export(run_dir, dest, where=where, limit=limit, format=fmt, shard_size=shard_size,
-                            overwrite=overwrite)
+        result = run_export(
+            run_dir, dest, where=where, limit=limit, format=fmt, shard_size=shard_size, overwrite=overwrite
+        )
     except (ValueError, FileExistsError, OSError) as exc:
         _fail(str(exc), code=2)
     out.print_json(json.dumps(result, default=str))
@@ -281,7 +319,9 @@ def train_realism(
 def identities_index(
     bank_dir: Annotated[Path, typer.Argument(help="Bank folder with identities.csv and images.")],
     embedder: Annotated[str, typer.Option("--embedder", help="dlib (offline) or arcface.")] = "dlib",
-    arcface_onnx: Annotated[Path | None, typer.Option("--arcface-onnx", help="ArcFace ONNX file for --embedder arcface.")] = None,
+    arcface_onnx: Annotated[
+        Path | None, typer.Option("--arcface-onnx", help="ArcFace ONNX file for --embedder arcface.")
+    ] = None,
 ) -> None:
     """Detect, align and embed every identity once; cache embeddings in the bank folder."""
     from factory.identity_index import index_bank

@@ -22,7 +22,7 @@ from factory.progress import BuildProgress
 from factory.recipe import Recipe
 from factory.state import RunDir, atomic_write_text
 
-__all__ = ["BuildError", "BuildSummary", "build", "scan_done", "drop_reason_summary"]
+__all__ = ["BuildError", "BuildSummary", "build", "drop_reason_summary", "scan_done"]
 
 
 class BuildError(RuntimeError):
@@ -52,7 +52,7 @@ def scan_done(run: RunDir) -> dict[int, dict[str, Any]]:
 
     out = {}
     for p in sorted(run.shards.glob(f"{run.dataset}-*.stats.json")) if run.shards.exists() else []:
-        shard = int(p.name[len(run.dataset) + 1:].split(".")[0])
+        shard = int(p.name[len(run.dataset) + 1 :].split(".")[0])
         if is_done(run.shards, run.dataset, shard):
             out[shard] = read_stats(run.shards, run.dataset, shard)
     return out
@@ -92,7 +92,6 @@ class _Scheduler:
         self.attempts = {s: len(f["errors"]) for s, f in run.failures().items()}
         self.failed = {s for s, n in self.attempts.items() if n >= self.max_attempts}
         self.retry: list[int] = []
-        self.next_shard = 0
         self.in_flight: dict[int, int] = {}  # shard -> planned samples
 
     def rate(self) -> float:
@@ -101,26 +100,28 @@ class _Scheduler:
             return self.recipe.engine.expected_acceptance_rate
         return sum(int(s["accepted"]) for s in self.done.values()) / planned
 
+    def _frontier(self) -> int:
+        """Lowest shard that is neither done, failed nor in flight."""
+        shard = 0
+        while shard in self.done or shard in self.failed or shard in self.in_flight:
+            shard += 1
+        return shard
+
     def want_more(self) -> bool:
-        """Schedule another shard? Over-provision from the running acceptance rate."""
+        """Schedule another shard? Over-provision from the running acceptance rate.
+
+        Everything below the frontier is done, failed or in flight; schedule the frontier
+        while the accepted count projected for that prefix falls short of the target.
+        """
         if self.retry:
             return True
-        last, accepted = _prefix(self.done, self.failed, self.target)
-        if last is not None:
-            return False
-        # projected accepted of everything done or in flight at and below the frontier
-        projected = sum(int(s["accepted"]) for s in self.done.values())
-        projected += self.rate() * sum(self.in_flight.values())
+        frontier = self._frontier()
+        projected = sum(int(s["accepted"]) for k, s in self.done.items() if k < frontier)
+        projected += self.rate() * sum(n for k, n in self.in_flight.items() if k < frontier)
         return projected < self.target
 
     def take(self) -> int:
-        if self.retry:
-            return heapq.heappop(self.retry)
-        while self.next_shard in self.done or self.next_shard in self.failed or self.next_shard in self.in_flight:
-            self.next_shard += 1
-        shard = self.next_shard
-        self.next_shard += 1
-        return shard
+        return heapq.heappop(self.retry) if self.retry else self._frontier()
 
     def failure(self, shard: int, error: str) -> bool:
         """Record a failed attempt; True when the shard will be retried."""
@@ -148,8 +149,9 @@ class _Scheduler:
             )
 
 
-def build(recipe: Recipe, *, local_gpus: int | None = None, quiet: bool = False,
-          retry_failed: bool = False) -> BuildSummary:
+def build(
+    recipe: Recipe, *, local_gpus: int | None = None, quiet: bool = False, retry_failed: bool = False
+) -> BuildSummary:
     """Build (or resume) the dataset the recipe describes; returns when the index is written."""
     import ray
 
@@ -207,8 +209,10 @@ def build(recipe: Recipe, *, local_gpus: int | None = None, quiet: bool = False,
                         stats = ray.get(ref)
                     except (ray.exceptions.RayError, OSError) as exc:
                         will_retry = sched.failure(shard, f"{type(exc).__name__}: {exc}")
-                        progress.note(f"shard {shard} failed ({'retrying' if will_retry else 'giving up'}): "
-                                      f"{str(exc).splitlines()[0][:200]}")
+                        progress.note(
+                            f"shard {shard} failed ({'retrying' if will_retry else 'giving up'}): "
+                            f"{str(exc).splitlines()[0][:200]}"
+                        )
                         continue
                     sched.in_flight.pop(shard, None)
                     sched.done[shard] = stats
@@ -239,6 +243,8 @@ def build(recipe: Recipe, *, local_gpus: int | None = None, quiet: bool = False,
             seconds=time.perf_counter() - t0,
             stage_rates=progress.stage_rates(),
         )
-        atomic_write_text(run.root / "build-summary.json", json.dumps(
-            {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}, indent=2))
+        atomic_write_text(
+            run.root / "build-summary.json",
+            json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}, indent=2),
+        )
         return summary

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["IdentityRecord", "IdentityBank", "IdentityBankError", "open_bank", "BANK_COLUMNS"]
+__all__ = ["BANK_COLUMNS", "IdentityBank", "IdentityBankError", "IdentityRecord", "open_bank"]
 
 BANK_COLUMNS = ("identity_id", "image", "ethnicity", "age_band", "gender", "source", "licence")
 

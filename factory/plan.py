@@ -34,15 +34,15 @@ from factory.recipe import AGE_BANDS, ETHNICITIES, GENDERS, Recipe, RecipeError
 from manifests.schema import N_AUS, PLAN_SCHEMA
 
 __all__ = [
-    "EMFACS_PROTOTYPES",
     "CONSTRAINTS",
-    "Planner",
+    "EMFACS_PROTOTYPES",
     "PlanStats",
+    "Planner",
     "apply_constraints",
-    "plan_shard",
-    "shards_for",
-    "plan_statistics",
     "iter_plans",
+    "plan_shard",
+    "plan_statistics",
+    "shards_for",
 ]
 
 # --- EMFACS prototypes on the 12 DISFA AUs -------------------------------------------

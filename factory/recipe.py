@@ -26,16 +26,16 @@ from factory.aus import DISFA_AUS, EMOTIONS
 from stages.base import StageConfig, StageError
 
 __all__ = [
+    "AGE_BANDS",
+    "EMOTION_MIX_KEYS",
+    "ETHNICITIES",
+    "GENDERS",
     "Recipe",
     "RecipeError",
     "StageSection",
+    "apply_overrides",
     "load_recipe",
     "recipe_from_dict",
-    "apply_overrides",
-    "ETHNICITIES",
-    "AGE_BANDS",
-    "GENDERS",
-    "EMOTION_MIX_KEYS",
 ]
 
 # The 6 ethnic groups of MIFA (paper section 3.1 "6 major ethnic groups"; FairFace's
@@ -76,8 +76,8 @@ class AUSection(_Model):
     active_share: float = Field(0.3, gt=0.0, lt=1.0, description="share of samples with each AU active")
     # AU25 is implied by AU26 (see factory.plan.CONSTRAINTS), so it needs a larger share.
     share_overrides: dict[str, float] = Field(default_factory=lambda: {"AU25": 0.45})
-    intensity_weights: tuple[float, float, float, float, float] = (1, 1, 1, 1, 1)
-    intensity_scale: tuple[int, int] = (0, 5)
+    intensity_weights: tuple[float, ...] = (1, 1, 1, 1, 1)
+    intensity_scale: tuple[int, ...] = (0, 5)
 
     @field_validator("units")
     @classmethod
@@ -103,8 +103,8 @@ class AUSection(_Model):
     @field_validator("intensity_weights")
     @classmethod
     def _weights_positive(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if any(w < 0 for w in v) or sum(v) <= 0:
-            raise ValueError("the 5 weights (for intensities 1-5) must be >= 0 with a positive sum")
+        if len(v) != 5 or any(w < 0 for w in v) or sum(v) <= 0:
+            raise ValueError("needs 5 weights (for intensities 1-5), each >= 0, with a positive sum")
         return v
 
     @field_validator("intensity_scale")

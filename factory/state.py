@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 
 from factory.recipe import Recipe
 
-__all__ = ["RunDir", "RunError", "atomic_write_text", "software_versions", "recipe_differences"]
+__all__ = ["RunDir", "RunError", "atomic_write_text", "recipe_differences", "software_versions"]
 
 # Fields that may change between a build and its resume without changing any sample.
 RESUMABLE_FIELDS = ("dataset.target", "dataset.out", "engine.")

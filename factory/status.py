@@ -10,7 +10,7 @@ from filelock import FileLock, Timeout
 
 from factory.state import RunDir, RunError
 
-__all__ = ["run_status", "open_run"]
+__all__ = ["open_run", "run_status"]
 
 
 def open_run(path: Path) -> tuple[RunDir, dict[str, Any]]:

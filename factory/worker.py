@@ -29,7 +29,7 @@ from factory.recipe import Recipe
 from stages import stage_class
 from stages.base import Record, Stage, StageContext, is_dropped
 
-__all__ = ["ShardWorker", "PromptWorker", "build_stages", "device_for_worker"]
+__all__ = ["PromptWorker", "ShardWorker", "build_stages", "device_for_worker"]
 
 
 def device_for_worker() -> str:

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def standin_doc(out: Path, **sections: Any) -> dict[str, Any]:
+    """A small recipe: grammar prompts, the benchmark stand-in generator, no checks."""
+    doc: dict[str, Any] = {
+        "dataset": {"name": "t", "target": 24, "shard_size": 6, "seed": 5, "out": str(out)},
+        "identities": {"bank": "none"},
+        "generator": {"name": "bench-standin", "seconds_per_batch": 0.0},
+        "face": {"name": "none"},
+        "detectors": [],
+        "agreement": {"name": "none"},
+        "realism": {"name": "none"},
+        "filters": {"name": "none"},
+        "output": {"image_size": 32},
+        "engine": {"cpu_workers": 2, "batch_size": 3, "max_retries": 1},
+    }
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(doc.get(name), dict):
+            doc[name] = {**doc[name], **value}
+        else:
+            doc[name] = value
+    return doc
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster per module, on loopback, with 8 logical GPU slots."""
+    import os
+
+    import ray
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(
+        num_cpus=2,
+        num_gpus=8,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+    )
+    yield ray
+    ray.shutdown()

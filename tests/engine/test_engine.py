@@ -1,0 +1,112 @@
+"""The engine on one shared local Ray cluster (8 logical GPUs, no real GPU needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from cluster.placement import kill_workers, make_workers
+from cluster.ray_cluster import ClusterError, connect
+from factory.engine import BuildError, build
+from factory.recipe import recipe_from_dict
+from factory.state import RunDir, RunError
+from factory.status import run_status
+from tests.engine.conftest import standin_doc
+
+pytestmark = pytest.mark.ray
+
+
+def test_gpus_8_creates_8_workers_each_on_its_own_device(ray_cluster, tmp_path: Path) -> None:
+    recipe = recipe_from_dict(standin_doc(tmp_path / "out", engine={"gpus": 8}))
+    workers, _ = make_workers(recipe, tmp_path)
+    try:
+        infos = ray_cluster.get([w.info.remote() for w in workers])
+    finally:
+        kill_workers(workers)
+    devices = [i["cuda_visible_devices"] for i in infos]
+    assert len(workers) == 8
+    assert len(set(devices)) == 8 and all(d is not None for d in devices), devices
+    assert sorted(int(i["gpu_ids"][0]) for i in infos) == list(range(8))
+    assert {i["device"] for i in infos} == {"cpu"}  # logical GPUs only: code falls back to CPU
+
+
+def test_build_on_8_gpu_workers_reaches_target(ray_cluster, tmp_path: Path) -> None:
+    recipe = recipe_from_dict(standin_doc(tmp_path / "out", engine={"gpus": 8}))
+    summary = build(recipe, quiet=True)
+    assert summary.accepted >= 24 and summary.indexed_shards == [0, 1, 2, 3]
+    index = pq.read_table(tmp_path / "out" / "index.parquet")
+    assert index.num_rows == 24 and len(set(index.column("key").to_pylist())) == 24
+    stats = json.loads((tmp_path / "out" / "shards" / "t-000000.stats.json").read_text())
+    assert stats["stage_samples"]["bench-standin"] == 6
+
+
+def test_asking_for_more_gpus_than_the_cluster_has_fails_at_once(ray_cluster) -> None:
+    with pytest.raises(ClusterError, match="--gpus 9 asked for, but the Ray cluster has 8 GPU"):
+        connect(gpus=9)
+
+
+def test_second_build_into_a_held_directory_is_refused(ray_cluster, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    recipe = recipe_from_dict(standin_doc(out))
+    lock = RunDir(out, "t").lock()
+    try:
+        with pytest.raises(RunError, match="held by a running build"):
+            build(recipe, quiet=True)
+    finally:
+        lock.release()
+    assert not (out / "run.json").exists()
+
+
+def test_resume_with_a_different_recipe_is_refused_naming_fields(ray_cluster, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    build(recipe_from_dict(standin_doc(out)), quiet=True)
+    changed = recipe_from_dict(standin_doc(out, dataset={"seed": 6}, output={"image_size": 48}))
+    with pytest.raises(RunError) as info:
+        build(changed, quiet=True)
+    assert "dataset.seed" in str(info.value) and "output.image_size" in str(info.value)
+    # a larger target is a resume, not a different dataset: it extends the index
+    bigger = build(recipe_from_dict(standin_doc(out, dataset={"target": 36})), quiet=True)
+    assert bigger.indexed_shards == [0, 1, 2, 3, 4, 5]
+    recorded = json.loads((out / "run.json").read_text())
+    assert recorded["seed"] == 5 and "ray" in recorded["versions"]
+
+
+def test_injected_failure_is_retried_then_marked_failed_and_the_rest_completes(ray_cluster, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    doc = standin_doc(out, generator={"name": "bench-standin", "fail_on_shards": [1]})
+    summary = build(recipe_from_dict(doc), quiet=True)
+    assert list(summary.failed_shards) == [1]
+    assert "injected failure on shard 1" in summary.failed_shards[1]
+    assert 1 not in summary.indexed_shards and summary.accepted >= 24
+    failure = json.loads((out / "failed" / "t-000001.json").read_text())
+    assert len(failure["errors"]) == 2  # max_retries = 1: first try + one retry
+    assert not (out / "shards" / "t-000001.stats.json").exists()
+    status = run_status(out)
+    assert list(status["failed_shards"]) == [1] and status["complete"]
+    index = json.loads((out / "index.json").read_text())
+    assert index["failed_shards"] and 1 not in index["shards"]
+
+
+def test_acceptance_floor_stops_with_top_drop_reasons(ray_cluster, tmp_path: Path) -> None:
+    doc = standin_doc(tmp_path / "out", filters={"name": "tests.engine.plugins:DropAll", "reason": "too blurry"},
+                      engine={"rate_check_after_shards": 2})
+    with pytest.raises(BuildError) as info:
+        build(recipe_from_dict(doc), quiet=True)
+    message = str(info.value)
+    assert "acceptance rate 0.000" in message and "drop-all: too blurry" in message
+    assert not (tmp_path / "out" / "index.json").exists()
+
+
+def test_a_worker_that_dies_is_restarted_and_its_shard_redone(ray_cluster, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    doc = standin_doc(out, filters={"name": "tests.engine.plugins:DieOnce", "shard": 2,
+                                    "marker_dir": str(tmp_path)}, engine={"max_retries": 2})
+    summary = build(recipe_from_dict(doc), quiet=True)
+    assert (tmp_path / "died-on-2").exists()
+    assert summary.indexed_shards == [0, 1, 2, 3] and not summary.failed_shards
+    keys = [s["__key__"] for s in wds.WebDataset(str(out / "shards" / "t-000002.tar"), shardshuffle=False)]
+    assert len(keys) == 6

@@ -1,0 +1,111 @@
+"""Recipe validation: good recipes load, each malformed one gets its own specific error."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from factory.cli import app
+from factory.recipe import RecipeError, load_recipe, recipe_from_dict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "mifa-1m.toml"])
+def test_shipped_recipes_load(name: str) -> None:
+    recipe = load_recipe(REPO / "recipes" / name)
+    assert recipe.dataset.target > 0
+    assert recipe.aus.units == (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
+
+
+def test_mifa_1m_is_the_full_build() -> None:
+    recipe = load_recipe(REPO / "recipes" / "mifa-1m.toml")
+    assert (recipe.dataset.target, recipe.engine.gpus, recipe.generator.name) == (1_000_000, 8, "maugen")
+
+
+def test_cli_flags_override_recipe_fields() -> None:
+    recipe = load_recipe(REPO / "recipes" / "demo.toml", target=12, gpus=3, out="/x/y", seed=99)
+    assert (recipe.dataset.target, recipe.engine.gpus, recipe.dataset.out, recipe.dataset.seed) == (12, 3, "/x/y", 99)
+
+
+def test_fingerprint_changes_with_content() -> None:
+    base = recipe_from_dict({})
+    assert base.fingerprint() == recipe_from_dict({}).fingerprint()
+    assert base.fingerprint() != recipe_from_dict({"dataset": {"seed": 1}}).fingerprint()
+
+
+# (recipe document, field named in the error, words the message must contain)
+MALFORMED = [
+    ({"dataset": {"shard_size": 0}}, "dataset.shard_size", ["got 0", "greater than or equal to 1"]),
+    ({"dataset": {"target": -5}}, "dataset.target", ["got -5"]),
+    ({"dataset": {"target": "many"}}, "dataset.target", ["'many'", "integer"]),
+    ({"dataset": {"name": "My Data!"}}, "dataset.name", ["'My Data!'", "pattern"]),
+    ({"dataset": {"sed": 3}}, "dataset.sed", ["unknown field", "spelling"]),
+    ({"aus": {"units": [1, 2, 7]}}, "aus.units", ["AU 7", "allowed"]),
+    ({"aus": {"active_share": 1.5}}, "aus.active_share", ["1.5", "less than 1"]),
+    ({"aus": {"share_overrides": {"AU99": 0.2}}}, "aus.share_overrides", ["AU99", "allowed"]),
+    ({"aus": {"intensity_weights": [1, 1, 1]}}, "aus.intensity_weights", ["[1, 1, 1]"]),
+    ({"aus": {"intensity_scale": [0, 3]}}, "aus.intensity_scale", ["[0, 5]"]),
+    ({"emotions": {"mix": {"joy": 1.0}}}, "emotions.mix", ["'joy'", "allowed"]),
+    ({"emotions": {"mix": {"happiness": -1.0}}}, "emotions.mix", ["-1.0", ">= 0"]),
+    ({"demographics": {"ethnicity": {"martian": 1}}}, "demographics.ethnicity", ["'martian'", "allowed"]),
+    ({"demographics": {"gender": {"female": 0, "male": 0}}}, "demographics.gender", ["positive sum"]),
+    ({"generator": {"name": "dalle"}}, "generator.name", ["'dalle'", "registered stages"]),
+    ({"generator": {"name": "none"}}, "generator", ["required"]),
+    ({"output": {"image_format": "gif"}}, "output.image_format", ["'gif'", "'jpg'"]),
+    ({"output": {"image_quality": 0}}, "output.image_quality", ["got 0"]),
+    ({"engine": {"gpus": -1}}, "engine.gpus", ["got -1"]),
+    ({"detectors": [{"name": "geometric"}, {"name": "geometric"}]}, "detectors", ["once"]),
+    ({"generator": {"name": "bench-standin", "seconds_per_batch": -1}}, "generator.seconds_per_batch",
+     ["got -1", "greater than or equal to 0"]),
+    ({"generator": {"name": "bench-standin", "colour": "red"}}, "generator.colour", ["unknown field"]),
+]
+
+
+@pytest.mark.parametrize(("doc", "field", "words"), MALFORMED, ids=[m[1] + str(i) for i, m in enumerate(MALFORMED)])
+def test_malformed_recipe_names_field_value_and_rule(doc: dict, field: str, words: list[str]) -> None:
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict(doc, source="bad.toml")
+    message = str(info.value)
+    assert info.value.field == field or message.count(field) >= 1, message
+    assert f"'{field}'" in message or field in message, message
+    assert message.startswith("bad.toml"), message
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+def test_unreachable_au_share_is_refused_by_the_planner() -> None:
+    from factory.plan import Planner
+
+    # 90% prototypes leave too little room to hold AU1 at 5%: sadness, surprise and fear carry it.
+    recipe = recipe_from_dict({"emotions": {"mix": {"sadness": 0.3, "surprise": 0.3, "fear": 0.3, "mixed": 0.1}},
+                               "aus": {"share_overrides": {"AU1": 0.05, "AU25": 0.45}}})
+    with pytest.raises(RecipeError, match="AU1"):
+        Planner(recipe)
+
+
+def test_bad_recipe_file_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[dataset]\nshard_size = 0\nout = "{out}"\n')
+    result = CliRunner().invoke(app, ["build", str(bad)])
+    assert result.exit_code == 2
+    assert "dataset.shard_size" in result.output and "got 0" in result.output
+    assert not out.exists()
+
+
+def test_invalid_toml_syntax_is_reported_with_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[dataset\ntarget = 3\n")
+    with pytest.raises(RecipeError, match=r"broken\.toml: not valid TOML"):
+        load_recipe(bad)
+    with pytest.raises(tomllib.TOMLDecodeError):
+        tomllib.loads(bad.read_text())
+
+
+def test_missing_recipe_file() -> None:
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe("/nonexistent/recipe.toml")
