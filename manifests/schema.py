@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["SCHEMA_VERSION", "PLAN_SCHEMA", "MANIFEST_SCHEMA", "TRANSIENT_KEYS", "N_AUS"]
+__all__ = ["MANIFEST_SCHEMA", "N_AUS", "PLAN_SCHEMA", "SCHEMA_VERSION", "TRANSIENT_KEYS"]
 
 SCHEMA_VERSION = "1.0"
 N_AUS = 12

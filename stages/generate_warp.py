@@ -34,6 +34,7 @@ dropped with that reason and the run goes on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -122,6 +123,14 @@ def identity_geometry(identity_id: str, image: np.ndarray, landmarks: np.ndarray
                             points, simplices)
 
 
+@lru_cache(maxsize=8)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel x and y coordinates (float32, read-only), shared across calls of one size."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs.flags.writeable = ys.flags.writeable = False
+    return xs, ys
+
+
 def piecewise_affine_map(
     dst: np.ndarray, src: np.ndarray, simplices: np.ndarray, shape: tuple[int, int],
     fallback: np.ndarray | None = None,
@@ -152,7 +161,7 @@ def piecewise_affine_map(
         poly = np.round(tri_dst[t] * (1 << shift)).astype(np.int32)
         cv2.fillConvexPoly(index, poly, int(t) + 1, lineType=cv2.LINE_8, shift=shift)
     a = affines.astype(np.float32)[index]  # (h, w, 2, 3)
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs, ys = _pixel_grid(h, w)
     map_x = a[..., 0, 0] * xs + a[..., 0, 1] * ys + a[..., 0, 2]
     map_y = a[..., 1, 0] * xs + a[..., 1, 1] * ys + a[..., 1, 2]
     return map_x, map_y
@@ -247,32 +256,45 @@ def _shade(img: np.ndarray, landmarks: np.ndarray, intensities: list[int], stren
     strokes = appearance_strokes(landmarks, intensities)
     if not strokes or strength <= 0:
         return img
-    shade = np.zeros(img.shape[:2], np.float32)
+    h, w = img.shape[:2]
+    shade = np.zeros((h, w), np.float32)
     for s in strokes:
-        layer = np.zeros_like(shade)
-        width = max(round(s.width), 1)
-        cv2.polylines(layer, [np.round(s.points * 16).astype(np.int32)], False, 1.0, width,
-                      cv2.LINE_AA, shift=4)
-        # Wide blur: a furrow is a soft shadow, not a drawn line.
-        layer = cv2.GaussianBlur(layer, (0, 0), max(s.width * 1.1, 0.8))
-        shade += layer * s.darkness * strength
-    out = img.astype(np.float32) * (1.0 - np.clip(shade, -0.3, 0.6))[..., None]
+        # Wide blur: a furrow is a soft shadow, not a drawn line. Each stroke is drawn and
+        # blurred only inside its own padded bounding box (the blur is the costly part).
+        sigma = max(s.width * 1.1, 0.8)
+        pad = int(3 * sigma + s.width) + 2
+        x0, y0 = np.floor(s.points.min(axis=0)).astype(int) - pad
+        x1, y1 = np.ceil(s.points.max(axis=0)).astype(int) + pad
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue
+        layer = np.zeros((y1 - y0, x1 - x0), np.float32)
+        pts = np.round((s.points - (x0, y0)) * 16).astype(np.int32)
+        cv2.polylines(layer, [pts], False, 1.0, max(round(s.width), 1), cv2.LINE_AA, shift=4)
+        layer = cv2.GaussianBlur(layer, (0, 0), sigma)
+        shade[cy0:cy1, cx0:cx1] += layer[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] * (s.darkness * strength)
+    factor = 1.0 - np.clip(shade, -0.3, 0.6)
+    out = img.astype(np.float32) * factor[..., None]
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def _light(img: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+    """Seeded exposure, white balance, gamma and a soft directional light gradient."""
     if amount <= 0:
         return img
     gain = 1 + _GAIN * amount * rng.uniform(-1, 1)
     channel = 1 + _CHANNEL_GAIN * amount * rng.uniform(-1, 1, size=3)
     gamma = 1 + _GAMMA * amount * rng.uniform(-1, 1)
-    h, w = img.shape[:2]
     angle = rng.uniform(0, 2 * np.pi)
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    ramp = ((xs / w - 0.5) * np.cos(angle) + (ys / h - 0.5) * np.sin(angle)) * 2 * _GRADIENT * amount
-    x = img.astype(np.float32) / 255.0
-    x = np.power(x, gamma) * (gain * channel)[None, None] * (1 + ramp)[..., None]
-    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    h, w = img.shape[:2]
+    levels = np.arange(256, dtype=np.float32) / 255.0
+    lut = np.power(levels, gamma)[:, None] * (gain * channel * 255.0)[None, :].astype(np.float32)
+    x = np.stack([lut[img[..., c], c] for c in range(3)], axis=-1)
+    slope = 2 * _GRADIENT * amount
+    ramp = (1.0 + ((np.arange(w, dtype=np.float32) / w - 0.5) * np.cos(angle) * slope)[None, :]
+            + ((np.arange(h, dtype=np.float32) / h - 0.5) * np.sin(angle) * slope)[:, None])
+    x *= ramp[..., None]
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 
 
 def render_expression(geom: IdentityGeometry, intensities: list[int], size: int, seed: int,

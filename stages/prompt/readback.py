@@ -161,7 +161,7 @@ _CUES: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
         rf"(?:raised|lifted|upturned|upward|pulled up|drawn up|turned up|curled up) {_LC}",
         rf"\b{_LC} {_F}(?:raised|lifted|upturned|pulled up|drawn up|turned up|curled up|curv(?:e|ing) up|"
         r"turn up|pulled upward|drawn upward|lifted upward|rise|rising)",
-        rf"(?:lift|raise|raising|lifting|upward pull|upturn|upward curve) of (?:the )?{_LC}",
+        rf"(?:lift|raise|raising|lifting|upward pull|upturn|upward curve) (?:of|at|in) (?:the )?{_LC}",
         r"\bsmil(?:es|e|ing)\b",
         r"\bgrin(?:s|ning)?\b",
     )),
@@ -171,14 +171,14 @@ _CUES: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
         rf"downward|sagging) {_LC}",
         rf"\b{_LC} {_F}(?:lowered|depressed|downturned|turned down|pulled down|drawn down|drooping|droop|"
         r"sagging|sag|turn down|pulled downward|drawn downward)",
-        rf"(?:downturn|depression|lowering|downward pull|droop) of (?:the )?{_LC}",
+        rf"(?:downturn|depression|lowering|downward pull|droop) (?:of|at|in) (?:the )?{_LC}",
         r"(?:downturned|down turned) mouth",
     )),
     ((17,), (
         r"chin (?:boss )?rais(?:er|es|e|ing)",
         r"chin lifts?",
         r"(?:raised|puckered|wrinkled|dimpled|tensed|pushed up|bunched) chin",
-        rf"\bchin {_F}(?:raised|pushed up|puckered|wrinkled|dimpled|bunched|lifted|pushed upward)",
+        rf"\bchin {_F}(?:raised|pushed up|puckered|wrinkled|dimpled|bunched|lifted|pushed upward|tightened|tensed)",
         r"(?:upward push|raising|raise|lift|push) of the chin",
         rf"lower lip {_F}pushed up",
         r"pushed up lower lip",
@@ -206,6 +206,25 @@ _CUES: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
         r"(?:lowering|drop|dropping|release|opening) of the jaw",
     )),
 )
+# "verb-ing the part" forms: "raising the inner brows", "pulling the lip corners down".
+_DET = r"(?:the |her |his |their |its |both )?"
+_ACTION_CUES: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
+    ((1,), (rf"(?:rais|lift)(?:ing|es|e|s)? {_DET}inner {_BROW}",)),
+    ((2,), (rf"(?:rais|lift|arch)(?:ing|es|e|s)? {_DET}outer {_BROW}",)),
+    ((1, 2), (rf"(?:rais|lift|arch)(?:ing|es|e|s)? {_DET}{_BROW}\b",)),
+    ((4,), (rf"(?:lower|furrow|knit|knitt)(?:ing|s)? {_DET}{_BROW}",)),
+    ((5,), (r"widen(?:ing|s)? " + _DET + r"eyes", rf"(?:rais|lift)(?:ing|es|e|s)? {_DET}upper {_LIDS}",)),
+    ((6,), (rf"(?:rais|lift)(?:ing|es|e|s)? {_DET}cheeks?",)),
+    ((9,), (rf"(?:wrinkl|crinkl|scrunch)(?:ing|es|e|s)? (?:up )?{_DET}nose",)),
+    ((12,), (rf"(?:pull|draw|turn|curl)(?:ing|s)? {_DET}{_LC} (?:up|upward)",
+             rf"(?:rais|lift)(?:ing|es|e|s)? {_DET}{_LC}")),
+    ((15,), (rf"(?:pull|draw|turn)(?:ing|s)? {_DET}{_LC} (?:down|downward)",
+             rf"(?:lower|depress)(?:ing|es|s)? {_DET}{_LC}")),
+    ((17,), (rf"(?:rais|push)(?:ing|es|e|s)? (?:up )?{_DET}chin",)),
+    ((20,), (rf"stretch(?:ing|es)? {_DET}(?:lips|mouth)",)),
+    ((25,), (rf"(?:part|separat)(?:ing|es|e|s)? {_DET}lips",)),
+    ((26,), (rf"(?:dropp|lower|releas|slacken)(?:ing|es|e|s)? {_DET}jaw",)),
+)
 _CODE = re.compile(r"\b(?:au\s?|action units? )0?(\d{1,2})\b")
 
 _BOUNDARY = re.compile(
@@ -223,7 +242,7 @@ def _compiled() -> tuple[tuple[frozenset[int], re.Pattern[str]], ...]:
     # \b in front: "unfurrowed brows" must not match the cue "furrowed brows".
     return tuple(
         (frozenset(aus), re.compile(r"\b(?:" + "|".join(f"(?:{p})" for p in pats) + ")"))
-        for aus, pats in _CUES
+        for aus, pats in (*_CUES, *_ACTION_CUES)
     )
 
 

@@ -61,6 +61,6 @@ def test_failures_are_retried_up_to_the_limit_then_skipped(tmp_path: Path) -> No
 def test_acceptance_floor_lists_drop_reasons(tmp_path: Path) -> None:
     done = {i: _stats(10, 0, {"filters": {"label jaccard 0.20 < 0.60": 7, "realism": 3}}) for i in range(3)}
     sched = _sched(tmp_path, done, rate_check_after_shards=3)
-    with pytest.raises(BuildError, match="filters: label jaccard 0.20 < 0.60 \\(21\\)"):
+    with pytest.raises(BuildError, match=r"filters: label jaccard 0\.20 < 0\.60 \(21\)"):
         sched.check_floor()
     assert drop_reason_summary(list(done.values()), top=1) == [("filters", "label jaccard 0.20 < 0.60", 21)]

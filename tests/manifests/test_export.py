@@ -31,9 +31,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, di
 def _source_images(run_dir: Path) -> dict[str, bytes]:
     out = {}
     for shard in range(3):
-        for sample in wds.WebDataset(
-            str(shard_paths(run_dir / "shards", "mifa", shard).tar), shardshuffle=False
-        ):
+        for sample in wds.WebDataset(str(shard_paths(run_dir / "shards", "mifa", shard).tar), shardshuffle=False):
             out[sample["__key__"]] = sample["jpg"]
     return out
 

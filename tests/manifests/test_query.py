@@ -47,9 +47,7 @@ def test_au_macro_and_shorthand_match_one_based_list_index(built: tuple[Path, li
     by_helper = query(run_dir, where=au_filter(12))["key"].to_pylist()
     assert sorted(by_index) == sorted(by_macro) == sorted(by_shorthand) == sorted(by_helper) == expected
     # Intensities through the macro and the shorthand.
-    table = query(
-        run_dir, sql="SELECT key, au_intensity[au(26)] AS a, au_int(26) AS b FROM samples ORDER BY key"
-    )
+    table = query(run_dir, sql="SELECT key, au_intensity[au(26)] AS a, au_int(26) AS b FROM samples ORDER BY key")
     want = {r["key"]: int(r["au_intensity"][-1]) for r in _accepted(records)}
     assert dict(zip(table["key"].to_pylist(), table["a"].to_pylist(), strict=True)) == want
     assert table["a"].to_pylist() == table["b"].to_pylist()
@@ -62,10 +60,7 @@ def test_au_macro_and_shorthand_match_one_based_list_index(built: tuple[Path, li
 
 
 def test_expand_au_shorthand() -> None:
-    assert (
-        expand_au_shorthand("au_occ(12) = 1 AND AU_INT( 6 ) >= 3")
-        == "au_occurrence[7] = 1 AND au_intensity[5] >= 3"
-    )
+    assert expand_au_shorthand("au_occ(12) = 1 AND AU_INT( 6 ) >= 3") == "au_occurrence[7] = 1 AND au_intensity[5] >= 3"
     assert expand_au_shorthand("my_au_occ(12)") == "my_au_occ(12)"  # only the whole word
 
 

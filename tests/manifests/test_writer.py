@@ -30,9 +30,7 @@ def _files(directory: Path) -> set[str]:
 
 
 def test_round_trip_tar_parquet_and_stats(tmp_path: Path) -> None:
-    records, stats = write_shard(
-        tmp_path, "mifa", 7, 9, rng=np.random.default_rng(1), drop_every=3, image_format="png"
-    )
+    records, stats = write_shard(tmp_path, "mifa", 7, 9, rng=np.random.default_rng(1), drop_every=3, image_format="png")
     paths = shard_paths(tmp_path, "mifa", 7)
     assert _files(tmp_path) == {"mifa-000007.tar", "mifa-000007.parquet", "mifa-000007.stats.json"}
     assert is_done(tmp_path, "mifa", 7)
@@ -185,21 +183,24 @@ def test_enospc_during_add_names_the_shard(tmp_path: Path, monkeypatch: pytest.M
     assert _files(tmp_path) == set()
 
 
-def test_enospc_during_commit_leaves_nothing_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("failing", ["d-000005.tar", "d-000005.parquet", "d-000005.stats.json"])
+def test_enospc_during_commit_leaves_nothing_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
     real_fsync = os.fsync
-    calls = {"n": 0}
 
-    def fsync_fails_on_parquet(fd: int) -> None:
-        calls["n"] += 1
-        if calls["n"] == 2:  # 1: the tar, 2: the parquet temp
+    def fsync(fd: int) -> None:
+        # The disk fills up while this file (its temp, named .{final}.*.tmp) is flushed.
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(f".{failing}."):
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(writer_module.os, "fsync", fsync_fails_on_parquet)
-    with pytest.raises(ShardWriteError, match=r"d-000005\.parquet: no space left on device"):
+    monkeypatch.setattr(writer_module.os, "fsync", fsync)
+    with pytest.raises(ShardWriteError, match=rf"{failing}: no space left on device; free space") as info:
         write_shard(tmp_path, "d", 5, 2, rng=np.random.default_rng(9))
+    assert info.value.errno == errno.ENOSPC
     assert not is_done(tmp_path, "d", 5)
-    # The tar renamed earlier in this commit is removed too: no half shard remains.
+    # Files renamed earlier in this commit are removed too: no half shard remains.
     assert _files(tmp_path) == set()
 
 
