@@ -137,7 +137,7 @@ _CUES: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
         r"widen(?:ed|ing)? eyes",
         r"\bwide (?:open )?eyes",
         r"\bwide eyed",
-        r"\beyes {_F}(?:widen(?:ed|ing)?|wide(?: open)?)\b",
+        rf"\beyes {_F}(?:widen(?:ed|ing)?|wide(?: open)?)\b",
         r"widening of the eyes",
     )),
     ((6,), (
@@ -178,7 +178,8 @@ _CUES: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
         r"chin (?:boss )?rais(?:er|es|e|ing)",
         r"chin lifts?",
         r"(?:raised|puckered|wrinkled|dimpled|tensed|pushed up|bunched) chin",
-        rf"\bchin {_F}(?:raised|pushed up|puckered|wrinkled|dimpled|bunched|lifted|pushed upward|tightened|tensed)",
+        rf"\bchin {_F}(?:raised|pushed up|puckered|wrinkled|dimpled|bunched|lifted|pushed upward|"
+        r"tightened|tensed)",
         r"(?:upward push|raising|raise|lift|push) of the chin",
         rf"lower lip {_F}pushed up",
         r"pushed up lower lip",
@@ -212,18 +213,19 @@ _ACTION_CUES: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
     ((1,), (rf"(?:rais|lift)(?:ing|es|e|s)? {_DET}inner {_BROW}",)),
     ((2,), (rf"(?:rais|lift|arch)(?:ing|es|e|s)? {_DET}outer {_BROW}",)),
     ((1, 2), (rf"(?:rais|lift|arch)(?:ing|es|e|s)? {_DET}{_BROW}\b",)),
-    ((4,), (rf"(?:lower|furrow|knit|knitt)(?:ing|s)? {_DET}{_BROW}",)),
+    ((4,), (rf"(?:lowering|lowers|furrowing|furrows|knitting|knits) {_DET}{_BROW}",)),
     ((5,), (r"widen(?:ing|s)? " + _DET + r"eyes", rf"(?:rais|lift)(?:ing|es|e|s)? {_DET}upper {_LIDS}",)),
     ((6,), (rf"(?:rais|lift)(?:ing|es|e|s)? {_DET}cheeks?",)),
     ((9,), (rf"(?:wrinkl|crinkl|scrunch)(?:ing|es|e|s)? (?:up )?{_DET}nose",)),
     ((12,), (rf"(?:pull|draw|turn|curl)(?:ing|s)? {_DET}{_LC} (?:up|upward)",
              rf"(?:rais|lift)(?:ing|es|e|s)? {_DET}{_LC}")),
     ((15,), (rf"(?:pull|draw|turn)(?:ing|s)? {_DET}{_LC} (?:down|downward)",
-             rf"(?:lower|depress)(?:ing|es|s)? {_DET}{_LC}")),
+             rf"(?:lowering|lowers|depressing|depresses) {_DET}{_LC}")),
     ((17,), (rf"(?:rais|push)(?:ing|es|e|s)? (?:up )?{_DET}chin",)),
     ((20,), (rf"stretch(?:ing|es)? {_DET}(?:lips|mouth)",)),
     ((25,), (rf"(?:part|separat)(?:ing|es|e|s)? {_DET}lips",)),
-    ((26,), (rf"(?:dropp|lower|releas|slacken)(?:ing|es|e|s)? {_DET}jaw",)),
+    # suffix required: "lower jaw" is anatomy, not a movement
+    ((26,), (rf"(?:dropping|drops|lowering|lowers|releasing|releases|slackening|slackens) {_DET}jaw",)),
 )
 _CODE = re.compile(r"\b(?:au\s?|action units? )0?(\d{1,2})\b")
 
@@ -249,12 +251,21 @@ def _compiled() -> tuple[tuple[frozenset[int], re.Pattern[str]], ...]:
 @cache
 def _intensity_regex() -> re.Pattern[str]:
     words = sorted(INTENSITY_WORDS, key=len, reverse=True)  # longest first: "very strong"
-    return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b")
+    # Numeric levels as an LLM may add them: "level 3", "intensity 4", "2/5".
+    numeric = r"(?:level|intensity) (?P<n1>[1-5])\b|\b(?P<n2>[1-5]) ?/ ?5"
+    return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b|" + numeric)
+
+
+def _level(match: re.Match[str]) -> int:
+    digit = match.group("n1") or match.group("n2")
+    return int(digit) if digit else INTENSITY_WORDS[match.group(0)]
 
 
 def _normalise(text: str) -> str:
     text = text.lower().replace("’", "'").replace("n't", " not")
-    text = re.sub(r"[-_/]+", " ", text)
+    text = re.sub(r"[-_]+|(?<!\d)/|/(?!\d)", " ", text)  # keep "2/5"
+    # "inner and outer brows" is the whole brow: AU1 + AU2, like "raised brows"
+    text = re.sub(r"\b(?:inner and outer|outer and inner) ((?:eye)?brows?)", r"\1", text)
     return re.sub(r"\s+", " ", text)
 
 
@@ -331,10 +342,10 @@ def read_back(text: str) -> ReadBack:
         level: int | None = None
         hits = list(intensity_rx.finditer(inside)) or list(intensity_rx.finditer(pre))
         if hits:
-            level = INTENSITY_WORDS[hits[-1].group(0)]
+            level = _level(hits[-1])
         else:
             after = intensity_rx.search(post)
-            level = INTENSITY_WORDS[after.group(0)] if after else None
+            level = _level(after) if after else None
         for au in sorted(m.aus):
             if levels.get(au) is None:
                 levels[au] = level

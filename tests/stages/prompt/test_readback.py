@@ -57,6 +57,16 @@ def test_round_trip_10000_grammar_descriptions() -> None:
         ("No brow lowering or nose wrinkling, but a slight grin.", {12: 2}, {4, 9}),
         ("The lips aren't parted and there is no smile, only extremely raised cheeks.", {6: 5}, {25, 12}),
         ("A calm face at rest.", {}, set()),
+        ("Her eyebrows are slightly raised, eyes widened in alarm, with a wide smile.",
+         {1: 2, 2: 2, 5: None, 12: None}, set()),
+        ("Nose scrunched in distaste, chin tightened and pushed upward, a slight downturn at the corners "
+         "of the mouth.", {9: None, 17: None, 15: 2}, set()),
+        ("He is pulling the lip corners down markedly while raising the inner brows slightly.",
+         {15: 4, 1: 2}, set()),
+        ("The lower jaw is relaxed and the lips are pressed together.", {}, set()),
+        ("Frowning, she lowers her brows and wrinkles her nose (level 4).", {4: None, 9: 4}, set()),
+        ("AU5 at level 3 and AU 12 (2/5), with moderately raised inner and outer brows.",
+         {5: 3, 12: 2, 1: 3, 2: 3}, set()),
     ],
 )
 def test_reads_grammar_paper_and_free_text(text: str, levels: dict, inactive: set) -> None:
