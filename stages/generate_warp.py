@@ -215,11 +215,29 @@ def _paint_mouth(img: np.ndarray, source: np.ndarray, out_to_src: np.ndarray, sr
     displaced landmarks in output pixels; ``out_to_src`` maps output pixels to ``source``
     pixels for the undeformed crop.
     """
-    import cv2
-
     gap_dst, gap_src = _inner_gap(dst_pts), _inner_gap(src_pts)
     if gap_dst < 0.02 * iod or gap_dst - gap_src < 0.01 * iod:
         return img
+    # Work inside a box around the lips only (full-frame float arrays cost more than the warp).
+    h, w = img.shape[:2]
+    pad = 0.1 * iod + 4
+    lips = np.vstack([dst_pts[48:68], src_pts[48:68]])
+    x0, y0 = (max(int(v), 0) for v in np.floor(lips.min(axis=0) - pad))
+    x1, y1 = min(int(np.ceil(lips[:, 0].max() + pad)), w), min(int(np.ceil(lips[:, 1].max() + pad)), h)
+    if x1 <= x0 or y1 <= y0:
+        return img
+    offset = np.array([x0, y0], np.float64)
+    roi_to_src = out_to_src @ np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1.0]])
+    out = img.copy()
+    out[y0:y1, x0:x1] = _mouth_roi(img[y0:y1, x0:x1], source, roi_to_src, src_pts - offset,
+                                   dst_pts - offset, iod, teeth, gap_src, gap_dst)
+    return out
+
+
+def _mouth_roi(img: np.ndarray, source: np.ndarray, out_to_src: np.ndarray, src_pts: np.ndarray,
+               dst_pts: np.ndarray, iod: float, teeth: bool, gap_src: float, gap_dst: float) -> np.ndarray:
+    import cv2
+
     h, w = img.shape[:2]
     cavity = np.empty((h, w, 3), np.float32)
     cavity[:] = (42, 16, 20)  # dark red-brown of the oral cavity in shadow
