@@ -12,8 +12,10 @@ One call, :func:`describe_with_llm`, describes a whole shard's samples concurren
   the model with the list of missing / extra AUs and wrong levels, up to
   ``max_feedback_rounds`` times;
 - every reply is stored in a SQLite cache keyed by (model, prompt-template version,
-  temperature, AU vector, emotion, demographic words, conversation so far), so a resumed
-  build never pays twice; the API key is never part of a key, a reason or a log line;
+  temperature, AU vector, emotion, demographic words, sample seed, conversation so far),
+  so a resumed build never pays twice; the seed is there so samples sharing a plan still
+  get their own texts (``vary_by_seed = false`` in the recipe shares them); the API key is
+  never part of a key, a reason or a log line;
 - a circuit breaker: after ``give_up_after * (max_retries + 1)`` failed requests in a row
   (one success resets the count), or at once on a non-retryable error such as a bad key,
   the rest of the batch skips the server, so a dead endpoint costs a bounded number of
@@ -33,7 +35,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,6 +82,9 @@ class LLMRequest:
     intensity: tuple[int, ...]  # 12 ints 0-5, DISFA order
     emotion: str
     demographics: tuple[str, ...] = ()  # e.g. ("east_asian", "young_adult", "female"), may be empty
+    # Sampling seed sent to the server and part of the cache key, so two samples with the same
+    # plan get their own texts; None lets identical plans share one reply (cheaper, less varied).
+    seed: int | None = None
 
 
 @dataclass
@@ -155,7 +160,7 @@ def build_messages(request: LLMRequest, history: Sequence[tuple[str, str]] = ())
 def cache_key(settings: LLMSettings, request: LLMRequest, history: Sequence[tuple[str, str]]) -> str:
     blob = json.dumps(
         [settings.model, PROMPT_TEMPLATE_VERSION, settings.temperature, list(request.intensity),
-         request.emotion, list(request.demographics), [list(h) for h in history]],
+         request.emotion, list(request.demographics), request.seed, [list(h) for h in history]],
         separators=(",", ":"),
     )
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -264,7 +269,7 @@ def _describe_error(exc: BaseException, settings: LLMSettings) -> tuple[str, boo
     return f"{type(exc).__name__}: {exc}", False
 
 
-async def _complete(client: Any, settings: LLMSettings, messages: list[dict[str, str]],
+async def _complete(client: Any, settings: LLMSettings, messages: list[dict[str, str]], seed: int | None,
                     semaphore: asyncio.Semaphore, breaker: _Breaker, outcome: LLMOutcome) -> str:
     """One chat completion with bounded, backed-off retries; returns the reply content."""
     from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -291,6 +296,7 @@ async def _complete(client: Any, settings: LLMSettings, messages: list[dict[str,
                             messages=messages,
                             temperature=settings.temperature,
                             response_format={"type": "json_object"},
+                            **({"seed": seed} if seed is not None else {}),
                         )
                     except Exception as exc:
                         breaker.failed(*_describe_error(exc, settings))
@@ -320,7 +326,8 @@ async def _describe_one(client: Any, settings: LLMSettings, request: LLMRequest,
                 outcome.reason = breaker.reason
                 return outcome
             try:
-                content = await _complete(client, settings, build_messages(request, history), semaphore,
+                content = await _complete(client, settings, build_messages(request, history), request.seed,
+                                         semaphore,
                                          breaker, outcome)
             except _RequestFailed as exc:
                 if exc.skipped:
@@ -362,9 +369,19 @@ async def describe_with_llm(requests: Sequence[LLMRequest], settings: LLMSetting
     breaker = _Breaker(settings.give_up_after * (settings.max_retries + 1))
     client = AsyncOpenAI(base_url=settings.base_url, api_key=settings.api_key,
                          timeout=settings.timeout_s, max_retries=0)
+    # Identical requests (same plan, no seed) are sent once and share the outcome.
+    unique = list(dict.fromkeys(requests))
     try:
-        return list(await asyncio.gather(
-            *(_describe_one(client, settings, r, cache, semaphore, breaker) for r in requests)))
+        outcomes = await asyncio.gather(
+            *(_describe_one(client, settings, r, cache, semaphore, breaker) for r in unique))
+        by_request = dict(zip(unique, outcomes, strict=True))
+        out: list[LLMOutcome] = []
+        seen: set[LLMRequest] = set()
+        for r in requests:
+            first = by_request[r]
+            out.append(first if r not in seen else replace(first, requests=0, cache_hits=0))
+            seen.add(r)
+        return out
     finally:
         await client.close()
         cache.close()

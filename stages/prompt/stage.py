@@ -52,6 +52,8 @@ class PromptConfig(StageConfig):
     retry_backoff_s: float = Field(1.0, ge=0.0, le=600.0)
     max_feedback_rounds: int = Field(2, ge=0, le=10)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
+    # send the sample seed (own text per sample); false: identical plans share one cached reply
+    vary_by_seed: bool = True
     # the batch stops calling the server after give_up_after x (max_retries + 1) failed requests in a row
     give_up_after: int = Field(3, ge=1, le=10_000)
     on_failure: Literal["grammar", "drop"] = "grammar"
@@ -179,6 +181,7 @@ class PromptStage(Stage):
                 emotion=str(record["emotion"]),
                 demographics=tuple(str(record.get(k, "")) for k in ("ethnicity", "age_band", "gender"))
                 if c.include_demographics else (),
+                seed=int(record["seed"]) if c.vary_by_seed else None,
             )
             for record, levels in live
         ]

@@ -85,6 +85,20 @@ def test_good_server_then_resume_hits_cache(stub, tmp_path) -> None:
     assert KEY.encode() not in cache_bytes
 
 
+def test_seed_gives_each_sample_its_own_request_unless_disabled(stub, tmp_path) -> None:
+    records = make_records(4, seed=20)
+    for r in records:
+        r["planned_intensity"], r["emotion"] = [0, 0, 3, 0, 0, 0, 0, 2, 0, 0, 0, 0], "sadness"
+    stub.reset("good")
+    _run(_stage(stub, tmp_path / "a", include_demographics=False), records)
+    assert stub.requests == 4
+    assert sorted(b["seed"] for b in stub.bodies) == sorted(r["seed"] for r in records)
+    stub.reset("good")
+    out = _run(_stage(stub, tmp_path / "b", include_demographics=False, vary_by_seed=False), records)
+    assert stub.requests == 1 and "seed" not in stub.bodies[0]
+    assert len({r["description"] for r in out}) == 1
+
+
 def test_prose_reply_from_a_server_ignoring_json_mode_is_accepted(stub, tmp_path) -> None:
     stub.reset("prose")
     out = _run(_stage(stub, tmp_path), make_records(N, seed=2))
