@@ -179,6 +179,9 @@ def _arcface_embedder(model_path: Path) -> Callable[[np.ndarray, np.ndarray], np
         insightface = None
     if insightface is not None:
         model = insightface.model_zoo.get_model(str(model_path))
+        if model is None or not hasattr(model, "get_feat"):
+            raise BankIndexError(f"insightface does not recognise {model_path} as a recognition "
+                                 "(ArcFace) model; pass e.g. buffalo_l/w600k_r50.onnx")
         model.prepare(ctx_id=-1)
 
         def embed_insightface(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ dropped with that reason and the run goes on.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -64,6 +65,7 @@ class WarpConfig(StageConfig):
     crop_scale: float = Field(4.2, ge=2.5, le=10.0, description="output side in inter-ocular distances")
     image_size: int | None = Field(None, ge=32, le=2048, description="default: output.image_size")
     on_bad_identity: Literal["error", "drop"] = "error"
+    identity_cache: int = Field(256, ge=1, le=100_000, description="identities kept prepared per worker")
 
 
 # Jitter at jitter=1.0: roll (degrees), scale, shift (share of the side), lighting.
@@ -385,7 +387,7 @@ class WarpGenerator(Stage):
 
     def __init__(self, config: StageConfig, context: Any) -> None:
         super().__init__(config, context)
-        self._geometry: dict[str, IdentityGeometry] = {}
+        self._geometry: OrderedDict[str, IdentityGeometry] = OrderedDict()
         self._unusable: dict[str, str] = {}
 
     def setup(self) -> None:
@@ -406,18 +408,28 @@ class WarpGenerator(Stage):
         return rec.image if root is None or rec.image.startswith("pkg:") else str(root / rec.image)
 
     def geometry(self, identity_id: str) -> IdentityGeometry:
-        """The cached geometry of an identity; :class:`StageError` if its photo is unusable."""
-        if identity_id in self._geometry:
-            return self._geometry[identity_id]
-        if identity_id not in self._unusable:
-            self._unusable[identity_id] = ""
-            try:
-                self._geometry[identity_id] = self._load(identity_id)
-                del self._unusable[identity_id]
-                return self._geometry[identity_id]
-            except StageError as exc:
-                self._unusable[identity_id] = str(exc)
-        raise StageError(self._unusable[identity_id])
+        """The cached geometry of an identity; :class:`StageError` if its photo is unusable.
+
+        Up to ``identity_cache`` identities are kept (least recently used goes first; each
+        holds its photo). Unusable identities are remembered so their photo is not
+        re-examined for every record.
+        """
+        cached = self._geometry.get(identity_id)
+        if cached is not None:
+            self._geometry.move_to_end(identity_id)
+            return cached
+        if identity_id in self._unusable:
+            raise StageError(self._unusable[identity_id])
+        try:
+            geom = self._load(identity_id)
+        except StageError as exc:
+            self._unusable[identity_id] = str(exc)
+            raise
+        self._geometry[identity_id] = geom
+        limit = self.config.identity_cache  # type: ignore[attr-defined]
+        while len(self._geometry) > limit:
+            self._geometry.popitem(last=False)
+        return geom
 
     def _load(self, identity_id: str) -> IdentityGeometry:
         from factory.identities import IdentityBankError

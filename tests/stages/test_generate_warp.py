@@ -234,6 +234,15 @@ def test_rejects_unusable_identity_photos(tmp_path: Path) -> None:
     assert "image" not in out[0]
 
 
+def test_identity_cache_is_bounded(generator: WarpGenerator) -> None:
+    gen = WarpGenerator(WarpConfig(identity_cache=1, image_size=64), generator.context)
+    render(gen, ASTRONAUT, vector())
+    render(gen, HOPPER, vector())
+    assert list(gen._geometry) == [HOPPER]
+    assert render(gen, ASTRONAUT, vector(), seed=3).shape == (64, 64, 3)  # re-prepared on demand
+    assert list(gen._geometry) == [ASTRONAUT]
+
+
 def test_needs_an_identity_bank(tmp_path: Path) -> None:
     with pytest.raises(StageError, match=r"identities\.bank"):
         WarpGenerator(WarpConfig(), StageContext(run_dir=tmp_path)).setup()
