@@ -171,6 +171,7 @@ def cache_key(settings: LLMSettings, request: LLMRequest, history: Sequence[tupl
 _REFUSAL = re.compile(
     r"\b(?:sorry|apologi[sz]e|i cannot|i can ?not|i can't|i am unable|i'm unable|as an ai)\b", re.IGNORECASE
 )
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)  # reasoning models think aloud first
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
@@ -178,7 +179,7 @@ _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 def parse_reply(content: str | None) -> str | None:
     """The description in a reply: ``{"description": ...}`` (also fenced or inside prose),
     or the prose itself from a server that ignored JSON mode; ``None`` if there is none."""
-    text = (content or "").strip()
+    text = _THINK.sub("", content or "").strip()
     fenced = _FENCE.match(text)
     if fenced:
         text = fenced.group(1).strip()
@@ -306,7 +307,7 @@ async def _complete(client: Any, settings: LLMSettings, messages: list[dict[str,
         raise _RequestFailed(str(exc), retryable=False, skipped=True) from None
     except Exception as exc:
         message, can_retry = _describe_error(exc, settings)
-        attempts = settings.max_retries + 1 if can_retry else 1
+        attempts = int(retrying.statistics.get("attempt_number", 1))
         plural = "s" if attempts > 1 else ""
         raise _RequestFailed(f"{message} ({attempts} attempt{plural})", can_retry) from exc
     choices = getattr(response, "choices", None) or []
@@ -326,9 +327,8 @@ async def _describe_one(client: Any, settings: LLMSettings, request: LLMRequest,
                 outcome.reason = breaker.reason
                 return outcome
             try:
-                content = await _complete(client, settings, build_messages(request, history), request.seed,
-                                         semaphore,
-                                         breaker, outcome)
+                messages = build_messages(request, history)
+                content = await _complete(client, settings, messages, request.seed, semaphore, breaker, outcome)
             except _RequestFailed as exc:
                 if exc.skipped:
                     outcome.reason = str(exc)

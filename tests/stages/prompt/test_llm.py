@@ -156,16 +156,25 @@ def test_transient_errors_are_retried_and_recover(stub, tmp_path, status) -> Non
 
 
 @pytest.mark.parametrize("status", ["500", "429"])
-def test_persistent_errors_stop_within_the_attempt_budget(stub, tmp_path, status) -> None:
+def test_persistent_errors_cost_exactly_the_attempt_budget(stub, tmp_path, status) -> None:
     stub.reset(status)
-    stage = _stage(stub, tmp_path, max_retries=2, give_up_after=2, concurrency=2)
+    stage = _stage(stub, tmp_path, max_retries=2, give_up_after=1000, concurrency=2)
     out = _run(stage, make_records(N, seed=7))
-    # 3 attempts per request at most; the breaker trips after 2 x 3 failures in a row
-    assert 3 <= stub.requests <= 2 * 3 + 1
-    assert stub.requests <= N * 3
+    assert stub.requests == N * 3  # 1 attempt + 2 retries per sample, no more
     for r in out:
         assert r["prompt_backend"] == "grammar-fallback"
-        assert f"HTTP {status}" in r["prompt_note"]
+        assert f"HTTP {status}" in r["prompt_note"] and "(3 attempts)" in r["prompt_note"]
+
+
+def test_breaker_stops_calling_a_failing_server(stub, tmp_path) -> None:
+    stub.reset("500")
+    stage = _stage(stub, tmp_path, max_retries=2, give_up_after=2, concurrency=2)
+    out = _run(stage, make_records(N, seed=7))
+    # trips after give_up_after x 3 failures in a row; at most concurrency - 1 more were in flight
+    assert 2 * 3 <= stub.requests <= 2 * 3 + 1
+    assert all(r["prompt_backend"] == "grammar-fallback" for r in out)
+    assert all("skipped for the rest of the batch" in r["prompt_note"] and "HTTP 500" in r["prompt_note"]
+               for r in out)
 
 
 def test_stalling_server_times_out_and_falls_back(stub, tmp_path) -> None:
@@ -231,6 +240,7 @@ def test_parse_reply_tolerates_common_server_habits() -> None:
     assert parse_reply('{"description": ""}') is None
     assert parse_reply("") is None and parse_reply(None) is None
     assert parse_reply("[1, 2]") is None
+    assert parse_reply('<think>{maybe} a smile?</think>\n{"description": "A slight smile."}') == "A slight smile."
 
 
 def test_cache_key_covers_request_but_never_the_api_key() -> None:
