@@ -47,6 +47,7 @@ __all__ = [
     "IndexReport",
     "arcface_preprocess",
     "exemplar_face",
+    "exemplar_warnings",
     "identity_similarity",
     "index_bank",
     "load_embeddings",
@@ -100,6 +101,46 @@ def exemplar_face(image: np.ndarray) -> FaceDetection:
     return FaceDetection(box=box, score=face.score, landmarks=landmarks_for_box(image, box))  # type: ignore[arg-type]
 
 
+# Neutrality thresholds in inter-ocular distances, set between a neutral closed-mouth
+# exemplar (Grace Hopper: inner-lip gap 0.004, corner lift 0.03) and a broad smile
+# (the astronaut: 0.16 and 0.20).
+_PARTED_LIPS_IOD = 0.05
+_CORNER_LIFT_IOD = 0.08
+
+
+def exemplar_warnings(landmarks: np.ndarray) -> list[str]:
+    """Signs that an identity photo is not neutral (usable, but worth knowing).
+
+    The warp generator adds the planned expression *to* the photo's own expression, so
+    its exact labels hold for a neutral exemplar; a smiling or open-mouthed photo carries
+    that expression into every render.
+    """
+    lm = np.asarray(landmarks, np.float64)
+    left, right = lm[36:42].mean(axis=0), lm[42:48].mean(axis=0)
+    iod = float(np.linalg.norm(right - left))
+    if iod < 1e-6:
+        return ["degenerate landmarks (eye centres coincide)"]
+    ex = (right - left) / iod
+    down = np.array([-ex[1], ex[0]])
+    y = lm @ down / iod  # position down the face, IOD units
+    gap = float(np.mean([y[lo] - y[up] for up, lo in ((61, 67), (62, 66), (63, 65))]))
+    lift = float((y[62] + y[66]) / 2 - (y[48] + y[54]) / 2)
+    out = []
+    if gap > _PARTED_LIPS_IOD:
+        out.append(f"lips parted ({gap:.2f} IOD): renders inherit AU25-like opening; "
+                   "a neutral closed-mouth photo gives exact labels")
+    if lift > _CORNER_LIFT_IOD:
+        out.append(f"lip corners raised ({lift:.2f} IOD): the photo smiles, renders inherit AU12; "
+                   "a neutral photo gives exact labels")
+    return out
+
+
+def _row_warnings(row: dict[str, Any]) -> tuple[str, ...]:
+    if row["status"] != "ok" or row["landmarks"] is None:
+        return ()
+    return tuple(exemplar_warnings(np.asarray(row["landmarks"], np.float64)))
+
+
 @dataclass(frozen=True)
 class IndexEntry:
     identity_id: str
@@ -107,6 +148,7 @@ class IndexEntry:
     status: IdentityStatus
     reason: str  # empty when ok
     computed: bool  # False: taken from the cache
+    warnings: tuple[str, ...] = ()  # usable but not neutral, see exemplar_warnings()
 
 
 @dataclass(frozen=True)
@@ -136,6 +178,7 @@ class IndexReport:
         lines = [f"{self.bank_dir}: {len(self.ok)}/{len(self.entries)} identities usable "
                  f"({self.embedder}; computed {self.computed}, reused {self.reused})"]
         lines += [f"  {e.identity_id}: {e.status}: {e.reason} [{e.image}]" for e in self.failed]
+        lines += [f"  {e.identity_id}: warning: {w} [{e.image}]" for e in self.entries for w in e.warnings]
         return "\n".join(lines)
 
 
@@ -293,7 +336,7 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
         if hit is not None:
             new_rows.append(hit)
             entries.append(IndexEntry(rec.identity_id, rec.image, hit["status"], hit["reason"] or "",
-                                      computed=False))
+                                      computed=False, warnings=_row_warnings(hit)))
             continue
         row: dict[str, Any] = {"identity_id": rec.identity_id, "embedder": embedder,
                                "model_sha256": model_sha, "image_sha256": sha, "status": "ok",
@@ -311,7 +354,7 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
                        score=face.score, landmarks=face.landmarks.tolist())
         new_rows.append(row)
         entries.append(IndexEntry(rec.identity_id, rec.image, row["status"], row["reason"] or "",
-                                  computed=True))
+                                  computed=True, warnings=_row_warnings(row)))
 
     _write_cache(cache_path, kept_rows + new_rows)
     return IndexReport(bank_dir=bank_dir, embedder=embedder, entries=entries)

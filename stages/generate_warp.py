@@ -23,7 +23,11 @@ Identities: ``identities.bank = "builtin"`` gives ``builtin-astronaut`` and
 (``image`` relative to the folder; values as in :mod:`factory.recipe`), set
 ``identities.bank`` to that folder, and optionally run ``factory identities index FOLDER``
 to check every photo up front. A usable photo shows exactly one frontal face (dlib's HOG
-detector finds it), ideally neutral with closed lips, at least ~60 px between the eyes.
+detector finds it), at least ~60 px between the eyes, and should be *neutral with closed
+lips*: the planned expression is added to the photo's own, so the labels are exact relative
+to a neutral exemplar. A smiling or open-mouthed photo is still used, with a logged warning
+(:func:`factory.identity_index.exemplar_warnings`); the builtin astronaut is such a photo
+(she smiles with parted lips), Grace Hopper's portrait is neutral.
 
 Unusable identity photos (unreadable, no face, several faces): with the default
 ``on_bad_identity = "error"`` the stage raises :class:`StageError` naming the identity and
@@ -33,6 +37,7 @@ dropped with that reason and the run goes on.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -44,6 +49,8 @@ from pydantic import Field
 from factory.aus import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, Resources, Stage, StageConfig, StageError, drop, is_dropped
 from stages.warp_model import appearance_strokes, displacements, face_frame
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "IdentityGeometry",
@@ -433,7 +440,7 @@ class WarpGenerator(Stage):
 
     def _load(self, identity_id: str) -> IdentityGeometry:
         from factory.identities import IdentityBankError
-        from factory.identity_index import ExemplarError, exemplar_face
+        from factory.identity_index import ExemplarError, exemplar_face, exemplar_warnings
 
         bank = self.context.identity_bank
         try:
@@ -449,6 +456,8 @@ class WarpGenerator(Stage):
             raise StageError(f"warp: identity {identity_id!r} photo {path} is unusable: {exc.reason}; "
                              "replace the photo with a single frontal face or remove the identity "
                              "(check a bank with: factory identities index FOLDER)") from exc
+        for warning in exemplar_warnings(face.landmarks):
+            _log.warning("warp: identity %r (%s): %s", identity_id, path, warning)
         return identity_geometry(identity_id, image, face.landmarks)
 
     def process(self, batch: list[Record]) -> list[Record]:

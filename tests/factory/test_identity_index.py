@@ -67,6 +67,10 @@ def test_statuses_reported_for_every_identity(first_report) -> None:
     assert "2 faces" in reasons["pair"]
     assert first_report.computed == 5  # the missing file has nothing to compute
     assert "flat: no_face" in first_report.summary()
+    # The astronaut smiles with parted lips; Grace Hopper's portrait is neutral.
+    warnings = {e.identity_id: " ".join(e.warnings) for e in first_report.entries}
+    assert "lips parted" in warnings["astronaut"] and "corners raised" in warnings["astronaut"]
+    assert warnings["hopper"] == ""
 
 
 def test_cache_file_contents(bank: Path, first_report) -> None:
@@ -83,7 +87,8 @@ def test_second_run_recomputes_nothing_then_only_changed(bank: Path, first_repor
     before = load_embeddings(bank)
     again = index_bank(bank)
     assert again.computed == 0 and again.reused == 5
-    assert [e.status for e in again.entries] == [e.status for e in first_report.entries]
+    assert [(e.status, e.warnings) for e in again.entries] == [
+        (e.status, e.warnings) for e in first_report.entries]
     after = load_embeddings(bank)
     assert set(after) == {"astronaut", "hopper"}
     np.testing.assert_array_equal(before["astronaut"], after["astronaut"])

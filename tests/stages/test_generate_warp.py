@@ -243,6 +243,16 @@ def test_identity_cache_is_bounded(generator: WarpGenerator) -> None:
     assert list(gen._geometry) == [ASTRONAUT]
 
 
+def test_warns_about_non_neutral_exemplars(generator: WarpGenerator, caplog: pytest.LogCaptureFixture) -> None:
+    gen = WarpGenerator(WarpConfig(image_size=64), generator.context)
+    with caplog.at_level("WARNING", logger="stages.generate_warp"):
+        render(gen, ASTRONAUT, vector())
+        render(gen, HOPPER, vector())
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("builtin-astronaut" in m and "smiles" in m for m in messages)
+    assert not any("builtin-grace-hopper" in m for m in messages)
+
+
 def test_needs_an_identity_bank(tmp_path: Path) -> None:
     with pytest.raises(StageError, match=r"identities\.bank"):
         WarpGenerator(WarpConfig(), StageContext(run_dir=tmp_path)).setup()
