@@ -147,6 +147,9 @@ def write_index(
         ) from exc
     finally:
         tmp.unlink(missing_ok=True)
+    # Shard commits skip the directory fsync (a lost rename only means a rebuilt shard);
+    # the dataset commit must not outlive its shards' renames, so flush them here.
+    fsync_dir(shards_dir)
     index = {
         "dataset": dataset,
         "schema_version": SCHEMA_VERSION,
