@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ class BuildSummary:
     surplus_shards: list[int]
     failed_shards: dict[int, str]
     planned_samples: int
-    seconds: float
+    seconds: float  # wall time of the whole command
+    run_seconds: float  # from workers ready to index written (what throughput is measured on)
     stage_rates: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -149,6 +151,26 @@ class _Scheduler:
             )
 
 
+def _wait_ready(workers: list[Any], prompt: Any) -> None:
+    """Block until every worker has loaded its models; a stage that cannot start (missing
+    checkpoint, missing package) fails the build here, once, with its own message."""
+    import ray
+
+    try:
+        ray.get([w.info.remote() for w in workers] + [prompt.info.remote()])
+    except ray.exceptions.RayActorError as exc:
+        raise BuildError(f"a worker could not start: {_root_error(str(exc))}") from None
+
+
+def _root_error(text: str) -> str:
+    """The innermost ``SomeError: message`` of a remote traceback (Ray wraps it in noise)."""
+    matches = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", text, flags=re.MULTILINE)
+    if matches:
+        return f"{matches[-1][0].rsplit('.', 1)[-1]}: {matches[-1][1]}"
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else text
+
+
 def build(
     recipe: Recipe, *, local_gpus: int | None = None, quiet: bool = False, retry_failed: bool = False
 ) -> BuildSummary:
@@ -178,6 +200,8 @@ def build(
         workers: list[Any] = []
         try:
             workers, prompt = make_workers(recipe, run.root)
+            _wait_ready(workers, prompt)
+            t_run = time.perf_counter()
             slots = {i: 0 for i in range(len(workers))}
             refs: dict[Any, tuple[int, int]] = {}  # ref -> (shard, worker index)
             progress.start(sum(int(s["accepted"]) for s in done.values()), done)
@@ -208,10 +232,10 @@ def build(
                     try:
                         stats = ray.get(ref)
                     except (ray.exceptions.RayError, OSError) as exc:
-                        will_retry = sched.failure(shard, f"{type(exc).__name__}: {exc}")
+                        will_retry = sched.failure(shard, f"{_root_error(str(exc))}\n\n{exc}")
                         progress.note(
                             f"shard {shard} failed ({'retrying' if will_retry else 'giving up'}): "
-                            f"{str(exc).splitlines()[0][:200]}"
+                            f"{_root_error(str(exc))[:300]}"
                         )
                         continue
                     sched.in_flight.pop(shard, None)
@@ -241,6 +265,7 @@ def build(
             failed_shards=failed,
             planned_samples=sum(int(sched.done[s]["planned"]) for s in indexed),
             seconds=time.perf_counter() - t0,
+            run_seconds=time.perf_counter() - t_run,
             stage_rates=progress.stage_rates(),
         )
         atomic_write_text(

@@ -71,6 +71,9 @@ class PromptWorker:
     def __init__(self, recipe: Recipe, run_dir: str) -> None:
         self.stage = build_stages(recipe, _context(recipe, Path(run_dir), "cpu"), ["prompt"])[0]
 
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "stage": self.stage.name}
+
     def describe(self, records: list[Record]) -> tuple[list[Record], float]:
         t0 = time.perf_counter()
         out = self.stage.process(records)

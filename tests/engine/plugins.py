@@ -44,3 +44,18 @@ class DieOnce(Stage):
             marker.write_text(str(os.getpid()))
             os._exit(1)
         return batch
+
+
+class MissingCheckpoint(Stage):
+    """A stage whose model file is missing: setup() fails the way real stages do."""
+
+    name = "missing-checkpoint"
+    kind = "detector"
+
+    def setup(self) -> None:
+        from stages.base import StageError
+
+        raise StageError("checkpoint /nowhere/model.pth does not exist; run `factory models pull x`")
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        return batch

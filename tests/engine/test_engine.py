@@ -110,3 +110,10 @@ def test_a_worker_that_dies_is_restarted_and_its_shard_redone(ray_cluster, tmp_p
     assert summary.indexed_shards == [0, 1, 2, 3] and not summary.failed_shards
     keys = [s["__key__"] for s in wds.WebDataset(str(out / "shards" / "t-000002.tar"), shardshuffle=False)]
     assert len(keys) == 6
+
+
+def test_a_stage_that_cannot_start_fails_the_build_once_with_its_message(ray_cluster, tmp_path: Path) -> None:
+    doc = standin_doc(tmp_path / "out", detectors=[{"name": "tests.engine.plugins:MissingCheckpoint"}])
+    with pytest.raises(BuildError, match=r"worker could not start: StageError: checkpoint /nowhere/model\.pth"):
+        build(recipe_from_dict(doc), quiet=True)
+    assert not list((tmp_path / "out" / "shards").glob("*.stats.json"))
