@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from pydantic import Field
 
 from factory.recipe import EMOTION_MIX_KEYS
-from stages.base import Record, Resources, Stage, StageConfig, StageError, drop, is_dropped
+from stages.base import Record, Resources, Stage, StageConfig, StageContext, StageError, drop, is_dropped
 from stages.prompt.grammar import GRAMMAR_VERSION, describe, validate_intensity
 from stages.prompt.readback import check_description, mismatch_report
 
@@ -66,8 +66,11 @@ class PromptStage(Stage):
     config_model: ClassVar[type[StageConfig]] = PromptConfig
 
     config: PromptConfig
-    # Requests sent / cache hits of the last LLM batch (for logs and tests).
-    last_stats: ClassVar[dict[str, int]] = {}
+
+    def __init__(self, config: StageConfig, context: StageContext) -> None:
+        super().__init__(config, context)
+        # Requests sent / cache hits of the last LLM batch (for logs and tests).
+        self.last_stats: dict[str, int] = {}
 
     def setup(self) -> None:
         if self.config.backend != "llm":
@@ -144,6 +147,11 @@ class PromptStage(Stage):
         emotion = record.get("emotion")
         if emotion not in EMOTION_MIX_KEYS:
             drop(record, self.name, f"bad emotion {emotion!r}; allowed: {list(EMOTION_MIX_KEYS)}")
+            return None
+        try:
+            int(record["seed"])
+        except (KeyError, TypeError, ValueError):
+            drop(record, self.name, f"bad seed {record.get('seed')!r}; the plan must give every sample an int seed")
             return None
         return levels
 

@@ -67,17 +67,19 @@ def test_demographics_can_be_left_out(tmp_path) -> None:
 
 
 def test_bad_planned_vector_is_dropped_with_reason_and_dropped_records_untouched(tmp_path) -> None:
-    records = make_records(5, seed=14)
+    records = make_records(6, seed=14)
     records[0]["planned_intensity"] = [1, 2, 3]
     records[1]["planned_intensity"] = [9] + [0] * 11
     drop(records[2], "planner", "earlier problem")
     records[3]["emotion"] = "joyful"
+    records[4]["seed"] = None
     out = _stage(tmp_path).process(records)
     assert is_dropped(out[0]) and "12 values" in out[0]["drop_reason"]
     assert is_dropped(out[1]) and "AU1 is 9" in out[1]["drop_reason"]
     assert out[2]["dropped_by"] == "planner" and "description" not in out[2]
     assert is_dropped(out[3]) and "bad emotion 'joyful'" in out[3]["drop_reason"]
-    assert not is_dropped(out[4]) and out[4]["description"]
+    assert is_dropped(out[4]) and "bad seed None" in out[4]["drop_reason"]
+    assert not is_dropped(out[5]) and out[5]["description"]
 
 
 def test_description_failing_read_back_is_never_used(tmp_path, monkeypatch) -> None:
