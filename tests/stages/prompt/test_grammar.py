@@ -41,7 +41,7 @@ def test_at_least_1000_sentence_shapes_in_10000(samples) -> None:
     # Without list lengths (runs of "<AU>" items collapsed), the frames alone still vary.
     collapsed = {re.sub(r"<AU>(?:(?:, |, and | and |, as well as | as well as |, along with | along with "
                         r"|, plus )<AU>)+", "<AUs>", d.shape) for _, d in samples}
-    assert len(collapsed) >= 200
+    assert len(collapsed) >= 500  # measured: 4642 shapes, 1058 without list lengths
 
 
 def test_shape_is_text_with_placeholders(samples) -> None:

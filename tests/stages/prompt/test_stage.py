@@ -29,6 +29,16 @@ def test_registered_light_and_cpu_only() -> None:
     assert PromptConfig().backend == "grammar"  # an empty recipe section works
 
 
+def test_recipe_section_reaches_the_stage_config() -> None:
+    from factory.recipe import RecipeError, recipe_from_dict
+
+    recipe = recipe_from_dict({"prompt": {"name": "prompt", "backend": "llm", "timeout_s": 5, "on_failure": "drop"}})
+    config = recipe.stage_config("prompt")
+    assert isinstance(config, PromptConfig) and config.backend == "llm" and config.on_failure == "drop"
+    with pytest.raises(RecipeError, match=r"prompt\.backend"):
+        recipe_from_dict({"prompt": {"name": "prompt", "backend": "gpt4"}})
+
+
 def test_unknown_option_and_bad_values_are_refused() -> None:
     with pytest.raises(ValidationError):
         PromptConfig(backnd="llm")
