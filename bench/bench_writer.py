@@ -26,9 +26,9 @@ from manifests.writer import ShardWriter, sample_json
 
 __all__ = ["main"]
 
-SAMPLES = 1000
+SAMPLES = 2000
 IMAGE_SIZE = 256
-REPEATS = 5
+REPEATS = 7
 
 
 def _records(n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -137,6 +137,10 @@ def main(samples: int = SAMPLES, repeats: int = REPEATS) -> str:
     best = _best_of(
         {
             "plain tarfile loop (+fsync)": lambda d: _plain_tarfile(d, records, jsons),
+            # The same loop building each label JSON itself, as any writer must.
+            "plain tarfile loop + label JSON": lambda d: _plain_tarfile(
+                d, records, [sample_json(r, True) for r in records]
+            ),
             "ShardWriter (sha256, Parquet, stats)": lambda d: _shard_writer(d, records, checksum=True),
             "ShardWriter (checksum=False)": lambda d: _shard_writer(d, records, checksum=False),
         },
@@ -157,12 +161,16 @@ def main(samples: int = SAMPLES, repeats: int = REPEATS) -> str:
             f"| {name} | {wall:.3f} | {samples / wall:,.0f} | {megabytes / wall:,.0f} | "
             f"{plain_wall / wall:.2f}x | {cpu:.3f} | {cpu / plain_cpu:.2f}x |"
         )
-    ratio = plain_wall / best["ShardWriter (sha256, Parquet, stats)"][0]
+    writer_wall, writer_cpu = best["ShardWriter (sha256, Parquet, stats)"]
+    ratio = plain_wall / writer_wall
     verdict = "meets" if ratio >= 0.9 else "misses"
     lines += [
         "",
-        f"ShardWriter throughput = {ratio:.2f} x plain loop ({verdict} the >= 0.9 target); "
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs while measuring.",
+        f"ShardWriter throughput = {ratio:.2f} x plain loop by wall time ({verdict} the >= 0.9 target), "
+        f"{plain_cpu / writer_cpu:.2f} x by CPU time; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs while measuring.",
+        "The writer's extra work per shard: one label JSON per sample, the Parquet manifest, "
+        "sha256 of the tar, a second fsync (manifest, overlapped with the tar's) and the stats file.",
     ]
     return "\n".join(lines) + "\n"
 
