@@ -56,6 +56,7 @@ __all__ = [
     "IdentityGeometry",
     "WarpConfig",
     "WarpGenerator",
+    "displaced_points",
     "identity_geometry",
     "piecewise_affine_map",
     "render_expression",
@@ -111,6 +112,25 @@ def _anchor_points(landmarks_face: np.ndarray) -> np.ndarray:
     return np.vstack([ring, square])
 
 
+_INNER_PAIRS = ((61, 67), (62, 66), (63, 65))  # upper / lower inner-lip points, iBUG-68
+_MIN_LIP_GAP = 0.004  # IOD; also the gap identity_geometry opens between closed lips
+
+
+def _uncross_lips(face_pts: np.ndarray) -> np.ndarray:
+    """Keep each lower inner-lip point below its upper partner (face frame, IOD units).
+
+    The AU moves add linearly; some sums (e.g. AU12 with a closed mouth) lift the lower
+    inner lip a hair more than the upper one, which would fold triangles. Crossed pairs
+    meet at their midpoint instead, which is what lips pressed together do.
+    """
+    out = face_pts.copy()
+    for up, low in _INNER_PAIRS:
+        if out[low, 1] - out[up, 1] < _MIN_LIP_GAP:
+            mid = (out[low, 1] + out[up, 1]) / 2
+            out[up, 1], out[low, 1] = mid - _MIN_LIP_GAP / 2, mid + _MIN_LIP_GAP / 2
+    return out
+
+
 def identity_geometry(identity_id: str, image: np.ndarray, landmarks: np.ndarray) -> IdentityGeometry:
     """Face frame and triangulation of one identity photo (pure; cached by the stage)."""
     from scipy.spatial import Delaunay
@@ -120,12 +140,7 @@ def identity_geometry(identity_id: str, image: np.ndarray, landmarks: np.ndarray
     face = (lm - origin) @ basis / iod
     # Closed lips give (near-)identical inner-lip points; keep a hair of gap so the
     # triangulation has non-degenerate triangles there to open the mouth with.
-    min_gap = 0.006
-    for up, low in ((61, 67), (62, 66), (63, 65)):
-        gap = face[low, 1] - face[up, 1]
-        if gap < min_gap:
-            mid = (face[low, 1] + face[up, 1]) / 2
-            face[up, 1], face[low, 1] = mid - min_gap / 2, mid + min_gap / 2
+    face = _uncross_lips(face)
     points = np.vstack([face, _anchor_points(face)])
     simplices = Delaunay(points).simplices.astype(np.int32)
     return IdentityGeometry(identity_id, np.ascontiguousarray(image), lm, origin, basis, iod,
@@ -138,6 +153,13 @@ def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     xs.flags.writeable = ys.flags.writeable = False
     return xs, ys
+
+
+def displaced_points(geom: IdentityGeometry, intensities: list[int]) -> np.ndarray:
+    """The identity's mesh points (face frame, IOD units) moved by the AU model."""
+    disp = np.zeros_like(geom.points)
+    disp[:68] = displacements(intensities)
+    return _uncross_lips(geom.points + disp)
 
 
 def piecewise_affine_map(
@@ -177,7 +199,7 @@ def piecewise_affine_map(
 
 
 def _inner_gap(pts: np.ndarray) -> float:
-    return float(np.mean([np.linalg.norm(pts[lo] - pts[up]) for up, lo in ((61, 67), (62, 66), (63, 65))]))
+    return float(np.mean([np.linalg.norm(pts[lo] - pts[up]) for up, lo in _INNER_PAIRS]))
 
 
 def _poly_mask(shape: tuple[int, int], poly: np.ndarray) -> np.ndarray:
@@ -352,9 +374,7 @@ def render_expression(geom: IdentityGeometry, intensities: list[int], size: int,
     source = geom.scaled[factor]
 
     n = 68
-    disp = np.zeros_like(geom.points)
-    disp[:n] = displacements(intensities)
-    src_face, dst_face = geom.points, geom.points + disp
+    src_face, dst_face = geom.points, displaced_points(geom, intensities)
     src_pixels = (geom.origin + geom.iod * src_face @ geom.basis.T) * factor
     dst_out = to_output(dst_face)
     src_out = to_output(src_face)

@@ -20,7 +20,13 @@ from factory.identities import open_bank
 from factory.landmarks import detect_faces, face_embedding
 from stages import stage_class
 from stages.base import StageContext, StageError
-from stages.generate_warp import WarpConfig, WarpGenerator, piecewise_affine_map
+from stages.generate_warp import (
+    WarpConfig,
+    WarpGenerator,
+    displaced_points,
+    identity_geometry,
+    piecewise_affine_map,
+)
 from stages.warp_model import AU_MOVES, MIRROR, appearance_strokes, displacements, face_frame
 
 SIZE = 384
@@ -300,6 +306,28 @@ def test_model_is_mirror_symmetric_and_linear() -> None:
     np.testing.assert_allclose(both, displacements(vector(au1=3)) + displacements(vector(au26=4)))
     with pytest.raises(ValueError, match="12 intensities"):
         displacements([1, 2, 3])
+
+
+def _signed_areas(points: np.ndarray, simplices: np.ndarray) -> np.ndarray:
+    a, b, c = (points[simplices[:, k]] for k in range(3))
+    return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+
+
+@pytest.mark.parametrize("identity", [ASTRONAUT, HOPPER])
+def test_no_triangle_folds(identity: str, generator: WarpGenerator, neutral: dict) -> None:
+    """No AU combination turns a mesh triangle inside out (which would smear the image)."""
+    photo = generator.context.identity_bank.image(identity)
+    geom = identity_geometry(identity, photo, landmarks(photo))
+    before = np.sign(_signed_areas(geom.points, geom.simplices))
+    rng = np.random.default_rng(0)
+    vectors = [[5] * 12] + [vector(**{f"au{a}": 5}) for a in DISFA_AUS]
+    vectors += [list(rng.integers(0, 6, 12) * (rng.random(12) < 0.4)) for _ in range(200)]
+    for planned in vectors:
+        after = np.sign(_signed_areas(displaced_points(geom, planned), geom.simplices))
+        assert np.array_equal(before, after), f"fold for {planned}"
+    # The lips never cross: each lower inner-lip point stays below its upper partner.
+    pts = displaced_points(geom, vector(au12=5, au17=5))
+    assert all(pts[lo, 1] > pts[up, 1] for up, lo in ((61, 67), (62, 66), (63, 65)))
 
 
 def test_appearance_strokes_follow_active_aus(neutral: dict) -> None:
