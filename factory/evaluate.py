@@ -126,9 +126,7 @@ def score_source(
         label_ok = np.isin(label_occurrence[:, i], (0.0, 1.0))
         usable = ~np.isnan(occurrence[:, i]) & (occurrence[:, i] >= 0)
         both = label_ok & usable
-        tp, fp, fn, tn = confusion(
-            label_occurrence[both, i] == 1, occurrence[both, i] >= OCCURRENCE_THRESHOLD
-        )
+        tp, fp, fn, tn = confusion(label_occurrence[both, i] == 1, occurrence[both, i] >= OCCURRENCE_THRESHOLD)
         excluded = int(np.sum(label_ok & ~usable))
         pairs = ~np.isnan(label_intensity[:, i]) & (label_intensity[:, i] >= 0)
         pairs &= ~np.isnan(intensity[:, i]) & (intensity[:, i] >= 0)
@@ -141,9 +139,7 @@ def score_source(
         elif n_int == 1:
             mae = float(abs(label_intensity[pairs, i][0] - intensity[pairs, i][0]))
         scores.append(
-            AUScore(
-                source, au, int(both.sum()), tp, fp, fn, tn, f1_score(tp, fp, fn), excluded, n_int, icc, mae
-            )
+            AUScore(source, au, int(both.sum()), tp, fp, fn, tn, f1_score(tp, fp, fn), excluded, n_int, icc, mae)
         )
     return scores
 
@@ -283,10 +279,7 @@ def _columns(prefix: str, column: str) -> str:
 def _matrix(table: Any, prefix: str) -> np.ndarray:
     """12 scalar columns ``{prefix}1..12`` -> ``(n, 12)`` float64, NaN where null."""
     return np.stack(
-        [
-            table[f"{prefix}{i}"].to_numpy(zero_copy_only=False).astype(np.float64)
-            for i in range(1, N_AUS + 1)
-        ],
+        [table[f"{prefix}{i}"].to_numpy(zero_copy_only=False).astype(np.float64) for i in range(1, N_AUS + 1)],
         axis=1,
     ).reshape(table.num_rows, N_AUS)
 
@@ -303,9 +296,7 @@ def evaluate(run_dir: Path, out_dir: Path | None = None, include_rejected: bool 
     con = connect(run_dir, include_rejected=include_rejected)
     try:
         # Row numbers fix one order for the label matrix and the unnested votes.
-        con.execute(
-            "CREATE TEMP TABLE numbered AS SELECT row_number() OVER (ORDER BY key) - 1 AS row, * FROM samples"
-        )
+        con.execute("CREATE TEMP TABLE numbered AS SELECT row_number() OVER (ORDER BY key) - 1 AS row, * FROM samples")
         labels = con.sql(
             "SELECT "
             + ", ".join(

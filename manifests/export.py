@@ -46,9 +46,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"export target {out} is a file; pass a directory path")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(
-                f"export target {out} is not empty; pass overwrite=True or choose an empty folder"
-            )
+            raise FileExistsError(f"export target {out} is not empty; pass overwrite=True or choose an empty folder")
         if not (out / EXPORT_MARKER).exists():
             raise FileExistsError(
                 f"export target {out} is not empty and is not a previous export (no {EXPORT_MARKER}); "
@@ -92,9 +90,7 @@ def _images(run_dir: Path, rows: list[dict[str, Any]]) -> Iterator[tuple[dict[st
                         if fh is not None:
                             found[member.name] = fh.read()
         except (OSError, tarfile.TarError) as exc:
-            raise OSError(
-                f"cannot read source shard {tar_path} ({exc}); run `factory status --verify`"
-            ) from exc
+            raise OSError(f"cannot read source shard {tar_path} ({exc}); run `factory status --verify`") from exc
         for row in rows[start:end]:
             data = found.get(row["image_member"])
             if data is None:

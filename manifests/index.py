@@ -237,9 +237,7 @@ def _check_tar(tar: Path, expected_members: set[str]) -> tuple[list[str], list[s
     return problems, keys
 
 
-def _check_shard(
-    shards_dir: Path, dataset: str, shard: int, recorded: dict[str, Any]
-) -> tuple[list[str], list[str]]:
+def _check_shard(shards_dir: Path, dataset: str, shard: int, recorded: dict[str, Any]) -> tuple[list[str], list[str]]:
     paths = shard_paths(shards_dir, dataset, shard)
     try:
         stats = read_stats(shards_dir, dataset, shard)
@@ -289,9 +287,7 @@ def verify(run_dir: Path) -> list[str]:
     except ValueError as exc:
         return [str(exc)]
     if index is None:
-        return [
-            f"{run_dir / 'index.json'} does not exist: the dataset was never committed; run `factory build`"
-        ]
+        return [f"{run_dir / 'index.json'} does not exist: the dataset was never committed; run `factory build`"]
     shards_dir = _shards_dir(run_dir, index)
     problems: list[str] = []
     keys: Counter[str] = Counter()
@@ -307,12 +303,8 @@ def verify(run_dir: Path) -> list[str]:
     try:
         rows = pq.ParquetFile(parquet_path).metadata.num_rows
     except (OSError, pa.ArrowException) as exc:
-        problems.append(
-            f"{parquet_path} is missing or unreadable ({exc}); rerun `factory build` to rewrite it"
-        )
+        problems.append(f"{parquet_path} is missing or unreadable ({exc}); rerun `factory build` to rewrite it")
     else:
         if rows != index.get("accepted"):
-            problems.append(
-                f"{parquet_path.name} has {rows} rows, index.json records {index.get('accepted')}"
-            )
+            problems.append(f"{parquet_path.name} has {rows} rows, index.json records {index.get('accepted')}")
     return problems

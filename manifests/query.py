@@ -66,9 +66,7 @@ def connect(run_dir: Path, *, include_rejected: bool = False) -> Any:
         # An index of zero shards is valid (target reached by nothing yet): an empty view.
         con.register("_empty_manifest", MANIFEST_SCHEMA.empty_table())
         source = "_empty_manifest"
-    con.execute(
-        f"CREATE VIEW samples AS SELECT * FROM {source}{'' if include_rejected else ' WHERE accepted'}"
-    )
+    con.execute(f"CREATE VIEW samples AS SELECT * FROM {source}{'' if include_rejected else ' WHERE accepted'}")
     for macro in MACROS:
         con.execute(macro)
     return con
@@ -99,9 +97,7 @@ def au_filter(au: int, value: int = 1, kind: Literal["occ", "int"] = "occ") -> s
     return f"au_{kind}({au}) = {int(value)}"
 
 
-def query(
-    run_dir: Path, sql: str | None = None, where: str | None = None, include_rejected: bool = False
-) -> pa.Table:
+def query(run_dir: Path, sql: str | None = None, where: str | None = None, include_rejected: bool = False) -> pa.Table:
     """Run ``sql`` (or ``SELECT * FROM samples WHERE {where}``) and return an Arrow table."""
     if sql is not None and where is not None:
         raise ValueError("pass either sql (a full query) or where (a filter on samples), not both")
@@ -165,9 +161,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
     index = read_index(run_dir) or {}
     con = connect(run_dir, include_rejected=True)
     try:
-        planned, accepted = con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE accepted) FROM samples"
-        ).fetchone()
+        planned, accepted = con.execute("SELECT count(*), count(*) FILTER (WHERE accepted) FROM samples").fetchone()
         reasons = drop_reasons(con)
         con.execute("CREATE VIEW accepted_samples AS SELECT * FROM samples WHERE accepted")
         by = {

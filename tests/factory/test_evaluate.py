@@ -105,9 +105,7 @@ def test_known_answers(dataset: tuple[Path, np.ndarray, np.ndarray], tmp_path: P
     assert au1.icc == pytest.approx(1.0) and au1.mae == pytest.approx(1.0)
     uncovered = report.score("partial", 26)
     assert (uncovered.f1, uncovered.icc, uncovered.n_occurrence, uncovered.excluded) == (None, None, 0, N)
-    assert report.means("partial")["f1"] == pytest.approx(
-        np.mean([s.f1 for s in report.for_source("partial")[:6]])
-    )
+    assert report.means("partial")["f1"] == pytest.approx(np.mean([s.f1 for s in report.for_source("partial")[:6]]))
 
     consensus_au1 = report.score(CONSENSUS, 1)
     assert consensus_au1.excluded == len(UNCERTAIN_ROWS)
