@@ -110,6 +110,9 @@ def write_index(
         )
     # Drop the old commit point first: while index.parquet is replaced no index is valid.
     json_path.unlink(missing_ok=True)
+    # Temps of an index write that was killed (one build at a time holds the run directory).
+    for stale in run_dir.glob(".index.*.tmp"):
+        stale.unlink(missing_ok=True)
     tmp = temp_path(parquet_path)
     keys: Counter[str] = Counter()
     shard_stats: dict[str, dict[str, Any]] = {}

@@ -44,6 +44,12 @@ def test_index_of_several_shards(run_dir: Path) -> None:
     assert sorted(p.name for p in run_dir.iterdir()) == ["index.json", "index.parquet", "shards"]
 
 
+def test_stale_index_temps_are_removed(run_dir: Path) -> None:
+    (run_dir / ".index.parquet.123-abc.tmp").write_bytes(b"half")
+    write_index(run_dir, "mifa", [0], target=1, surplus=[], failed={})
+    assert sorted(p.name for p in run_dir.iterdir()) == ["index.json", "index.parquet", "shards"]
+
+
 def test_refuses_unfinished_shard_and_keeps_no_index(run_dir: Path) -> None:
     write_index(run_dir, "mifa", [0], target=1, surplus=[], failed={})
     shard_paths(run_dir / "shards", "mifa", 1).stats.unlink()
