@@ -211,27 +211,45 @@ def _poly_mask(shape: tuple[int, int], poly: np.ndarray) -> np.ndarray:
     return mask.astype(np.float32) / 255.0
 
 
-def _synthetic_teeth(cavity: np.ndarray, dst_pts: np.ndarray, gap: float, iod: float) -> np.ndarray:
-    """A hint of upper teeth hanging from the upper inner lip, fading towards the corners."""
-    import cv2
+def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
 
+
+def _synthetic_teeth(cavity: np.ndarray, dst_pts: np.ndarray, gap: float, iod: float) -> np.ndarray:
+    """A hint of upper teeth hanging from the upper inner lip.
+
+    Per image column: the lip line is a parabola through the upper inner-lip points; the
+    teeth hang ``depth`` below it, shorter towards the mouth corners (only canine to canine
+    shows), with slightly rounded incisal edges per tooth (~0.12 IOD wide, a central incisor
+    is ~8.5 mm), a shadow under the lip, darker towards the sides and soft seams between
+    teeth.
+    """
     h, w = cavity.shape[:2]
     upper = dst_pts[[60, 61, 62, 63, 64]]
-    depth = min(0.42 * gap, 0.07 * iod)
-    hang = np.array([0.25, 0.85, 1.0, 0.85, 0.25])[:, None] * depth * np.array([[0.0, 1.0]])
-    tmask = _poly_mask((h, w), np.vstack([upper, (upper + hang)[::-1]]))
-    centre_x = dst_pts[62, 0]
-    half_w = max(float(np.linalg.norm(dst_pts[64] - dst_pts[60])) / 2, 1.0)
+    coef = np.polyfit(upper[:, 0], upper[:, 1], 2)
+    centre_x = float(dst_pts[62, 0])
+    half = max(float(upper[4, 0] - upper[0, 0]) / 2, 1.0)
+    depth = min(0.45 * gap, 0.075 * iod)
+    tooth_w = 0.12 * iod
     xs = np.arange(w, dtype=np.float32)
-    fade = np.clip(1.0 - 0.6 * np.abs(xs - centre_x) / half_w, 0.2, 1.0)[None, :]
-    seams = np.zeros((h, w), np.float32)
-    tooth_w = 0.13 * iod  # a central incisor is ~8.5 mm wide, ~0.13 IOD
-    top, bottom = round(upper[:, 1].min()) - 2, round(upper[:, 1].max() + depth) + 2
-    for k in (-2, -1, 0, 1, 2):
-        x = centre_x + k * tooth_w * (1.0 if abs(k) <= 1 else 0.9)
-        cv2.line(seams, (round(x), top), (round(x), bottom), 1.0, max(1, round(0.012 * iod)), cv2.LINE_AA)
-    enamel = np.array([214, 205, 186], np.float32)  # in the shadow of the lips
-    tooth_rgb = enamel[None, None] * (fade * (1.0 - 0.2 * seams))[..., None]
+    ys = np.arange(h, dtype=np.float32)[:, None]
+    top = np.polyval(coef, xs).astype(np.float32)
+    rel = (xs - centre_x) / half  # -1 at the left corner, +1 at the right one
+    span = np.clip(1.0 - (np.abs(rel) / 0.85) ** 4, 0.0, 1.0)
+    phase = (xs - centre_x) / tooth_w  # tooth boundaries at integer phases
+    length = depth * span * (1.0 - 0.12 * (1.0 + np.cos(2 * np.pi * phase)) / 2)
+    soft = max(0.01 * iod, 0.7)  # edge softness in pixels
+    below_top = np.clip((ys - top) / soft + 0.5, 0.0, 1.0)
+    above_edge = np.clip((top + length - ys) / soft + 0.5, 0.0, 1.0)
+    tmask = below_top * above_edge * (length > 0.5)
+    t = np.clip((ys - top) / np.maximum(length, 1.0), 0.0, 1.0)
+    vertical = 0.55 + 0.45 * _smoothstep(0.0, 0.35, t) - 0.12 * _smoothstep(0.75, 1.0, t)
+    sideways = 1.0 - 0.45 * np.abs(np.clip(rel, -1, 1)) ** 1.5
+    seam_dist = np.abs(phase - np.round(phase)) * tooth_w
+    seam = 0.22 * np.exp(-((seam_dist / max(0.012 * iod, 0.6)) ** 2))
+    enamel = np.array([222, 212, 192], np.float32)  # ivory, before the lips' shadow
+    tooth_rgb = enamel * (vertical * (sideways * (1.0 - seam))[None, :])[..., None]
     return cavity * (1 - tmask[..., None]) + tooth_rgb * tmask[..., None]
 
 
@@ -278,6 +296,10 @@ def _mouth_roi(img: np.ndarray, source: np.ndarray, out_to_src: np.ndarray, src_
     cv2.ellipse(tongue, (round(lower[0]), round(lower[1])), axes, 0, 180, 360, 1.0, -1, cv2.LINE_AA)
     tongue = cv2.GaussianBlur(tongue, (0, 0), max(0.15 * gap_dst, 0.5))
     cavity += tongue[..., None] * (np.array([105, 42, 46], np.float32) - cavity) * 0.6
+    # Deeper shadow towards the mouth corners, where the cheeks hide the cavity.
+    half = max(float(np.linalg.norm(dst_pts[64] - dst_pts[60])) / 2, 1.0)
+    rel = (np.arange(w, dtype=np.float32) - float(dst_pts[62, 0])) / half
+    cavity *= (0.6 + 0.4 * (1.0 - np.clip(np.abs(rel), 0, 1) ** 2))[None, :, None]
 
     if gap_src >= 0.03 * iod:
         # Move the photo's own mouth interior with the upper lip, widening it with the mouth.
@@ -294,7 +316,7 @@ def _mouth_roi(img: np.ndarray, source: np.ndarray, out_to_src: np.ndarray, src_
         cavity = cavity * (1 - keep[..., None]) + interior * keep[..., None]
     elif teeth and gap_dst > 0.04 * iod:
         cavity = _synthetic_teeth(cavity, dst_pts, gap_dst, iod)
-    m = cv2.GaussianBlur(_poly_mask((h, w), dst_pts[60:68]), (0, 0), max(0.004 * iod, 0.5))
+    m = cv2.GaussianBlur(_poly_mask((h, w), dst_pts[60:68]), (0, 0), max(0.008 * iod, 0.6))
     out = img.astype(np.float32) * (1 - m[..., None]) + cavity * m[..., None]
     return np.clip(out, 0, 255).astype(np.uint8)
 
