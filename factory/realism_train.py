@@ -102,10 +102,33 @@ def _load_pretrained(net: Any, path: Path) -> None:
     problem = state_mismatch(net, state, ignore_prefix="fc.")
     if problem:
         raise TrainError(
-            f"pretrained weights {path} do not fit the backbone ({problem}); "
-            "expected torchvision's ResNet key names"
+            f"pretrained weights {path} do not fit the backbone ({problem}); expected torchvision's ResNet key names"
         )
     net.load_state_dict(state, strict=False)  # only fc.* is left at its fresh initialisation
+
+
+def _recalibrate_batchnorm(net: Any, images: list[np.ndarray], size: int, batch_size: int, dev: str) -> None:
+    """Re-estimate BatchNorm running statistics as exact averages over the training images.
+
+    With few optimisation steps the exponential running averages still remember their
+    initial (0, 1) values, so eval-mode outputs drift from what training saw; one pass with
+    cumulative averaging (``momentum=None``) fixes that at the cost of a forward pass.
+    """
+    import torch
+
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            if len(chunk) >= 2:
+                net(torch.from_numpy(realism_batch(chunk, size, _MEAN, _STD)).to(dev))
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
 
 
 def train_realism(
@@ -171,10 +194,12 @@ def train_realism(
             loss = loss_fn(net(torch.from_numpy(x).to(dev)), y)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(chunk)
+            total += float(loss.detach()) * len(chunk)
             count += len(chunk)
         losses.append(total / max(count, 1))
 
+    if epochs > 0:
+        _recalibrate_batchnorm(net, [image(p) for p, _ in train_items], input_size, batch_size, dev)
     net.eval()
     correct = {1.0: [0, 0], 0.0: [0, 0]}  # label -> [right, seen]
     with torch.inference_mode():
