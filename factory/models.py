@@ -60,7 +60,8 @@ class ModelEntry:
     used_by: str = ""  # stage name and config that reads it
 
 
-_GDRIVE = "https://drive.google.com/uc?export=download&id={}"
+# The usercontent endpoint with confirm=t skips Drive's "cannot scan for viruses" page.
+_GDRIVE = "https://drive.usercontent.google.com/download?id={}&export=download&confirm=t"
 _GDRIVE_PAGE = "https://drive.google.com/file/d/{}/view"
 _OGAU_PAGE = "https://github.com/lingjivoo/OpenGraphAU#pretrained-models"
 _OGAU_LICENCE = "MIT (code and released weights, lingjivoo/OpenGraphAU); trained on BP4D/DISFA/RAF-AU/..."
@@ -199,7 +200,7 @@ def _manual_help(item: ModelEntry, target: Path, reason: str) -> str:
         f"  and put the file at: {target}",
         f"  licence: {item.licence}",
     ]
-    if "drive.google.com" in item.url:
+    if "drive." in item.url:
         lines.append("  (Google Drive may ask for a confirmation click; a browser download works.)")
     return "\n".join(lines)
 
