@@ -72,6 +72,7 @@ __all__ = [
     "GeometricAUDetector",
     "GeometricConfig",
     "affine_fit",
+    "averaged_upright_landmarks",
     "canonical_frame",
     "displacement_features",
     "fit_calibration",
@@ -133,6 +134,9 @@ class GeometricConfig(StageConfig):
     calibration: str | None = Field(None, description="JSON from fit_calibration; None = built-in")
     relandmark_iod: float | None = Field(
         120.0, ge=30.0, le=400.0, description="re-landmark both faces upright at this IOD (px); None = off"
+    )
+    relandmark_scales: tuple[float, ...] = Field(
+        (0.85, 0.92, 1.0, 1.08, 1.16), min_length=1, description="IOD multipliers averaged when re-landmarking"
     )
     threshold: float = Field(0.5, ge=0.0, le=5.0, description="intensity at occurrence p = 0.5")
     use_identity_exemplar: bool = Field(True, description="False always uses the population mean")
@@ -207,6 +211,20 @@ def upright_landmarks(image: np.ndarray, landmarks: np.ndarray, iod: float = 120
     x0, y0 = moved.min(axis=0)
     x1, y1 = moved.max(axis=0)
     return landmarks_for_box(upright, (float(x0), float(y0), float(x1), float(y1))).astype(np.float64)
+
+
+def averaged_upright_landmarks(
+    image: np.ndarray, landmarks: np.ndarray, iod: float, scales: tuple[float, ...]
+) -> np.ndarray:
+    """Mean of :func:`upright_landmarks` over several resampling scales (upright, IOD ``iod``,
+    image orientation: y down).
+
+    Each resampling gives dlib slightly different pixels and so slightly different landmark
+    errors; averaging 5 scales cut the spread of a re-photographed exemplar (rotated 4-10
+    degrees, scaled 0.8-1.5x) from up to 1.5 intensity levels to under 1.
+    """
+    mean = np.mean([canonical_frame(upright_landmarks(image, landmarks, iod * k)) for k in scales], axis=0)
+    return mean * np.array([iod, -iod])  # back to pixel-like units with y pointing down
 
 
 def _eye_centres(shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -403,7 +421,7 @@ class GeometricAUDetector(AUDetector):
                 faces = detect_faces(image)
                 ref = faces[0].landmarks if faces else None
                 if ref is not None and cfg.relandmark_iod:
-                    ref = upright_landmarks(image, ref, cfg.relandmark_iod)
+                    ref = averaged_upright_landmarks(image, ref, cfg.relandmark_iod, cfg.relandmark_scales)
                 self._references[identity] = ref
             ref = self._references[identity]
             if ref is not None:
@@ -418,7 +436,9 @@ class GeometricAUDetector(AUDetector):
             return None
         ref, source = self.reference(record)
         if cfg.relandmark_iod and source == "exemplar" and record.get("image") is not None:
-            landmarks = upright_landmarks(record["image"], landmarks, cfg.relandmark_iod)
+            landmarks = averaged_upright_landmarks(
+                record["image"], landmarks, cfg.relandmark_iod, cfg.relandmark_scales
+            )
         transform = "similarity" if source == "exemplar" else "affine"
         return displacement_features(landmarks, ref, transform)
 

@@ -112,7 +112,8 @@ def test_exemplar_mode_neutral_and_smile(hopper_landmarks: np.ndarray) -> None:
     from factory.identities import open_bank
 
     context = StageContext(run_dir=Path("."), identity_bank=open_bank("builtin"))
-    det = GeometricAUDetector(GeometricConfig(), context)
+    # Synthetic landmark moves have no image to re-landmark: measure the landmarks as given.
+    det = GeometricAUDetector(GeometricConfig(relandmark_iod=None), context)
     det.setup()
     same = {"key": "n", "identity_id": "builtin-grace-hopper", "landmarks": hopper_landmarks}
     smile = {
@@ -127,6 +128,30 @@ def test_exemplar_mode_neutral_and_smile(hopper_landmarks: np.ndarray) -> None:
     vote = smile["detector_votes"]["geometric"]
     assert vote["occurrence"][AU_INDEX[12]] > 0.9 and vote["intensity"][AU_INDEX[12]] >= 3
     assert vote["occurrence"][AU_INDEX[4]] < 0.1
+
+
+def test_relandmarking_cancels_most_of_a_pose_and_scale_change() -> None:
+    """The exemplar photo itself, turned 10 degrees at 0.8x size, has no AU relative to the
+    exemplar; dlib's landmarks still move with pose and scale. Re-landmarking both faces
+    upright at one scale (the default) must remove most of that false signal."""
+    import cv2
+
+    from factory.identities import open_bank
+    from factory.landmarks import detect_faces
+
+    context = StageContext(run_dir=Path("."), identity_bank=open_bank("builtin"))
+    image = grace_hopper()
+    h, w = image.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), 10, 0.8)
+    turned = cv2.warpAffine(image, m, (w, h), borderMode=cv2.BORDER_REFLECT_101)
+    record = {"identity_id": "builtin-grace-hopper", "image": turned, "landmarks": detect_faces(turned)[0].landmarks}
+    totals = {}
+    for relandmark in (120.0, None):
+        det = GeometricAUDetector(GeometricConfig(relandmark_iod=relandmark), context)
+        det.setup()
+        totals[relandmark] = float(det.measure(record).sum())
+    assert totals[120.0] < 0.4 * totals[None]
+    assert totals[120.0] < 6.0  # summed over 12 AUs: under half a level each on average
 
 
 def test_no_landmarks_gives_no_output(population_detector: GeometricAUDetector) -> None:
