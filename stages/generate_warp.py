@@ -26,8 +26,9 @@ to check every photo up front. A usable photo shows exactly one frontal face (dl
 detector finds it), at least ~60 px between the eyes, and should be *neutral with closed
 lips*: the planned expression is added to the photo's own, so the labels are exact relative
 to a neutral exemplar. A smiling or open-mouthed photo is still used, with a logged warning
-(:func:`factory.identity_index.exemplar_warnings`); the builtin astronaut is such a photo
-(she smiles with parted lips), Grace Hopper's portrait is neutral.
+(:func:`factory.identity_index.exemplar_warnings`), or refused with
+``non_neutral_identity = "reject"``; the builtin astronaut is such a photo (she smiles with
+parted lips), Grace Hopper's portrait is neutral.
 
 Unusable identity photos (unreadable, no face, several faces): with the default
 ``on_bad_identity = "error"`` the stage raises :class:`StageError` naming the identity and
@@ -73,6 +74,9 @@ class WarpConfig(StageConfig):
     crop_scale: float = Field(4.2, ge=2.5, le=10.0, description="output side in inter-ocular distances")
     image_size: int | None = Field(None, ge=32, le=2048, description="default: output.image_size")
     on_bad_identity: Literal["error", "drop"] = "error"
+    non_neutral_identity: Literal["warn", "reject"] = Field(
+        "warn", description="an exemplar that smiles or parts its lips: log a warning, or treat it as "
+        "unusable (then on_bad_identity applies) for strictly exact labels")
     identity_cache: int = Field(256, ge=1, le=100_000, description="identities kept prepared per worker")
 
 
@@ -498,7 +502,11 @@ class WarpGenerator(Stage):
             raise StageError(f"warp: identity {identity_id!r} photo {path} is unusable: {exc.reason}; "
                              "replace the photo with a single frontal face or remove the identity "
                              "(check a bank with: factory identities index FOLDER)") from exc
-        for warning in exemplar_warnings(face.landmarks):
+        warnings = exemplar_warnings(face.landmarks)
+        if warnings and self.config.non_neutral_identity == "reject":  # type: ignore[attr-defined]
+            raise StageError(f"warp: identity {identity_id!r} photo {path} is not neutral: "
+                             f"{'; '.join(warnings)} (non_neutral_identity = 'reject')")
+        for warning in warnings:
             _log.warning("warp: identity %r (%s): %s", identity_id, path, warning)
         return identity_geometry(identity_id, image, face.landmarks)
 

@@ -257,6 +257,11 @@ def test_warns_about_non_neutral_exemplars(generator: WarpGenerator, caplog: pyt
     messages = [r.getMessage() for r in caplog.records]
     assert any("builtin-astronaut" in m and "smiles" in m for m in messages)
     assert not any("builtin-grace-hopper" in m for m in messages)
+    strict = WarpGenerator(WarpConfig(image_size=64, non_neutral_identity="reject", on_bad_identity="drop"),
+                           generator.context)
+    out = strict.process([{"identity_id": i, "planned_intensity": vector(), "seed": 0} for i in (ASTRONAUT, HOPPER)])
+    assert out[0]["dropped_by"] == "warp" and "not neutral" in out[0]["drop_reason"]
+    assert out[1]["image"].shape == (64, 64, 3)
 
 
 def test_needs_an_identity_bank(tmp_path: Path) -> None:
