@@ -294,10 +294,10 @@ def evaluate(
     include_rejected: Annotated[bool, typer.Option("--include-rejected")] = False,
 ) -> None:
     """Label fidelity: per-AU F1 of each detector and the consensus, intensity ICC(3,1) and MAE."""
-    from factory.evaluate import evaluate as run_eval
+    from factory.evaluate import evaluate as run_eval, print_report
 
     report = run_eval(run_dir, out_dir=out_dir or run_dir / "eval", include_rejected=include_rejected)
-    out.print(report.to_markdown())
+    print_report(report, console=out)
 
 
 @app.command("train-realism")

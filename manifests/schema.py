@@ -55,6 +55,7 @@ MANIFEST_FIELDS = PLAN_FIELDS + [
     pa.field("prompt_version", pa.string()),
     pa.field("prompt_jaccard", pa.float32()),  # read-back active set vs planned
     pa.field("prompt_intensity_agreement", pa.float32()),
+    pa.field("prompt_note", pa.string()),  # why an LLM text was not used (grammar-fallback)
     # generator stage
     pa.field("generator", pa.string()),
     pa.field("label_source", pa.string()),  # exact | decoded | planned | consensus

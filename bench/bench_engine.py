@@ -1,0 +1,143 @@
+"""Engine benchmarks with the BENCHMARK STAND-IN generator (fixed sleep per batch).
+
+1. Efficiency: end-to-end samples/s of `factory build` on 8 logical GPUs vs the bare loop
+   of the same stand-in (8 x one process calling it back to back), measured in one run.
+2. Scaling: samples/s on 8 logical GPUs vs 8 x samples/s on 1.
+3. Driver memory: peak RSS of the driver process for a 10k and a 1M-sample build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SECONDS_PER_BATCH = 0.25
+BATCH = 8
+BATCHES_PER_SHARD = 4
+
+
+def _doc(out: Path, *, target: int, shard_size: int, gpus: int, seconds: float, batch: int) -> dict[str, Any]:
+    return {
+        "dataset": {"name": "bench", "target": target, "shard_size": shard_size, "seed": 1, "out": str(out)},
+        "identities": {"bank": "none"},
+        "generator": {"name": "bench-standin", "seconds_per_batch": seconds},
+        "face": {"name": "none"},
+        "detectors": [],
+        "agreement": {"name": "none"},
+        "realism": {"name": "none"},
+        "filters": {"name": "none"},
+        "output": {"image_size": 32, "image_quality": 90},
+        # the stand-in accepts everything: tell the scheduler so it does not over-provision
+        "engine": {"gpus": gpus, "batch_size": batch, "expected_acceptance_rate": 1.0, "cpu_workers": 2},
+    }
+
+
+def _toml(doc: dict[str, Any], path: Path) -> Path:
+    lines = [f"{k} = {json.dumps(v)}" for k, v in doc.items() if isinstance(v, list)]
+    for section, body in doc.items():
+        if isinstance(body, dict):
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in body.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def bare_loop_rate() -> float:
+    """Samples/s of one process calling the stand-in back to back (no engine)."""
+    from stages.base import StageContext
+    from stages.generate_standin import BenchStandInGenerator, StandInConfig
+
+    stage = BenchStandInGenerator(StandInConfig(seconds_per_batch=SECONDS_PER_BATCH), StageContext(Path(".")))
+    batch = [{"seed": i, "shard": 0, "planned_intensity": [0] * 12} for i in range(BATCH)]
+    n = 12
+    t0 = time.perf_counter()
+    for _ in range(n):
+        stage.process([dict(r) for r in batch])
+    return n * BATCH / (time.perf_counter() - t0)
+
+
+def engine_rate(gpus: int, shards_per_worker: int) -> float:
+    """Samples/s of a build on ``gpus`` logical GPUs, from workers ready to index written."""
+    from factory.engine import build
+    from factory.recipe import recipe_from_dict
+
+    shard_size = BATCH * BATCHES_PER_SHARD
+    with tempfile.TemporaryDirectory() as tmp:
+        doc = _doc(Path(tmp) / "out", target=gpus * shards_per_worker * shard_size, shard_size=shard_size,
+                   gpus=gpus, seconds=SECONDS_PER_BATCH, batch=BATCH)
+        summary = build(recipe_from_dict(doc), local_gpus=8, quiet=True)
+        return summary.accepted / summary.run_seconds
+
+
+def driver_peak_rss(target: int) -> tuple[float, float]:
+    """Peak RSS (MiB) of the `factory build` driver process and its wall time."""
+    import psutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        doc = _doc(Path(tmp) / "out", target=target, shard_size=10_000 if target >= 100_000 else 1000,
+                   gpus=0, seconds=0.0, batch=1000)
+        recipe = _toml(doc, Path(tmp) / "r.toml")
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "factory.cli", "build", str(recipe), "--quiet"],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+        peak = 0.0
+        stop = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            p = psutil.Process(proc.pid)
+            while not stop.is_set():
+                try:
+                    peak = max(peak, p.memory_info().rss / 2**20)
+                except psutil.Error:
+                    return
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = proc.wait()
+        stop.set()
+        sampler.join()
+        if code != 0:
+            raise RuntimeError(f"benchmark build of {target} samples failed with exit code {code}")
+        return peak, time.perf_counter() - t0
+
+
+def main(memory_targets: tuple[int, ...] = (10_000, 1_000_000)) -> str:
+    bare = bare_loop_rate()
+    rate8 = engine_rate(8, shards_per_worker=16)
+    rate1 = engine_rate(1, shards_per_worker=16)
+    lines = [
+        "### Engine (BENCHMARK STAND-IN generator: "
+        f"{SECONDS_PER_BATCH}s sleep per batch of {BATCH}, {BATCH * BATCHES_PER_SHARD} samples per shard)",
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| bare loop, 1 process | {bare:.1f} samples/s |",
+        f"| bare loop x 8 (ideal for 8 GPUs) | {8 * bare:.1f} samples/s |",
+        f"| engine, 1 logical GPU | {rate1:.1f} samples/s ({rate1 / bare:.3f} x bare) |",
+        f"| engine, 8 logical GPUs | {rate8:.1f} samples/s |",
+        f"| **efficiency at 8 GPUs** (engine / 8 x bare; target >= 0.97) | **{rate8 / (8 * bare):.3f}** |",
+        f"| **scaling 1 -> 8** (rate8 / 8 x rate1; target >= 0.9) | **{rate8 / (8 * rate1):.3f}** |",
+    ]
+    mem = [(t, *driver_peak_rss(t)) for t in memory_targets]
+    lines += ["", "| driver memory: build size | peak driver RSS MiB | wall s |", "|---:|---:|---:|"]
+    lines += [f"| {t:,} samples | {rss:.0f} | {wall:.0f} |" for t, rss, wall in mem]
+    if len(mem) == 2:
+        lines.append(f"\nDriver RSS ratio {mem[1][0]:,} / {mem[0][0]:,} samples: **{mem[1][1] / mem[0][1]:.3f}** "
+                     "(target: within 10%, i.e. <= 1.10)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    targets = tuple(int(x) for x in sys.argv[1:]) or (10_000, 1_000_000)
+    print(main(targets))
