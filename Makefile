@@ -35,6 +35,7 @@ bench: setup ## run the benchmarks and rewrite BENCHMARKS.md
 demo: setup ## build the small offline demo dataset (recipes/demo.toml) and report on it
 	$(FACTORY) build recipes/demo.toml
 	$(FACTORY) status runs/demo
+	$(FACTORY) eval runs/demo
 
 clean: ## remove demo runs and caches
 	rm -rf runs .pytest_cache .ruff_cache

@@ -294,7 +294,8 @@ def evaluate(
     include_rejected: Annotated[bool, typer.Option("--include-rejected")] = False,
 ) -> None:
     """Label fidelity: per-AU F1 of each detector and the consensus, intensity ICC(3,1) and MAE."""
-    from factory.evaluate import evaluate as run_eval, print_report
+    from factory.evaluate import evaluate as run_eval
+    from factory.evaluate import print_report
 
     report = run_eval(run_dir, out_dir=out_dir or run_dir / "eval", include_rejected=include_rejected)
     print_report(report, console=out)
@@ -324,10 +325,18 @@ def identities_index(
     ] = None,
 ) -> None:
     """Detect, align and embed every identity once; cache embeddings in the bank folder."""
-    from factory.identity_index import index_bank
+    from factory.identity_index import BankIndexError, index_bank
 
-    report = index_bank(bank_dir, embedder=embedder, arcface_onnx=arcface_onnx)
-    out.print(report)
+    try:
+        report = index_bank(bank_dir, embedder=embedder, arcface_onnx=arcface_onnx)
+    except BankIndexError as exc:
+        _fail(str(exc), code=2)
+    out.print(report.summary())
+    if report.failed:
+        _fail(
+            f"{len(report.failed)} identit{'y' if len(report.failed) == 1 else 'ies'} unusable (listed above); "
+            "fix or remove them from identities.csv"
+        )
 
 
 @models_app.command("list")
