@@ -1,0 +1,108 @@
+"""Throughput of the ``diffusers`` and ``maugen`` generators on tiny random-weight models.
+
+Builds the tiny models of ``tests/stages/tiny_models.py`` (64 px, 2 denoising steps,
+classifier-free guidance on) in a temporary folder, loads them through the stages' real
+loading path, and for batch sizes 1, 8 and 32 reports images/s and the share of wall time
+spent inside the UNet (the rest is text encoding, VAE encode/decode, identity encoding,
+conversion). One warm-up call per generator precedes the timed calls. Runs on CPU, and
+again on CUDA when a GPU is visible.
+
+The absolute numbers say nothing about real SD-size models; what transfers is how the
+UNet share and per-image cost move with batch size.
+
+Run: ``.venv/bin/python -m bench.bench_generators [--repeats N]`` (prints markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from factory.identities import open_bank
+from stages.base import Stage, StageContext
+
+__all__ = ["main"]
+
+BATCH_SIZES = (1, 8, 32)
+SIZE = 64
+STEPS = 2
+IDENTITIES = ("builtin-astronaut", "builtin-grace-hopper")
+
+
+def _records(n: int, seed0: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "description": f"a photo of a face smiling, lips part {i}",
+            "seed": seed0 + i,
+            "identity_id": IDENTITIES[i % 2],
+            "planned_intensity": [0] * 6 + [2] + [0] * 3 + [3, 0],
+        }
+        for i in range(n)
+    ]
+
+
+def _stage(kind: str, folder: Path, device: str, batch: int, bank: Any) -> Stage:
+    context = StageContext(run_dir=folder, device=device, image_size=SIZE, identity_bank=bank)
+    if kind == "diffusers":
+        from stages.generate_diffusers import DiffusersConfig, DiffusersGenerator
+
+        return DiffusersGenerator(DiffusersConfig(pipeline=str(folder), steps=STEPS, batch_size=batch), context)
+    from stages.generate_maugen import MaugenConfig, MaugenGenerator
+
+    return MaugenGenerator(MaugenConfig(checkpoint_dir=str(folder), steps=STEPS, batch_size=batch), context)
+
+
+def _measure(stage: Any, batch: int, repeats: int) -> tuple[float, float]:
+    """(images/s, UNet share of wall time) over ``repeats`` calls of ``batch`` samples."""
+    images, total, model = 0, 0.0, 0.0
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        stage.process(_records(batch, seed0=1000 * (r + 1)))
+        total += time.perf_counter() - t0
+        model += stage.last_timing["model_s"]
+        images += batch
+    return images / total, model / total
+
+
+def main(argv: list[str] | None = None) -> str:
+    import torch
+
+    from tests.stages.tiny_models import build_tiny_maugen, build_tiny_sd
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=1, help="timed calls per batch size")
+    args = parser.parse_args(argv)
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    bank = open_bank("builtin")
+    lines = [
+        f"Tiny random-weight models, {SIZE} px, {STEPS} steps, guidance on; torch threads: {torch.get_num_threads()}.",
+        "",
+        "| generator | device | batch | images/s | ms/image | UNet share of wall time |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench_generators_") as tmp:
+        folders = {
+            "diffusers": build_tiny_sd(Path(tmp) / "sd"),
+            "maugen": build_tiny_maugen(Path(tmp) / "maugen"),
+        }
+        for kind, folder in folders.items():
+            for device in devices:
+                for batch in BATCH_SIZES:
+                    stage = _stage(kind, folder, device, batch, bank)
+                    stage.setup()
+                    stage.process(_records(1, seed0=1))  # warm-up: first-call allocations, identity cache
+                    rate, share = _measure(stage, batch, args.repeats)
+                    lines.append(
+                        f"| {kind} | {device} | {batch} | {rate:.2f} | {1000.0 / rate:.0f} | {100.0 * share:.0f}% |"
+                    )
+    markdown = "\n".join(lines)
+    print(markdown)
+    return markdown
+
+
+if __name__ == "__main__":
+    main()
