@@ -178,9 +178,7 @@ def _recorded(dest: Path) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise PullError(
-            f"hash record {dest / _HASH_RECORD} is unreadable ({exc}); delete it to re-record"
-        ) from exc
+        raise PullError(f"hash record {dest / _HASH_RECORD} is unreadable ({exc}); delete it to re-record") from exc
 
 
 def _record(dest: Path, filename: str, digest: str) -> None:

@@ -115,9 +115,7 @@ def load_spec(path: Path) -> OnnxSpec:
     try:
         return OnnxSpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
         raise StageError(f"onnx-au: spec {path} is invalid: {problems}") from None
 
 
@@ -219,9 +217,7 @@ class OnnxAUDetector(AUDetector):
         shape = next(i.shape for i in first.get_inputs() if i.name == self.sessions[0][1])
         self.one_at_a_time = bool(shape) and shape[0] == 1
         if spec.head is not None:
-            self.sessions.append(
-                (*self._open(spec.head.path, spec.head.input, spec.head.output), spec.head.flatten)
-            )
+            self.sessions.append((*self._open(spec.head.path, spec.head.input, spec.head.output), spec.head.flatten))
 
     def predict(self, batch: list[Record]) -> np.ndarray:
         if not self.sessions:

@@ -153,9 +153,7 @@ def test_spec_errors_name_file_and_field(tmp_path: Path, nets: dict[str, object]
     with pytest.raises(StageError, match=r"nowhere\.onnx"):
         det.setup()
 
-    wrong = _write(
-        nets["root"], "wrong", path="nchw.onnx", size=32, vocabulary="disfa8", output_scale="binary"
-    )
+    wrong = _write(nets["root"], "wrong", path="nchw.onnx", size=32, vocabulary="disfa8", output_scale="binary")
     det = _detector(tmp_path, wrong)
     with pytest.raises(StageError, match="4 values per image"):
         det.predict(_records(1))
