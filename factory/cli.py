@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,8 +25,9 @@ models_app = typer.Typer(help="Official model weights: list them and download th
 app.add_typer(identities_app, name="identities")
 app.add_typer(models_app, name="models")
 
-out = Console()
-err = Console(stderr=True)
+# Wide tables in logs and CI (a pipe has no terminal width to follow).
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe TOML file, e.g. recipes/demo.toml.")]
 RunArg = Annotated[Path, typer.Argument(help="A build's output directory (its --out).")]

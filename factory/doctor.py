@@ -11,9 +11,6 @@ from factory.recipe import Recipe
 
 __all__ = ["Check", "run_checks"]
 
-# Option names whose value is a local model path that must exist.
-PATH_OPTIONS = ("checkpoint", "checkpoint_dir", "pipeline", "spec", "onnx", "model_path", "weights")
-
 PACKAGES = {
     "ray": "engine (pip install 'mifa-factory')",
     "torch": "diffusers/maugen generators, learned detectors (pip install torch==2.13.0)",
@@ -75,21 +72,33 @@ def _ray_check(address: str | None) -> Check:
 
 
 def _stage_checks(recipe: Recipe) -> list[Check]:
+    """Set up every stage the recipe chooses, as a worker would: a missing checkpoint,
+    package or model file shows up here with the stage's own message."""
+    import tempfile
+
+    from factory.identities import IdentityBankError, open_bank
     from stages import stage_class
-    from stages.base import StageError
+    from stages.base import StageContext, StageError
 
     out = []
-    for path, section in recipe.stage_sections().items():
+    with tempfile.TemporaryDirectory() as tmp:
         try:
-            stage_class(section.name)
-            out.append(Check(f"stage {path} = {section.name}", True, "importable"))
-        except StageError as exc:
-            out.append(Check(f"stage {path} = {section.name}", False, str(exc)))
-        for key, value in section.options().items():
-            if key in PATH_OPTIONS and isinstance(value, str):
-                exists = Path(value).exists()
-                out.append(Check(f"{path}.{key}", exists, value if exists else
-                                 f"{value} does not exist; see `factory models list` for where to get it"))
+            bank = open_bank(recipe.identities.bank)
+        except IdentityBankError:
+            bank = None  # reported by the bank check
+        context = StageContext(run_dir=Path(tmp), identity_bank=bank, image_size=recipe.output.image_size)
+        for path, section in recipe.stage_sections().items():
+            label = f"stage {path} = {section.name}"
+            try:
+                stage = stage_class(section.name)(recipe.stage_config(path), context)
+                stage.setup()
+            except StageError as exc:
+                out.append(Check(label, False, str(exc)))
+                continue
+            except Exception as exc:  # doctor reports whatever a worker would hit
+                out.append(Check(label, False, f"{type(exc).__name__}: {exc}"))
+                continue
+            out.append(Check(label, True, "loads"))
     return out
 
 
