@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,16 +57,10 @@ class DiffusersConfig(StageConfig):
     )
     steps: int = Field(30, ge=1, le=1000)
     guidance_scale: float = Field(7.0, ge=0.0, le=50.0)
-    negative_prompt: str = (
-        "cartoon, drawing, painting, 3d render, deformed face, blurry, low quality, text, watermark"
-    )
-    prompt_template: str = Field(
-        "{description}", description="'{description}' is replaced by the record's text"
-    )
+    negative_prompt: str = "cartoon, drawing, painting, 3d render, deformed face, blurry, low quality, text, watermark"
+    prompt_template: str = Field("{description}", description="'{description}' is replaced by the record's text")
     dtype: DType = Field("auto", description="auto: float16 on CUDA, float32 on CPU (CPU is always float32)")
-    batch_size: int = Field(
-        8, ge=1, le=256, description="samples per denoiser call; the micro-batch is chunked"
-    )
+    batch_size: int = Field(8, ge=1, le=256, description="samples per denoiser call; the micro-batch is chunked")
     compile: bool = Field(False, description="torch.compile the denoiser; chunks are padded to batch_size")
     channels_last: bool = True
     vae_slicing: bool = Field(True, description="decode one image at a time (bounded VAE memory)")
@@ -202,9 +197,10 @@ class DiffusersGenerator(Stage):
         check_pipeline_dir(path)
         dtype = resolve_dtype(cfg.dtype, device)
         try:
-            pipe = AutoPipelineForText2Image.from_pretrained(
-                str(path), local_files_only=True, torch_dtype=dtype
-            )
+            with warnings.catch_warnings():
+                # diffusers >= 0.36 renamed torch_dtype to dtype; the old name works everywhere.
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                pipe = AutoPipelineForText2Image.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise StageError(
                 f"diffusers could not load the pipeline in {path} ({type(exc).__name__}: {exc}); "

@@ -59,9 +59,7 @@ class MaugenConfig(StageConfig):
     prompt_template: str = "a photo of <ID> <ID2>, {description}"
     scheduler: str | None = Field(None, description="diffusers scheduler class; None keeps the base folder's")
     dtype: DType = "auto"
-    batch_size: int = Field(
-        8, ge=1, le=256, description="samples per denoiser call; the micro-batch is chunked"
-    )
+    batch_size: int = Field(8, ge=1, le=256, description="samples per denoiser call; the micro-batch is chunked")
     idm_mode: Literal["release", "paper"] = Field(
         "release",
         description="IDM equations: as the release computes them (its weights) or as printed (eqs. 6-8)",
@@ -70,14 +68,10 @@ class MaugenConfig(StageConfig):
         "ema", description="refresh C_AU from the decoder each step, or keep it"
     )
     au_cue_momentum: float = Field(0.9, ge=0.0, le=1.0, description="EMA weight of the previous AU cue")
-    attention_heads: int = Field(
-        8, ge=1, description="heads of the label decoder's attention (8 in the release)"
-    )
+    attention_heads: int = Field(8, ge=1, description="heads of the label decoder's attention (8 in the release)")
     mask: Literal["full", "face-ellipse"] = "full"
     identity_align: Literal["dlib", "center-crop"] = "dlib"
-    identity_padding: float = Field(
-        0.3, ge=0.0, le=2.0, description="dlib face-chip padding around the landmarks"
-    )
+    identity_padding: float = Field(0.3, ge=0.0, le=2.0, description="dlib face-chip padding around the landmarks")
     identity_cache: int = Field(4096, ge=0, description="identity embeddings kept in memory")
 
     @field_validator("prompt_template")
@@ -138,9 +132,7 @@ class MaugenGenerator(Stage):
             raise StageError(
                 "the maugen generator needs identity exemplars; set identities.bank to 'builtin' or a folder"
             )
-        files = ReleaseFiles(
-            cfg.base_dir, cfg.unet_file, cfg.au_cue_file, cfg.img2text_file, cfg.identity_encoder_file
-        )
+        files = ReleaseFiles(cfg.base_dir, cfg.unet_file, cfg.au_cue_file, cfg.img2text_file, cfg.identity_encoder_file)
         self.pipe = MaugenPipeline.from_checkpoint(
             cfg.checkpoint_dir,
             files=files,
@@ -219,10 +211,7 @@ class MaugenGenerator(Stage):
         cfg, size = self.cfg, self.context.image_size
         records = [r for r, _, _ in chunk]
         masks = np.stack(
-            [
-                fit_mask(r["mask"], size) if r.get("mask") is not None else default_mask(cfg.mask, size)
-                for r in records
-            ]
+            [fit_mask(r["mask"], size) if r.get("mask") is not None else default_mask(cfg.mask, size) for r in records]
         )
         backgrounds = np.stack(
             [

@@ -88,9 +88,7 @@ def resolve_files(root: Path, files: ReleaseFiles = DEFAULT_FILES) -> dict[str, 
     """Paths of the five artefacts; :class:`StageError` naming the first missing one."""
     layout = expected_layout(root, files)
     if not root.is_dir():
-        raise StageError(
-            f"MAUGen checkpoint_dir {root} does not exist; set generator.checkpoint_dir.\n{layout}"
-        )
+        raise StageError(f"MAUGen checkpoint_dir {root} does not exist; set generator.checkpoint_dir.\n{layout}")
     paths = {f.name: root / getattr(files, f.name) for f in fields(files)}
     for role, path in paths.items():
         ok = path.is_dir() if role == "base" else path.is_file()
@@ -99,9 +97,7 @@ def resolve_files(root: Path, files: ReleaseFiles = DEFAULT_FILES) -> dict[str, 
     base = paths["base"]
     index = base / "model_index.json"
     if not index.is_file():
-        raise StageError(
-            f"MAUGen checkpoint file {index} is missing; {base} must be a diffusers pipeline.\n{layout}"
-        )
+        raise StageError(f"MAUGen checkpoint file {index} is missing; {base} must be a diffusers pipeline.\n{layout}")
     try:
         components = json.loads(index.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -144,29 +140,20 @@ def load_au_cue(path: Path, layout: str) -> torch.Tensor:
     if not isinstance(cue, torch.Tensor) or cue.dim() not in (2, 3) or (cue.dim() == 3 and cue.shape[0] != 1):
         shape = tuple(cue.shape) if isinstance(cue, torch.Tensor) else type(cue).__name__
         raise StageError(
-            f"MAUGen checkpoint file {path}: AU cue must be a (1, N, D) or (N, D) tensor, "
-            f"got {shape}.\n{layout}"
+            f"MAUGen checkpoint file {path}: AU cue must be a (1, N, D) or (N, D) tensor, got {shape}.\n{layout}"
         )
     return cue.reshape(1, *cue.shape[-2:]).float()
 
 
 def _shape(sd: dict[str, torch.Tensor], key: str, path: Path, layout: str) -> tuple[int, ...]:
     if key not in sd:
-        raise StageError(
-            f"MAUGen checkpoint file {path} lacks tensor {key!r}; it is not the expected model.\n{layout}"
-        )
+        raise StageError(f"MAUGen checkpoint file {path} lacks tensor {key!r}; it is not the expected model.\n{layout}")
     return tuple(sd[key].shape)
 
 
-def unet_spec(
-    sd: dict[str, torch.Tensor], path: Path, layout: str, num_heads: int = 8
-) -> tuple[MaugenUNetSpec, int]:
+def unet_spec(sd: dict[str, torch.Tensor], path: Path, layout: str, num_heads: int = 8) -> tuple[MaugenUNetSpec, int]:
     """Label-branch sizes and identity width (``2 * D``) read from the custom UNet state dict."""
-    labels = {
-        int(m.group(1))
-        for k in sd
-        if (m := re.match(r"dual_prediction_head\.token_fc_layers_det\.(\d+)\.", k))
-    }
+    labels = {int(m.group(1)) for k in sd if (m := re.match(r"dual_prediction_head\.token_fc_layers_det\.(\d+)\.", k))}
     if not labels:
         raise StageError(
             f"MAUGen checkpoint file {path} has no dual_prediction_head.*; it is not a MAUGen UNet.\n{layout}"
@@ -252,7 +239,5 @@ def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], path: Path
         ):
             if keys:
                 parts.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}")
-        raise StageError(
-            f"MAUGen checkpoint file {path} does not match the model ({'; '.join(parts)}).\n{layout}"
-        )
+        raise StageError(f"MAUGen checkpoint file {path} does not match the model ({'; '.join(parts)}).\n{layout}")
     module.load_state_dict(sd, strict=True)

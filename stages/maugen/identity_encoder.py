@@ -96,17 +96,10 @@ class IdentityEncoder(nn.Module):
         self.patch_embed = _PatchEmbed(patch_size, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, embed_dim) * 0.02)
-        self.blocks = nn.ModuleList(
-            [_Block(embed_dim, num_heads, mlp_hidden or embed_dim * 4) for _ in range(depth)]
-        )
-        self.norm = nn.LayerNorm(
-            embed_dim, eps=1e-6
-        )  # final norm of the ViT; unused by the multi-scale feature
+        self.blocks = nn.ModuleList([_Block(embed_dim, num_heads, mlp_hidden or embed_dim * 4) for _ in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)  # final norm of the ViT; unused by the multi-scale feature
         self.norms = nn.ModuleDict(
-            {
-                f"layer_{i}": nn.Sequential(nn.BatchNorm1d(embed_dim), nn.LayerNorm(embed_dim))
-                for i in self.ext_depths
-            }
+            {f"layer_{i}": nn.Sequential(nn.BatchNorm1d(embed_dim), nn.LayerNorm(embed_dim)) for i in self.ext_depths}
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

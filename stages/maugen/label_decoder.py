@@ -191,9 +191,7 @@ class AUDecoderLayer(nn.Module):
         x_pos = x + positions
         for i in range(self.depth):
             # Image tokens: self-attention with position-coded keys/values, then feed-forward.
-            x = self.norm_layers_enc_1[i](
-                x + self.attention_layers_enc[i](x, x_pos, x_pos, need_weights=False)[0]
-            )
+            x = self.norm_layers_enc_1[i](x + self.attention_layers_enc[i](x, x_pos, x_pos, need_weights=False)[0])
             x = self.norm_layers_enc_2[i](x + self.feedforward_layers_enc[i](x))
             # AU queries: self-attention (co-activation), cross-attention into the image, FF.
             q = self.norm_layers_dec_1[i](q + self.attention_layers_1[i](q, q, q, need_weights=False)[0])

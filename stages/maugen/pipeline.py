@@ -79,8 +79,7 @@ def _load_scheduler(folder: Path, name: str | None) -> Any:
     cls = getattr(diffusers, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
         raise StageError(
-            f"scheduler {cls_name!r} (from {folder} or generator.scheduler) is not a diffusers "
-            "scheduler class"
+            f"scheduler {cls_name!r} (from {folder} or generator.scheduler) is not a diffusers scheduler class"
         )
     return cls.from_config(config)
 
@@ -166,9 +165,7 @@ class MaugenPipeline:
         load_strict(unet, unet_sd, paths["unet"], layout)
 
         enc_sd = load_state_dict(paths["identity_encoder"], layout)
-        identity_encoder = IdentityEncoder(
-            **identity_encoder_kwargs(enc_sd, paths["identity_encoder"], layout)
-        )
+        identity_encoder = IdentityEncoder(**identity_encoder_kwargs(enc_sd, paths["identity_encoder"], layout))
         load_strict(identity_encoder, enc_sd, paths["identity_encoder"], layout)
         i2t_sd = load_state_dict(paths["img2text"], layout)
         img2text = ImageToTextWithExpression(**img2text_kwargs(i2t_sd, paths["img2text"], layout))

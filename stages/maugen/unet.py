@@ -64,11 +64,7 @@ class MaugenUNetOutput:
 
 def cross_attention_up_channels(unet: Any) -> list[int]:
     """Output channels of each cross-attention block of the UNet's up path, in order."""
-    return [
-        block.resnets[-1].out_channels
-        for block in unet.up_blocks
-        if getattr(block, "has_cross_attention", False)
-    ]
+    return [block.resnets[-1].out_channels for block in unet.up_blocks if getattr(block, "has_cross_attention", False)]
 
 
 class MaugenUNet(nn.Module):
@@ -97,10 +93,7 @@ class MaugenUNet(nn.Module):
             ]
         )
         self.au_transformer = nn.ModuleList(
-            [
-                AUDecoderLayer(spec.token_dim, spec.ff_dim, spec.num_heads, spec.decoder_depth)
-                for _ in channels
-            ]
+            [AUDecoderLayer(spec.token_dim, spec.ff_dim, spec.num_heads, spec.decoder_depth) for _ in channels]
         )
         self.dual_prediction_head = DualPredictionHead(spec.token_dim, spec.num_labels)
 
@@ -130,9 +123,7 @@ class MaugenUNet(nn.Module):
         emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep))
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)
-        text_states = unet.process_encoder_hidden_states(
-            encoder_hidden_states=text_states, added_cond_kwargs={}
-        )
+        text_states = unet.process_encoder_hidden_states(encoder_hidden_states=text_states, added_cond_kwargs={})
         # C_cond = [C_T (with C_ID inside), C_AU(t-1)] (eq. 3); C_AU is detached by the caller.
         cond = torch.cat([text_states, au_cue], dim=1)
         c_id = id_tokens.flatten(1)
@@ -156,9 +147,7 @@ class MaugenUNet(nn.Module):
         for i, block in enumerate(unet.up_blocks):
             res = residuals[-len(block.resnets) :]
             residuals = residuals[: -len(block.resnets)]
-            upsample_size = (
-                residuals[-1].shape[2:] if (i < len(unet.up_blocks) - 1 and forward_upsample_size) else None
-            )
+            upsample_size = residuals[-1].shape[2:] if (i < len(unet.up_blocks) - 1 and forward_upsample_size) else None
             if getattr(block, "has_cross_attention", False):
                 sample = block(
                     hidden_states=sample,
@@ -169,15 +158,11 @@ class MaugenUNet(nn.Module):
                 )
                 # Label branch: z^(l) -> IDM -> tokens -> decoder layer l (Figure 3a).
                 tokens = self.auxiliary_head[layer](sample, emb, c_id)
-                positions = sinusoidal_positions(
-                    tokens.shape[1], tokens.shape[2], tokens.device, tokens.dtype
-                )
+                positions = sinusoidal_positions(tokens.shape[1], tokens.shape[2], tokens.device, tokens.dtype)
                 queries = self.au_transformer[layer](tokens, positions, queries, cond)
                 layer += 1
             else:
-                sample = block(
-                    hidden_states=sample, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size
-                )
+                sample = block(hidden_states=sample, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size)
         if unet.conv_norm_out is not None:
             sample = unet.conv_act(unet.conv_norm_out(sample))
         noise = unet.conv_out(sample)

@@ -72,6 +72,11 @@ def test_images_and_planned_labels(generator: DiffusersGenerator) -> None:
         assert record["generator_occurrence"] == [1.0 if x > 0 else 0.0 for x in planned]
 
 
+def test_attention_runs_through_sdpa(generator: DiffusersGenerator) -> None:
+    processors = generator.pipe.unet.attn_processors
+    assert processors and {type(p).__name__ for p in processors.values()} == {"AttnProcessor2_0"}
+
+
 def test_same_seed_same_image_other_seed_other_image(generator: DiffusersGenerator) -> None:
     first = generator.process(_records(1))
     again = generator.process(_records(1))

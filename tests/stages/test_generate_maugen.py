@@ -125,6 +125,13 @@ def test_au_cue_refresh_changes_labels(ckpt: Path, bank: Any, generator: MaugenG
     assert not np.allclose(fixed["generator_occurrence"], ema["generator_occurrence"])
 
 
+def test_paper_idm_mode_runs_and_differs(ckpt: Path, bank: Any, generator: MaugenGenerator) -> None:
+    paper = _generator(ckpt, bank, idm_mode="paper").process(_records(1))[0]
+    release = generator.process(_records(1))[0]
+    assert all(0.0 <= p <= 1.0 for p in paper["generator_occurrence"])
+    assert not np.allclose(paper["generator_occurrence"], release["generator_occurrence"])
+
+
 def test_record_mask_keeps_background(generator: MaugenGenerator) -> None:
     record = _records(1)[0]
     mask = np.zeros((SIZE, SIZE), np.uint8)

@@ -115,9 +115,7 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
     from diffusers import StableDiffusionPipeline
 
     parts = _tiny_parts(in_channels=4, seed=seed, work=folder.parent / f"{folder.name}_work")
-    pipe = StableDiffusionPipeline(
-        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
+    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return folder
 
@@ -157,9 +155,7 @@ def build_tiny_maugen(folder: Path, seed: int = 0) -> Path:
     torch.save(unet.state_dict(), folder / DEFAULT_FILES.unet)
     torch.save(torch.randn(1, 12, TINY_CROSS_DIM), folder / DEFAULT_FILES.au_cue)
 
-    encoder = IdentityEncoder(
-        embed_dim=64, depth=4, num_heads=2, patch_size=16, img_size=112, ext_depths=(1, 3)
-    )
+    encoder = IdentityEncoder(embed_dim=64, depth=4, num_heads=2, patch_size=16, img_size=112, ext_depths=(1, 3))
     torch.save(encoder.state_dict(), folder / DEFAULT_FILES.identity_encoder)
     img2text = ImageToTextWithExpression(in_dim=128, hidden_dim=64, out_dim=TINY_CROSS_DIM, exp_dim=8)
     torch.save(img2text.state_dict(), folder / DEFAULT_FILES.img2text)
