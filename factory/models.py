@@ -81,11 +81,7 @@ def _ogau(name: str, arch: str, gdrive_id: str, filename: str, stage: int) -> Mo
         url=_GDRIVE.format(gdrive_id),
         page=f"{_GDRIVE_PAGE.format(gdrive_id)} (listed at {_OGAU_PAGE})",
         licence=_OGAU_LICENCE,
-        used_by=(
-            f"opengraphau (backbone={arch!r})"
-            if stage == 1
-            else "not loadable yet: the opengraphau stage implements stage 1 (ANFL) only"
-        ),
+        used_by=f"opengraphau (backbone={arch!r}, stage={stage})",
     )
 
 
@@ -100,8 +96,12 @@ _CATALOGUE: tuple[ModelEntry, ...] = (
           "OpenGprahAU-SwinS_first_stage.pth", 1),
     _ogau("opengraphau-swin-base", "swin_base", "1nWwowmq4pQn1ACnSOOeyBy6-n0rmqTQ9",
           "OpenGprahAU-SwinB_first_stage.pth", 1),
+    _ogau("opengraphau-resnet18-stage2", "resnet18", "1CzWgr2ywt7TmxHLWM5tg1VaEbgGYyAZ4",
+          "OpenGprahAU-ResNet18_second_stage.pth", 2),
     _ogau("opengraphau-resnet50-stage2", "resnet50", "1UMnpbj_YKlqHF1m0DHV0KYD3qmcOmeXp",
           "OpenGprahAU-ResNet50_second_stage.pth", 2),
+    _ogau("opengraphau-swin-tiny-stage2", "swin_tiny", "1yRWnYY5BR_FDiquaKnzf_aCdkyjZM77E",
+          "OpenGprahAU-SwinT_second_stage.pth", 2),
     ModelEntry(
         name="scrfd-10g",
         description="SCRFD-10GF face detector with 5 keypoints (insightface buffalo_l det_10g.onnx)",

@@ -1,6 +1,6 @@
 """OpenGraphAU AU detector stage (Luo et al. 2022; lingjivoo/OpenGraphAU, MIT).
 
-Runs the stage-1 network of :mod:`stages.opengraphau_model` on the face crop (the
+Runs the stage-1 (default) or stage-2 network of :mod:`stages.opengraphau_model` on the face crop (the
 ``face_crop`` a face stage left, else the whole image) with the release's evaluation
 preprocessing: shorter side resized to 256 (bilinear), centre crop 224, ImageNet
 mean/std. Outputs the 41 release columns; the base class keeps the DISFA ones (AU1, 2,
@@ -32,6 +32,7 @@ class OpenGraphAUConfig(StageConfig):
         None, description="stage-1 .pth; default: the file `factory models pull` puts in the models dir"
     )
     backbone: Backbone = "resnet50"
+    stage: Literal[1, 2] = Field(1, description="1 = ANFL head; 2 = MEFL head (released for resnet18/50, swin_tiny)")
     batch_size: int = Field(16, ge=1, le=1024)
     use_face_crop: bool = True
 
@@ -77,8 +78,8 @@ def record_image(record: Record, stage: str, use_face_crop: bool = True) -> np.n
     return image
 
 
-def _catalogue_name(backbone: str) -> str:
-    return "opengraphau-" + backbone.replace("_", "-")
+def _catalogue_name(backbone: str, stage: int = 1) -> str:
+    return "opengraphau-" + backbone.replace("_", "-") + ("-stage2" if stage == 2 else "")
 
 
 class OpenGraphAUDetector(AUDetector):
@@ -106,23 +107,29 @@ class OpenGraphAUDetector(AUDetector):
             return Path(cfg.checkpoint).expanduser()
         from factory.models import local_path
 
-        return local_path(_catalogue_name(cfg.backbone))
+        try:
+            return local_path(_catalogue_name(cfg.backbone, cfg.stage))
+        except KeyError:
+            raise StageError(
+                f"opengraphau: no released stage-{cfg.stage} checkpoint for backbone {cfg.backbone!r}; "
+                "set `checkpoint` to your own file or choose another backbone/stage"
+            ) from None
 
     def setup(self) -> None:
         import torch
 
-        from stages.opengraphau_model import CHECKPOINT_NAMES, CheckpointError, load_mefarg
+        from stages.opengraphau_model import CheckpointError, checkpoint_name, load_mefarg
 
         cfg: OpenGraphAUConfig = self.config  # type: ignore[assignment]
         path = self.checkpoint_path()
         if not path.is_file():
             raise StageError(
-                f"opengraphau: checkpoint {path} not found. The official stage-1 {cfg.backbone} file is "
-                f"{CHECKPOINT_NAMES[cfg.backbone]}; get it with `factory models pull "
-                f"{_catalogue_name(cfg.backbone)}` (or download it by hand and set `checkpoint`)"
+                f"opengraphau: checkpoint {path} not found. The official stage-{cfg.stage} {cfg.backbone} file "
+                f"is {checkpoint_name(cfg.backbone, cfg.stage)}; get it with `factory models pull "
+                f"{_catalogue_name(cfg.backbone, cfg.stage)}` (or download it by hand and set `checkpoint`)"
             )
         try:
-            net = load_mefarg(path, cfg.backbone)
+            net = load_mefarg(path, cfg.backbone, cfg.stage)
         except CheckpointError as exc:
             raise StageError(f"opengraphau: {exc}") from exc
         self.device = "cuda" if self.context.device == "cuda" and torch.cuda.is_available() else "cpu"

@@ -12,6 +12,11 @@ the released ``OpenGprahAU-*_first_stage.pth`` checkpoints load with ``strict=Tr
   similarity with the learnt class vectors ``main_sc`` (27) and, for the 7 AUs with
   left/right labels, ``sub_sc`` (14).
 
+Stage 2 (``stage=2``, ME-GraphAU "MEFL") replaces the FGG layer with the GEM edge
+extractor (``head.edge_extractor``: cross-attention ``FAM``/``ARM``, ``edge_proj``, ``bn``)
+and a two-layer gated graph network with multi-dimensional edge features
+(``head.gnn.graph_layers.{0,1}``: ``U``, ``V``, ``A``, ``B``, ``E``, ``bnv``, ``bne``).
+
 The output is 41 cosine similarities, which the release thresholds at 0.5 as if they were
 probabilities (its loss treats them as such too); :data:`VOCABULARY` names the columns.
 """
@@ -34,10 +39,12 @@ __all__ = [
     "CHECKPOINT_NAMES",
     "MAIN_AUS",
     "MEFARG",
+    "STAGE2_CHECKPOINT_NAMES",
     "SUB_AUS",
     "VOCABULARY",
     "CheckpointError",
     "build_mefarg",
+    "checkpoint_name",
     "load_mefarg",
     "read_state_dict",
 ]
@@ -58,7 +65,7 @@ VOCABULARY: tuple[str, ...] = (
 # we keep the release's wiring so its weights mean what they were trained to mean.
 _SUB_NODE: tuple[int, ...] = (0, 1, 2, 4, 7, 8, 11)
 
-# Official file names of the stage-1 releases (README "Pretrained models").
+# Official file names of the releases (README "Pretrained models" / demo commands).
 CHECKPOINT_NAMES: dict[str, str] = {
     "resnet18": "OpenGprahAU-ResNet18_first_stage.pth",
     "resnet50": "OpenGprahAU-ResNet50_first_stage.pth",
@@ -66,6 +73,17 @@ CHECKPOINT_NAMES: dict[str, str] = {
     "swin_small": "OpenGprahAU-SwinS_first_stage.pth",
     "swin_base": "OpenGprahAU-SwinB_first_stage.pth",
 }
+# Stage 2 was released for these backbones only.
+STAGE2_CHECKPOINT_NAMES: dict[str, str] = {
+    "resnet18": "OpenGprahAU-ResNet18_second_stage.pth",
+    "resnet50": "OpenGprahAU-ResNet50_second_stage.pth",
+    "swin_tiny": "OpenGprahAU-SwinT_second_stage.pth",
+}
+
+
+def checkpoint_name(arch: str, stage: int = 1) -> str:
+    """The release's file name for ``arch`` at ``stage`` ("?" when there is no release)."""
+    return (CHECKPOINT_NAMES if stage == 1 else STAGE2_CHECKPOINT_NAMES).get(arch, "?")
 
 
 @dataclass(frozen=True)
@@ -141,7 +159,10 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # AFG: one feature per AU, averaged over the tokens.
         f_v = torch.stack([layer(x).mean(dim=-2) for layer in self.main_class_linears], dim=1)
-        f_v = self.gnn(f_v)
+        return self.classify(self.gnn(f_v))
+
+    def classify(self, f_v: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each node with its class vector(s): 27 main + 14 L/R."""
         unit = F.normalize(f_v, p=2, dim=-1)
         main_cl = (unit * F.normalize(F.relu(self.main_sc), p=2, dim=-1).unsqueeze(0)).sum(-1)
         sub_sc = F.normalize(F.relu(self.sub_sc), p=2, dim=-1)  # (14, C): L, R per pair
@@ -150,10 +171,119 @@ class Head(nn.Module):
         return torch.cat([main_cl, sub_cl], dim=-1)
 
 
-class MEFARG(nn.Module):
-    """OpenGraphAU stage-1 network; input ``(B, 3, 224, 224)`` ImageNet-normalised RGB."""
+# --------------------------------------------------------------------------- stage 2 (MEFL)
 
-    def __init__(self, arch: str, neighbor_num: int = 4):
+
+class CrossAttn(nn.Module):
+    """Queries from ``y``, keys/values from ``x`` (GEM's FAM and ARM)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.linear_q = nn.Linear(channels, channels // 2)
+        self.linear_k = nn.Linear(channels, channels // 2)
+        self.linear_v = nn.Linear(channels, channels)
+        self.scale = (channels // 2) ** -0.5
+        nn.init.normal_(self.linear_q.weight, 0.0, math.sqrt(2.0 / (channels // 2)))
+        nn.init.normal_(self.linear_k.weight, 0.0, math.sqrt(2.0 / (channels // 2)))
+        nn.init.normal_(self.linear_v.weight, 0.0, math.sqrt(2.0 / channels))
+
+    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        dots = self.linear_q(y) @ self.linear_k(x).transpose(-2, -1) * self.scale
+        return dots.softmax(dim=-1) @ self.linear_v(x)
+
+
+class GEM(nn.Module):
+    """Graph edge model: an edge feature for every ordered AU pair (i, j), index ``i * N + j``."""
+
+    def __init__(self, channels: int, num_nodes: int):
+        super().__init__()
+        self.FAM = CrossAttn(channels)
+        self.ARM = CrossAttn(channels)
+        self.edge_proj = nn.Linear(channels, channels)
+        self.bn = nn.BatchNorm2d(num_nodes * num_nodes)
+        nn.init.normal_(self.edge_proj.weight, 0.0, math.sqrt(2.0 / channels))
+
+    def forward(self, class_feature: torch.Tensor, global_feature: torch.Tensor) -> torch.Tensor:
+        b, n, d, c = class_feature.shape
+        global_feature = global_feature.repeat(1, n, 1).view(b, n, d, c)
+        feat = self.FAM(class_feature, global_feature)
+        feat_end = feat.repeat(1, 1, n, 1).view(b, -1, d, c)  # edge i*N+j -> node i
+        feat_start = feat.repeat(1, n, 1, 1).view(b, -1, d, c)  # edge i*N+j -> node j
+        return self.bn(self.edge_proj(self.ARM(feat_start, feat_end)))
+
+
+def _edge_matrices(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, end) incidence matrices ``(N*N, N)``: edge i*N+j starts at j and ends at i."""
+    end = torch.zeros(n * n, n)
+    for i in range(n):
+        end[i * n : (i + 1) * n, i] = 1
+    start = torch.eye(n).repeat(n, 1)
+    return start, end
+
+
+class GNNLayer(nn.Module):
+    """Gated graph layer updating node and multi-dimensional edge features together."""
+
+    def __init__(self, channels: int, num_nodes: int):
+        super().__init__()
+        self.num_nodes = num_nodes
+        self.U = nn.Linear(channels, channels, bias=False)
+        self.V = nn.Linear(channels, channels, bias=False)
+        self.A = nn.Linear(channels, channels, bias=False)
+        self.B = nn.Linear(channels, channels, bias=False)
+        self.E = nn.Linear(channels, channels, bias=False)
+        self.bnv = nn.BatchNorm1d(num_nodes)
+        self.bne = nn.BatchNorm1d(num_nodes * num_nodes)
+        self.act = nn.ReLU()
+        for linear in (self.U, self.V, self.A, self.B, self.E):
+            nn.init.normal_(linear.weight, 0.0, math.sqrt(2.0 / channels))
+
+    def forward(
+        self, x: torch.Tensor, edge: torch.Tensor, start: torch.Tensor, end: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.num_nodes
+        edge = edge + self.act(self.bne(end @ self.A(x) + start @ self.B(x) + self.E(edge)))
+        b, _, c = edge.shape
+        gate = torch.sigmoid(edge).view(b, n, n, c).softmax(dim=2).view(b, -1, c)
+        messages = gate * (start @ self.V(x))
+        x = x + self.act(self.bnv(self.U(x) + end.t() @ messages / n))
+        return x, edge
+
+
+class EdgeGNN(nn.Module):
+    def __init__(self, channels: int, num_nodes: int, layers: int = 2):
+        super().__init__()
+        start, end = _edge_matrices(num_nodes)
+        # Not in the release's state dict (plain tensors there), hence non-persistent.
+        self.register_buffer("start", start, persistent=False)
+        self.register_buffer("end", end, persistent=False)
+        self.graph_layers = nn.ModuleList(GNNLayer(channels, num_nodes) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, edge: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for layer in self.graph_layers:
+            x, edge = layer(x, edge, self.start, self.end)
+        return x, edge
+
+
+class Head2(Head):
+    """Stage-2 head: AFG, then GEM edges + the edge-aware graph network, then the same classifier."""
+
+    def __init__(self, channels: int, num_main: int = 27, num_sub: int = 14):
+        super().__init__(channels, num_main, num_sub)
+        self.edge_extractor = GEM(channels, num_main)
+        self.gnn = EdgeGNN(channels, num_main, 2)  # type: ignore[assignment]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f_u = torch.stack([layer(x) for layer in self.main_class_linears], dim=1)  # (B, N, D, C)
+        f_e = self.edge_extractor(f_u, x).mean(dim=-2)
+        f_v, _ = self.gnn(f_u.mean(dim=-2), f_e)
+        return self.classify(f_v)
+
+
+class MEFARG(nn.Module):
+    """OpenGraphAU network; input ``(B, 3, 224, 224)`` ImageNet-normalised RGB."""
+
+    def __init__(self, arch: str, stage: int = 1, neighbor_num: int = 4):
         super().__init__()
         try:
             spec = ARCHS[arch]
@@ -168,14 +298,20 @@ class MEFARG(nn.Module):
             in_channels = self.backbone.num_features
             out_channels = in_channels // 2
         self.global_linear = LinearBlock(in_channels, out_channels)
-        self.head = Head(out_channels, len(MAIN_AUS), 2 * len(SUB_AUS), neighbor_num)
+        if stage not in (1, 2):
+            raise ValueError(f"OpenGraphAU stage must be 1 or 2, got {stage}")
+        self.head: nn.Module = (
+            Head(out_channels, len(MAIN_AUS), 2 * len(SUB_AUS), neighbor_num)
+            if stage == 1
+            else Head2(out_channels, len(MAIN_AUS), 2 * len(SUB_AUS))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.global_linear(self.backbone.forward_features(x)))
 
 
-def build_mefarg(arch: str) -> MEFARG:
-    return MEFARG(arch)
+def build_mefarg(arch: str, stage: int = 1) -> MEFARG:
+    return MEFARG(arch, stage)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -201,10 +337,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_mefarg(path: Path, arch: str) -> MEFARG:
-    """Build ``arch`` and load ``path`` strictly; mismatches name the first offending keys."""
+def load_mefarg(path: Path, arch: str, stage: int = 1) -> MEFARG:
+    """Build ``arch`` (``stage`` 1 or 2) and load ``path`` strictly; mismatches name the first offending keys."""
     state = read_state_dict(path)
-    net = build_mefarg(arch)
+    net = build_mefarg(arch, stage)
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -222,9 +358,9 @@ def load_mefarg(path: Path, arch: str) -> MEFARG:
         if wrong_shape:
             parts.append(f"{len(wrong_shape)} shape mismatches (first: {'; '.join(wrong_shape[:3])})")
         raise CheckpointError(
-            f"checkpoint {path} does not fit OpenGraphAU backbone {arch!r}: {'; '.join(parts)}. "
-            f"Is `backbone` right for this file (official name for {arch!r}: "
-            f"{CHECKPOINT_NAMES.get(arch, '?')})?"
+            f"checkpoint {path} does not fit OpenGraphAU stage {stage} with backbone {arch!r}: "
+            f"{'; '.join(parts)}. Are `backbone` and `stage` right for this file (official name: "
+            f"{checkpoint_name(arch, stage)})?"
         )
     net.load_state_dict(state, strict=True)
     return net.eval()

@@ -16,6 +16,16 @@ from stages.base import StageContext, StageError
 from stages.detect_opengraphau import OpenGraphAUConfig, OpenGraphAUDetector, imagenet_batch
 from stages.opengraphau_model import ARCHS, _Arch, build_mefarg
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # The test machine is shared: several torch threads per process only fight each other.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TINY = {
     # Narrow versions with the official key layout (the real ones are slow to build and save).
     "resnet50": _Arch("resnet", ResNetSpec("bottleneck", (1, 1, 1, 1), 8)),
@@ -76,6 +86,29 @@ def test_preprocessing_matches_release_transform() -> None:
     np.testing.assert_allclose(batch[0, 1].mean(), (0 - 0.456) / 0.224, rtol=1e-5)
 
 
+def test_stage2_paths_and_names(tmp_path: Path) -> None:
+    stage = _stage(tmp_path, checkpoint=str(tmp_path / "s2.pth"), backbone="resnet50", stage=2)
+    with pytest.raises(StageError) as err:
+        stage.setup()
+    assert "OpenGprahAU-ResNet50_second_stage.pth" in str(err.value)
+    assert "factory models pull opengraphau-resnet50-stage2" in str(err.value)
+    with pytest.raises(StageError, match="no released stage-2"):
+        _stage(tmp_path, backbone="swin_base", stage=2).checkpoint_path()
+
+
+def test_stage2_votes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(ARCHS, "resnet50", TINY["resnet50"])
+    torch.manual_seed(2)
+    net = build_mefarg("resnet50", stage=2).eval()
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "s2.pth")
+    stage = _stage(tmp_path, checkpoint=str(tmp_path / "s2.pth"), stage=2)
+    records = _faces(2)
+    raw = stage.predict(records)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(imagenet_batch([r["image"] for r in records]))).numpy()
+    np.testing.assert_allclose(raw, expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("backbone", ["resnet50", "swin_base"])
 def test_votes_come_from_the_loaded_weights(
     tmp_path: Path,
@@ -118,6 +151,7 @@ def test_checkpoint_for_another_backbone_is_refused(
 def test_record_without_image_is_a_clear_error(
     tmp_path: Path, checkpoints: dict[str, tuple[Path, torch.nn.Module]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+
     monkeypatch.setitem(ARCHS, "resnet50", TINY["resnet50"])
     stage = _stage(tmp_path, checkpoint=str(checkpoints["resnet50"][0]))
     stage.setup()

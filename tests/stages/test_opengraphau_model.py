@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,15 @@ from stages.opengraphau_model import (
     load_mefarg,
     read_state_dict,
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # The test machine is shared: several torch threads per process only fight each other.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_vocabulary_is_the_release_order() -> None:
@@ -91,3 +101,35 @@ def test_unreadable_checkpoint(tmp_path: Path) -> None:
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         read_state_dict(path)
+
+
+def test_stage2_layout_matches_release() -> None:
+    sd = build_mefarg("resnet50", stage=2).state_dict()
+    assert sd["head.edge_extractor.FAM.linear_q.weight"].shape == (256, 512)
+    assert sd["head.edge_extractor.ARM.linear_v.weight"].shape == (512, 512)
+    assert sd["head.edge_extractor.bn.running_mean"].shape == (27 * 27,)
+    assert sd["head.gnn.graph_layers.1.bne.weight"].shape == (27 * 27,)
+    assert "head.gnn.graph_layers.0.E.bias" not in sd  # bias-free linears in the release
+    assert not any(k.startswith("head.gnn.U") or k.endswith(".start") for k in sd)
+
+
+def test_edge_matrices_follow_release_convention() -> None:
+    from stages.opengraphau_model import _edge_matrices
+
+    start, end = _edge_matrices(3)
+    for i in range(3):
+        for j in range(3):
+            assert start[i * 3 + j].argmax() == j and end[i * 3 + j].argmax() == i
+    assert start.sum() == end.sum() == 9
+
+
+def test_stage2_round_trip_and_stage_mismatch(tmp_path: Path, tiny_arch: str) -> None:
+    torch.manual_seed(0)
+    net = build_mefarg(tiny_arch, stage=2).eval()
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "s2.pth")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(load_mefarg(tmp_path / "s2.pth", tiny_arch, stage=2)(x), net(x))
+    torch.save({"state_dict": build_mefarg(tiny_arch).state_dict()}, tmp_path / "s1.pth")
+    with pytest.raises(CheckpointError, match="stage 2"):
+        load_mefarg(tmp_path / "s1.pth", tiny_arch, stage=2)
