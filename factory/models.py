@@ -27,17 +27,21 @@ from pathlib import Path
 
 __all__ = [
     "DEFAULT_MODELS_DIR",
+    "LOCAL_MODELS_DIR",
     "ModelEntry",
     "PullError",
     "catalogue",
     "entry",
     "local_path",
     "pull",
+    "search_dirs",
     "sha256_file",
 ]
 
-# Where pulled weights live unless the caller says otherwise; stages default to it too.
+# Where pulled weights live unless the caller says otherwise.
 DEFAULT_MODELS_DIR = Path(os.environ.get("MIFA_MODELS_DIR", "~/.cache/mifa-factory/models")).expanduser()
+# Where stages look for a model when the recipe names no file, in order.
+LOCAL_MODELS_DIR = Path("models")
 _HASH_RECORD = ".sha256.json"
 _CHUNK = 1 << 20
 
@@ -159,9 +163,24 @@ def entry(name: str) -> ModelEntry:
     raise KeyError(f"unknown model {name!r}; known: {', '.join(e.name for e in _CATALOGUE)}")
 
 
+def search_dirs() -> list[Path]:
+    """Folders searched for pulled weights: ``$MIFA_MODELS_DIR`` or the user cache, then ./models."""
+    return [DEFAULT_MODELS_DIR, LOCAL_MODELS_DIR.resolve()]
+
+
 def local_path(name: str, dest: Path | None = None) -> Path:
-    """Where ``pull(name, dest)`` puts (or put) the file a stage reads."""
-    return Path(dest or DEFAULT_MODELS_DIR) / entry(name).filename
+    """The file a stage should read for ``name``.
+
+    With ``dest``: where ``pull(name, dest)`` puts it. Without: the first of
+    :func:`search_dirs` that holds it, else where a default ``pull`` would put it.
+    """
+    filename = entry(name).filename
+    if dest is not None:
+        return Path(dest) / filename
+    for folder in search_dirs():
+        if (folder / filename).is_file():
+            return folder / filename
+    return DEFAULT_MODELS_DIR / filename
 
 
 def sha256_file(path: Path) -> str:

@@ -78,6 +78,15 @@ def record_image(record: Record, stage: str, use_face_crop: bool = True) -> np.n
     return image
 
 
+def _searched(explicit: str | None) -> str:
+    """Where a default model file was looked for (empty when the recipe named the file)."""
+    if explicit:
+        return ""
+    from factory.models import search_dirs
+
+    return "; searched: " + ", ".join(str(d) for d in search_dirs())
+
+
 def _catalogue_name(backbone: str, stage: int = 1) -> str:
     return "opengraphau-" + backbone.replace("_", "-") + ("-stage2" if stage == 2 else "")
 
@@ -127,6 +136,7 @@ class OpenGraphAUDetector(AUDetector):
                 f"opengraphau: checkpoint {path} not found. The official stage-{cfg.stage} {cfg.backbone} file "
                 f"is {checkpoint_name(cfg.backbone, cfg.stage)}; get it with `factory models pull "
                 f"{_catalogue_name(cfg.backbone, cfg.stage)}` (or download it by hand and set `checkpoint`)"
+                + _searched(cfg.checkpoint)
             )
         try:
             net = load_mefarg(path, cfg.backbone, cfg.stage)

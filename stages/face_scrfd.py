@@ -163,6 +163,14 @@ def align_face(image: np.ndarray, points: np.ndarray, size: int, margin: float =
     return cv2.warpAffine(image, tform.params[:2].astype(np.float32), (size, size), borderValue=0)
 
 
+def _searched(explicit: str | None) -> str:
+    if explicit:
+        return ""
+    from factory.models import search_dirs
+
+    return "; searched: " + ", ".join(str(d) for d in search_dirs())
+
+
 class SCRFDFaceStage(Stage):
     name: ClassVar[str] = "scrfd"
     kind: ClassVar[str] = "face"
@@ -183,10 +191,11 @@ class SCRFDFaceStage(Stage):
         import onnxruntime as ort
 
         path = self.model_path()
+        cfg: SCRFDConfig = self.config  # type: ignore[assignment]
         if not path.is_file():
             raise StageError(
                 f"scrfd: model {path} not found; get insightface's det_10g.onnx with "
-                "`factory models pull scrfd-10g` (or set `model` to another SCRFD .onnx)"
+                "`factory models pull scrfd-10g` (or set `model` to another SCRFD .onnx)" + _searched(cfg.model)
             )
         providers = ["CPUExecutionProvider"]
         if self.context.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -207,7 +216,6 @@ class SCRFDFaceStage(Stage):
         self.input_name = model_input.name
         self.output_names = [o.name for o in outputs]
         shape = model_input.shape
-        cfg: SCRFDConfig = self.config  # type: ignore[assignment]
         fixed = isinstance(shape[2], int) and isinstance(shape[3], int)
         self.input_size = (int(shape[3]), int(shape[2])) if fixed else (cfg.det_size, cfg.det_size)
 

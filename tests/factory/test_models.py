@@ -129,3 +129,16 @@ def test_archive_member_is_extracted_and_verified(
     # Present and matching: no second download needed (a dead URL would fail otherwise).
     _with_entry(monkeypatch, ModelEntry(**{**e.__dict__, "url": "http://127.0.0.1:9/x.zip"}))
     assert models.pull("t-zip", tmp_path) == path
+
+
+def test_local_path_finds_pulled_file_in_search_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache, cwd_models = tmp_path / "cache", tmp_path / "work" / "models"
+    monkeypatch.setattr(models, "DEFAULT_MODELS_DIR", cache)
+    monkeypatch.setattr(models, "LOCAL_MODELS_DIR", cwd_models)
+    assert models.local_path("scrfd-10g") == cache / "det_10g.onnx"  # nowhere yet: where pull would put it
+    cwd_models.mkdir(parents=True)
+    (cwd_models / "det_10g.onnx").write_bytes(b"x")
+    assert models.local_path("scrfd-10g") == cwd_models / "det_10g.onnx"
+    cache.mkdir()
+    (cache / "det_10g.onnx").write_bytes(b"y")
+    assert models.local_path("scrfd-10g") == cache / "det_10g.onnx"  # the cache comes first

@@ -166,3 +166,13 @@ def test_missing_model_names_file_and_pull(tmp_path: Path) -> None:
     with pytest.raises(StageError) as err:
         stage.setup()
     assert str(tmp_path / "det.onnx") in str(err.value) and "factory models pull scrfd-10g" in str(err.value)
+
+
+def test_default_model_lookup_lists_searched_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from factory import models
+
+    monkeypatch.setattr(models, "DEFAULT_MODELS_DIR", tmp_path / "cache")
+    monkeypatch.setattr(models, "LOCAL_MODELS_DIR", tmp_path / "models")
+    with pytest.raises(StageError) as err:
+        SCRFDFaceStage(SCRFDConfig(), StageContext(run_dir=tmp_path)).setup()
+    assert "searched" in str(err.value) and str(tmp_path / "models") in str(err.value)
