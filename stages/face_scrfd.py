@@ -51,6 +51,9 @@ class SCRFDConfig(StageConfig):
     score_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     nms_threshold: float = Field(0.4, gt=0.0, le=1.0)
     on_multiple: Literal["drop", "largest"] = "drop"
+    min_relative_area: float = Field(
+        0.0, ge=0.0, lt=1.0, description="ignore faces smaller than this fraction of the largest face's box area"
+    )
     crop_size: int = Field(224, ge=32, le=1024)
     crop_margin: float = Field(
         0.2, ge=0.0, le=1.0, description="extra context around the ArcFace framing (0 = ArcFace's tight crop)"
@@ -243,6 +246,11 @@ class SCRFDFaceStage(Stage):
             if scores.size == 0:
                 drop(record, self.name, f"no face (SCRFD score < {cfg.score_threshold})")
                 continue
+            if cfg.min_relative_area > 0 and scores.size > 1:
+                # Background faces (posters, reflections) far smaller than the subject do not count.
+                areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+                keep = areas >= cfg.min_relative_area * areas.max()
+                scores, boxes, kps = scores[keep], boxes[keep], kps[keep]
             best = 0
             if scores.size > 1:
                 if cfg.on_multiple == "drop":

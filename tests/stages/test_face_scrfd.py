@@ -155,6 +155,17 @@ def test_duplicates_merge_and_two_faces_drop(tmp_path: Path, models: dict[str, P
     assert largest["face_box"][2] - largest["face_box"][0] == pytest.approx(8 * 32)
 
 
+def test_small_background_faces_can_be_ignored(tmp_path: Path, models: dict[str, Path]) -> None:
+    image = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
+    # The stride-16 face has a quarter of the stride-32 face's area.
+    kept = {"key": "k", "image": image.copy()}
+    _stage(tmp_path, models["two"], min_relative_area=0.3).process([kept])
+    assert not kept.get("dropped_by") and kept["face_box"][2] - kept["face_box"][0] == pytest.approx(8 * 32)
+    both = {"key": "b", "image": image.copy()}
+    _stage(tmp_path, models["two"], min_relative_area=0.2).process([both])
+    assert both["dropped_by"] == "scrfd"
+
+
 def test_no_face_drops(tmp_path: Path, models: dict[str, Path]) -> None:
     record = {"key": "n", "image": np.zeros((100, 100, 3), dtype=np.uint8)}
     _stage(tmp_path, models["none"]).process([record])
