@@ -142,6 +142,9 @@ class MaugenGenerator(Stage):
             num_heads=cfg.attention_heads,
             scheduler=cfg.scheduler,
         )
+        size, multiple = self.context.image_size, self.pipe.size_multiple
+        if size % multiple:
+            raise StageError(f"output.image_size={size}: this MAUGen checkpoint needs a multiple of {multiple}")
         n_labels = self.pipe.au_cue.shape[1]
         if n_labels != len(DISFA_AUS):
             raise StageError(

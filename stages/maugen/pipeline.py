@@ -105,7 +105,7 @@ class MaugenPipeline:
         self.au_cue = au_cue.to(self.device, dtype)
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.id_token_ids = [tokenizer.convert_tokens_to_ids(t) for t in ID_TOKENS]
-        self._pending_ids: torch.Tensor | None = None
+        self._pending_ids: tuple[torch.Tensor, torch.Tensor] | None = None
         text_model = getattr(text_encoder, "text_model", text_encoder)  # transformers 4.x nests it
         # Identity tokens replace the *full* input embeddings (token + position) at the <ID>
         # slots, as in the release; a hook keeps this independent of the CLIP forward's API.
@@ -220,6 +220,11 @@ class MaugenPipeline:
             dtype=dtype,
         )
 
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (VAE downscale x UNet downscale)."""
+        return self.vae_scale * 2 ** int(self.unet.unet.num_upsamplers)
+
     # ------------------------------------------------------------------ encoders
     def _inject_identity(self, _module: Any, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
         ids = self._pending_ids
@@ -254,7 +259,7 @@ class MaugenPipeline:
     def encode_prompts(self, prompts: list[str], id_tokens: torch.Tensor | None) -> torch.Tensor:
         """CLIP hidden states; where a prompt holds ``<ID>``/``<ID2>`` they carry ``C_ID``."""
         input_ids = self._tokenize(prompts)
-        self._pending_ids = None if id_tokens is None else (id_tokens, input_ids)  # type: ignore[assignment]
+        self._pending_ids = None if id_tokens is None else (id_tokens, input_ids)
         try:
             return self.text_encoder(input_ids)[0]
         finally:
@@ -306,8 +311,8 @@ class MaugenPipeline:
         t_start = time.perf_counter()
         n = len(prompts)
         h, w = masks.shape[1:]
-        if h % (self.vae_scale * 8) or w % (self.vae_scale * 8):
-            raise ValueError(f"image size {h}x{w} must be a multiple of {self.vae_scale * 8} for this UNet")
+        if h % self.size_multiple or w % self.size_multiple:
+            raise ValueError(f"image size {h}x{w} must be a multiple of {self.size_multiple} for this UNet")
         dev, dt = self.device, self.dtype
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         cfg = guidance_scale > 1.0

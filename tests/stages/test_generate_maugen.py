@@ -300,3 +300,11 @@ def test_intensity_rounding() -> None:
     got = au_intensity(torch.tensor([0.0, 0.05, 0.15, 0.42, 0.98, 1.3]))
     assert got.tolist() == [0.0, 0.0, 1.0, 2.0, 5.0, 5.0]
     assert math.isclose(float(au_intensity(torch.tensor(0.61))), 3.0)
+
+
+def test_image_size_must_fit_the_unet(ckpt: Path, bank: Any) -> None:
+    gen = MaugenGenerator(
+        MaugenConfig(checkpoint_dir=str(ckpt)), StageContext(run_dir=Path("."), image_size=62, identity_bank=bank)
+    )
+    with pytest.raises(StageError, match=r"image_size=62.*multiple of 4"):
+        gen.setup()
