@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,10 +68,16 @@ def split(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path]
     return shuffled[n_val:], shuffled[:n_val]
 
 
-def _load(path: Path) -> np.ndarray:
+def _load(path: Path, short_side: int) -> np.ndarray:
+    """Decode as RGB, downscaled so the shorter side is at most ``short_side``."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            rgb = img.convert("RGB")
+            scale = short_side / min(rgb.size)
+            if scale < 1.0:
+                size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+                rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+            return np.asarray(rgb)
     except (OSError, UnidentifiedImageError) as exc:
         raise TrainError(f"cannot read image {path}: {exc}") from exc
 
@@ -107,7 +114,9 @@ def _load_pretrained(net: Any, path: Path) -> None:
     net.load_state_dict(state, strict=False)  # only fc.* is left at its fresh initialisation
 
 
-def _recalibrate_batchnorm(net: Any, images: list[np.ndarray], size: int, batch_size: int, dev: str) -> None:
+def _recalibrate_batchnorm(
+    net: Any, images: list[Path], load: Callable[[Path], np.ndarray], size: int, batch_size: int, dev: str
+) -> None:
     """Re-estimate BatchNorm running statistics as exact averages over the training images.
 
     With few optimisation steps the exponential running averages still remember their
@@ -124,7 +133,7 @@ def _recalibrate_batchnorm(net: Any, images: list[np.ndarray], size: int, batch_
     net.train()
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
+            chunk = [load(p) for p in images[start : start + batch_size]]
             if len(chunk) >= 2:
                 net(torch.from_numpy(realism_batch(chunk, size, _MEAN, _STD)).to(dev))
     for m, momentum in zip(norms, saved, strict=True):
@@ -145,8 +154,13 @@ def train_realism(
     batch_size: int = 32,
     lr: float = 3e-4,
     pretrained: Path | None = None,
+    cache_limit: int = 2000,
 ) -> TrainReport:
-    """Train, evaluate on the held-out split, write ``out``; returns the report."""
+    """Train, evaluate on the held-out split, write ``out``; returns the report.
+
+    Images are decoded at a working size (shorter side ``1.25 * input_size``) and kept in
+    memory when there are at most ``cache_limit`` of them, else re-read every epoch.
+    """
     import torch
 
     if arch not in ARCHS:
@@ -172,11 +186,15 @@ def train_realism(
     net = net.to(dev).float()
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    cache: dict[Path, np.ndarray] = {}  # decoded once; training sets here are small
+    work_side = round(input_size * 1.25)
+    use_cache = len(train_items) + len(val_items) <= cache_limit
+    cache: dict[Path, np.ndarray] = {}
 
     def image(p: Path) -> np.ndarray:
+        if not use_cache:
+            return _load(p, work_side)
         if p not in cache:
-            cache[p] = _load(p)
+            cache[p] = _load(p, work_side)
         return cache[p]
 
     losses: list[float] = []
@@ -199,7 +217,7 @@ def train_realism(
         losses.append(total / max(count, 1))
 
     if epochs > 0:
-        _recalibrate_batchnorm(net, [image(p) for p, _ in train_items], input_size, batch_size, dev)
+        _recalibrate_batchnorm(net, [p for p, _ in train_items], image, input_size, batch_size, dev)
     net.eval()
     correct = {1.0: [0, 0], 0.0: [0, 0]}  # label -> [right, seen]
     with torch.inference_mode():

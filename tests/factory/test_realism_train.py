@@ -122,3 +122,12 @@ def test_bad_inputs(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(TrainError, match="at least 2 real"):
         train_realism(tmp_path / "empty", tmp_path / "empty", tmp_path / "o.pt")
+
+
+def test_uncached_training_and_unreadable_image(tmp_path: Path) -> None:
+    real, fake = _write_dataset(tmp_path, n_per_class=4)
+    report = train_realism(real, fake, tmp_path / "u.pt", epochs=1, input_size=32, batch_size=4, cache_limit=0)
+    assert (report.n_train, report.n_val) == (6, 2) and len(report.train_loss) == 1
+    (real / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(TrainError, match=r"broken\.png"):
+        train_realism(real, fake, tmp_path / "u.pt", epochs=1, input_size=32, batch_size=4, val_fraction=0.5)
