@@ -3,8 +3,8 @@
 Structure and parameter names follow ``model/ANFL.py`` (stage 1) and ``model/MEFL.py``
 (stage 2) of lingjivoo/OpenGraphAU (MIT), so the released ``OpenGprahAU-*_stage.pth``
 checkpoints load with ``strict=True``. Checked once against the release code (random
-weights copied across): identical keys and shapes, outputs equal to 1e-7, for ResNet-18/50,
-Swin-T/B at both stages. Stage 1:
+weights copied across): identical keys and shapes, outputs equal to 1e-7, for ResNet-50
+and Swin-B at stage 1 and ResNet-18/50 and Swin-T at stage 2. Stage 1:
 
 - ``backbone.*``: ResNet (``fc`` removed) or Swin (``head`` removed), whose token
   sequence ``(B, N, C)`` feeds
