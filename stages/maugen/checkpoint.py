@@ -123,6 +123,8 @@ def load_state_dict(path: Path, layout: str) -> dict[str, torch.Tensor]:
         ) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) and k.startswith("module.") for k in obj):
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}  # saved from a DDP-wrapped model
     if not (isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())):
         raise StageError(f"MAUGen checkpoint file {path} is not a state dict (name -> tensor).\n{layout}")
     return obj

@@ -308,3 +308,13 @@ def test_image_size_must_fit_the_unet(ckpt: Path, bank: Any) -> None:
     )
     with pytest.raises(StageError, match=r"image_size=62.*multiple of 4"):
         gen.setup()
+
+
+def test_state_dict_saved_from_ddp_wrapper_loads(ckpt: Path, bank: Any, tmp_path: Path) -> None:
+    wrapped = _corrupt(ckpt, tmp_path, DEFAULT_FILES.unet, lambda sd: {f"module.{k}": v for k, v in sd.items()})
+    gen = _generator(wrapped, bank)
+    reference = _generator(ckpt, bank)
+    for (name, a), (_, b) in zip(
+        gen.pipe.unet.state_dict().items(), reference.pipe.unet.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
