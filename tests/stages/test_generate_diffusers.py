@@ -176,3 +176,26 @@ def test_corrupt_weights_are_a_stage_error(sd_dir: Path, tmp_path: Path) -> None
         weights.write_bytes(b"not a checkpoint")
     with pytest.raises(StageError, match=re.escape(str(broken))):
         _generator(broken)
+
+
+def test_registered_light_import_and_empty_sections_validate() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import stages.generate_diffusers, stages.generate_maugen; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'dlib') if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"  # heavy packages load in setup(), not at import
+
+    from stages import stage_class
+    from stages.generate_maugen import MaugenConfig
+
+    assert stage_class("diffusers") is DiffusersGenerator
+    assert stage_class("diffusers").kind == stage_class("maugen").kind == "generator"
+    assert DiffusersConfig.model_validate({}).steps == 30
+    assert MaugenConfig.model_validate({}).checkpoint_dir == "models/maugen"
+    with pytest.raises(ValueError, match="description"):
+        MaugenConfig(prompt_template="no slot")
