@@ -114,3 +114,45 @@ def test_identity_similarity_same_vs_other_person() -> None:
     assert same["identity_similarity"] > 0.99 and not same.get("dropped_by")
     assert other["identity_similarity"] < 0.9 and other["dropped_by"] == "filters"
     assert "identity" in other["drop_reason"]
+
+
+def test_offline_verification_chain_fills_manifest_columns() -> None:
+    """face -> geometric + appearance -> agreement -> heuristic realism -> filters on a real
+    photo; every column these stages set must convert to its manifest Arrow type."""
+    import pyarrow as pa
+
+    from factory.identities import open_bank
+    from manifests.schema import MANIFEST_SCHEMA
+    from stages.agreement import AgreementConfig, AgreementStage
+    from stages.detect_appearance import AppearanceAUDetector, AppearanceConfig
+    from stages.detect_geometric import GeometricAUDetector, GeometricConfig
+    from stages.face_dlib import DlibFaceConfig, DlibFaceStage
+    from stages.realism_heuristic import HeuristicRealism, HeuristicRealismConfig
+
+    bank = open_bank("builtin")
+    context = StageContext(run_dir=Path("."), identity_bank=bank)
+    chain = [
+        DlibFaceStage(DlibFaceConfig(), context),
+        GeometricAUDetector(GeometricConfig(), context),
+        AppearanceAUDetector(AppearanceConfig(), context),
+        AgreementStage(AgreementConfig(labels="consensus"), context),
+        HeuristicRealism(HeuristicRealismConfig(), context),
+        FilterStage(FilterConfig(min_label_jaccard=0.0), context),
+    ]
+    # The exemplar photo itself, planned neutral: geometry must read it as neutral.
+    batch = [{"key": "000000_00000", "identity_id": "builtin-grace-hopper", "planned_intensity": [0] * N,
+              "label_source": "planned", "image": bank.image("builtin-grace-hopper")}]
+    for stage in chain:
+        stage.setup()
+        batch = stage.process(batch)
+    rec = batch[0]
+    assert not rec.get("dropped_by"), rec.get("drop_reason")
+    geometric = rec["detector_votes"]["geometric"]
+    assert max(geometric["intensity"]) < 0.5
+    assert [v["detector"] for v in rec["votes"]] == ["appearance", "geometric"]
+    assert rec["label_source"] == "consensus" and rec["realism_scorer"] == "heuristic-v1"
+    columns = ["face_score", "face_box", "votes", "consensus_occurrence", "consensus_intensity", "agreement_score",
+               "au_occurrence", "au_intensity", "label_jaccard", "realism_score", "realism_scorer", "label_source"]
+    for name in columns:
+        field = MANIFEST_SCHEMA.field(name)
+        pa.array([rec[name]], type=field.type)  # raises if the value does not fit the column
