@@ -308,14 +308,25 @@ def train_realism(
     real: Annotated[Path, typer.Option("--real", help="Folder of real face images.")],
     fake: Annotated[Path, typer.Option("--fake", help="Folder of generated face images.")],
     out_path: Annotated[Path, typer.Option("--out", help="Checkpoint file to write.")] = Path("realism.pt"),
-    arch: Annotated[str, typer.Option("--arch")] = "resnet18",
+    arch: Annotated[str, typer.Option("--arch", help="resnet18 or resnet50.")] = "resnet18",
     epochs: Annotated[int, typer.Option("--epochs")] = 5,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held-out share for accuracy.")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    pretrained: Annotated[
+        Path | None, typer.Option("--pretrained", help="torchvision ResNet weights to start from.")
+    ] = None,
+    input_size: Annotated[int, typer.Option("--input-size")] = 224,
 ) -> None:
-    """Train the learned realism discriminator (GPU if present, CPU otherwise)."""
+    """Train the learned realism discriminator (GPU if present, CPU otherwise); reports held-out accuracy."""
+    from factory.realism_train import TrainError
     from factory.realism_train import train_realism as run_train
 
-    report = run_train(real, fake, out_path, arch=arch, epochs=epochs)
-    out.print(report)
+    try:
+        report = run_train(real, fake, out_path, arch=arch, epochs=epochs, val_fraction=val_fraction, seed=seed,
+                           pretrained=pretrained, input_size=input_size)
+    except TrainError as exc:
+        _fail(str(exc), code=2)
+    out.print_json(json.dumps(report.to_dict(), default=str))
 
 
 @identities_app.command("index")
@@ -357,7 +368,9 @@ def models_list() -> None:
 @models_app.command("pull")
 def models_pull(
     name: Annotated[str, typer.Argument(help="A name from `factory models list`.")],
-    dest: Annotated[Path, typer.Option("--dest", help="Folder for the weights.")] = Path("models"),
+    dest: Annotated[
+        Path | None, typer.Option("--dest", help="Folder for the weights (default: $MIFA_MODELS_DIR or ~/.cache).")
+    ] = None,
 ) -> None:
     """Download official weights with checksums, or say what to fetch by hand when offline."""
     from factory.models import pull

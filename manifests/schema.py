@@ -88,4 +88,4 @@ MANIFEST_FIELDS = PLAN_FIELDS + [
 ]
 MANIFEST_SCHEMA = pa.schema(MANIFEST_FIELDS, metadata={"mifa_schema_version": SCHEMA_VERSION})
 
-TRANSIENT_KEYS = ("image", "image_bytes", "landmarks", "detector_votes", "face_crop")
+TRANSIENT_KEYS = ("image", "image_bytes", "landmarks", "landmarks5", "detector_votes", "face_crop")
