@@ -199,3 +199,13 @@ def test_registered_light_import_and_empty_sections_validate() -> None:
     assert MaugenConfig.model_validate({}).checkpoint_dir == "models/maugen"
     with pytest.raises(ValueError, match="description"):
         MaugenConfig(prompt_template="no slot")
+
+
+def test_dtype_per_device() -> None:
+    import torch
+
+    from stages.generate_diffusers import resolve_dtype
+
+    assert resolve_dtype("auto", "cuda") is torch.float16
+    assert resolve_dtype("bfloat16", "cuda:1") is torch.bfloat16
+    assert resolve_dtype("float16", "cpu") is torch.float32  # half precision is never used on CPU
