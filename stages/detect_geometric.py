@@ -15,7 +15,8 @@ Measurement, per sample:
    on points that no DISFA AU moves much: the jaw tops (0, 16), the nose bridge (27-30)
    and the four eye corners (36, 39, 42, 45). All displacements are therefore in
    inter-ocular-distance (IOD) units, free of pose roll, scale and position.
-3. Features (sample minus reference, IOD units, ``+`` = up / outward / wider):
+3. Features (sample minus reference, IOD units, ``+`` = up / outward / wider; the 14
+   ``FEATURES``):
 
    ====================  =====================================================  ==========
    feature               formula (iBUG-68 indices, 0-based)                     AUs
@@ -32,9 +33,11 @@ Measurement, per sample:
    lower_lip_raise       mean dy of 56, 57, 58                                  17, 25-, 26-
    lip_gap               d mean(y of 61, 62, 63 - y of 67, 66, 65)              25, 26
    chin_raise            mean dy of 7, 8, 9                                     17, 26-
+   upper_lid_raise       mean dy of 37, 38, 43, 44                              5
+   cheek_raise           mean dy of jaw points 1, 2, 14, 15 (cheek contour)     6
    ====================  =====================================================  ==========
 
-4. Unmixing: the 12 features are explained jointly as ``features ~= S @ a`` with ``a >= 0``
+4. Unmixing: the 14 features are explained jointly as ``features ~= S @ a`` with ``a >= 0``
    (non-negative least squares), where column ``S[:, au]`` is the feature change of one
    intensity level of that AU. Solving jointly is what separates AUs that move the same
    points (AU12 up-and-out, AU20 out, AU15 down at the mouth corners; AU25 lips only vs
@@ -103,6 +106,8 @@ FEATURES: tuple[str, ...] = (
     "lower_lip_raise",
     "lip_gap",
     "chin_raise",
+    "upper_lid_raise",
+    "cheek_raise",
 )
 
 # Feature change (IOD units) per intensity level, one dict per AU; unlisted = 0.
@@ -115,8 +120,8 @@ _SIGNATURE_TABLE: dict[int, dict[str, float]] = {
         "brow_outer_raise": -0.010,
         "eye_aperture": -0.004,
     },
-    5: {"eye_aperture": 0.016},
-    6: {"lower_lid_raise": 0.012, "eye_aperture": -0.010, "corner_raise": 0.004},
+    5: {"eye_aperture": 0.016, "upper_lid_raise": 0.014},
+    6: {"lower_lid_raise": 0.012, "eye_aperture": -0.010, "corner_raise": 0.004, "cheek_raise": 0.005},
     9: {
         "nose_base_raise": 0.014,
         "upper_lip_raise": 0.016,
@@ -137,7 +142,7 @@ DEFAULT_SIGNATURES: np.ndarray = np.array(
 # fit_calibration on 470 renders of the two builtin identities (default recipe, seed 0,
 # plan shards 0-2 at shard sizes 120/150/200), rows = FEATURES, columns = DISFA_AUS. dlib's
 # shape prior damps small landmark moves, so most entries are 30-60 % of the FACS table.
-# Out of sample (shard 3, 200 renders): mean F1 0.73, MAE 0.65 (FACS table: 0.70 / 0.68).
+# Out of sample (shard 3, 200 renders): mean F1 0.74, MAE 0.64 (FACS table: 0.70 / 0.68).
 WARP_BUILTIN_SIGNATURES: np.ndarray = np.array(
     [
         [0.0140, -0.0008, -0.0057, 0.0008, -0.0004, -0.0036, -0.0005, 0.0014, 0.0008, 0.0001, 0.0011, 0.0046],
@@ -152,10 +157,12 @@ WARP_BUILTIN_SIGNATURES: np.ndarray = np.array(
         [-0.0030, -0.0022, 0.0021, 0.0009, 0.0008, -0.0018, 0.0050, -0.0033, 0.0073, -0.0019, -0.0087, -0.0371],
         [0.0008, 0.0000, -0.0001, 0.0004, 0.0008, 0.0080, 0.0011, 0.0051, -0.0015, 0.0013, 0.0182, 0.0385],
         [-0.0038, 0.0001, 0.0026, 0.0013, 0.0031, -0.0003, 0.0021, 0.0027, 0.0101, -0.0001, 0.0018, -0.0398],
+        [0.0000, -0.0015, -0.0016, 0.0048, -0.0012, -0.0013, -0.0007, 0.0008, 0.0007, 0.0006, -0.0000, -0.0008],
+        [-0.0028, 0.0033, 0.0002, -0.0001, -0.0004, -0.0011, 0.0037, -0.0025, 0.0009, -0.0001, 0.0003, -0.0120],
     ],
     dtype=np.float64,
 )
-WARP_BUILTIN_THRESHOLDS: np.ndarray = np.array([1.6, 1.25, 1.65, 2.0, 1.1, 1.2, 0.85, 0.85, 1.4, 1.15, 0.2, 0.7])
+WARP_BUILTIN_THRESHOLDS: np.ndarray = np.array([2.0, 1.1, 1.95, 2.0, 0.75, 1.45, 0.65, 0.8, 0.45, 1.05, 0.35, 0.75])
 _OCCURRENCE_WIDTH = 0.15  # sigmoid width in intensity levels
 
 
@@ -316,7 +323,7 @@ def affine_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 def displacement_features(
     landmarks: np.ndarray, reference: np.ndarray, transform: str = "similarity"
 ) -> np.ndarray:
-    """The 12 ``FEATURES`` (IOD units) of ``landmarks`` relative to the ``reference`` shape.
+    """The 14 ``FEATURES`` (IOD units) of ``landmarks`` relative to the ``reference`` shape.
 
     ``transform="affine"`` also absorbs per-axis scale and shear between the two shapes
     (used against the population mean, where face proportions and head pitch differ).
@@ -352,6 +359,8 @@ def displacement_features(
             mean_dy((56, 57, 58)),
             lip_gap(exp) - lip_gap(ref),
             mean_dy((7, 8, 9)),
+            mean_dy((37, 38, 43, 44)),
+            mean_dy((1, 2, 14, 15)),
         ]
     )
 
@@ -369,7 +378,7 @@ def intensities_from_features(
 def fit_calibration(features: np.ndarray, intensities: np.ndarray) -> dict[str, Any]:
     """Refit the signature matrix from labelled samples.
 
-    ``features``: ``(m, 12)`` from :func:`displacement_features`; ``intensities``: ``(m, 12)``
+    ``features``: ``(m, len(FEATURES))`` from :func:`displacement_features`; ``intensities``: ``(m, 12)``
     true 0-5 levels in DISFA order. Solves ``features ~= intensities @ S.T`` by least
     squares, then picks per AU the threshold on the unmixed intensity that maximises F1 on
     the same samples. Returns the JSON-ready calibration ``GeometricConfig.calibration`` reads.
@@ -467,7 +476,7 @@ class GeometricAUDetector(AUDetector):
         return mean_neutral_shape(), "population-mean"
 
     def features(self, record: Record) -> np.ndarray | None:
-        """The 12 displacement features of one record (``None`` without landmarks)."""
+        """The displacement ``FEATURES`` of one record (``None`` without landmarks)."""
         cfg: GeometricConfig = self.config  # type: ignore[assignment]
         landmarks = record.get("landmarks")
         if landmarks is None:
