@@ -10,11 +10,12 @@ from factory.recipe import Recipe
 __all__ = ["kill_workers", "make_workers"]
 
 
-def make_workers(recipe: Recipe, run_root: Path) -> tuple[list[Any], Any]:
+def make_workers(recipe: Recipe, run_root: Path) -> tuple[list[Any], list[Any]]:
     """``--gpus N`` -> N shard workers, each pinned to one GPU with ``num_gpus=1`` (Ray sets
     each one's CUDA_VISIBLE_DEVICES to its own device); ``--gpus 0`` -> ``engine.cpu_workers``
     CPU workers. Workers restart when they die (the engine redoes their shard); on a
-    multi-node cluster a restarted worker may land on another node.
+    multi-node cluster a restarted worker may land on another node. Prompt workers (one per
+    four shard workers, at least one) describe shards ahead of the shard workers.
     """
     import ray
 
@@ -30,9 +31,9 @@ def make_workers(recipe: Recipe, run_root: Path) -> tuple[list[Any], Any]:
         count = engine.cpu_workers
     remote_worker = ray.remote(ShardWorker).options(max_restarts=-1, max_task_retries=0, **opts)
     workers = [remote_worker.remote(recipe, str(run_root)) for _ in range(count)]
-    prompt = ray.remote(PromptWorker).options(num_cpus=0, max_restarts=-1, max_task_retries=0).remote(
-        recipe, str(run_root))
-    return workers, prompt
+    remote_prompt = ray.remote(PromptWorker).options(num_cpus=0, max_restarts=-1, max_task_retries=0)
+    prompts = [remote_prompt.remote(recipe, str(run_root)) for _ in range(max(1, count // 4))]
+    return workers, prompts
 
 
 def kill_workers(workers: list[Any]) -> None:

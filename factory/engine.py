@@ -151,13 +151,13 @@ class _Scheduler:
             )
 
 
-def _wait_ready(workers: list[Any], prompt: Any) -> None:
+def _wait_ready(workers: list[Any], prompts: list[Any]) -> None:
     """Block until every worker has loaded its models; a stage that cannot start (missing
     checkpoint, missing package) fails the build here, once, with its own message."""
     import ray
 
     try:
-        ray.get([w.info.remote() for w in workers] + [prompt.info.remote()])
+        ray.get([w.info.remote() for w in workers + prompts])
     except ray.exceptions.RayActorError as exc:
         raise BuildError(f"a worker could not start: {_root_error(str(exc))}") from None
 
@@ -198,9 +198,10 @@ def build(
         cluster = connect(recipe.engine.address, gpus=recipe.engine.gpus, local_gpus=local_gpus)
         progress = BuildProgress(recipe.dataset.target, quiet=quiet)
         workers: list[Any] = []
+        prompts: list[Any] = []
         try:
-            workers, prompt = make_workers(recipe, run.root)
-            _wait_ready(workers, prompt)
+            workers, prompts = make_workers(recipe, run.root)
+            _wait_ready(workers, prompts)
             t_run = time.perf_counter()
             slots = {i: 0 for i in range(len(workers))}
             refs: dict[Any, tuple[int, int]] = {}  # ref -> (shard, worker index)
@@ -213,7 +214,7 @@ def build(
                     while slots[w] < recipe.engine.inflight_per_actor and sched.want_more():
                         shard = sched.take()
                         plan = run.load_or_write_plan(shard, planner.shard)
-                        described = prompt.describe.remote(plan.to_pylist())
+                        described = prompts[shard % len(prompts)].describe.remote(plan.to_pylist())
                         attempt = sched.attempts.get(shard, 0) + 1
                         ref = workers[w].run_shard.remote(shard, described, attempt)
                         refs[ref] = (shard, w)
@@ -254,7 +255,7 @@ def build(
             write_index(run.root, recipe.dataset.name, indexed, target=sched.target, surplus=surplus, failed=failed)
         finally:
             progress.stop()
-            kill_workers(workers)
+            kill_workers(workers + prompts)
             shutdown(cluster)
         summary = BuildSummary(
             run_dir=run.root,
