@@ -439,7 +439,7 @@ class GeometricAUDetector(AUDetector):
 
     def __init__(self, config: StageConfig, context: Any) -> None:
         super().__init__(config, context)
-        self._references: dict[str, np.ndarray | None] = {}
+        self._references: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
         self._signatures = DEFAULT_SIGNATURES
         self._thresholds = np.full(len(DISFA_AUS), float(getattr(config, "threshold", 0.5)))
         self._last_intensity: np.ndarray | None = None
@@ -456,7 +456,12 @@ class GeometricAUDetector(AUDetector):
         mean_neutral_shape()  # fail now, not on the first sample, if the model file is missing
 
     def reference(self, record: Record) -> tuple[np.ndarray, str]:
-        """The neutral shape this record is measured against, and its source."""
+        """The neutral shape this record is measured against, and its source.
+
+        With re-landmarking on, the exemplar shape is the upright re-landmarked one when
+        the record carries its image (so the sample is re-landmarked too), else dlib's
+        landmarks of the exemplar as detected: both sides are always measured alike.
+        """
         cfg: GeometricConfig = self.config  # type: ignore[assignment]
         bank = self.context.identity_bank
         identity = record.get("identity_id")
@@ -466,11 +471,14 @@ class GeometricAUDetector(AUDetector):
 
                 image = bank.image(identity)
                 faces = detect_faces(image)
-                ref = faces[0].landmarks if faces else None
-                if ref is not None and cfg.relandmark_iod:
-                    ref = averaged_upright_landmarks(image, ref, cfg.relandmark_iod, cfg.relandmark_scales)
-                self._references[identity] = ref
-            ref = self._references[identity]
+                raw = faces[0].landmarks.astype(np.float64) if faces else None
+                upright = None
+                if raw is not None and cfg.relandmark_iod:
+                    upright = averaged_upright_landmarks(image, raw, cfg.relandmark_iod, cfg.relandmark_scales)
+                self._references[identity] = (raw, upright)
+            raw, upright = self._references[identity]
+            use_upright = upright is not None and record.get("image") is not None
+            ref = upright if use_upright else raw
             if ref is not None:
                 return ref, "exemplar"
         return mean_neutral_shape(), "population-mean"

@@ -207,3 +207,16 @@ def test_calibration_file_round_trip_and_bad_file(tmp_path: Path) -> None:
     bad.write_text("{}")
     with pytest.raises(StageError, match=r"bad\.json"):
         GeometricAUDetector(GeometricConfig(calibration=str(bad)), StageContext(run_dir=tmp_path)).setup()
+
+
+def test_record_without_image_is_measured_against_raw_exemplar_landmarks(hopper_landmarks: np.ndarray) -> None:
+    from factory.identities import open_bank
+
+    det = GeometricAUDetector(GeometricConfig(), StageContext(run_dir=Path("."), identity_bank=open_bank("builtin")))
+    det.setup()
+    rec = {"identity_id": "builtin-grace-hopper", "landmarks": hopper_landmarks}
+    ref, source = det.reference(rec)
+    assert source == "exemplar" and np.allclose(ref, hopper_landmarks)
+    assert det.measure(rec).max() < 1e-6
+    with_image = {**rec, "image": grace_hopper()}
+    assert not np.allclose(det.reference(with_image)[0], hopper_landmarks)  # the upright re-landmarked shape
