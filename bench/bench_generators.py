@@ -10,7 +10,8 @@ again on CUDA when a GPU is visible.
 The absolute numbers say nothing about real SD-size models; what transfers is how the
 UNet share and per-image cost move with batch size.
 
-Run: ``.venv/bin/python -m bench.bench_generators [--repeats N]`` (prints markdown).
+Run: ``.venv/bin/python -m bench.bench_generators [--repeats N] [--threads N]`` (prints markdown).
+``--threads 1`` gives steadier numbers on a shared CPU.
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def main(argv: list[str] | None = None) -> str:
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per batch size")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     bank = open_bank("builtin")
