@@ -37,15 +37,19 @@ def _records(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=40, help="images per size")
     parser.add_argument("--batch", type=int, default=8)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv or [])
 
     bank = open_bank("builtin")
-    print("| size | images | seconds | images/s | first sight of 2 identities (s) |")
-    print("|---:|---:|---:|---:|---:|")
+    lines = [
+        "### Warp generator (one CPU process, builtin identities)",
+        "",
+        "| size | images | seconds | images/s | first sight of 2 identities (s) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for size in SIZES:
         context = StageContext(run_dir=Path("."), identity_bank=bank, image_size=size)
         gen = WarpGenerator(WarpConfig(), context)
@@ -58,8 +62,11 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(0, len(records), args.batch):
             gen.process(records[i:i + args.batch])
         seconds = time.perf_counter() - t0
-        print(f"| {size} | {len(records)} | {seconds:.2f} | {len(records) / seconds:.1f} | {first:.2f} |")
+        lines.append(f"| {size} | {len(records)} | {seconds:.2f} | {len(records) / seconds:.1f} | {first:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    print(main(sys.argv[1:]))

@@ -33,6 +33,7 @@ def main(names: list[str]) -> None:
     sections = []
     for name in names or BENCHES:
         print(f"running bench.{name} ...", file=sys.stderr, flush=True)
+        sys.argv = [name]  # benchmarks that parse options see none of ours
         try:
             sections.append(importlib.import_module(f"bench.{name}").main())
         except Exception:  # one broken benchmark must not hide the others' numbers

@@ -88,4 +88,13 @@ MANIFEST_FIELDS = PLAN_FIELDS + [
 ]
 MANIFEST_SCHEMA = pa.schema(MANIFEST_FIELDS, metadata={"mifa_schema_version": SCHEMA_VERSION})
 
-TRANSIENT_KEYS = ("image", "image_bytes", "landmarks", "landmarks5", "detector_votes", "face_crop")
+TRANSIENT_KEYS = (
+    "image",
+    "image_bytes",
+    "landmarks",
+    "landmarks5",
+    "detector_votes",
+    "face_crop",
+    "mask",  # optional per-sample inpainting mask (maugen)
+    "background",  # optional per-sample background image (maugen)
+)
