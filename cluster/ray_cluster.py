@@ -43,6 +43,7 @@ def connect(address: str | None = None, *, gpus: int = 0, local_gpus: int | None
                                    "`ray status` works there") from exc
         else:
             ray.init(
+                address="local",  # a fresh cluster, never one left behind on this machine
                 _node_ip_address="127.0.0.1",
                 include_dashboard=False,
                 num_gpus=local_gpus,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +39,6 @@ def _write_dataset(root: Path, n_per_class: int = 20) -> tuple[Path, Path]:
         Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8)).save(fake / f"{i:03d}.jpg")
     return real, root / "fake"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # The test machine is shared: several torch threads per process only fight each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

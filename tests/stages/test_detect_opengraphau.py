@@ -16,16 +16,6 @@ from stages.base import StageContext, StageError
 from stages.detect_opengraphau import OpenGraphAUConfig, OpenGraphAUDetector, imagenet_batch
 from stages.opengraphau_model import ARCHS, _Arch, build_mefarg
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # The test machine is shared: several torch threads per process only fight each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TINY = {
     # Narrow versions with the official key layout (the real ones are slow to build and save).
     "resnet50": _Arch("resnet", ResNetSpec("bottleneck", (1, 1, 1, 1), 8)),

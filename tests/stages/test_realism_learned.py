@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,6 @@ import torch
 from stages import stage_class
 from stages.base import StageContext, StageError
 from stages.realism_learned import LearnedRealism, LearnedRealismConfig, build_classifier, realism_batch
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # The test machine is shared: several torch threads per process only fight each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _stage(tmp_path: Path, checkpoint: Path | None, **cfg: object) -> LearnedRealism:
