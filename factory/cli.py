@@ -257,14 +257,20 @@ def query(
         table = run_query(run_dir, sql=sql, where=where, include_rejected=include_rejected)
     except Exception as exc:  # DuckDB and IO errors carry the useful message
         _fail(f"query failed: {exc}", code=2)
-    out.print(table.slice(0, limit).to_pandas().to_string() if _has_pandas() else table.slice(0, limit).to_pylist())
+    shown = Table(show_lines=False)
+    for name in table.column_names:
+        shown.add_column(name, overflow="ellipsis", max_width=40)
+    for row in table.slice(0, limit).to_pylist():
+        shown.add_row(*(_cell(v) for v in row.values()))
+    out.print(shown)
     out.print(f"{table.num_rows} rows")
 
 
-def _has_pandas() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("pandas") is not None
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 @app.command()
