@@ -51,11 +51,14 @@ missing): absolute wrinkle energy varies far more between people than with expre
 
 Calibration: ``DEFAULT_SCALES``, ``DEFAULT_OFFSETS`` and ``DEFAULT_THRESHOLDS`` were fitted
 with :func:`fit_calibration` (per-AU least squares ``delta ~ offset + k * intensity``;
-F1-optimal threshold) on 470 warp renders of the two builtin identities (default recipe,
-seed 0, plan shards 0-2 at shard sizes 120/150/200). Out of sample (shard 3, 200 renders)
-mean F1 over the 8 covered AUs was 0.67, MAE 1.0. They are tuned to the warp generator's
-shading; for another generator refit them on its labelled output and pass the JSON file
-through ``calibration``.
+F1-optimal threshold) on 960 warp renders (256 px) of the two builtin identities by
+``factory calibrate recipes/demo.toml --seed 0 --shard-size 160 --fit-shards 0-5
+--test-shards 6-7`` (:func:`factory.calibrate.calibrate_offline_detectors`), which writes
+them as ``appearance.json``. Held out (shards 6-7, 320 renders) mean F1 over the 8 covered
+AUs was 0.644, MAE 1.02 (the previous, uncommitted 512 px fit: 0.651 / 1.17 on the same
+renders). They are tuned to the warp generator's shading; for another generator refit them
+with the same command on its exactly labelled output and pass the JSON file through
+``calibration``.
 """
 
 from __future__ import annotations
@@ -89,36 +92,37 @@ _SIZE = (512, 576)  # width, height of the upright face image
 _EYE_MID = (256.0, 200.0)
 APPEARANCE_AUS: tuple[int, ...] = (1, 2, 4, 6, 9, 12, 25, 26)
 
-# Feature change per intensity level (see the module docstring for where they come from).
-# Fitted with fit_calibration on 470 warp renders (see the module docstring).
+# Feature change per intensity level, offset and threshold per AU: the output of
+#   factory calibrate recipes/demo.toml --seed 0 --shard-size 160 --fit-shards 0-5 --test-shards 6-7 --out calib/
+# (appearance.json; see the module docstring).
 DEFAULT_SCALES: dict[int, float] = {
-    1: 0.00330895,
-    2: 0.000435156,
-    4: 0.00596586,
-    6: 0.00590413,
-    9: 0.0437539,
-    12: 0.00376865,
-    25: 0.0227355,
-    26: 0.0583444,
+    1: 0.003604,
+    2: 0.000417173,
+    4: 0.00582151,
+    6: 0.00553439,
+    9: 0.0335255,
+    12: 0.00490337,
+    25: 0.0236204,
+    26: 0.0600577,
 }
 DEFAULT_OFFSETS: dict[int, float] = {
-    1: -0.00277367,
-    2: -0.00167748,
-    4: -0.00267373,
-    6: -0.0222029,
-    9: -0.0568595,
-    12: -0.00272795,
-    25: 0.00917888,
-    26: 0.0453192,
+    1: -0.000956626,
+    2: -0.00157098,
+    4: -0.00185682,
+    6: -0.0148128,
+    9: -0.0618768,
+    12: 0.00479274,
+    25: 0.0111286,
+    26: 0.0499992,
 }
 DEFAULT_THRESHOLDS: dict[int, float] = {
-    1: 0.3,
-    2: 0.9,
-    4: 1.3,
-    6: 1.85,
-    9: 1.85,
-    12: 0.2,
-    25: 0.45,
+    1: 0.2,
+    2: 0.75,
+    4: 1.15,
+    6: 1.3,
+    9: 1.7,
+    12: 0.45,
+    25: 1.1,
     26: 1.8,
 }
 _OCCURRENCE_WIDTH = 0.15

@@ -54,7 +54,9 @@ Calibration (``GeometricConfig.calibration``):
   thresholds all ``threshold`` (0.5). Generator-agnostic.
 - ``"warp-builtin"`` (default): ``WARP_BUILTIN_SIGNATURES``/``THRESHOLDS``, refitted with
   :func:`fit_calibration` on 470 warp renders of the builtin identities (see the constant).
-  Fitted to dlib's damped response on two identities and one generator; refit for others.
+  Fitted to dlib's damped response on two identities and one generator; refit for others
+  with ``factory calibrate`` (:func:`factory.calibrate.calibrate_offline_detectors`) and
+  pass its ``geometric.json`` as ``calibration``.
 - a path: a JSON file written from :func:`fit_calibration` on any labelled samples.
 """
 
@@ -143,6 +145,15 @@ DEFAULT_SIGNATURES: np.ndarray = np.array(
 # plan shards 0-2 at shard sizes 120/150/200), rows = FEATURES, columns = DISFA_AUS. dlib's
 # shape prior damps small landmark moves, so most entries are 30-60 % of the FACS table.
 # Out of sample (shard 3, 200 renders): mean F1 0.74, MAE 0.64 (FACS table: 0.70 / 0.68).
+# Provenance: the fitting script was never committed. Re-running that setup with today's
+# code (factory.calibrate's pipeline, 512 px) gives signatures within 0.001 of these but
+# F1-optimal thresholds up to 0.35 away, so they are kept as shipped, not regenerated. The
+# reproducible refit is
+#   factory calibrate recipes/demo.toml --seed 0 --shard-size 160 --fit-shards 0-5 --test-shards 6-7 --out calib/
+# whose geometric.json scored held-out (shards 6-7, 320 renders at 256 px) F1 0.760, MAE
+# 0.672 against 0.761 / 0.632 for these constants; it is not the default because its fit
+# lets AU4/AU5 absorb lip-corner moves larger than a level-5 AU12 (an exaggerated synthetic
+# smile reads AU4 2.4), which tests/stages/test_detect_geometric.py rules out.
 WARP_BUILTIN_SIGNATURES: np.ndarray = np.array(
     [
         [0.0140, -0.0008, -0.0057, 0.0008, -0.0004, -0.0036, -0.0005, 0.0014, 0.0008, 0.0001, 0.0011, 0.0046],
