@@ -1,7 +1,7 @@
 """Offline detector calibration: fit on one warp shard, score on another, files the detectors load.
 
 One tiny real run (12 renders per shard at 256 px, builtin identities) is shared by the
-module; it takes about 15 s on this machine.
+module; it takes about 10 s on this machine when idle.
 """
 
 from __future__ import annotations
