@@ -114,8 +114,8 @@ def driver_peak_rss(target: int) -> tuple[float, float]:
 
 def main(memory_targets: tuple[int, ...] = (10_000, 1_000_000)) -> str:
     bare = bare_loop_rate()
-    rate8 = engine_rate(8, shards_per_worker=6)
-    rate1 = engine_rate(1, shards_per_worker=6)
+    rate8 = engine_rate(8, shards_per_worker=12)
+    rate1 = engine_rate(1, shards_per_worker=12)
     lines = [
         "### Engine (BENCHMARK STAND-IN generator: "
         f"{SECONDS_PER_BATCH}s sleep per batch of {BATCH}, {BATCH * BATCHES_PER_SHARD} samples per shard)",

@@ -29,7 +29,11 @@ def make_workers(recipe: Recipe, run_root: Path) -> tuple[list[Any], list[Any]]:
     else:
         opts = {"num_gpus": 0, "num_cpus": 1}
         count = engine.cpu_workers
-    remote_worker = ray.remote(ShardWorker).options(max_restarts=-1, max_task_retries=0, **opts)
+    # Threaded actor: queued shards overlap their commit with the next one's generation
+    # (the worker's own lock keeps generation one shard at a time).
+    remote_worker = ray.remote(ShardWorker).options(
+        max_restarts=-1, max_task_retries=0, max_concurrency=engine.inflight_per_actor, **opts
+    )
     workers = [remote_worker.remote(recipe, str(run_root)) for _ in range(count)]
     remote_prompt = ray.remote(PromptWorker).options(num_cpus=0, max_restarts=-1, max_task_retries=0)
     prompts = [remote_prompt.remote(recipe, str(run_root)) for _ in range(max(1, count // 4))]

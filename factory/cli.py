@@ -309,6 +309,38 @@ def evaluate(
     print_report(report, console=out)
 
 
+@app.command()
+def calibrate(
+    recipe: RecipeArg,
+    fit_shards: Annotated[str, typer.Option("--fit-shards", help="Shards to fit on, e.g. 0-5.")] = "0-2",
+    test_shards: Annotated[str, typer.Option("--test-shards", help="Held-out shards, e.g. 6-7.")] = "3",
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for geometric.json, appearance.json, calibration.md.")
+    ] = Path("calibration"),
+    seed: SeedOpt = None,
+    shard_size: Annotated[int | None, typer.Option("--shard-size", help="Overrides dataset.shard_size.")] = None,
+) -> None:
+    """Refit the offline AU detectors' calibration on exact warp renders; score it on held-out shards."""
+    from factory.calibrate import CalibrationError, calibrate_offline_detectors, parse_shards
+    from factory.identities import IdentityBankError
+    from stages.base import StageError
+
+    r = _load(recipe, seed=seed, shard_size=shard_size)
+    try:
+        report = calibrate_offline_detectors(
+            r,
+            fit_shards=parse_shards(fit_shards),
+            test_shards=parse_shards(test_shards),
+            out_dir=out_dir,
+            log=lambda line: err.print(line, highlight=False),
+        )
+    except (CalibrationError, IdentityBankError) as exc:
+        _fail(str(exc), code=2)
+    except StageError as exc:
+        _fail(str(exc))
+    out.print(report.to_markdown(), highlight=False)
+
+
 @app.command("train-realism")
 def train_realism(
     real: Annotated[Path, typer.Option("--real", help="Folder of real face images.")],

@@ -11,13 +11,17 @@ multi-node clusters, as with img2dataset).
 Inside the actor the GPU stays busy with a two-slot pipeline: the generator works on
 micro-batch ``i+1`` in the calling thread while a single checker thread runs the CPU-side
 stages and the writer on micro-batch ``i`` (FIFO, so manifest order is plan order). At most
-two micro-batches wait for the checker (backpressure), so memory is bounded.
+two micro-batches wait for the checker (backpressure), so memory is bounded. The actor
+runs ``inflight_per_actor`` shard calls concurrently (threaded actor) but a lock lets only
+one of them generate at a time, so the next shard starts on the device while the previous
+one's last checks and its commit (fsync, Parquet, stats) finish.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -92,6 +96,7 @@ class ShardWorker:
         self.generator = build_stages(recipe, context, ["generator"])[0]
         self.checks = build_stages(recipe, context, [p for p in paths if p not in ("prompt", "generator")])
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checks")
+        self._generating = threading.Lock()
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs and which device it sees (GPU pinning is checked on this)."""
@@ -125,12 +130,14 @@ class ShardWorker:
             overwrite=True,  # only uncommitted shards are ever (re)run
         ) as writer:
             pending: list[Future[None]] = []
-            for start in range(0, len(records), bs):
-                batch = records[start:start + bs]
-                self._run([self.generator], batch, seconds, samples)
-                pending.append(self._pool.submit(self._check_and_write, batch, writer, seconds, samples))
-                while len(pending) >= 2:  # backpressure: at most two batches wait for checks
-                    pending.pop(0).result()
+            with self._generating:  # one shard at a time on the device
+                for start in range(0, len(records), bs):
+                    batch = records[start:start + bs]
+                    self._run([self.generator], batch, seconds, samples)
+                    pending.append(self._pool.submit(self._check_and_write, batch, writer, seconds, samples))
+                    while len(pending) >= 2:  # backpressure: at most two batches wait for checks
+                        pending.pop(0).result()
+            # The next shard may generate while this one's last checks and commit finish.
             for fut in pending:
                 fut.result()
             stats = writer.commit(
