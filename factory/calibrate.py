@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from factory.aus import DISFA_AUS, au_column
-from factory.evaluate import AUScore, score_source
+from factory.evaluate import AUScore, ScoreTable, fmt_score, score_source
 from factory.recipe import Recipe
 from stages.base import Record, Stage, StageConfig, StageContext, is_dropped
 
@@ -110,7 +110,7 @@ def detector_config(recipe: Recipe, name: str, **overrides: Any) -> StageConfig:
 
 
 @dataclass
-class CalibrationReport:
+class CalibrationReport(ScoreTable):
     """What :func:`calibrate_offline_detectors` fitted, wrote and measured out of sample."""
 
     recipe_fingerprint: str
@@ -128,20 +128,6 @@ class CalibrationReport:
     seconds: float = 0.0
     sources: list[str] = field(default_factory=lambda: list(SOURCES))
     baseline_sources: list[str] = field(default_factory=list)  # built-in calibration, same samples
-
-    def for_source(self, source: str) -> list[AUScore]:
-        return [s for s in self.scores if s.source == source]
-
-    def score(self, source: str, au: int) -> AUScore:
-        for s in self.scores:
-            if s.source == source and s.au == au:
-                return s
-        raise KeyError(f"no scores for source {source!r} and AU {au}; sources: {self.sources}")
-
-    def means(self, source: str) -> dict[str, float | None]:
-        """Mean F1 / ICC / MAE of one source over the AUs where each is defined."""
-        rows = self.for_source(source)
-        return {metric: _mean([getattr(s, metric) for s in rows]) for metric in ("f1", "icc", "mae")}
 
     def per_au(self) -> list[dict[str, Any]]:
         """One row per DISFA AU: F1 and MAE of each source (``None`` = not covered / undefined)."""
@@ -194,20 +180,20 @@ class CalibrationReport:
         for row in self.per_au():
             cells = [au_column(row["au"]), str(row["fit_active"])]
             for src in self.sources:
-                cells += [_fmt(row[f"{src}_f1"]), _fmt(row[f"{src}_mae"])]
+                cells += [fmt_score(row[f"{src}_f1"]), fmt_score(row[f"{src}_mae"])]
             cells.append(str(row["consensus_uncertain"]))
             lines.append("| " + " | ".join(cells) + " |")
         mean_cells = ["mean", ""]
         for src in self.sources:
             m = self.means(src)
-            mean_cells += [_fmt(m["f1"]), _fmt(m["mae"])]
+            mean_cells += [fmt_score(m["f1"]), fmt_score(m["mae"])]
         mean_cells.append(str(sum(s.excluded for s in self.for_source(CONSENSUS))))
         lines.append("| " + " | ".join(mean_cells) + " |")
         if self.baseline_sources:
             lines += ["", "The shipped built-in calibration on the same held-out samples (means over AUs):", ""]
             for src in self.baseline_sources:
                 m = self.means(src)
-                lines.append(f"- {src}: F1 {_fmt(m['f1'])}, MAE {_fmt(m['mae'])}")
+                lines.append(f"- {src}: F1 {fmt_score(m['f1'])}, MAE {fmt_score(m['mae'])}")
         lines += ["", "Calibration files (pass as the detectors' `calibration` option):", ""]
         lines += [f"- {name}: `{path}`" for name, path in self.files.items()]
         unfitted = [au_column(au) for au in DISFA_AUS if not self.fit_active.get(au)]
@@ -218,14 +204,6 @@ class CalibrationReport:
             lines += ["", f"Left out: {listed}."]
         return "\n".join(lines) + "\n"
 
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _shard_text(shards: Sequence[int]) -> str:

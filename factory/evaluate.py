@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,14 @@ __all__ = [
     "CONSENSUS",
     "AUScore",
     "EvalReport",
+    "ScoreTable",
     "anova_mean_squares",
     "confusion",
     "evaluate",
     "f1_score",
+    "fmt_score",
     "icc_3_1",
+    "mean_or_none",
     "print_report",
     "score_source",
 ]
@@ -144,23 +148,20 @@ def score_source(
     return scores
 
 
-def _mean(values: list[float | None]) -> float | None:
+def mean_or_none(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if present else None
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
+def fmt_score(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-@dataclass
-class EvalReport:
-    dataset: str | None
-    samples: int
-    include_rejected: bool
-    sources: list[str]  # detectors in manifest order, then "consensus"
+class ScoreTable:
+    """Lookups over per-AU scores; a report provides ``scores`` and ``sources``."""
+
     scores: list[AUScore]
-    label_uncertain: dict[int, int] = field(default_factory=dict)  # AU -> samples labelled -1
+    sources: list[str]
 
     def for_source(self, source: str) -> list[AUScore]:
         return [s for s in self.scores if s.source == source]
@@ -172,13 +173,19 @@ class EvalReport:
         raise KeyError(f"no scores for source {source!r} and AU {au}; sources: {self.sources}")
 
     def means(self, source: str) -> dict[str, float | None]:
-        """Mean F1 / ICC / MAE over the AUs where each is defined."""
+        """Mean F1 / ICC / MAE of one source over the AUs where each is defined."""
         rows = self.for_source(source)
-        return {
-            "f1": _mean([s.f1 for s in rows]),
-            "icc": _mean([s.icc for s in rows]),
-            "mae": _mean([s.mae for s in rows]),
-        }
+        return {metric: mean_or_none([getattr(s, metric) for s in rows]) for metric in ("f1", "icc", "mae")}
+
+
+@dataclass
+class EvalReport(ScoreTable):
+    dataset: str | None
+    samples: int
+    include_rejected: bool
+    sources: list[str]  # detectors in manifest order, then "consensus"
+    scores: list[AUScore]
+    label_uncertain: dict[int, int] = field(default_factory=dict)  # AU -> samples labelled -1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -205,7 +212,7 @@ class EvalReport:
         rows = []
         for src in self.sources:
             values = [getattr(s, metric) for s in self.for_source(src)]
-            rows.append([src, *[_fmt(v) for v in values], _fmt(self.means(src)[metric])])
+            rows.append([src, *[fmt_score(v) for v in values], fmt_score(self.means(src)[metric])])
         return header, rows
 
     def to_markdown(self) -> str:
