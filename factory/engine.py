@@ -214,7 +214,7 @@ def build(
                     while slots[w] < recipe.engine.inflight_per_actor and sched.want_more():
                         shard = sched.take()
                         plan = run.load_or_write_plan(shard, planner.shard)
-                        described = prompts[shard % len(prompts)].describe.remote(plan.to_pylist())
+                        described = prompts[shard % len(prompts)].describe.remote(plan)
                         attempt = sched.attempts.get(shard, 0) + 1
                         ref = workers[w].run_shard.remote(shard, described, attempt)
                         refs[ref] = (shard, w)

@@ -28,6 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from factory.identities import open_bank
 from factory.recipe import Recipe
 from stages import stage_class
@@ -78,9 +80,11 @@ class PromptWorker:
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "stage": self.stage.name}
 
-    def describe(self, records: list[Record]) -> tuple[list[Record], float]:
+    def describe(self, plan: pa.Table) -> tuple[list[Record], float]:
+        """The shard's plan (an Arrow table: the driver never builds per-sample dicts)
+        expanded into described records."""
         t0 = time.perf_counter()
-        out = self.stage.process(records)
+        out = self.stage.process(plan.to_pylist())
         return out, time.perf_counter() - t0
 
 
