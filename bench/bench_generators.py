@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> str:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     bank = open_bank("builtin")
     lines = [
+        "### Generators: diffusers and maugen (`python -m bench.bench_generators`)",
+        "",
         f"Tiny random-weight models, {SIZE} px, {STEPS} steps, guidance on; torch threads: {torch.get_num_threads()}.",
         "",
         "| generator | device | batch | images/s | ms/image | UNet share of wall time |",

@@ -148,7 +148,7 @@ def main(samples: int = SAMPLES, repeats: int = REPEATS) -> str:
     )
     plain_wall, plain_cpu = best["plain tarfile loop (+fsync)"]
     lines = [
-        "## Shard writer vs plain tarfile",
+        "### Shard writer vs plain tarfile",
         "",
         f"{samples} samples, {IMAGE_SIZE}px JPEG pre-encoded, {megabytes:.1f} MB of members; "
         f"best of {repeats} interleaved rounds; `python -m bench.bench_writer`.",
