@@ -9,13 +9,16 @@ and each indexed shard's recorded sizes and checksums. Both are written temp-the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -85,6 +88,39 @@ def _accepted_rows(parquet: Path, tar_name: str) -> pa.Table:
     return table.add_column(3, pa.field("tar", pa.string(), nullable=False), tar).cast(_INDEX_SCHEMA)
 
 
+
+class _KeyTracker:
+    """Finds keys repeated across shards in ~8 bytes per key (a million keys as Python
+    strings in a Counter would cost the driver over 100 MB): 64-bit hashes are kept, and
+    only hash collisions are checked against the real keys afterwards."""
+
+    def __init__(self) -> None:
+        self._hashes: list[np.ndarray] = []
+
+    @staticmethod
+    def _hash(keys: list[str]) -> np.ndarray:
+        return np.fromiter(
+            (int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys),
+            dtype=np.uint64,
+            count=len(keys),
+        )
+
+    def add(self, keys: list[str]) -> None:
+        self._hashes.append(self._hash(keys))
+
+    def duplicates(self, all_keys: Callable[[], Iterable[list[str]]]) -> list[str]:
+        """Repeated keys, sorted; ``all_keys`` re-reads the keys shard by shard when needed."""
+        if not self._hashes:
+            return []
+        hashes = np.sort(np.concatenate(self._hashes))
+        suspects = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+        if not suspects:
+            return []
+        counts: Counter[str] = Counter()
+        for keys in all_keys():
+            counts.update(k for k, h in zip(keys, self._hash(keys).tolist(), strict=True) if h in suspects)
+        return sorted(k for k, n in counts.items() if n > 1)
+
 def write_index(
     run_dir: Path,
     dataset: str,
@@ -114,7 +150,7 @@ def write_index(
     for stale in run_dir.glob(".index.*.tmp"):
         stale.unlink(missing_ok=True)
     tmp = temp_path(parquet_path)
-    keys: Counter[str] = Counter()
+    keys = _KeyTracker()
     shard_stats: dict[str, dict[str, Any]] = {}
     accepted = 0
     try:
@@ -124,11 +160,14 @@ def write_index(
                 paths = shard_paths(shards_dir, dataset, shard)
                 stats = read_stats(shards_dir, dataset, shard)
                 rows = _accepted_rows(paths.parquet, paths.tar.name)
-                keys.update(rows["key"].to_pylist())
+                keys.add(rows["key"].to_pylist())
                 out.write_table(rows)
                 accepted += rows.num_rows
                 shard_stats[str(shard)] = {k: stats.get(k) for k in _STAT_KEYS}
-        duplicates = sorted(k for k, n in keys.items() if n > 1)
+        duplicates = keys.duplicates(
+            lambda: (_accepted_rows(shard_paths(shards_dir, dataset, s).parquet, "")["key"].to_pylist()
+                     for s in shards)
+        )
         if duplicates:
             raise ValueError(
                 f"cannot index {dataset}: {len(duplicates)} key(s) appear in more than one shard "
@@ -293,13 +332,15 @@ def verify(run_dir: Path) -> list[str]:
         return [f"{run_dir / 'index.json'} does not exist: the dataset was never committed; run `factory build`"]
     shards_dir = _shards_dir(run_dir, index)
     problems: list[str] = []
-    keys: Counter[str] = Counter()
+    keys = _KeyTracker()
     for shard in index["shards"]:
         recorded = index.get("shard_stats", {}).get(str(shard), {})
         shard_problems, shard_keys = _check_shard(shards_dir, index["dataset"], int(shard), recorded)
         problems += shard_problems
-        keys.update(shard_keys)
-    duplicates = sorted(k for k, n in keys.items() if n > 1)
+        keys.add(shard_keys)
+    duplicates = keys.duplicates(
+        lambda: (_check_shard(shards_dir, index["dataset"], int(s), {})[1] for s in index["shards"])
+    )
     if duplicates:
         problems.append(f"{len(duplicates)} duplicate key(s) across shards (first: {duplicates[0]!r})")
     parquet_path, _ = index_paths(run_dir)
