@@ -155,9 +155,6 @@ class RunDir:
         atomic_write_text(self.run_json, json.dumps(info, indent=2))
         return info
 
-    def recorded(self) -> dict[str, Any] | None:
-        return json.loads(self.run_json.read_text()) if self.run_json.exists() else None
-
     # --- plans -----------------------------------------------------------------------
     def plan_path(self, shard: int) -> Path:
         return self.plans / f"{self.shard_name(shard)}.plan.parquet"

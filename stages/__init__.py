@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import importlib
 
-from stages.base import Stage, StageConfig, StageError
+from stages.base import Stage, StageError
 
-__all__ = ["REGISTRY", "stage_class", "stage_names"]
+__all__ = ["REGISTRY", "stage_class"]
 
 REGISTRY: dict[str, str] = {
     # prompt expansion
@@ -35,20 +35,6 @@ REGISTRY: dict[str, str] = {
     "learned-realism": "stages.realism_learned:LearnedRealism",
     "filters": "stages.filters:FilterStage",
 }
-
-
-def stage_names(kind: str | None = None) -> list[str]:
-    """Registered names, optionally only those of one ``kind`` (imports the modules)."""
-    if kind is None:
-        return sorted(REGISTRY)
-    return sorted(n for n in REGISTRY if _try_kind(n) == kind)
-
-
-def _try_kind(name: str) -> str | None:
-    try:
-        return stage_class(name).kind
-    except StageError:
-        return None
 
 
 def stage_class(name: str) -> type[Stage]:
@@ -82,6 +68,3 @@ def stage_class(name: str) -> type[Stage]:
         raise StageError(f"{target} is not a Stage subclass")
     return cls
 
-
-def stage_config_model(name: str) -> type[StageConfig]:
-    return stage_class(name).config_model
