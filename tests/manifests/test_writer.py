@@ -273,3 +273,26 @@ def test_tar_is_standard_for_tarfile(tmp_path: Path) -> None:
         label = json.loads(tar.extractfile("000000_00001.json").read())
     assert names == ["000000_00000.jpg", "000000_00000.json", "000000_00001.jpg", "000000_00001.json"]
     assert label["key"] == "000000_00001"
+
+
+def test_tar_sha256_matches_file_across_hash_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    # Tiny batches: the background hasher must feed every byte, in order, across many batches.
+    monkeypatch.setattr(writer_module._BackgroundSha256, "BATCH_BYTES", 3000)
+    _, stats = write_shard(tmp_path, "d", 0, 6, rng=np.random.default_rng(16))
+    paths = shard_paths(tmp_path, "d", 0)
+    assert stats["tar_sha256"] == hashlib.sha256(paths.tar.read_bytes()).hexdigest()
+    assert stats["parquet_sha256"] == hashlib.sha256(paths.parquet.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["k.jpg", "000123_00042.json", "é漢字.webp", "x" * 100, "d/" * 60 + "k.jpg"])
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 19_321, 8**11 - 1])
+def test_ustar_header_is_tarfiles_header(name: str, size: int) -> None:
+    import tarfile
+
+    from manifests.writer import ustar_header
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.uname, info.gname = size, 0o444, "mifa", "mifa"
+    assert ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
