@@ -72,6 +72,7 @@ _INDEX_SCHEMA = pa.schema(
     + [MANIFEST_SCHEMA.field(c) for c in INDEX_COLUMNS[3:]],
     metadata={"mifa_schema_version": SCHEMA_VERSION},
 )
+INDEX_ROW_GROUP_ROWS = 8_192
 _STAT_KEYS = ("planned", "accepted", "tar_bytes", "parquet_bytes", "tar_sha256", "parquet_sha256")
 
 
@@ -82,20 +83,24 @@ def index_paths(run_dir: Path) -> tuple[Path, Path]:
 
 
 def _accepted_rows(parquet: Path, tar_name: str) -> pa.Table:
-    table = pq.read_table(parquet, columns=[*INDEX_COLUMNS, "accepted"])
+    # One thread: a shard manifest is small, and Arrow's I/O threads each leave a malloc
+    # arena behind (measured: ~40 MiB more driver RSS over a 1,000-shard index).
+    with pq.ParquetFile(parquet) as manifest:
+        table = manifest.read(columns=[*INDEX_COLUMNS, "accepted"], use_threads=False)
     table = table.filter(table["accepted"]).drop_columns(["accepted"])
     tar = pa.array([tar_name] * table.num_rows, pa.string())
     return table.add_column(3, pa.field("tar", pa.string(), nullable=False), tar).cast(_INDEX_SCHEMA)
 
 
-
 class _KeyTracker:
-    """Finds keys repeated across shards in ~8 bytes per key (a million keys as Python
-    strings in a Counter would cost the driver over 100 MB): 64-bit hashes are kept, and
-    only hash collisions are checked against the real keys afterwards."""
+    """Finds keys repeated across shards in 8 bytes per key (a million keys as Python
+    strings in a Counter would cost the driver over 100 MB): 64-bit hashes go into one
+    array sized up front and sorted in place, and only hash collisions are checked against
+    the real keys afterwards."""
 
-    def __init__(self) -> None:
-        self._hashes: list[np.ndarray] = []
+    def __init__(self, capacity: int = 0) -> None:
+        self._hashes = np.empty(capacity, dtype=np.uint64)
+        self._n = 0
 
     @staticmethod
     def _hash(keys: list[str]) -> np.ndarray:
@@ -106,20 +111,25 @@ class _KeyTracker:
         )
 
     def add(self, keys: list[str]) -> None:
-        self._hashes.append(self._hash(keys))
+        end = self._n + len(keys)
+        if end > len(self._hashes):  # more keys than the stats promised: grow (rare)
+            self._hashes = np.resize(self._hashes, max(end, 2 * len(self._hashes)))
+        self._hashes[self._n : end] = self._hash(keys)
+        self._n = end
 
     def duplicates(self, all_keys: Callable[[], Iterable[list[str]]]) -> list[str]:
         """Repeated keys, sorted; ``all_keys`` re-reads the keys shard by shard when needed."""
-        if not self._hashes:
-            return []
-        hashes = np.sort(np.concatenate(self._hashes))
-        suspects = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+        hashes = self._hashes[: self._n]
+        hashes.sort()
+        repeated = hashes[1:] == hashes[:-1]
+        suspects = set(hashes[1:][repeated].tolist()) if repeated.any() else set()
         if not suspects:
             return []
         counts: Counter[str] = Counter()
         for keys in all_keys():
             counts.update(k for k, h in zip(keys, self._hash(keys).tolist(), strict=True) if h in suspects)
         return sorted(k for k, n in counts.items() if n > 1)
+
 
 def write_index(
     run_dir: Path,
@@ -150,23 +160,28 @@ def write_index(
     for stale in run_dir.glob(".index.*.tmp"):
         stale.unlink(missing_ok=True)
     tmp = temp_path(parquet_path)
-    keys = _KeyTracker()
-    shard_stats: dict[str, dict[str, Any]] = {}
+    shard_stats = {str(s): {k: read_stats(shards_dir, dataset, s).get(k) for k in _STAT_KEYS} for s in shards}
+    keys = _KeyTracker(sum(int(st["accepted"] or 0) for st in shard_stats.values()))
     accepted = 0
     try:
-        # One row group per shard, streamed: the index of a million samples never sits in memory.
+        # Streamed in row groups of ~INDEX_ROW_GROUP_ROWS: the index of a million samples
+        # never sits in memory, and the footer stays small (one row group per 1,000-sample
+        # shard gave a 2 MB footer at 1M samples, held in memory until the file closed).
         with pq.ParquetWriter(tmp, _INDEX_SCHEMA, compression="zstd") as out:
+            pending: list[pa.Table] = []
             for shard in shards:
                 paths = shard_paths(shards_dir, dataset, shard)
-                stats = read_stats(shards_dir, dataset, shard)
                 rows = _accepted_rows(paths.parquet, paths.tar.name)
                 keys.add(rows["key"].to_pylist())
-                out.write_table(rows)
+                pending.append(rows)
                 accepted += rows.num_rows
-                shard_stats[str(shard)] = {k: stats.get(k) for k in _STAT_KEYS}
+                if sum(t.num_rows for t in pending) >= INDEX_ROW_GROUP_ROWS:
+                    out.write_table(pa.concat_tables(pending))
+                    pending = []
+            if pending:
+                out.write_table(pa.concat_tables(pending))
         duplicates = keys.duplicates(
-            lambda: (_accepted_rows(shard_paths(shards_dir, dataset, s).parquet, "")["key"].to_pylist()
-                     for s in shards)
+            lambda: (_accepted_rows(shard_paths(shards_dir, dataset, s).parquet, "")["key"].to_pylist() for s in shards)
         )
         if duplicates:
             raise ValueError(
@@ -332,7 +347,7 @@ def verify(run_dir: Path) -> list[str]:
         return [f"{run_dir / 'index.json'} does not exist: the dataset was never committed; run `factory build`"]
     shards_dir = _shards_dir(run_dir, index)
     problems: list[str] = []
-    keys = _KeyTracker()
+    keys = _KeyTracker(int(index.get("planned") or 0))  # verify checks every planned key
     for shard in index["shards"]:
         recorded = index.get("shard_stats", {}).get(str(shard), {})
         shard_problems, shard_keys = _check_shard(shards_dir, index["dataset"], int(shard), recorded)

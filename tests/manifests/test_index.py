@@ -110,3 +110,16 @@ def test_read_index_corrupt(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"index\.json is not valid JSON"):
         read_index(tmp_path)
     assert "not valid JSON" in verify(tmp_path)[0]
+
+
+def test_key_tracker_grows_past_its_capacity_and_finds_repeats() -> None:
+    from manifests.index import _KeyTracker
+
+    tracker = _KeyTracker(capacity=2)  # the stats under-promised: the array must grow
+    shards = [["a", "b", "c"], ["d", "b"], ["e", "f", "a", "g"]]
+    for keys in shards:
+        tracker.add(keys)
+    assert tracker.duplicates(lambda: iter(shards)) == ["a", "b"]
+    clean = _KeyTracker(capacity=10)
+    clean.add(["x", "y"])
+    assert clean.duplicates(lambda: iter([["x", "y"]])) == []
