@@ -93,42 +93,53 @@ def _accepted_rows(parquet: Path, tar_name: str) -> pa.Table:
 
 
 class _KeyTracker:
-    """Finds keys repeated across shards in 8 bytes per key (a million keys as Python
-    strings in a Counter would cost the driver over 100 MB): 64-bit hashes go into one
-    array sized up front and sorted in place, and only hash collisions are checked against
-    the real keys afterwards."""
+    """Finds keys that repeat in a dataset without holding its keys.
 
-    def __init__(self, capacity: int = 0) -> None:
-        self._hashes = np.empty(capacity, dtype=np.uint64)
-        self._n = 0
+    The planner names every sample ``{shard:06d}_{index}``: the digits before the first
+    ``_`` are the shard, so keys of two different shards cannot be equal, and a repeat can
+    only sit inside one shard (checked exactly, shard by shard). Only if some shard holds a
+    key without its own prefix (another planner's naming) does :meth:`duplicates` fall back
+    to comparing 64-bit hashes of every key, in two passes over ``all_keys``.
+    """
 
-    @staticmethod
-    def _hash(keys: list[str]) -> np.ndarray:
-        return np.fromiter(
-            (int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys),
-            dtype=np.uint64,
-            count=len(keys),
-        )
+    def __init__(self) -> None:
+        self._repeated: set[str] = set()
+        self._prefixed = True
 
-    def add(self, keys: list[str]) -> None:
-        end = self._n + len(keys)
-        if end > len(self._hashes):  # more keys than the stats promised: grow (rare)
-            self._hashes = np.resize(self._hashes, max(end, 2 * len(self._hashes)))
-        self._hashes[self._n : end] = self._hash(keys)
-        self._n = end
+    def add(self, shard: int, keys: list[str]) -> None:
+        if len(set(keys)) != len(keys):
+            self._repeated.update(k for k, n in Counter(keys).items() if n > 1)
+        prefix = f"{shard:06d}_"
+        if self._prefixed and not all(k.startswith(prefix) for k in keys):
+            self._prefixed = False
 
     def duplicates(self, all_keys: Callable[[], Iterable[list[str]]]) -> list[str]:
         """Repeated keys, sorted; ``all_keys`` re-reads the keys shard by shard when needed."""
-        hashes = self._hashes[: self._n]
-        hashes.sort()
-        repeated = hashes[1:] == hashes[:-1]
-        suspects = set(hashes[1:][repeated].tolist()) if repeated.any() else set()
-        if not suspects:
-            return []
-        counts: Counter[str] = Counter()
-        for keys in all_keys():
-            counts.update(k for k, h in zip(keys, self._hash(keys).tolist(), strict=True) if h in suspects)
-        return sorted(k for k, n in counts.items() if n > 1)
+        if self._prefixed:
+            return sorted(self._repeated)
+        return _hashed_duplicates(all_keys)
+
+
+def _key_hashes(keys: list[str]) -> np.ndarray:
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys),
+        dtype=np.uint64,
+        count=len(keys),
+    )
+
+
+def _hashed_duplicates(all_keys: Callable[[], Iterable[list[str]]]) -> list[str]:
+    """Repeated keys from 8 bytes per key (key strings in a Counter: ~100 bytes each);
+    only keys whose hash repeats are compared as strings, in a second pass."""
+    hashes = np.concatenate([_key_hashes(keys) for keys in all_keys()] or [np.empty(0, np.uint64)])
+    hashes.sort()
+    suspects = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+    if not suspects:
+        return []
+    counts: Counter[str] = Counter()
+    for keys in all_keys():
+        counts.update(k for k, h in zip(keys, _key_hashes(keys).tolist(), strict=True) if h in suspects)
+    return sorted(k for k, n in counts.items() if n > 1)
 
 
 def write_index(
@@ -161,7 +172,7 @@ def write_index(
         stale.unlink(missing_ok=True)
     tmp = temp_path(parquet_path)
     shard_stats = {str(s): {k: read_stats(shards_dir, dataset, s).get(k) for k in _STAT_KEYS} for s in shards}
-    keys = _KeyTracker(sum(int(st["accepted"] or 0) for st in shard_stats.values()))
+    keys = _KeyTracker()
     accepted = 0
     try:
         # Streamed in row groups of ~INDEX_ROW_GROUP_ROWS: the index of a million samples
@@ -172,7 +183,7 @@ def write_index(
             for shard in shards:
                 paths = shard_paths(shards_dir, dataset, shard)
                 rows = _accepted_rows(paths.parquet, paths.tar.name)
-                keys.add(rows["key"].to_pylist())
+                keys.add(shard, rows["key"].to_pylist())
                 pending.append(rows)
                 accepted += rows.num_rows
                 if sum(t.num_rows for t in pending) >= INDEX_ROW_GROUP_ROWS:
@@ -185,7 +196,7 @@ def write_index(
         )
         if duplicates:
             raise ValueError(
-                f"cannot index {dataset}: {len(duplicates)} key(s) appear in more than one shard "
+                f"cannot index {dataset}: {len(duplicates)} key(s) appear more than once "
                 f"(first: {duplicates[0]!r}); the plan must give every sample a unique key"
             )
         fd = os.open(tmp, os.O_RDONLY)
@@ -347,12 +358,12 @@ def verify(run_dir: Path) -> list[str]:
         return [f"{run_dir / 'index.json'} does not exist: the dataset was never committed; run `factory build`"]
     shards_dir = _shards_dir(run_dir, index)
     problems: list[str] = []
-    keys = _KeyTracker(int(index.get("planned") or 0))  # verify checks every planned key
+    keys = _KeyTracker()
     for shard in index["shards"]:
         recorded = index.get("shard_stats", {}).get(str(shard), {})
         shard_problems, shard_keys = _check_shard(shards_dir, index["dataset"], int(shard), recorded)
         problems += shard_problems
-        keys.add(shard_keys)
+        keys.add(int(shard), shard_keys)
     duplicates = keys.duplicates(
         lambda: (_check_shard(shards_dir, index["dataset"], int(s), {})[1] for s in index["shards"])
     )

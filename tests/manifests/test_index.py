@@ -67,7 +67,7 @@ def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
     with ShardWriter(tmp_path / "shards", "a", 2) as writer:
         writer.add(make_record(0, 1, rng))  # key 000000_00001 again
         writer.commit()
-    with pytest.raises(ValueError, match=r"more than one shard.*000000_00001"):
+    with pytest.raises(ValueError, match=r"more than once.*000000_00001"):
         write_index(tmp_path, "a", [0, 1, 2], target=1, surplus=[], failed={})
     assert read_index(tmp_path) is None
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
@@ -112,14 +112,21 @@ def test_read_index_corrupt(tmp_path: Path) -> None:
     assert "not valid JSON" in verify(tmp_path)[0]
 
 
-def test_key_tracker_grows_past_its_capacity_and_finds_repeats() -> None:
+def test_key_tracker_finds_repeats_within_and_across_shards() -> None:
     from manifests.index import _KeyTracker
 
-    tracker = _KeyTracker(capacity=2)  # the stats under-promised: the array must grow
-    shards = [["a", "b", "c"], ["d", "b"], ["e", "f", "a", "g"]]
-    for keys in shards:
-        tracker.add(keys)
-    assert tracker.duplicates(lambda: iter(shards)) == ["a", "b"]
-    clean = _KeyTracker(capacity=10)
-    clean.add(["x", "y"])
-    assert clean.duplicates(lambda: iter([["x", "y"]])) == []
+    def repeats(shards: dict[int, list[str]]) -> list[str]:
+        tracker = _KeyTracker()
+        for shard, keys in shards.items():
+            tracker.add(shard, keys)
+        return tracker.duplicates(lambda: iter(shards.values()))
+
+    planned = {s: [f"{s:06d}_{i:05d}" for i in range(4)] for s in range(3)}
+    assert repeats(planned) == []
+    # A repeat inside one shard, with every key carrying its shard's prefix.
+    assert repeats({**planned, 1: [*planned[1], "000001_00002"]}) == ["000001_00002"]
+    # Another planner's names: shard 2 holds shard 0's key and a foreign one twice.
+    foreign = {**planned, 2: ["000000_00003", "x", "y"], 3: ["x"]}
+    assert repeats(foreign) == ["000000_00003", "x"]
+    # Shard numbers past six digits keep their prefixes distinct.
+    assert repeats({1_000_000: ["1000000_00001"], 100_000: ["100000_00001"]}) == []
