@@ -7,7 +7,7 @@ from typing import Any
 
 from factory.recipe import Recipe
 
-__all__ = ["kill_workers", "make_workers"]
+__all__ = ["kill_workers", "make_index_writer", "make_workers"]
 
 
 def make_workers(recipe: Recipe, run_root: Path) -> tuple[list[Any], list[Any]]:
@@ -38,6 +38,21 @@ def make_workers(recipe: Recipe, run_root: Path) -> tuple[list[Any], list[Any]]:
     remote_prompt = ray.remote(PromptWorker).options(num_cpus=0, max_restarts=-1, max_task_retries=0)
     prompts = [remote_prompt.remote(recipe, str(run_root)) for _ in range(max(1, count // 4))]
     return workers, prompts
+
+
+def make_index_writer() -> Any:
+    """The actor that writes the dataset index, on the driver's node (where ``dataset.out``
+    surely is; on a cluster it is shared storage anyway). ``num_cpus=0``: the shard workers
+    may hold every CPU until they are killed after the index is written."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from factory.worker import IndexWriter
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    # One retry: write_index is idempotent (it drops the old commit point first).
+    remote = ray.remote(IndexWriter).options(num_cpus=0, max_restarts=1, max_task_retries=1, scheduling_strategy=here)
+    return remote.remote()
 
 
 def kill_workers(workers: list[Any]) -> None:

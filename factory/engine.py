@@ -162,38 +162,26 @@ class _Scheduler:
             )
 
 
-def _write_index_on_worker(run_root: Path, dataset: str, indexed: list[int], **kwargs: Any) -> dict[str, Any]:
-    """Commit the dataset: :func:`manifests.index.write_index` in a Ray task on the driver's node.
-
-    The index pass reads every indexed shard's manifest; in the driver that pass was the
-    only memory that grew with the dataset (allocator pages kept after ~100 manifests, ~20
-    MiB more at 1M samples than at 10k), so it runs beside the driver like every other pass
-    over sample data. The driver's node, because that is where ``dataset.out`` surely is.
-    Its errors (not-done shard, repeated keys, full disk) reach the caller unchanged.
-    """
+def _commit_dataset(indexer: Any, run_root: Path, dataset: str, indexed: list[int], **kwargs: Any) -> None:
+    """Write the index on the :class:`factory.worker.IndexWriter` actor; its errors (a shard
+    not done, repeated keys, a full disk) reach the caller as they were raised."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from manifests.index import write_index
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    # num_cpus=0: the shard workers may hold every CPU until they are killed after this.
-    task = ray.remote(num_cpus=0, max_retries=1)(write_index).options(scheduling_strategy=here, name="write_index")
     try:
-        return ray.get(task.remote(run_root, dataset, indexed, **kwargs))
+        ray.get(indexer.write.remote(str(run_root), dataset, indexed, **kwargs))
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, ValueError | OSError):
             raise exc.cause from None
         raise
 
 
-def _wait_ready(workers: list[Any], prompts: list[Any]) -> None:
+def _wait_ready(actors: list[Any]) -> None:
     """Block until every worker has loaded its models; a stage that cannot start (missing
     checkpoint, missing package) fails the build here, once, with its own message."""
     import ray
 
     try:
-        ray.get([w.info.remote() for w in workers + prompts])
+        ray.get([a.info.remote() for a in actors])
     except ray.exceptions.RayActorError as exc:
         raise BuildError(f"a worker could not start: {_root_error(str(exc))}") from None
 
@@ -213,7 +201,7 @@ def build(
     """Build (or resume) the dataset the recipe describes; returns when the index is written."""
     import ray
 
-    from cluster.placement import kill_workers, make_workers
+    from cluster.placement import kill_workers, make_index_writer, make_workers
     from cluster.ray_cluster import connect, shutdown
     from manifests.writer import clean_stale_temps
 
@@ -234,9 +222,11 @@ def build(
         progress = BuildProgress(recipe.dataset.target, quiet=quiet)
         workers: list[Any] = []
         prompts: list[Any] = []
+        indexer: list[Any] = []
         try:
             workers, prompts = make_workers(recipe, run.root)
-            _wait_ready(workers, prompts)
+            indexer = [make_index_writer()]
+            _wait_ready([*workers, *prompts, *indexer])
             t_run = time.perf_counter()
             slots = {i: 0 for i in range(len(workers))}
             refs: dict[Any, tuple[int, int]] = {}  # ref -> (shard, worker index)
@@ -287,12 +277,12 @@ def build(
             indexed = [s for s in range(last + 1) if s in sched.done]
             surplus = sorted(s for s in sched.done if s > last)
             failed = {s: run.failures()[s]["errors"][-1]["error"] for s in sorted(sched.failed) if s < last}
-            _write_index_on_worker(
-                run.root, recipe.dataset.name, indexed, target=sched.target, surplus=surplus, failed=failed
+            _commit_dataset(
+                indexer[0], run.root, recipe.dataset.name, indexed, target=sched.target, surplus=surplus, failed=failed
             )
         finally:
             progress.stop()
-            kill_workers(workers + prompts)
+            kill_workers(workers + prompts + indexer)
             shutdown(cluster)
         summary = BuildSummary(
             run_dir=run.root,

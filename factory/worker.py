@@ -88,6 +88,23 @@ class PromptWorker:
         return out, time.perf_counter() - t0
 
 
+class IndexWriter:
+    """Commits the dataset beside the driver: writes ``index.parquet`` and ``index.json``.
+
+    The index pass reads every indexed shard's manifest; run in the driver, its allocator
+    pages were the only driver memory that grew with the dataset (~20 MiB more at 1M
+    samples than at 10k). Started with the workers, so its process is warm by the end.
+    """
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "stage": "index"}
+
+    def write(self, run_dir: str, dataset: str, shards: list[int], **kwargs: Any) -> dict[str, Any]:
+        from manifests.index import write_index
+
+        return write_index(Path(run_dir), dataset, shards, **kwargs)
+
+
 class ShardWorker:
     """Generates, checks and writes whole shards (see module docstring)."""
 

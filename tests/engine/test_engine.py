@@ -144,3 +144,29 @@ def test_the_offline_demo_chain_builds_real_samples(ray_cluster, tmp_path: Path)
         assert labels[r["key"]]["au_occurrence"] == r["au_occurrence"]
     report = evaluate(tmp_path / "out")
     assert report.to_markdown().count("consensus") >= 1
+
+
+def test_index_writer_runs_beside_the_driver_and_its_errors_arrive_unwrapped(ray_cluster, tmp_path: Path) -> None:
+    import os
+
+    from cluster.placement import make_index_writer
+    from factory.engine import _commit_dataset
+    from manifests.index import read_index
+
+    recipe = recipe_from_dict(standin_doc(tmp_path / "out", engine={"gpus": 0}))
+    build(recipe, quiet=True)
+    index = read_index(tmp_path / "out")
+    indexer = make_index_writer()
+    try:
+        info = ray_cluster.get(indexer.info.remote())
+        assert info["pid"] != os.getpid()  # the pass over the manifests runs outside the driver
+        # Rewriting the committed index gives the same dataset.
+        (tmp_path / "out" / "index.json").unlink()
+        _commit_dataset(indexer, tmp_path / "out", "t", index["shards"], target=index["target"], surplus=[], failed={})
+        assert read_index(tmp_path / "out")["accepted"] == index["accepted"]
+        # A shard that is not done: the index's own ValueError, not a Ray wrapper.
+        with pytest.raises(ValueError, match=r"shard\(s\) \[99\].*not done") as caught:
+            _commit_dataset(indexer, tmp_path / "out", "t", [*index["shards"], 99], target=1, surplus=[], failed={})
+        assert type(caught.value) is ValueError
+    finally:
+        kill_workers([indexer])
