@@ -280,6 +280,7 @@ def build(
             _commit_dataset(
                 indexer[0], run.root, recipe.dataset.name, indexed, target=sched.target, surplus=surplus, failed=failed
             )
+            t_indexed = time.perf_counter()
         finally:
             progress.stop()
             kill_workers(workers + prompts + indexer)
@@ -293,7 +294,7 @@ def build(
             failed_shards=failed,
             planned_samples=sum(int(sched.done[s]["planned"]) for s in indexed),
             seconds=time.perf_counter() - t0,
-            run_seconds=time.perf_counter() - t_run,
+            run_seconds=t_indexed - t_run,  # not the worker and cluster teardown after it
             stage_rates=progress.stage_rates(),
         )
         atomic_write_text(
