@@ -155,8 +155,8 @@ def main(memory_targets: tuple[int, ...] = (10_000, 1_000_000)) -> str:
     lines.append(
         "\nPeak RSS of the `factory build` process (sampled every 0.2 s), stand-in generator with no "
         "sleep, 2 CPU workers. The driver holds only planned / accepted / drop reasons per shard; the "
-        "index pass over every shard manifest runs in a Ray task on the driver's node "
-        "(`factory/engine.py`, `_write_index_on_worker`); the last column runs that pass alone on the "
+        "index pass over every shard manifest runs in an IndexWriter actor on the driver's node "
+        "(`factory/worker.py`, started with the workers); the last column runs that pass alone on the "
         "same build, in a fresh process. Measure one size with "
         "`python -c \"from bench.bench_engine import driver_peak_rss; print(driver_peak_rss(1_000_000))\"`."
     )
