@@ -84,7 +84,7 @@ def index_paths(run_dir: Path) -> tuple[Path, Path]:
 
 def _accepted_rows(parquet: Path, tar_name: str) -> pa.Table:
     # One thread: a shard manifest is small, and Arrow's I/O threads each leave a malloc
-    # arena behind (measured: ~40 MiB more driver RSS over a 1,000-shard index).
+    # arena behind (measured: ~40 MiB more RSS over a 1,000-shard index pass).
     with pq.ParquetFile(parquet) as manifest:
         table = manifest.read(columns=[*INDEX_COLUMNS, "accepted"], use_threads=False)
     table = table.filter(table["accepted"]).drop_columns(["accepted"])
@@ -154,7 +154,7 @@ def write_index(
 ) -> dict[str, Any]:
     """Index the done ``shards`` (in the given order) and commit the dataset; returns index.json.
 
-    Raises ``ValueError`` naming the shard if one is not done or keys repeat across shards.
+    Raises ``ValueError`` naming the shard if one is not done, or the first key that repeats.
     """
     run_dir = Path(run_dir)
     shards_dir = Path(shards_dir) if shards_dir is not None else run_dir / SHARDS_SUBDIR
@@ -346,7 +346,7 @@ def verify(run_dir: Path) -> list[str]:
 
     Checks: index present and parseable; every indexed shard's stats, tar and Parquet present
     with the recorded sizes and sha256; Parquet readable with the recorded counts; tar readable
-    by webdataset with exactly the images the manifest names; keys unique across shards;
+    by webdataset with exactly the images the manifest names; keys unique in the dataset;
     index.parquet row count.
     """
     run_dir = Path(run_dir)
@@ -368,7 +368,7 @@ def verify(run_dir: Path) -> list[str]:
         lambda: (_check_shard(shards_dir, index["dataset"], int(s), {})[1] for s in index["shards"])
     )
     if duplicates:
-        problems.append(f"{len(duplicates)} duplicate key(s) across shards (first: {duplicates[0]!r})")
+        problems.append(f"{len(duplicates)} key(s) appear more than once (first: {duplicates[0]!r})")
     parquet_path, _ = index_paths(run_dir)
     try:
         rows = pq.ParquetFile(parquet_path).metadata.num_rows
