@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.standin import STANDIN
+
 REPO = Path(__file__).resolve().parents[1]
 SECONDS_PER_BATCH = 0.25
 BATCH = 8
@@ -28,7 +30,7 @@ def _doc(out: Path, *, target: int, shard_size: int, gpus: int, seconds: float, 
     return {
         "dataset": {"name": "bench", "target": target, "shard_size": shard_size, "seed": 1, "out": str(out)},
         "identities": {"bank": "none"},
-        "generator": {"name": "bench-standin", "seconds_per_batch": seconds},
+        "generator": {"name": STANDIN, "seconds_per_batch": seconds},
         "face": {"name": "none"},
         "detectors": [],
         "agreement": {"name": "none"},
@@ -52,10 +54,10 @@ def _toml(doc: dict[str, Any], path: Path) -> Path:
 
 def bare_loop_rate() -> float:
     """Samples/s of one process calling the stand-in back to back (no engine)."""
+    from bench.standin import StandInGenerator, StandInConfig
     from stages.base import StageContext
-    from stages.generate_standin import BenchStandInGenerator, StandInConfig
 
-    stage = BenchStandInGenerator(StandInConfig(seconds_per_batch=SECONDS_PER_BATCH), StageContext(Path(".")))
+    stage = StandInGenerator(StandInConfig(seconds_per_batch=SECONDS_PER_BATCH), StageContext(Path(".")))
     batch = [{"seed": i, "shard": 0, "planned_intensity": [0] * 12} for i in range(BATCH)]
     n = 12
     t0 = time.perf_counter()
@@ -66,7 +68,7 @@ def bare_loop_rate() -> float:
 
 def engine_rate(gpus: int, shards_per_worker: int) -> float:
     """Samples/s of a build on ``gpus`` logical GPUs, from workers ready to index written."""
-    from factory.engine import build
+    from factory.engine.build import build
     from factory.recipe import recipe_from_dict
 
     shard_size = BATCH * BATCHES_PER_SHARD

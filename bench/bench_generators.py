@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from factory.identities import open_bank
+from manifests.bank import open_bank
 from stages.base import Stage, StageContext
 
 __all__ = ["main"]
@@ -48,10 +48,10 @@ def _records(n: int, seed0: int) -> list[dict[str, Any]]:
 def _stage(kind: str, folder: Path, device: str, batch: int, bank: Any) -> Stage:
     context = StageContext(run_dir=folder, device=device, image_size=SIZE, identity_bank=bank)
     if kind == "diffusers":
-        from stages.generate_diffusers import DiffusersConfig, DiffusersGenerator
+        from stages.generators.diffusers import DiffusersConfig, DiffusersGenerator
 
         return DiffusersGenerator(DiffusersConfig(pipeline=str(folder), steps=STEPS, batch_size=batch), context)
-    from stages.generate_maugen import MaugenConfig, MaugenGenerator
+    from stages.generators.maugen.stage import MaugenConfig, MaugenGenerator
 
     return MaugenGenerator(MaugenConfig(checkpoint_dir=str(folder), steps=STEPS, batch_size=batch), context)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from factory.aus import DISFA_AUS
-from factory.identities import open_bank
+from manifests.bank import open_bank
+from manifests.vocab import DISFA_AUS
 from stages.base import StageContext
-from stages.generate_warp import WarpConfig, WarpGenerator
+from stages.generators.warp.stage import WarpConfig, WarpGenerator
 
 __all__ = ["main"]
 

@@ -28,10 +28,10 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
-from factory.aus import AU_INDEX, DISFA_AUS, EMOTIONS
-from factory.identities import IdentityRecord
-from factory.recipe import AGE_BANDS, ETHNICITIES, GENDERS, Recipe, RecipeError
+from factory.recipe import Recipe, RecipeError
+from manifests.bank import IdentityRecord
 from manifests.schema import N_AUS, PLAN_SCHEMA
+from manifests.vocab import AGE_BANDS, AU_INDEX, DISFA_AUS, EMOTIONS, ETHNICITIES, GENDERS
 
 __all__ = [
     "CONSTRAINTS",

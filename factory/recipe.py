@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,14 +23,12 @@ from pydantic import (
     model_validator,
 )
 
-from factory.aus import DISFA_AUS, EMOTIONS
+from manifests.vocab import AGE_BANDS, DISFA_AUS, EMOTION_MIX_KEYS, EMOTIONS, ETHNICITIES, GENDERS
+from stages import stage_class
 from stages.base import StageConfig, StageError
+from stages.pipeline import StageSpec, path_kind
 
 __all__ = [
-    "AGE_BANDS",
-    "EMOTION_MIX_KEYS",
-    "ETHNICITIES",
-    "GENDERS",
     "Recipe",
     "RecipeError",
     "StageSection",
@@ -38,14 +37,6 @@ __all__ = [
     "recipe_from_dict",
 ]
 
-# The 6 ethnic groups of MIFA (paper section 3.1 "6 major ethnic groups"; FairFace's
-# groupings with Southeast and East Asian merged).
-ETHNICITIES = ("east_asian", "south_asian", "black", "white", "middle_eastern", "latino")
-# "Ages ranging from children to the elderly" (paper section 3.1).
-AGE_BANDS = ("child", "teen", "young_adult", "adult", "middle_aged", "elderly")
-GENDERS = ("female", "male")
-# The 7 emotions with EMFACS prototypes, plus a neutral face and non-prototypical mixes.
-EMOTION_MIX_KEYS = (*EMOTIONS, "neutral", "mixed")
 
 
 SKIP = "none"  # stage name that switches an optional stage off
@@ -231,11 +222,15 @@ class Recipe(_Model):
         out.update(agreement=self.agreement, realism=self.realism, filters=self.filters)
         return {path: sec for path, sec in out.items() if sec.name != SKIP}
 
+    def stage_specs(self, paths: Iterable[str] | None = None) -> list[StageSpec]:
+        """The specs of the stages at ``paths`` (default: all), in pipeline order."""
+        sections = self.stage_sections()
+        wanted = list(sections) if paths is None else [p for p in sections if p in set(paths)]
+        return [StageSpec(path, sections[path].name, sections[path].options()) for path in wanted]
+
     def stage_config(self, path: str) -> StageConfig:
         """The validated options of the stage at recipe ``path`` (e.g. ``generator``)."""
         section = self.stage_sections()[path]
-        from stages import stage_class
-
         return stage_class(section.name).config_model(**section.options())
 
     def fingerprint(self) -> str:
@@ -281,13 +276,18 @@ def _first_error(exc: ValidationError, data: dict[str, Any], source: str) -> Rec
 
 
 def _validate_stage_options(recipe: Recipe, source: str) -> None:
-    from stages import stage_class
-
     for path, section in recipe.stage_sections().items():
         try:
             cls = stage_class(section.name)
         except StageError as exc:
             raise RecipeError(f"{source}: field '{path}.name': {exc}", field=f"{path}.name") from exc
+        want = path_kind(path)
+        if getattr(cls, "kind", want) != want:
+            raise RecipeError(
+                f"{source}: field '{path}.name': stage {section.name!r} is a {cls.kind} stage, "
+                f"but '{path.split('[')[0]}' needs a {want} stage",
+                field=f"{path}.name",
+            )
         try:
             cls.config_model(**section.options())
         except ValidationError as exc:

@@ -4,7 +4,7 @@ The view ``samples`` holds the manifests of the indexed shards: every manifest c
 ``manifests.schema.MANIFEST_SCHEMA``, accepted samples only unless ``include_rejected``.
 
 DuckDB lists are **1-based**: ``au_occurrence[1]`` is AU1, ``au_occurrence[7]`` is AU12
-(vectors are in ``factory.aus.DISFA_AUS`` order). Rather than counting, use the macro
+(vectors are in ``manifests.vocab.DISFA_AUS`` order). Rather than counting, use the macro
 ``au(n)``, the 1-based position of AU ``n`` (NULL for an AU MIFA does not label)::
 
     SELECT key, au_intensity[au(12)] AS smile FROM samples WHERE au_occurrence[au(12)] = 1
@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from factory.aus import AU_INDEX, DISFA_AUS, INTENSITY_LEVELS
 from manifests.index import indexed_parquet_files, read_index
 from manifests.schema import MANIFEST_SCHEMA
+from manifests.vocab import AU_INDEX, DISFA_AUS, INTENSITY_LEVELS
 
 __all__ = [
     "au_filter",

@@ -1,6 +1,6 @@
 """Versioned Arrow schema of a shard manifest (one row per planned sample, kept or not).
 
-Vectors of 12 are in ``factory.aus.DISFA_AUS`` order. In ``consensus_*`` and ``au_*``
+Vectors of 12 are in ``manifests.vocab.DISFA_AUS`` order. In ``consensus_*`` and ``au_*``
 ``-1`` means uncertain (no detector consensus); in a detector vote ``null`` means the
 detector does not cover that AU.
 
@@ -17,7 +17,17 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["MANIFEST_SCHEMA", "N_AUS", "PLAN_SCHEMA", "SCHEMA_VERSION", "TRANSIENT_KEYS"]
+__all__ = [
+    "INDEX_COLUMNS",
+    "INDEX_SCHEMA",
+    "JSON_KEYS",
+    "MANIFEST_SCHEMA",
+    "N_AUS",
+    "PLAN_SCHEMA",
+    "SCHEMA_VERSION",
+    "SCORE_KEYS",
+    "TRANSIENT_KEYS",
+]
 
 SCHEMA_VERSION = "1.0"
 N_AUS = 12
@@ -87,6 +97,56 @@ MANIFEST_FIELDS = PLAN_FIELDS + [
     pa.field("height", pa.int32()),
 ]
 MANIFEST_SCHEMA = pa.schema(MANIFEST_FIELDS, metadata={"mifa_schema_version": SCHEMA_VERSION})
+
+# The ``{key}.json`` member of a shard tar: these columns, the scores under "scores", and
+# ``accepted`` (plus the drop for a kept rejected sample).
+SCORE_KEYS: tuple[str, ...] = (
+    "agreement_score",
+    "label_jaccard",
+    "realism_score",
+    "identity_similarity",
+    "prompt_jaccard",
+)
+JSON_KEYS: tuple[str, ...] = (
+    "key",
+    "au_occurrence",
+    "au_intensity",
+    "description",
+    "emotion",
+    "identity_id",
+    "ethnicity",
+    "age_band",
+    "gender",
+    "label_source",
+)
+
+# The dataset index (index.parquet): these manifest columns of the accepted samples, with
+# the shard's tar file name added after ``image_member``.
+INDEX_COLUMNS = (
+    "key",
+    "shard",
+    "image_member",
+    "emotion",
+    "identity_id",
+    "ethnicity",
+    "age_band",
+    "gender",
+    "label_source",
+    "au_occurrence",
+    "au_intensity",
+    "description",
+    "agreement_score",
+    "label_jaccard",
+    "realism_score",
+    "identity_similarity",
+    "prompt_jaccard",
+)
+INDEX_SCHEMA = pa.schema(
+    [MANIFEST_SCHEMA.field(c) for c in INDEX_COLUMNS[:3]]
+    + [pa.field("tar", pa.string(), nullable=False)]
+    + [MANIFEST_SCHEMA.field(c) for c in INDEX_COLUMNS[3:]],
+    metadata={"mifa_schema_version": SCHEMA_VERSION},
+)
 
 TRANSIENT_KEYS = (
     "image",

@@ -16,23 +16,22 @@ REGISTRY: dict[str, str] = {
     # prompt expansion
     "prompt": "stages.prompt.stage:PromptStage",
     # generators
-    "warp": "stages.generate_warp:WarpGenerator",
-    "diffusers": "stages.generate_diffusers:DiffusersGenerator",
-    "maugen": "stages.generate_maugen:MaugenGenerator",
-    "bench-standin": "stages.generate_standin:BenchStandInGenerator",
+    "warp": "stages.generators.warp.stage:WarpGenerator",
+    "diffusers": "stages.generators.diffusers:DiffusersGenerator",
+    "maugen": "stages.generators.maugen.stage:MaugenGenerator",
     # face detection and alignment
-    "dlib": "stages.face_dlib:DlibFaceStage",
-    "lbp": "stages.face_lbp:LBPFaceStage",
-    "scrfd": "stages.face_scrfd:SCRFDFaceStage",
+    "dlib": "stages.faces.dlib:DlibFaceStage",
+    "lbp": "stages.faces.lbp:LBPFaceStage",
+    "scrfd": "stages.faces.scrfd:SCRFDFaceStage",
     # AU detectors
-    "geometric": "stages.detect_geometric:GeometricAUDetector",
-    "appearance": "stages.detect_appearance:AppearanceAUDetector",
-    "opengraphau": "stages.detect_opengraphau:OpenGraphAUDetector",
-    "onnx-au": "stages.detect_onnx:OnnxAUDetector",
+    "geometric": "stages.detectors.geometric:GeometricAUDetector",
+    "appearance": "stages.detectors.appearance:AppearanceAUDetector",
+    "opengraphau": "stages.detectors.opengraphau.stage:OpenGraphAUDetector",
+    "onnx-au": "stages.detectors.onnx:OnnxAUDetector",
     # agreement, realism, filters
     "agreement": "stages.agreement:AgreementStage",
-    "heuristic-realism": "stages.realism_heuristic:HeuristicRealism",
-    "learned-realism": "stages.realism_learned:LearnedRealism",
+    "heuristic-realism": "stages.realism.heuristic:HeuristicRealism",
+    "learned-realism": "stages.realism.learned:LearnedRealism",
     "filters": "stages.filters:FilterStage",
 }
 

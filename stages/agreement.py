@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from factory.aus import DISFA_AUS, UNCERTAIN
+from manifests.vocab import DISFA_AUS, UNCERTAIN
 from stages.base import Record, Stage, StageConfig, StageError, is_dropped
 
 __all__ = [

@@ -1,26 +1,33 @@
 """The stage interface: small on purpose.
 
-A stage declares its name and resources, loads its models once in ``setup()`` and maps a
-batch of sample records to a batch of records. A record is a plain ``dict`` whose keys are
-the columns of ``manifests.schema`` plus, while a sample is in flight, the transient keys
-listed there (decoded image array, landmarks, ...).
+A stage has a name (its registry key), a kind (which step of the pipeline it is) and a
+typed config, loads its models once in ``setup()`` and maps a batch of sample records to
+the same batch. A record is a plain ``dict`` whose keys are the columns of
+``manifests.schema`` plus, while a sample is in flight, the transient keys listed there
+(decoded image array, landmarks, ...).
 
-A stage drops a record with :func:`drop`; the engine stops feeding dropped records to later
-stages but keeps them, with the stage name and reason, for the shard manifest.
+The base owns the loop: :meth:`Stage.process` skips records an earlier stage dropped,
+hands the live ones to :meth:`Stage.run` (per batch) or, by default, to
+:meth:`Stage.run_record` (per record, returning a drop reason or ``None``), and writes the
+drop bookkeeping (``dropped_by`` = the stage's name, ``drop_reason``). A concrete stage
+writes only its own work. Each kind has a small base in its folder
+(``stages/generators/base.py``, ``stages/faces/base.py``, ``stages/detectors/base.py``,
+``stages/realism/base.py``); agreement, filters and the prompt stage subclass this one.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "KINDS",
+    "Kind",
     "Record",
-    "Resources",
     "Stage",
     "StageConfig",
     "StageContext",
@@ -30,6 +37,8 @@ __all__ = [
 ]
 
 Record = dict[str, Any]
+Kind = Literal["prompt", "generator", "face", "detector", "agreement", "realism", "filter"]
+KINDS: tuple[str, ...] = get_args(Kind)
 
 
 class StageError(RuntimeError):
@@ -45,10 +54,7 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass(frozen=True)
-class Resources:
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
+C = TypeVar("C", bound=StageConfig)
 
 
 @dataclass
@@ -58,33 +64,9 @@ class StageContext:
     run_dir: Path
     device: str = "cpu"  # "cuda" inside a GPU actor that sees a device, else "cpu"
     seed: int = 0
-    identity_bank: Any = None  # factory.identities.IdentityBank or None
+    identity_bank: Any = None  # manifests.bank.IdentityBank or None
     image_size: int = 512
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Stage(ABC):
-    """One step of the pipeline.
-
-    Subclasses set ``name`` (the registry key), ``kind`` and ``config_model``, and
-    implement :meth:`process`. ``setup`` is called once per worker before the first batch.
-    """
-
-    name: ClassVar[str]
-    kind: ClassVar[str]  # prompt | generator | face | detector | agreement | filter | realism
-    resources: ClassVar[Resources] = Resources()
-    config_model: ClassVar[type[StageConfig]] = StageConfig
-
-    def __init__(self, config: StageConfig, context: StageContext) -> None:
-        self.config = config
-        self.context = context
-
-    def setup(self) -> None:  # noqa: B027 - optional hook
-        """Load models once; the default stage has none."""
-
-    @abstractmethod
-    def process(self, batch: list[Record]) -> list[Record]:
-        """Map live records to records (same order, same length); drop with :func:`drop`."""
 
 
 def drop(record: Record, stage: str, reason: str) -> Record:
@@ -97,3 +79,50 @@ def drop(record: Record, stage: str, reason: str) -> Record:
 
 def is_dropped(record: Record) -> bool:
     return bool(record.get("dropped_by"))
+
+
+class Stage(ABC, Generic[C]):
+    """One step of the pipeline.
+
+    A subclass names its config model as the type parameter (``class Mine(Stage[MyConfig])``),
+    which sets ``config_model`` and types ``self.config``; it sets ``name`` (the registry key;
+    the kind bases set ``kind``) and implements :meth:`run_record` or :meth:`run`.
+    ``setup`` is called once per worker before the first batch.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[Kind]
+    config_model: ClassVar[type[StageConfig]] = StageConfig
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            origin = get_origin(base)
+            args = get_args(base)
+            if isinstance(origin, type) and issubclass(origin, Stage) and args and isinstance(args[0], type):
+                cls.config_model = args[0]
+
+    def __init__(self, config: C, context: StageContext) -> None:
+        self.config: C = config
+        self.context = context
+
+    def setup(self) -> None:
+        """Load models once; the default stage has none."""
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        """Run the stage on the live records of ``batch``; returns ``batch`` (same order, same length)."""
+        live = [r for r in batch if not is_dropped(r)]
+        if live:
+            self.run(live)
+        return batch
+
+    def run(self, live: list[Record]) -> None:
+        """Per-batch work on records no stage has dropped; the default calls :meth:`run_record`."""
+        for record in live:
+            reason = self.run_record(record)
+            if reason:
+                drop(record, self.name, reason)
+
+    def run_record(self, record: Record) -> str | None:
+        """Per-record work: fill the record's fields; return a drop reason, or ``None`` to keep it."""
+        raise NotImplementedError(f"stage {self.name!r} implements neither run() nor run_record()")

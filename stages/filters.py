@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from factory.aus import DISFA_AUS, UNCERTAIN
+from manifests.vocab import DISFA_AUS, UNCERTAIN
 from stages.base import Record, Stage, StageConfig, StageError, drop, is_dropped
 
 __all__ = [
@@ -132,7 +132,7 @@ class FilterStage(Stage):
 
     def _exemplar_embedding(self, identity_id: str) -> np.ndarray | None:
         if identity_id not in self._exemplar_embeddings:
-            from factory.landmarks import detect_faces, face_embedding
+            from stages.faces.landmarks import detect_faces, face_embedding
 
             image = self.context.identity_bank.image(identity_id)
             faces = detect_faces(image)
@@ -143,7 +143,7 @@ class FilterStage(Stage):
 
     def identity_similarity(self, record: Record) -> float | None:
         """Cosine of the dlib descriptors of the sample's face and its identity exemplar."""
-        from factory.landmarks import face_embedding
+        from stages.faces.landmarks import face_embedding
 
         if record.get("landmarks") is None or record.get("image") is None:
             return None

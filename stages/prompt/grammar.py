@@ -18,7 +18,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from factory.aus import AU_INFO, DISFA_AUS, EMOTIONS, INTENSITY_MAX
+from manifests.vocab import AU_INFO, DISFA_AUS, EMOTIONS, INTENSITY_MAX
 
 __all__ = [
     "AU_ACTIVE_TEMPLATES",
@@ -378,7 +378,7 @@ def describe(
 ) -> Description:
     """Describe a planned intensity vector (12 ints 0-5, DISFA order; 0 = inactive).
 
-    ``emotion`` is one of ``factory.aus.EMOTIONS``, ``"neutral"`` or ``"mixed"``. Passing
+    ``emotion`` is one of ``manifests.vocab.EMOTIONS``, ``"neutral"`` or ``"mixed"``. Passing
     all three demographic words puts the person in the text; otherwise a generic subject
     ("the person") is used. ``mention_inactive`` is the probability that some inactive AUs
     are mentioned ("still cheeks"); ``facs_share`` the probability that an active AU is

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from factory.aus import AU_INFO, DISFA_AUS
+from manifests.vocab import AU_INFO, DISFA_AUS
 from stages.prompt.grammar import INTENSITY_ADJECTIVES, INTENSITY_ADVERBS, LEVEL_NAMES
 from stages.prompt.readback import check_description, mismatch_report
 

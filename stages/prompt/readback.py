@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from factory.aus import AU_INFO, DISFA_AUS
+from manifests.vocab import AU_INFO, DISFA_AUS
 from stages.prompt.grammar import INTENSITY_ADJECTIVES, INTENSITY_ADVERBS, LEVEL_NAMES
 
 __all__ = [

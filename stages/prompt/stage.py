@@ -20,8 +20,8 @@ from urllib.parse import urlparse
 
 from pydantic import Field
 
-from factory.recipe import EMOTION_MIX_KEYS
-from stages.base import Record, Resources, Stage, StageConfig, StageContext, StageError, drop, is_dropped
+from manifests.vocab import EMOTION_MIX_KEYS
+from stages.base import Record, Stage, StageConfig, StageContext, StageError, drop, is_dropped
 from stages.prompt.grammar import GRAMMAR_VERSION, describe, validate_intensity
 from stages.prompt.readback import check_description, mismatch_report
 
@@ -62,7 +62,6 @@ class PromptConfig(StageConfig):
 class PromptStage(Stage):
     name: ClassVar[str] = "prompt"
     kind: ClassVar[str] = "prompt"
-    resources: ClassVar[Resources] = Resources(num_gpus=0, num_cpus=1)
     config_model: ClassVar[type[StageConfig]] = PromptConfig
 
     config: PromptConfig

@@ -5,6 +5,8 @@ from typing import Any
 
 import pytest
 
+from bench.standin import STANDIN
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -13,7 +15,7 @@ def standin_doc(out: Path, **sections: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "dataset": {"name": "t", "target": 24, "shard_size": 6, "seed": 5, "out": str(out)},
         "identities": {"bank": "none"},
-        "generator": {"name": "bench-standin", "seconds_per_batch": 0.0},
+        "generator": {"name": STANDIN, "seconds_per_batch": 0.0},
         "face": {"name": "none"},
         "detectors": [],
         "agreement": {"name": "none"},

@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from cluster.placement import kill_workers, make_workers
+from bench.standin import STANDIN
 from cluster.ray_cluster import ClusterError, connect
-from factory.engine import BuildError, build
+from factory.commands.status import run_status
+from factory.engine.build import BuildError, build, worker_pool
+from factory.engine.rundir import RunDir, RunError
 from factory.recipe import recipe_from_dict
-from factory.state import RunDir, RunError
-from factory.status import run_status
 from tests.engine.conftest import standin_doc
 
 pytestmark = pytest.mark.ray
@@ -22,11 +22,9 @@ pytestmark = pytest.mark.ray
 
 def test_gpus_8_creates_8_workers_each_on_its_own_device(ray_cluster, tmp_path: Path) -> None:
     recipe = recipe_from_dict(standin_doc(tmp_path / "out", engine={"gpus": 8}))
-    workers, _ = make_workers(recipe, tmp_path)
-    try:
+    with worker_pool(recipe, tmp_path) as pool:
+        workers = pool.shard_workers
         infos = ray_cluster.get([w.info.remote() for w in workers])
-    finally:
-        kill_workers(workers)
     devices = [i["cuda_visible_devices"] for i in infos]
     assert len(workers) == 8
     assert len(set(devices)) == 8 and all(d is not None for d in devices), devices
@@ -77,7 +75,7 @@ def test_resume_with_a_different_recipe_is_refused_naming_fields(ray_cluster, tm
 
 def test_injected_failure_is_retried_then_marked_failed_and_the_rest_completes(ray_cluster, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    doc = standin_doc(out, generator={"name": "bench-standin", "fail_on_shards": [1]})
+    doc = standin_doc(out, generator={"name": STANDIN, "fail_on_shards": [1]})
     summary = build(recipe_from_dict(doc), quiet=True)
     assert list(summary.failed_shards) == [1]
     assert "injected failure on shard 1" in summary.failed_shards[1]
@@ -124,7 +122,7 @@ def test_the_offline_demo_chain_builds_real_samples(ray_cluster, tmp_path: Path)
     heuristic realism, filters), shrunk: every indexed sample is labelled and auditable."""
     import tomllib
 
-    from factory.evaluate import evaluate
+    from factory.commands.evaluate import evaluate
 
     doc = tomllib.loads((Path(__file__).resolve().parents[2] / "recipes" / "demo.toml").read_text())
     doc["dataset"].update(target=10, shard_size=8, out=str(tmp_path / "out"))
@@ -149,24 +147,19 @@ def test_the_offline_demo_chain_builds_real_samples(ray_cluster, tmp_path: Path)
 def test_index_writer_runs_beside_the_driver_and_its_errors_arrive_unwrapped(ray_cluster, tmp_path: Path) -> None:
     import os
 
-    from cluster.placement import make_index_writer
-    from factory.engine import _commit_dataset
     from manifests.index import read_index
 
     recipe = recipe_from_dict(standin_doc(tmp_path / "out", engine={"gpus": 0}))
     build(recipe, quiet=True)
     index = read_index(tmp_path / "out")
-    indexer = make_index_writer()
-    try:
-        info = ray_cluster.get(indexer.info.remote())
+    with worker_pool(recipe, tmp_path / "pool") as pool:
+        info = ray_cluster.get(pool.index_writer.info.remote())
         assert info["pid"] != os.getpid()  # the pass over the manifests runs outside the driver
         # Rewriting the committed index gives the same dataset.
         (tmp_path / "out" / "index.json").unlink()
-        _commit_dataset(indexer, tmp_path / "out", "t", index["shards"], target=index["target"], surplus=[], failed={})
+        pool.write_index(tmp_path / "out", "t", index["shards"], target=index["target"], surplus=[], failed={})
         assert read_index(tmp_path / "out")["accepted"] == index["accepted"]
         # A shard that is not done: the index's own ValueError, not a Ray wrapper.
         with pytest.raises(ValueError, match=r"shard\(s\) \[99\].*not done") as caught:
-            _commit_dataset(indexer, tmp_path / "out", "t", [*index["shards"], 99], target=1, surplus=[], failed={})
+            pool.write_index(tmp_path / "out", "t", [*index["shards"], 99], target=1, surplus=[], failed={})
         assert type(caught.value) is ValueError
-    finally:
-        kill_workers([indexer])

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from bench.standin import STANDIN
 from tests.engine.conftest import REPO, standin_doc
 
 pytestmark = pytest.mark.ray
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.ray
 
 def _write_recipe(path: Path, out: Path) -> Path:
     doc = standin_doc(out, dataset={"target": 60, "shard_size": 6},
-                      generator={"name": "bench-standin", "seconds_per_batch": 0.5})
+                      generator={"name": STANDIN, "seconds_per_batch": 0.5})
     lines = []
     for section, body in doc.items():
         if isinstance(body, list):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from factory.engine import build
+from bench.standin import STANDIN
+from factory.engine.build import build
 from factory.recipe import recipe_from_dict
 from tests.engine.conftest import REPO, standin_doc
 
@@ -30,7 +31,7 @@ def test_build_survives_losing_the_node_its_gpu_worker_runs_on(tmp_path: Path, m
     try:
         out = tmp_path / "out"
         doc = standin_doc(out, dataset={"target": 48, "shard_size": 6},
-                          generator={"name": "bench-standin", "seconds_per_batch": 0.3},
+                          generator={"name": STANDIN, "seconds_per_batch": 0.3},
                           engine={"gpus": 1, "max_retries": 3})
         result: dict = {}
 

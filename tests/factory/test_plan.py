@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from factory.aus import AU_INDEX, DISFA_AUS
-from factory.identities import open_bank
 from factory.plan import CONSTRAINTS, Planner, PlanStats, apply_constraints, plan_shard, plan_statistics
-from factory.recipe import AGE_BANDS, ETHNICITIES, GENDERS, Recipe, recipe_from_dict
+from factory.recipe import Recipe, recipe_from_dict
+from manifests.bank import open_bank
+from manifests.vocab import AGE_BANDS, AU_INDEX, DISFA_AUS, ETHNICITIES, GENDERS
 
 N_SHARDS = 20  # x 1000 = 20,000 samples
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from bench.standin import STANDIN
 from factory.cli import app
 from factory.recipe import RecipeError, load_recipe, recipe_from_dict
 
@@ -59,9 +60,9 @@ MALFORMED = [
     ({"output": {"image_quality": 0}}, "output.image_quality", ["got 0"]),
     ({"engine": {"gpus": -1}}, "engine.gpus", ["got -1"]),
     ({"detectors": [{"name": "geometric"}, {"name": "geometric"}]}, "detectors", ["once"]),
-    ({"generator": {"name": "bench-standin", "seconds_per_batch": -1}}, "generator.seconds_per_batch",
+    ({"generator": {"name": STANDIN, "seconds_per_batch": -1}}, "generator.seconds_per_batch",
      ["got -1", "greater than or equal to 0"]),
-    ({"generator": {"name": "bench-standin", "colour": "red"}}, "generator.colour", ["unknown field"]),
+    ({"generator": {"name": STANDIN, "colour": "red"}}, "generator.colour", ["unknown field"]),
 ]
 
 

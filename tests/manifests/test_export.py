@@ -8,11 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from factory.aus import DISFA_AUS
 from manifests.export import export
-from manifests.index import verify, write_index
+from manifests.index import write_index
+from manifests.layout import shard_paths
 from manifests.query import query
-from manifests.writer import shard_paths
+from manifests.verify import verify
+from manifests.vocab import DISFA_AUS
 from tests.manifests import write_shard
 
 

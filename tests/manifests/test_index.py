@@ -7,8 +7,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from manifests.index import read_index, verify, write_index
-from manifests.writer import ShardWriter, shard_paths
+from manifests.index import read_index, write_index
+from manifests.layout import shard_paths
+from manifests.verify import verify
+from manifests.writer import ShardWriter
 from tests.manifests import make_record, write_shard
 
 
@@ -113,10 +115,10 @@ def test_read_index_corrupt(tmp_path: Path) -> None:
 
 
 def test_key_tracker_finds_repeats_within_and_across_shards() -> None:
-    from manifests.index import _KeyTracker
+    from manifests.index import KeyTracker
 
     def repeats(shards: dict[int, list[str]]) -> list[str]:
-        tracker = _KeyTracker()
+        tracker = KeyTracker()
         for shard, keys in shards.items():
             tracker.add(shard, keys)
         return tracker.duplicates(lambda: iter(shards.values()))

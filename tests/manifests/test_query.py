@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory.aus import DISFA_AUS
 from manifests.index import write_index
 from manifests.query import au_filter, expand_au_shorthand, query, summary
+from manifests.vocab import DISFA_AUS
 from tests.manifests import write_shard
 
 

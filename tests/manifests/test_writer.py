@@ -13,15 +13,11 @@ import webdataset as wds
 from PIL import Image
 
 from manifests import writer as writer_module
+from manifests.atomic import WriteError, clean_temps, temp_path
+from manifests.layout import shard_paths
 from manifests.schema import MANIFEST_SCHEMA, SCHEMA_VERSION
-from manifests.writer import (
-    ShardWriteError,
-    ShardWriter,
-    clean_stale_temps,
-    is_done,
-    read_stats,
-    shard_paths,
-)
+from manifests.tar import BackgroundSha256
+from manifests.writer import ShardWriter, is_done, read_stats
 from tests.manifests import make_record, write_shard
 
 
@@ -133,7 +129,7 @@ def test_crash_before_stats_leaves_shard_not_done(tmp_path: Path, monkeypatch: p
 
     def crash(self: ShardWriter, data: bytes) -> None:
         # Leave a temp behind as a killed process would, then die before the stats rename.
-        writer_module.temp_path(self.paths.stats).write_bytes(data[:10])
+        temp_path(self.paths.stats).write_bytes(data[:10])
         raise Crash
 
     monkeypatch.setattr(ShardWriter, "_write_stats", crash)
@@ -147,7 +143,7 @@ def test_crash_before_stats_leaves_shard_not_done(tmp_path: Path, monkeypatch: p
     assert not is_done(tmp_path, "d", 2)
     temps = {p for p in tmp_path.iterdir() if p.name.endswith(".tmp")}
     assert len(temps) == 1
-    assert set(clean_stale_temps(tmp_path)) == temps
+    assert set(clean_temps(tmp_path)) == temps
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
     monkeypatch.undo()
     # The retry is not refused (the shard is not done) and completes it.
@@ -175,7 +171,7 @@ def test_enospc_during_add_names_the_shard(tmp_path: Path, monkeypatch: pytest.M
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(writer._fh, "write", full)
-    with pytest.raises(ShardWriteError) as info, writer:
+    with pytest.raises(WriteError) as info, writer:
         # A big sample so tarfile's stream buffer spills to the file.
         writer.add(make_record(4, 0, np.random.default_rng(8), size=256))
     assert info.value.errno == errno.ENOSPC
@@ -196,7 +192,7 @@ def test_enospc_during_commit_leaves_nothing_done(
         real_fsync(fd)
 
     monkeypatch.setattr(writer_module.os, "fsync", fsync)
-    with pytest.raises(ShardWriteError, match=rf"{failing}: no space left on device; free space") as info:
+    with pytest.raises(WriteError, match=rf"{failing}: no space left on device; free space") as info:
         write_shard(tmp_path, "d", 5, 2, rng=np.random.default_rng(9))
     assert info.value.errno == errno.ENOSPC
     assert not is_done(tmp_path, "d", 5)
@@ -279,7 +275,7 @@ def test_tar_sha256_matches_file_across_hash_batches(tmp_path: Path, monkeypatch
     import hashlib
 
     # Tiny batches: the background hasher must feed every byte, in order, across many batches.
-    monkeypatch.setattr(writer_module._BackgroundSha256, "BATCH_BYTES", 3000)
+    monkeypatch.setattr(BackgroundSha256, "BATCH_BYTES", 3000)
     _, stats = write_shard(tmp_path, "d", 0, 6, rng=np.random.default_rng(16))
     paths = shard_paths(tmp_path, "d", 0)
     assert stats["tar_sha256"] == hashlib.sha256(paths.tar.read_bytes()).hexdigest()
@@ -291,7 +287,7 @@ def test_tar_sha256_matches_file_across_hash_batches(tmp_path: Path, monkeypatch
 def test_ustar_header_is_tarfiles_header(name: str, size: int) -> None:
     import tarfile
 
-    from manifests.writer import ustar_header
+    from manifests.tar import ustar_header
 
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.uname, info.gname = size, 0o444, "mifa", "mifa"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from factory.aus import AU_INDEX, UNCERTAIN
+from manifests.vocab import AU_INDEX, UNCERTAIN
 from stages.agreement import AgreementConfig, AgreementStage, consensus
 from stages.base import StageContext, drop
 

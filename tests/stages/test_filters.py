@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from factory.aus import AU_INDEX, UNCERTAIN
+from manifests.vocab import AU_INDEX, UNCERTAIN
 from stages.base import StageContext, StageError, drop
 from stages.filters import (
     FilterConfig,
@@ -95,8 +95,8 @@ def test_identity_option_needs_a_bank() -> None:
 
 
 def test_identity_similarity_same_vs_other_person() -> None:
-    from factory.identities import open_bank
-    from factory.landmarks import detect_faces
+    from manifests.bank import open_bank
+    from stages.faces.landmarks import detect_faces
 
     bank = open_bank("builtin")
     stage = FilterStage(FilterConfig(identity_similarity=True, min_label_jaccard=None, min_realism=None),
@@ -121,13 +121,13 @@ def test_offline_verification_chain_fills_manifest_columns() -> None:
     photo; every column these stages set must convert to its manifest Arrow type."""
     import pyarrow as pa
 
-    from factory.identities import open_bank
+    from manifests.bank import open_bank
     from manifests.schema import MANIFEST_SCHEMA
     from stages.agreement import AgreementConfig, AgreementStage
-    from stages.detect_appearance import AppearanceAUDetector, AppearanceConfig
-    from stages.detect_geometric import GeometricAUDetector, GeometricConfig
-    from stages.face_dlib import DlibFaceConfig, DlibFaceStage
-    from stages.realism_heuristic import HeuristicRealism, HeuristicRealismConfig
+    from stages.detectors.appearance import AppearanceAUDetector, AppearanceConfig
+    from stages.detectors.geometric import GeometricAUDetector, GeometricConfig
+    from stages.faces.dlib import DlibFaceConfig, DlibFaceStage
+    from stages.realism.heuristic import HeuristicRealism, HeuristicRealismConfig
 
     bank = open_bank("builtin")
     context = StageContext(run_dir=Path("."), identity_bank=bank)

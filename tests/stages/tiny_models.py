@@ -7,7 +7,7 @@ network is a diffusers/transformers model with a tiny config (``block_out_channe
 
 - :func:`build_tiny_sd` writes a text-to-image pipeline folder (``save_pretrained``).
 - :func:`build_tiny_maugen` writes the MAUGen release layout (see
-  ``stages.maugen.checkpoint.EXPECTED_LAYOUT``): a base SD-inpainting folder, the custom
+  ``stages.generators.maugen.checkpoint.EXPECTED_LAYOUT``): a base SD-inpainting folder, the custom
   UNet state dict, the AU-cue tensor, the image-to-text-with-expression state dict and the
   112x112 identity-encoder state dict.
 """
@@ -125,9 +125,9 @@ def build_tiny_maugen(folder: Path, seed: int = 0) -> Path:
     import torch
     from diffusers import StableDiffusionInpaintPipeline
 
-    from stages.maugen.checkpoint import DEFAULT_FILES
-    from stages.maugen.identity_encoder import IdentityEncoder, ImageToTextWithExpression
-    from stages.maugen.unet import MaugenUNet, MaugenUNetSpec
+    from stages.generators.maugen.checkpoint import DEFAULT_FILES
+    from stages.generators.maugen.identity_encoder import IdentityEncoder, ImageToTextWithExpression
+    from stages.generators.maugen.unet import MaugenUNet, MaugenUNetSpec
 
     folder.mkdir(parents=True, exist_ok=True)
     parts = _tiny_parts(in_channels=9, seed=seed, work=folder.parent / f"{folder.name}_work")

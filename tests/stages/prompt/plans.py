@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from factory.aus import AU_INDEX, EMOTIONS
-from factory.recipe import AGE_BANDS, ETHNICITIES, GENDERS
+from manifests.vocab import AGE_BANDS, AU_INDEX, EMOTIONS, ETHNICITIES, GENDERS
 
 EMOTION_KEYS = (*EMOTIONS, "neutral", "mixed")
 

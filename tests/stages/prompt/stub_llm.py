@@ -21,7 +21,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from factory.aus import DISFA_AUS
+from manifests.vocab import DISFA_AUS
 from stages.prompt.grammar import describe
 
 _ACTIVE = re.compile(r"AU(\d+) [^:;]+: \w+ \(level (\d)\)")

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from factory.aus import DISFA_AUS
+from manifests.vocab import DISFA_AUS
 from stages.prompt import grammar
 from stages.prompt.grammar import GRAMMAR_VERSION, describe, validate_intensity
 from stages.prompt.readback import INTENSITY_WORDS, read_back

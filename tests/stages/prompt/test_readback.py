@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from factory.aus import DISFA_AUS
+from manifests.vocab import DISFA_AUS
 from stages.prompt.grammar import describe
 from stages.prompt.readback import (
     check_description,

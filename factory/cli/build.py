@@ -1,0 +1,77 @@
+"""`factory build` and `factory retry`: run (or resume) a build on a Ray cluster."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cluster.ray_cluster import ClusterError
+from factory.cli.common import OutOpt, RecipeArg, RunArg, SeedOpt, TargetOpt, fail, load, out
+from factory.engine.rundir import RunError, open_run
+from factory.engine.scheduler import BuildError
+from factory.recipe import Recipe, RecipeError, recipe_from_dict
+from manifests.bank import IdentityBankError
+from stages.base import StageError
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a live bar (CI).")]
+LocalGpusOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--local-gpus",
+        help="Give the local Ray cluster this many logical GPU slots (testing placement without GPUs).",
+    ),
+]
+
+
+def build(
+    recipe: RecipeArg,
+    target: TargetOpt = None,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="GPU workers, one per GPU (0: CPU workers).")] = None,
+    out_dir: OutOpt = None,
+    seed: SeedOpt = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Join this Ray cluster instead of a local one.")
+    ] = None,
+    local_gpus: LocalGpusOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build the dataset, or resume it: run the same command again after a crash.
+
+    Committed shards are kept, unfinished ones are redone, and the index is written last.
+    """
+    r = load(recipe, target=target, gpus=gpus, out=out_dir, seed=seed, address=address)
+    _run_build(r, local_gpus=local_gpus, quiet=quiet, retry_failed=False)
+
+
+def retry(run_dir: RunArg, quiet: QuietOpt = False, local_gpus: LocalGpusOpt = None) -> None:
+    """Rerun the failed shards of a build (with its recorded recipe) and re-index."""
+    try:
+        run, info = open_run(run_dir)
+        r = recipe_from_dict(info["recipe"], source=str(run.run_json))
+    except (RunError, RecipeError) as exc:
+        fail(str(exc), code=2)
+    _run_build(r, local_gpus=local_gpus, quiet=quiet, retry_failed=True)
+
+
+def _run_build(r: Recipe, *, local_gpus: int | None, quiet: bool, retry_failed: bool) -> None:
+    from factory.engine.build import build as run_build  # deferred: imports ray (~0.5 s)
+
+    try:
+        summary = run_build(r, local_gpus=local_gpus, quiet=quiet, retry_failed=retry_failed)
+    except (BuildError, RunError, ClusterError, IdentityBankError, StageError) as exc:
+        fail(str(exc))
+    out.print(
+        f"[bold green]dataset[/] {summary.run_dir}: {summary.accepted} accepted of "
+        f"{summary.planned_samples} generated (target {summary.target}) in {len(summary.indexed_shards)} "
+        f"shards, {summary.seconds:.0f} s"
+    )
+    if summary.stage_rates:
+        out.print("per-stage samples/s: " + ", ".join(f"{k} {v:.1f}" for k, v in summary.stage_rates.items()))
+    if summary.surplus_shards:
+        out.print(f"surplus shards kept aside (not indexed): {summary.surplus_shards}")
+    if summary.failed_shards:
+        fail(
+            f"{len(summary.failed_shards)} shard(s) failed and were skipped: {sorted(summary.failed_shards)}; "
+            f"see {summary.run_dir}/failed/ and run `factory retry {summary.run_dir}`"
+        )

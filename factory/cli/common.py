@@ -1,0 +1,40 @@
+"""What every command of the CLI shares: consoles, argument types, the one-line error exit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from factory.recipe import Recipe, RecipeError, load_recipe
+
+__all__ = ["OutOpt", "RecipeArg", "RunArg", "SeedOpt", "TargetOpt", "err", "fail", "load", "out"]
+
+# Wide tables in logs and CI (a pipe has no terminal width to follow).
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe TOML file, e.g. recipes/demo.toml.")]
+RunArg = Annotated[Path, typer.Argument(help="A build's output directory (its --out).")]
+TargetOpt = Annotated[
+    int | None, typer.Option("--target", help="Accepted samples to build (overrides dataset.target).")
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Master seed (overrides dataset.seed).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Output directory (overrides dataset.out).")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one error line (no traceback) and exit with ``code`` (2: bad input)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def load(recipe: Path, **overrides: Any) -> Recipe:
+    """The validated recipe with CLI overrides, or exit 2 naming the field."""
+    try:
+        return load_recipe(recipe, **{k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()})
+    except RecipeError as exc:
+        fail(str(exc), code=2)

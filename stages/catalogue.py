@@ -1,0 +1,161 @@
+"""Catalogue of the pretrained weights the stages can use, and where a stage finds them.
+
+Each :class:`ModelEntry` says where the official file comes from, under what licence, what
+the stage expects it to be called, and its SHA-256 when a public source pins one. Stages
+resolve a model the recipe does not name with :func:`local_path`; downloading is the
+``factory models pull`` command's job (``factory.commands.models``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_MODELS_DIR",
+    "LOCAL_MODELS_DIR",
+    "ModelEntry",
+    "catalogue",
+    "entry",
+    "local_path",
+    "search_dirs",
+]
+
+# Where pulled weights live unless the caller says otherwise.
+DEFAULT_MODELS_DIR = Path(os.environ.get("MIFA_MODELS_DIR", "~/.cache/mifa-factory/models")).expanduser()
+# Where stages look for a model when the recipe names no file, in order.
+LOCAL_MODELS_DIR = Path("models")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str  # catalogue key, used as `factory models pull NAME`
+    description: str
+    filename: str  # the file the stage reads (inside the archive when `archive_member` is set)
+    url: str  # direct download of `filename`, or of the archive holding it
+    page: str  # human page to fetch it from by hand
+    licence: str
+    sha256: str | None = None  # of the downloaded file (the archive when there is one)
+    archive_member: str | None = None  # path inside a zip download
+    member_sha256: str | None = None  # of the extracted member
+    used_by: str = ""  # stage name and config that reads it
+
+
+# The usercontent endpoint with confirm=t skips Drive's "cannot scan for viruses" page.
+_GDRIVE = "https://drive.usercontent.google.com/download?id={}&export=download&confirm=t"
+_GDRIVE_PAGE = "https://drive.google.com/file/d/{}/view"
+_OGAU_PAGE = "https://github.com/lingjivoo/OpenGraphAU#pretrained-models"
+_OGAU_LICENCE = "MIT (code and released weights, lingjivoo/OpenGraphAU); trained on BP4D/DISFA/RAF-AU/..."
+_BUFFALO_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
+# buffalo_l.zip and its members: SHA-256 as pinned by several independent public projects.
+_BUFFALO_SHA = "80ffe37d8a5940d59a7384c201a2a38d4741f2f3c51eef46ebb28218a7b0ca2f"
+_INSIGHTFACE_LICENCE = "insightface pretrained models: non-commercial research use only (code MIT)"
+_OPENSENSE = "https://github.com/ihp-lab/OpenSense/raw/{}/Utilities/LibreFace/{}"
+_LIBREFACE_LICENCE = "USC Research License (non-commercial), ihp-lab/LibreFace"
+
+
+def _ogau(name: str, arch: str, gdrive_id: str, filename: str, stage: int) -> ModelEntry:
+    return ModelEntry(
+        name=name,
+        description=f"OpenGraphAU stage-{stage} {arch} (41 AUs, hybrid 2M-image training set)",
+        filename=filename,
+        url=_GDRIVE.format(gdrive_id),
+        page=f"{_GDRIVE_PAGE.format(gdrive_id)} (listed at {_OGAU_PAGE})",
+        licence=_OGAU_LICENCE,
+        used_by=f"opengraphau (backbone={arch!r}, stage={stage})",
+    )
+
+
+_CATALOGUE: tuple[ModelEntry, ...] = (
+    _ogau("opengraphau-resnet18", "resnet18", "1b9yrKF663K9IwY2C2-1SD6azpAdNgBm7",
+          "OpenGprahAU-ResNet18_first_stage.pth", 1),
+    _ogau("opengraphau-resnet50", "resnet50", "11xh9r2e4qCpWEtQ-ptJGWut_TQ0_AmSp",
+          "OpenGprahAU-ResNet50_first_stage.pth", 1),
+    _ogau("opengraphau-swin-tiny", "swin_tiny", "1JSa-ft965qXJlVGvnoMepbkRkSm78_to",
+          "OpenGprahAU-SwinT_first_stage.pth", 1),
+    _ogau("opengraphau-swin-small", "swin_small", "1GNjFKpd00nvgYIP2q7AzRSzfzEUfAqfT",
+          "OpenGprahAU-SwinS_first_stage.pth", 1),
+    _ogau("opengraphau-swin-base", "swin_base", "1nWwowmq4pQn1ACnSOOeyBy6-n0rmqTQ9",
+          "OpenGprahAU-SwinB_first_stage.pth", 1),
+    _ogau("opengraphau-resnet18-stage2", "resnet18", "1CzWgr2ywt7TmxHLWM5tg1VaEbgGYyAZ4",
+          "OpenGprahAU-ResNet18_second_stage.pth", 2),
+    _ogau("opengraphau-resnet50-stage2", "resnet50", "1UMnpbj_YKlqHF1m0DHV0KYD3qmcOmeXp",
+          "OpenGprahAU-ResNet50_second_stage.pth", 2),
+    _ogau("opengraphau-swin-tiny-stage2", "swin_tiny", "1yRWnYY5BR_FDiquaKnzf_aCdkyjZM77E",
+          "OpenGprahAU-SwinT_second_stage.pth", 2),
+    ModelEntry(
+        name="scrfd-10g",
+        description="SCRFD-10GF face detector with 5 keypoints (insightface buffalo_l det_10g.onnx)",
+        filename="det_10g.onnx",
+        url=_BUFFALO_URL,
+        page="https://github.com/deepinsight/insightface/releases/tag/v0.7",
+        licence=_INSIGHTFACE_LICENCE,
+        sha256=_BUFFALO_SHA,
+        archive_member="det_10g.onnx",
+        member_sha256="5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91",
+        used_by="scrfd (model=...)",
+    ),
+    ModelEntry(
+        name="arcface-r50",
+        description="ArcFace ResNet-50 (WebFace600K) identity embedding (buffalo_l w600k_r50.onnx)",
+        filename="w600k_r50.onnx",
+        url=_BUFFALO_URL,
+        page="https://github.com/deepinsight/insightface/releases/tag/v0.7",
+        licence=_INSIGHTFACE_LICENCE,
+        sha256=_BUFFALO_SHA,
+        archive_member="w600k_r50.onnx",
+        member_sha256="4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43",
+        used_by="identity filter (ArcFace similarity)",
+    ),
+    ModelEntry(
+        name="libreface-au-encoder",
+        description="LibreFace ResNet-18 AU encoder, 224x224 aligned RGB -> 512 features",
+        filename="LibreFace_AU_Encoder.onnx",
+        url=_OPENSENSE.format("33dcaf80d0c07ca2751f489b40d4399b78972e75", "LibreFace_AU_Encoder.onnx"),
+        page="https://github.com/ihp-lab/OpenSense/tree/master/Utilities/LibreFace",
+        licence=_LIBREFACE_LICENCE,
+        used_by="onnx-au (spec YAML `path`)",
+    ),
+    ModelEntry(
+        name="libreface-au-intensity",
+        description="LibreFace AU intensity head, 512 features -> 12 DISFA AU intensities (0-5)",
+        filename="LibreFace_AU_Intensity.onnx",
+        url=_OPENSENSE.format("f42e95d77ccfb1e0dea98e85a4e4494ce20684a1", "LibreFace_AU_Intensity.onnx"),
+        page="https://github.com/ihp-lab/OpenSense/tree/master/Utilities/LibreFace",
+        licence=_LIBREFACE_LICENCE,
+        used_by="onnx-au (spec YAML `head.path`)",
+    ),
+)  # fmt: skip
+
+
+def catalogue() -> list[ModelEntry]:
+    """Every known model, in a stable order."""
+    return list(_CATALOGUE)
+
+
+def entry(name: str) -> ModelEntry:
+    for item in _CATALOGUE:
+        if item.name == name:
+            return item
+    raise KeyError(f"unknown model {name!r}; known: {', '.join(e.name for e in _CATALOGUE)}")
+
+
+def search_dirs() -> list[Path]:
+    """Folders searched for pulled weights: ``$MIFA_MODELS_DIR`` or the user cache, then ./models."""
+    return [DEFAULT_MODELS_DIR, LOCAL_MODELS_DIR.resolve()]
+
+
+def local_path(name: str, dest: Path | None = None) -> Path:
+    """The file a stage should read for ``name``.
+
+    With ``dest``: where ``pull(name, dest)`` puts it. Without: the first of
+    :func:`search_dirs` that holds it, else where a default ``pull`` would put it.
+    """
+    filename = entry(name).filename
+    if dest is not None:
+        return Path(dest) / filename
+    for folder in search_dirs():
+        if (folder / filename).is_file():
+            return folder / filename
+    return DEFAULT_MODELS_DIR / filename

@@ -1,0 +1,241 @@
+"""The AU detector interface and the mapping layer that puts any detector on DISFA's 12 AUs.
+
+Every AU detector stage subclasses :class:`AUDetector` and declares:
+
+- ``vocabulary``: the names of its output columns, in order (``"AU1"``, ``"AU01"``,
+  ``"AU1L"``/``"AU1R"``, OpenGraphAU's ``"L1"``/``"R1"`` ...; see :func:`parse_au_name`);
+- ``scale``: what one output value means: ``"probability"`` (occurrence probability in
+  [0, 1]), ``"binary"`` (0/1 decisions) or ``"intensity_0_5"`` (FACS intensity 0-5);
+- optionally ``intensity_vocabulary`` (+ :meth:`AUDetector.predict_intensity`) when a
+  probability or binary detector also has an intensity head;
+- ``preprocessing`` (free text: what crop/alignment/normalisation its input gets) and
+  ``licence`` (of the code and of the weights).
+
+:meth:`AUDetector.predict` returns ``(n, len(vocabulary))`` floats, NaN where it has no
+output for a sample. :func:`to_disfa` maps one such row to ``{"occurrence": [12],
+"intensity": [12]}`` in ``manifests.vocab.DISFA_AUS`` order:
+
+- an AU the vocabulary does not name, or whose values are all NaN, is ``None`` (missing,
+  never 0: "not measured" must not read as "absent");
+- several columns for one AU (left/right variants, or a bilateral column next to them)
+  combine by **max**: an AU counts as active when it is active on either side, which is how
+  FACS scores unilateral actions (``AU12L`` alone is still an AU12);
+- ``probability`` gives occurrence only (intensity ``None``), ``binary`` likewise (0/1);
+- ``intensity_0_5`` gives intensity clipped to [0, 5] and occurrence ``min(1, intensity)``,
+  so thresholding occurrence at 0.5 agrees with rounding intensity to the nearest level
+  (0.5 and above round to level >= 1, i.e. active).
+"""
+
+from __future__ import annotations
+
+import re
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal, get_args
+
+import numpy as np
+
+from manifests.vocab import AU_INDEX, DISFA_AUS, INTENSITY_MAX
+from stages.base import Record, Stage, StageError, is_dropped
+
+__all__ = [
+    "SCALES",
+    "VOCABULARIES",
+    "AUDetector",
+    "DisfaVote",
+    "Scale",
+    "covered_aus",
+    "parse_au_name",
+    "to_disfa",
+]
+
+Scale = Literal["probability", "binary", "intensity_0_5"]
+SCALES: tuple[str, ...] = get_args(Scale)
+DisfaVote = dict[str, list[float | None]]
+
+# Vocabularies of well-known detectors, so adapters and tests share one spelling.
+VOCABULARIES: dict[str, tuple[str, ...]] = {
+    # The 8 AUs of DISFA that most detectors share (MAUGen Table 2 "8 shared AUs").
+    "disfa8": ("AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26"),
+    "disfa12": tuple(f"AU{au}" for au in DISFA_AUS),
+    # BP4D's 12 occurrence AUs (FERA 2015), only 6 of which are DISFA AUs.
+    "bp4d12": tuple(f"AU{au}" for au in (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)),
+    # OpenFace 2.0 presence outputs (AU*_c), OpenFace's zero-padded spelling.
+    "openface18": tuple(
+        f"AU{au:02d}" for au in (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 28, 45)
+    ),
+    # py-feat's 20-AU detectors (xgb / svm).
+    "pyfeat20": tuple(
+        f"AU{au:02d}"
+        for au in (1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 17, 20, 23, 24, 25, 26, 28, 43)
+    ),
+    # OpenGraphAU (Luo et al. 2022): 27 bilateral AUs then 14 left/right variants.
+    "opengraphau41": (
+        *(f"AU{au}" for au in (1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+                               20, 22, 23, 24, 25, 26, 27, 32, 38, 39)),
+        *(f"AU{side}{au}" for au in (1, 2, 4, 6, 10, 12, 14) for side in ("L", "R")),
+    ),
+}
+
+# "AU1", "AU01", "au_1", "AU1L", "AU1_R", "AUL1", "L1", "L_AU1", "left AU1", "1", ...
+_SIDE = r"(?P<{g}>LEFT|RIGHT|L|R)"
+_AU_NAME = re.compile(
+    rf"^(?:{_SIDE.format(g='pre')}[_\s-]*)?(?:AU)?[_\s-]*(?:{_SIDE.format(g='mid')}[_\s-]*)?"
+    rf"0*(?P<num>\d+)(?:[_\s-]*{_SIDE.format(g='post')})?$"
+)
+
+
+def parse_au_name(name: str | int) -> tuple[int, str | None]:
+    """``"AU12L"`` -> ``(12, "L")``; ``"AU04"`` -> ``(4, None)``; raises ``ValueError``.
+
+    The side is reported for information only; the mapping combines sides by max.
+    """
+    if isinstance(name, int | np.integer):
+        return int(name), None
+    m = _AU_NAME.match(str(name).strip().upper())
+    if m is None or (m["pre"] and m["mid"]):
+        raise ValueError(
+            f"cannot read AU name {name!r}; use forms like 'AU1', 'AU01', 'AU1L', 'AUR12' or 'L1'"
+        )
+    side = m["pre"] or m["mid"] or m["post"]
+    return int(m["num"]), (side[0] if side else None)
+
+
+def _columns_per_au(vocabulary: Sequence[str | int]) -> dict[int, list[int]]:
+    """DISFA AU -> the vocabulary column indices that measure it (other AUs are ignored)."""
+    out: dict[int, list[int]] = {}
+    for col, name in enumerate(vocabulary):
+        au, _ = parse_au_name(name)
+        if au in AU_INDEX:
+            out.setdefault(au, []).append(col)
+    return out
+
+
+def covered_aus(vocabulary: Sequence[str | int]) -> tuple[int, ...]:
+    """The DISFA AUs a vocabulary can say something about, in DISFA order."""
+    cols = _columns_per_au(vocabulary)
+    return tuple(au for au in DISFA_AUS if au in cols)
+
+
+def _combine(row: np.ndarray, columns: list[int]) -> float | None:
+    values = row[columns]
+    values = values[~np.isnan(values)]
+    return float(values.max()) if values.size else None
+
+
+def to_disfa(
+    raw_row: Sequence[float] | np.ndarray,
+    vocabulary: Sequence[str | int],
+    scale: Scale,
+    *,
+    intensity_row: Sequence[float] | np.ndarray | None = None,
+    intensity_vocabulary: Sequence[str | int] | None = None,
+) -> DisfaVote:
+    """Map one detector output row to DISFA's 12 AUs (see the module docstring for rules).
+
+    ``intensity_row``/``intensity_vocabulary`` add a separate 0-5 intensity head to a
+    ``probability`` or ``binary`` detector; where given they fill ``intensity``.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"unknown detector scale {scale!r}; allowed: {list(SCALES)}")
+    row = np.asarray(raw_row, dtype=np.float64).reshape(-1)
+    if row.size != len(vocabulary):
+        raise ValueError(f"detector row has {row.size} values but its vocabulary names {len(vocabulary)}")
+    occurrence: list[float | None] = [None] * len(DISFA_AUS)
+    intensity: list[float | None] = [None] * len(DISFA_AUS)
+    for au, columns in _columns_per_au(vocabulary).items():
+        value = _combine(row, columns)
+        if value is None:
+            continue
+        i = AU_INDEX[au]
+        if scale == "probability":
+            occurrence[i] = float(np.clip(value, 0.0, 1.0))
+        elif scale == "binary":
+            occurrence[i] = 1.0 if value >= 0.5 else 0.0
+        else:
+            level = float(np.clip(value, 0.0, INTENSITY_MAX))
+            intensity[i] = level
+            occurrence[i] = min(1.0, level)
+    if intensity_row is not None:
+        if intensity_vocabulary is None:
+            raise ValueError("intensity_row given without intensity_vocabulary")
+        head = np.asarray(intensity_row, dtype=np.float64).reshape(-1)
+        if head.size != len(intensity_vocabulary):
+            raise ValueError(
+                f"intensity row has {head.size} values but its vocabulary names {len(intensity_vocabulary)}"
+            )
+        for au, columns in _columns_per_au(intensity_vocabulary).items():
+            value = _combine(head, columns)
+            if value is not None:
+                intensity[AU_INDEX[au]] = float(np.clip(value, 0.0, INTENSITY_MAX))
+    return {"occurrence": occurrence, "intensity": intensity}
+
+
+class AUDetector(Stage):
+    """Base class of every AU detector stage (``kind = "detector"``).
+
+    Subclasses set ``name``, ``vocabulary``, ``scale``, ``preprocessing`` and ``licence``
+    (class attributes, or instance attributes set in ``__init__``/``setup`` when they come
+    from a model file), and implement :meth:`predict`. :meth:`process` maps each output row
+    with :func:`to_disfa` into ``record["detector_votes"][self.name]``.
+    """
+
+    kind: ClassVar[str] = "detector"
+    vocabulary: tuple[str, ...] = ()
+    scale: Scale = "probability"
+    intensity_vocabulary: tuple[str, ...] = ()
+    preprocessing: str = ""
+    licence: str = ""
+
+    @abstractmethod
+    def predict(self, batch: list[Record]) -> np.ndarray:
+        """``(len(batch), len(vocabulary))`` float array; NaN where there is no output."""
+
+    def predict_intensity(self, batch: list[Record]) -> np.ndarray | None:
+        """``(len(batch), len(intensity_vocabulary))`` 0-5 intensities, or ``None``."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """What the detector declares, for run reports and ``factory stages``."""
+        return {
+            "name": self.name,
+            "vocabulary": list(self.vocabulary),
+            "covered_disfa_aus": list(covered_aus(self.vocabulary)),
+            "scale": self.scale,
+            "intensity_vocabulary": list(self.intensity_vocabulary),
+            "preprocessing": self.preprocessing,
+            "licence": self.licence,
+        }
+
+    def _checked(self, out: np.ndarray | None, n: int, width: int, what: str) -> np.ndarray:
+        arr = np.asarray(out, dtype=np.float64)
+        if arr.shape != (n, width):
+            raise StageError(
+                f"detector {self.name!r}: {what} returned shape {arr.shape}, expected ({n}, {width}) "
+                "(one row per record, one column per vocabulary entry)"
+            )
+        return arr
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        live = [r for r in batch if not is_dropped(r)]
+        if not live:
+            return batch
+        if not self.vocabulary:
+            raise StageError(f"detector {self.name!r} declares no vocabulary")
+        raw = self._checked(self.predict(live), len(live), len(self.vocabulary), "predict()")
+        head = self.predict_intensity(live)
+        if head is not None:
+            head = self._checked(head, len(live), len(self.intensity_vocabulary), "predict_intensity()")
+        for k, record in enumerate(live):
+            vote = to_disfa(
+                raw[k],
+                self.vocabulary,
+                self.scale,
+                intensity_row=None if head is None else head[k],
+                intensity_vocabulary=self.intensity_vocabulary if head is not None else None,
+            )
+            votes = record.get("detector_votes")
+            if votes is None:
+                votes = record["detector_votes"] = {}
+            votes[self.name] = vote
+        return batch

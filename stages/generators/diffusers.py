@@ -1,0 +1,297 @@
+"""Generator: any local diffusers text-to-image pipeline (SD 1.5, SD 2.x, SDXL, ...).
+
+The pipeline directory is loaded with ``AutoPipelineForText2Image.from_pretrained(dir,
+local_files_only=True)`` once per worker. Each sample gets its own ``torch.Generator``
+seeded with ``record["seed"]`` (a *CPU* generator, so the initial noise is the same on any
+device), which makes a sample's image independent of its batch neighbours (diffusers
+issue #6233: a single generator shared by the batch ties every sample to its position).
+
+Labels are the planned AU vector: a text-to-image model does not tell which AUs it drew,
+so ``label_source = "planned"`` and later detector stages decide what is kept.
+
+Timing: :class:`ForwardTimer` hooks the UNet (or transformer) so every ``process`` call
+records how much of its wall time was the denoiser (``model_s``) against everything else
+(text encoding, VAE decode, conversion: ``overhead_s``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from stages.base import Record, Stage, StageConfig, StageError, is_dropped
+
+__all__ = [
+    "PIPELINE_LAYOUT",
+    "DiffusersConfig",
+    "DiffusersGenerator",
+    "ForwardTimer",
+    "check_pipeline_dir",
+    "planned_labels",
+    "resolve_dtype",
+    "to_uint8",
+]
+
+# What a diffusers text-to-image pipeline folder holds (save_pretrained layout).
+PIPELINE_LAYOUT = ("model_index.json", "unet/", "vae/", "text_encoder/", "tokenizer/", "scheduler/")
+
+DType = Literal["auto", "float16", "bfloat16", "float32"]
+
+
+class DiffusersConfig(StageConfig):
+    pipeline: str = Field(
+        "models/stable-diffusion-v1-5",
+        description="local diffusers pipeline folder (save_pretrained layout: model_index.json, unet/, ...)",
+    )
+    scheduler: str | None = Field(
+        None,
+        description="diffusers scheduler class, e.g. DPMSolverMultistepScheduler; None keeps the pipeline's",
+    )
+    steps: int = Field(30, ge=1, le=1000)
+    guidance_scale: float = Field(7.0, ge=0.0, le=50.0)
+    negative_prompt: str = "cartoon, drawing, painting, 3d render, deformed face, blurry, low quality, text, watermark"
+    prompt_template: str = Field("{description}", description="'{description}' is replaced by the record's text")
+    dtype: DType = Field("auto", description="auto: float16 on CUDA, float32 on CPU (CPU is always float32)")
+    batch_size: int = Field(8, ge=1, le=256, description="samples per denoiser call; the micro-batch is chunked")
+    compile: bool = Field(False, description="torch.compile the denoiser; chunks are padded to batch_size")
+    channels_last: bool = True
+    vae_slicing: bool = Field(True, description="decode one image at a time (bounded VAE memory)")
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """The torch dtype for ``dtype`` on ``device``: CPU is always float32 (half is slow or unsupported)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return torch.float32
+    if dtype == "auto":
+        return torch.float16
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+
+
+def check_pipeline_dir(path: Path) -> dict[str, Any]:
+    """Read ``model_index.json`` and check every component folder it names exists.
+
+    Raises :class:`StageError` naming the missing file and the expected layout.
+    """
+    layout = ", ".join(PIPELINE_LAYOUT)
+    if not path.is_dir():
+        raise StageError(
+            f"diffusers pipeline folder {path} does not exist; set generator.pipeline to a local folder "
+            f"saved with save_pretrained (expected layout: {layout})"
+        )
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise StageError(
+            f"{index_file} is missing; {path} is not a diffusers pipeline folder (expected layout: {layout})"
+        )
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StageError(
+            f"{index_file} cannot be read ({exc}); re-save the pipeline (expected layout: {layout})"
+        ) from exc
+    # A component entry is [library, class]; [null, null] marks an optional part left out.
+    components = [k for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] is not None]
+    missing = [c for c in components if not (path / c).is_dir()]
+    if missing:
+        raise StageError(
+            f"{path / missing[0]}/ is missing but model_index.json lists it; copy the whole pipeline folder "
+            f"(expected layout: {layout})"
+        )
+    return index
+
+
+def planned_labels(planned: list[int] | tuple[int, ...]) -> tuple[list[float], list[float]]:
+    """(occurrence, intensity) floats from a planned intensity vector (0 = inactive)."""
+    intensity = [float(x) for x in planned]
+    return [1.0 if x > 0 else 0.0 for x in intensity], intensity
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] ``(B, H, W, 3)`` to uint8."""
+    return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+class ForwardTimer:
+    """Accumulates wall seconds spent inside a module's ``forward`` (hooks, CUDA-synchronised).
+
+    Synchronising once per call costs little: the denoising loop is sequential anyway.
+    """
+
+    def __init__(self, module: Any, device: str) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self._cuda = device.startswith("cuda")
+        self._start = 0.0
+        self._handles = [
+            module.register_forward_pre_hook(self._pre),
+            module.register_forward_hook(self._post),
+        ]
+
+    def _sync(self) -> None:
+        if self._cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def _pre(self, *_: Any) -> None:
+        self._sync()
+        self._start = time.perf_counter()
+
+    def _post(self, *_: Any) -> None:
+        self._sync()
+        self.seconds += time.perf_counter() - self._start
+        self.calls += 1
+
+    @contextmanager
+    def measure(self) -> Iterator[ForwardTimer]:
+        """Reset, then count the forwards inside the block."""
+        self.seconds, self.calls = 0.0, 0
+        yield self
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class DiffusersGenerator(Stage):
+    name = "diffusers"
+    kind = "generator"
+    config_model = DiffusersConfig
+
+    def __init__(self, config: StageConfig, context: Any) -> None:
+        super().__init__(config, context)
+        self.pipe: Any = None
+        self.timings: list[dict[str, float]] = []
+        self.last_timing: dict[str, float] = {}
+        self._timer: ForwardTimer | None = None
+
+    @property
+    def cfg(self) -> DiffusersConfig:
+        return self.config  # type: ignore[return-value]
+
+    def setup(self) -> None:
+        import torch
+        from diffusers import AutoPipelineForText2Image
+
+        cfg, device = self.cfg, self.context.device
+        size = self.context.image_size
+        if size % 8:
+            raise StageError(f"output.image_size={size}: latent diffusion needs a multiple of 8")
+        path = Path(cfg.pipeline).expanduser()
+        check_pipeline_dir(path)
+        dtype = resolve_dtype(cfg.dtype, device)
+        try:
+            with warnings.catch_warnings():
+                # diffusers >= 0.36 renamed torch_dtype to dtype; the old name works everywhere.
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                pipe = AutoPipelineForText2Image.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise StageError(
+                f"diffusers could not load the pipeline in {path} ({type(exc).__name__}: {exc}); "
+                f"check that it is a "
+                f"complete text-to-image pipeline (expected layout: {', '.join(PIPELINE_LAYOUT)})"
+            ) from exc
+        if cfg.scheduler:
+            pipe.scheduler = _scheduler(cfg.scheduler, pipe.scheduler.config)
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        denoiser_name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+        denoiser = getattr(pipe, denoiser_name)
+        if cfg.channels_last and device.startswith("cuda"):
+            # NHWC convolutions are faster with tensor cores; on CPU they only add layout copies.
+            denoiser.to(memory_format=torch.channels_last)
+        if cfg.vae_slicing and hasattr(pipe.vae, "enable_slicing"):
+            pipe.vae.enable_slicing()
+        if cfg.compile:
+            # Fixed shapes (every chunk is padded to batch_size) so the graph compiles once.
+            denoiser = torch.compile(denoiser, fullgraph=False, dynamic=False)
+            setattr(pipe, denoiser_name, denoiser)
+        self._timer = ForwardTimer(denoiser, device)
+        self.pipe = pipe
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        if self.pipe is None or self._timer is None:
+            raise StageError("DiffusersGenerator.process() called before setup()")
+        t0 = time.perf_counter()
+        live = [r for r in batch if not is_dropped(r)]
+        model_s = 0.0
+        for chunk in _chunks(live, self.cfg.batch_size):
+            images, seconds = self._generate(chunk)
+            model_s += seconds
+            for record, image in zip(chunk, images, strict=True):
+                occurrence, intensity = planned_labels(record["planned_intensity"])
+                record.update(
+                    image=image,
+                    generator=self.name,
+                    label_source="planned",
+                    generator_occurrence=occurrence,
+                    generator_intensity=intensity,
+                )
+        total = time.perf_counter() - t0
+        self.last_timing = {
+            "batch_size": float(len(live)),
+            "model_s": model_s,
+            "total_s": total,
+            "overhead_s": max(total - model_s, 0.0),
+        }
+        self.timings.append(self.last_timing)
+        return batch
+
+    def _generate(self, chunk: list[Record]) -> tuple[np.ndarray, float]:
+        import torch
+
+        cfg = self.cfg
+        prompts = [cfg.prompt_template.format(description=r.get("description") or "") for r in chunk]
+        seeds = [int(r["seed"]) for r in chunk]
+        n_real = len(chunk)
+        if cfg.compile and n_real < cfg.batch_size:
+            # Pad with copies of the last sample; their images are discarded below.
+            pad = cfg.batch_size - n_real
+            prompts += [prompts[-1]] * pad
+            seeds += [seeds[-1]] * pad
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        size = self.context.image_size
+        kwargs: dict[str, Any] = {
+            "prompt": prompts,
+            "height": size,
+            "width": size,
+            "num_inference_steps": cfg.steps,
+            "guidance_scale": cfg.guidance_scale,
+            "generator": generators,
+            "output_type": "np",
+        }
+        if cfg.guidance_scale > 1.0 and cfg.negative_prompt:
+            kwargs["negative_prompt"] = [cfg.negative_prompt] * len(prompts)
+        timer = self._timer
+        if timer is None:
+            raise StageError("DiffusersGenerator used before setup()")
+        with torch.inference_mode(), timer.measure():
+            out = self.pipe(**kwargs)
+        return to_uint8(np.asarray(out.images)[:n_real]), timer.seconds
+
+
+def _scheduler(name: str, config: Any) -> Any:
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
+        raise StageError(
+            f"generator.scheduler={name!r} is not a diffusers scheduler class; use one of: {', '.join(known)}"
+        )
+    return cls.from_config(config)

@@ -1,0 +1,244 @@
+"""Generator: MAUGen (paper sections 3.2-3.3), loading the official release's checkpoint layout.
+
+Each sample is generated from its description, its identity exemplar and a mask, and comes
+back with the image *and* the labels MAUGen's Conditional Label Decoder decoded while
+denoising (``label_source = "decoded"``): 12 occurrence probabilities and 12 intensities
+(0-5), in DISFA order.
+
+Per sample:
+
+- identity: ``context.identity_bank.image(identity_id)``, aligned to a 112x112 face chip
+  (dlib detector + 5-point landmarks; ``identity_align = "center-crop"`` skips detection).
+  A sample whose exemplar has no detectable face is dropped with that reason. Identity
+  tokens are cached per ``identity_id`` (banks are small and reused across samples).
+- mask (1 = generate): ``record["mask"]`` (``(H, W)``, any size) if present, else
+  ``mask = "full"`` (the default: the whole frame is generated, nothing is kept; what a
+  text-driven dataset needs) or ``"face-ellipse"`` (a head-sized ellipse is generated and
+  the rest is kept from the background).
+- background (kept where the mask is 0): ``record["background"]`` (uint8 RGB) if present,
+  else the identity exemplar, centre-cropped to the frame.
+- prompt: ``prompt_template`` with ``{description}``; its ``<ID> <ID2>`` slots carry the
+  identity tokens into the text condition, as in the release.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from manifests.vocab import DISFA_AUS
+from stages.base import Record, Stage, StageConfig, StageError, drop, is_dropped
+from stages.generators.diffusers import DType, resolve_dtype
+
+__all__ = ["MaugenConfig", "MaugenGenerator", "default_mask", "fit_image", "fit_mask"]
+
+_NEGATIVE = (
+    "semi-realistic, cgi, 3d, render, sketch, cartoon, drawing, anime, text, cropped, out of frame, "
+    "worst quality, "
+    "low quality, jpeg artifacts, duplicate, deformed, blurry, bad anatomy, bad proportions, disfigured, "
+    "deformed iris, plastic-like skin, waxy texture, asymmetric cheeks, distorted features, uncanny valley"
+)
+
+
+class MaugenConfig(StageConfig):
+    checkpoint_dir: str = Field(
+        "models/maugen", description="folder holding the release layout (see stages/maugen/checkpoint.py)"
+    )
+    base_dir: str = "stable-diffusion-inpainting"
+    unet_file: str = "maugen_unet.pth"
+    au_cue_file: str = "au_cue.pt"
+    img2text_file: str = "img2text_exp.pth"
+    identity_encoder_file: str = "msid_112.pth"
+    steps: int = Field(30, ge=1, le=1000)
+    guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
+    negative_prompt: str = _NEGATIVE
+    prompt_template: str = "a photo of <ID> <ID2>, {description}"
+    scheduler: str | None = Field(None, description="diffusers scheduler class; None keeps the base folder's")
+    dtype: DType = "auto"
+    batch_size: int = Field(8, ge=1, le=256, description="samples per denoiser call; the micro-batch is chunked")
+    idm_mode: Literal["release", "paper"] = Field(
+        "release",
+        description="IDM equations: as the release computes them (its weights) or as printed (eqs. 6-8)",
+    )
+    au_cue_mode: Literal["ema", "fixed"] = Field(
+        "ema", description="refresh C_AU from the decoder each step, or keep it"
+    )
+    au_cue_momentum: float = Field(0.9, ge=0.0, le=1.0, description="EMA weight of the previous AU cue")
+    attention_heads: int = Field(8, ge=1, description="heads of the label decoder's attention (8 in the release)")
+    mask: Literal["full", "face-ellipse"] = "full"
+    identity_align: Literal["dlib", "center-crop"] = "dlib"
+    identity_padding: float = Field(0.3, ge=0.0, le=2.0, description="dlib face-chip padding around the landmarks")
+    identity_cache: int = Field(4096, ge=0, description="identity embeddings kept in memory")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_description(cls, v: str) -> str:
+        if "{description}" not in v:
+            raise ValueError("must contain '{description}'")
+        return v
+
+
+def default_mask(kind: str, size: int) -> np.ndarray:
+    """``(size, size)`` float32 mask, 1 where the face is generated."""
+    if kind == "full":
+        return np.ones((size, size), np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    # A head-sized ellipse a little above centre (portrait framing).
+    return ((((xx - 0.5) / 0.33) ** 2 + ((yy - 0.45) / 0.42) ** 2) <= 1.0).astype(np.float32)
+
+
+def fit_image(image: np.ndarray, size: int) -> np.ndarray:
+    from stages.generators.maugen.identity_encoder import resize_square
+
+    return resize_square(np.asarray(image, dtype=np.uint8)[..., :3], size)
+
+
+def fit_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    m = np.asarray(mask, dtype=np.float32)
+    m = m / 255.0 if m.max() > 1.0 else m
+    resized = np.asarray(Image.fromarray(m).resize((size, size), Image.Resampling.NEAREST))
+    return (resized > 0.5).astype(np.float32)
+
+
+class MaugenGenerator(Stage):
+    name = "maugen"
+    kind = "generator"
+    config_model = MaugenConfig
+
+    def __init__(self, config: StageConfig, context: Any) -> None:
+        super().__init__(config, context)
+        self.pipe: Any = None
+        self.timings: list[dict[str, float]] = []
+        self.last_timing: dict[str, float] = {}
+        self._identities: OrderedDict[str, tuple[Any, np.ndarray] | str] = OrderedDict()
+
+    @property
+    def cfg(self) -> MaugenConfig:
+        return self.config  # type: ignore[return-value]
+
+    def setup(self) -> None:
+        from stages.generators.maugen.checkpoint import ReleaseFiles
+        from stages.generators.maugen.pipeline import MaugenPipeline
+
+        cfg = self.cfg
+        if self.context.identity_bank is None:
+            raise StageError(
+                "the maugen generator needs identity exemplars; set identities.bank to 'builtin' or a folder"
+            )
+        files = ReleaseFiles(cfg.base_dir, cfg.unet_file, cfg.au_cue_file, cfg.img2text_file, cfg.identity_encoder_file)
+        self.pipe = MaugenPipeline.from_checkpoint(
+            cfg.checkpoint_dir,
+            files=files,
+            device=self.context.device,
+            dtype=resolve_dtype(cfg.dtype, self.context.device),
+            idm_mode=cfg.idm_mode,
+            num_heads=cfg.attention_heads,
+            scheduler=cfg.scheduler,
+        )
+        size, multiple = self.context.image_size, self.pipe.size_multiple
+        if size % multiple:
+            raise StageError(f"output.image_size={size}: this MAUGen checkpoint needs a multiple of {multiple}")
+        n_labels = self.pipe.au_cue.shape[1]
+        if n_labels != len(DISFA_AUS):
+            raise StageError(
+                f"{cfg.checkpoint_dir}/{cfg.unet_file} decodes {n_labels} AUs; MIFA needs the "
+                f"{len(DISFA_AUS)} DISFA AUs {list(DISFA_AUS)}"
+            )
+
+    # ------------------------------------------------------------------ identities
+    def _identity(self, identity_id: str) -> tuple[Any, np.ndarray] | str:
+        """(C_ID tokens on CPU, exemplar) or the reason it cannot be used; cached."""
+        hit = self._identities.get(identity_id)
+        if hit is not None:
+            self._identities.move_to_end(identity_id)
+            return hit
+        from stages.generators.maugen.identity_encoder import align_face, resize_square
+
+        try:
+            exemplar = np.asarray(self.context.identity_bank.image(identity_id), dtype=np.uint8)
+        except (ValueError, OSError, KeyError) as exc:
+            result: tuple[Any, np.ndarray] | str = f"identity {identity_id!r} unusable: {exc}"
+        else:
+            size = self.pipe.identity_encoder.img_size
+            if self.cfg.identity_align == "dlib":
+                chip = align_face(exemplar, size=size, padding=self.cfg.identity_padding)
+            else:
+                chip = resize_square(exemplar, size)
+            if chip is None:
+                result = f"identity {identity_id!r}: no face found in the exemplar to align (dlib)"
+            else:
+                result = (self.pipe.encode_identity([chip])[0].float().cpu(), exemplar)
+        if self.cfg.identity_cache:
+            self._identities[identity_id] = result
+            while len(self._identities) > self.cfg.identity_cache:
+                self._identities.popitem(last=False)
+        return result
+
+    # ------------------------------------------------------------------ generation
+    def process(self, batch: list[Record]) -> list[Record]:
+        if self.pipe is None:
+            raise StageError("MaugenGenerator.process() called before setup()")
+        t0 = time.perf_counter()
+        ready: list[tuple[Record, Any, np.ndarray]] = []
+        for record in batch:
+            if is_dropped(record):
+                continue
+            ident = self._identity(str(record["identity_id"]))
+            if isinstance(ident, str):
+                drop(record, self.name, ident)
+                continue
+            ready.append((record, *ident))
+        model_s = 0.0
+        for i in range(0, len(ready), self.cfg.batch_size):
+            model_s += self._generate(ready[i : i + self.cfg.batch_size])
+        total = time.perf_counter() - t0
+        self.last_timing = {
+            "batch_size": float(len(ready)),
+            "model_s": model_s,
+            "total_s": total,
+            "overhead_s": max(total - model_s, 0.0),
+        }
+        self.timings.append(self.last_timing)
+        return batch
+
+    def _generate(self, chunk: list[tuple[Record, Any, np.ndarray]]) -> float:
+        import torch
+
+        cfg, size = self.cfg, self.context.image_size
+        records = [r for r, _, _ in chunk]
+        masks = np.stack(
+            [fit_mask(r["mask"], size) if r.get("mask") is not None else default_mask(cfg.mask, size) for r in records]
+        )
+        backgrounds = np.stack(
+            [
+                fit_image(r["background"] if r.get("background") is not None else exemplar, size)
+                for r, _, exemplar in chunk
+            ]
+        )
+        out = self.pipe(
+            [cfg.prompt_template.format(description=r.get("description") or "") for r in records],
+            torch.stack([tokens for _, tokens, _ in chunk]),
+            masks,
+            backgrounds,
+            [int(r["seed"]) for r in records],
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.guidance_scale,
+            negative_prompt=cfg.negative_prompt,
+            au_cue_mode=cfg.au_cue_mode,
+            au_cue_momentum=cfg.au_cue_momentum,
+        )
+        for i, record in enumerate(records):
+            record.update(
+                image=out.images[i],
+                generator=self.name,
+                label_source="decoded",
+                generator_occurrence=[float(x) for x in out.occurrence[i]],
+                generator_intensity=[float(x) for x in out.intensity[i]],
+            )
+        return out.unet_seconds

@@ -1,0 +1,176 @@
+"""Learned realism: a binary real-vs-generated ResNet classifier scores each image.
+
+The checkpoint is what :func:`stages.realism.train.train_realism` writes (``torch.save``
+of a dict)::
+
+    {"arch": "resnet18" | "resnet50", "state_dict": {...}, "input_size": 224,
+     "mean": [r, g, b], "std": [r, g, b], "trained_on": {...}}
+
+``state_dict`` uses torchvision's ResNet key names with a one-logit ``fc`` (logit > 0 means
+"real"). The stage writes ``record["realism_score"]`` = P(real) and
+``record["realism_scorer"] = "learned:<arch>"``; thresholding is the filter stage's job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+from pydantic import Field
+
+from stages.base import Record, Stage, StageConfig, StageContext, StageError, is_dropped
+
+__all__ = [
+    "CHECKPOINT_KEYS",
+    "LearnedRealism",
+    "LearnedRealismConfig",
+    "build_classifier",
+    "load_classifier",
+    "realism_batch",
+    "state_mismatch",
+]
+
+CHECKPOINT_KEYS = ("arch", "state_dict", "input_size", "mean", "std", "trained_on")
+ARCHS = ("resnet18", "resnet50")
+
+
+class LearnedRealismConfig(StageConfig):
+    checkpoint: str | None = Field(
+        None, description="classifier .pt from `factory train-realism --real DIR --fake DIR`"
+    )
+    batch_size: int = Field(32, ge=1, le=1024)
+    use_face_crop: bool = Field(False, description="score the aligned face crop instead of the whole image")
+
+
+def realism_batch(images: list[np.ndarray], size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """Shorter side to ``size`` (bilinear), centre crop, scale to [0, 1], normalise; NCHW float32."""
+    m = np.asarray(mean, dtype=np.float32)
+    s = np.asarray(std, dtype=np.float32)
+    out = np.empty((len(images), 3, size, size), dtype=np.float32)
+    for i, image in enumerate(images):
+        pil = Image.fromarray(image)
+        w, h = pil.size
+        scale = size / min(w, h)
+        pil = pil.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+        w, h = pil.size
+        left, top = (w - size) // 2, (h - size) // 2
+        arr = np.asarray(pil.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+        out[i] = ((arr - m) / s).transpose(2, 0, 1)
+    return out
+
+
+def build_classifier(arch: str) -> Any:
+    """A ResNet with torchvision keys and a single real/fake logit."""
+    from stages.nets.backbones import build_resnet
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown realism classifier arch {arch!r}; allowed: {list(ARCHS)}")
+    return build_resnet(arch, num_classes=1)
+
+
+def state_mismatch(net: Any, state: dict[str, Any], ignore_prefix: str | None = None) -> str:
+    """Empty when ``state`` fits ``net`` key for key and shape for shape, else what does not."""
+    expected = {k: v for k, v in net.state_dict().items() if not (ignore_prefix and k.startswith(ignore_prefix))}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing {missing[:5]}")
+    if unexpected:
+        parts.append(f"unexpected {unexpected[:5]}")
+    if shapes:
+        parts.append(f"shape mismatches {shapes[:3]}")
+    return "; ".join(parts)
+
+
+def load_classifier(path: Path) -> tuple[Any, dict[str, Any]]:
+    """(eval-mode network, checkpoint metadata without the weights); errors name the file."""
+    import torch
+
+    if not path.is_file():
+        raise StageError(
+            f"learned-realism: checkpoint {path} not found; train one with "
+            "`factory train-realism --real DIR --fake DIR --out FILE` and set `checkpoint`"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors have many types; the file is what matters
+        raise StageError(f"learned-realism: cannot read checkpoint {path}: {exc}") from exc
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise StageError(f"learned-realism: checkpoint {path} lacks {missing} (expected keys {CHECKPOINT_KEYS})")
+    try:
+        net = build_classifier(str(ckpt["arch"]))
+    except ValueError as exc:
+        raise StageError(f"learned-realism: checkpoint {path}: {exc}") from exc
+    problem = state_mismatch(net, ckpt["state_dict"])
+    if problem:
+        raise StageError(f"learned-realism: checkpoint {path} does not fit {ckpt['arch']}: {problem}")
+    net.load_state_dict(ckpt["state_dict"], strict=True)
+    meta = {k: ckpt[k] for k in CHECKPOINT_KEYS if k != "state_dict"}
+    return net.eval(), meta
+
+
+class LearnedRealism(Stage):
+    name: ClassVar[str] = "learned-realism"
+    kind: ClassVar[str] = "realism"
+    config_model: ClassVar[type[StageConfig]] = LearnedRealismConfig
+
+    def __init__(self, config: StageConfig, context: StageContext) -> None:
+        super().__init__(config, context)
+        self.net: Any = None
+        self.meta: dict[str, Any] = {}
+        self.device = "cpu"
+
+    def setup(self) -> None:
+        import torch
+
+        cfg: LearnedRealismConfig = self.config  # type: ignore[assignment]
+        if not cfg.checkpoint:
+            raise StageError(
+                'learned-realism needs `checkpoint = "path/to/realism.pt"`; train one with '
+                "`factory train-realism --real DIR --fake DIR`"
+            )
+        net, self.meta = load_classifier(Path(cfg.checkpoint).expanduser())
+        self.device = "cuda" if self.context.device == "cuda" and torch.cuda.is_available() else "cpu"
+        self.net = net.to(self.device).float()
+
+    def scores(self, images: list[np.ndarray]) -> np.ndarray:
+        """P(real) per image."""
+        import torch
+
+        if self.net is None:
+            self.setup()
+        cfg: LearnedRealismConfig = self.config  # type: ignore[assignment]
+        size, mean, std = int(self.meta["input_size"]), tuple(self.meta["mean"]), tuple(self.meta["std"])
+        out = []
+        for start in range(0, len(images), cfg.batch_size):
+            x = torch.from_numpy(realism_batch(images[start : start + cfg.batch_size], size, mean, std))
+            with torch.inference_mode():
+                out.append(torch.sigmoid(self.net(x.to(self.device))).float().cpu().numpy().reshape(-1))
+        return np.concatenate(out) if out else np.empty(0)
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        cfg: LearnedRealismConfig = self.config  # type: ignore[assignment]
+        live = [r for r in batch if not is_dropped(r)]
+        images = []
+        for record in live:
+            image = record.get("face_crop") if cfg.use_face_crop else None
+            image = record.get("image") if image is None else image
+            if not isinstance(image, np.ndarray) or image.ndim != 3:
+                raise StageError(f"learned-realism: record {record.get('key')!r} has no decoded 'image'")
+            images.append(image)
+        if not images:
+            return batch
+        scores = self.scores(images)
+        for record, score in zip(live, scores, strict=True):
+            record["realism_score"] = float(score)
+            record["realism_scorer"] = f"learned:{self.meta['arch']}"
+        return batch
