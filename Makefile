@@ -21,13 +21,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## create .venv and install everything (CPU torch 2.13.0 first)
 
-test: setup ## run the test suite
-	$(VENV)/bin/ruff check .
+test: setup lint ## lint, then run the test suite
 	$(VENV)/bin/pytest -q tests
 
-lint: setup ## ruff
+lint: setup ## ruff (check and format), and the import-layer contracts
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check . || true
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 bench: setup ## run the benchmarks and rewrite BENCHMARKS.md
 	$(PY) -m bench.run_all

@@ -54,7 +54,7 @@ def _toml(doc: dict[str, Any], path: Path) -> Path:
 
 def bare_loop_rate() -> float:
     """Samples/s of one process calling the stand-in back to back (no engine)."""
-    from bench.standin import StandInGenerator, StandInConfig
+    from bench.standin import StandInConfig, StandInGenerator
     from stages.base import StageContext
 
     stage = StandInGenerator(StandInConfig(seconds_per_batch=SECONDS_PER_BATCH), StageContext(Path(".")))
@@ -73,8 +73,14 @@ def engine_rate(gpus: int, shards_per_worker: int) -> float:
 
     shard_size = BATCH * BATCHES_PER_SHARD
     with tempfile.TemporaryDirectory() as tmp:
-        doc = _doc(Path(tmp) / "out", target=gpus * shards_per_worker * shard_size, shard_size=shard_size,
-                   gpus=gpus, seconds=SECONDS_PER_BATCH, batch=BATCH)
+        doc = _doc(
+            Path(tmp) / "out",
+            target=gpus * shards_per_worker * shard_size,
+            shard_size=shard_size,
+            gpus=gpus,
+            seconds=SECONDS_PER_BATCH,
+            batch=BATCH,
+        )
         summary = build(recipe_from_dict(doc), local_gpus=8, quiet=True)
         return summary.accepted / summary.run_seconds
 
@@ -84,8 +90,13 @@ def _peak_rss(cmd: list[str]) -> tuple[float, float]:
     import psutil
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+    )
     peak = 0.0
     stop = threading.Event()
 
@@ -147,20 +158,27 @@ def main(memory_targets: tuple[int, ...] = (10_000, 1_000_000)) -> str:
         f"| **scaling 1 -> 8** (rate8 / 8 x rate1; target >= 0.9) | **{rate8 / (8 * rate1):.3f}** |",
     ]
     mem = [(t, *driver_peak_rss(t)) for t in memory_targets]
-    lines += ["", "| driver memory: build size | peak driver RSS MiB | wall s | index pass alone, peak RSS MiB |",
-              "|---:|---:|---:|---:|"]
-    lines += [f"| {t:,} samples ({t // 1000:,} shards of 1,000) | {rss:.0f} | {wall:.0f} | {index:.0f} |"
-              for t, rss, wall, index in mem]
+    lines += [
+        "",
+        "| driver memory: build size | peak driver RSS MiB | wall s | index pass alone, peak RSS MiB |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {t:,} samples ({t // 1000:,} shards of 1,000) | {rss:.0f} | {wall:.0f} | {index:.0f} |"
+        for t, rss, wall, index in mem
+    ]
     if len(mem) == 2:
-        lines.append(f"\nDriver RSS ratio {mem[1][0]:,} / {mem[0][0]:,} samples: **{mem[1][1] / mem[0][1]:.3f}** "
-                     "(target: within 10%, i.e. <= 1.10)")
+        lines.append(
+            f"\nDriver RSS ratio {mem[1][0]:,} / {mem[0][0]:,} samples: **{mem[1][1] / mem[0][1]:.3f}** "
+            "(target: within 10%, i.e. <= 1.10)"
+        )
     lines.append(
         "\nPeak RSS of the `factory build` process (sampled every 0.2 s), stand-in generator with no "
         "sleep, 2 CPU workers. The driver holds only planned / accepted / drop reasons per shard; the "
         "index pass over every shard manifest runs in an IndexWriter actor on the driver's node "
         "(`factory/worker.py`, started with the workers); the last column runs that pass alone on the "
         "same build, in a fresh process. Measure one size with "
-        "`python -c \"from bench.bench_engine import driver_peak_rss; print(driver_peak_rss(1_000_000))\"`."
+        '`python -c "from bench.bench_engine import driver_peak_rss; print(driver_peak_rss(1_000_000))"`.'
     )
     return "\n".join(lines)
 

@@ -28,8 +28,9 @@ print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_
 def _run(recipe: Path, target: int) -> tuple[float, float]:
     """Wall time and peak RSS (MiB) of one `factory plan` process, measured by a fresh parent."""
     cmd = [sys.executable, "-m", "factory.cli", "plan", str(recipe), "--target", str(target)]
-    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], check=True, capture_output=True, text=True,
-                         cwd=REPO).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *cmd], check=True, capture_output=True, text=True, cwd=REPO
+    ).stdout.split()
     return float(out[0]), float(out[1])
 
 

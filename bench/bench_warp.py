@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> str:
         records = _records(args.images)
         t0 = time.perf_counter()
         for i in range(0, len(records), args.batch):
-            gen.process(records[i:i + args.batch])
+            gen.process(records[i : i + args.batch])
         seconds = time.perf_counter() - t0
         lines.append(f"| {size} | {len(records)} | {seconds:.2f} | {len(records) / seconds:.1f} | {first:.2f} |")
     return "\n".join(lines)

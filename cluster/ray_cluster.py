@@ -27,7 +27,7 @@ def connect(address: str | None = None, *, gpus: int = 0, local_gpus: int | None
     ``local_gpus`` starts the local cluster with that many *logical* GPU slots (Ray
     resources), which tests and benchmarks use to exercise GPU placement without GPUs.
     """
-    import ray
+    import ray  # deferred: ~0.5 s at import, and most commands never start a cluster
 
     # Keep a local cluster on loopback (Ray 2.60 otherwise binds the machine's address).
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -38,9 +38,11 @@ def connect(address: str | None = None, *, gpus: int = 0, local_gpus: int | None
             try:
                 ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ClusterError(f"cannot connect to the Ray cluster at {address!r} ({exc}); "
-                                   "check the address (ray://host:10001 or host:6379) and that "
-                                   "`ray status` works there") from exc
+                raise ClusterError(
+                    f"cannot connect to the Ray cluster at {address!r} ({exc}); "
+                    "check the address (ray://host:10001 or host:6379) and that "
+                    "`ray status` works there"
+                ) from exc
         else:
             ray.init(
                 address="local",  # a fresh cluster, never one left behind on this machine
@@ -62,8 +64,9 @@ def connect(address: str | None = None, *, gpus: int = 0, local_gpus: int | None
     return ClusterInfo(address or "local", have, float(res.get("CPU", 0.0)), nodes, started)
 
 
-def shutdown(info: ClusterInfo) -> None:
-    import ray
+def shutdown(info: ClusterInfo, *, force: bool = False) -> None:
+    """Leave the cluster: stop it if this process started it, or always with ``force``."""
+    import ray  # deferred: see connect()
 
-    if info.started_here and ray.is_initialized():
+    if (info.started_here or force) and ray.is_initialized():
         ray.shutdown()

@@ -285,13 +285,18 @@ class Planner:
         groups = _bank_groups(tuple(self.identities))
         out: tuple[list[str], list[str], list[str], list[str], list[str]] = ([], [], [], [], [])
         for (eth, age, gen), u in zip(cells, pick, strict=True):
-            for level, key in (("exact", (eth, age, gen)), ("ethnicity_gender", (eth, "*", gen)),
-                               ("ethnicity", (eth, "*", "*")), ("any", ("*", "*", "*"))):
+            for level, key in (
+                ("exact", (eth, age, gen)),
+                ("ethnicity_gender", (eth, "*", gen)),
+                ("ethnicity", (eth, "*", "*")),
+                ("any", ("*", "*", "*")),
+            ):
                 members = groups.get(key)
                 if members:
                     rec = members[int(u * len(members))]
-                    for lst, val in zip(out, (rec.identity_id, rec.ethnicity, rec.age_band, rec.gender, level),
-                                        strict=True):
+                    for lst, val in zip(
+                        out, (rec.identity_id, rec.ethnicity, rec.age_band, rec.gender, level), strict=True
+                    ):
                         lst.append(val)
                     break
         return out
@@ -301,8 +306,12 @@ class Planner:
 def _bank_groups(records: tuple[IdentityRecord, ...]) -> dict[tuple[str, str, str], list[IdentityRecord]]:
     groups: dict[tuple[str, str, str], list[IdentityRecord]] = {}
     for r in sorted(records, key=lambda r: r.identity_id):
-        for key in ((r.ethnicity, r.age_band, r.gender), (r.ethnicity, "*", r.gender),
-                    (r.ethnicity, "*", "*"), ("*", "*", "*")):
+        for key in (
+            (r.ethnicity, r.age_band, r.gender),
+            (r.ethnicity, "*", r.gender),
+            (r.ethnicity, "*", "*"),
+            ("*", "*", "*"),
+        ):
             groups.setdefault(key, []).append(r)
     return groups
 

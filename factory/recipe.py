@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 
-
 SKIP = "none"  # stage name that switches an optional stage off
 
 
@@ -208,8 +207,9 @@ class Recipe(_Model):
     def _required_stages(self) -> Recipe:
         for path in ("prompt", "generator"):
             if getattr(self, path).name == SKIP:
-                raise ValueError(f"{path}: this stage is required; '{SKIP}' is only allowed for "
-                                 "face, agreement, realism and filters")
+                raise ValueError(
+                    f"{path}: this stage is required; '{SKIP}' is only allowed for face, agreement, realism and filters"
+                )
         return self
 
     def stage_sections(self) -> dict[str, StageSection]:

@@ -59,13 +59,27 @@ def _grace_hopper() -> np.ndarray:
 # Hopper's portrait is a US Navy photo (public domain; matplotlib sample_data/README).
 _BUILTIN: dict[str, tuple[IdentityRecord, object]] = {
     "builtin-astronaut": (
-        IdentityRecord("builtin-astronaut", "pkg:skimage.data.astronaut", "white", "adult", "female",
-                       "scikit-image: skimage.data.astronaut() (Eileen Collins, NASA)", "public-domain"),
+        IdentityRecord(
+            "builtin-astronaut",
+            "pkg:skimage.data.astronaut",
+            "white",
+            "adult",
+            "female",
+            "scikit-image: skimage.data.astronaut() (Eileen Collins, NASA)",
+            "public-domain",
+        ),
         _astronaut,
     ),
     "builtin-grace-hopper": (
-        IdentityRecord("builtin-grace-hopper", "pkg:matplotlib/grace_hopper.jpg", "white", "elderly",
-                       "female", "matplotlib sample data: grace_hopper.jpg (US Navy)", "public-domain"),
+        IdentityRecord(
+            "builtin-grace-hopper",
+            "pkg:matplotlib/grace_hopper.jpg",
+            "white",
+            "elderly",
+            "female",
+            "matplotlib sample data: grace_hopper.jpg (US Navy)",
+            "public-domain",
+        ),
         _grace_hopper,
     ),
 }
@@ -133,8 +147,10 @@ def open_bank(spec: str) -> IdentityBank | None:
         return IdentityBank("builtin", None, [rec for rec, _ in _BUILTIN.values()])
     folder = Path(spec)
     if not folder.is_dir():
-        raise IdentityBankError(f"identity bank folder {folder} does not exist; set identities.bank "
-                                "to 'builtin', 'none' or an existing folder")
+        raise IdentityBankError(
+            f"identity bank folder {folder} does not exist; set identities.bank "
+            "to 'builtin', 'none' or an existing folder"
+        )
     rows = _read_table(folder)
     records: list[IdentityRecord] = []
     allowed = {"ethnicity": ETHNICITIES, "age_band": AGE_BANDS, "gender": GENDERS}
@@ -144,8 +160,7 @@ def open_bank(spec: str) -> IdentityBank | None:
             raise IdentityBankError(f"{folder}/identities.*: row {n} lacks {', '.join(missing)}")
         for col, values in allowed.items():
             if row[col] not in values:
-                raise IdentityBankError(f"{folder}/identities.*: row {n}: {col}={row[col]!r}; "
-                                        f"allowed: {list(values)}")
+                raise IdentityBankError(f"{folder}/identities.*: row {n}: {col}={row[col]!r}; allowed: {list(values)}")
         records.append(IdentityRecord(**{c: row[c] for c in BANK_COLUMNS}))
     if not records:
         raise IdentityBankError(f"identity bank {folder} lists no identities")

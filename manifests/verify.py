@@ -115,7 +115,7 @@ def verify(run_dir: Path) -> list[str]:
     )
     if duplicates:
         problems.append(f"{len(duplicates)} key(s) appear more than once (first: {duplicates[0]!r})")
-    parquet_path = RunLayout(run_dir, index['dataset']).index_parquet
+    parquet_path = RunLayout(run_dir, index["dataset"]).index_parquet
     try:
         rows = pq.ParquetFile(parquet_path).metadata.num_rows
     except (OSError, pa.ArrowException) as exc:

@@ -56,8 +56,10 @@ def stage_class(name: str) -> type[Stage]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise StageError(f"stage {name!r}: module {module_name!r} cannot be imported; check the "
-                             "stage name or that your plugin package is installed on every worker") from exc
+            raise StageError(
+                f"stage {name!r}: module {module_name!r} cannot be imported; check the "
+                "stage name or that your plugin package is installed on every worker"
+            ) from exc
         raise StageError(
             f"stage {name!r} needs the Python package {exc.name!r}, which is not installed; "
             f"install it with: pip install 'mifa-factory[all]'"
@@ -66,4 +68,3 @@ def stage_class(name: str) -> type[Stage]:
     if not (isinstance(cls, type) and issubclass(cls, Stage)):
         raise StageError(f"{target} is not a Stage subclass")
     return cls
-

@@ -68,9 +68,7 @@ def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
     return len(sa & sb) / len(union)
 
 
-def active_sets(
-    planned_intensity: Sequence[int], consensus_occurrence: Sequence[int]
-) -> tuple[set[int], set[int]]:
+def active_sets(planned_intensity: Sequence[int], consensus_occurrence: Sequence[int]) -> tuple[set[int], set[int]]:
     """Active AUs of the plan and of the consensus, uncertain AUs removed from both."""
     if len(planned_intensity) != len(DISFA_AUS) or len(consensus_occurrence) != len(DISFA_AUS):
         raise ValueError("planned_intensity and consensus_occurrence must both have 12 values")
@@ -136,9 +134,7 @@ class FilterStage(Stage):
 
             image = self.context.identity_bank.image(identity_id)
             faces = detect_faces(image)
-            self._exemplar_embeddings[identity_id] = (
-                face_embedding(image, faces[0].landmarks) if faces else None
-            )
+            self._exemplar_embeddings[identity_id] = face_embedding(image, faces[0].landmarks) if faces else None
         return self._exemplar_embeddings[identity_id]
 
     def identity_similarity(self, record: Record) -> float | None:

@@ -211,7 +211,6 @@ class CalibrationReport(ScoreTable):
         return "\n".join(lines) + "\n"
 
 
-
 def _shard_text(shards: Sequence[int]) -> str:
     return ", ".join(str(s) for s in shards)
 
@@ -224,8 +223,10 @@ def _check_shards(fit_shards: Sequence[int], test_shards: Sequence[int]) -> tupl
         raise CalibrationError(f"shard indices must be >= 0, got fit {fit} and test {test}")
     overlap = sorted(set(fit) & set(test))
     if overlap:
-        raise CalibrationError(f"shards {overlap} are in both the fit and the test list; held-out "
-                               "numbers need shards the calibration never saw")
+        raise CalibrationError(
+            f"shards {overlap} are in both the fit and the test list; held-out "
+            "numbers need shards the calibration never saw"
+        )
     return list(dict.fromkeys(fit)), list(dict.fromkeys(test))
 
 
@@ -235,14 +236,17 @@ class _Pipeline:
     def __init__(self, recipe: Recipe, run_dir: Path) -> None:
         sections = recipe.stage_sections()
         if "face" not in sections:
-            raise CalibrationError("calibration needs the recipe's face stage (68 landmarks for both "
-                                   "detectors); set [face] name = 'dlib'")
+            raise CalibrationError(
+                "calibration needs the recipe's face stage (68 landmarks for both detectors); set [face] name = 'dlib'"
+            )
         self.recipe = recipe
         self.context = make_context(recipe, run_dir, "cpu")
         self.bank = self.context.identity_bank
         if self.bank is None:
-            raise CalibrationError("calibration measures renders against their identity exemplar; "
-                                   "set identities.bank to 'builtin' or a bank folder")
+            raise CalibrationError(
+                "calibration measures renders against their identity exemplar; "
+                "set identities.bank to 'builtin' or a bank folder"
+            )
         self.planner = Planner(recipe, self.bank.records())
         self.generator = recipe_pipeline(recipe, self.context, ["generator"])
         self.face = recipe_pipeline(recipe, self.context, ["face"])
@@ -255,7 +259,7 @@ class _Pipeline:
         for shard in shards:
             records = self.planner.shard(shard).to_pylist()
             for start in range(0, len(records), size):
-                batch = records[start:start + size]
+                batch = records[start : start + size]
                 self.generator.run(batch)
                 for record in batch:
                     if not is_dropped(record) and record.get("label_source") != "exact":
@@ -282,8 +286,9 @@ def _labels(records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _vote_matrix(values: Sequence[Sequence[float | None]]) -> np.ndarray:
-    return np.array([[np.nan if v is None else float(v) for v in row] for row in values],
-                    dtype=np.float64).reshape(-1, len(DISFA_AUS))
+    return np.array([[np.nan if v is None else float(v) for v in row] for row in values], dtype=np.float64).reshape(
+        -1, len(DISFA_AUS)
+    )
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -312,10 +317,10 @@ def calibrate_offline_detectors(
     # 1. Measurements on the fit shards. The extractors keep the recipe's detector options
     # but the built-in calibration, so a recipe that already points `calibration` at the
     # files about to be written still sets up (the measurements do not depend on it).
-    geometric = _detector("geometric", detector_config(recipe, "geometric", calibration="warp-builtin"),
-                          pipeline.context)
-    appearance = _detector("appearance", detector_config(recipe, "appearance", calibration=None),
-                           pipeline.context)
+    geometric = _detector(
+        "geometric", detector_config(recipe, "geometric", calibration="warp-builtin"), pipeline.context
+    )
+    appearance = _detector("appearance", detector_config(recipe, "appearance", calibration=None), pipeline.context)
     geo_x: list[np.ndarray] = []
     geo_y: list[np.ndarray] = []
     app_x: list[np.ndarray] = []
@@ -342,8 +347,7 @@ def calibrate_offline_detectors(
                 app_y.append(truth)
             record.pop("image", None)  # free the pixels before the next batch is rendered
             record.pop("face_crop", None)
-    say(f"measured {len(geo_x)} fit samples from shards {_shard_text(fit)} "
-        f"({time.perf_counter() - t0:.0f} s)")
+    say(f"measured {len(geo_x)} fit samples from shards {_shard_text(fit)} ({time.perf_counter() - t0:.0f} s)")
     for name, xs in (("geometric", geo_x), ("appearance", app_x)):
         if len(xs) < MIN_FIT_SAMPLES:
             raise CalibrationError(
@@ -371,8 +375,7 @@ def calibrate_offline_detectors(
         _detector(name, detector_config(recipe, name, calibration=str(files[name])), pipeline.context)
         for name in DETECTORS
     ]
-    agree = (pipeline.recipe.stage_config("agreement") if recipe.agreement.name == "agreement"
-             else AgreementConfig())
+    agree = pipeline.recipe.stage_config("agreement") if recipe.agreement.name == "agreement" else AgreementConfig()
     min_agree = int(agree.min_agree)  # type: ignore[attr-defined]
     tolerance = float(agree.intensity_tolerance)  # type: ignore[attr-defined]
     t_test = time.perf_counter()
@@ -411,14 +414,14 @@ def calibrate_offline_detectors(
             record.pop("image", None)
             record.pop("face_crop", None)
     if not label_occ:
-        raise CalibrationError(f"no record of test shards {test} reached the detectors "
-                               f"(left out: {dict(pipeline.dropped)})")
+        raise CalibrationError(
+            f"no record of test shards {test} reached the detectors (left out: {dict(pipeline.dropped)})"
+        )
     lo, li = np.concatenate(label_occ), np.concatenate(label_int)
     scores: list[AUScore] = []
     for src in (*SOURCES, *BUILTIN_SOURCES):
         scores += score_source(src, lo, li, _vote_matrix(votes[src][0]), _vote_matrix(votes[src][1]))
-    say(f"scored {len(lo)} held-out samples from shards {_shard_text(test)} "
-        f"({time.perf_counter() - t_test:.0f} s)")
+    say(f"scored {len(lo)} held-out samples from shards {_shard_text(test)} ({time.perf_counter() - t_test:.0f} s)")
 
     report = CalibrationReport(
         recipe_fingerprint=recipe.fingerprint(),

@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.ray_cluster import ClusterError, connect, shutdown
 from factory.engine.pipeline import make_context
 from factory.recipe import IdentitySection, Recipe
 from manifests.bank import IdentityBankError, open_bank
@@ -61,19 +62,14 @@ def _gpu_check() -> Check:
 
 
 def _ray_check(address: str | None) -> Check:
-    if importlib.util.find_spec("ray") is None:
-        return Check("Ray cluster", False, "ray not installed")
     if not address:
         return Check("Ray cluster", True, "a local cluster on 127.0.0.1 is started by `factory build`")
-    import ray
-
     try:
-        ray.init(address=address, log_to_driver=False)
-        res = ray.cluster_resources()
-        ray.shutdown()
-    except Exception as exc:  # report, don't crash: this is a diagnosis
-        return Check("Ray cluster", False, f"cannot reach {address}: {exc}")
-    return Check("Ray cluster", True, f"{address}: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
+        info = connect(address)
+    except ClusterError as exc:  # report, don't crash: this is a diagnosis
+        return Check("Ray cluster", False, str(exc))
+    shutdown(info, force=True)
+    return Check("Ray cluster", True, f"{address}: {info.cpus:g} CPUs, {info.gpus:g} GPUs, {info.nodes} node(s)")
 
 
 def _stage_checks(recipe: Recipe) -> list[Check]:
@@ -110,8 +106,9 @@ def _llm_check(recipe: Recipe) -> Check | None:
         r = httpx.get(f"{base_url}/models", timeout=3.0)
         return Check("LLM endpoint", r.status_code < 500, f"{base_url}: HTTP {r.status_code}")
     except httpx.HTTPError as exc:
-        return Check("LLM endpoint", False, f"{base_url} unreachable ({exc}); start the server or "
-                                            "set prompt.backend = 'grammar'")
+        return Check(
+            "LLM endpoint", False, f"{base_url} unreachable ({exc}); start the server or set prompt.backend = 'grammar'"
+        )
 
 
 def _bank_check(recipe: Recipe) -> Check:

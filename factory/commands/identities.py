@@ -94,8 +94,10 @@ class IndexReport:
         return [e for e in self.entries if e.status != "ok"]
 
     def summary(self) -> str:
-        lines = [f"{self.bank_dir}: {len(self.ok)}/{len(self.entries)} identities usable "
-                 f"({self.embedder}; computed {self.computed}, reused {self.reused})"]
+        lines = [
+            f"{self.bank_dir}: {len(self.ok)}/{len(self.entries)} identities usable "
+            f"({self.embedder}; computed {self.computed}, reused {self.reused})"
+        ]
         lines += [f"  {e.identity_id}: {e.status}: {e.reason} [{e.image}]" for e in self.failed]
         lines += [f"  {e.identity_id}: warning: {w} [{e.image}]" for e in self.entries for w in e.warnings]
         return "\n".join(lines)
@@ -134,18 +136,20 @@ def _write_cache(path: Path, rows: list[dict[str, Any]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([
-        pa.field("identity_id", pa.string(), nullable=False),
-        pa.field("embedder", pa.string(), nullable=False),
-        pa.field("model_sha256", pa.string()),  # null for dlib (fixed packaged model)
-        pa.field("image_sha256", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("reason", pa.string()),
-        pa.field("embedding", pa.list_(pa.float32())),
-        pa.field("box", pa.list_(pa.float32(), 4)),
-        pa.field("score", pa.float32()),
-        pa.field("landmarks", pa.list_(pa.list_(pa.float32(), 2))),
-    ])
+    schema = pa.schema(
+        [
+            pa.field("identity_id", pa.string(), nullable=False),
+            pa.field("embedder", pa.string(), nullable=False),
+            pa.field("model_sha256", pa.string()),  # null for dlib (fixed packaged model)
+            pa.field("image_sha256", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("reason", pa.string()),
+            pa.field("embedding", pa.list_(pa.float32())),
+            pa.field("box", pa.list_(pa.float32(), 4)),
+            pa.field("score", pa.float32()),
+            pa.field("landmarks", pa.list_(pa.list_(pa.float32(), 2))),
+        ]
+    )
     table = pa.Table.from_pylist(rows, schema=schema)
     # Temp file then rename: an interrupted run never leaves a truncated cache behind.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".embeddings-", suffix=".parquet")
@@ -166,12 +170,16 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
     model_sha: str | None = None
     if embedder == "arcface":
         if arcface_onnx is None:
-            raise BankIndexError("embedder 'arcface' needs arcface_onnx: the path of a local insightface "
-                              "ArcFace ONNX file (e.g. buffalo_l/w600k_r50.onnx)")
+            raise BankIndexError(
+                "embedder 'arcface' needs arcface_onnx: the path of a local insightface "
+                "ArcFace ONNX file (e.g. buffalo_l/w600k_r50.onnx)"
+            )
         arcface_onnx = Path(arcface_onnx)
         if not arcface_onnx.is_file():
-            raise BankIndexError(f"ArcFace model {arcface_onnx} does not exist; copy an insightface "
-                              "recognition ONNX file there or pass its path")
+            raise BankIndexError(
+                f"ArcFace model {arcface_onnx} does not exist; copy an insightface "
+                "recognition ONNX file there or pass its path"
+            )
         model_sha = _file_sha256(arcface_onnx)
     try:
         bank = open_bank(str(bank_dir))
@@ -182,8 +190,11 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
 
     cache_path = bank_dir / EMBEDDINGS_FILE
     old_rows = _read_cache(cache_path)
-    cached = {(r["identity_id"], r["image_sha256"]): r for r in old_rows
-              if r["embedder"] == embedder and r["model_sha256"] == model_sha}
+    cached = {
+        (r["identity_id"], r["image_sha256"]): r
+        for r in old_rows
+        if r["embedder"] == embedder and r["model_sha256"] == model_sha
+    }
     # Rows of other embedders are kept untouched: one file serves dlib and ArcFace.
     # A changed ArcFace file replaces all its rows (mixing two models' spaces is meaningless).
     kept_rows = [r for r in old_rows if r["embedder"] != embedder]
@@ -196,20 +207,39 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
         try:
             data = path.read_bytes()
         except OSError as exc:
-            entries.append(IndexEntry(rec.identity_id, rec.image, "missing",
-                                      f"cannot read {path} ({exc.strerror or exc})", computed=False))
+            entries.append(
+                IndexEntry(
+                    rec.identity_id, rec.image, "missing", f"cannot read {path} ({exc.strerror or exc})", computed=False
+                )
+            )
             continue
         sha = _sha256(data)
         hit = cached.get((rec.identity_id, sha))
         if hit is not None:
             new_rows.append(hit)
-            entries.append(IndexEntry(rec.identity_id, rec.image, hit["status"], hit["reason"] or "",
-                                      computed=False, warnings=_row_warnings(hit)))
+            entries.append(
+                IndexEntry(
+                    rec.identity_id,
+                    rec.image,
+                    hit["status"],
+                    hit["reason"] or "",
+                    computed=False,
+                    warnings=_row_warnings(hit),
+                )
+            )
             continue
-        row: dict[str, Any] = {"identity_id": rec.identity_id, "embedder": embedder,
-                               "model_sha256": model_sha, "image_sha256": sha, "status": "ok",
-                               "reason": None, "embedding": None, "box": None, "score": None,
-                               "landmarks": None}
+        row: dict[str, Any] = {
+            "identity_id": rec.identity_id,
+            "embedder": embedder,
+            "model_sha256": model_sha,
+            "image_sha256": sha,
+            "status": "ok",
+            "reason": None,
+            "embedding": None,
+            "box": None,
+            "score": None,
+            "landmarks": None,
+        }
         try:
             image = decode_image(data, path)
             face = exemplar_face(image)
@@ -218,11 +248,23 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
         else:
             if embed is None:
                 embed = _embedder(embedder, arcface_onnx)
-            row.update(embedding=embed(image, face.landmarks).tolist(), box=list(face.box),
-                       score=face.score, landmarks=face.landmarks.tolist())
+            row.update(
+                embedding=embed(image, face.landmarks).tolist(),
+                box=list(face.box),
+                score=face.score,
+                landmarks=face.landmarks.tolist(),
+            )
         new_rows.append(row)
-        entries.append(IndexEntry(rec.identity_id, rec.image, row["status"], row["reason"] or "",
-                                  computed=True, warnings=_row_warnings(row)))
+        entries.append(
+            IndexEntry(
+                rec.identity_id,
+                rec.image,
+                row["status"],
+                row["reason"] or "",
+                computed=True,
+                warnings=_row_warnings(row),
+            )
+        )
 
     _write_cache(cache_path, kept_rows + new_rows)
     return IndexReport(bank_dir=bank_dir, embedder=embedder, entries=entries)
@@ -233,7 +275,8 @@ def load_embeddings(bank_dir: Path, embedder: str = "dlib") -> dict[str, np.ndar
     path = Path(bank_dir) / EMBEDDINGS_FILE
     if not path.is_file():
         raise BankIndexError(f"{path} does not exist; run `factory identities index {bank_dir}` first")
-    return {r["identity_id"]: np.asarray(r["embedding"], dtype=np.float32)
-            for r in _read_cache(path) if r["embedder"] == embedder and r["status"] == "ok"}
-
-
+    return {
+        r["identity_id"]: np.asarray(r["embedding"], dtype=np.float32)
+        for r in _read_cache(path)
+        if r["embedder"] == embedder and r["status"] == "ok"
+    }

@@ -95,8 +95,9 @@ def worker_pool(recipe: Recipe, run_root: Path) -> Iterator[WorkerPool]:
     # (the worker's own lock keeps generation one shard at a time).
     gpu = engine.gpus > 0
     count = engine.gpus if gpu else engine.cpu_workers
-    shard_spec = ActorSpec(count, num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1,
-                           concurrency=engine.inflight_per_actor)
+    shard_spec = ActorSpec(
+        count, num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1, concurrency=engine.inflight_per_actor
+    )
     args = (recipe, str(run_root))
     actors: list[Any] = []
     try:
@@ -117,8 +118,15 @@ def worker_pool(recipe: Recipe, run_root: Path) -> Iterator[WorkerPool]:
         kill(actors)
 
 
-def _dispatch(sched: Scheduler, pool: WorkerPool, run: RunDir, planner: Planner,
-              slots: dict[int, int], refs: dict[Ref, tuple[int, int]], inflight: int) -> None:
+def _dispatch(
+    sched: Scheduler,
+    pool: WorkerPool,
+    run: RunDir,
+    planner: Planner,
+    slots: dict[int, int],
+    refs: dict[Ref, tuple[int, int]],
+    inflight: int,
+) -> None:
     """Send out shards, least-loaded worker first, while the scheduler wants more."""
     for w in sorted(slots, key=slots.__getitem__):
         while slots[w] < inflight and sched.want_more():
@@ -129,8 +137,9 @@ def _dispatch(sched: Scheduler, pool: WorkerPool, run: RunDir, planner: Planner,
             slots[w] += 1
 
 
-def _collect(sched: Scheduler, progress: BuildProgress, slots: dict[int, int],
-             refs: dict[Ref, tuple[int, int]]) -> None:
+def _collect(
+    sched: Scheduler, progress: BuildProgress, slots: dict[int, int], refs: dict[Ref, tuple[int, int]]
+) -> None:
     """Wait up to a second for finished shards and record each outcome."""
     for ref in wait_any(refs, timeout=1.0):
         shard, w = refs.pop(ref)
@@ -191,8 +200,9 @@ def build(
                 progress.start(sum(int(s["accepted"]) for s in sched.done.values()), sched.done)
                 last = _run_shards(sched, pool, run, planner, progress)
                 indexed, surplus, failed = sched.outcome(last)
-                pool.write_index(run.root, recipe.dataset.name, indexed,
-                                 target=sched.target, surplus=surplus, failed=failed)
+                pool.write_index(
+                    run.root, recipe.dataset.name, indexed, target=sched.target, surplus=surplus, failed=failed
+                )
                 t_indexed = time.perf_counter()
         finally:
             progress.stop()

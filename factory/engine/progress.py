@@ -33,8 +33,13 @@ class BuildProgress:
             self.console.print(f"build: {len(done)} shards already done, {accepted}/{self.target} accepted")
             return
         self._progress = Progress(
-            TextColumn("[bold]accepted"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("{task.description}"), console=self.console, transient=False,
+            TextColumn("[bold]accepted"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+            console=self.console,
+            transient=False,
         )
         self._task = self._progress.add_task("", total=self.target, completed=min(accepted, self.target))
         self._progress.start()
@@ -53,11 +58,12 @@ class BuildProgress:
         for k, v in stats.get("stage_samples", {}).items():
             self.samples[k] += int(v)
         if self.quiet:
-            self.console.print(f"shard {stats.get('shard')}: {stats['accepted']}/{stats['planned']} accepted; "
-                               f"total {self.accepted}/{self.target}; {self._rates_text()}")
+            self.console.print(
+                f"shard {stats.get('shard')}: {stats['accepted']}/{stats['planned']} accepted; "
+                f"total {self.accepted}/{self.target}; {self._rates_text()}"
+            )
         elif self._progress is not None:
-            self._progress.update(self._task, completed=min(self.accepted, self.target),
-                                  description=self._rates_text())
+            self._progress.update(self._task, completed=min(self.accepted, self.target), description=self._rates_text())
 
     def note(self, message: str) -> None:
         self.console.print(message)

@@ -39,8 +39,18 @@ class RunError(RuntimeError):
 
 def software_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ("mifa-factory", "ray", "pyarrow", "webdataset", "duckdb", "torch", "diffusers", "numpy",
-                 "dlib-bin", "openai"):
+    for dist in (
+        "mifa-factory",
+        "ray",
+        "pyarrow",
+        "webdataset",
+        "duckdb",
+        "torch",
+        "diffusers",
+        "numpy",
+        "dlib-bin",
+        "openai",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

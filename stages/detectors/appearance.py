@@ -147,8 +147,9 @@ def upright_face(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, 
     m[:, 2] += np.array(_EYE_MID) - centre
     rgb = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    out = cv2.warpAffine(grey, m, _SIZE, flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC,
-                         borderMode=cv2.BORDER_REFLECT_101)
+    out = cv2.warpAffine(
+        grey, m, _SIZE, flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101
+    )
     return out.astype(np.float64), pts @ m[:, :2].T + m[:, 2]
 
 
@@ -175,8 +176,14 @@ def _contour_mask(shape: tuple[int, ...], p: np.ndarray, width: float) -> np.nda
     mask = np.zeros(shape[:2], np.uint8)
     thick = max(1, round(width))
     for idx, closed in (
-        (range(0, 17), False), (range(17, 22), False), (range(22, 27), False), (range(27, 31), False),
-        (range(31, 36), False), (range(36, 42), True), (range(42, 48), True), (range(48, 60), True),
+        (range(0, 17), False),
+        (range(17, 22), False),
+        (range(22, 27), False),
+        (range(27, 31), False),
+        (range(31, 36), False),
+        (range(36, 42), True),
+        (range(42, 48), True),
+        (range(48, 60), True),
         (range(60, 68), True),
     ):
         poly = np.round(p[list(idx)]).astype(np.int32)
@@ -241,10 +248,12 @@ def appearance_features(image: np.ndarray, landmarks: np.ndarray, dark_ratio: fl
     )
 
     # Mouth cavity: dark pixels inside the outer lip contour, relative to the cheeks.
-    cheeks = np.concatenate([
-        _box(grey, p[1, 0] + 0.1 * u, p[31, 0] - 0.1 * u, p[29, 1], p[33, 1]).ravel(),
-        _box(grey, p[35, 0] + 0.1 * u, p[15, 0] - 0.1 * u, p[29, 1], p[33, 1]).ravel(),
-    ])
+    cheeks = np.concatenate(
+        [
+            _box(grey, p[1, 0] + 0.1 * u, p[31, 0] - 0.1 * u, p[29, 1], p[33, 1]).ravel(),
+            _box(grey, p[35, 0] + 0.1 * u, p[15, 0] - 0.1 * u, p[29, 1], p[33, 1]).ravel(),
+        ]
+    )
     skin = float(np.median(cheeks)) if cheeks.size else float(np.median(grey))
     mask = np.zeros(grey.shape, np.uint8)
     cv2.fillPoly(mask, [np.round(p[48:60]).astype(np.int32)], 1)
@@ -295,12 +304,16 @@ def _load_calibration(path: str) -> tuple[dict[int, float], dict[int, float], di
         offsets = {int(k): float(v) for k, v in data.get("offsets", {}).items()}
         thresholds = {int(k): float(v) for k, v in data["thresholds"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise StageError(f"appearance calibration {p} cannot be read ({exc}); write one with "
-                         "stages.detectors.appearance.fit_calibration or unset it") from exc
+        raise StageError(
+            f"appearance calibration {p} cannot be read ({exc}); write one with "
+            "stages.detectors.appearance.fit_calibration or unset it"
+        ) from exc
     missing = [au for au in APPEARANCE_AUS if au not in scales or au not in thresholds]
     if missing or any(v <= 0 for v in scales.values()):
-        raise StageError(f"appearance calibration {p}: needs a positive scale and a threshold "
-                         f"for AUs {list(APPEARANCE_AUS)} (missing {missing})")
+        raise StageError(
+            f"appearance calibration {p}: needs a positive scale and a threshold "
+            f"for AUs {list(APPEARANCE_AUS)} (missing {missing})"
+        )
     return scales, {au: offsets.get(au, 0.0) for au in APPEARANCE_AUS}, thresholds
 
 

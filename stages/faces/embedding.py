@@ -41,8 +41,10 @@ def _arcface_session(path: str) -> Any:
     try:
         return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise EmbedderError(f"cannot load ArcFace ONNX model {path} ({exc}); pass the path of an "
-                          "insightface recognition model (e.g. w600k_r50.onnx)") from exc
+        raise EmbedderError(
+            f"cannot load ArcFace ONNX model {path} ({exc}); pass the path of an "
+            "insightface recognition model (e.g. w600k_r50.onnx)"
+        ) from exc
 
 
 def arcface_preprocess(aligned_rgb: np.ndarray) -> np.ndarray:
@@ -59,8 +61,10 @@ def arcface_embedder(model_path: Path) -> Callable[[np.ndarray, np.ndarray], np.
     if insightface is not None:
         model = insightface.model_zoo.get_model(str(model_path))
         if model is None or not hasattr(model, "get_feat"):
-            raise EmbedderError(f"insightface does not recognise {model_path} as a recognition "
-                                 "(ArcFace) model; pass e.g. buffalo_l/w600k_r50.onnx")
+            raise EmbedderError(
+                f"insightface does not recognise {model_path} as a recognition "
+                "(ArcFace) model; pass e.g. buffalo_l/w600k_r50.onnx"
+            )
         model.prepare(ctx_id=-1)
 
         def embed_insightface(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -73,8 +77,7 @@ def arcface_embedder(model_path: Path) -> Callable[[np.ndarray, np.ndarray], np.
     session = _arcface_session(str(model_path))
     inp = session.get_inputs()[0]
     if list(inp.shape[1:]) != [3, 112, 112]:
-        raise EmbedderError(f"{model_path}: expected an ArcFace input of shape (N, 3, 112, 112), "
-                          f"got {inp.shape}")
+        raise EmbedderError(f"{model_path}: expected an ArcFace input of shape (N, 3, 112, 112), got {inp.shape}")
 
     def embed_onnx(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         x = arcface_preprocess(align_face(image, landmarks, 112))

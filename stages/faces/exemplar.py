@@ -42,15 +42,15 @@ def exemplar_face(image: np.ndarray) -> FaceDetection:
     scale = min(1.0, _DETECT_MAX_SIDE / max(h, w))
     small = image
     if scale < 1.0:
-        small = np.asarray(Image.fromarray(image).resize((round(w * scale), round(h * scale)),
-                                                         Image.Resampling.BILINEAR))
+        small = np.asarray(
+            Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR)
+        )
     faces = detect_faces(small, upsample=1)
     if not faces:
         raise ExemplarError("no_face", "no face found (dlib HOG detector, upsample=1)")
     if len(faces) > 1:
         boxes = ", ".join(f"({', '.join(f'{v / scale:.0f}' for v in f.box)})" for f in faces)
-        raise ExemplarError("several_faces", f"{len(faces)} faces found at {boxes}; "
-                                             "crop the photo to one person")
+        raise ExemplarError("several_faces", f"{len(faces)} faces found at {boxes}; crop the photo to one person")
     face = faces[0]
     if scale == 1.0:
         return face
@@ -84,11 +84,15 @@ def exemplar_warnings(landmarks: np.ndarray) -> list[str]:
     lift = float((y[62] + y[66]) / 2 - (y[48] + y[54]) / 2)
     out = []
     if gap > _PARTED_LIPS_IOD:
-        out.append(f"lips parted ({gap:.2f} IOD): renders inherit AU25-like opening; "
-                   "a neutral closed-mouth photo gives exact labels")
+        out.append(
+            f"lips parted ({gap:.2f} IOD): renders inherit AU25-like opening; "
+            "a neutral closed-mouth photo gives exact labels"
+        )
     if lift > _CORNER_LIFT_IOD:
-        out.append(f"lip corners raised ({lift:.2f} IOD): the photo smiles, renders inherit AU12; "
-                   "a neutral photo gives exact labels")
+        out.append(
+            f"lip corners raised ({lift:.2f} IOD): the photo smiles, renders inherit AU12; "
+            "a neutral photo gives exact labels"
+        )
     return out
 
 

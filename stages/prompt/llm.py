@@ -136,8 +136,7 @@ def build_messages(request: LLMRequest, history: Sequence[tuple[str, str]] = ())
         for au, v in zip(DISFA_AUS, request.intensity, strict=True)
         if v > 0
     ]
-    inactive = [f"AU{au} {AU_INFO[au].facs_name}" for au, v in zip(DISFA_AUS, request.intensity, strict=True)
-                if v == 0]
+    inactive = [f"AU{au} {AU_INFO[au].facs_name}" for au, v in zip(DISFA_AUS, request.intensity, strict=True) if v == 0]
     lines = [f"Emotion: {request.emotion}."]
     if request.demographics:
         lines.append("Person: " + ", ".join(w.replace("_", " ") for w in request.demographics) + ".")
@@ -149,18 +148,28 @@ def build_messages(request: LLMRequest, history: Sequence[tuple[str, str]] = ())
     ]
     for reply, feedback in history:
         messages.append({"role": "assistant", "content": reply})
-        messages.append({
-            "role": "user",
-            "content": f"That description was read back with these problems: {feedback}. "
-            'Rewrite it following the rules; reply with {"description": "..."} only.',
-        })
+        messages.append(
+            {
+                "role": "user",
+                "content": f"That description was read back with these problems: {feedback}. "
+                'Rewrite it following the rules; reply with {"description": "..."} only.',
+            }
+        )
     return messages
 
 
 def cache_key(settings: LLMSettings, request: LLMRequest, history: Sequence[tuple[str, str]]) -> str:
     blob = json.dumps(
-        [settings.model, PROMPT_TEMPLATE_VERSION, settings.temperature, list(request.intensity),
-         request.emotion, list(request.demographics), request.seed, [list(h) for h in history]],
+        [
+            settings.model,
+            PROMPT_TEMPLATE_VERSION,
+            settings.temperature,
+            list(request.intensity),
+            request.emotion,
+            list(request.demographics),
+            request.seed,
+            [list(h) for h in history],
+        ],
         separators=(",", ":"),
     )
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -246,8 +255,10 @@ class _Breaker:
     def failed(self, message: str, retryable: bool) -> None:
         self.consecutive += 1
         if self.reason is None and (not retryable or self.consecutive >= self.limit):
-            self.reason = (f"LLM server skipped for the rest of the batch after {self.consecutive} "
-                           f"failed request{'s' if self.consecutive > 1 else ''} in a row; last: {message}")
+            self.reason = (
+                f"LLM server skipped for the rest of the batch after {self.consecutive} "
+                f"failed request{'s' if self.consecutive > 1 else ''} in a row; last: {message}"
+            )
 
     def ok(self) -> None:
         self.consecutive = 0
@@ -270,8 +281,15 @@ def _describe_error(exc: BaseException, settings: LLMSettings) -> tuple[str, boo
     return f"{type(exc).__name__}: {exc}", False
 
 
-async def _complete(client: Any, settings: LLMSettings, messages: list[dict[str, str]], seed: int | None,
-                    semaphore: asyncio.Semaphore, breaker: _Breaker, outcome: LLMOutcome) -> str:
+async def _complete(
+    client: Any,
+    settings: LLMSettings,
+    messages: list[dict[str, str]],
+    seed: int | None,
+    semaphore: asyncio.Semaphore,
+    breaker: _Breaker,
+    outcome: LLMOutcome,
+) -> str:
     """One chat completion with bounded, backed-off retries; returns the reply content."""
     from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -314,8 +332,14 @@ async def _complete(client: Any, settings: LLMSettings, messages: list[dict[str,
     return (choices[0].message.content or "") if choices else ""
 
 
-async def _describe_one(client: Any, settings: LLMSettings, request: LLMRequest, cache: RequestCache,
-                        semaphore: asyncio.Semaphore, breaker: _Breaker) -> LLMOutcome:
+async def _describe_one(
+    client: Any,
+    settings: LLMSettings,
+    request: LLMRequest,
+    cache: RequestCache,
+    semaphore: asyncio.Semaphore,
+    breaker: _Breaker,
+) -> LLMOutcome:
     outcome = LLMOutcome()
     history: list[tuple[str, str]] = []
     problem = ""
@@ -352,28 +376,33 @@ async def _describe_one(client: Any, settings: LLMSettings, request: LLMRequest,
                 return outcome
             outcome.jaccard, outcome.intensity_agreement = jac, agree
             problem = mismatch_report(description, request.intensity) or (
-                f"intensity agreement {agree:.2f} below {settings.min_intensity_agreement}")
+                f"intensity agreement {agree:.2f} below {settings.min_intensity_agreement}"
+            )
         history.append((content, problem))
-    outcome.reason = (f"LLM description failed read-back after {outcome.rounds} "
-                      f"repl{'ies' if outcome.rounds > 1 else 'y'}: {problem}")
+    outcome.reason = (
+        f"LLM description failed read-back after {outcome.rounds} repl{'ies' if outcome.rounds > 1 else 'y'}: {problem}"
+    )
     return outcome
 
 
-async def describe_with_llm(requests: Sequence[LLMRequest], settings: LLMSettings,
-                            cache_path: Path) -> list[LLMOutcome]:
+async def describe_with_llm(
+    requests: Sequence[LLMRequest], settings: LLMSettings, cache_path: Path
+) -> list[LLMOutcome]:
     """Describe every request (same order); never raises for server trouble."""
     from openai import AsyncOpenAI
 
     cache = RequestCache(cache_path)
     semaphore = asyncio.Semaphore(settings.concurrency)
     breaker = _Breaker(settings.give_up_after * (settings.max_retries + 1))
-    client = AsyncOpenAI(base_url=settings.base_url, api_key=settings.api_key,
-                         timeout=settings.timeout_s, max_retries=0)
+    client = AsyncOpenAI(
+        base_url=settings.base_url, api_key=settings.api_key, timeout=settings.timeout_s, max_retries=0
+    )
     # Identical requests (same plan, no seed) are sent once and share the outcome.
     unique = list(dict.fromkeys(requests))
     try:
         outcomes = await asyncio.gather(
-            *(_describe_one(client, settings, r, cache, semaphore, breaker) for r in unique))
+            *(_describe_one(client, settings, r, cache, semaphore, breaker) for r in unique)
+        )
         by_request = dict(zip(unique, outcomes, strict=True))
         out: list[LLMOutcome] = []
         seen: set[LLMRequest] = set()

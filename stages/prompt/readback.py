@@ -85,127 +85,168 @@ def _intensity_words() -> dict[str, int]:
 INTENSITY_WORDS: dict[str, int] = _intensity_words()
 
 # Filler allowed between a body part and its verb: "inner brows are slightly raised".
-_F = r"(?:(?:is|are|appear|appears|seem|seems|look|looks|being|been|held|remain|remains|" \
-     r"get|gets|hangs?|falls?|sits?|stays?|a bit|somewhat|very|quite|just|rather|not|never|\w+ly)\s+){0,3}"
+_F = (
+    r"(?:(?:is|are|appear|appears|seem|seems|look|looks|being|been|held|remain|remains|"
+    r"get|gets|hangs?|falls?|sits?|stays?|a bit|somewhat|very|quite|just|rather|not|never|\w+ly)\s+){0,3}"
+)
 _BROW = r"(?:eye)?brows?"
 _LC = r"(?:(?:lip|mouth) corners?|corners of (?:the |her |his |their )?(?:mouth|lips))"
 _LIDS = r"(?:upper )?(?:eye)?lids?"
 
 # AU set -> cue patterns (on normalised text).
 _CUES: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
-    ((1,), (
-        rf"inner {_BROW} rais(?:er|es|e|ing)",
-        rf"inner {_BROW} lifts?",
-        rf"(?:lift|lifting|raise|raising|elevation) of the inner {_BROW}",
-        rf"(?:raised|lifted|elevated|upraised) inner {_BROW}",
-        rf"inner {_BROW} {_F}(?:raised|lifted|elevated|drawn up|pulled up|rise|rising)",
-        rf"(?:raised|lifted) inner (?:corners|ends|parts) of the {_BROW}",
-        rf"inner (?:corners|ends|parts) of the {_BROW} {_F}(?:raised|lifted|drawn up|pulled up)",
-    )),
-    ((2,), (
-        rf"outer {_BROW} rais(?:er|es|e|ing)",
-        rf"outer {_BROW} lifts?",
-        rf"(?:lift|lifting|raise|raising|elevation) of the outer {_BROW}",
-        rf"(?:raised|lifted|elevated|arched|upraised) outer {_BROW}",
-        rf"outer {_BROW} {_F}(?:raised|lifted|elevated|arched|drawn up|pulled up|rise|rising)",
-        rf"(?:raised|lifted) outer (?:corners|ends|parts) of the {_BROW}",
-        rf"outer (?:corners|ends|parts) of the {_BROW} {_F}(?:raised|lifted|drawn up|pulled up)",
-    )),
-    ((1, 2), (  # brows raised without saying which part: both AU1 and AU2
-        rf"(?:raised|lifted|elevated|arched|upraised) {_BROW}\b",
-        rf"(?<!inner )(?<!outer )\b{_BROW} {_F}(?:raised|lifted|elevated|arched|shot up|go up)",
-        r"(?<!inner )(?<!outer )\bbrow rais(?:es|e|ing)\b",
-        rf"(?:lift|lifting|raise|raising|elevation) of the {_BROW}",
-    )),
-    ((4,), (
-        r"brow lower(?:er|ing)?",
-        rf"(?:lowered|furrowed|knitted|knit|contracted|creased|drawn down|pulled down) {_BROW}",
-        rf"\b{_BROW} {_F}(?:lowered|furrowed|knitted|knit|drawn down|drawn together|pulled down|"
-        r"pulled together|lowering|furrowing)",
-        r"brow furrows?",
-        r"\bfrown(?:s|ing|ed)?\b",
-        r"\bscowl(?:s|ing)?\b",
-        rf"(?:knitting|lowering|furrowing|drawing together) of the {_BROW}",
-    )),
-    ((5,), (
-        rf"upper {_LIDS} rais(?:er|es|e|ing)",
-        rf"upper {_LIDS} lifts?",
-        rf"{_LIDS} elevation",
-        rf"elevation of the {_LIDS}",
-        rf"(?:raised|lifted|elevated|retracted) {_LIDS}\b",
-        rf"\b{_LIDS} {_F}(?:raised|lifted|elevated|retracted|pulled up|drawn up)",
-        r"widen(?:ed|ing)? eyes",
-        r"\bwide (?:open )?eyes",
-        r"\bwide eyed",
-        rf"\beyes {_F}(?:widen(?:ed|ing)?|wide(?: open)?)\b",
-        r"widening of the eyes",
-    )),
-    ((6,), (
-        r"cheek rais(?:er|es|e|ing)",
-        r"cheek lifts?",
-        r"(?:raised|lifted|elevated|pushed up) cheeks?",
-        rf"\bcheeks? {_F}(?:raised|lifted|pushed up|pulled up|elevated|rise|rising|bunched)",
-        r"(?:lifting|raising|lift|raise) of the cheeks?",
-        r"crow'?s feet",
-    )),
-    ((9,), (
-        r"nose wrinkl(?:er|es|e|ing)",
-        r"nose crinkl(?:es|e|ing)",
-        r"(?:wrinkled|crinkled|scrunched|creased) (?:up )?nose",
-        rf"\bnose {_F}(?:wrinkled|crinkled|scrunched|wrinkles|wrinkling|crinkles|creased)",
-        r"(?:wrinkling|crinkling|scrunching) (?:of|up) the nose",
-    )),
-    ((12,), (
-        r"lip corner pull(?:er|ing)",
-        r"lip corner (?:lift|rais(?:e|ing))s?",
-        rf"(?:raised|lifted|upturned|upward|pulled up|drawn up|turned up|curled up) {_LC}",
-        rf"\b{_LC} {_F}(?:raised|lifted|upturned|pulled up|drawn up|turned up|curled up|curv(?:e|ing) up|"
-        r"turn up|pulled upward|drawn upward|lifted upward|rise|rising)",
-        rf"(?:lift|raise|raising|lifting|upward pull|upturn|upward curve) (?:of|at|in) (?:the )?{_LC}",
-        r"\bsmil(?:es|e|ing)\b",
-        r"\bgrin(?:s|ning)?\b",
-    )),
-    ((15,), (
-        r"lip corner (?:depress(?:or|ion|ing)|drop|downturn)s?",
-        rf"(?:downturned|down turned|lowered|depressed|drooping|turned down|pulled down|drawn down|"
-        rf"downward|sagging) {_LC}",
-        rf"\b{_LC} {_F}(?:lowered|depressed|downturned|turned down|pulled down|drawn down|drooping|droop|"
-        r"sagging|sag|turn down|pulled downward|drawn downward)",
-        rf"(?:downturn|depression|lowering|downward pull|droop) (?:of|at|in) (?:the )?{_LC}",
-        r"(?:downturned|down turned) mouth",
-    )),
-    ((17,), (
-        r"chin (?:boss )?rais(?:er|es|e|ing)",
-        r"chin lifts?",
-        r"(?:raised|puckered|wrinkled|dimpled|tensed|pushed up|bunched) chin",
-        rf"\bchin {_F}(?:raised|pushed up|puckered|wrinkled|dimpled|bunched|lifted|pushed upward|"
-        r"tightened|tensed)",
-        r"(?:upward push|raising|raise|lift|push) of the chin",
-        rf"lower lip {_F}pushed up",
-        r"pushed up lower lip",
-    )),
-    ((20,), (
-        r"lip stretch(?:er|es|ing|ed)?",
-        r"stretched (?:lips|mouth)",
-        rf"\b(?:lips|mouth) {_F}(?:stretched|stretch|stretching)",
-        r"(?:stretch|stretching) of the (?:lips|mouth)",
-    )),
-    ((25,), (
-        r"\blips? part(?:s|ing|ed)?\b",
-        r"lip separation",
-        r"(?:parted|separated|open|opened) lips",
-        rf"\blips {_F}(?:parted|apart|separated|open|opened|ajar)",
-        r"(?:parting|separation|opening) of the lips",
-        r"\bopen(?:ed)? mouth",
-        rf"\bmouth {_F}(?:open|opened|ajar)\b",
-    )),
-    ((26,), (
-        r"\bjaw (?:drops?|release|lowering)",
-        r"(?:dropped|lowered|released|slack|slackened|opened|hanging|dropping) jaw",
-        rf"\bjaw {_F}(?:dropped|drops|lowered|released|slack|slackened|hangs? open|falls? open|fallen|"
-        r"opened|drop)",
-        r"(?:lowering|drop|dropping|release|opening) of the jaw",
-    )),
+    (
+        (1,),
+        (
+            rf"inner {_BROW} rais(?:er|es|e|ing)",
+            rf"inner {_BROW} lifts?",
+            rf"(?:lift|lifting|raise|raising|elevation) of the inner {_BROW}",
+            rf"(?:raised|lifted|elevated|upraised) inner {_BROW}",
+            rf"inner {_BROW} {_F}(?:raised|lifted|elevated|drawn up|pulled up|rise|rising)",
+            rf"(?:raised|lifted) inner (?:corners|ends|parts) of the {_BROW}",
+            rf"inner (?:corners|ends|parts) of the {_BROW} {_F}(?:raised|lifted|drawn up|pulled up)",
+        ),
+    ),
+    (
+        (2,),
+        (
+            rf"outer {_BROW} rais(?:er|es|e|ing)",
+            rf"outer {_BROW} lifts?",
+            rf"(?:lift|lifting|raise|raising|elevation) of the outer {_BROW}",
+            rf"(?:raised|lifted|elevated|arched|upraised) outer {_BROW}",
+            rf"outer {_BROW} {_F}(?:raised|lifted|elevated|arched|drawn up|pulled up|rise|rising)",
+            rf"(?:raised|lifted) outer (?:corners|ends|parts) of the {_BROW}",
+            rf"outer (?:corners|ends|parts) of the {_BROW} {_F}(?:raised|lifted|drawn up|pulled up)",
+        ),
+    ),
+    (
+        (1, 2),
+        (  # brows raised without saying which part: both AU1 and AU2
+            rf"(?:raised|lifted|elevated|arched|upraised) {_BROW}\b",
+            rf"(?<!inner )(?<!outer )\b{_BROW} {_F}(?:raised|lifted|elevated|arched|shot up|go up)",
+            r"(?<!inner )(?<!outer )\bbrow rais(?:es|e|ing)\b",
+            rf"(?:lift|lifting|raise|raising|elevation) of the {_BROW}",
+        ),
+    ),
+    (
+        (4,),
+        (
+            r"brow lower(?:er|ing)?",
+            rf"(?:lowered|furrowed|knitted|knit|contracted|creased|drawn down|pulled down) {_BROW}",
+            rf"\b{_BROW} {_F}(?:lowered|furrowed|knitted|knit|drawn down|drawn together|pulled down|"
+            r"pulled together|lowering|furrowing)",
+            r"brow furrows?",
+            r"\bfrown(?:s|ing|ed)?\b",
+            r"\bscowl(?:s|ing)?\b",
+            rf"(?:knitting|lowering|furrowing|drawing together) of the {_BROW}",
+        ),
+    ),
+    (
+        (5,),
+        (
+            rf"upper {_LIDS} rais(?:er|es|e|ing)",
+            rf"upper {_LIDS} lifts?",
+            rf"{_LIDS} elevation",
+            rf"elevation of the {_LIDS}",
+            rf"(?:raised|lifted|elevated|retracted) {_LIDS}\b",
+            rf"\b{_LIDS} {_F}(?:raised|lifted|elevated|retracted|pulled up|drawn up)",
+            r"widen(?:ed|ing)? eyes",
+            r"\bwide (?:open )?eyes",
+            r"\bwide eyed",
+            rf"\beyes {_F}(?:widen(?:ed|ing)?|wide(?: open)?)\b",
+            r"widening of the eyes",
+        ),
+    ),
+    (
+        (6,),
+        (
+            r"cheek rais(?:er|es|e|ing)",
+            r"cheek lifts?",
+            r"(?:raised|lifted|elevated|pushed up) cheeks?",
+            rf"\bcheeks? {_F}(?:raised|lifted|pushed up|pulled up|elevated|rise|rising|bunched)",
+            r"(?:lifting|raising|lift|raise) of the cheeks?",
+            r"crow'?s feet",
+        ),
+    ),
+    (
+        (9,),
+        (
+            r"nose wrinkl(?:er|es|e|ing)",
+            r"nose crinkl(?:es|e|ing)",
+            r"(?:wrinkled|crinkled|scrunched|creased) (?:up )?nose",
+            rf"\bnose {_F}(?:wrinkled|crinkled|scrunched|wrinkles|wrinkling|crinkles|creased)",
+            r"(?:wrinkling|crinkling|scrunching) (?:of|up) the nose",
+        ),
+    ),
+    (
+        (12,),
+        (
+            r"lip corner pull(?:er|ing)",
+            r"lip corner (?:lift|rais(?:e|ing))s?",
+            rf"(?:raised|lifted|upturned|upward|pulled up|drawn up|turned up|curled up) {_LC}",
+            rf"\b{_LC} {_F}(?:raised|lifted|upturned|pulled up|drawn up|turned up|curled up|curv(?:e|ing) up|"
+            r"turn up|pulled upward|drawn upward|lifted upward|rise|rising)",
+            rf"(?:lift|raise|raising|lifting|upward pull|upturn|upward curve) (?:of|at|in) (?:the )?{_LC}",
+            r"\bsmil(?:es|e|ing)\b",
+            r"\bgrin(?:s|ning)?\b",
+        ),
+    ),
+    (
+        (15,),
+        (
+            r"lip corner (?:depress(?:or|ion|ing)|drop|downturn)s?",
+            rf"(?:downturned|down turned|lowered|depressed|drooping|turned down|pulled down|drawn down|"
+            rf"downward|sagging) {_LC}",
+            rf"\b{_LC} {_F}(?:lowered|depressed|downturned|turned down|pulled down|drawn down|drooping|droop|"
+            r"sagging|sag|turn down|pulled downward|drawn downward)",
+            rf"(?:downturn|depression|lowering|downward pull|droop) (?:of|at|in) (?:the )?{_LC}",
+            r"(?:downturned|down turned) mouth",
+        ),
+    ),
+    (
+        (17,),
+        (
+            r"chin (?:boss )?rais(?:er|es|e|ing)",
+            r"chin lifts?",
+            r"(?:raised|puckered|wrinkled|dimpled|tensed|pushed up|bunched) chin",
+            rf"\bchin {_F}(?:raised|pushed up|puckered|wrinkled|dimpled|bunched|lifted|pushed upward|"
+            r"tightened|tensed)",
+            r"(?:upward push|raising|raise|lift|push) of the chin",
+            rf"lower lip {_F}pushed up",
+            r"pushed up lower lip",
+        ),
+    ),
+    (
+        (20,),
+        (
+            r"lip stretch(?:er|es|ing|ed)?",
+            r"stretched (?:lips|mouth)",
+            rf"\b(?:lips|mouth) {_F}(?:stretched|stretch|stretching)",
+            r"(?:stretch|stretching) of the (?:lips|mouth)",
+        ),
+    ),
+    (
+        (25,),
+        (
+            r"\blips? part(?:s|ing|ed)?\b",
+            r"lip separation",
+            r"(?:parted|separated|open|opened) lips",
+            rf"\blips {_F}(?:parted|apart|separated|open|opened|ajar)",
+            r"(?:parting|separation|opening) of the lips",
+            r"\bopen(?:ed)? mouth",
+            rf"\bmouth {_F}(?:open|opened|ajar)\b",
+        ),
+    ),
+    (
+        (26,),
+        (
+            r"\bjaw (?:drops?|release|lowering)",
+            r"(?:dropped|lowered|released|slack|slackened|opened|hanging|dropping) jaw",
+            rf"\bjaw {_F}(?:dropped|drops|lowered|released|slack|slackened|hangs? open|falls? open|fallen|"
+            r"opened|drop)",
+            r"(?:lowering|drop|dropping|release|opening) of the jaw",
+        ),
+    ),
 )
 # "verb-ing the part" forms: "raising the inner brows", "pulling the lip corners down".
 _DET = r"(?:the |her |his |their |its |both )?"
@@ -214,13 +255,26 @@ _ACTION_CUES: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
     ((2,), (rf"(?:rais|lift|arch)(?:ing|es|e|s)? {_DET}outer {_BROW}",)),
     ((1, 2), (rf"(?:rais|lift|arch)(?:ing|es|e|s)? {_DET}{_BROW}\b",)),
     ((4,), (rf"(?:lowering|lowers|furrowing|furrows|knitting|knits) {_DET}{_BROW}",)),
-    ((5,), (r"widen(?:ing|s)? " + _DET + r"eyes", rf"(?:rais|lift)(?:ing|es|e|s)? {_DET}upper {_LIDS}",)),
+    (
+        (5,),
+        (
+            r"widen(?:ing|s)? " + _DET + r"eyes",
+            rf"(?:rais|lift)(?:ing|es|e|s)? {_DET}upper {_LIDS}",
+        ),
+    ),
     ((6,), (rf"(?:rais|lift)(?:ing|es|e|s)? {_DET}cheeks?",)),
     ((9,), (rf"(?:wrinkl|crinkl|scrunch)(?:ing|es|e|s)? (?:up )?{_DET}nose",)),
-    ((12,), (rf"(?:pull|draw|turn|curl)(?:ing|s)? {_DET}{_LC} (?:up|upward)",
-             rf"(?:rais|lift)(?:ing|es|e|s)? {_DET}{_LC}")),
-    ((15,), (rf"(?:pull|draw|turn)(?:ing|s)? {_DET}{_LC} (?:down|downward)",
-             rf"(?:lowering|lowers|depressing|depresses) {_DET}{_LC}")),
+    (
+        (12,),
+        (rf"(?:pull|draw|turn|curl)(?:ing|s)? {_DET}{_LC} (?:up|upward)", rf"(?:rais|lift)(?:ing|es|e|s)? {_DET}{_LC}"),
+    ),
+    (
+        (15,),
+        (
+            rf"(?:pull|draw|turn)(?:ing|s)? {_DET}{_LC} (?:down|downward)",
+            rf"(?:lowering|lowers|depressing|depresses) {_DET}{_LC}",
+        ),
+    ),
     ((17,), (rf"(?:rais|push)(?:ing|es|e|s)? (?:up )?{_DET}chin",)),
     ((20,), (rf"stretch(?:ing|es)? {_DET}(?:lips|mouth)",)),
     ((25,), (rf"(?:part|separat)(?:ing|es|e|s)? {_DET}lips",)),
@@ -349,8 +403,9 @@ def read_back(text: str) -> ReadBack:
         for au in sorted(m.aus):
             if levels.get(au) is None:
                 levels[au] = level
-    return ReadBack(levels={au: levels[au] for au in DISFA_AUS if au in levels},
-                    inactive=frozenset(inactive - set(levels)))
+    return ReadBack(
+        levels={au: levels[au] for au in DISFA_AUS if au in levels}, inactive=frozenset(inactive - set(levels))
+    )
 
 
 def _active_planned(planned: Sequence[int]) -> dict[int, int]:
@@ -390,8 +445,7 @@ def mismatch_report(text: str, planned_intensity: Sequence[int]) -> str:
     if missing:
         problems.append("missing " + ", ".join(f"AU{a} ({AU_INFO[a].facs_name})" for a in missing))
     if extra:
-        problems.append("not planned but described " + ", ".join(
-            f"AU{a} ({AU_INFO[a].facs_name})" for a in extra))
+        problems.append("not planned but described " + ", ".join(f"AU{a} ({AU_INFO[a].facs_name})" for a in extra))
     wrong = [
         f"AU{a} should be {LEVEL_NAMES[planned[a]]}"
         + (f" not {LEVEL_NAMES[rb.levels[a]]}" if rb.levels[a] else " (no intensity word found)")  # type: ignore[index]

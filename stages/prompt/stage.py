@@ -126,8 +126,13 @@ class PromptStage(Stage):
         return f"grammar description failed read-back in {GRAMMAR_VARIANTS} variants: {last}"
 
     def _fill(self, record: Record, text: str, backend: str, version: str, jac: float, agree: float) -> None:
-        record.update(description=text, prompt_backend=backend, prompt_version=version,
-                      prompt_jaccard=float(jac), prompt_intensity_agreement=float(agree))
+        record.update(
+            description=text,
+            prompt_backend=backend,
+            prompt_version=version,
+            prompt_jaccard=float(jac),
+            prompt_intensity_agreement=float(agree),
+        )
 
     def _use_grammar(self, record: Record, levels: list[int], backend: str) -> None:
         result = self._grammar(record, levels)
@@ -176,10 +181,17 @@ class PromptStage(Stage):
 
         c = self.config
         settings = LLMSettings(
-            base_url=c.base_url, model=c.model, api_key=self._api_key(), concurrency=c.concurrency,
-            timeout_s=c.timeout_s, max_retries=c.max_retries, retry_backoff_s=c.retry_backoff_s,
-            max_feedback_rounds=c.max_feedback_rounds, min_jaccard=c.min_jaccard,
-            min_intensity_agreement=c.min_intensity_agreement, temperature=c.temperature,
+            base_url=c.base_url,
+            model=c.model,
+            api_key=self._api_key(),
+            concurrency=c.concurrency,
+            timeout_s=c.timeout_s,
+            max_retries=c.max_retries,
+            retry_backoff_s=c.retry_backoff_s,
+            max_feedback_rounds=c.max_feedback_rounds,
+            min_jaccard=c.min_jaccard,
+            min_intensity_agreement=c.min_intensity_agreement,
+            temperature=c.temperature,
             give_up_after=c.give_up_after,
         )
         requests = [
@@ -187,19 +199,21 @@ class PromptStage(Stage):
                 intensity=tuple(levels),
                 emotion=str(record["emotion"]),
                 demographics=tuple(str(record.get(k, "")) for k in ("ethnicity", "age_band", "gender"))
-                if c.include_demographics else (),
+                if c.include_demographics
+                else (),
                 seed=int(record["seed"]) if c.vary_by_seed else None,
             )
             for record, levels in live
         ]
         outcomes = run_coroutine(lambda: describe_with_llm(requests, settings, self.cache_path))
         version = f"{PROMPT_TEMPLATE_VERSION}+{c.model}"
-        self.last_stats = {"requests": sum(o.requests for o in outcomes),
-                           "cache_hits": sum(o.cache_hits for o in outcomes)}
+        self.last_stats = {
+            "requests": sum(o.requests for o in outcomes),
+            "cache_hits": sum(o.cache_hits for o in outcomes),
+        }
         for (record, levels), outcome in zip(live, outcomes, strict=True):
             if outcome.description is not None:
-                self._fill(record, outcome.description, "llm", version, outcome.jaccard,
-                           outcome.intensity_agreement)
+                self._fill(record, outcome.description, "llm", version, outcome.jaccard, outcome.intensity_agreement)
             elif c.on_failure == "drop":
                 drop(record, self.name, outcome.reason or "LLM description not accepted")
             else:

@@ -62,7 +62,10 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recipe, Calibr
 def test_writes_both_calibrations_and_the_report(calibrated: tuple[Recipe, CalibrationReport, Path]) -> None:
     recipe, report, out = calibrated
     assert {p.name for p in out.iterdir()} == {
-        "geometric.json", "appearance.json", "calibration.json", "calibration.md"
+        "geometric.json",
+        "appearance.json",
+        "calibration.json",
+        "calibration.md",
     }
     geo = json.loads((out / "geometric.json").read_text())
     app = json.loads((out / "appearance.json").read_text())
@@ -96,8 +99,12 @@ def test_detectors_load_the_files_through_their_calibration_option(
     app = AppearanceAUDetector(detector_config(recipe, "appearance"), context)
     app.setup()
     image = context.identity_bank.image("builtin-grace-hopper")
-    record = {"key": "x", "identity_id": "builtin-grace-hopper", "image": image,
-              "landmarks": detect_faces(image)[0].landmarks}
+    record = {
+        "key": "x",
+        "identity_id": "builtin-grace-hopper",
+        "image": image,
+        "landmarks": detect_faces(image)[0].landmarks,
+    }
     features = geo.features(record)
     assert features is not None
     written = json.loads((out / "geometric.json").read_text())

@@ -30,8 +30,14 @@ def _write_bank(folder: Path) -> None:
     Image.fromarray(np.hstack([data.astronaut(), hopper])).save(folder / "pair.png")
     Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(folder / "flat.png")
     (folder / "garbage.jpg").write_bytes(b"this is not a JPEG at all" * 10)
-    files = {"astronaut": "astronaut.png", "hopper": "hopper.jpg", "pair": "pair.png", "flat": "flat.png",
-             "garbage": "garbage.jpg", "gone": "gone.png"}
+    files = {
+        "astronaut": "astronaut.png",
+        "hopper": "hopper.jpg",
+        "pair": "pair.png",
+        "flat": "flat.png",
+        "garbage": "garbage.jpg",
+        "gone": "gone.png",
+    }
     with (folder / "identities.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["identity_id", "image", "ethnicity", "age_band", "gender", "source", "licence"])
@@ -53,8 +59,14 @@ def first_report(bank: Path):
 
 def test_statuses_reported_for_every_identity(first_report) -> None:
     status = {e.identity_id: e.status for e in first_report.entries}
-    assert status == {"astronaut": "ok", "hopper": "ok", "pair": "several_faces", "flat": "no_face",
-                      "garbage": "unreadable", "gone": "missing"}
+    assert status == {
+        "astronaut": "ok",
+        "hopper": "ok",
+        "pair": "several_faces",
+        "flat": "no_face",
+        "garbage": "unreadable",
+        "gone": "missing",
+    }
     reasons = {e.identity_id: e.reason for e in first_report.entries}
     assert "garbage.jpg" in reasons["garbage"] and "gone.png" in reasons["gone"]
     assert first_report.ok == ["astronaut", "hopper"]
@@ -81,8 +93,7 @@ def test_second_run_recomputes_nothing_then_only_changed(bank: Path, first_repor
     before = load_embeddings(bank)
     again = index_bank(bank)
     assert again.computed == 0 and again.reused == 5
-    assert [(e.status, e.warnings) for e in again.entries] == [
-        (e.status, e.warnings) for e in first_report.entries]
+    assert [(e.status, e.warnings) for e in again.entries] == [(e.status, e.warnings) for e in first_report.entries]
     after = load_embeddings(bank)
     assert set(after) == {"astronaut", "hopper"}
     np.testing.assert_array_equal(before["astronaut"], after["astronaut"])
@@ -122,15 +133,21 @@ def tiny_arcface(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 5, stride=4), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, stride=2),
-        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 512),
+        torch.nn.Conv2d(3, 16, 5, stride=4),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32, 512),
     ).eval()
     path = tmp_path_factory.mktemp("arcface") / "tiny_arcface.onnx"
     # The TorchScript exporter (dynamo=False): the default dynamo one needs onnxscript.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (torch.zeros(1, 3, 112, 112),), str(path), input_names=["data"],
-                          output_names=["fc1"], dynamo=False)
+        torch.onnx.export(
+            model, (torch.zeros(1, 3, 112, 112),), str(path), input_names=["data"], output_names=["fc1"], dynamo=False
+        )
     return path
 
 
@@ -156,8 +173,12 @@ def test_arcface_bad_model_files(bank: Path, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong_input.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 512)),
-                          (torch.zeros(1, 3, 64, 64),), str(wrong), dynamo=False)
+        torch.onnx.export(
+            torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 512)),
+            (torch.zeros(1, 3, 64, 64),),
+            str(wrong),
+            dynamo=False,
+        )
     with pytest.raises(BankIndexError, match=r"\(N, 3, 112, 112\)"):
         index_bank(bank, embedder="arcface", arcface_onnx=wrong)
 

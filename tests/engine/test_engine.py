@@ -90,8 +90,11 @@ def test_injected_failure_is_retried_then_marked_failed_and_the_rest_completes(r
 
 
 def test_acceptance_floor_stops_with_top_drop_reasons(ray_cluster, tmp_path: Path) -> None:
-    doc = standin_doc(tmp_path / "out", filters={"name": "tests.engine.plugins:DropAll", "reason": "too blurry"},
-                      engine={"rate_check_after_shards": 2})
+    doc = standin_doc(
+        tmp_path / "out",
+        filters={"name": "tests.engine.plugins:DropAll", "reason": "too blurry"},
+        engine={"rate_check_after_shards": 2},
+    )
     with pytest.raises(BuildError) as info:
         build(recipe_from_dict(doc), quiet=True)
     message = str(info.value)
@@ -101,8 +104,11 @@ def test_acceptance_floor_stops_with_top_drop_reasons(ray_cluster, tmp_path: Pat
 
 def test_a_worker_that_dies_is_restarted_and_its_shard_redone(ray_cluster, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    doc = standin_doc(out, filters={"name": "tests.engine.plugins:DieOnce", "shard": 2,
-                                    "marker_dir": str(tmp_path)}, engine={"max_retries": 2})
+    doc = standin_doc(
+        out,
+        filters={"name": "tests.engine.plugins:DieOnce", "shard": 2, "marker_dir": str(tmp_path)},
+        engine={"max_retries": 2},
+    )
     summary = build(recipe_from_dict(doc), quiet=True)
     assert (tmp_path / "died-on-2").exists()
     assert summary.indexed_shards == [0, 1, 2, 3] and not summary.failed_shards

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.ray
 
 
 def _write_recipe(path: Path, out: Path) -> Path:
-    doc = standin_doc(out, dataset={"target": 60, "shard_size": 6},
-                      generator={"name": STANDIN, "seconds_per_batch": 0.5})
+    doc = standin_doc(
+        out, dataset={"target": 60, "shard_size": 6}, generator={"name": STANDIN, "seconds_per_batch": 0.5}
+    )
     lines = []
     for section, body in doc.items():
         if isinstance(body, list):
@@ -63,16 +64,22 @@ def _tar_keys(out: Path, shards: list[int]) -> list[str]:
 
 def test_kill_9_then_resume_equals_uninterrupted_build(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
-    subprocess.run(_build_cmd(_write_recipe(tmp_path / "ref.toml", reference)), env=_env(), check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        _build_cmd(_write_recipe(tmp_path / "ref.toml", reference)),
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     ref_shards, ref_keys = _dataset(reference)
 
     out = tmp_path / "killed"
     recipe = _write_recipe(tmp_path / "killed.toml", out)
     seed = random.randrange(1_000_000)
     delay = random.Random(seed).uniform(0.0, 2.5)  # after the first commit; the build runs ~5 s more
-    proc = subprocess.Popen(_build_cmd(recipe), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _build_cmd(recipe), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     # Ray's start-up time varies with load: time the kill from the first committed shard.
     deadline = time.time() + 300
     while time.time() < deadline and not list((out / "shards").glob("*.stats.json")):

@@ -24,15 +24,19 @@ def test_build_survives_losing_the_node_its_gpu_worker_runs_on(tmp_path: Path, m
 
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     monkeypatch.setenv("PYTHONPATH", str(REPO))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0,
-                                                            "node_ip_address": "127.0.0.1"})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "node_ip_address": "127.0.0.1"}
+    )
     doomed = cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")  # the only GPU node
     ray.init(address=cluster.address, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
         out = tmp_path / "out"
-        doc = standin_doc(out, dataset={"target": 48, "shard_size": 6},
-                          generator={"name": STANDIN, "seconds_per_batch": 0.3},
-                          engine={"gpus": 1, "max_retries": 3})
+        doc = standin_doc(
+            out,
+            dataset={"target": 48, "shard_size": 6},
+            generator={"name": STANDIN, "seconds_per_batch": 0.3},
+            engine={"gpus": 1, "max_retries": 3},
+        )
         result: dict = {}
 
         def run_build() -> None:  # Ray's node management needs the main thread

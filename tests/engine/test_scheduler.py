@@ -16,8 +16,9 @@ def _stats(planned: int, accepted: int, reasons: dict | None = None) -> dict:
 
 
 def _sched(tmp_path: Path, done: dict, target: int = 20, **engine) -> Scheduler:
-    recipe = recipe_from_dict({"dataset": {"target": target, "shard_size": 10, "out": str(tmp_path)},
-                               "engine": {"max_retries": 1, **engine}})
+    recipe = recipe_from_dict(
+        {"dataset": {"target": target, "shard_size": 10, "out": str(tmp_path)}, "engine": {"max_retries": 1, **engine}}
+    )
     run = RunDir(tmp_path, "mifa")
     run.failed.mkdir(parents=True, exist_ok=True)
     return Scheduler(recipe, run, done)

@@ -81,9 +81,13 @@ def test_emotions_and_strata_follow_recipe_proportions(recipe: Recipe, stats: Pl
 
 
 def test_recipe_proportions_are_followed_when_skewed() -> None:
-    skewed = recipe_from_dict({"demographics": {"gender": {"female": 3, "male": 1}},
-                               "emotions": {"mix": {"happiness": 0.5, "mixed": 0.5}},
-                               "aus": {"share_overrides": {"AU25": 0.6, "AU12": 0.6, "AU6": 0.6}}})
+    skewed = recipe_from_dict(
+        {
+            "demographics": {"gender": {"female": 3, "male": 1}},
+            "emotions": {"mix": {"happiness": 0.5, "mixed": 0.5}},
+            "aus": {"share_overrides": {"AU25": 0.6, "AU12": 0.6, "AU6": 0.6}},
+        }
+    )
     s = plan_statistics(skewed, 5000)
     assert abs(s.gender["female"] / s.n - 0.75) <= 0.01
     assert abs(s.emotions["happiness"] / s.n - 0.5) <= 0.005

@@ -60,8 +60,11 @@ MALFORMED = [
     ({"output": {"image_quality": 0}}, "output.image_quality", ["got 0"]),
     ({"engine": {"gpus": -1}}, "engine.gpus", ["got -1"]),
     ({"detectors": [{"name": "geometric"}, {"name": "geometric"}]}, "detectors", ["once"]),
-    ({"generator": {"name": STANDIN, "seconds_per_batch": -1}}, "generator.seconds_per_batch",
-     ["got -1", "greater than or equal to 0"]),
+    (
+        {"generator": {"name": STANDIN, "seconds_per_batch": -1}},
+        "generator.seconds_per_batch",
+        ["got -1", "greater than or equal to 0"],
+    ),
     ({"generator": {"name": STANDIN, "colour": "red"}}, "generator.colour", ["unknown field"]),
 ]
 
@@ -82,8 +85,12 @@ def test_unreachable_au_share_is_refused_by_the_planner() -> None:
     from factory.plan import Planner
 
     # 90% prototypes leave too little room to hold AU1 at 5%: sadness, surprise and fear carry it.
-    recipe = recipe_from_dict({"emotions": {"mix": {"sadness": 0.3, "surprise": 0.3, "fear": 0.3, "mixed": 0.1}},
-                               "aus": {"share_overrides": {"AU1": 0.05, "AU25": 0.45}}})
+    recipe = recipe_from_dict(
+        {
+            "emotions": {"mix": {"sadness": 0.3, "surprise": 0.3, "fear": 0.3, "mixed": 0.1}},
+            "aus": {"share_overrides": {"AU1": 0.05, "AU25": 0.45}},
+        }
+    )
     with pytest.raises(RecipeError, match="AU1"):
         Planner(recipe)
 

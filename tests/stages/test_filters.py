@@ -69,12 +69,19 @@ def _stage(**cfg: object) -> FilterStage:
 
 
 def test_stage_records_scores_and_drops_on_first_failure() -> None:
-    good = {"key": "g", "planned_intensity": vec({12: 3}), "consensus_occurrence": vec({12: 1}),
-            "realism_score": 0.9}
-    bad_labels = {"key": "l", "planned_intensity": vec({12: 3}), "consensus_occurrence": vec({4: 1}),
-                  "realism_score": 0.1}
-    bad_realism = {"key": "r", "planned_intensity": vec({12: 3}), "consensus_occurrence": vec({12: 1}),
-                   "realism_score": 0.2}
+    good = {"key": "g", "planned_intensity": vec({12: 3}), "consensus_occurrence": vec({12: 1}), "realism_score": 0.9}
+    bad_labels = {
+        "key": "l",
+        "planned_intensity": vec({12: 3}),
+        "consensus_occurrence": vec({4: 1}),
+        "realism_score": 0.1,
+    }
+    bad_realism = {
+        "key": "r",
+        "planned_intensity": vec({12: 3}),
+        "consensus_occurrence": vec({12: 1}),
+        "realism_score": 0.2,
+    }
     dead = drop({"key": "d"}, "face", "no face")
     _stage().process([good, bad_labels, bad_realism, dead])
     assert not good.get("dropped_by") and good["label_jaccard"] == 1.0
@@ -99,16 +106,28 @@ def test_identity_similarity_same_vs_other_person() -> None:
     from stages.faces.landmarks import detect_faces
 
     bank = open_bank("builtin")
-    stage = FilterStage(FilterConfig(identity_similarity=True, min_label_jaccard=None, min_realism=None),
-                        StageContext(run_dir=Path("."), identity_bank=bank))
+    stage = FilterStage(
+        FilterConfig(identity_similarity=True, min_label_jaccard=None, min_realism=None),
+        StageContext(run_dir=Path("."), identity_bank=bank),
+    )
     stage.setup()
     records = []
-    for source, claimed in (("builtin-grace-hopper", "builtin-grace-hopper"),
-                            ("builtin-astronaut", "builtin-grace-hopper")):
+    for source, claimed in (
+        ("builtin-grace-hopper", "builtin-grace-hopper"),
+        ("builtin-astronaut", "builtin-grace-hopper"),
+    ):
         image = bank.image(source)
         face = detect_faces(image)[0]
-        records.append({"key": source, "identity_id": claimed, "image": image, "landmarks": face.landmarks,
-                        "planned_intensity": [0] * N, "consensus_occurrence": [0] * N})
+        records.append(
+            {
+                "key": source,
+                "identity_id": claimed,
+                "image": image,
+                "landmarks": face.landmarks,
+                "planned_intensity": [0] * N,
+                "consensus_occurrence": [0] * N,
+            }
+        )
     stage.process(records)
     same, other = records
     assert same["identity_similarity"] > 0.99 and not same.get("dropped_by")
@@ -140,8 +159,15 @@ def test_offline_verification_chain_fills_manifest_columns() -> None:
         FilterStage(FilterConfig(min_label_jaccard=0.0), context),
     ]
     # The exemplar photo itself, planned neutral: geometry must read it as neutral.
-    batch = [{"key": "000000_00000", "identity_id": "builtin-grace-hopper", "planned_intensity": [0] * N,
-              "label_source": "planned", "image": bank.image("builtin-grace-hopper")}]
+    batch = [
+        {
+            "key": "000000_00000",
+            "identity_id": "builtin-grace-hopper",
+            "planned_intensity": [0] * N,
+            "label_source": "planned",
+            "image": bank.image("builtin-grace-hopper"),
+        }
+    ]
     for stage in chain:
         stage.setup()
         batch = stage.process(batch)
@@ -151,8 +177,20 @@ def test_offline_verification_chain_fills_manifest_columns() -> None:
     assert max(geometric["intensity"]) < 0.5
     assert [v["detector"] for v in rec["votes"]] == ["appearance", "geometric"]
     assert rec["label_source"] == "consensus" and rec["realism_scorer"] == "heuristic-v1"
-    columns = ["face_score", "face_box", "votes", "consensus_occurrence", "consensus_intensity", "agreement_score",
-               "au_occurrence", "au_intensity", "label_jaccard", "realism_score", "realism_scorer", "label_source"]
+    columns = [
+        "face_score",
+        "face_box",
+        "votes",
+        "consensus_occurrence",
+        "consensus_intensity",
+        "agreement_score",
+        "au_occurrence",
+        "au_intensity",
+        "label_jaccard",
+        "realism_score",
+        "realism_scorer",
+        "label_source",
+    ]
     for name in columns:
         field = MANIFEST_SCHEMA.field(name)
         pa.array([rec[name]], type=field.type)  # raises if the value does not fit the column

@@ -91,78 +91,170 @@ class AUMoves:
 
 
 AU_MOVES: dict[int, AUMoves] = {
-    1: AUMoves(1, "inner brow raiser: the inner corners of the brows rise, the brow becomes "
-                  "oblique; horizontal wrinkles in the centre of the forehead", (
-        Move((21,), up=0.13), Move((20,), up=0.09), Move((19,), up=0.05), Move((18,), up=0.02),
-    )),
-    2: AUMoves(2, "outer brow raiser: the lateral part of the brows rises, arching the brow; "
-                  "wrinkles over the lateral forehead", (
-        Move((17,), up=0.13, outward=0.01), Move((18,), up=0.11), Move((19,), up=0.07),
-        Move((20,), up=0.03),
-    )),
-    4: AUMoves(4, "brow lowerer: the brows are lowered and pulled together; vertical furrows "
-                  "between the brows; the upper lid is pushed down slightly", (
-        Move((21,), up=-0.08, outward=-0.075), Move((20,), up=-0.065, outward=-0.045),
-        Move((19,), up=-0.05, outward=-0.02), Move((18,), up=-0.03), Move((17,), up=-0.015),
-        Move((37, 38), up=-0.015),
-    )),
-    5: AUMoves(5, "upper lid raiser: the upper lid rises, widening the eye aperture and "
-                  "exposing sclera above the iris", (
-        Move((37, 38), up=0.06), Move((36,), up=0.008),
-    )),
-    6: AUMoves(6, "cheek raiser: the cheeks and the skin below the eye are pushed up, the lower "
-                  "lid rises and bags; the eye narrows; crow's-feet wrinkles", (
-        Move((40, 41), up=0.04), Move((36,), up=0.012, outward=0.005), Move((37, 38), up=-0.012),
-        Move((1, 2), up=0.025, outward=0.008),
-    )),
-    9: AUMoves(9, "nose wrinkler: the skin along the sides of the nose is pulled up, the "
-                  "nostril wings rise, the upper lip rises; wrinkles across the nasal root; "
-                  "the medial brows are pulled down", (
-        Move((31, 32), up=0.06, outward=0.01), Move((33,), up=0.055), Move((49, 50), up=0.045),
-        Move((51,), up=0.04), Move((48,), up=0.015), Move((61, 62), up=0.03),
-        Move((21,), up=-0.04, outward=-0.01), Move((20,), up=-0.02),
-    )),
-    12: AUMoves(12, "lip corner puller: the lip corners are pulled up and back obliquely, the "
-                    "nasolabial furrow deepens, the cheeks rise a little", (
-        Move((48,), up=0.10, outward=0.11), Move((60,), up=0.085, outward=0.085),
-        Move((49,), up=0.05, outward=0.05), Move((59,), up=0.06, outward=0.06),
-        Move((61,), up=0.04, outward=0.04), Move((67,), up=0.045, outward=0.04),
-        Move((58,), up=0.03, outward=0.02), Move((50,), up=0.015),
-        Move((2, 3), up=0.02, outward=0.015),
-    )),
-    15: AUMoves(15, "lip corner depressor: the lip corners are pulled down, the lower lip is "
-                    "stretched and angled down at the corners; a fold below the corners", (
-        Move((48,), up=-0.085, outward=0.005), Move((60,), up=-0.07), Move((59,), up=-0.045),
-        Move((49,), up=-0.02), Move((67,), up=-0.03), Move((58,), up=-0.02),
-    )),
-    17: AUMoves(17, "chin raiser: the chin boss and lower lip are pushed up, the mentolabial "
-                    "furrow deepens, the chin skin wrinkles", (
-        Move((8,), up=0.05), Move((7,), up=0.045), Move((6,), up=0.03), Move((5,), up=0.01),
-        Move((57,), up=0.045), Move((58,), up=0.04), Move((59,), up=0.02),
-        # The upper lip is pushed up as much as the lower inner lip so the lips never cross.
-        Move((66, 67), up=0.02), Move((61, 62), up=0.02), Move((50, 51), up=0.015),
-    )),
-    20: AUMoves(20, "lip stretcher: the lip corners are pulled laterally, the mouth elongates "
-                    "and flattens; small wrinkles beyond the corners", (
-        Move((48,), up=-0.02, outward=0.10), Move((60,), up=-0.015, outward=0.085),
-        Move((49,), outward=0.04), Move((59,), up=-0.01, outward=0.045),
-        Move((61, 67), outward=0.035), Move((50, 58), outward=0.015),
-    )),
-    25: AUMoves(25, "lips part: the lips separate, the lower lip drops a little without the jaw; "
-                    "teeth or the mouth cavity become visible", (
-        Move((61, 62), up=0.02), Move((50, 51), up=0.01),
-        Move((66, 67), up=-0.07), Move((57,), up=-0.05), Move((58,), up=-0.045),
-        Move((59,), up=-0.03), Move((60,), up=-0.005),
-    )),
-    26: AUMoves(26, "jaw drop: the mandible is lowered, the chin and lower lip move down, the "
-                    "face lengthens; the lips part (usually with AU25)", (
-        Move((8,), up=-0.25), Move((7,), up=-0.23), Move((6,), up=-0.19, outward=-0.015),
-        Move((5,), up=-0.14, outward=-0.01), Move((4,), up=-0.09), Move((3,), up=-0.045),
-        Move((2,), up=-0.015),
-        Move((57,), up=-0.22), Move((58,), up=-0.21), Move((59,), up=-0.17),
-        Move((66,), up=-0.22), Move((67,), up=-0.20),
-        Move((48,), up=-0.06, outward=-0.02), Move((60,), up=-0.06, outward=-0.025),
-    )),
+    1: AUMoves(
+        1,
+        "inner brow raiser: the inner corners of the brows rise, the brow becomes "
+        "oblique; horizontal wrinkles in the centre of the forehead",
+        (
+            Move((21,), up=0.13),
+            Move((20,), up=0.09),
+            Move((19,), up=0.05),
+            Move((18,), up=0.02),
+        ),
+    ),
+    2: AUMoves(
+        2,
+        "outer brow raiser: the lateral part of the brows rises, arching the brow; wrinkles over the lateral forehead",
+        (
+            Move((17,), up=0.13, outward=0.01),
+            Move((18,), up=0.11),
+            Move((19,), up=0.07),
+            Move((20,), up=0.03),
+        ),
+    ),
+    4: AUMoves(
+        4,
+        "brow lowerer: the brows are lowered and pulled together; vertical furrows "
+        "between the brows; the upper lid is pushed down slightly",
+        (
+            Move((21,), up=-0.08, outward=-0.075),
+            Move((20,), up=-0.065, outward=-0.045),
+            Move((19,), up=-0.05, outward=-0.02),
+            Move((18,), up=-0.03),
+            Move((17,), up=-0.015),
+            Move((37, 38), up=-0.015),
+        ),
+    ),
+    5: AUMoves(
+        5,
+        "upper lid raiser: the upper lid rises, widening the eye aperture and exposing sclera above the iris",
+        (
+            Move((37, 38), up=0.06),
+            Move((36,), up=0.008),
+        ),
+    ),
+    6: AUMoves(
+        6,
+        "cheek raiser: the cheeks and the skin below the eye are pushed up, the lower "
+        "lid rises and bags; the eye narrows; crow's-feet wrinkles",
+        (
+            Move((40, 41), up=0.04),
+            Move((36,), up=0.012, outward=0.005),
+            Move((37, 38), up=-0.012),
+            Move((1, 2), up=0.025, outward=0.008),
+        ),
+    ),
+    9: AUMoves(
+        9,
+        "nose wrinkler: the skin along the sides of the nose is pulled up, the "
+        "nostril wings rise, the upper lip rises; wrinkles across the nasal root; "
+        "the medial brows are pulled down",
+        (
+            Move((31, 32), up=0.06, outward=0.01),
+            Move((33,), up=0.055),
+            Move((49, 50), up=0.045),
+            Move((51,), up=0.04),
+            Move((48,), up=0.015),
+            Move((61, 62), up=0.03),
+            Move((21,), up=-0.04, outward=-0.01),
+            Move((20,), up=-0.02),
+        ),
+    ),
+    12: AUMoves(
+        12,
+        "lip corner puller: the lip corners are pulled up and back obliquely, the "
+        "nasolabial furrow deepens, the cheeks rise a little",
+        (
+            Move((48,), up=0.10, outward=0.11),
+            Move((60,), up=0.085, outward=0.085),
+            Move((49,), up=0.05, outward=0.05),
+            Move((59,), up=0.06, outward=0.06),
+            Move((61,), up=0.04, outward=0.04),
+            Move((67,), up=0.045, outward=0.04),
+            Move((58,), up=0.03, outward=0.02),
+            Move((50,), up=0.015),
+            Move((2, 3), up=0.02, outward=0.015),
+        ),
+    ),
+    15: AUMoves(
+        15,
+        "lip corner depressor: the lip corners are pulled down, the lower lip is "
+        "stretched and angled down at the corners; a fold below the corners",
+        (
+            Move((48,), up=-0.085, outward=0.005),
+            Move((60,), up=-0.07),
+            Move((59,), up=-0.045),
+            Move((49,), up=-0.02),
+            Move((67,), up=-0.03),
+            Move((58,), up=-0.02),
+        ),
+    ),
+    17: AUMoves(
+        17,
+        "chin raiser: the chin boss and lower lip are pushed up, the mentolabial "
+        "furrow deepens, the chin skin wrinkles",
+        (
+            Move((8,), up=0.05),
+            Move((7,), up=0.045),
+            Move((6,), up=0.03),
+            Move((5,), up=0.01),
+            Move((57,), up=0.045),
+            Move((58,), up=0.04),
+            Move((59,), up=0.02),
+            # The upper lip is pushed up as much as the lower inner lip so the lips never cross.
+            Move((66, 67), up=0.02),
+            Move((61, 62), up=0.02),
+            Move((50, 51), up=0.015),
+        ),
+    ),
+    20: AUMoves(
+        20,
+        "lip stretcher: the lip corners are pulled laterally, the mouth elongates "
+        "and flattens; small wrinkles beyond the corners",
+        (
+            Move((48,), up=-0.02, outward=0.10),
+            Move((60,), up=-0.015, outward=0.085),
+            Move((49,), outward=0.04),
+            Move((59,), up=-0.01, outward=0.045),
+            Move((61, 67), outward=0.035),
+            Move((50, 58), outward=0.015),
+        ),
+    ),
+    25: AUMoves(
+        25,
+        "lips part: the lips separate, the lower lip drops a little without the jaw; "
+        "teeth or the mouth cavity become visible",
+        (
+            Move((61, 62), up=0.02),
+            Move((50, 51), up=0.01),
+            Move((66, 67), up=-0.07),
+            Move((57,), up=-0.05),
+            Move((58,), up=-0.045),
+            Move((59,), up=-0.03),
+            Move((60,), up=-0.005),
+        ),
+    ),
+    26: AUMoves(
+        26,
+        "jaw drop: the mandible is lowered, the chin and lower lip move down, the "
+        "face lengthens; the lips part (usually with AU25)",
+        (
+            Move((8,), up=-0.25),
+            Move((7,), up=-0.23),
+            Move((6,), up=-0.19, outward=-0.015),
+            Move((5,), up=-0.14, outward=-0.01),
+            Move((4,), up=-0.09),
+            Move((3,), up=-0.045),
+            Move((2,), up=-0.015),
+            Move((57,), up=-0.22),
+            Move((58,), up=-0.21),
+            Move((59,), up=-0.17),
+            Move((66,), up=-0.22),
+            Move((67,), up=-0.20),
+            Move((48,), up=-0.06, outward=-0.02),
+            Move((60,), up=-0.06, outward=-0.025),
+        ),
+    ),
 }
 
 
@@ -266,16 +358,23 @@ def appearance_strokes(landmarks: np.ndarray, intensities: Sequence[float]) -> l
         # AU9 also deepens the upper part of this furrow.
         add([a, (a + b) / 2 + side * 0.02 * iod * ex], 0.025, 0.08, 9)
         # AU15: a fold below the depressed lip corner.
-        add([pts[corner] + side * 0.03 * iod * ex, pts[corner] + side * 0.08 * iod * ex
-             + 0.16 * iod * ey], 0.025, 0.10, 15)
+        add(
+            [pts[corner] + side * 0.03 * iod * ex, pts[corner] + side * 0.08 * iod * ex + 0.16 * iod * ey],
+            0.025,
+            0.10,
+            15,
+        )
         # AU20: short stretch lines beyond the lip corner.
-        add([pts[corner] + side * 0.05 * iod * ex, pts[corner] + side * 0.14 * iod * ex
-             + 0.01 * iod * ey], 0.015, 0.07, 20)
+        add(
+            [pts[corner] + side * 0.05 * iod * ex, pts[corner] + side * 0.14 * iod * ex + 0.01 * iod * ey],
+            0.015,
+            0.07,
+            20,
+        )
     # AU17: deepened mentolabial furrow and a shaded, bulging chin boss.
     furrow = pts[57] + 0.35 * (pts[8] - pts[57])
     add([furrow - 0.18 * iod * ex, furrow + 0.03 * iod * ey, furrow + 0.18 * iod * ex], 0.035, 0.14, 17)
     boss = pts[57] + 0.70 * (pts[8] - pts[57])
     add([boss - 0.12 * iod * ex, boss + 0.12 * iod * ex], 0.09, 0.07, 17)
-    add([boss - 0.06 * iod * ex - 0.05 * iod * ey, boss + 0.06 * iod * ex - 0.05 * iod * ey],
-        0.05, -0.05, 17)
+    add([boss - 0.06 * iod * ex - 0.05 * iod * ey, boss + 0.06 * iod * ex - 0.05 * iod * ey], 0.05, -0.05, 17)
     return strokes

@@ -65,8 +65,12 @@ __all__ = [
 
 
 class WarpConfig(StageConfig):
-    jitter: float = Field(1.0, ge=0.0, le=3.0, description="scale of the seeded roll/scale/shift/"
-                          "lighting jitter; 0 renders every seed the same")
+    jitter: float = Field(
+        1.0,
+        ge=0.0,
+        le=3.0,
+        description="scale of the seeded roll/scale/shift/lighting jitter; 0 renders every seed the same",
+    )
     mouth_interior: bool = Field(True, description="paint a mouth cavity where the lips part")
     teeth: bool = Field(True, description="a hint of upper teeth inside the cavity")
     appearance_cues: bool = Field(True, description="wrinkle/furrow shading (AU1/2/4/6/9/12/15/17/20)")
@@ -75,8 +79,10 @@ class WarpConfig(StageConfig):
     image_size: int | None = Field(None, ge=32, le=2048, description="default: output.image_size")
     on_bad_identity: Literal["error", "drop"] = "error"
     non_neutral_identity: Literal["warn", "reject"] = Field(
-        "warn", description="an exemplar that smiles or parts its lips: log a warning, or treat it as "
-        "unusable (then on_bad_identity applies) for strictly exact labels")
+        "warn",
+        description="an exemplar that smiles or parts its lips: log a warning, or treat it as "
+        "unusable (then on_bad_identity applies) for strictly exact labels",
+    )
     identity_cache: int = Field(256, ge=1, le=100_000, description="identities kept prepared per worker")
 
 
@@ -147,8 +153,7 @@ def identity_geometry(identity_id: str, image: np.ndarray, landmarks: np.ndarray
     face = _uncross_lips(face)
     points = np.vstack([face, _anchor_points(face)])
     simplices = Delaunay(points).simplices.astype(np.int32)
-    return IdentityGeometry(identity_id, np.ascontiguousarray(image), lm, origin, basis, iod,
-                            points, simplices)
+    return IdentityGeometry(identity_id, np.ascontiguousarray(image), lm, origin, basis, iod, points, simplices)
 
 
 @lru_cache(maxsize=8)
@@ -167,7 +172,10 @@ def displaced_points(geom: IdentityGeometry, intensities: list[int]) -> np.ndarr
 
 
 def piecewise_affine_map(
-    dst: np.ndarray, src: np.ndarray, simplices: np.ndarray, shape: tuple[int, int],
+    dst: np.ndarray,
+    src: np.ndarray,
+    simplices: np.ndarray,
+    shape: tuple[int, int],
     fallback: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Backward maps ``(map_x, map_y)`` for ``cv2.remap``: each output pixel inside triangle
@@ -257,8 +265,15 @@ def _synthetic_teeth(cavity: np.ndarray, dst_pts: np.ndarray, gap: float, iod: f
     return cavity * (1 - tmask[..., None]) + tooth_rgb * tmask[..., None]
 
 
-def _paint_mouth(img: np.ndarray, source: np.ndarray, out_to_src: np.ndarray, src_pts: np.ndarray,
-                 dst_pts: np.ndarray, iod: float, teeth: bool) -> np.ndarray:
+def _paint_mouth(
+    img: np.ndarray,
+    source: np.ndarray,
+    out_to_src: np.ndarray,
+    src_pts: np.ndarray,
+    dst_pts: np.ndarray,
+    iod: float,
+    teeth: bool,
+) -> np.ndarray:
     """Mouth interior inside the displaced inner-lip contour where the lips part further.
 
     A dark oral cavity with a dim tongue fills the new opening. If the photo already shows
@@ -282,13 +297,23 @@ def _paint_mouth(img: np.ndarray, source: np.ndarray, out_to_src: np.ndarray, sr
     offset = np.array([x0, y0], np.float64)
     roi_to_src = out_to_src @ np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1.0]])
     out = img.copy()
-    out[y0:y1, x0:x1] = _mouth_roi(img[y0:y1, x0:x1], source, roi_to_src, src_pts - offset,
-                                   dst_pts - offset, iod, teeth, gap_src, gap_dst)
+    out[y0:y1, x0:x1] = _mouth_roi(
+        img[y0:y1, x0:x1], source, roi_to_src, src_pts - offset, dst_pts - offset, iod, teeth, gap_src, gap_dst
+    )
     return out
 
 
-def _mouth_roi(img: np.ndarray, source: np.ndarray, out_to_src: np.ndarray, src_pts: np.ndarray,
-               dst_pts: np.ndarray, iod: float, teeth: bool, gap_src: float, gap_dst: float) -> np.ndarray:
+def _mouth_roi(
+    img: np.ndarray,
+    source: np.ndarray,
+    out_to_src: np.ndarray,
+    src_pts: np.ndarray,
+    dst_pts: np.ndarray,
+    iod: float,
+    teeth: bool,
+    gap_src: float,
+    gap_dst: float,
+) -> np.ndarray:
     import cv2
 
     h, w = img.shape[:2]
@@ -313,8 +338,9 @@ def _mouth_roi(img: np.ndarray, source: np.ndarray, out_to_src: np.ndarray, src_
         # q (output) -> v = c_src + diag(1/sx, 1) (q - c_dst) (undeformed output) -> source.
         to_undeformed = np.array([[1 / sx, 0, c_src[0] - c_dst[0] / sx], [0, 1, c_src[1] - c_dst[1]]])
         full = np.vstack([out_to_src, [0, 0, 1]]) @ np.vstack([to_undeformed, [0, 0, 1]])
-        interior = cv2.warpAffine(source, full[:2], (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                  borderMode=cv2.BORDER_REFLECT_101).astype(np.float32)
+        interior = cv2.warpAffine(
+            source, full[:2], (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT_101
+        ).astype(np.float32)
         moved_poly = c_dst + (src_pts[60:68] - c_src) * np.array([[sx, 1.0]])
         keep = cv2.GaussianBlur(_poly_mask((h, w), moved_poly), (0, 0), max(0.004 * iod, 0.5))
         cavity = cavity * (1 - keep[..., None]) + interior * keep[..., None]
@@ -347,7 +373,7 @@ def _shade(img: np.ndarray, landmarks: np.ndarray, intensities: list[int], stren
         pts = np.round((s.points - (x0, y0)) * 16).astype(np.int32)
         cv2.polylines(layer, [pts], False, 1.0, max(round(s.width), 1), cv2.LINE_AA, shift=4)
         layer = cv2.GaussianBlur(layer, (0, 0), sigma)
-        shade[cy0:cy1, cx0:cx1] += layer[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] * (s.darkness * strength)
+        shade[cy0:cy1, cx0:cx1] += layer[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] * (s.darkness * strength)
     factor = 1.0 - np.clip(shade, -0.3, 0.6)
     out = img.astype(np.float32) * factor[..., None]
     return np.clip(out, 0, 255).astype(np.uint8)
@@ -366,14 +392,18 @@ def _light(img: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarr
     lut = np.power(levels, gamma)[:, None] * (gain * channel * 255.0)[None, :].astype(np.float32)
     x = np.stack([lut[img[..., c], c] for c in range(3)], axis=-1)
     slope = 2 * _GRADIENT * amount
-    ramp = (1.0 + ((np.arange(w, dtype=np.float32) / w - 0.5) * np.cos(angle) * slope)[None, :]
-            + ((np.arange(h, dtype=np.float32) / h - 0.5) * np.sin(angle) * slope)[:, None])
+    ramp = (
+        1.0
+        + ((np.arange(w, dtype=np.float32) / w - 0.5) * np.cos(angle) * slope)[None, :]
+        + ((np.arange(h, dtype=np.float32) / h - 0.5) * np.sin(angle) * slope)[:, None]
+    )
     x *= ramp[..., None]
     return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 
 
-def render_expression(geom: IdentityGeometry, intensities: list[int], size: int, seed: int,
-                      config: WarpConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+def render_expression(
+    geom: IdentityGeometry, intensities: list[int], size: int, seed: int, config: WarpConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The expression image ``(size, size, 3)`` uint8 and its 68 landmarks in output pixels."""
     import cv2
 
@@ -395,8 +425,11 @@ def render_expression(geom: IdentityGeometry, intensities: list[int], size: int,
     ratio = (size / cfg.crop_scale) / geom.iod
     factor = 1.0 if ratio >= 0.7 else round(min(ratio * 1.25, 1.0), 3)
     if factor not in geom.scaled:
-        geom.scaled[factor] = geom.image if factor == 1.0 else cv2.resize(
-            geom.image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+        geom.scaled[factor] = (
+            geom.image
+            if factor == 1.0
+            else cv2.resize(geom.image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+        )
     source = geom.scaled[factor]
 
     n = 68
@@ -444,8 +477,10 @@ class WarpGenerator(Stage):
 
     def setup(self) -> None:
         if self.context.identity_bank is None:
-            raise StageError("the 'warp' generator needs an identity bank; set identities.bank to "
-                             "'builtin' or to a folder with identities.csv")
+            raise StageError(
+                "the 'warp' generator needs an identity bank; set identities.bank to "
+                "'builtin' or to a folder with identities.csv"
+            )
         from stages.faces.landmarks import load_models
 
         try:
@@ -498,13 +533,17 @@ class WarpGenerator(Stage):
         try:
             face = exemplar_face(image)
         except ExemplarError as exc:
-            raise StageError(f"warp: identity {identity_id!r} photo {path} is unusable: {exc.reason}; "
-                             "replace the photo with a single frontal face or remove the identity "
-                             "(check a bank with: factory identities index FOLDER)") from exc
+            raise StageError(
+                f"warp: identity {identity_id!r} photo {path} is unusable: {exc.reason}; "
+                "replace the photo with a single frontal face or remove the identity "
+                "(check a bank with: factory identities index FOLDER)"
+            ) from exc
         warnings = exemplar_warnings(face.landmarks)
         if warnings and self.config.non_neutral_identity == "reject":  # type: ignore[attr-defined]
-            raise StageError(f"warp: identity {identity_id!r} photo {path} is not neutral: "
-                             f"{'; '.join(warnings)} (non_neutral_identity = 'reject')")
+            raise StageError(
+                f"warp: identity {identity_id!r} photo {path} is not neutral: "
+                f"{'; '.join(warnings)} (non_neutral_identity = 'reject')"
+            )
         for warning in warnings:
             _log.warning("warp: identity %r (%s): %s", identity_id, path, warning)
         return identity_geometry(identity_id, image, face.landmarks)

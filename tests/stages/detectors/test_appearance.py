@@ -109,8 +109,16 @@ def test_painted_mouth_cavity_raises_au25_and_au26(detector: AppearanceAUDetecto
     centre = lm[[62, 66]].mean(0)
     half_width = 0.35 * float(lm[54, 0] - lm[48, 0])
     half_height = 0.45 * float(lm[57, 1] - lm[51, 1])
-    cv2.ellipse(painted, (round(centre[0]), round(centre[1])), (round(half_width), round(half_height)),
-                0, 0, 360, (25, 15, 15), -1)
+    cv2.ellipse(
+        painted,
+        (round(centre[0]), round(centre[1])),
+        (round(half_width), round(half_height)),
+        0,
+        0,
+        360,
+        (25, 15, 15),
+        -1,
+    )
     deltas = _deltas(detector, "builtin-grace-hopper", painted, lm)
     assert deltas[25] > 0.01 and deltas[26] > 0.05
 
@@ -150,8 +158,11 @@ def test_fit_calibration_recovers_scale_and_offset() -> None:
 
 def test_calibration_file(tmp_path: Path) -> None:
     good = tmp_path / "app.json"
-    good.write_text(json.dumps({"scales": {str(a): 0.01 for a in APPEARANCE_AUS},
-                                "thresholds": {str(a): 1.0 for a in APPEARANCE_AUS}}))
+    good.write_text(
+        json.dumps(
+            {"scales": {str(a): 0.01 for a in APPEARANCE_AUS}, "thresholds": {str(a): 1.0 for a in APPEARANCE_AUS}}
+        )
+    )
     det = AppearanceAUDetector(AppearanceConfig(calibration=str(good)), StageContext(run_dir=tmp_path))
     det.setup()
     assert det._scales[4] == 0.01 and det._offsets[4] == 0.0

@@ -171,8 +171,10 @@ def _measure(det: GeometricAUDetector, image: np.ndarray) -> dict[int, float]:
 
 
 def test_posed_photos_against_population_mean(population_detector: GeometricAUDetector) -> None:
-    smiles = [_measure(population_detector, pyfeat_image(POSED["happiness"])),
-              _measure(population_detector, astronaut())]
+    smiles = [
+        _measure(population_detector, pyfeat_image(POSED["happiness"])),
+        _measure(population_detector, astronaut()),
+    ]
     surprise = _measure(population_detector, pyfeat_image(POSED["surprise"]))
     anger = _measure(population_detector, pyfeat_image(POSED["anger"]))
     disgust = _measure(population_detector, pyfeat_image(POSED["disgust"]))

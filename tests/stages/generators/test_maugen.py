@@ -30,7 +30,6 @@ ALL_FILES = (
 )
 
 
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_maugen(tmp_path_factory.mktemp("tiny_maugen") / "release")

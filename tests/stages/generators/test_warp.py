@@ -132,9 +132,11 @@ def test_keeps_identity(identity: str, generator: WarpGenerator) -> None:
     photos = {i: bank.image(i) for i in (ASTRONAUT, HOPPER)}
     ref = {i: face_embedding(p, landmarks(p), normalize=False) for i, p in photos.items()}
     other = HOPPER if identity == ASTRONAUT else ASTRONAUT
-    for planned in (vector(au6=4, au12=5, au25=3),  # happiness
-                    vector(au1=5, au2=5, au5=4, au25=5, au26=5),  # surprise
-                    vector(au4=5, au9=4, au15=3, au17=4)):  # disgust / anger mix
+    for planned in (
+        vector(au6=4, au12=5, au25=3),  # happiness
+        vector(au1=5, au2=5, au5=4, au25=5, au26=5),  # surprise
+        vector(au4=5, au9=4, au15=3, au17=4),
+    ):  # disgust / anger mix
         img = render(generator, identity, planned, seed=11)
         emb = face_embedding(img, landmarks(img), normalize=False)
         assert np.linalg.norm(emb - ref[identity]) < DLIB_SAME_PERSON
@@ -150,8 +152,7 @@ def test_deterministic_per_seed(generator: WarpGenerator) -> None:
     c = render(generator, HOPPER, planned, seed=6)
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 1.0  # jitter differs per seed
     still = WarpGenerator(WarpConfig(jitter=0.0), generator.context)
-    np.testing.assert_array_equal(render(still, HOPPER, planned, seed=5),
-                                  render(still, HOPPER, planned, seed=6))
+    np.testing.assert_array_equal(render(still, HOPPER, planned, seed=5), render(still, HOPPER, planned, seed=6))
 
 
 def test_record_fields(generator: WarpGenerator) -> None:
@@ -187,7 +188,7 @@ def test_mouth_interior_is_dark_with_upper_teeth(generator: WarpGenerator) -> No
     def column(image: np.ndarray, channels: slice = slice(None)) -> np.ndarray:
         """Brightness down the mouth's centre line."""
         x, top, bottom = int(lm[62, 0]), int(lm[62, 1]), int(lm[66, 1])
-        return image[top:bottom, x - 2:x + 3, channels].mean(axis=(1, 2))
+        return image[top:bottom, x - 2 : x + 3, channels].mean(axis=(1, 2))
 
     col = column(with_cavity)
     third = max(len(col) // 3, 1)
@@ -257,8 +258,9 @@ def test_warns_about_non_neutral_exemplars(generator: WarpGenerator, caplog: pyt
     messages = [r.getMessage() for r in caplog.records]
     assert any("builtin-astronaut" in m and "smiles" in m for m in messages)
     assert not any("builtin-grace-hopper" in m for m in messages)
-    strict = WarpGenerator(WarpConfig(image_size=64, non_neutral_identity="reject", on_bad_identity="drop"),
-                           generator.context)
+    strict = WarpGenerator(
+        WarpConfig(image_size=64, non_neutral_identity="reject", on_bad_identity="drop"), generator.context
+    )
     out = strict.process([{"identity_id": i, "planned_intensity": vector(), "seed": 0} for i in (ASTRONAUT, HOPPER)])
     assert out[0]["dropped_by"] == "warp" and "not neutral" in out[0]["drop_reason"]
     assert out[1]["image"].shape == (64, 64, 3)

@@ -19,8 +19,15 @@ def samples() -> list[tuple[dict, grammar.Description]]:
     return [
         (
             r,
-            describe(r["planned_intensity"], r["emotion"], seed=r["seed"], ethnicity=r["ethnicity"],
-                     age_band=r["age_band"], gender=r["gender"], mention_inactive=0.35),
+            describe(
+                r["planned_intensity"],
+                r["emotion"],
+                seed=r["seed"],
+                ethnicity=r["ethnicity"],
+                age_band=r["age_band"],
+                gender=r["gender"],
+                mention_inactive=0.35,
+            ),
         )
         for r in records
     ]
@@ -39,8 +46,15 @@ def test_at_least_1000_sentence_shapes_in_10000(samples) -> None:
     shapes = {d.shape for _, d in samples}
     assert len(shapes) >= 1000
     # Without list lengths (runs of "<AU>" items collapsed), the frames alone still vary.
-    collapsed = {re.sub(r"<AU>(?:(?:, |, and | and |, as well as | as well as |, along with | along with "
-                        r"|, plus )<AU>)+", "<AUs>", d.shape) for _, d in samples}
+    collapsed = {
+        re.sub(
+            r"<AU>(?:(?:, |, and | and |, as well as | as well as |, along with | along with "
+            r"|, plus )<AU>)+",
+            "<AUs>",
+            d.shape,
+        )
+        for _, d in samples
+    }
     assert len(collapsed) >= 500  # measured: 4642 shapes, 1058 without list lengths
 
 
@@ -85,9 +99,10 @@ def test_intensity_words_map_to_exactly_one_level() -> None:
 
 
 def test_frames_and_emotion_phrases_carry_no_au_cue_or_intensity_word() -> None:
-    texts = [f.replace("{E}", "").replace("{W}", "").replace("{L}", "").replace("{I}", "")
-             for f in (*grammar._FRAMES, *grammar._REST_FRAMES, *grammar._CONTINUATIONS,
-                       *grammar._INACTIVE_SENTENCES)]
+    texts = [
+        f.replace("{E}", "").replace("{W}", "").replace("{L}", "").replace("{I}", "")
+        for f in (*grammar._FRAMES, *grammar._REST_FRAMES, *grammar._CONTINUATIONS, *grammar._INACTIVE_SENTENCES)
+    ]
     texts += [w for ws in grammar.EMOTION_NOUNS.values() for w in ws] + list(grammar._NEUTRAL_PHRASES)
     texts += [t.format(e="joy") for ts in grammar._EMOTION_STRENGTH.values() for t in ts]
     word_rx = re.compile(r"\b(?:" + "|".join(map(re.escape, INTENSITY_WORDS)) + r")\b")

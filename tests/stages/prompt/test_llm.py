@@ -40,9 +40,17 @@ def _api_key(monkeypatch) -> None:
 
 
 def _stage(stub: StubLLM, run_dir: Path, **options) -> PromptStage:
-    settings = dict(backend="llm", base_url=stub.base_url, model="stub-model", api_key_env="STUB_LLM_KEY",
-                    timeout_s=0.5, max_retries=2, retry_backoff_s=0.01, max_feedback_rounds=2,
-                    concurrency=4)
+    settings = dict(
+        backend="llm",
+        base_url=stub.base_url,
+        model="stub-model",
+        api_key_env="STUB_LLM_KEY",
+        timeout_s=0.5,
+        max_retries=2,
+        retry_backoff_s=0.01,
+        max_feedback_rounds=2,
+        concurrency=4,
+    )
     settings.update(options)
     stage = PromptStage(PromptConfig(**settings), StageContext(run_dir=run_dir))
     stage.setup()
@@ -63,7 +71,9 @@ def _assert_all_described_or_dropped(records: list[dict]) -> None:
         else:
             assert r["description"] and r["prompt_backend"] in ("llm", "grammar-fallback")
             assert check_description(r["description"], r["planned_intensity"]) == (
-                r["prompt_jaccard"], r["prompt_intensity_agreement"])
+                r["prompt_jaccard"],
+                r["prompt_intensity_agreement"],
+            )
 
 
 def test_good_server_then_resume_hits_cache(stub, tmp_path) -> None:
@@ -173,15 +183,15 @@ def test_breaker_stops_calling_a_failing_server(stub, tmp_path) -> None:
     # trips after give_up_after x 3 failures in a row; at most concurrency - 1 more were in flight
     assert 2 * 3 <= stub.requests <= 2 * 3 + 1
     assert all(r["prompt_backend"] == "grammar-fallback" for r in out)
-    assert all("skipped for the rest of the batch" in r["prompt_note"] and "HTTP 500" in r["prompt_note"]
-               for r in out)
+    assert all("skipped for the rest of the batch" in r["prompt_note"] and "HTTP 500" in r["prompt_note"] for r in out)
 
 
 def test_stalling_server_times_out_and_falls_back(stub, tmp_path) -> None:
     stub.reset("stall")
     stub.stall_s = 1.5
-    out = _run(_stage(stub, tmp_path, timeout_s=0.3, max_retries=1, give_up_after=1, concurrency=2),
-               make_records(4, seed=8))
+    out = _run(
+        _stage(stub, tmp_path, timeout_s=0.3, max_retries=1, give_up_after=1, concurrency=2), make_records(4, seed=8)
+    )
     assert stub.requests <= 4 * 2
     assert all(r["prompt_backend"] == "grammar-fallback" for r in out)
     assert all("timed out" in r["prompt_note"] or "skipped" in r["prompt_note"] for r in out)
@@ -195,9 +205,17 @@ def _free_port() -> int:
 
 @pytest.mark.timeout(60)
 def test_dead_server_gives_bounded_attempts_then_drop(tmp_path) -> None:
-    config = PromptConfig(backend="llm", base_url=f"http://127.0.0.1:{_free_port()}/v1", max_retries=1,
-                          retry_backoff_s=0.01, timeout_s=0.5, on_failure="drop", give_up_after=1,
-                          concurrency=2, api_key_env="STUB_LLM_KEY")
+    config = PromptConfig(
+        backend="llm",
+        base_url=f"http://127.0.0.1:{_free_port()}/v1",
+        max_retries=1,
+        retry_backoff_s=0.01,
+        timeout_s=0.5,
+        on_failure="drop",
+        give_up_after=1,
+        concurrency=2,
+        api_key_env="STUB_LLM_KEY",
+    )
     stage = PromptStage(config, StageContext(run_dir=tmp_path))
     stage.setup()
     out = stage.process(make_records(20, seed=9))

@@ -22,8 +22,16 @@ def test_round_trip_10000_grammar_descriptions() -> None:
     vectors = random_vectors(10_000, seed=123)
     set_ok = level_ok = 0
     for i, v in enumerate(vectors):
-        text = describe(v, EMOTION_KEYS[i % len(EMOTION_KEYS)], seed=i, ethnicity="latino",
-                        age_band="teen", gender="female", mention_inactive=0.5, facs_share=0.2).text
+        text = describe(
+            v,
+            EMOTION_KEYS[i % len(EMOTION_KEYS)],
+            seed=i,
+            ethnicity="latino",
+            age_band="teen",
+            gender="female",
+            mention_inactive=0.5,
+            facs_share=0.2,
+        ).text
         jac, agree = check_description(text, v)
         set_ok += jac == 1.0
         level_ok += agree == 1.0
@@ -36,37 +44,64 @@ def test_round_trip_10000_grammar_descriptions() -> None:
     ("text", "levels", "inactive"),
     [
         # MAUGen Figure 4, prompts 1-3 (paper vocabulary)
-        ("The look reveals marked excited enjoyment, with a clear still inner brow, definite jaw release, "
-         "moderate lip corner lift, no lip stretching, defined lip part, and moderate lifted cheeks.",
-         {6: 3, 12: 3, 25: 3, 26: 3}, {20}),
-        ("A hint of distinct sad expression is noticeable, emphasized by nose without movement, markedly "
-         "lowered brows, faint lid elevation and noticeably downturned lip corners.",
-         {4: 4, 5: 1, 15: 3}, set()),
-        ("Noticeable appalled disgust is subtly present, conveyed through still cheeks, prominent lip "
-         "separation, still upper lids, clearly lowered brows, defined chin raise and visible nose crinkle.",
-         {4: 3, 9: 3, 17: 3, 25: 4}, set()),
+        (
+            "The look reveals marked excited enjoyment, with a clear still inner brow, definite jaw release, "
+            "moderate lip corner lift, no lip stretching, defined lip part, and moderate lifted cheeks.",
+            {6: 3, 12: 3, 25: 3, 26: 3},
+            {20},
+        ),
+        (
+            "A hint of distinct sad expression is noticeable, emphasized by nose without movement, markedly "
+            "lowered brows, faint lid elevation and noticeably downturned lip corners.",
+            {4: 4, 5: 1, 15: 3},
+            set(),
+        ),
+        (
+            "Noticeable appalled disgust is subtly present, conveyed through still cheeks, prominent lip "
+            "separation, still upper lids, clearly lowered brows, defined chin raise and visible nose crinkle.",
+            {4: 3, 9: 3, 17: 3, 25: 4},
+            set(),
+        ),
         # free text as an LLM writes it
-        ("She has slightly raised eyebrows, a broad smile, a wrinkled nose, and her lips are parted.",
-         {1: 2, 2: 2, 12: None, 9: None, 25: None}, set()),
-        ("Strongly raised inner brows and a moderately dropped jaw; the mouth hangs slightly open.",
-         {1: 4, 26: 3, 25: 2}, set()),
+        (
+            "She has slightly raised eyebrows, a broad smile, a wrinkled nose, and her lips are parted.",
+            {1: 2, 2: 2, 12: None, 9: None, 25: None},
+            set(),
+        ),
+        (
+            "Strongly raised inner brows and a moderately dropped jaw; the mouth hangs slightly open.",
+            {1: 4, 26: 3, 25: 2},
+            set(),
+        ),
         ("A faint frown, with the corners of the mouth pulled down markedly.", {4: 1, 15: 4}, set()),
         ("Marked AU12 (lip corner puller) and AU6 at slight intensity; no AU4.", {12: 4, 6: 2}, {4}),
-        ("Wide-eyed, with the chin pushed up moderately and lips stretched sideways strongly.",
-         {5: None, 17: 3, 20: 4}, set()),
+        (
+            "Wide-eyed, with the chin pushed up moderately and lips stretched sideways strongly.",
+            {5: None, 17: 3, 20: 4},
+            set(),
+        ),
         ("No brow lowering or nose wrinkling, but a slight grin.", {12: 2}, {4, 9}),
         ("The lips aren't parted and there is no smile, only extremely raised cheeks.", {6: 5}, {25, 12}),
         ("A calm face at rest.", {}, set()),
-        ("Her eyebrows are slightly raised, eyes widened in alarm, with a wide smile.",
-         {1: 2, 2: 2, 5: None, 12: None}, set()),
-        ("Nose scrunched in distaste, chin tightened and pushed upward, a slight downturn at the corners "
-         "of the mouth.", {9: None, 17: None, 15: 2}, set()),
-        ("He is pulling the lip corners down markedly while raising the inner brows slightly.",
-         {15: 4, 1: 2}, set()),
+        (
+            "Her eyebrows are slightly raised, eyes widened in alarm, with a wide smile.",
+            {1: 2, 2: 2, 5: None, 12: None},
+            set(),
+        ),
+        (
+            "Nose scrunched in distaste, chin tightened and pushed upward, a slight downturn at the corners "
+            "of the mouth.",
+            {9: None, 17: None, 15: 2},
+            set(),
+        ),
+        ("He is pulling the lip corners down markedly while raising the inner brows slightly.", {15: 4, 1: 2}, set()),
         ("The lower jaw is relaxed and the lips are pressed together.", {}, set()),
         ("Frowning, she lowers her brows and wrinkles her nose (level 4).", {4: None, 9: 4}, set()),
-        ("AU5 at level 3 and AU 12 (2/5), with moderately raised inner and outer brows.",
-         {5: 3, 12: 2, 1: 3, 2: 3}, set()),
+        (
+            "AU5 at level 3 and AU 12 (2/5), with moderately raised inner and outer brows.",
+            {5: 3, 12: 2, 1: 3, 2: 3},
+            set(),
+        ),
     ],
 )
 def test_reads_grammar_paper_and_free_text(text: str, levels: dict, inactive: set) -> None:

@@ -101,8 +101,9 @@ def test_description_failing_read_back_is_never_used(tmp_path, monkeypatch) -> N
     for r in records:
         r["planned_intensity"] = [0, 0, 4] + [0] * 9
     out = _stage(tmp_path).process(records)
-    assert all(is_dropped(r) and "failed read-back" in r["drop_reason"] and "missing AU4" in r["drop_reason"]
-               for r in out)
+    assert all(
+        is_dropped(r) and "failed read-back" in r["drop_reason"] and "missing AU4" in r["drop_reason"] for r in out
+    )
 
 
 def test_grammar_stage_imports_no_heavy_package() -> None:
@@ -113,6 +114,11 @@ def test_grammar_stage_imports_no_heavy_package() -> None:
         "s.process(make_records(5)); "
         "print(sorted(m for m in ('openai', 'torch', 'httpx', 'tenacity') if m in sys.modules))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          cwd=Path(__file__).resolve().parents[3])
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[3],
+    )
     assert done.stdout.strip() == "[]"

@@ -40,7 +40,6 @@ def _write_dataset(root: Path, n_per_class: int = 20) -> tuple[Path, Path]:
     return real, root / "fake"
 
 
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainReport, Path, Path, Path]:
     root = tmp_path_factory.mktemp("realism")
