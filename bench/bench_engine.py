@@ -18,7 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench.standin import STANDIN
+from factory.engine.build import build
+from factory.recipe import recipe_from_dict
+from stages.base import StageContext
+from stages.pipeline import Pipeline, StageSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS_PER_BATCH = 0.25
@@ -54,23 +60,19 @@ def _toml(doc: dict[str, Any], path: Path) -> Path:
 
 def bare_loop_rate() -> float:
     """Samples/s of one process calling the stand-in back to back (no engine)."""
-    from bench.standin import StandInConfig, StandInGenerator
-    from stages.base import StageContext
-
-    stage = StandInGenerator(StandInConfig(seconds_per_batch=SECONDS_PER_BATCH), StageContext(Path(".")))
+    stage = Pipeline.build(
+        [StageSpec("generator", STANDIN, {"seconds_per_batch": SECONDS_PER_BATCH})], StageContext(Path("."))
+    )
     batch = [{"seed": i, "shard": 0, "planned_intensity": [0] * 12} for i in range(BATCH)]
     n = 12
     t0 = time.perf_counter()
     for _ in range(n):
-        stage.process([dict(r) for r in batch])
+        stage.run([dict(r) for r in batch])
     return n * BATCH / (time.perf_counter() - t0)
 
 
 def engine_rate(gpus: int, shards_per_worker: int) -> float:
     """Samples/s of a build on ``gpus`` logical GPUs, from workers ready to index written."""
-    from factory.engine.build import build
-    from factory.recipe import recipe_from_dict
-
     shard_size = BATCH * BATCHES_PER_SHARD
     with tempfile.TemporaryDirectory() as tmp:
         doc = _doc(
@@ -87,8 +89,6 @@ def engine_rate(gpus: int, shards_per_worker: int) -> float:
 
 def _peak_rss(cmd: list[str]) -> tuple[float, float]:
     """Run ``cmd`` from the repo; its peak RSS (MiB, sampled every 0.2 s) and wall time."""
-    import psutil
-
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
@@ -176,7 +176,7 @@ def main(memory_targets: tuple[int, ...] = (10_000, 1_000_000)) -> str:
         "\nPeak RSS of the `factory build` process (sampled every 0.2 s), stand-in generator with no "
         "sleep, 2 CPU workers. The driver holds only planned / accepted / drop reasons per shard; the "
         "index pass over every shard manifest runs in an IndexWriter actor on the driver's node "
-        "(`factory/worker.py`, started with the workers); the last column runs that pass alone on the "
+        "(`factory/engine/worker.py`, started with the workers); the last column runs that pass alone on the "
         "same build, in a fresh process. Measure one size with "
         '`python -c "from bench.bench_engine import driver_peak_rss; print(driver_peak_rss(1_000_000))"`.'
     )

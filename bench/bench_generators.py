@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from manifests.bank import open_bank
-from stages.base import Stage, StageContext
+from stages.base import StageContext
+from stages.pipeline import Pipeline, StageSpec
 
 __all__ = ["main"]
 
@@ -45,33 +46,31 @@ def _records(n: int, seed0: int) -> list[dict[str, Any]]:
     ]
 
 
-def _stage(kind: str, folder: Path, device: str, batch: int, bank: Any) -> Stage:
+def _pipeline(kind: str, folder: Path, device: str, batch: int, bank: Any) -> Pipeline:
+    """The generator alone, built as a shard worker builds it."""
     context = StageContext(run_dir=folder, device=device, image_size=SIZE, identity_bank=bank)
-    if kind == "diffusers":
-        from stages.generators.diffusers import DiffusersConfig, DiffusersGenerator
-
-        return DiffusersGenerator(DiffusersConfig(pipeline=str(folder), steps=STEPS, batch_size=batch), context)
-    from stages.generators.maugen.stage import MaugenConfig, MaugenGenerator
-
-    return MaugenGenerator(MaugenConfig(checkpoint_dir=str(folder), steps=STEPS, batch_size=batch), context)
+    where = {"diffusers": "pipeline", "maugen": "checkpoint_dir"}[kind]
+    options = {where: str(folder), "steps": STEPS, "batch_size": batch}
+    return Pipeline.build([StageSpec("generator", kind, options)], context)
 
 
-def _measure(stage: Any, batch: int, repeats: int) -> tuple[float, float]:
+def _measure(pipeline: Pipeline, batch: int, repeats: int) -> tuple[float, float]:
     """(images/s, UNet share of wall time) over ``repeats`` calls of ``batch`` samples."""
     images, total, model = 0, 0.0, 0.0
+    generator: Any = pipeline.stages[0]
     for r in range(repeats):
         t0 = time.perf_counter()
-        stage.process(_records(batch, seed0=1000 * (r + 1)))
+        pipeline.run(_records(batch, seed0=1000 * (r + 1)))
         total += time.perf_counter() - t0
-        model += stage.last_timing["model_s"]
+        model += generator.last_timing["model_s"]
         images += batch
     return images / total, model / total
 
 
 def main(argv: list[str] | None = None) -> str:
-    import torch
+    import torch  # deferred: optional and heavy; the other benchmarks do not need it
 
-    from tests.stages.tiny_models import build_tiny_maugen, build_tiny_sd
+    from tests.stages.tiny_models import build_tiny_maugen, build_tiny_sd  # test helpers, not shipped
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per batch size")
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> str:
         for kind, folder in folders.items():
             for device in devices:
                 for batch in BATCH_SIZES:
-                    stage = _stage(kind, folder, device, batch, bank)
+                    stage = _pipeline(kind, folder, device, batch, bank)
                     stage.setup()
                     stage.process(_records(1, seed0=1))  # warm-up: first-call allocations, identity cache
                     rate, share = _measure(stage, batch, args.repeats)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,6 +20,7 @@ def _recipe(tmp: Path) -> Path:
 
 _MEASURE = """
 import resource, subprocess, sys, time
+import tempfile
 t0 = time.perf_counter()
 subprocess.run(sys.argv[1:], check=True, capture_output=True)
 print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
@@ -35,7 +37,6 @@ def _run(recipe: Path, target: int) -> tuple[float, float]:
 
 
 def main() -> str:
-    import tempfile
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

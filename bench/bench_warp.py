@@ -11,6 +11,7 @@ Run: ``.venv/bin/python -m bench.bench_warp [--images N]`` (prints markdown).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 from manifests.bank import open_bank
 from manifests.vocab import DISFA_AUS
 from stages.base import StageContext
-from stages.generators.warp.stage import WarpConfig, WarpGenerator
+from stages.pipeline import Pipeline, StageSpec
 
 __all__ = ["main"]
 
@@ -52,21 +53,18 @@ def main(argv: list[str] | None = None) -> str:
     ]
     for size in SIZES:
         context = StageContext(run_dir=Path("."), identity_bank=bank, image_size=size)
-        gen = WarpGenerator(WarpConfig(), context)
-        gen.setup()
+        gen = Pipeline.build([StageSpec("generator", "warp")], context)
         t0 = time.perf_counter()
-        gen.process(_records(2, seed=99))  # detection + triangulation per identity
+        gen.run(_records(2, seed=99))  # detection + triangulation per identity
         first = time.perf_counter() - t0
         records = _records(args.images)
         t0 = time.perf_counter()
         for i in range(0, len(records), args.batch):
-            gen.process(records[i : i + args.batch])
+            gen.run(records[i : i + args.batch])
         seconds = time.perf_counter() - t0
         lines.append(f"| {size} | {len(records)} | {seconds:.2f} | {len(records) / seconds:.1f} | {first:.2f} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    import sys
-
     print(main(sys.argv[1:]))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from manifests.schema import MANIFEST_SCHEMA, N_AUS
 from manifests.writer import ShardWriter, sample_json
@@ -32,7 +33,6 @@ REPEATS = 7
 
 
 def _records(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     # A few distinct smooth-plus-noise images (JPEG sizes like real faces, ~15-30 kB at 256 px).

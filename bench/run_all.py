@@ -10,12 +10,13 @@ import sys
 import traceback
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHES = ("bench_plan", "bench_writer", "bench_engine", "bench_warp", "bench_generators")
 
 
 def _machine() -> str:
-    import psutil
 
     cpu = platform.processor() or platform.machine()
     try:

@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from PIL import Image
 
 from manifests.vocab import AGE_BANDS, ETHNICITIES, GENDERS
@@ -42,13 +43,13 @@ class IdentityRecord:
 
 
 def _astronaut() -> np.ndarray:
-    from skimage import data
+    from skimage import data  # deferred: scikit-image is in the optional [faces] extra
 
     return np.asarray(data.astronaut())
 
 
 def _grace_hopper() -> np.ndarray:
-    import matplotlib.cbook
+    import matplotlib.cbook  # deferred: matplotlib ships the portrait; needed only to read it
 
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
         return np.asarray(Image.open(f).convert("RGB"))
@@ -130,8 +131,6 @@ def _read_table(folder: Path) -> list[dict[str, str]]:
         with csv_path.open(newline="") as f:
             return list(csv.DictReader(f))
     if pq_path.is_file():
-        import pyarrow.parquet as pq
-
         return [{k: str(v) for k, v in row.items()} for row in pq.read_table(pq_path).to_pylist()]
     raise IdentityBankError(
         f"identity bank {folder} has no identities.csv or identities.parquet; "

@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import duckdb
 import pyarrow as pa
 
 from manifests.index import indexed_parquet_files, read_index
@@ -55,7 +56,6 @@ def _sql_string(text: str) -> str:
 
 def connect(run_dir: Path, *, include_rejected: bool = False) -> Any:
     """An in-memory DuckDB connection with the ``samples`` view and the ``au(n)`` macro."""
-    import duckdb
 
     files = indexed_parquet_files(run_dir)
     con = duckdb.connect()

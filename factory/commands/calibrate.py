@@ -37,18 +37,27 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from factory.commands.evaluate import AUScore, ScoreTable, fmt_score, score_source
+from factory.commands.calibration_report import (
+    BUILTIN_SOURCES,
+    BUILTIN_SUFFIX,
+    CONSENSUS,
+    DETECTORS,
+    SOURCES,
+    CalibrationReport,
+    shard_text,
+)
+from factory.commands.evaluate import AUScore, score_source
 from factory.engine.pipeline import make_context, recipe_pipeline
 from factory.plan import Planner
 from factory.recipe import Recipe
 from manifests.atomic import write_bytes_atomic
-from manifests.vocab import DISFA_AUS, au_column
+from manifests.vocab import DISFA_AUS
 from stages import stage_class
 from stages.agreement import AgreementConfig, consensus
 from stages.base import Record, Stage, StageConfig, StageContext, is_dropped
@@ -67,15 +76,11 @@ __all__ = [
     "parse_shards",
 ]
 
-DETECTORS: tuple[str, ...] = ("geometric", "appearance")
-CONSENSUS = "consensus"
-SOURCES: tuple[str, ...] = (*DETECTORS, CONSENSUS)
-# The shipped calibration scored on the same held-out samples, to show what a refit changes.
-BUILTIN_SUFFIX = "@builtin"
-BUILTIN_SOURCES: tuple[str, ...] = tuple(f"{src}{BUILTIN_SUFFIX}" for src in SOURCES)
 # Fewer usable fit samples than unknowns per AU column would leave the least-squares fit
 # undetermined (the geometric fit solves 12 intensities per feature).
 MIN_FIT_SAMPLES = len(DISFA_AUS)
+# What each offline detector measures for the fit: (detector name, its measuring method).
+_MEASURES = (("geometric", "features", "no landmarks"), ("appearance", "deltas", "abstained"))
 
 
 class CalibrationError(ValueError):
@@ -113,106 +118,6 @@ def detector_config(recipe: Recipe, name: str, **overrides: Any) -> StageConfig:
         if section.name == name:
             options = section.options()
     return stage_class(name).config_model(**{**options, **overrides})
-
-
-@dataclass
-class CalibrationReport(ScoreTable):
-    """What :func:`calibrate_offline_detectors` fitted, wrote and measured out of sample."""
-
-    recipe_fingerprint: str
-    generator: str
-    fit_shards: list[int]
-    test_shards: list[int]
-    fit_samples: dict[str, int]  # detector -> samples its calibration was fitted on
-    fit_active: dict[int, int]  # AU -> fit samples where it is active (0: that AU is not fitted)
-    test_samples: int  # held-out records that reached the detectors
-    dropped: dict[str, int]  # "stage: reason" -> records left out (fit and test)
-    files: dict[str, str]  # detector -> calibration JSON written
-    min_agree: int
-    intensity_tolerance: float
-    scores: list[AUScore]
-    seconds: float = 0.0
-    sources: list[str] = field(default_factory=lambda: list(SOURCES))
-    baseline_sources: list[str] = field(default_factory=list)  # built-in calibration, same samples
-
-    def per_au(self) -> list[dict[str, Any]]:
-        """One row per DISFA AU: F1 and MAE of each source (``None`` = not covered / undefined)."""
-        rows = []
-        for au in DISFA_AUS:
-            row: dict[str, Any] = {"au": au, "fit_active": self.fit_active.get(au, 0)}
-            for src in self.sources:
-                s = self.score(src, au)
-                row[f"{src}_f1"], row[f"{src}_mae"] = s.f1, s.mae
-            row["consensus_uncertain"] = self.score(CONSENSUS, au).excluded
-            rows.append(row)
-        return rows
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "recipe_fingerprint": self.recipe_fingerprint,
-            "generator": self.generator,
-            "fit_shards": self.fit_shards,
-            "test_shards": self.test_shards,
-            "fit_samples": self.fit_samples,
-            "fit_active": {str(k): v for k, v in self.fit_active.items()},
-            "test_samples": self.test_samples,
-            "dropped": self.dropped,
-            "files": self.files,
-            "agreement": {"min_agree": self.min_agree, "intensity_tolerance": self.intensity_tolerance},
-            "seconds": round(self.seconds, 1),
-            "means": {src: self.means(src) for src in [*self.sources, *self.baseline_sources]},
-            "per_au": [asdict(s) for s in self.scores],
-        }
-
-    def to_markdown(self) -> str:
-        header = ["AU", "fit active"]
-        for src in self.sources:
-            header += [f"{src} F1", f"{src} MAE"]
-        header.append("consensus uncertain")
-        lines = [
-            "# Offline detector calibration",
-            "",
-            f"Generator `{self.generator}` (exact labels), recipe fingerprint `{self.recipe_fingerprint}`. "
-            f"Fitted on shards {_shard_text(self.fit_shards)} "
-            f"({', '.join(f'{k}: {v} samples' for k, v in self.fit_samples.items())}); "
-            f"scored on held-out shards {_shard_text(self.test_shards)} ({self.test_samples} samples).",
-            f"Consensus: `stages.agreement.consensus`, min_agree {self.min_agree}, "
-            f"intensity_tolerance {self.intensity_tolerance:g}. Occurrence present when p >= 0.5; "
-            "MAE over all held-out samples (inactive included); n/a = AU not covered or never occurring.",
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
-        ]
-        for row in self.per_au():
-            cells = [au_column(row["au"]), str(row["fit_active"])]
-            for src in self.sources:
-                cells += [fmt_score(row[f"{src}_f1"]), fmt_score(row[f"{src}_mae"])]
-            cells.append(str(row["consensus_uncertain"]))
-            lines.append("| " + " | ".join(cells) + " |")
-        mean_cells = ["mean", ""]
-        for src in self.sources:
-            m = self.means(src)
-            mean_cells += [fmt_score(m["f1"]), fmt_score(m["mae"])]
-        mean_cells.append(str(sum(s.excluded for s in self.for_source(CONSENSUS))))
-        lines.append("| " + " | ".join(mean_cells) + " |")
-        if self.baseline_sources:
-            lines += ["", "The shipped built-in calibration on the same held-out samples (means over AUs):", ""]
-            for src in self.baseline_sources:
-                m = self.means(src)
-                lines.append(f"- {src}: F1 {fmt_score(m['f1'])}, MAE {fmt_score(m['mae'])}")
-        lines += ["", "Calibration files (pass as the detectors' `calibration` option):", ""]
-        lines += [f"- {name}: `{path}`" for name, path in self.files.items()]
-        unfitted = [au_column(au) for au in DISFA_AUS if not self.fit_active.get(au)]
-        if unfitted:
-            lines += ["", f"Never active in the fit shards (their calibration is undetermined): {', '.join(unfitted)}."]
-        if self.dropped:
-            listed = "; ".join(f"{reason}: {n}" for reason, n in sorted(self.dropped.items()))
-            lines += ["", f"Left out: {listed}."]
-        return "\n".join(lines) + "\n"
-
-
-def _shard_text(shards: Sequence[int]) -> str:
-    return ", ".join(str(s) for s in shards)
 
 
 def _check_shards(fit_shards: Sequence[int], test_shards: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -295,6 +200,124 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
+@dataclass
+class _FitSet:
+    """Measurements of one detector on the fit shards, with the exact intensities they fit."""
+
+    x: list[np.ndarray] = field(default_factory=list)
+    y: list[np.ndarray] = field(default_factory=list)
+
+
+def _measure(
+    renders: _Pipeline, fit: list[int], extractors: dict[str, Stage[Any]]
+) -> tuple[dict[str, _FitSet], np.ndarray, Counter[str]]:
+    """Each detector's own measurements on the fit shards (phase 1)."""
+    sets = {name: _FitSet() for name in extractors}
+    unmeasured: Counter[str] = Counter()
+    fit_active = np.zeros(len(DISFA_AUS), dtype=np.int64)
+    for batch in renders.batches(fit):
+        if not batch:
+            continue
+        _, intensity = _labels(batch)
+        fit_active += (intensity > 0).sum(axis=0)
+        for record, truth in zip(batch, intensity, strict=True):
+            for name, method, why in _MEASURES:
+                value = getattr(extractors[name], method)(record)
+                if value is None:
+                    unmeasured[f"{name}: {why} (fit)"] += 1
+                else:
+                    sets[name].x.append(value)
+                    sets[name].y.append(truth)
+            record.pop("image", None)  # free the pixels before the next batch is rendered
+            record.pop("face_crop", None)
+    for name, fit_set in sets.items():
+        if len(fit_set.x) < MIN_FIT_SAMPLES:
+            raise CalibrationError(
+                f"only {len(fit_set.x)} fit samples could be measured by the {name} detector (need at least "
+                f"{MIN_FIT_SAMPLES}); add fit shards or raise dataset.shard_size"
+            )
+    return sets, fit_active, unmeasured
+
+
+def _fit_and_write(recipe: Recipe, fit: list[int], sets: dict[str, _FitSet], out_dir: Path) -> dict[str, Path]:
+    """Fit each calibration and write it, with where the numbers came from (phase 2; the
+    detectors' loaders ignore the extra ``provenance`` key)."""
+    provenance = {
+        "recipe_fingerprint": recipe.fingerprint(),
+        "seed": recipe.dataset.seed,
+        "shard_size": recipe.dataset.shard_size,
+        "image_size": recipe.output.image_size,
+        "generator": recipe.generator.name,
+        "fit_shards": fit,
+    }
+    fitters = {"geometric": geometric_detector.fit_calibration, "appearance": appearance_detector.fit_calibration}
+    files = {}
+    for name, fit_set in sets.items():
+        files[name] = out_dir / f"{name}.json"
+        calibration = fitters[name](np.stack(fit_set.x), np.stack(fit_set.y))
+        _write_json(files[name], {**calibration, "provenance": provenance})
+    return files
+
+
+@dataclass
+class _Votes:
+    """Occurrence and intensity votes of every scored source, in sample order."""
+
+    min_agree: int
+    tolerance: float
+    votes: dict[str, tuple[list[Any], list[Any]]] = field(
+        default_factory=lambda: {src: ([], []) for src in (*SOURCES, *BUILTIN_SOURCES)}
+    )
+
+    def add(self, records: Sequence[Record], suffix: str) -> None:
+        for record in records:
+            record_votes = record["detector_votes"]
+            for name in DETECTORS:
+                self.votes[name + suffix][0].append(record_votes[name]["occurrence"])
+                self.votes[name + suffix][1].append(record_votes[name]["intensity"])
+            result = consensus(record_votes, self.min_agree, self.tolerance)
+            self.votes[CONSENSUS + suffix][0].append(result["occurrence"])
+            self.votes[CONSENSUS + suffix][1].append(result["intensity"])
+
+    def scores(self, occurrence: np.ndarray, intensity: np.ndarray) -> list[AUScore]:
+        out: list[AUScore] = []
+        for src, (occ, inten) in self.votes.items():
+            out += score_source(src, occurrence, intensity, _vote_matrix(occ), _vote_matrix(inten))
+        return out
+
+
+def _score_held_out(
+    renders: _Pipeline, test: list[int], builtin: list[Stage[Any]], calibrated: list[Stage[Any]], votes: _Votes
+) -> tuple[list[AUScore], int]:
+    """Both calibrations and their consensus scored on the held-out shards (phase 3)."""
+    label_occ: list[np.ndarray] = []
+    label_int: list[np.ndarray] = []
+    for batch in renders.batches(test):
+        if not batch:
+            continue
+        # The built-in detectors vote on shallow copies, so the two calibrations never
+        # share a record's detector_votes.
+        copies = [{**r, "detector_votes": {}} for r in batch]
+        for det in builtin:
+            det.process(copies)
+        for det in calibrated:
+            det.process(batch)
+        occ, inten = _labels(batch)
+        label_occ.append(occ)
+        label_int.append(inten)
+        votes.add(batch, "")
+        votes.add(copies, BUILTIN_SUFFIX)
+        for record in batch:
+            record.pop("image", None)
+            record.pop("face_crop", None)
+    if not label_occ:
+        raise CalibrationError(
+            f"no record of test shards {test} reached the detectors (left out: {dict(renders.dropped)})"
+        )
+    lo, li = np.concatenate(label_occ), np.concatenate(label_int)
+    return votes.scores(lo, li), len(lo)
+
+
 def calibrate_offline_detectors(
     recipe: Recipe,
     *,
@@ -306,135 +329,50 @@ def calibrate_offline_detectors(
     """Fit the geometric and appearance calibrations on ``fit_shards`` and score them on
     ``test_shards`` (see the module docstring). Writes ``geometric.json``,
     ``appearance.json``, ``calibration.json`` (the report) and ``calibration.md`` to
-    ``out_dir``. ``log`` receives one line per finished shard phase."""
+    ``out_dir``. ``log`` receives one line per finished phase."""
     say = log or (lambda _msg: None)
     fit, test = _check_shards(fit_shards, test_shards)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    pipeline = _Pipeline(recipe, out_dir)
-
-    # 1. Measurements on the fit shards. The extractors keep the recipe's detector options
-    # but the built-in calibration, so a recipe that already points `calibration` at the
-    # files about to be written still sets up (the measurements do not depend on it).
-    geometric = _detector(
-        "geometric", detector_config(recipe, "geometric", calibration="warp-builtin"), pipeline.context
-    )
-    appearance = _detector("appearance", detector_config(recipe, "appearance", calibration=None), pipeline.context)
-    geo_x: list[np.ndarray] = []
-    geo_y: list[np.ndarray] = []
-    app_x: list[np.ndarray] = []
-    app_y: list[np.ndarray] = []
-    unmeasured: Counter[str] = Counter()
-    fit_active = np.zeros(len(DISFA_AUS), dtype=np.int64)
-    for batch in pipeline.batches(fit):
-        if not batch:
-            continue
-        _, intensity = _labels(batch)
-        fit_active += (intensity > 0).sum(axis=0)
-        for record, truth in zip(batch, intensity, strict=True):
-            features = geometric.features(record)  # type: ignore[attr-defined]
-            if features is None:
-                unmeasured["geometric: no landmarks (fit)"] += 1
-            else:
-                geo_x.append(features)
-                geo_y.append(truth)
-            deltas = appearance.deltas(record)  # type: ignore[attr-defined]
-            if deltas is None:
-                unmeasured["appearance: abstained (fit)"] += 1
-            else:
-                app_x.append(deltas)
-                app_y.append(truth)
-            record.pop("image", None)  # free the pixels before the next batch is rendered
-            record.pop("face_crop", None)
-    say(f"measured {len(geo_x)} fit samples from shards {_shard_text(fit)} ({time.perf_counter() - t0:.0f} s)")
-    for name, xs in (("geometric", geo_x), ("appearance", app_x)):
-        if len(xs) < MIN_FIT_SAMPLES:
-            raise CalibrationError(
-                f"only {len(xs)} fit samples could be measured by the {name} detector (need at least "
-                f"{MIN_FIT_SAMPLES}); add fit shards or raise dataset.shard_size"
-            )
-
-    # 2. Fit and write, with where the numbers came from (the loaders ignore extra keys).
-    provenance = {
-        "recipe_fingerprint": recipe.fingerprint(),
-        "seed": recipe.dataset.seed,
-        "shard_size": recipe.dataset.shard_size,
-        "image_size": recipe.output.image_size,
-        "generator": recipe.generator.name,
-        "fit_shards": fit,
+    renders = _Pipeline(recipe, out_dir)
+    # The extractors keep the recipe's detector options but the built-in calibration, so a
+    # recipe that already points `calibration` at the files about to be written still sets
+    # up (the measurements do not depend on it).
+    builtin = {
+        "geometric": _detector(
+            "geometric", detector_config(recipe, "geometric", calibration="warp-builtin"), renders.context
+        ),
+        "appearance": _detector("appearance", detector_config(recipe, "appearance", calibration=None), renders.context),
     }
-    geo_cal = geometric_detector.fit_calibration(np.stack(geo_x), np.stack(geo_y))
-    app_cal = appearance_detector.fit_calibration(np.stack(app_x), np.stack(app_y))
-    files = {"geometric": out_dir / "geometric.json", "appearance": out_dir / "appearance.json"}
-    _write_json(files["geometric"], {**geo_cal, "provenance": provenance})
-    _write_json(files["appearance"], {**app_cal, "provenance": provenance})
-
-    # 3. Held-out scoring through the detectors' real `calibration` option.
+    sets, fit_active, unmeasured = _measure(renders, fit, builtin)
+    say(
+        f"measured {len(sets['geometric'].x)} fit samples from shards {shard_text(fit)} "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
+    files = _fit_and_write(recipe, fit, sets, out_dir)
     calibrated = [
-        _detector(name, detector_config(recipe, name, calibration=str(files[name])), pipeline.context)
+        _detector(name, detector_config(recipe, name, calibration=str(files[name])), renders.context)
         for name in DETECTORS
     ]
-    agree = pipeline.recipe.stage_config("agreement") if recipe.agreement.name == "agreement" else AgreementConfig()
-    min_agree = int(agree.min_agree)  # type: ignore[attr-defined]
-    tolerance = float(agree.intensity_tolerance)  # type: ignore[attr-defined]
+    # The recipe's agreement rule when it uses the agreement stage, the defaults otherwise.
+    agree = AgreementConfig(**(recipe.agreement.options() if recipe.agreement.name == "agreement" else {}))
+    votes = _Votes(int(agree.min_agree), float(agree.intensity_tolerance))
     t_test = time.perf_counter()
-    label_occ: list[np.ndarray] = []
-    label_int: list[np.ndarray] = []
-    votes: dict[str, tuple[list[list[float | None]], list[list[float | None]]]] = {
-        src: ([], []) for src in (*SOURCES, *BUILTIN_SOURCES)
-    }
-
-    def collect(records: Sequence[Record], suffix: str) -> None:
-        for record in records:
-            record_votes = record["detector_votes"]
-            for name in DETECTORS:
-                votes[name + suffix][0].append(record_votes[name]["occurrence"])
-                votes[name + suffix][1].append(record_votes[name]["intensity"])
-            result = consensus(record_votes, min_agree, tolerance)
-            votes[CONSENSUS + suffix][0].append(result["occurrence"])
-            votes[CONSENSUS + suffix][1].append(result["intensity"])
-
-    for batch in pipeline.batches(test):
-        if not batch:
-            continue
-        # The built-in detectors (the fit-phase extractors) vote on shallow copies, so the
-        # two calibrations never share a record's detector_votes.
-        copies = [{**r, "detector_votes": {}} for r in batch]
-        for det in (geometric, appearance):
-            det.process(copies)
-        for det in calibrated:
-            det.process(batch)
-        occ, inten = _labels(batch)
-        label_occ.append(occ)
-        label_int.append(inten)
-        collect(batch, "")
-        collect(copies, BUILTIN_SUFFIX)
-        for record in batch:
-            record.pop("image", None)
-            record.pop("face_crop", None)
-    if not label_occ:
-        raise CalibrationError(
-            f"no record of test shards {test} reached the detectors (left out: {dict(pipeline.dropped)})"
-        )
-    lo, li = np.concatenate(label_occ), np.concatenate(label_int)
-    scores: list[AUScore] = []
-    for src in (*SOURCES, *BUILTIN_SOURCES):
-        scores += score_source(src, lo, li, _vote_matrix(votes[src][0]), _vote_matrix(votes[src][1]))
-    say(f"scored {len(lo)} held-out samples from shards {_shard_text(test)} ({time.perf_counter() - t_test:.0f} s)")
-
+    scores, test_samples = _score_held_out(renders, test, list(builtin.values()), calibrated, votes)
+    say(f"scored {test_samples} held-out samples from shards {shard_text(test)} ({time.perf_counter() - t_test:.0f} s)")
     report = CalibrationReport(
         recipe_fingerprint=recipe.fingerprint(),
         generator=recipe.generator.name,
         fit_shards=fit,
         test_shards=test,
-        fit_samples={"geometric": len(geo_x), "appearance": len(app_x)},
+        fit_samples={name: len(fit_set.x) for name, fit_set in sets.items()},
         fit_active={au: int(n) for au, n in zip(DISFA_AUS, fit_active, strict=True)},
-        test_samples=len(lo),
-        dropped=dict(pipeline.dropped + unmeasured),
+        test_samples=test_samples,
+        dropped=dict(renders.dropped + unmeasured),
         files={name: str(path) for name, path in files.items()},
-        min_agree=min_agree,
-        intensity_tolerance=tolerance,
+        min_agree=votes.min_agree,
+        intensity_tolerance=votes.tolerance,
         scores=scores,
         seconds=time.perf_counter() - t0,
         baseline_sources=list(BUILTIN_SOURCES),

@@ -51,7 +51,7 @@ def _package_checks() -> list[Check]:
 
 def _gpu_check() -> Check:
     try:
-        import torch
+        import torch  # deferred: optional and heavy (~1.5 s); only this check needs it
     except ImportError:
         return Check("GPUs", False, "torch not installed; generators run on CPU only")
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -29,7 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
+from manifests.atomic import write_bytes_atomic
+from manifests.index import read_index
+from manifests.query import connect
 from manifests.schema import N_AUS
 from manifests.vocab import DISFA_AUS, au_column
 
@@ -245,8 +250,6 @@ class EvalReport(ScoreTable):
 
     def save(self, out_dir: Path) -> list[Path]:
         """Write eval.json, eval_per_au.csv and eval.md (each temp + rename)."""
-        from manifests.writer import write_bytes_atomic
-
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         files = {
@@ -261,9 +264,6 @@ class EvalReport(ScoreTable):
 
 def print_report(report: EvalReport, console: Any = None) -> None:
     """Print the F1 / ICC / MAE grids as rich tables."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console()
     for metric, title in (
         ("f1", "F1 (occurrence)"),
@@ -296,9 +296,6 @@ def evaluate(run_dir: Path, out_dir: Path | None = None, include_rejected: bool 
 
     Saves eval.json / eval_per_au.csv / eval.md to ``out_dir`` (default ``run_dir/eval``).
     """
-    from manifests.index import read_index
-    from manifests.query import connect
-
     run_dir = Path(run_dir)
     con = connect(run_dir, include_rejected=include_rejected)
     try:
