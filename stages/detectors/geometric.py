@@ -155,7 +155,7 @@ DEFAULT_SIGNATURES: np.ndarray = np.array(
 # whose geometric.json scored held-out (shards 6-7, 320 renders at 256 px) F1 0.760, MAE
 # 0.672 against 0.761 / 0.632 for these constants; it is not the default because its fit
 # lets AU4/AU5 absorb lip-corner moves larger than a level-5 AU12 (an exaggerated synthetic
-# smile reads AU4 2.4), which tests/stages/test_detect_geometric.py rules out.
+# smile reads AU4 2.4), which tests/stages/detectors/test_geometric.py rules out.
 WARP_BUILTIN_SIGNATURES: np.ndarray = np.array(
     [
         [0.0140, -0.0008, -0.0057, 0.0008, -0.0004, -0.0036, -0.0005, 0.0014, 0.0008, 0.0001, 0.0011, 0.0046],

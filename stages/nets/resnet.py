@@ -145,4 +145,3 @@ def build_resnet(spec: ResNetSpec | str, num_classes: int | None = 1000) -> ResN
             raise ValueError(f"unknown ResNet {spec!r}; known: {sorted(RESNET_SPECS)}") from None
     block = BasicBlock if spec.block == "basic" else Bottleneck
     return ResNet(block, spec.layers, num_classes=num_classes, width=spec.width)
-
