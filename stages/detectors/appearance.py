@@ -72,7 +72,7 @@ from pydantic import Field
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, StageConfig, StageContext, StageError
 from stages.detectors.base import MeasuringDetector, read_calibration
-from stages.faces.geometry import eye_centres
+from stages.faces.geometry import upright_transform
 from stages.faces.landmarks import detect_faces
 
 __all__ = [
@@ -138,13 +138,7 @@ def upright_face(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, 
     import cv2  # deferred: opencv is optional (the faces extra)
 
     pts = np.asarray(landmarks, dtype=np.float64)
-    left, right = eye_centres(pts)
-    axis = right - left
-    scale = IOD_PX / max(1e-6, float(np.hypot(*axis)))
-    angle = float(np.degrees(np.arctan2(axis[1], axis[0])))
-    centre = (left + right) / 2
-    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
-    m[:, 2] += np.array(_EYE_MID) - centre
+    m, scale = upright_transform(pts, IOD_PX, _EYE_MID)
     rgb = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     out = cv2.warpAffine(

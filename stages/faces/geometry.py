@@ -27,6 +27,7 @@ __all__ = [
     "mean_neutral_shape",
     "similarity_fit",
     "upright_landmarks",
+    "upright_transform",
 ]
 
 
@@ -71,6 +72,24 @@ def mean_neutral_shape() -> np.ndarray:
     return np.array(values, dtype=np.float64).reshape(68, 2)
 
 
+def upright_transform(
+    landmarks: np.ndarray, iod: float, eye_mid: tuple[float, float]
+) -> tuple[np.ndarray, float]:
+    """The 2x3 similarity (``cv2.warpAffine`` convention) that turns the eye line horizontal,
+    scales the inter-ocular distance to ``iod`` px and puts the eye midpoint at ``eye_mid``;
+    and its scale factor."""
+    import cv2  # deferred: opencv is optional (the faces extra)
+
+    left, right = eye_centres(np.asarray(landmarks, dtype=np.float64))
+    axis = right - left
+    scale = iod / max(1e-6, float(np.hypot(*axis)))
+    angle = float(np.degrees(np.arctan2(axis[1], axis[0])))
+    centre = (left + right) / 2
+    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
+    m[:, 2] += np.array(eye_mid) - centre
+    return m, scale
+
+
 def upright_landmarks(image: np.ndarray, landmarks: np.ndarray, iod: float = 120.0) -> np.ndarray:
     """Re-run dlib's 68-point predictor on the face resampled upright with IOD = ``iod`` px.
 
@@ -84,14 +103,8 @@ def upright_landmarks(image: np.ndarray, landmarks: np.ndarray, iod: float = 120
     import cv2  # deferred: opencv is optional (the faces extra)
 
     pts = np.asarray(landmarks, dtype=np.float64)
-    left, right = eye_centres(pts)
-    axis = right - left
-    scale = iod / max(1e-6, float(np.hypot(*axis)))
-    angle = float(np.degrees(np.arctan2(axis[1], axis[0])))
-    centre = (left + right) / 2
     size = round(4 * iod)
-    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
-    m[:, 2] += np.array([size / 2, 0.4 * size]) - centre
+    m, _ = upright_transform(pts, iod, (size / 2, 0.4 * size))
     img = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
     upright = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
     moved = pts @ m[:, :2].T + m[:, 2]
