@@ -72,9 +72,7 @@ def mean_neutral_shape() -> np.ndarray:
     return np.array(values, dtype=np.float64).reshape(68, 2)
 
 
-def upright_transform(
-    landmarks: np.ndarray, iod: float, eye_mid: tuple[float, float]
-) -> tuple[np.ndarray, float]:
+def upright_transform(landmarks: np.ndarray, iod: float, eye_mid: tuple[float, float]) -> tuple[np.ndarray, float]:
     """The 2x3 similarity (``cv2.warpAffine`` convention) that turns the eye line horizontal,
     scales the inter-ocular distance to ``iod`` px and puts the eye midpoint at ``eye_mid``;
     and its scale factor."""
