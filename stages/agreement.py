@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import Field
 
 from manifests.vocab import DISFA_AUS, UNCERTAIN
-from stages.base import Record, Stage, StageConfig, StageError, is_dropped
+from stages.base import Kind, Record, Stage, StageConfig, StageError
 
 __all__ = [
     "AgreementConfig",
@@ -151,23 +151,22 @@ def final_labels(record: Record, result: Consensus, labels: str) -> tuple[list[i
     return occ, inten, "consensus"
 
 
-class AgreementStage(Stage):
-    name: ClassVar[str] = "agreement"
-    kind: ClassVar[str] = "agreement"
-    config_model: ClassVar[type[StageConfig]] = AgreementConfig
+class AgreementStage(Stage[AgreementConfig]):
+    """Writes the votes, the consensus and the final labels; never drops a record (an AU the
+    detectors cannot decide stays uncertain, and the filters judge the sample)."""
 
-    def process(self, batch: list[Record]) -> list[Record]:
-        cfg: AgreementConfig = self.config  # type: ignore[assignment]
-        for record in batch:
-            if is_dropped(record):
-                continue
-            votes = record.get("detector_votes") or {}
-            result = consensus(votes, cfg.min_agree, cfg.intensity_tolerance)
-            record["votes"] = votes_list(votes)
-            record["consensus_occurrence"] = result["occurrence"]
-            record["consensus_intensity"] = result["intensity"]
-            record["agreement_score"] = result["score"]
-            occ, inten, source = final_labels(record, result, cfg.labels)
-            record["au_occurrence"], record["au_intensity"] = occ, inten
-            record["label_source"] = source
-        return batch
+    name: ClassVar[str] = "agreement"
+    kind: ClassVar[Kind] = "agreement"
+
+    def run_record(self, record: Record) -> str | None:
+        cfg = self.config
+        votes = record.get("detector_votes") or {}
+        result = consensus(votes, cfg.min_agree, cfg.intensity_tolerance)
+        record["votes"] = votes_list(votes)
+        record["consensus_occurrence"] = result["occurrence"]
+        record["consensus_intensity"] = result["intensity"]
+        record["agreement_score"] = result["score"]
+        occ, inten, source = final_labels(record, result, cfg.labels)
+        record["au_occurrence"], record["au_intensity"] = occ, inten
+        record["label_source"] = source
+        return None

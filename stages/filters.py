@@ -3,8 +3,9 @@ along with an image realism discriminator"), plus an optional identity check.
 
 Each filter is a small pure function ``(record, threshold) -> (keep, reason)`` that reads
 a score already on the record; :class:`FilterStage` first computes and records every score
-(so kept *and* dropped samples carry them into the manifest), then applies the filters in
-order and drops the record on the first failure.
+(so kept *and* dropped samples carry them into the manifest), then :meth:`FilterStage.keep`
+applies the filters in order and returns the first failure's reason, which the stage base
+records as the drop (as datatrove's ``BaseFilter.filter``).
 
 Label-prompt Jaccard compares the set of AUs the plan made active
 (``planned_intensity >= 1``) with the set the detectors' consensus found active
@@ -28,14 +29,16 @@ norm ~1.43 (1.41 and 1.46 on the two builtin portraits), so 1 - 0.6**2 / (2 * 1.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 from pydantic import Field
 
 from manifests.vocab import DISFA_AUS, UNCERTAIN
-from stages.base import Record, Stage, StageConfig, StageError, drop, is_dropped
+from stages.base import Kind, Record, Stage, StageConfig, StageContext, StageError
+from stages.faces.landmarks import detect_faces, face_embedding
+from stages.labels import jaccard
 
 __all__ = [
     "FilterConfig",
@@ -43,7 +46,6 @@ __all__ = [
     "FilterStage",
     "active_sets",
     "identity_filter",
-    "jaccard",
     "label_prompt_filter",
     "label_prompt_jaccard",
     "realism_filter",
@@ -57,15 +59,6 @@ class FilterConfig(StageConfig):
     min_realism: float | None = Field(0.5, ge=0.0, le=1.0, description="None disables")
     identity_similarity: bool = Field(False, description="compute the dlib identity cosine")
     min_identity_similarity: float = Field(0.9, ge=-1.0, le=1.0)
-
-
-def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
-    """|a & b| / |a | b|; 1.0 for two empty sets, 0.0 for one empty and one non-empty."""
-    sa, sb = set(a), set(b)
-    union = sa | sb
-    if not union:
-        return 1.0
-    return len(sa & sb) / len(union)
 
 
 def active_sets(planned_intensity: Sequence[int], consensus_occurrence: Sequence[int]) -> tuple[set[int], set[int]]:
@@ -111,18 +104,19 @@ def identity_filter(record: Record, threshold: float | None) -> FilterResult:
     return _at_least(record, "identity_similarity", threshold, "identity similarity")
 
 
-class FilterStage(Stage):
-    name: ClassVar[str] = "filters"
-    kind: ClassVar[str] = "filter"
-    config_model: ClassVar[type[StageConfig]] = FilterConfig
+Check = Callable[[Record, float | None], FilterResult]
 
-    def __init__(self, config: StageConfig, context: Any) -> None:
+
+class FilterStage(Stage[FilterConfig]):
+    name: ClassVar[str] = "filters"
+    kind: ClassVar[Kind] = "filter"
+
+    def __init__(self, config: FilterConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self._exemplar_embeddings: dict[str, np.ndarray | None] = {}
 
     def setup(self) -> None:
-        cfg: FilterConfig = self.config  # type: ignore[assignment]
-        if cfg.identity_similarity and self.context.identity_bank is None:
+        if self.config.identity_similarity and self.context.identity_bank is None:
             raise StageError(
                 "filters.identity_similarity = true needs an identity bank to compare against; "
                 "set identities.bank to 'builtin' or a bank folder, or turn the option off"
@@ -130,8 +124,6 @@ class FilterStage(Stage):
 
     def _exemplar_embedding(self, identity_id: str) -> np.ndarray | None:
         if identity_id not in self._exemplar_embeddings:
-            from stages.faces.landmarks import detect_faces, face_embedding
-
             image = self.context.identity_bank.image(identity_id)
             faces = detect_faces(image)
             self._exemplar_embeddings[identity_id] = face_embedding(image, faces[0].landmarks) if faces else None
@@ -139,8 +131,6 @@ class FilterStage(Stage):
 
     def identity_similarity(self, record: Record) -> float | None:
         """Cosine of the dlib descriptors of the sample's face and its identity exemplar."""
-        from stages.faces.landmarks import face_embedding
-
         if record.get("landmarks") is None or record.get("image") is None:
             return None
         ref = self._exemplar_embedding(record["identity_id"])
@@ -150,7 +140,6 @@ class FilterStage(Stage):
         return float(np.dot(emb, ref))
 
     def _scores(self, record: Record) -> None:
-        cfg: FilterConfig = self.config  # type: ignore[assignment]
         cons = record.get("consensus_occurrence")
         if cons is None:
             raise StageError(
@@ -158,23 +147,26 @@ class FilterStage(Stage):
                 "agreement stage to run first (recipe section [agreement])"
             )
         record["label_jaccard"] = label_prompt_jaccard(record["planned_intensity"], cons)
-        if cfg.identity_similarity:
+        if self.config.identity_similarity:
             record["identity_similarity"] = self.identity_similarity(record)
 
-    def process(self, batch: list[Record]) -> list[Record]:
-        cfg: FilterConfig = self.config  # type: ignore[assignment]
-        checks = [
+    def checks(self) -> list[tuple[Check, float | None]]:
+        """The filters in the order they apply, each with its threshold (``None``: off)."""
+        cfg = self.config
+        return [
             (label_prompt_filter, cfg.min_label_jaccard),
             (realism_filter, cfg.min_realism),
             (identity_filter, cfg.min_identity_similarity if cfg.identity_similarity else None),
         ]
-        for record in batch:
-            if is_dropped(record):
-                continue
-            self._scores(record)
-            for check, threshold in checks:
-                keep, reason = check(record, threshold)
-                if not keep:
-                    drop(record, self.name, reason or check.__name__)
-                    break
-        return batch
+
+    def keep(self, record: Record) -> str | None:
+        """Why the record fails the first filter it fails, or ``None`` to keep it."""
+        for check, threshold in self.checks():
+            ok, reason = check(record, threshold)
+            if not ok:
+                return reason or check.__name__
+        return None
+
+    def run_record(self, record: Record) -> str | None:
+        self._scores(record)
+        return self.keep(record)

@@ -63,7 +63,6 @@ with the same command on its exactly labelled output and pass the JSON file thro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -71,8 +70,10 @@ import numpy as np
 from pydantic import Field
 
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
-from stages.base import Record, StageConfig, StageError
-from stages.detectors.base import AUDetector
+from stages.base import Record, StageConfig, StageContext, StageError
+from stages.detectors.base import MeasuringDetector, read_calibration
+from stages.faces.geometry import upright_transform
+from stages.faces.landmarks import detect_faces
 
 __all__ = [
     "APPEARANCE_AUS",
@@ -125,7 +126,6 @@ DEFAULT_THRESHOLDS: dict[int, float] = {
     25: 1.1,
     26: 1.8,
 }
-_OCCURRENCE_WIDTH = 0.15
 
 
 class AppearanceConfig(StageConfig):
@@ -135,16 +135,10 @@ class AppearanceConfig(StageConfig):
 
 def upright_face(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Grey float image of the face resampled upright at IOD ``IOD_PX``, and its landmarks."""
-    import cv2
+    import cv2  # deferred: opencv is optional (the faces extra)
 
     pts = np.asarray(landmarks, dtype=np.float64)
-    left, right = pts[36:42].mean(axis=0), pts[42:48].mean(axis=0)
-    axis = right - left
-    scale = IOD_PX / max(1e-6, float(np.hypot(*axis)))
-    angle = float(np.degrees(np.arctan2(axis[1], axis[0])))
-    centre = (left + right) / 2
-    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
-    m[:, 2] += np.array(_EYE_MID) - centre
+    m, scale = upright_transform(pts, IOD_PX, _EYE_MID)
     rgb = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     out = cv2.warpAffine(
@@ -171,7 +165,7 @@ def _mean(*regions: np.ndarray) -> float:
 def _contour_mask(shape: tuple[int, ...], p: np.ndarray, width: float) -> np.ndarray:
     """True near the landmark contours (lips, eyes, brows, nose, jaw): edges that move with
     geometry, not wrinkles, so texture statistics ignore them."""
-    import cv2
+    import cv2  # deferred: opencv is optional (the faces extra)
 
     mask = np.zeros(shape[:2], np.uint8)
     thick = max(1, round(width))
@@ -193,7 +187,7 @@ def _contour_mask(shape: tuple[int, ...], p: np.ndarray, width: float) -> np.nda
 
 def _valleys(norm: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dark-line responses: horizontal lines, vertical lines, any orientation (Hessian)."""
-    import cv2
+    import cv2  # deferred: opencv is optional (the faces extra)
 
     smooth = cv2.GaussianBlur(norm, (0, 0), sigma)
     ixx = cv2.Sobel(smooth, cv2.CV_64F, 2, 0, ksize=3)
@@ -205,7 +199,7 @@ def _valleys(norm: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np
 
 def appearance_features(image: np.ndarray, landmarks: np.ndarray, dark_ratio: float = 0.55) -> dict[int, float]:
     """One appearance statistic per covered AU (see the module table), for one image."""
-    import cv2
+    import cv2  # deferred: opencv is optional (the faces extra)
 
     grey, p = upright_face(image, landmarks)
     u = IOD_PX
@@ -296,30 +290,29 @@ def fit_calibration(deltas: np.ndarray, intensities: np.ndarray) -> dict[str, An
     return {"scales": scales, "offsets": offsets, "thresholds": thresholds, "samples": int(d.shape[0])}
 
 
-def _load_calibration(path: str) -> tuple[dict[int, float], dict[int, float], dict[int, float]]:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-        scales = {int(k): float(v) for k, v in data["scales"].items()}
-        offsets = {int(k): float(v) for k, v in data.get("offsets", {}).items()}
-        thresholds = {int(k): float(v) for k, v in data["thresholds"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise StageError(
-            f"appearance calibration {p} cannot be read ({exc}); write one with "
-            "stages.detectors.appearance.fit_calibration or unset it"
-        ) from exc
+Calibration = tuple[dict[int, float], dict[int, float], dict[int, float]]  # scales, offsets, thresholds
+
+
+def _parse_calibration(data: Any) -> Calibration:
+    scales = {int(k): float(v) for k, v in data["scales"].items()}
+    offsets = {int(k): float(v) for k, v in data.get("offsets", {}).items()}
+    thresholds = {int(k): float(v) for k, v in data["thresholds"].items()}
+    return scales, offsets, thresholds
+
+
+def _load_calibration(path: str) -> Calibration:
+    scales, offsets, thresholds = read_calibration(path, "appearance", _parse_calibration)
     missing = [au for au in APPEARANCE_AUS if au not in scales or au not in thresholds]
     if missing or any(v <= 0 for v in scales.values()):
         raise StageError(
-            f"appearance calibration {p}: needs a positive scale and a threshold "
+            f"appearance calibration {Path(path)}: needs a positive scale and a threshold "
             f"for AUs {list(APPEARANCE_AUS)} (missing {missing})"
         )
     return scales, {au: offsets.get(au, 0.0) for au in APPEARANCE_AUS}, thresholds
 
 
-class AppearanceAUDetector(AUDetector):
+class AppearanceAUDetector(MeasuringDetector[AppearanceConfig]):
     name: ClassVar[str] = "appearance"
-    config_model: ClassVar[type[StageConfig]] = AppearanceConfig
     vocabulary = tuple(f"AU{au}" for au in APPEARANCE_AUS)
     scale = "probability"
     intensity_vocabulary = tuple(f"AU{au}" for au in APPEARANCE_AUS)
@@ -329,28 +322,23 @@ class AppearanceAUDetector(AUDetector):
     )
     licence = "Apache-2.0 (this code); dlib landmark model: CC0 (face-recognition-models)"
 
-    def __init__(self, config: StageConfig, context: Any) -> None:
+    def __init__(self, config: AppearanceConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self._exemplar: dict[str, np.ndarray | None] = {}
         self._scales = dict(DEFAULT_SCALES)
         self._offsets = dict(DEFAULT_OFFSETS)
         self._thresholds = dict(DEFAULT_THRESHOLDS)
-        self._last_intensity: np.ndarray | None = None
 
     def setup(self) -> None:
-        cfg: AppearanceConfig = self.config  # type: ignore[assignment]
-        if cfg.calibration:
-            self._scales, self._offsets, self._thresholds = _load_calibration(cfg.calibration)
+        if self.config.calibration:
+            self._scales, self._offsets, self._thresholds = _load_calibration(self.config.calibration)
 
     def _vector(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-        cfg: AppearanceConfig = self.config  # type: ignore[assignment]
-        feats = appearance_features(image, landmarks, cfg.dark_ratio)
+        feats = appearance_features(image, landmarks, self.config.dark_ratio)
         return np.array([feats[au] for au in APPEARANCE_AUS])
 
     def exemplar_features(self, identity_id: str) -> np.ndarray | None:
         if identity_id not in self._exemplar:
-            from stages.faces.landmarks import detect_faces
-
             image = self.context.identity_bank.image(identity_id)
             faces = detect_faces(image)
             self._exemplar[identity_id] = self._vector(image, faces[0].landmarks) if faces else None
@@ -376,14 +364,5 @@ class AppearanceAUDetector(AUDetector):
         offset = np.array([self._offsets[au] for au in APPEARANCE_AUS])
         return np.clip((d - offset) / k, 0.0, INTENSITY_MAX)
 
-    def predict(self, batch: list[Record]) -> np.ndarray:
-        levels = np.stack([self.measure(r) for r in batch]) if batch else np.zeros((0, len(APPEARANCE_AUS)))
-        self._last_intensity = levels
-        thr = np.array([self._thresholds[au] for au in APPEARANCE_AUS])
-        with np.errstate(over="ignore", invalid="ignore"):
-            return 1.0 / (1.0 + np.exp(-(levels - thr) / _OCCURRENCE_WIDTH))
-
-    def predict_intensity(self, batch: list[Record]) -> np.ndarray | None:
-        if self._last_intensity is None or len(self._last_intensity) != len(batch):
-            self.predict(batch)
-        return self._last_intensity
+    def thresholds(self, record: Record) -> np.ndarray:
+        return np.array([self._thresholds[au] for au in APPEARANCE_AUS])

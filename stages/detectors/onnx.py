@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import yaml
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stages.base import Record, StageConfig, StageContext, StageError
-from stages.detectors.base import VOCABULARIES, AUDetector, Scale, parse_au_name
-from stages.detectors.opengraphau.stage import record_image
+from stages.detectors.base import VOCABULARIES, AUDetector, Scale, parse_au_name, record_image
 
 __all__ = ["OnnxAUConfig", "OnnxAUDetector", "OnnxHead", "OnnxSpec", "load_spec", "preprocess"]
 
@@ -102,8 +102,6 @@ class OnnxSpec(_Strict):
 
 def load_spec(path: Path) -> OnnxSpec:
     """Read and validate a spec YAML; errors name the file and the field."""
-    import yaml
-
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -152,18 +150,16 @@ class OnnxAUConfig(StageConfig):
     batch_size: int = Field(16, ge=1, le=1024)
 
 
-class OnnxAUDetector(AUDetector):
+class OnnxAUDetector(AUDetector[OnnxAUConfig]):
     name: ClassVar[str] = "onnx-au"
-    config_model: ClassVar[type[StageConfig]] = OnnxAUConfig
 
-    def __init__(self, config: StageConfig, context: StageContext) -> None:
+    def __init__(self, config: OnnxAUConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self.spec: OnnxSpec | None = None
         self.sessions: list[tuple[Any, str, str, bool]] = []  # (session, input, output, flatten)
         self.one_at_a_time = False
-        cfg: OnnxAUConfig = config  # type: ignore[assignment]
-        if cfg.spec:
-            self._read_spec(Path(cfg.spec).expanduser())
+        if config.spec:
+            self._read_spec(Path(config.spec).expanduser())
 
     def _read_spec(self, path: Path) -> None:
         spec = load_spec(path)
@@ -179,7 +175,7 @@ class OnnxAUDetector(AUDetector):
         self.licence = spec.licence
 
     def _open(self, rel: str, input_name: str | None, output_name: str | None) -> tuple[Any, str, str]:
-        import onnxruntime as ort
+        import onnxruntime as ort  # deferred: optional (the faces extra); only setup() opens models
 
         path = Path(rel).expanduser()
         if not path.is_absolute():
@@ -207,7 +203,7 @@ class OnnxAUDetector(AUDetector):
         if self.spec is None:
             raise StageError(
                 'onnx-au needs `spec = "path/to/detector.yaml"` in its recipe section '
-                "(see stages/detect_onnx.py for the YAML fields)"
+                "(see stages/detectors/onnx.py for the YAML fields)"
             )
         spec = self.spec
         self.sessions = [(*self._open(spec.path, spec.input, spec.output), False)]
@@ -224,10 +220,9 @@ class OnnxAUDetector(AUDetector):
         spec = self.spec
         if spec is None:  # setup raised already; this keeps type checkers calm
             raise StageError("onnx-au: no spec")
-        cfg: OnnxAUConfig = self.config  # type: ignore[assignment]
         images = [record_image(r, self.name, spec.crop == "face_crop") for r in batch]
         rows = []
-        step = 1 if self.one_at_a_time else cfg.batch_size
+        step = 1 if self.one_at_a_time else self.config.batch_size
         for start in range(0, len(images), step):
             x = preprocess(images[start : start + step], spec)
             for session, input_name, output_name, flatten in self.sessions:

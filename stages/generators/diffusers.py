@@ -22,28 +22,18 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field
 
-from stages.base import Record, Stage, StageConfig, StageError, is_dropped
+from stages.base import Record, StageConfig, StageContext, StageError
+from stages.generators.base import DType, GeneratorStage, planned_labels, resolve_dtype, to_uint8
 
-__all__ = [
-    "PIPELINE_LAYOUT",
-    "DiffusersConfig",
-    "DiffusersGenerator",
-    "ForwardTimer",
-    "check_pipeline_dir",
-    "planned_labels",
-    "resolve_dtype",
-    "to_uint8",
-]
+__all__ = ["PIPELINE_LAYOUT", "DiffusersConfig", "DiffusersGenerator", "ForwardTimer", "check_pipeline_dir"]
 
 # What a diffusers text-to-image pipeline folder holds (save_pretrained layout).
 PIPELINE_LAYOUT = ("model_index.json", "unet/", "vae/", "text_encoder/", "tokenizer/", "scheduler/")
-
-DType = Literal["auto", "float16", "bfloat16", "float32"]
 
 
 class DiffusersConfig(StageConfig):
@@ -64,17 +54,6 @@ class DiffusersConfig(StageConfig):
     compile: bool = Field(False, description="torch.compile the denoiser; chunks are padded to batch_size")
     channels_last: bool = True
     vae_slicing: bool = Field(True, description="decode one image at a time (bounded VAE memory)")
-
-
-def resolve_dtype(dtype: str, device: str) -> Any:
-    """The torch dtype for ``dtype`` on ``device``: CPU is always float32 (half is slow or unsupported)."""
-    import torch
-
-    if not device.startswith("cuda"):
-        return torch.float32
-    if dtype == "auto":
-        return torch.float16
-    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
 
 
 def check_pipeline_dir(path: Path) -> dict[str, Any]:
@@ -110,17 +89,6 @@ def check_pipeline_dir(path: Path) -> dict[str, Any]:
     return index
 
 
-def planned_labels(planned: list[int] | tuple[int, ...]) -> tuple[list[float], list[float]]:
-    """(occurrence, intensity) floats from a planned intensity vector (0 = inactive)."""
-    intensity = [float(x) for x in planned]
-    return [1.0 if x > 0 else 0.0 for x in intensity], intensity
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Float images in [0, 1] ``(B, H, W, 3)`` to uint8."""
-    return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-
-
 class ForwardTimer:
     """Accumulates wall seconds spent inside a module's ``forward`` (hooks, CUDA-synchronised).
 
@@ -139,7 +107,7 @@ class ForwardTimer:
 
     def _sync(self) -> None:
         if self._cuda:
-            import torch
+            import torch  # deferred: optional and heavy (the gen extra)
 
             torch.cuda.synchronize()
 
@@ -168,27 +136,19 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i : i + size]
 
 
-class DiffusersGenerator(Stage):
+class DiffusersGenerator(GeneratorStage[DiffusersConfig]):
     name = "diffusers"
-    kind = "generator"
-    config_model = DiffusersConfig
 
-    def __init__(self, config: StageConfig, context: Any) -> None:
+    def __init__(self, config: DiffusersConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self.pipe: Any = None
-        self.timings: list[dict[str, float]] = []
-        self.last_timing: dict[str, float] = {}
         self._timer: ForwardTimer | None = None
 
-    @property
-    def cfg(self) -> DiffusersConfig:
-        return self.config  # type: ignore[return-value]
-
     def setup(self) -> None:
-        import torch
-        from diffusers import AutoPipelineForText2Image
+        import torch  # deferred: optional and heavy (the gen extra); only setup() and generation need it
+        from diffusers import AutoPipelineForText2Image  # deferred: optional and heavy (the gen extra)
 
-        cfg, device = self.cfg, self.context.device
+        cfg, device = self.config, self.context.device
         size = self.context.image_size
         if size % 8:
             raise StageError(f"output.image_size={size}: latent diffusion needs a multiple of 8")
@@ -224,38 +184,23 @@ class DiffusersGenerator(Stage):
         self._timer = ForwardTimer(denoiser, device)
         self.pipe = pipe
 
-    def process(self, batch: list[Record]) -> list[Record]:
+    def run(self, live: list[Record]) -> None:
         if self.pipe is None or self._timer is None:
             raise StageError("DiffusersGenerator.process() called before setup()")
         t0 = time.perf_counter()
-        live = [r for r in batch if not is_dropped(r)]
         model_s = 0.0
-        for chunk in _chunks(live, self.cfg.batch_size):
+        for chunk in _chunks(live, self.config.batch_size):
             images, seconds = self._generate(chunk)
             model_s += seconds
             for record, image in zip(chunk, images, strict=True):
                 occurrence, intensity = planned_labels(record["planned_intensity"])
-                record.update(
-                    image=image,
-                    generator=self.name,
-                    label_source="planned",
-                    generator_occurrence=occurrence,
-                    generator_intensity=intensity,
-                )
-        total = time.perf_counter() - t0
-        self.last_timing = {
-            "batch_size": float(len(live)),
-            "model_s": model_s,
-            "total_s": total,
-            "overhead_s": max(total - model_s, 0.0),
-        }
-        self.timings.append(self.last_timing)
-        return batch
+                self.write_sample(record, image, "planned", occurrence, intensity)
+        self.note_timing(len(live), model_s, t0)
 
     def _generate(self, chunk: list[Record]) -> tuple[np.ndarray, float]:
-        import torch
+        import torch  # deferred: optional and heavy (the gen extra)
 
-        cfg = self.cfg
+        cfg = self.config
         prompts = [cfg.prompt_template.format(description=r.get("description") or "") for r in chunk]
         seeds = [int(r["seed"]) for r in chunk]
         n_real = len(chunk)
@@ -286,7 +231,7 @@ class DiffusersGenerator(Stage):
 
 
 def _scheduler(name: str, config: Any) -> Any:
-    import diffusers
+    import diffusers  # deferred: optional and heavy (the gen extra)
 
     cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):

@@ -31,15 +31,16 @@ import asyncio
 import hashlib
 import json
 import re
-import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
 from manifests.vocab import AU_INFO, DISFA_AUS
+from stages.prompt.cache import RequestCache
 from stages.prompt.grammar import INTENSITY_ADJECTIVES, INTENSITY_ADVERBS, LEVEL_NAMES
 from stages.prompt.readback import check_description, mismatch_report
 
@@ -48,7 +49,6 @@ __all__ = [
     "LLMOutcome",
     "LLMRequest",
     "LLMSettings",
-    "RequestCache",
     "build_messages",
     "cache_key",
     "describe_with_llm",
@@ -207,38 +207,6 @@ def parse_reply(content: str | None) -> str | None:
     return text
 
 
-class RequestCache:
-    """Persistent reply cache (SQLite, WAL so several workers can share one run directory)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._db = sqlite3.connect(path, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, template TEXT, "
-            "content TEXT NOT NULL, created REAL)"
-        )
-        self._db.commit()
-
-    def get(self, key: str) -> str | None:
-        row = self._db.execute("SELECT content FROM replies WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def put(self, key: str, model: str, content: str) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?)",
-            (key, model, PROMPT_TEMPLATE_VERSION, content, time.time()),
-        )
-        self._db.commit()
-
-    def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0])
-
-    def close(self) -> None:
-        self._db.close()
-
-
 class _BreakerOpen(Exception):
     """Raised instead of sending a request once the breaker has tripped."""
 
@@ -266,7 +234,7 @@ class _Breaker:
 
 def _describe_error(exc: BaseException, settings: LLMSettings) -> tuple[str, bool]:
     """(message, retryable) for an exception from the openai client."""
-    import openai
+    import openai  # deferred: optional (the llm extra); only the LLM backend needs it
 
     if isinstance(exc, openai.APITimeoutError):
         return f"request to {settings.base_url} timed out after {settings.timeout_s}s", True
@@ -291,7 +259,6 @@ async def _complete(
     outcome: LLMOutcome,
 ) -> str:
     """One chat completion with bounded, backed-off retries; returns the reply content."""
-    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
     def retryable(exc: BaseException) -> bool:
         return _describe_error(exc, settings)[1]
@@ -389,9 +356,9 @@ async def describe_with_llm(
     requests: Sequence[LLMRequest], settings: LLMSettings, cache_path: Path
 ) -> list[LLMOutcome]:
     """Describe every request (same order); never raises for server trouble."""
-    from openai import AsyncOpenAI
+    from openai import AsyncOpenAI  # deferred: optional (the llm extra); only the LLM backend needs it
 
-    cache = RequestCache(cache_path)
+    cache = RequestCache(cache_path, PROMPT_TEMPLATE_VERSION)
     semaphore = asyncio.Semaphore(settings.concurrency)
     breaker = _Breaker(settings.give_up_after * (settings.max_retries + 1))
     client = AsyncOpenAI(

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from manifests.vocab import AU_INFO, DISFA_AUS
+from stages.labels import jaccard
 from stages.prompt.grammar import INTENSITY_ADJECTIVES, INTENSITY_ADVERBS, LEVEL_NAMES
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "ReadBack",
     "check_description",
     "intensity_agreement",
-    "jaccard",
     "mismatch_report",
     "read_back",
 ]
@@ -410,12 +410,6 @@ def read_back(text: str) -> ReadBack:
 
 def _active_planned(planned: Sequence[int]) -> dict[int, int]:
     return {au: int(v) for au, v in zip(DISFA_AUS, planned, strict=True) if int(v) > 0}
-
-
-def jaccard(a: frozenset[int] | set[int], b: frozenset[int] | set[int]) -> float:
-    """Jaccard of two sets; 1.0 for two empty sets (they agree completely)."""
-    union = set(a) | set(b)
-    return len(set(a) & set(b)) / len(union) if union else 1.0
 
 
 def intensity_agreement(planned: dict[int, int], read: dict[int, int | None]) -> float:

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from pydantic import Field
 
 from manifests.vocab import EMOTION_MIX_KEYS
-from stages.base import Record, Stage, StageConfig, StageContext, StageError, drop, is_dropped
+from stages.base import Kind, Record, Stage, StageConfig, StageContext, StageError, drop
 from stages.prompt.grammar import GRAMMAR_VERSION, describe, validate_intensity
 from stages.prompt.readback import check_description, mismatch_report
 
@@ -59,14 +59,11 @@ class PromptConfig(StageConfig):
     on_failure: Literal["grammar", "drop"] = "grammar"
 
 
-class PromptStage(Stage):
+class PromptStage(Stage[PromptConfig]):
     name: ClassVar[str] = "prompt"
-    kind: ClassVar[str] = "prompt"
-    config_model: ClassVar[type[StageConfig]] = PromptConfig
+    kind: ClassVar[Kind] = "prompt"
 
-    config: PromptConfig
-
-    def __init__(self, config: StageConfig, context: StageContext) -> None:
+    def __init__(self, config: PromptConfig, context: StageContext) -> None:
         super().__init__(config, context)
         # Requests sent / cache hits of the last LLM batch (for logs and tests).
         self.last_stats: dict[str, int] = {}
@@ -75,7 +72,7 @@ class PromptStage(Stage):
         if self.config.backend != "llm":
             return
         try:
-            import openai  # noqa: F401
+            import openai  # noqa: F401  # deferred: optional (the llm extra); a missing package fails here, early
         except ModuleNotFoundError as exc:
             raise StageError(
                 "prompt backend 'llm' needs the Python package 'openai'; install it with: "
@@ -134,52 +131,58 @@ class PromptStage(Stage):
             prompt_intensity_agreement=float(agree),
         )
 
-    def _use_grammar(self, record: Record, levels: list[int], backend: str) -> None:
+    def _use_grammar(self, record: Record, levels: list[int], backend: str) -> str | None:
+        """Fill the record from the grammar; the reason it cannot be, else ``None``."""
         result = self._grammar(record, levels)
         if isinstance(result, str):
-            drop(record, self.name, result)
-        else:
-            self._fill(record, result[0], backend, GRAMMAR_VERSION, result[1], result[2])
+            return result
+        self._fill(record, result[0], backend, GRAMMAR_VERSION, result[1], result[2])
+        return None
 
-    def _levels(self, record: Record) -> list[int] | None:
-        """The record's validated plan, or ``None`` after dropping it with the reason."""
+    def _levels(self, record: Record) -> list[int] | str:
+        """The record's validated plan, or why it is unusable."""
         try:
             levels = validate_intensity(record["planned_intensity"])
         except (KeyError, TypeError, ValueError) as exc:
-            drop(record, self.name, f"bad planned_intensity: {exc}")
-            return None
+            return f"bad planned_intensity: {exc}"
         emotion = record.get("emotion")
         if emotion not in EMOTION_MIX_KEYS:
-            drop(record, self.name, f"bad emotion {emotion!r}; allowed: {list(EMOTION_MIX_KEYS)}")
-            return None
+            return f"bad emotion {emotion!r}; allowed: {list(EMOTION_MIX_KEYS)}"
         try:
             int(record["seed"])
         except (KeyError, TypeError, ValueError):
-            drop(record, self.name, f"bad seed {record.get('seed')!r}; the plan must give every sample an int seed")
-            return None
+            return f"bad seed {record.get('seed')!r}; the plan must give every sample an int seed"
         return levels
 
     # -- batch --------------------------------------------------------------------------
 
-    def process(self, batch: list[Record]) -> list[Record]:
-        live = [(r, lv) for r in batch if not is_dropped(r) for lv in [self._levels(r)] if lv is not None]
+    def run(self, live: list[Record]) -> None:
         if self.config.backend == "grammar":
-            for record, levels in live:
-                self._use_grammar(record, levels, "grammar")
-            return batch
-        self._process_llm(live)
-        return batch
+            super().run(live)  # per record: run_record
+        else:
+            self._run_llm(live)
 
-    def _process_llm(self, live: list[tuple[Record, list[int]]]) -> None:
-        from stages.prompt.llm import (
-            PROMPT_TEMPLATE_VERSION,
-            LLMRequest,
-            LLMSettings,
-            describe_with_llm,
-            run_coroutine,
-        )
+    def run_record(self, record: Record) -> str | None:
+        """The grammar backend, one record at a time."""
+        levels = self._levels(record)
+        if isinstance(levels, str):
+            return levels
+        return self._use_grammar(record, levels, "grammar")
+
+    def _run_llm(self, live: list[Record]) -> None:
+        """The LLM backend: one concurrent request batch, then per record the text, the
+        grammar fallback or the drop."""
+        # deferred: the LLM client brings tenacity and openai; the grammar backend needs neither
+        from stages.prompt.llm import PROMPT_TEMPLATE_VERSION, LLMRequest, LLMSettings, describe_with_llm, run_coroutine
 
         c = self.config
+        plans: list[tuple[Record, list[int]]] = []
+        for record in live:
+            levels = self._levels(record)
+            if isinstance(levels, str):
+                drop(record, self.name, levels)
+            else:
+                plans.append((record, levels))
         settings = LLMSettings(
             base_url=c.base_url,
             model=c.model,
@@ -203,7 +206,7 @@ class PromptStage(Stage):
                 else (),
                 seed=int(record["seed"]) if c.vary_by_seed else None,
             )
-            for record, levels in live
+            for record, levels in plans
         ]
         outcomes = run_coroutine(lambda: describe_with_llm(requests, settings, self.cache_path))
         version = f"{PROMPT_TEMPLATE_VERSION}+{c.model}"
@@ -211,11 +214,14 @@ class PromptStage(Stage):
             "requests": sum(o.requests for o in outcomes),
             "cache_hits": sum(o.cache_hits for o in outcomes),
         }
-        for (record, levels), outcome in zip(live, outcomes, strict=True):
+        for (record, levels), outcome in zip(plans, outcomes, strict=True):
             if outcome.description is not None:
                 self._fill(record, outcome.description, "llm", version, outcome.jaccard, outcome.intensity_agreement)
-            elif c.on_failure == "drop":
-                drop(record, self.name, outcome.reason or "LLM description not accepted")
+                continue
+            if c.on_failure == "drop":
+                reason: str | None = outcome.reason or "LLM description not accepted"
             else:
                 record["prompt_note"] = outcome.reason
-                self._use_grammar(record, levels, "grammar-fallback")
+                reason = self._use_grammar(record, levels, "grammar-fallback")
+            if reason:
+                drop(record, self.name, reason)

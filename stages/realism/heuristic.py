@@ -35,7 +35,8 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from stages.base import Record, Stage, StageConfig, is_dropped
+from stages.base import Record, StageConfig
+from stages.realism.base import RealismStage
 
 __all__ = [
     "SCORER_VERSION",
@@ -61,7 +62,7 @@ class HeuristicRealismConfig(StageConfig):
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
-    import cv2
+    import cv2  # deferred: opencv is optional (the faces extra)
 
     return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
 
@@ -73,7 +74,7 @@ def face_confidence(face_score: float | None) -> float | None:
 
 
 def sharpness_score(image: np.ndarray, reference: float = 40.0) -> float:
-    import cv2
+    import cv2  # deferred: opencv is optional (the faces extra)
 
     var = float(cv2.Laplacian(_grey(image), cv2.CV_64F).var())
     return var / (var + reference)
@@ -94,7 +95,7 @@ def exposure_score(image: np.ndarray) -> float:
 
 
 def skin_score(image: np.ndarray) -> float:
-    import cv2
+    import cv2  # deferred: opencv is optional (the faces extra)
 
     h, w = image.shape[:2]
     # Central face region of an aligned crop: below the eyes, inside the cheeks.
@@ -127,30 +128,26 @@ def combine(cues: dict[str, float | None], weights: dict[str, float]) -> float:
     return math.exp(num / den) if den > 0 else 0.0
 
 
-class HeuristicRealism(Stage):
+class HeuristicRealism(RealismStage[HeuristicRealismConfig]):
     name: ClassVar[str] = "heuristic-realism"
-    kind: ClassVar[str] = "realism"
-    config_model: ClassVar[type[StageConfig]] = HeuristicRealismConfig
+    scorer = SCORER_VERSION
 
-    def process(self, batch: list[Record]) -> list[Record]:
-        cfg: HeuristicRealismConfig = self.config  # type: ignore[assignment]
+    def score(self, live: list[Record]) -> list[float | None]:
+        cfg = self.config
         weights = {
             "face": cfg.weight_face,
             "sharpness": cfg.weight_sharpness,
             "exposure": cfg.weight_exposure,
             "skin": cfg.weight_skin,
         }
-        for record in batch:
-            if is_dropped(record):
-                continue
+        scores: list[float | None] = []
+        for record in live:
             image = record.get("face_crop")
             if image is None:
                 image = record.get("image")
             if image is None:
-                record["realism_score"] = None
-                record["realism_scorer"] = SCORER_VERSION
+                scores.append(None)
                 continue
             cues = realism_cues(np.asarray(image), record.get("face_score"), cfg.sharpness_ref)
-            record["realism_score"] = combine(cues, weights)
-            record["realism_scorer"] = SCORER_VERSION
-        return batch
+            scores.append(combine(cues, weights))
+        return scores

@@ -20,7 +20,9 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
-from stages.base import Record, Stage, StageConfig, StageContext, StageError, is_dropped
+from stages.base import Record, StageConfig, StageContext, StageError
+from stages.nets.checkpoint import state_dict_mismatch
+from stages.realism.base import RealismStage
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -29,7 +31,6 @@ __all__ = [
     "build_classifier",
     "load_classifier",
     "realism_batch",
-    "state_mismatch",
 ]
 
 CHECKPOINT_KEYS = ("arch", "state_dict", "input_size", "mean", "std", "trained_on")
@@ -63,36 +64,16 @@ def realism_batch(images: list[np.ndarray], size: int, mean: tuple[float, ...], 
 
 def build_classifier(arch: str) -> Any:
     """A ResNet with torchvision keys and a single real/fake logit."""
-    from stages.nets.backbones import build_resnet
+    from stages.nets.resnet import build_resnet  # deferred: the network module imports torch (optional, heavy)
 
     if arch not in ARCHS:
         raise ValueError(f"unknown realism classifier arch {arch!r}; allowed: {list(ARCHS)}")
     return build_resnet(arch, num_classes=1)
 
 
-def state_mismatch(net: Any, state: dict[str, Any], ignore_prefix: str | None = None) -> str:
-    """Empty when ``state`` fits ``net`` key for key and shape for shape, else what does not."""
-    expected = {k: v for k, v in net.state_dict().items() if not (ignore_prefix and k.startswith(ignore_prefix))}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)
-    ]
-    parts = []
-    if missing:
-        parts.append(f"missing {missing[:5]}")
-    if unexpected:
-        parts.append(f"unexpected {unexpected[:5]}")
-    if shapes:
-        parts.append(f"shape mismatches {shapes[:3]}")
-    return "; ".join(parts)
-
-
 def load_classifier(path: Path) -> tuple[Any, dict[str, Any]]:
     """(eval-mode network, checkpoint metadata without the weights); errors name the file."""
-    import torch
+    import torch  # deferred: optional and heavy (the gen extra); only loading a classifier needs it
 
     if not path.is_file():
         raise StageError(
@@ -110,7 +91,7 @@ def load_classifier(path: Path) -> tuple[Any, dict[str, Any]]:
         net = build_classifier(str(ckpt["arch"]))
     except ValueError as exc:
         raise StageError(f"learned-realism: checkpoint {path}: {exc}") from exc
-    problem = state_mismatch(net, ckpt["state_dict"])
+    problem = state_dict_mismatch(net.state_dict(), ckpt["state_dict"])
     if problem:
         raise StageError(f"learned-realism: checkpoint {path} does not fit {ckpt['arch']}: {problem}")
     net.load_state_dict(ckpt["state_dict"], strict=True)
@@ -118,59 +99,49 @@ def load_classifier(path: Path) -> tuple[Any, dict[str, Any]]:
     return net.eval(), meta
 
 
-class LearnedRealism(Stage):
+class LearnedRealism(RealismStage[LearnedRealismConfig]):
     name: ClassVar[str] = "learned-realism"
-    kind: ClassVar[str] = "realism"
-    config_model: ClassVar[type[StageConfig]] = LearnedRealismConfig
 
-    def __init__(self, config: StageConfig, context: StageContext) -> None:
+    def __init__(self, config: LearnedRealismConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self.net: Any = None
         self.meta: dict[str, Any] = {}
         self.device = "cpu"
 
     def setup(self) -> None:
-        import torch
+        import torch  # deferred: optional and heavy (the gen extra); only the classifier needs it
 
-        cfg: LearnedRealismConfig = self.config  # type: ignore[assignment]
-        if not cfg.checkpoint:
+        if not self.config.checkpoint:
             raise StageError(
                 'learned-realism needs `checkpoint = "path/to/realism.pt"`; train one with '
                 "`factory train-realism --real DIR --fake DIR`"
             )
-        net, self.meta = load_classifier(Path(cfg.checkpoint).expanduser())
+        net, self.meta = load_classifier(Path(self.config.checkpoint).expanduser())
         self.device = "cuda" if self.context.device == "cuda" and torch.cuda.is_available() else "cpu"
         self.net = net.to(self.device).float()
+        self.scorer = f"learned:{self.meta['arch']}"
 
     def scores(self, images: list[np.ndarray]) -> np.ndarray:
         """P(real) per image."""
-        import torch
+        import torch  # deferred: optional and heavy (the gen extra); only the classifier needs it
 
         if self.net is None:
             self.setup()
-        cfg: LearnedRealismConfig = self.config  # type: ignore[assignment]
+        batch_size = self.config.batch_size
         size, mean, std = int(self.meta["input_size"]), tuple(self.meta["mean"]), tuple(self.meta["std"])
         out = []
-        for start in range(0, len(images), cfg.batch_size):
-            x = torch.from_numpy(realism_batch(images[start : start + cfg.batch_size], size, mean, std))
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(realism_batch(images[start : start + batch_size], size, mean, std))
             with torch.inference_mode():
                 out.append(torch.sigmoid(self.net(x.to(self.device))).float().cpu().numpy().reshape(-1))
         return np.concatenate(out) if out else np.empty(0)
 
-    def process(self, batch: list[Record]) -> list[Record]:
-        cfg: LearnedRealismConfig = self.config  # type: ignore[assignment]
-        live = [r for r in batch if not is_dropped(r)]
+    def score(self, live: list[Record]) -> list[float | None]:
         images = []
         for record in live:
-            image = record.get("face_crop") if cfg.use_face_crop else None
+            image = record.get("face_crop") if self.config.use_face_crop else None
             image = record.get("image") if image is None else image
             if not isinstance(image, np.ndarray) or image.ndim != 3:
                 raise StageError(f"learned-realism: record {record.get('key')!r} has no decoded 'image'")
             images.append(image)
-        if not images:
-            return batch
-        scores = self.scores(images)
-        for record, score in zip(live, scores, strict=True):
-            record["realism_score"] = float(score)
-            record["realism_scorer"] = f"learned:{self.meta['arch']}"
-        return batch
+        return [float(s) for s in self.scores(images)]

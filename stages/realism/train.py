@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from stages.realism.learned import ARCHS, build_classifier, realism_batch, state_mismatch
+from stages.nets.checkpoint import state_dict_mismatch
+from stages.realism.learned import ARCHS, build_classifier, realism_batch
 
 __all__ = ["IMAGE_SUFFIXES", "TrainError", "TrainReport", "find_images", "split", "train_realism"]
 
@@ -95,7 +96,7 @@ def _augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _load_pretrained(net: Any, path: Path) -> None:
-    import torch
+    import torch  # deferred: optional and heavy (the gen extra); only training needs it
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -106,7 +107,8 @@ def _load_pretrained(net: Any, path: Path) -> None:
     if not isinstance(state, dict):
         raise TrainError(f"pretrained weights {path} hold no state dict")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # new 1-logit head
-    problem = state_mismatch(net, state, ignore_prefix="fc.")
+    backbone = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    problem = state_dict_mismatch(backbone, state)
     if problem:
         raise TrainError(
             f"pretrained weights {path} do not fit the backbone ({problem}); expected torchvision's ResNet key names"
@@ -123,7 +125,7 @@ def _recalibrate_batchnorm(
     initial (0, 1) values, so eval-mode outputs drift from what training saw; one pass with
     cumulative averaging (``momentum=None``) fixes that at the cost of a forward pass.
     """
-    import torch
+    import torch  # deferred: optional and heavy (the gen extra); only training needs it
 
     norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
@@ -138,6 +140,109 @@ def _recalibrate_batchnorm(
                 net(torch.from_numpy(realism_batch(chunk, size, _MEAN, _STD)).to(dev))
     for m, momentum in zip(norms, saved, strict=True):
         m.momentum = momentum
+
+
+Item = tuple[Path, float]  # image file, label (1.0 = real)
+
+
+@dataclass
+class _Data:
+    """The labelled images of one training run and how they are decoded."""
+
+    train: list[Item]
+    val: list[Item]
+    n_real: int
+    n_fake: int
+    work_side: int  # images are decoded with the shorter side at most this
+    use_cache: bool
+    cache: dict[Path, np.ndarray] = field(default_factory=dict)
+
+    def image(self, path: Path) -> np.ndarray:
+        if not self.use_cache:
+            return _load(path, self.work_side)
+        if path not in self.cache:
+            self.cache[path] = _load(path, self.work_side)
+        return self.cache[path]
+
+
+def _find_data(
+    real_dir: Path, fake_dir: Path, val_fraction: float, seed: int, input_size: int, cache_limit: int
+) -> _Data:
+    """Images of both folders, each split into train and held-out parts."""
+    real, fake = find_images(Path(real_dir)), find_images(Path(fake_dir))
+    for label, paths, folder in (("real", real, real_dir), ("fake", fake, fake_dir)):
+        if len(paths) < 2:
+            raise TrainError(f"need at least 2 {label} images under {folder}, found {len(paths)}")
+    real_train, real_val = split(real, val_fraction, seed)
+    fake_train, fake_val = split(fake, val_fraction, seed + 1)
+    train = [(p, 1.0) for p in real_train] + [(p, 0.0) for p in fake_train]
+    val = [(p, 1.0) for p in real_val] + [(p, 0.0) for p in fake_val]
+    use_cache = len(train) + len(val) <= cache_limit
+    return _Data(train, val, len(real), len(fake), round(input_size * 1.25), use_cache)
+
+
+def _train_epoch(
+    net: Any, optimizer: Any, data: _Data, rng: np.random.Generator, input_size: int, batch_size: int, dev: str
+) -> float:
+    """One pass over the shuffled, augmented training images; the mean loss."""
+    import torch  # deferred: optional and heavy (the gen extra); only training needs it
+
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    net.train()
+    order = rng.permutation(len(data.train))
+    total, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        chunk = [data.train[i] for i in order[start : start + batch_size]]
+        if len(chunk) < 2:  # BatchNorm needs two samples
+            continue
+        x = realism_batch([_augment(data.image(p), rng) for p, _ in chunk], input_size, _MEAN, _STD)
+        y = torch.tensor([[label] for _, label in chunk], dtype=torch.float32, device=dev)
+        optimizer.zero_grad()
+        loss = loss_fn(net(torch.from_numpy(x).to(dev)), y)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(chunk)
+        count += len(chunk)
+    return total / max(count, 1)
+
+
+def _held_out_accuracy(net: Any, data: _Data, input_size: int, batch_size: int, dev: str) -> dict[float, list[int]]:
+    """Per label (1.0 real, 0.0 fake): ``[right, seen]`` at P(real) >= 0.5 on the held-out images."""
+    import torch  # deferred: optional and heavy (the gen extra); only training needs it
+
+    net.eval()
+    correct = {1.0: [0, 0], 0.0: [0, 0]}
+    with torch.inference_mode():
+        for start in range(0, len(data.val), batch_size):
+            chunk = data.val[start : start + batch_size]
+            x = realism_batch([data.image(p) for p, _ in chunk], input_size, _MEAN, _STD)
+            prob = torch.sigmoid(net(torch.from_numpy(x).to(dev))).cpu().numpy().reshape(-1)
+            for (_, label), pr in zip(chunk, prob, strict=True):
+                correct[label][0] += int((pr >= 0.5) == (label == 1.0))
+                correct[label][1] += 1
+    return correct
+
+
+def _accuracy(right_seen: list[int]) -> float:
+    return right_seen[0] / right_seen[1] if right_seen[1] else float("nan")
+
+
+def _write_checkpoint(out: Path, net: Any, input_size: int, trained_on: dict[str, Any], arch: str) -> None:
+    """The file :func:`stages.realism.learned.load_classifier` reads, written atomically."""
+    import torch  # deferred: optional and heavy (the gen extra); only training needs it
+
+    checkpoint = {
+        "arch": arch,
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "input_size": input_size,
+        "mean": list(_MEAN),
+        "std": list(_STD),
+        "trained_on": trained_on,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(out)  # a crash mid-save never leaves a truncated checkpoint under `out`
 
 
 def train_realism(
@@ -161,20 +266,13 @@ def train_realism(
     Images are decoded at a working size (shorter side ``1.25 * input_size``) and kept in
     memory when there are at most ``cache_limit`` of them, else re-read every epoch.
     """
-    import torch
+    import torch  # deferred: optional and heavy (the gen extra); only training needs it
 
     if arch not in ARCHS:
         raise TrainError(f"unknown arch {arch!r}; allowed: {list(ARCHS)}")
     if not 0.0 <= val_fraction < 1.0:
         raise TrainError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    real, fake = find_images(Path(real_dir)), find_images(Path(fake_dir))
-    for label, paths, folder in (("real", real, real_dir), ("fake", fake, fake_dir)):
-        if len(paths) < 2:
-            raise TrainError(f"need at least 2 {label} images under {folder}, found {len(paths)}")
-    real_train, real_val = split(real, val_fraction, seed)
-    fake_train, fake_val = split(fake, val_fraction, seed + 1)
-    train_items = [(p, 1.0) for p in real_train] + [(p, 0.0) for p in fake_train]
-    val_items = [(p, 1.0) for p in real_val] + [(p, 0.0) for p in fake_val]
+    data = _find_data(real_dir, fake_dir, val_fraction, seed, input_size, cache_limit)
 
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -185,89 +283,36 @@ def train_realism(
         _load_pretrained(net, Path(pretrained))
     net = net.to(dev).float()
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    work_side = round(input_size * 1.25)
-    use_cache = len(train_items) + len(val_items) <= cache_limit
-    cache: dict[Path, np.ndarray] = {}
-
-    def image(p: Path) -> np.ndarray:
-        if not use_cache:
-            return _load(p, work_side)
-        if p not in cache:
-            cache[p] = _load(p, work_side)
-        return cache[p]
-
-    losses: list[float] = []
-    for _ in range(epochs):
-        net.train()
-        order = rng.permutation(len(train_items))
-        total, count = 0.0, 0
-        for start in range(0, len(order), batch_size):
-            chunk = [train_items[i] for i in order[start : start + batch_size]]
-            if len(chunk) < 2:  # BatchNorm needs two samples
-                continue
-            x = realism_batch([_augment(image(p), rng) for p, _ in chunk], input_size, _MEAN, _STD)
-            y = torch.tensor([[label] for _, label in chunk], dtype=torch.float32, device=dev)
-            optimizer.zero_grad()
-            loss = loss_fn(net(torch.from_numpy(x).to(dev)), y)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(chunk)
-            count += len(chunk)
-        losses.append(total / max(count, 1))
-
+    losses = [_train_epoch(net, optimizer, data, rng, input_size, batch_size, dev) for _ in range(epochs)]
     if epochs > 0:
-        _recalibrate_batchnorm(net, [p for p, _ in train_items], image, input_size, batch_size, dev)
-    net.eval()
-    correct = {1.0: [0, 0], 0.0: [0, 0]}  # label -> [right, seen]
-    with torch.inference_mode():
-        for start in range(0, len(val_items), batch_size):
-            chunk = val_items[start : start + batch_size]
-            x = realism_batch([image(p) for p, _ in chunk], input_size, _MEAN, _STD)
-            prob = torch.sigmoid(net(torch.from_numpy(x).to(dev))).cpu().numpy().reshape(-1)
-            for (_, label), pr in zip(chunk, prob, strict=True):
-                correct[label][0] += int((pr >= 0.5) == (label == 1.0))
-                correct[label][1] += 1
+        _recalibrate_batchnorm(net, [p for p, _ in data.train], data.image, input_size, batch_size, dev)
+    correct = _held_out_accuracy(net, data, input_size, batch_size, dev)
 
-    def acc(right_seen: list[int]) -> float:
-        return right_seen[0] / right_seen[1] if right_seen[1] else float("nan")
-
-    val_acc = acc([correct[1.0][0] + correct[0.0][0], correct[1.0][1] + correct[0.0][1]])
+    val_acc = _accuracy([correct[1.0][0] + correct[0.0][0], correct[1.0][1] + correct[0.0][1]])
     report = TrainReport(
         arch=arch,
         checkpoint=str(out),
         epochs=epochs,
-        n_train=len(train_items),
-        n_val=len(val_items),
+        n_train=len(data.train),
+        n_val=len(data.val),
         val_accuracy=val_acc,
-        val_accuracy_real=acc(correct[1.0]),
-        val_accuracy_fake=acc(correct[0.0]),
+        val_accuracy_real=_accuracy(correct[1.0]),
+        val_accuracy_fake=_accuracy(correct[0.0]),
         train_loss=losses,
         device=dev,
     )
-    checkpoint = {
-        "arch": arch,
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        "input_size": input_size,
-        "mean": list(_MEAN),
-        "std": list(_STD),
-        "trained_on": {
-            "real_dir": str(real_dir),
-            "fake_dir": str(fake_dir),
-            "n_real": len(real),
-            "n_fake": len(fake),
-            "val_fraction": val_fraction,
-            "val_accuracy": val_acc,
-            "epochs": epochs,
-            "seed": seed,
-            "pretrained": str(pretrained) if pretrained else None,
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        },
+    trained_on = {
+        "real_dir": str(real_dir),
+        "fake_dir": str(fake_dir),
+        "n_real": data.n_real,
+        "n_fake": data.n_fake,
+        "val_fraction": val_fraction,
+        "val_accuracy": val_acc,
+        "epochs": epochs,
+        "seed": seed,
+        "pretrained": str(pretrained) if pretrained else None,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(out)  # a crash mid-save never leaves a truncated checkpoint under `out`
+    _write_checkpoint(Path(out), net, input_size, trained_on, arch)
     report.seconds = time.perf_counter() - started
     return report

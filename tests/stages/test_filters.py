@@ -1,4 +1,4 @@
-"""Filters: Jaccard edge cases, uncertain AUs, thresholds, order, identity similarity."""
+"""Filters: uncertain AUs, thresholds, order, identity similarity."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from stages.filters import (
     FilterConfig,
     FilterStage,
     active_sets,
-    jaccard,
     label_prompt_filter,
     label_prompt_jaccard,
     realism_filter,
@@ -26,14 +25,6 @@ def vec(values: dict[int, int], default: int = 0) -> list[int]:
     for au, v in values.items():
         out[AU_INDEX[au]] = v
     return out
-
-
-def test_jaccard_edge_cases() -> None:
-    assert jaccard(set(), set()) == 1.0
-    assert jaccard(set(), {12}) == 0.0
-    assert jaccard({4}, set()) == 0.0
-    assert jaccard({1, 2, 4}, {1, 2, 5}) == pytest.approx(2 / 4)
-    assert jaccard({6, 12}, {12, 6}) == 1.0
 
 
 def test_uncertain_aus_are_removed_from_both_sets() -> None:

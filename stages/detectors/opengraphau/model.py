@@ -35,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.nets.backbones import RESNET_SPECS, SWIN_SPECS, ResNetSpec, SwinSpec, build_resnet, build_swin
+from stages.nets.checkpoint import state_dict_mismatch
+from stages.nets.resnet import RESNET_SPECS, ResNetSpec, build_resnet
+from stages.nets.swin import SWIN_SPECS, SwinSpec, build_swin
 
 __all__ = [
     "ARCHS",
@@ -345,25 +347,11 @@ def load_mefarg(path: Path, arch: str, stage: int = 1) -> MEFARG:
     """Build ``arch`` (``stage`` 1 or 2) and load ``path`` strictly; mismatches name the first offending keys."""
     state = read_state_dict(path)
     net = build_mefarg(arch, stage)
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:5])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:5])})")
-        if wrong_shape:
-            parts.append(f"{len(wrong_shape)} shape mismatches (first: {'; '.join(wrong_shape[:3])})")
+    problem = state_dict_mismatch(net.state_dict(), state)
+    if problem:
         raise CheckpointError(
             f"checkpoint {path} does not fit OpenGraphAU stage {stage} with backbone {arch!r}: "
-            f"{'; '.join(parts)}. Are `backbone` and `stage` right for this file (official name: "
+            f"{problem}. Are `backbone` and `stage` right for this file (official name: "
             f"{checkpoint_name(arch, stage)})?"
         )
     net.load_state_dict(state, strict=True)

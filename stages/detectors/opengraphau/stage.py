@@ -17,7 +17,8 @@ from PIL import Image
 from pydantic import Field
 
 from stages.base import Record, StageConfig, StageContext, StageError
-from stages.detectors.base import AUDetector, Scale
+from stages.catalogue import local_path, search_dirs
+from stages.detectors.base import AUDetector, Scale, record_image
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "OpenGraphAUConfig", "OpenGraphAUDetector", "imagenet_batch"]
 
@@ -65,25 +66,10 @@ def imagenet_batch(
     return out
 
 
-def record_image(record: Record, stage: str, use_face_crop: bool = True) -> np.ndarray:
-    """The face crop when a face stage left one (and it is wanted), else the whole image."""
-    image = record.get("face_crop") if use_face_crop else None
-    if image is None:
-        image = record.get("image")
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        raise StageError(
-            f"{stage}: record {record.get('key')!r} has no uint8 RGB 'image' (H, W, 3); "
-            "put a generator stage before the detectors"
-        )
-    return image
-
-
 def _searched(explicit: str | None) -> str:
     """Where a default model file was looked for (empty when the recipe named the file)."""
     if explicit:
         return ""
-    from stages.catalogue import search_dirs
-
     return "; searched: " + ", ".join(str(d) for d in search_dirs())
 
 
@@ -91,9 +77,8 @@ def _catalogue_name(backbone: str, stage: int = 1) -> str:
     return "opengraphau-" + backbone.replace("_", "-") + ("-stage2" if stage == 2 else "")
 
 
-class OpenGraphAUDetector(AUDetector):
+class OpenGraphAUDetector(AUDetector[OpenGraphAUConfig]):
     name: ClassVar[str] = "opengraphau"
-    config_model: ClassVar[type[StageConfig]] = OpenGraphAUConfig
     scale: Scale = "probability"
     preprocessing: str = (
         "face crop (else full image) -> shorter side 256 bilinear -> centre crop 224 -> "
@@ -101,8 +86,9 @@ class OpenGraphAUDetector(AUDetector):
     )
     licence: str = "MIT (lingjivoo/OpenGraphAU code and weights)"
 
-    def __init__(self, config: StageConfig, context: StageContext) -> None:
+    def __init__(self, config: OpenGraphAUConfig, context: StageContext) -> None:
         super().__init__(config, context)
+        # deferred: the network module imports torch (optional, heavy); the registry must not
         from stages.detectors.opengraphau.model import VOCABULARY
 
         self.vocabulary = VOCABULARY
@@ -110,11 +96,9 @@ class OpenGraphAUDetector(AUDetector):
         self.device = "cpu"
 
     def checkpoint_path(self) -> Path:
-        cfg: OpenGraphAUConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.checkpoint:
             return Path(cfg.checkpoint).expanduser()
-        from stages.catalogue import local_path
-
         try:
             return local_path(_catalogue_name(cfg.backbone, cfg.stage))
         except KeyError:
@@ -124,11 +108,11 @@ class OpenGraphAUDetector(AUDetector):
             ) from None
 
     def setup(self) -> None:
-        import torch
+        import torch  # deferred: optional and heavy (the gen extra); only the network needs it
 
-        from stages.detectors.opengraphau.model import CheckpointError, checkpoint_name, load_mefarg
+        from stages.detectors.opengraphau.model import CheckpointError, checkpoint_name, load_mefarg  # deferred: torch
 
-        cfg: OpenGraphAUConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         path = self.checkpoint_path()
         if not path.is_file():
             raise StageError(
@@ -145,11 +129,11 @@ class OpenGraphAUDetector(AUDetector):
         self.net = net.to(self.device).float().eval()
 
     def predict(self, batch: list[Record]) -> np.ndarray:
-        import torch
+        import torch  # deferred: optional and heavy (the gen extra); only the network needs it
 
         if self.net is None:
             self.setup()
-        cfg: OpenGraphAUConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         images = [record_image(r, self.name, cfg.use_face_crop) for r in batch]
         out = np.empty((len(images), len(self.vocabulary)), dtype=np.float64)
         for start in range(0, len(images), cfg.batch_size):

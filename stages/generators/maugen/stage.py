@@ -28,11 +28,13 @@ from collections import OrderedDict
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 from pydantic import Field, field_validator
 
 from manifests.vocab import DISFA_AUS
-from stages.base import Record, Stage, StageConfig, StageError, drop, is_dropped
-from stages.generators.diffusers import DType, resolve_dtype
+from stages.base import Record, StageConfig, StageContext, StageError, drop
+from stages.generators.base import DType, GeneratorStage, resolve_dtype
+from stages.generators.maugen.chips import face_chip, resize_square
 
 __all__ = ["MaugenConfig", "MaugenGenerator", "default_mask", "fit_image", "fit_mask"]
 
@@ -46,7 +48,7 @@ _NEGATIVE = (
 
 class MaugenConfig(StageConfig):
     checkpoint_dir: str = Field(
-        "models/maugen", description="folder holding the release layout (see stages/maugen/checkpoint.py)"
+        "models/maugen", description="folder holding the release layout (see stages/generators/maugen/checkpoint.py)"
     )
     base_dir: str = "stable-diffusion-inpainting"
     unet_file: str = "maugen_unet.pth"
@@ -92,41 +94,30 @@ def default_mask(kind: str, size: int) -> np.ndarray:
 
 
 def fit_image(image: np.ndarray, size: int) -> np.ndarray:
-    from stages.generators.maugen.identity_encoder import resize_square
-
     return resize_square(np.asarray(image, dtype=np.uint8)[..., :3], size)
 
 
 def fit_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
     m = np.asarray(mask, dtype=np.float32)
     m = m / 255.0 if m.max() > 1.0 else m
     resized = np.asarray(Image.fromarray(m).resize((size, size), Image.Resampling.NEAREST))
     return (resized > 0.5).astype(np.float32)
 
 
-class MaugenGenerator(Stage):
+class MaugenGenerator(GeneratorStage[MaugenConfig]):
     name = "maugen"
-    kind = "generator"
-    config_model = MaugenConfig
 
-    def __init__(self, config: StageConfig, context: Any) -> None:
+    def __init__(self, config: MaugenConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self.pipe: Any = None
-        self.timings: list[dict[str, float]] = []
-        self.last_timing: dict[str, float] = {}
         self._identities: OrderedDict[str, tuple[Any, np.ndarray] | str] = OrderedDict()
 
-    @property
-    def cfg(self) -> MaugenConfig:
-        return self.config  # type: ignore[return-value]
-
     def setup(self) -> None:
+        # deferred: the MAUGen network modules import torch and diffusers (optional, heavy)
         from stages.generators.maugen.checkpoint import ReleaseFiles
         from stages.generators.maugen.pipeline import MaugenPipeline
 
-        cfg = self.cfg
+        cfg = self.config
         if self.context.identity_bank is None:
             raise StageError(
                 "the maugen generator needs identity exemplars; set identities.bank to 'builtin' or a folder"
@@ -158,59 +149,48 @@ class MaugenGenerator(Stage):
         if hit is not None:
             self._identities.move_to_end(identity_id)
             return hit
-        from stages.generators.maugen.identity_encoder import align_face, resize_square
-
+        cfg = self.config
         try:
             exemplar = np.asarray(self.context.identity_bank.image(identity_id), dtype=np.uint8)
         except (ValueError, OSError, KeyError) as exc:
             result: tuple[Any, np.ndarray] | str = f"identity {identity_id!r} unusable: {exc}"
         else:
             size = self.pipe.identity_encoder.img_size
-            if self.cfg.identity_align == "dlib":
-                chip = align_face(exemplar, size=size, padding=self.cfg.identity_padding)
+            if cfg.identity_align == "dlib":
+                chip = face_chip(exemplar, size=size, padding=cfg.identity_padding)
             else:
                 chip = resize_square(exemplar, size)
             if chip is None:
                 result = f"identity {identity_id!r}: no face found in the exemplar to align (dlib)"
             else:
                 result = (self.pipe.encode_identity([chip])[0].float().cpu(), exemplar)
-        if self.cfg.identity_cache:
+        if cfg.identity_cache:
             self._identities[identity_id] = result
-            while len(self._identities) > self.cfg.identity_cache:
+            while len(self._identities) > cfg.identity_cache:
                 self._identities.popitem(last=False)
         return result
 
     # ------------------------------------------------------------------ generation
-    def process(self, batch: list[Record]) -> list[Record]:
+    def run(self, live: list[Record]) -> None:
         if self.pipe is None:
             raise StageError("MaugenGenerator.process() called before setup()")
         t0 = time.perf_counter()
         ready: list[tuple[Record, Any, np.ndarray]] = []
-        for record in batch:
-            if is_dropped(record):
-                continue
+        for record in live:
             ident = self._identity(str(record["identity_id"]))
             if isinstance(ident, str):
-                drop(record, self.name, ident)
-                continue
-            ready.append((record, *ident))
+                drop(record, self.name, ident)  # an unusable exemplar drops only its samples
+            else:
+                ready.append((record, *ident))
         model_s = 0.0
-        for i in range(0, len(ready), self.cfg.batch_size):
-            model_s += self._generate(ready[i : i + self.cfg.batch_size])
-        total = time.perf_counter() - t0
-        self.last_timing = {
-            "batch_size": float(len(ready)),
-            "model_s": model_s,
-            "total_s": total,
-            "overhead_s": max(total - model_s, 0.0),
-        }
-        self.timings.append(self.last_timing)
-        return batch
+        for i in range(0, len(ready), self.config.batch_size):
+            model_s += self._generate(ready[i : i + self.config.batch_size])
+        self.note_timing(len(ready), model_s, t0)
 
     def _generate(self, chunk: list[tuple[Record, Any, np.ndarray]]) -> float:
-        import torch
+        import torch  # deferred: optional and heavy (the gen extra)
 
-        cfg, size = self.cfg, self.context.image_size
+        cfg, size = self.config, self.context.image_size
         records = [r for r, _, _ in chunk]
         masks = np.stack(
             [fit_mask(r["mask"], size) if r.get("mask") is not None else default_mask(cfg.mask, size) for r in records]
@@ -234,11 +214,7 @@ class MaugenGenerator(Stage):
             au_cue_momentum=cfg.au_cue_momentum,
         )
         for i, record in enumerate(records):
-            record.update(
-                image=out.images[i],
-                generator=self.name,
-                label_source="decoded",
-                generator_occurrence=[float(x) for x in out.occurrence[i]],
-                generator_intensity=[float(x) for x in out.intensity[i]],
-            )
+            occurrence = [float(x) for x in out.occurrence[i]]
+            intensity = [float(x) for x in out.intensity[i]]
+            self.write_sample(record, out.images[i], "decoded", occurrence, intensity)
         return out.unet_seconds

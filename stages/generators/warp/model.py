@@ -25,7 +25,7 @@ Sources: the *directions* follow the per-AU "appearance changes" of Ekman, Fries
 *magnitudes* are hand-set estimates of plausible E-level travel (brow raise ~8 mm = 0.13
 IOD, lip corner ~9 mm = 0.15 IOD along the zygomaticus line, jaw drop ~16 mm = 0.25 IOD),
 not values from a measured dataset; they were checked by re-detecting dlib landmarks on
-renders (tests/stages/test_generate_warp.py): on the astronaut, dlib follows 55-95 % of
+renders (tests/stages/generators/test_warp.py): on the astronaut, dlib follows 55-95 % of
 the commanded vertical moves (AU5 lid 55 %, AU12 corner 84 %, AU26 chin 94 %) but only
 ~15 % of AU4's medial brow pull, and on Grace Hopper ~15-50 % of AU20's lateral stretch.
 Calibrating them against a posed-AU dataset (DISFA, CK+) is the obvious next step.

@@ -18,13 +18,11 @@ from stages.detectors.geometric import (
     FEATURES,
     GeometricAUDetector,
     GeometricConfig,
-    canonical_frame,
     displacement_features,
     fit_calibration,
     intensities_from_features,
-    mean_neutral_shape,
-    similarity_fit,
 )
+from stages.faces.geometry import canonical_frame, mean_neutral_shape, similarity_fit
 from tests.stages.faces.test_dlib import POSED, astronaut, grace_hopper, pyfeat_image
 
 

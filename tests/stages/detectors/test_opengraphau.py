@@ -14,7 +14,8 @@ from stages import stage_class
 from stages.base import StageContext, StageError
 from stages.detectors.opengraphau.model import ARCHS, _Arch, build_mefarg
 from stages.detectors.opengraphau.stage import OpenGraphAUConfig, OpenGraphAUDetector, imagenet_batch
-from stages.nets.backbones import ResNetSpec, SwinSpec
+from stages.nets.resnet import ResNetSpec
+from stages.nets.swin import SwinSpec
 
 TINY = {
     # Narrow versions with the official key layout (the real ones are slow to build and save).

@@ -17,7 +17,7 @@ from stages.detectors.opengraphau.model import (
     load_mefarg,
     read_state_dict,
 )
-from stages.nets.backbones import ResNetSpec
+from stages.nets.resnet import ResNetSpec
 
 
 def test_vocabulary_is_the_release_order() -> None:

@@ -191,7 +191,7 @@ def test_registered_light_import_and_empty_sections_validate() -> None:
 def test_dtype_per_device() -> None:
     import torch
 
-    from stages.generators.diffusers import resolve_dtype
+    from stages.generators.base import resolve_dtype
 
     assert resolve_dtype("auto", "cuda") is torch.float16
     assert resolve_dtype("bfloat16", "cuda:1") is torch.bfloat16

@@ -20,14 +20,10 @@ from manifests.vocab import DISFA_AUS
 from stages import stage_class
 from stages.base import StageContext, StageError
 from stages.faces.landmarks import detect_faces, face_embedding
+from stages.generators.warp.mesh import displaced_points, identity_geometry
 from stages.generators.warp.model import AU_MOVES, MIRROR, appearance_strokes, displacements, face_frame
-from stages.generators.warp.stage import (
-    WarpConfig,
-    WarpGenerator,
-    displaced_points,
-    identity_geometry,
-    piecewise_affine_map,
-)
+from stages.generators.warp.render import piecewise_affine_map
+from stages.generators.warp.stage import WarpConfig, WarpGenerator
 
 SIZE = 384
 ASTRONAUT, HOPPER = "builtin-astronaut", "builtin-grace-hopper"

@@ -7,7 +7,6 @@ from stages.prompt.grammar import describe
 from stages.prompt.readback import (
     check_description,
     intensity_agreement,
-    jaccard,
     mismatch_report,
     read_back,
 )
@@ -110,9 +109,7 @@ def test_reads_grammar_paper_and_free_text(text: str, levels: dict, inactive: se
     assert rb.inactive == frozenset(inactive)
 
 
-def test_jaccard_and_intensity_agreement_definitions() -> None:
-    assert jaccard(set(), set()) == 1.0
-    assert jaccard({1, 2}, {2, 4}) == pytest.approx(1 / 3)
+def test_intensity_agreement_definition() -> None:
     assert intensity_agreement({}, {}) == 1.0
     assert intensity_agreement({1: 3}, {}) == 0.0
     assert intensity_agreement({1: 3, 2: 2, 4: 1}, {1: 3, 2: 3, 9: 1}) == 0.5

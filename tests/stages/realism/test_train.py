@@ -11,7 +11,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from stages.base import StageContext
-from stages.nets.backbones import build_resnet
+from stages.nets.resnet import build_resnet
 from stages.realism.learned import LearnedRealism, LearnedRealismConfig
 from stages.realism.train import TrainError, TrainReport, split, train_realism
 

@@ -1,0 +1,83 @@
+"""The generator kind: a stage that makes each record's image and the labels it knows.
+
+:class:`GeneratorStage` sets ``kind = "generator"`` and gives every generator the same
+output (:meth:`GeneratorStage.write_sample`: ``image``, ``generator``, ``label_source``,
+``generator_occurrence``, ``generator_intensity``) and the same timing record
+(:meth:`GeneratorStage.note_timing`: per ``process`` call, how much wall time the model
+took). The helpers below are shared by the model-backed generators (diffusers, maugen), so
+no generator imports another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal, TypeVar
+
+import numpy as np
+
+from stages.base import Kind, Record, Stage, StageConfig, StageContext
+
+__all__ = ["DType", "GeneratorStage", "planned_labels", "resolve_dtype", "to_uint8"]
+
+C = TypeVar("C", bound=StageConfig)
+DType = Literal["auto", "float16", "bfloat16", "float32"]
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """The torch dtype for ``dtype`` on ``device``: CPU is always float32 (half is slow or unsupported)."""
+    import torch  # deferred: optional and heavy (the gen extra); only model-backed generators call this
+
+    if not device.startswith("cuda"):
+        return torch.float32
+    if dtype == "auto":
+        return torch.float16
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+
+
+def planned_labels(planned: Sequence[int]) -> tuple[list[float], list[float]]:
+    """(occurrence, intensity) floats from a planned intensity vector (0 = inactive)."""
+    intensity = [float(x) for x in planned]
+    return [1.0 if x > 0 else 0.0 for x in intensity], intensity
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] ``(B, H, W, 3)`` to uint8."""
+    return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+class GeneratorStage(Stage[C]):
+    """Base of every generator: the record fields it writes and its per-call timings."""
+
+    kind: ClassVar[Kind] = "generator"
+
+    def __init__(self, config: C, context: StageContext) -> None:
+        super().__init__(config, context)
+        self.timings: list[dict[str, float]] = []  # one per process() call that generated
+        self.last_timing: dict[str, float] = {}
+
+    def write_sample(
+        self,
+        record: Record,
+        image: np.ndarray,
+        label_source: str,
+        occurrence: Sequence[float],
+        intensity: Sequence[float],
+    ) -> None:
+        """The generated image and the generator's 12 AU labels, in DISFA order."""
+        record["image"] = image
+        record["generator"] = self.name
+        record["label_source"] = label_source
+        record["generator_occurrence"] = list(occurrence)
+        record["generator_intensity"] = list(intensity)
+
+    def note_timing(self, samples: int, model_s: float, started: float) -> None:
+        """Record one call: ``samples`` generated, ``model_s`` inside the model, since ``started``."""
+        total = time.perf_counter() - started
+        self.last_timing = {
+            "batch_size": float(samples),
+            "model_s": model_s,
+            "total_s": total,
+            "overhead_s": max(total - model_s, 0.0),
+        }
+        self.timings.append(self.last_timing)
