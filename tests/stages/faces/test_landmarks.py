@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from insightface.utils.face_align import arcface_dst
 from PIL import Image
 
 from stages.faces.landmarks import (
-    ALIGN_TEMPLATE_112,
     LandmarkError,
-    align_face,
+    arcface_crop_68,
     detect_faces,
     face_embedding,
     five_points,
@@ -103,14 +103,21 @@ def test_embeddings_separate_people_and_survive_resizing(
     assert float(a @ g) < float(a @ (raw_small / np.linalg.norm(raw_small)))
 
 
-def test_align_face_puts_five_points_on_template(portraits: dict[str, np.ndarray], detections: dict[str, list]) -> None:
+def test_arcface_crop_68_puts_five_points_on_template(
+    portraits: dict[str, np.ndarray], detections: dict[str, list]
+) -> None:
     lm = detections["astronaut"][0].landmarks
-    aligned = align_face(portraits["astronaut"], lm, size=224)
+    aligned = arcface_crop_68(portraits["astronaut"], lm, size=224)
     assert aligned.shape == (224, 224, 3) and aligned.dtype == np.uint8
     # Re-detect on the aligned crop: the eye centres land near the template's eye centres.
     faces = detect_faces(aligned)
     assert len(faces) == 1
     got = five_points(faces[0].landmarks)[:2]
-    want = ALIGN_TEMPLATE_112[:2] * 2.0
+    want = arcface_dst[:2] * 2.0
     assert np.abs(got - want).max() < 8.0
     assert inter_ocular_distance(faces[0].landmarks) == pytest.approx(float(np.linalg.norm(want[1] - want[0])), rel=0.1)
+
+
+def test_arcface_crop_68_refuses_degenerate_landmarks(portraits: dict[str, np.ndarray]) -> None:
+    with pytest.raises(LandmarkError, match="alignment transform"):
+        arcface_crop_68(portraits["astronaut"], np.zeros((68, 2), np.float32))
