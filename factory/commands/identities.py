@@ -23,7 +23,9 @@ Nothing is skipped silently.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -149,23 +151,49 @@ def _write_cache(path: Path, rows: list[dict[str, Any]]) -> None:
     write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=schema))
 
 
+def _model_sha256(embedder: str, arcface_onnx: Path | None) -> str | None:
+    """The embedding model's identity in the cache (``None`` for dlib's packaged model); checks the choice."""
+    if embedder not in EMBEDDERS:
+        raise BankIndexError(f"unknown embedder {embedder!r}; choose one of {', '.join(EMBEDDERS)}")
+    if embedder != "arcface":
+        return None
+    if arcface_onnx is None:
+        raise BankIndexError(
+            "embedder 'arcface' needs arcface_onnx: the path of a local insightface "
+            "ArcFace ONNX file (e.g. buffalo_l/w600k_r50.onnx)"
+        )
+    problem = arcface_file_problem(arcface_onnx)
+    if problem:
+        raise BankIndexError(problem)
+    return _file_sha256(arcface_onnx)
+
+
+def _computed_row(
+    identity_id: str, keys: dict[str, Any], data: bytes, path: Path, embed: Callable[[], Embedder]
+) -> dict[str, Any]:
+    """A fresh cache row: the exemplar's face and embedding, or why it has none."""
+    row: dict[str, Any] = {"identity_id": identity_id, **keys, "status": "ok", "reason": None}
+    row.update(embedding=None, box=None, score=None, landmarks=None)
+    try:
+        image = decode_image(data, path)
+        face = exemplar_face(image)
+    except ExemplarError as exc:
+        row.update(status=exc.status, reason=exc.reason)
+        return row
+    row.update(
+        embedding=embed()(image, face.landmarks).tolist(),
+        box=list(face.box),
+        score=face.score,
+        landmarks=face.landmarks.tolist(),
+    )
+    return row
+
+
 def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None = None) -> IndexReport:
     """Detect, align and embed every identity of the bank folder; cache in embeddings.parquet."""
     bank_dir = Path(bank_dir)
-    if embedder not in EMBEDDERS:
-        raise BankIndexError(f"unknown embedder {embedder!r}; choose one of {', '.join(EMBEDDERS)}")
-    model_sha: str | None = None
-    if embedder == "arcface":
-        if arcface_onnx is None:
-            raise BankIndexError(
-                "embedder 'arcface' needs arcface_onnx: the path of a local insightface "
-                "ArcFace ONNX file (e.g. buffalo_l/w600k_r50.onnx)"
-            )
-        arcface_onnx = Path(arcface_onnx)
-        problem = arcface_file_problem(arcface_onnx)
-        if problem:
-            raise BankIndexError(problem)
-        model_sha = _file_sha256(arcface_onnx)
+    arcface_onnx = None if arcface_onnx is None else Path(arcface_onnx)
+    model_sha = _model_sha256(embedder, arcface_onnx)
     try:
         bank = open_bank(str(bank_dir))
     except IdentityBankError as exc:
@@ -183,7 +211,8 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
     # Rows of other embedders are kept untouched: one file serves dlib and ArcFace.
     # A changed ArcFace file replaces all its rows (mixing two models' spaces is meaningless).
     kept_rows = [r for r in old_rows if r["embedder"] != embedder]
-    embed: Embedder | None = None
+    # Loaded at the first face to embed: a fully cached bank never loads the model.
+    embed = cache(lambda: _embedder(embedder, arcface_onnx))
 
     entries: list[IndexEntry] = []
     new_rows: list[dict[str, Any]] = []
@@ -192,53 +221,15 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
         try:
             data = path.read_bytes()
         except OSError as exc:
-            entries.append(
-                IndexEntry(
-                    rec.identity_id, rec.image, "missing", f"cannot read {path} ({exc.strerror or exc})", computed=False
-                )
-            )
+            reason = f"cannot read {path} ({exc.strerror or exc})"
+            entries.append(IndexEntry(rec.identity_id, rec.image, "missing", reason, computed=False))
             continue
         sha = _sha256(data)
-        hit = cached.get((rec.identity_id, sha))
-        if hit is not None:
-            new_rows.append(hit)
-            entries.append(
-                IndexEntry(
-                    rec.identity_id,
-                    rec.image,
-                    hit["status"],
-                    hit["reason"] or "",
-                    computed=False,
-                    warnings=_row_warnings(hit),
-                )
-            )
-            continue
-        row: dict[str, Any] = {
-            "identity_id": rec.identity_id,
-            "embedder": embedder,
-            "model_sha256": model_sha,
-            "image_sha256": sha,
-            "status": "ok",
-            "reason": None,
-            "embedding": None,
-            "box": None,
-            "score": None,
-            "landmarks": None,
-        }
-        try:
-            image = decode_image(data, path)
-            face = exemplar_face(image)
-        except ExemplarError as exc:
-            row.update(status=exc.status, reason=exc.reason)
-        else:
-            if embed is None:
-                embed = _embedder(embedder, arcface_onnx)
-            row.update(
-                embedding=embed(image, face.landmarks).tolist(),
-                box=list(face.box),
-                score=face.score,
-                landmarks=face.landmarks.tolist(),
-            )
+        row = cached.get((rec.identity_id, sha))
+        computed = row is None
+        if row is None:
+            keys = {"embedder": embedder, "model_sha256": model_sha, "image_sha256": sha}
+            row = _computed_row(rec.identity_id, keys, data, path, embed)
         new_rows.append(row)
         entries.append(
             IndexEntry(
@@ -246,7 +237,7 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
                 rec.image,
                 row["status"],
                 row["reason"] or "",
-                computed=True,
+                computed=computed,
                 warnings=_row_warnings(row),
             )
         )
