@@ -72,7 +72,7 @@ def arcface_crop(
     Outside the image the crop is black, or the image mirrored with ``reflect_border``.
     ``None`` when the points are degenerate.
     """
-    import cv2  # deferred: optional (the faces extra); this module is imported by dlib-only code
+    import cv2  # deferred: optional (the faces extra); the CLI imports this module via landmarks and identities
 
     matrix = arcface_matrix(points, size, margin)
     if matrix is None:

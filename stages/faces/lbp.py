@@ -78,8 +78,11 @@ def merge_overlapping(boxes: list[Box], min_overlap: float) -> list[Box]:
                 break
         else:
             groups.append([box])
-    merged = [tuple(float(v) for v in np.mean(g, axis=0)) for g in groups]
-    return sorted(merged, key=box_area, reverse=True)  # type: ignore[arg-type]
+    merged: list[Box] = []
+    for group in groups:
+        x0, y0, x1, y1 = (float(v) for v in np.mean(group, axis=0))
+        merged.append((x0, y0, x1, y1))
+    return sorted(merged, key=box_area, reverse=True)
 
 
 class LBPFaceStage(MainFaceStage[LBPFaceConfig]):

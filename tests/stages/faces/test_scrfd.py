@@ -15,7 +15,7 @@ import pytest
 import torch
 from insightface.utils.face_align import arcface_dst
 
-from stages import stage_class
+from stages import catalogue, stage_class
 from stages.base import StageContext, StageError
 from stages.faces.scrfd import SCRFDConfig, SCRFDFaceStage
 from tests.stages.faces.tiny_scrfd import GREEN, expected_face, export_tiny_scrfd, paint_face
@@ -146,10 +146,8 @@ def test_missing_model_names_file_and_pull(tmp_path: Path) -> None:
 
 
 def test_default_model_lookup_lists_searched_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stages import catalogue as models
-
-    monkeypatch.setattr(models, "DEFAULT_MODELS_DIR", tmp_path / "cache")
-    monkeypatch.setattr(models, "LOCAL_MODELS_DIR", tmp_path / "models")
+    monkeypatch.setattr(catalogue, "DEFAULT_MODELS_DIR", tmp_path / "cache")
+    monkeypatch.setattr(catalogue, "LOCAL_MODELS_DIR", tmp_path / "models")
     with pytest.raises(StageError) as err:
         SCRFDFaceStage(SCRFDConfig(), StageContext(run_dir=tmp_path)).setup()
     assert "searched" in str(err.value) and str(tmp_path / "models") in str(err.value)
