@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# The CPU wheel first, so nothing pulls a multi-GB CUDA build of torch.
 	$(PIP) install -q torch==2.13.0
+	# insightface needs opencv-python, which writes the same cv2/ folder as opencv-python-headless
+	# (our choice before): a venv from then drops both, so the install below leaves exactly one cv2.
+	if $(PIP) show -q opencv-python-headless 2>/dev/null; then $(PIP) uninstall -y -q opencv-python-headless opencv-python; fi
 	$(PIP) install -q -e '.[all,dev]'
 	touch $@
 

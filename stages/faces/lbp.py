@@ -4,9 +4,10 @@ A second, independent face detector (multi-block LBP cascade shipped with scikit
 ``skimage.data.lbp_frontal_face_cascade_filename()``), useful as a cross-check of the dlib
 HOG detector and where dlib's detector misses. Landmarks come from
 ``stages.faces.landmarks.landmarks_for_box`` (dlib's 68-point predictor run inside the cascade
-box). Selection, drop reasons and the record fields are those of the dlib face stage
-(``stages.faces.dlib``), except ``face_score``: the cascade reports no confidence, so it is
-``None`` (the heuristic realism scorer then leaves the detector-confidence term out).
+box, only for the face the stage keeps). Selection, drop reasons and the record fields are
+those of every :class:`stages.faces.base.MainFaceStage`, as in the dlib face stage, except
+``face_score``: the cascade reports no confidence, so it is ``None`` (the heuristic realism
+scorer then leaves the detector-confidence term out).
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from stages.base import Record, Stage, StageConfig, StageError, drop, is_dropped
-from stages.faces.dlib import FaceCandidate, box_area, check_image, select_main_face, write_face
-
-Box = tuple[float, float, float, float]
+from stages.base import StageContext, StageError
+from stages.faces.base import Box, FaceCandidate, MainFaceConfig, MainFaceStage, box_area
+from stages.faces.landmarks import landmarks_for_box
 
 __all__ = ["LBPFaceConfig", "LBPFaceStage", "lbp_faces", "merge_overlapping"]
 
 
-class LBPFaceConfig(StageConfig):
+class LBPFaceConfig(MainFaceConfig):
     scale_factor: float = Field(1.2, gt=1.0, le=2.0, description="window growth per scale")
     step_ratio: float = Field(1.0, ge=1.0, le=3.0, description="1 = exhaustive search")
     min_face_fraction: float = Field(
@@ -35,12 +35,10 @@ class LBPFaceConfig(StageConfig):
     merge_overlap: float = Field(
         0.5, gt=0.0, le=1.0, description="merge boxes whose intersection covers this share of the smaller"
     )
-    max_secondary_area_ratio: float = Field(0.1, ge=0.0, le=1.0)
-    crop_size: int = Field(224, ge=32, le=1024)
 
 
 def lbp_faces(cascade: Any, image: Any, cfg: LBPFaceConfig) -> list[FaceCandidate]:
-    """Cascade detections as ``(box, None)``; box is (x0, y0, x1, y1) pixels."""
+    """Cascade detections, boxes (x0, y0, x1, y1) in pixels, no score and no landmarks."""
     h, w = image.shape[:2]
     side = min(h, w)
     low = max(24, round(side * cfg.min_face_fraction))
@@ -53,7 +51,7 @@ def lbp_faces(cascade: Any, image: Any, cfg: LBPFaceConfig) -> list[FaceCandidat
         min_neighbor_number=cfg.min_neighbor_number,
     )
     boxes = [(float(d["c"]), float(d["r"]), float(d["c"] + d["width"]), float(d["r"] + d["height"])) for d in found]
-    return [(box, None) for box in merge_overlapping(boxes, cfg.merge_overlap)]
+    return [FaceCandidate(box) for box in merge_overlapping(boxes, cfg.merge_overlap)]
 
 
 def _overlap(a: Box, b: Box) -> float:
@@ -80,46 +78,32 @@ def merge_overlapping(boxes: list[Box], min_overlap: float) -> list[Box]:
                 break
         else:
             groups.append([box])
-    merged = [tuple(float(v) for v in np.mean(g, axis=0)) for g in groups]
-    return sorted(merged, key=box_area, reverse=True)  # type: ignore[arg-type]
+    merged: list[Box] = []
+    for group in groups:
+        x0, y0, x1, y1 = (float(v) for v in np.mean(group, axis=0))
+        merged.append((x0, y0, x1, y1))
+    return sorted(merged, key=box_area, reverse=True)
 
 
-class LBPFaceStage(Stage):
+class LBPFaceStage(MainFaceStage[LBPFaceConfig]):
     name: ClassVar[str] = "lbp"
-    kind: ClassVar[str] = "face"
-    config_model: ClassVar[type[StageConfig]] = LBPFaceConfig
 
-    def __init__(self, config: StageConfig, context: Any) -> None:
+    def __init__(self, config: LBPFaceConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self._cascade: Any = None
 
     def setup(self) -> None:
-        try:
+        try:  # deferred: optional (the faces extra); a missing install becomes the StageError below
             from skimage import data
             from skimage.feature import Cascade
         except ImportError as exc:
             raise StageError("the lbp face stage needs scikit-image; pip install scikit-image") from exc
         self._cascade = Cascade(data.lbp_frontal_face_cascade_filename())
 
-    def process(self, batch: list[Record]) -> list[Record]:
-        from stages.faces.landmarks import landmarks_for_box
-
+    def find_faces(self, image: np.ndarray) -> list[FaceCandidate]:
         if self._cascade is None:
             self.setup()
-        cfg: LBPFaceConfig = self.config  # type: ignore[assignment]
-        for record in batch:
-            if is_dropped(record):
-                continue
-            problem = check_image(record)
-            if problem:
-                drop(record, self.name, problem)
-                continue
-            faces = lbp_faces(self._cascade, record["image"], cfg)
-            main, reason = select_main_face(faces, cfg.max_secondary_area_ratio)
-            if main is None:
-                drop(record, self.name, reason or "no face")
-                continue
-            box, score = faces[main]
-            landmarks = landmarks_for_box(record["image"], box)
-            write_face(record, box, score, landmarks, cfg.crop_size)
-        return batch
+        return lbp_faces(self._cascade, image, self.config)
+
+    def landmarks_for(self, image: np.ndarray, box: Box) -> np.ndarray:
+        return landmarks_for_box(image, box)

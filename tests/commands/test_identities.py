@@ -1,5 +1,6 @@
 """Identity bank indexing on a temp bank: two real portraits, a faceless image, an
-unreadable file and a missing one; caching; the ArcFace ONNX path on a tiny random model."""
+unreadable file and a missing one; caching; the ArcFace path (insightface's model_zoo) on a
+tiny random-weight model with ArcFace's signature."""
 
 from __future__ import annotations
 
@@ -7,21 +8,24 @@ import csv
 import warnings
 from pathlib import Path
 
+import matplotlib.cbook
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
+from insightface.app.common import Face
+from insightface.model_zoo import get_model
 from PIL import Image
+from skimage import data
 
 from factory.commands.identities import EMBEDDINGS_FILE, BankIndexError, index_bank, load_embeddings
-from stages.faces.embedding import arcface_preprocess, identity_similarity
+from stages.faces.embedding import arcface_embedder, identity_similarity
+from stages.faces.landmarks import detect_faces, five_points
 
 IDS = ("astronaut", "hopper", "pair", "flat", "garbage", "gone")
 
 
 def _write_bank(folder: Path) -> None:
-    import matplotlib.cbook
-    from skimage import data
-
     folder.mkdir()
     Image.fromarray(data.astronaut()).save(folder / "astronaut.png")
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
@@ -115,7 +119,7 @@ def test_embeddings_separate_identities(bank: Path, first_report) -> None:
 def test_arcface_needs_a_model_file(bank: Path, tmp_path: Path) -> None:
     with pytest.raises(BankIndexError, match="arcface_onnx"):
         index_bank(bank, embedder="arcface")
-    with pytest.raises(BankIndexError, match="does not exist"):
+    with pytest.raises(BankIndexError, match=r"nope\.onnx does not exist; `factory models pull arcface-r50`"):
         index_bank(bank, embedder="arcface", arcface_onnx=tmp_path / "nope.onnx")
     with pytest.raises(BankIndexError, match="unknown embedder"):
         index_bank(bank, embedder="facenet")
@@ -129,8 +133,6 @@ def test_load_embeddings_without_index(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_arcface(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight stand-in with ArcFace's signature: (1, 3, 112, 112) -> (1, 512)."""
-    import torch
-
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 5, stride=4),
@@ -164,8 +166,6 @@ def test_arcface_onnx_embeddings(bank: Path, tiny_arcface: Path) -> None:
 
 
 def test_arcface_bad_model_files(bank: Path, tmp_path: Path) -> None:
-    import torch
-
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a protobuf")
     with pytest.raises(BankIndexError, match=r"broken\.onnx"):
@@ -179,13 +179,21 @@ def test_arcface_bad_model_files(bank: Path, tmp_path: Path) -> None:
             str(wrong),
             dynamo=False,
         )
-    with pytest.raises(BankIndexError, match=r"\(N, 3, 112, 112\)"):
+    with pytest.raises(BankIndexError, match=r"not an ArcFace recognition model.*\(N, 3, 112, 112\)"):
         index_bank(bank, embedder="arcface", arcface_onnx=wrong)
+    renamed = tmp_path / "w600k_r50.bin"
+    renamed.write_bytes(wrong.read_bytes())
+    with pytest.raises(BankIndexError, match=r"not an \.onnx file"):
+        index_bank(bank, embedder="arcface", arcface_onnx=renamed)
 
 
-def test_arcface_preprocess() -> None:
-    img = np.zeros((112, 112, 3), np.uint8)
-    img[..., 0] = 255
-    x = arcface_preprocess(img)
-    assert x.shape == (1, 3, 112, 112) and x.dtype == np.float32
-    assert x[0, 0].min() == pytest.approx(1.0) and x[0, 1].max() == pytest.approx(-1.0)
+def test_arcface_embedding_is_insightface_recognition(tiny_arcface: Path) -> None:
+    """Our embedder gives what insightface's own recognition path gives (norm_crop, get_feat)."""
+    image = np.asarray(data.astronaut())
+    landmarks = detect_faces(image)[0].landmarks
+    ours = arcface_embedder(tiny_arcface)(image, landmarks)
+    model = get_model(str(tiny_arcface), providers=["CPUExecutionProvider"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # scikit-image's deprecation inside norm_crop
+        theirs = model.get(np.ascontiguousarray(image[..., ::-1]), Face(kps=five_points(landmarks)))
+    np.testing.assert_allclose(ours, theirs / np.linalg.norm(theirs), rtol=1e-5, atol=1e-6)

