@@ -31,7 +31,6 @@ __all__ = [
     "LANDMARK_GROUPS",
     "FaceDetection",
     "LandmarkError",
-    "align_face",
     "arcface_crop_68",
     "detect_faces",
     "face_embedding",
@@ -232,8 +231,3 @@ def arcface_crop_68(image: np.ndarray, landmarks: np.ndarray, size: int = 224) -
     if crop is None:
         raise LandmarkError("cannot estimate the alignment transform from these landmarks")
     return crop
-
-
-# The old name, still imported by tests/stages/realism/test_heuristic.py (outside the faces
-# area); delete once that import says arcface_crop_68.
-align_face = arcface_crop_68

@@ -33,8 +33,7 @@ from stages.realism.learned import build_classifier
 from tests.stages.detectors.test_onnx import TinyAU
 from tests.stages.detectors.test_onnx import _export as export_onnx_au
 from tests.stages.detectors.test_opengraphau import TINY as TINY_OPENGRAPHAU
-from tests.stages.faces.test_scrfd import CELL, ConstantSCRFD
-from tests.stages.faces.test_scrfd import _export as export_scrfd
+from tests.stages.faces.tiny_scrfd import GREEN, export_tiny_scrfd, paint_face
 from tests.stages.prompt.plans import make_records
 from tests.stages.tiny_models import build_tiny_maugen, build_tiny_sd
 
@@ -133,9 +132,21 @@ def tiny_maugen(root: Path) -> Path:
 
 
 @cache
-def scrfd_two_faces(root: Path) -> Path:
+def tiny_scrfd(root: Path) -> Path:
     (root / "scrfd").mkdir(exist_ok=True)
-    return export_scrfd(ConstantSCRFD([CELL, (32, 2, 2, 0)]), root / "scrfd" / "two.onnx")
+    return export_tiny_scrfd(root / "scrfd" / "painted.onnx")
+
+
+def painted() -> list[Record]:
+    """For the tiny SCRFD model: one painted face, two faces of similar size, no face."""
+    one, two, none = (np.full((320, 320, 3), 128, np.uint8) for _ in range(3))
+    paint_face(one, 16, 6, 10)
+    paint_face(two, 16, 6, 10)
+    paint_face(two, 32, 2, 2, GREEN)
+    return [
+        {"key": key, "identity_id": IDS[0], "image": image}
+        for key, image in (("one", one), ("two", two), ("none", none))
+    ]
 
 
 @cache
@@ -218,13 +229,8 @@ CASES: dict[str, Case] = {
     ),
     "dlib": Case("face", lambda root: {}, photos, drops=(2,)),
     "lbp": Case("face", lambda root: {}, photos, drops=(2,)),
-    # The constant test model reports two faces of similar size in every image.
-    "scrfd": Case(
-        "face",
-        lambda root: {"model": str(scrfd_two_faces(root)), "min_relative_area": 0.2},
-        photos,
-        drops=(0, 1, 2),
-    ),
+    # The tiny model detects painted squares: two faces of similar size and no face drop.
+    "scrfd": Case("face", lambda root: {"model": str(tiny_scrfd(root)), "det_size": 320}, painted, drops=(1, 2)),
     "geometric": Case(
         "detectors[0]", lambda root: {}, landmarked, drops=(), why=NEVER_DROPS_DETECTOR, context=WITH_BANK
     ),

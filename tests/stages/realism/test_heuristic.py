@@ -21,12 +21,12 @@ from tests.stages.faces.test_dlib import POSED, astronaut, grace_hopper, pyfeat_
 
 @pytest.fixture(scope="module")
 def crops() -> list[tuple[np.ndarray, float]]:
-    from stages.faces.landmarks import align_face, detect_faces
+    from stages.faces.landmarks import arcface_crop_68, detect_faces
 
     out = []
     for image in (astronaut(), grace_hopper(), pyfeat_image(POSED["anger"])):
         face = detect_faces(image)[0]
-        out.append((align_face(image, face.landmarks), face.score))
+        out.append((arcface_crop_68(image, face.landmarks), face.score))
     return out
 
 
