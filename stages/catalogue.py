@@ -83,7 +83,7 @@ _SD_PATTERNS = (
 _SD_REQUIRED = (
     "model_index.json",
     "scheduler/scheduler_config.json",
-    "tokenizer/vocab.json",
+    "tokenizer/tokenizer_config.json",
     "text_encoder/model.safetensors",
     "unet/diffusion_pytorch_model.safetensors",
     "vae/diffusion_pytorch_model.safetensors",

@@ -244,7 +244,7 @@ def export_tiny_arcface(path: Path) -> Path:
     return path
 
 
-def _faceid_files(unet: Any, folder: Path, cross_dim: int) -> None:
+def _faceid_files(unet: Any, folder: Path, cross_dim: int, tokens: int) -> None:
     """The sd15_* FineFace files, the IP-Adapter-FaceID portrait file and the ArcFace stand-in."""
     import torch
 
@@ -260,7 +260,6 @@ def _faceid_files(unet: Any, folder: Path, cross_dim: int) -> None:
             layer = unet.get_submodule(name)
             for part in ("to_k_ip", "to_v_ip"):
                 ip_adapter[f"{i}.{part}.weight"] = torch.randn(layer.to_q.out_features, cross_dim) * 0.2
-    tokens = 4
     proj = torch.nn.Module()
     proj.proj = torch.nn.Sequential(
         torch.nn.Linear(512, 1024), torch.nn.GELU(), torch.nn.Linear(1024, cross_dim * tokens)
@@ -281,6 +280,7 @@ def build_tiny_fineface(
     au_hidden: int = TINY_AU_HIDDEN,
     lora_rank: int = 4,
     faceid: bool = False,
+    faceid_tokens: int = 4,
 ) -> Path:
     """Save tiny FineFace files in a models-folder layout under ``folder``; returns ``folder``."""
     import torch
@@ -300,5 +300,5 @@ def build_tiny_fineface(
     torch.save(_au_encoder_state(au_hidden), fineface / "au_encoder.ckpt")
     _save_lora(unet, fineface, lora_rank)
     if faceid:
-        _faceid_files(unet, folder, cross_dim)
+        _faceid_files(unet, folder, cross_dim, faceid_tokens)
     return folder

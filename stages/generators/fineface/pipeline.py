@@ -7,6 +7,14 @@ every ``attn2`` (:mod:`.attention`) with their weights checked key by key agains
 ``peft``; no alpha is stored, so the scale is 1, as the release's loader reads it), then the
 AU encoder; the FaceID variant adds the IP-Adapter weights and projection instead of a LoRA.
 
+**The LoRA scale.** The trainer (``train.py``) builds its peft ``LoraConfig`` without
+``lora_alpha``, so the LoRA trained at peft's default alpha 8 over its rank (8/32 = 0.25 for
+the release). The file stores no alpha; the release's inference pipeline calls
+``unet.load_attn_procs`` on it, which under its own pins (diffusers 0.27.2 with peft) returns
+without loading anything: the published pipeline runs *without* the LoRA (measured: zero LoRA
+layers in its UNet). ``lora_scale=None`` (default) uses the training scale, the model the AU
+attention was trained with; ``lora_scale=0`` reproduces the release's inference exactly.
+
 A call encodes the planned AU vectors, puts the unconditional embedding first (batch order
 ``[uncond, cond]``, as the pipeline orders its text embeddings for classifier-free guidance)
 and passes both in ``cross_attention_kwargs``. Each sample has its own CPU
@@ -32,9 +40,11 @@ from stages.generators.fineface.attention import AUCrossAttnProcessor, install_p
 from stages.generators.fineface.encoders import AUEncoder, FaceIDProjection, load_au_encoder, load_faceid_projection
 from stages.generators.fineface.layout import FineFaceFiles, read_state_dict
 
-__all__ = ["LORA_ADAPTER", "FineFaceOutput", "FineFacePipeline"]
+__all__ = ["LORA_ADAPTER", "TRAINING_LORA_ALPHA", "FineFaceOutput", "FineFacePipeline"]
 
 LORA_ADAPTER = "fineface"
+# The release's train.py builds its LoraConfig without lora_alpha: peft's default, 8.
+TRAINING_LORA_ALPHA = 8.0
 
 
 @dataclass
@@ -113,8 +123,9 @@ def _copy_ip(proc: AUCrossAttnProcessor, ip_state: dict[str, Any], position: int
         target.copy_(value)
 
 
-def _check_lora(unet: Any, files: FineFaceFiles) -> None:
-    """Every LoRA key names a Linear of this UNet with matching widths (a named error, not a warning)."""
+def _check_lora(unet: Any, files: FineFaceFiles) -> int:
+    """Every LoRA key names a Linear of this UNet with matching widths (a named error, not a
+    warning); returns the LoRA's rank."""
     path = files.path("lora")
     linears = {name: m for name, m in unet.named_modules() if isinstance(m, torch.nn.Linear)}
     try:
@@ -133,13 +144,22 @@ def _check_lora(unet: Any, files: FineFaceFiles) -> None:
                 f"FineFace file {path}: LoRA weight {key!r} {shape} does not fit this base UNet "
                 f"(expected unet.<Linear>.lora_A/lora_B.weight for to_q/to_k/to_v/to_out.0)"
             )
+    ranks = {shape[0] for key, shape in shapes.items() if key.endswith("lora_A.weight")}
+    if len(ranks) != 1:
+        raise files.fail(f"FineFace file {path} holds no LoRA, or LoRAs of several ranks ({sorted(ranks)})")
+    return ranks.pop()
 
 
-def _load_lora(pipe: Any, files: FineFaceFiles, fuse: bool) -> None:
-    _check_lora(pipe.unet, files)
+def _load_lora(pipe: Any, files: FineFaceFiles, fuse: bool, scale: float | None) -> float:
+    """Load the LoRA at ``scale`` (None: the training scale); returns the scale used."""
+    rank = _check_lora(pipe.unet, files)
+    scale = TRAINING_LORA_ALPHA / rank if scale is None else scale
+    if scale == 0.0:
+        return scale  # the release's inference pipeline: the file is checked, not applied
     path = files.path("lora")
     try:
-        # The UNet's own loader: the text encoder has no LoRA in FineFace.
+        # The UNet's own loader (the text encoder has no LoRA in FineFace). No alpha is stored, so
+        # diffusers reads alpha = rank (scale 1); the adapter weight sets the scale.
         pipe.unet.load_lora_adapter(load_file(str(path)), prefix="unet", adapter_name=LORA_ADAPTER)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise files.fail(f"FineFace file {path} cannot be loaded as a LoRA ({type(exc).__name__}: {exc})", exc) from exc
@@ -147,8 +167,11 @@ def _load_lora(pipe: Any, files: FineFaceFiles, fuse: bool) -> None:
         raise files.fail(f"FineFace file {path} changed no layer of the UNet; it is not the FineFace LoRA")
     if fuse:
         # Merged into the base weights: the same function, without the LoRA's extra matmuls per step.
-        pipe.fuse_lora(components=["unet"], lora_scale=1.0, adapter_names=[LORA_ADAPTER])
+        pipe.fuse_lora(components=["unet"], lora_scale=scale, adapter_names=[LORA_ADAPTER])
         pipe.unload_lora_weights()
+    else:
+        pipe.unet.set_adapters([LORA_ADAPTER], weights=[scale])
+    return scale
 
 
 class FineFacePipeline:
@@ -160,10 +183,18 @@ class FineFacePipeline:
         self.faceid = faceid
         self.device = device
         self.timer = ForwardTimer(pipe.unet, device)
+        self.lora_scale = 0.0
 
     @classmethod
     def from_files(
-        cls, files: FineFaceFiles, *, device: str, dtype: Any, scheduler: str | None = None, fuse_lora: bool = True
+        cls,
+        files: FineFaceFiles,
+        *,
+        device: str,
+        dtype: Any,
+        scheduler: str | None = None,
+        fuse_lora: bool = True,
+        lora_scale: float | None = None,
     ) -> FineFacePipeline:
         pipe = _load_base(files, dtype)
         width = pipe.text_encoder.config.hidden_size
@@ -174,8 +205,7 @@ class FineFacePipeline:
         ):
             raise files.fail(f"FineFace file {files.faceid} needs 'image_proj' and 'ip_adapter' state dicts")
         _load_processors(pipe.unet, files, ip_state)
-        if files.lora is not None:
-            _load_lora(pipe, files, fuse_lora)
+        scale = _load_lora(pipe, files, fuse_lora, lora_scale) if files.lora is not None else 0.0
         au_path = files.path("au_encoder")
         au_encoder = load_au_encoder(read_state_dict(au_path, files), au_path, width, files)
         faceid = None
@@ -188,7 +218,9 @@ class FineFacePipeline:
         # The encoders are tiny; float32 keeps the AU token exact (the processors cast it).
         au_encoder = au_encoder.to(device).eval()
         faceid = faceid.to(device=device, dtype=pipe.unet.dtype).eval() if faceid is not None else None
-        return cls(pipe, au_encoder, faceid, device)
+        loaded = cls(pipe, au_encoder, faceid, device)
+        loaded.lora_scale = scale
+        return loaded
 
     def compile_unet(self) -> None:
         """``torch.compile`` the UNet (fixed shapes: the caller pads every chunk to one size)."""

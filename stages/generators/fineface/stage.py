@@ -74,6 +74,13 @@ class FineFaceConfig(StageConfig):
     batch_size: int = Field(8, ge=1, le=256, description="samples per denoiser call; the micro-batch is chunked")
     compile: bool = Field(False, description="torch.compile the UNet; chunks are padded to batch_size")
     channels_last: bool = True
+    lora_scale: float | None = Field(
+        None,
+        ge=0.0,
+        le=4.0,
+        description="None: the training scale (alpha 8 / rank, 0.25 for the release); 0: as the release's "
+        "inference code runs (its loader skips the LoRA file)",
+    )
     fuse_lora: bool = Field(True, description="merge the LoRA into the UNet weights once (faster steps)")
     vae_slicing: bool = Field(True, description="decode one image at a time (bounded VAE memory)")
     identity_cache: int = Field(4096, ge=0, description="identity embeddings kept in memory")
