@@ -145,6 +145,7 @@ class FineFaceGenerator(GeneratorStage[FineFaceConfig]):
             dtype=resolve_dtype(cfg.dtype, device),
             scheduler=cfg.scheduler,
             fuse_lora=cfg.fuse_lora,
+            lora_scale=cfg.lora_scale,
         )
         if cfg.channels_last and device.startswith("cuda"):
             # NHWC convolutions are faster with tensor cores; on CPU they only add layout copies.
