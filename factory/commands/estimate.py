@@ -26,6 +26,8 @@ from factory.engine.pipeline import make_context, recipe_pipeline
 from factory.engine.rundir import RunError, open_run
 from factory.plan import plan_shard
 from factory.recipe import Recipe
+from manifests.bank import open_bank
+from manifests.writer import read_stats
 
 __all__ = ["Estimate", "EstimateError", "estimate", "measure_batch_seconds", "run_rates"]
 
@@ -66,19 +68,20 @@ def run_rates(run_dir: Path, batch_size: int) -> tuple[float, float, int] | None
         run, _ = open_run(run_dir)
     except RunError:
         return None
-    done = run.done_shards()
-    planned = sum(int(s.get("planned", 0)) for s in done.values())
+    done = [read_stats(run.shards, run.dataset, shard) for shard in run.done_shards()]  # full stats: wall time
+    planned = sum(int(s.get("planned", 0)) for s in done)
     if not done or planned == 0:
         return None
-    accepted = sum(int(s.get("accepted", 0)) for s in done.values())
-    seconds = sum(float(s.get("wall_seconds", 0.0)) for s in done.values())
+    accepted = sum(int(s.get("accepted", 0)) for s in done)
+    seconds = sum(float(s.get("wall_seconds", 0.0)) for s in done)
     return accepted / planned, seconds / (planned / batch_size), len(done)
 
 
 def measure_batch_seconds(recipe: Recipe, device: str = "cpu") -> float:
     """Seconds for one batch of the recipe's pipeline here (after one warm-up batch)."""
     n = recipe.engine.batch_size
-    rows = plan_shard(recipe, 0).to_pylist()
+    bank = open_bank(recipe.identities.bank)
+    rows = plan_shard(recipe, 0, bank.records() if bank else None).to_pylist()
     if len(rows) < 2 * n:
         rows = (rows * math.ceil(2 * n / max(len(rows), 1)))[: 2 * n]
     with tempfile.TemporaryDirectory() as tmp:
