@@ -1,4 +1,4 @@
-"""Throughput of the ``diffusers`` and ``maugen`` generators on tiny random-weight models.
+"""Throughput of the ``diffusers``, ``maugen`` and ``fineface`` generators on tiny random-weight models.
 
 Builds the tiny models of ``tests/stages/tiny_models.py`` (64 px, 2 denoising steps,
 classifier-free guidance on) in a temporary folder, loads them through the stages' real
@@ -10,7 +10,7 @@ again on CUDA when a GPU is visible.
 The absolute numbers say nothing about real SD-size models; what transfers is how the
 UNet share and per-image cost move with batch size.
 
-Run: ``.venv/bin/python -m bench.bench_generators [--repeats N] [--threads N]`` (prints markdown).
+Run: ``.venv/bin/python -m bench.bench_generators [--repeats N] [--threads N] [--only NAME]`` (prints markdown).
 ``--threads 1`` gives steadier numbers on a shared CPU.
 """
 
@@ -49,8 +49,11 @@ def _records(n: int, seed0: int) -> list[dict[str, Any]]:
 def _pipeline(kind: str, folder: Path, device: str, batch: int, bank: Any) -> Pipeline:
     """The generator alone, built as a shard worker builds it."""
     context = StageContext(run_dir=folder, device=device, image_size=SIZE, identity_bank=bank)
-    where = {"diffusers": "pipeline", "maugen": "checkpoint_dir"}[kind]
-    options = {where: str(folder), "steps": STEPS, "batch_size": batch}
+    if kind == "fineface":
+        where = {"base_dir": str(folder / "stable-diffusion-2-1-base"), "weights_dir": str(folder / "fineface")}
+    else:
+        where = {{"diffusers": "pipeline", "maugen": "checkpoint_dir"}[kind]: str(folder)}
+    options = {**where, "steps": STEPS, "batch_size": batch}
     return Pipeline.build([StageSpec("generator", kind, options)], context)
 
 
@@ -70,11 +73,15 @@ def _measure(pipeline: Pipeline, batch: int, repeats: int) -> tuple[float, float
 def main(argv: list[str] | None = None) -> str:
     import torch  # deferred: optional and heavy; the other benchmarks do not need it
 
-    from tests.stages.tiny_models import build_tiny_maugen, build_tiny_sd  # test helpers, not shipped
+    # deferred: test helpers, not shipped
+    from tests.stages.tiny_models import build_tiny_fineface, build_tiny_maugen, build_tiny_sd
+
+    builders = {"diffusers": build_tiny_sd, "maugen": build_tiny_maugen, "fineface": build_tiny_fineface}
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per batch size")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--only", choices=sorted(builders), action="append", help="generators to run (default: all)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> str:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     bank = open_bank("builtin")
     lines = [
-        "### Generators: diffusers and maugen (`python -m bench.bench_generators`)",
+        "### Generators: diffusers, maugen and fineface (`python -m bench.bench_generators`)",
         "",
         f"Tiny random-weight models, {SIZE} px, {STEPS} steps, guidance on; torch threads: {torch.get_num_threads()}.",
         "",
@@ -90,17 +97,13 @@ def main(argv: list[str] | None = None) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     with tempfile.TemporaryDirectory(prefix="bench_generators_") as tmp:
-        folders = {
-            "diffusers": build_tiny_sd(Path(tmp) / "sd"),
-            "maugen": build_tiny_maugen(Path(tmp) / "maugen"),
-        }
+        folders = {kind: build(Path(tmp) / kind) for kind, build in builders.items() if kind in (args.only or builders)}
         for kind, folder in folders.items():
             for device in devices:
                 for batch in BATCH_SIZES:
-                    stage = _pipeline(kind, folder, device, batch, bank)
-                    stage.setup()
-                    stage.process(_records(1, seed0=1))  # warm-up: first-call allocations, identity cache
-                    rate, share = _measure(stage, batch, args.repeats)
+                    pipeline = _pipeline(kind, folder, device, batch, bank)  # built and set up
+                    pipeline.run(_records(1, seed0=1))  # warm-up: first-call allocations, identity cache
+                    rate, share = _measure(pipeline, batch, args.repeats)
                     lines.append(
                         f"| {kind} | {device} | {batch} | {rate:.2f} | {1000.0 / rate:.0f} | {100.0 * share:.0f}% |"
                     )

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _recipe(tmp: Path) -> Path:
-    """recipes/mifa-1m.toml with the builtin identity bank (its own bank is a local folder)."""
+    """recipes/mifa-1m.toml, with the builtin identity bank where it names a local bank folder."""
     text = (REPO / "recipes" / "mifa-1m.toml").read_text()
     path = tmp / "mifa-1m-builtin-bank.toml"
     path.write_text(text.replace('bank = "models/identity-bank"', 'bank = "builtin"'))

@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "warp": "stages.generators.warp.stage:WarpGenerator",
     "diffusers": "stages.generators.diffusers:DiffusersGenerator",
     "maugen": "stages.generators.maugen.stage:MaugenGenerator",
+    "fineface": "stages.generators.fineface.stage:FineFaceGenerator",
     # face detection and alignment
     "dlib": "stages.faces.dlib:DlibFaceStage",
     "lbp": "stages.faces.lbp:LBPFaceStage",

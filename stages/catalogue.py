@@ -1,9 +1,12 @@
 """Catalogue of the pretrained weights the stages can use, and where a stage finds them.
 
-Each :class:`ModelEntry` says where the official file comes from, under what licence, what
-the stage expects it to be called, and its SHA-256 when a public source pins one. Stages
-resolve a model the recipe does not name with :func:`local_path`; downloading is the
-``factory models pull`` command's job (``factory.commands.models``).
+Each :class:`ModelEntry` says where the official weights come from, under what licence, what
+the stage expects them to be called, roughly how large they are, and the SHA-256 when a
+public source pins one. Two kinds: a single file from a direct URL (``url``), or a folder
+from a Hugging Face hub repository (``hub_repo`` at ``revision``, the files matching
+``allow_patterns``; ``required`` lists the files that make it complete). Stages resolve a
+model the recipe does not name with :func:`local_path`; downloading is the ``factory models
+pull`` command's job (``factory.commands.models``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ __all__ = [
     "catalogue",
     "entry",
     "local_path",
+    "models_dir",
     "search_dirs",
 ]
 
@@ -40,6 +44,15 @@ class ModelEntry:
     archive_member: str | None = None  # path inside a zip download
     member_sha256: str | None = None  # of the extracted member
     used_by: str = ""  # stage name and config that reads it
+    size: str = "?"  # approximate download size, for `factory models list`
+    hub_repo: str | None = None  # Hugging Face repo id: `filename` is then a folder
+    revision: str = "main"  # branch, tag or commit of `hub_repo`; the pulled commit is recorded
+    allow_patterns: tuple[str, ...] = ()  # files of `hub_repo` to fetch (fnmatch patterns)
+    required: tuple[str, ...] = ()  # files inside the folder that make it complete
+
+    @property
+    def is_hub(self) -> bool:
+        return self.hub_repo is not None
 
 
 # The usercontent endpoint with confirm=t skips Drive's "cannot scan for viruses" page.
@@ -53,6 +66,52 @@ _BUFFALO_SHA = "80ffe37d8a5940d59a7384c201a2a38d4741f2f3c51eef46ebb28218a7b0ca2f
 _INSIGHTFACE_LICENCE = "insightface pretrained models: non-commercial research use only (code MIT)"
 _OPENSENSE = "https://github.com/ihp-lab/OpenSense/raw/{}/Utilities/LibreFace/{}"
 _LIBREFACE_LICENCE = "USC Research License (non-commercial), ihp-lab/LibreFace"
+_HF = "https://huggingface.co/{}"
+# A diffusers text-to-image folder: the fp32 safetensors of each part, nothing else (no .ckpt, no fp16 copies).
+_SD_PATTERNS = (
+    "model_index.json",
+    "scheduler/*.json",
+    "tokenizer/*",
+    "feature_extractor/*.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
+_SD_REQUIRED = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/tokenizer_config.json",
+    "text_encoder/model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+)
+_FINEFACE_FILES = (
+    "attn_processors.ckpt",
+    "pytorch_lora_weights.safetensors",
+    "au_encoder.ckpt",
+    "sd15_attn_processors.ckpt",
+    "sd15_au_encoder.ckpt",
+)
+
+
+def _hub(
+    name: str,
+    repo: str,
+    description: str,
+    licence: str,
+    size: str,
+    used_by: str,
+    patterns: tuple[str, ...],
+    required: tuple[str, ...],
+) -> ModelEntry:
+    """A hub folder entry, pulled into ``<models dir>/<name>/``."""
+    return ModelEntry(
+        name=name, description=description, filename=name, url=_HF.format(repo), page=_HF.format(repo),
+        licence=licence, used_by=used_by, size=size, hub_repo=repo, allow_patterns=patterns, required=required,
+    )  # fmt: skip
 
 
 def _ogau(name: str, arch: str, gdrive_id: str, filename: str, stage: int) -> ModelEntry:
@@ -64,6 +123,7 @@ def _ogau(name: str, arch: str, gdrive_id: str, filename: str, stage: int) -> Mo
         page=f"{_GDRIVE_PAGE.format(gdrive_id)} (listed at {_OGAU_PAGE})",
         licence=_OGAU_LICENCE,
         used_by=f"opengraphau (backbone={arch!r}, stage={stage})",
+        size="~0.1 GB" if arch in ("resnet18", "swin_tiny") else "~0.3 GB",
     )
 
 
@@ -95,6 +155,7 @@ _CATALOGUE: tuple[ModelEntry, ...] = (
         archive_member="det_10g.onnx",
         member_sha256="5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91",
         used_by="scrfd (model=...)",
+        size="0.3 GB zip (17 MB file)",
     ),
     ModelEntry(
         name="arcface-r50",
@@ -106,7 +167,8 @@ _CATALOGUE: tuple[ModelEntry, ...] = (
         sha256=_BUFFALO_SHA,
         archive_member="w600k_r50.onnx",
         member_sha256="4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43",
-        used_by="identity filter (ArcFace similarity)",
+        used_by="identity filter (ArcFace similarity), fineface (identity = 'faceid')",
+        size="0.3 GB zip (174 MB file)",
     ),
     ModelEntry(
         name="libreface-au-encoder",
@@ -115,7 +177,8 @@ _CATALOGUE: tuple[ModelEntry, ...] = (
         url=_OPENSENSE.format("33dcaf80d0c07ca2751f489b40d4399b78972e75", "LibreFace_AU_Encoder.onnx"),
         page="https://github.com/ihp-lab/OpenSense/tree/master/Utilities/LibreFace",
         licence=_LIBREFACE_LICENCE,
-        used_by="onnx-au (spec YAML `path`)",
+        used_by="onnx-au (recipes/detectors/libreface.yaml `path`)",
+        size="~45 MB",
     ),
     ModelEntry(
         name="libreface-au-intensity",
@@ -124,7 +187,32 @@ _CATALOGUE: tuple[ModelEntry, ...] = (
         url=_OPENSENSE.format("f42e95d77ccfb1e0dea98e85a4e4494ce20684a1", "LibreFace_AU_Intensity.onnx"),
         page="https://github.com/ihp-lab/OpenSense/tree/master/Utilities/LibreFace",
         licence=_LIBREFACE_LICENCE,
-        used_by="onnx-au (spec YAML `head.path`)",
+        used_by="onnx-au (recipes/detectors/libreface.yaml `head.path`)",
+        size="<1 MB",
+    ),
+    _hub(
+        "stable-diffusion-2-1-base", "stabilityai/stable-diffusion-2-1-base",
+        "Stable Diffusion 2.1-base (512 px) diffusers folder: FineFace's base model",
+        "CreativeML Open RAIL++-M (use restrictions; stabilityai/stable-diffusion-2-1-base)",
+        "~5.2 GB", "fineface (base_dir)", _SD_PATTERNS, _SD_REQUIRED,
+    ),
+    _hub(
+        "fineface", "Tvaranka/fineface",
+        "FineFace AU attention, LoRA and AU encoder (SD 2.1 files, and the sd15_* FaceID-variant files)",
+        "Apache-2.0 (tvaranka/fineface)", "~0.4 GB", "fineface (weights_dir)", _FINEFACE_FILES, _FINEFACE_FILES[:3],
+    ),
+    _hub(
+        "realistic-vision-v4", "SG161222/Realistic_Vision_V4.0_noVAE",
+        "Realistic Vision 4.0 (SD 1.5) diffusers folder: the base of FineFace's FaceID variant",
+        "CreativeML Open RAIL-M (SG161222/Realistic_Vision_V4.0_noVAE)",
+        "~4.3 GB", "fineface (identity = 'faceid', base_dir)", _SD_PATTERNS, _SD_REQUIRED,
+    ),
+    _hub(
+        "ip-adapter-faceid-portrait", "h94/IP-Adapter-FaceID",
+        "IP-Adapter-FaceID portrait v11 for SD 1.5: identity tokens from ArcFace embeddings",
+        "non-commercial research use only (h94/IP-Adapter-FaceID; insightface ArcFace inputs)",
+        "~0.1 GB", "fineface (identity = 'faceid', faceid_file)",
+        ("ip-adapter-faceid-portrait-v11_sd15.bin",), ("ip-adapter-faceid-portrait-v11_sd15.bin",),
     ),
 )  # fmt: skip
 
@@ -141,13 +229,20 @@ def entry(name: str) -> ModelEntry:
     raise KeyError(f"unknown model {name!r}; known: {', '.join(e.name for e in _CATALOGUE)}")
 
 
+def models_dir() -> Path:
+    """Where pulled weights go: ``$MIFA_MODELS_DIR`` as set now (a test or a worker may set it
+    after import), else :data:`DEFAULT_MODELS_DIR`."""
+    env = os.environ.get("MIFA_MODELS_DIR")
+    return Path(env).expanduser() if env else DEFAULT_MODELS_DIR
+
+
 def search_dirs() -> list[Path]:
     """Folders searched for pulled weights: ``$MIFA_MODELS_DIR`` or the user cache, then ./models."""
-    return [DEFAULT_MODELS_DIR, LOCAL_MODELS_DIR.resolve()]
+    return [models_dir(), LOCAL_MODELS_DIR.resolve()]
 
 
 def local_path(name: str, dest: Path | None = None) -> Path:
-    """The file a stage should read for ``name``.
+    """The file (or, for a hub entry, the folder) a stage should read for ``name``.
 
     With ``dest``: where ``pull(name, dest)`` puts it. Without: the first of
     :func:`search_dirs` that holds it, else where a default ``pull`` would put it.
@@ -156,6 +251,6 @@ def local_path(name: str, dest: Path | None = None) -> Path:
     if dest is not None:
         return Path(dest) / filename
     for folder in search_dirs():
-        if (folder / filename).is_file():
+        if (folder / filename).exists():
             return folder / filename
-    return DEFAULT_MODELS_DIR / filename
+    return models_dir() / filename

@@ -11,35 +11,46 @@ from rich.table import Table
 
 from factory.cli.common import fail, out
 from factory.commands.identities import BankIndexError, index_bank
-from factory.commands.models import catalogue, pull
+from factory.commands.models import catalogue, local_state, pull
 from stages.realism.train import TrainError
 from stages.realism.train import train_realism as run_train
 
 
 def models_list() -> None:
-    """Official weights the factory can use, with licences and where they come from."""
+    """Official weights the factory can use: licence, size, and whether they are here (no network)."""
 
     table = Table()
-    for col in ("name", "licence", "file", "source"):
+    for col in ("name", "licence", "size", "state", "local path"):
         table.add_column(col)
     for entry in catalogue():
-        table.add_row(entry.name, entry.licence, entry.filename, entry.url)
+        here = local_state(entry)
+        state = here.state + (f" @ {here.revision[:12]}" if here.revision else "")
+        table.add_row(entry.name, entry.licence, entry.size, state, str(here.path))
     out.print(table)
 
 
 def models_pull(
-    name: Annotated[str, typer.Argument(help="A name from `factory models list`.")],
+    names: Annotated[list[str], typer.Argument(help="Names from `factory models list`.")],
     dest: Annotated[
         Path | None, typer.Option("--dest", help="Folder for the weights (default: $MIFA_MODELS_DIR or ~/.cache).")
     ] = None,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Hub entries: branch, tag or commit (default: the catalogue's).")
+    ] = None,
 ) -> None:
-    """Download official weights with checksums, or say what to fetch by hand when offline."""
+    """Download official weights (files with checksums, hub folders at a recorded commit), or say
+    what to fetch by hand when offline."""
 
-    try:
-        path = pull(name, dest)
-    except (OSError, ValueError, RuntimeError) as exc:
-        fail(str(exc))
-    out.print(f"saved {path}")
+    for name in names:
+        try:
+            path = pull(name, dest, url=revision if revision and entry_is_hub(name) else None)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            fail(str(exc).strip("'\""))
+        out.print(f"saved {path}")
+
+
+def entry_is_hub(name: str) -> bool:
+    return any(e.name == name and e.is_hub for e in catalogue())
 
 
 def identities_index(

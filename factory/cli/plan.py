@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from factory.cli.common import RecipeArg, SeedOpt, fail, load, out
+from factory.commands.estimate import EstimateError, estimate, measure_batch_seconds
 from factory.plan import PlanStats, plan_statistics
 from factory.recipe import Recipe, RecipeError
-from manifests.bank import IdentityBankError, open_bank
+from manifests.bank import IdentityBankError, IdentityRecord, open_bank
 from manifests.vocab import DISFA_AUS
+from stages.base import StageError
 
 
 def plan(
     recipe: RecipeArg,
     target: Annotated[int | None, typer.Option("--target", help="Samples to plan (default: dataset.target).")] = None,
     seed: SeedOpt = None,
+    estimate_: Annotated[
+        bool, typer.Option("--estimate", help="Also print GPU-hours and wall time for the target.")
+    ] = False,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="Estimate: GPUs (default: engine.gpus).")] = None,
+    batch_seconds: Annotated[
+        float | None, typer.Option("--batch-seconds", help="Estimate: stated seconds per engine.batch_size batch.")
+    ] = None,
+    acceptance: Annotated[
+        float | None, typer.Option("--acceptance", help="Estimate: stated acceptance rate (default: the run's).")
+    ] = None,
+    measure: Annotated[
+        bool, typer.Option("--measure", help="Estimate: time one batch of the recipe's pipeline on this machine.")
+    ] = False,
 ) -> None:
     """Plan samples and print their balance: AU shares, intensities, emotions, demographics.
 
@@ -25,11 +41,44 @@ def plan(
     """
     r = load(recipe, target=target, seed=seed)
     try:
-        bank = open_bank(r.identities.bank)
-        stats = plan_statistics(r, r.dataset.target, bank.records() if bank else None)
+        identities, note = _bank_identities(r)
+        stats = plan_statistics(r, r.dataset.target, identities)
     except (RecipeError, IdentityBankError) as exc:
         fail(str(exc), code=2)
     _print_stats(r, stats)
+    if note:
+        out.print(f"[bold]identity bank[/]: {note}")
+    if estimate_:
+        _print_estimate(r, gpus, batch_seconds, acceptance, measure)
+
+
+def _bank_identities(r: Recipe) -> tuple[list[IdentityRecord] | None, str | None]:
+    """The bank's identities; a recipe whose bank folder is not there yet plans its demographic
+    cells without one (the statistics do not depend on the bank) and says so."""
+    spec = r.identities.bank
+    if spec not in ("builtin", "none") and not Path(spec).exists():
+        return None, (
+            f"{spec} is not there, so these are the planned demographic cells with a new identity per sample; "
+            "create the bank (identities.csv + images, then `factory identities index`) before building, "
+            "or set identities.bank = 'none' for text-to-image identities"
+        )
+    bank = open_bank(spec)
+    return (bank.records() if bank else None), None
+
+
+def _print_estimate(
+    r: Recipe, gpus: int | None, batch_seconds: float | None, acceptance: float | None, measure: bool
+) -> None:
+    try:
+        measured = measure_batch_seconds(r) if measure and batch_seconds is None else None
+        result = estimate(
+            r, workers=gpus, batch_seconds=batch_seconds, acceptance=acceptance,
+            run_dir=Path(r.dataset.out), measured=measured,
+        )  # fmt: skip
+    except (EstimateError, StageError, IdentityBankError) as exc:
+        fail(str(exc), code=2)
+    for line in result.lines():
+        out.print(f"[bold]estimate[/] {line}")
 
 
 def _print_stats(r: Recipe, stats: PlanStats) -> None:

@@ -1,7 +1,8 @@
 """Generic ONNX AU detector: any exported AU model, described by a small YAML file.
 
-The recipe section names the YAML (``spec = "models/libreface.yaml"``); the YAML says how
-to feed the network and how to read it. Relative paths in it are relative to the YAML::
+The recipe section names the YAML (``spec = "recipes/detectors/libreface.yaml"``); the YAML
+says how to feed the network and how to read it. Relative paths in it are relative to the
+YAML; ``catalogue:NAME`` is the file ``factory models pull NAME`` puts in the models folder::
 
     name: libreface-intensity          # for reports
     path: LibreFace_AU_Encoder.onnx     # the network
@@ -38,6 +39,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stages.base import Record, StageConfig, StageContext, StageError
+from stages.catalogue import local_path
 from stages.detectors.base import VOCABULARIES, AUDetector, Scale, parse_au_name, record_image
 
 __all__ = ["OnnxAUConfig", "OnnxAUDetector", "OnnxHead", "OnnxSpec", "load_spec", "preprocess"]
@@ -177,11 +179,20 @@ class OnnxAUDetector(AUDetector[OnnxAUConfig]):
     def _open(self, rel: str, input_name: str | None, output_name: str | None) -> tuple[Any, str, str]:
         import onnxruntime as ort  # deferred: optional (the faces extra); only setup() opens models
 
-        path = Path(rel).expanduser()
-        if not path.is_absolute():
-            path = self.spec_dir / path
+        hint = ""
+        if rel.startswith("catalogue:"):
+            name = rel.removeprefix("catalogue:")
+            try:
+                path = local_path(name)
+            except KeyError as exc:
+                raise StageError(f"onnx-au: spec names {rel!r}, but {exc.args[0]}") from None
+            hint = f"; `factory models pull {name}` puts it there"
+        else:
+            path = Path(rel).expanduser()
+            if not path.is_absolute():
+                path = self.spec_dir / path
         if not path.is_file():
-            raise StageError(f"onnx-au: ONNX model {path} (from spec `path`) not found")
+            raise StageError(f"onnx-au: ONNX model {path} (from spec `path`) not found{hint}")
         providers = ["CPUExecutionProvider"]
         if self.context.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

@@ -4,21 +4,31 @@
 output (:meth:`GeneratorStage.write_sample`: ``image``, ``generator``, ``label_source``,
 ``generator_occurrence``, ``generator_intensity``) and the same timing record
 (:meth:`GeneratorStage.note_timing`: per ``process`` call, how much wall time the model
-took). The helpers below are shared by the model-backed generators (diffusers, maugen), so
+took). The helpers below are shared by the model-backed generators (diffusers, maugen, fineface), so
 no generator imports another.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
-from stages.base import Kind, Record, Stage, StageConfig, StageContext
+from stages.base import Kind, Record, Stage, StageConfig, StageContext, StageError
 
-__all__ = ["DType", "GeneratorStage", "planned_labels", "resolve_dtype", "to_uint8"]
+__all__ = [
+    "DType",
+    "ForwardTimer",
+    "GeneratorStage",
+    "chunks",
+    "planned_labels",
+    "resolve_dtype",
+    "scheduler_by_name",
+    "to_uint8",
+]
 
 C = TypeVar("C", bound=StageConfig)
 DType = Literal["auto", "float16", "bfloat16", "float32"]
@@ -81,3 +91,63 @@ class GeneratorStage(Stage[C]):
             "overhead_s": max(total - model_s, 0.0),
         }
         self.timings.append(self.last_timing)
+
+
+class ForwardTimer:
+    """Accumulates wall seconds spent inside a module's ``forward`` (hooks, CUDA-synchronised).
+
+    Synchronising once per call costs little: the denoising loop is sequential anyway.
+    """
+
+    def __init__(self, module: Any, device: str) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self._cuda = device.startswith("cuda")
+        self._start = 0.0
+        self._handles = [
+            module.register_forward_pre_hook(self._pre),
+            module.register_forward_hook(self._post),
+        ]
+
+    def _sync(self) -> None:
+        if self._cuda:
+            import torch  # deferred: optional and heavy (the gen extra)
+
+            torch.cuda.synchronize()
+
+    def _pre(self, *_: Any) -> None:
+        self._sync()
+        self._start = time.perf_counter()
+
+    def _post(self, *_: Any) -> None:
+        self._sync()
+        self.seconds += time.perf_counter() - self._start
+        self.calls += 1
+
+    @contextmanager
+    def measure(self) -> Iterator[ForwardTimer]:
+        """Reset, then count the forwards inside the block."""
+        self.seconds, self.calls = 0.0, 0
+        yield self
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def scheduler_by_name(name: str, config: Any) -> Any:
+    """The diffusers scheduler class ``name`` built from ``config``; a StageError lists the known ones."""
+    import diffusers  # deferred: optional and heavy (the gen extra)
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
+        raise StageError(
+            f"generator.scheduler={name!r} is not a diffusers scheduler class; use one of: {', '.join(known)}"
+        )
+    return cls.from_config(config)

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,16 @@ import numpy as np
 from pydantic import Field
 
 from stages.base import Record, StageConfig, StageContext, StageError
-from stages.generators.base import DType, GeneratorStage, planned_labels, resolve_dtype, to_uint8
+from stages.generators.base import (
+    DType,
+    ForwardTimer,
+    GeneratorStage,
+    chunks,
+    planned_labels,
+    resolve_dtype,
+    scheduler_by_name,
+    to_uint8,
+)
 
 __all__ = ["PIPELINE_LAYOUT", "DiffusersConfig", "DiffusersGenerator", "ForwardTimer", "check_pipeline_dir"]
 
@@ -89,53 +96,6 @@ def check_pipeline_dir(path: Path) -> dict[str, Any]:
     return index
 
 
-class ForwardTimer:
-    """Accumulates wall seconds spent inside a module's ``forward`` (hooks, CUDA-synchronised).
-
-    Synchronising once per call costs little: the denoising loop is sequential anyway.
-    """
-
-    def __init__(self, module: Any, device: str) -> None:
-        self.seconds = 0.0
-        self.calls = 0
-        self._cuda = device.startswith("cuda")
-        self._start = 0.0
-        self._handles = [
-            module.register_forward_pre_hook(self._pre),
-            module.register_forward_hook(self._post),
-        ]
-
-    def _sync(self) -> None:
-        if self._cuda:
-            import torch  # deferred: optional and heavy (the gen extra)
-
-            torch.cuda.synchronize()
-
-    def _pre(self, *_: Any) -> None:
-        self._sync()
-        self._start = time.perf_counter()
-
-    def _post(self, *_: Any) -> None:
-        self._sync()
-        self.seconds += time.perf_counter() - self._start
-        self.calls += 1
-
-    @contextmanager
-    def measure(self) -> Iterator[ForwardTimer]:
-        """Reset, then count the forwards inside the block."""
-        self.seconds, self.calls = 0.0, 0
-        yield self
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 class DiffusersGenerator(GeneratorStage[DiffusersConfig]):
     name = "diffusers"
 
@@ -167,7 +127,7 @@ class DiffusersGenerator(GeneratorStage[DiffusersConfig]):
                 f"complete text-to-image pipeline (expected layout: {', '.join(PIPELINE_LAYOUT)})"
             ) from exc
         if cfg.scheduler:
-            pipe.scheduler = _scheduler(cfg.scheduler, pipe.scheduler.config)
+            pipe.scheduler = scheduler_by_name(cfg.scheduler, pipe.scheduler.config)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         denoiser_name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
@@ -189,7 +149,7 @@ class DiffusersGenerator(GeneratorStage[DiffusersConfig]):
             raise StageError("DiffusersGenerator.process() called before setup()")
         t0 = time.perf_counter()
         model_s = 0.0
-        for chunk in _chunks(live, self.config.batch_size):
+        for chunk in chunks(live, self.config.batch_size):
             images, seconds = self._generate(chunk)
             model_s += seconds
             for record, image in zip(chunk, images, strict=True):
@@ -228,15 +188,3 @@ class DiffusersGenerator(GeneratorStage[DiffusersConfig]):
         with torch.inference_mode(), timer.measure():
             out = self.pipe(**kwargs)
         return to_uint8(np.asarray(out.images)[:n_real]), timer.seconds
-
-
-def _scheduler(name: str, config: Any) -> Any:
-    import diffusers  # deferred: optional and heavy (the gen extra)
-
-    cls = getattr(diffusers, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
-        raise StageError(
-            f"generator.scheduler={name!r} is not a diffusers scheduler class; use one of: {', '.join(known)}"
-        )
-    return cls.from_config(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import socket
 import threading
 import zipfile
@@ -144,3 +145,98 @@ def test_local_path_finds_pulled_file_in_search_dirs(tmp_path: Path, monkeypatch
     cache.mkdir()
     (cache / "det_10g.onnx").write_bytes(b"y")
     assert catalogue.local_path("scrfd-10g") == cache / "det_10g.onnx"  # the cache comes first
+
+
+# ---------------------------------------------------------------- hub folders
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+HUB_FILES = {"attn_processors.ckpt": b"attn", "pytorch_lora_weights.safetensors": b"lora", "au_encoder.ckpt": b"enc"}
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    """No route to the Hub: offline mode, a dead endpoint, and a hub cache we control."""
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{_free_port()}")
+
+
+def _fake_snapshot(cache: Path, repo: str, files: dict[str, bytes]) -> None:
+    """A local Hugging Face cache holding one snapshot of ``repo`` (refs/main -> SHA)."""
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(SHA)
+    for rel, data in files.items():
+        (folder / "blobs").mkdir(exist_ok=True)
+        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = folder / "snapshots" / SHA / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(blob)
+
+
+def test_hub_entries_are_folders_with_patterns_and_licences() -> None:
+    hub = {e.name: e for e in models.catalogue() if e.is_hub}
+    assert {"stable-diffusion-2-1-base", "fineface", "realistic-vision-v4", "ip-adapter-faceid-portrait"} <= set(hub)
+    assert hub["fineface"].hub_repo == "Tvaranka/fineface" and "Apache-2.0" in hub["fineface"].licence
+    assert "RAIL++-M" in hub["stable-diffusion-2-1-base"].licence
+    assert "non-commercial" in hub["ip-adapter-faceid-portrait"].licence
+    for e in hub.values():
+        assert e.allow_patterns and e.required and e.size != "?"
+        assert models.local_path(e.name, Path("/m")) == Path("/m") / e.name
+
+
+def test_hub_pull_offline_says_what_to_fetch_and_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _offline(monkeypatch, tmp_path / "empty-cache")
+    with pytest.raises(PullError) as err:
+        models.pull("fineface", tmp_path / "models")
+    msg = str(err.value)
+    assert "https://huggingface.co/Tvaranka/fineface" in msg and "revision main" in msg
+    assert "attn_processors.ckpt" in msg and str(tmp_path / "models" / "fineface") in msg
+    assert "Apache-2.0" in msg
+    assert models.local_state(models.entry("fineface")).state in ("missing", "partial")
+
+
+def test_hub_pull_copies_a_cached_snapshot_and_records_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _offline(monkeypatch, tmp_path / "hub")
+    _fake_snapshot(tmp_path / "hub", "Tvaranka/fineface", HUB_FILES)
+    folder = models.pull("fineface", tmp_path / "models")
+    assert folder == tmp_path / "models" / "fineface"
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name in HUB_FILES} == HUB_FILES
+    record = json.loads((folder / models.PULL_RECORD).read_text())
+    assert record["revision"] == SHA and record["repo"] == "Tvaranka/fineface"
+    assert sorted(record["files"]) == sorted(HUB_FILES)
+
+
+def test_hub_pull_leaves_a_present_folder_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _offline(monkeypatch, tmp_path / "empty-cache")  # any network use would fail
+    folder = tmp_path / "models" / "fineface"
+    folder.mkdir(parents=True)
+    for name, data in HUB_FILES.items():
+        (folder / name).write_bytes(data)
+    assert models.pull("fineface", tmp_path / "models") == folder
+    monkeypatch.setattr(catalogue, "DEFAULT_MODELS_DIR", tmp_path / "models")
+    monkeypatch.delenv("MIFA_MODELS_DIR", raising=False)
+    assert models.local_state(models.entry("fineface")).state == "present"
+    (folder / "au_encoder.ckpt").unlink()
+    assert models.local_state(models.entry("fineface")).state == "partial"
+    with pytest.raises(PullError, match="Fetch it by hand"):  # partial: fetched again, and offline that fails
+        models.pull("fineface", tmp_path / "models")
+
+
+def test_models_list_shows_licence_size_and_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+
+    monkeypatch.setenv("MIFA_MODELS_DIR", str(tmp_path))
+    (tmp_path / "det_10g.onnx").write_bytes(b"x")
+    result = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 4}
+    assert "present" in rows["scrfd-10g"] and "missing" in rows["fineface"]
+    assert "~5.2 GB" in rows["stable-diffusion-2-1-base"] and "Apache-2.0" in rows["fineface"]

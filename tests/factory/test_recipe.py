@@ -15,16 +15,26 @@ from factory.recipe import RecipeError, load_recipe, recipe_from_dict
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["demo.toml", "mifa-1m.toml"])
+@pytest.mark.parametrize("name", ["demo.toml", "mifa-1m.toml", "mifa-1m-maugen.toml"])
 def test_shipped_recipes_load(name: str) -> None:
     recipe = load_recipe(REPO / "recipes" / name)
     assert recipe.dataset.target > 0
     assert recipe.aus.units == (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
 
 
-def test_mifa_1m_is_the_full_build() -> None:
+def test_mifa_1m_is_the_full_build_on_public_weights() -> None:
     recipe = load_recipe(REPO / "recipes" / "mifa-1m.toml")
-    assert (recipe.dataset.target, recipe.engine.gpus, recipe.generator.name) == (1_000_000, 8, "maugen")
+    assert (recipe.dataset.target, recipe.engine.gpus, recipe.generator.name) == (1_000_000, 8, "fineface")
+    assert [d.name for d in recipe.detectors] == ["geometric", "opengraphau", "onnx-au"]
+    assert recipe.detectors[2].options()["spec"] == "recipes/detectors/libreface.yaml"
+    assert (recipe.face.name, recipe.realism.name, recipe.identities.bank) == ("scrfd", "heuristic-realism", "none")
+    assert "{person}" in recipe.generator.options()["prompt_template"]  # demographics in the prompt
+    maugen = load_recipe(REPO / "recipes" / "mifa-1m-maugen.toml")
+    assert (maugen.dataset.target, maugen.generator.name, maugen.realism.name) == (
+        1_000_000,
+        "maugen",
+        "learned-realism",
+    )
 
 
 def test_cli_flags_override_recipe_fields() -> None:

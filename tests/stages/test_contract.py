@@ -35,7 +35,7 @@ from tests.stages.detectors.test_onnx import _export as export_onnx_au
 from tests.stages.detectors.test_opengraphau import TINY as TINY_OPENGRAPHAU
 from tests.stages.faces.tiny_scrfd import GREEN, export_tiny_scrfd, paint_face
 from tests.stages.prompt.plans import make_records
-from tests.stages.tiny_models import build_tiny_maugen, build_tiny_sd
+from tests.stages.tiny_models import build_tiny_fineface, build_tiny_maugen, build_tiny_sd
 
 IDS = ("builtin-astronaut", "builtin-grace-hopper")
 SIZE = 64  # generator output side: small, every tiny model accepts it
@@ -129,6 +129,11 @@ def tiny_sd(root: Path) -> Path:
 @cache
 def tiny_maugen(root: Path) -> Path:
     return build_tiny_maugen(root / "maugen" / "release")
+
+
+@cache
+def tiny_fineface(root: Path) -> Path:
+    return build_tiny_fineface(root / "fineface")
 
 
 @cache
@@ -226,6 +231,18 @@ CASES: dict[str, Case] = {
         lambda: [*plans(2), {**plans(1)[0], "identity_id": "not-in-the-bank"}],
         drops=(2,),
         context=WITH_BANK,
+    ),
+    "fineface": Case(
+        "generator",
+        lambda root: {
+            "base_dir": str(tiny_fineface(root) / "stable-diffusion-2-1-base"),
+            "weights_dir": str(tiny_fineface(root) / "fineface"),
+            "steps": 2,
+        },
+        lambda: plans(2),
+        drops=(),
+        why="without identity conditioning an AU-conditioned text-to-image model draws every plan",
+        context={"image_size": SIZE},
     ),
     "dlib": Case("face", lambda root: {}, photos, drops=(2,)),
     "lbp": Case("face", lambda root: {}, photos, drops=(2,)),
