@@ -41,6 +41,7 @@ def ray_cluster():
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray.init(
+        address="local",  # a fresh cluster, never another process's one running on this machine
         num_cpus=2,
         num_gpus=8,
         _node_ip_address="127.0.0.1",
