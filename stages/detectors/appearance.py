@@ -71,7 +71,7 @@ from pydantic import Field
 
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, StageConfig, StageContext, StageError
-from stages.detectors.base import MeasuringDetector, read_calibration
+from stages.detectors.base import MeasuringDetector, exemplar_for, read_calibration
 from stages.faces.geometry import upright_transform
 from stages.faces.landmarks import detect_faces
 
@@ -337,20 +337,23 @@ class AppearanceAUDetector(MeasuringDetector[AppearanceConfig]):
         feats = appearance_features(image, landmarks, self.config.dark_ratio)
         return np.array([feats[au] for au in APPEARANCE_AUS])
 
-    def exemplar_features(self, identity_id: str) -> np.ndarray | None:
-        if identity_id not in self._exemplar:
-            image = self.context.identity_bank.image(identity_id)
+    def exemplar_features(self, record: Record) -> np.ndarray | None:
+        """Features of the record's identity exemplar, or ``None`` (no bank, no face in it)."""
+        found = exemplar_for(record, self.context.identity_bank)
+        if found is None:
+            return None
+        key, load = found
+        if key not in self._exemplar:
+            image = load()
             faces = detect_faces(image)
-            self._exemplar[identity_id] = self._vector(image, faces[0].landmarks) if faces else None
-        return self._exemplar[identity_id]
+            self._exemplar[key] = self._vector(image, faces[0].landmarks) if faces else None
+        return self._exemplar[key]
 
     def deltas(self, record: Record) -> np.ndarray | None:
         """Sample-minus-exemplar features in ``APPEARANCE_AUS`` order, or ``None`` (abstain)."""
-        if self.context.identity_bank is None or not record.get("identity_id"):
-            return None
         if record.get("image") is None or record.get("landmarks") is None:
             return None
-        ref = self.exemplar_features(record["identity_id"])
+        ref = self.exemplar_features(record)
         if ref is None:
             return None
         return self._vector(record["image"], record["landmarks"]) - ref
