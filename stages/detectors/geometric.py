@@ -44,7 +44,9 @@ Measurement, per sample:
    points (AU12 up-and-out, AU20 out, AU15 down at the mouth corners; AU25 lips only vs
    AU26 lips and chin). ``a[au]`` is the intensity (clipped to 0-5); occurrence is
    ``sigmoid((a - threshold) / 0.15)``, threshold 0.5 by default (the rounding boundary
-   between intensity 0 and 1).
+   between intensity 0 and 1). An exemplar that is not neutral itself (its bank row's
+   ``expression``, or population mode on it when not recorded) has its own AUs added, so
+   the reading is absolute, as the labels are.
 
 Calibration (``GeometricConfig.calibration``):
 
@@ -74,7 +76,7 @@ from scipy.optimize import nnls
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, StageConfig, StageContext, StageError
 from stages.detectors.base import MeasuringDetector, exemplar_for, read_calibration
-from stages.detectors.population import OCCURRENCE_THRESHOLD, population_intensities
+from stages.detectors.population import OCCURRENCE_THRESHOLD, exemplar_own_intensity, population_intensities
 from stages.faces.geometry import (
     affine_fit,
     apply_transform,
@@ -306,6 +308,7 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
     def __init__(self, config: GeometricConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self._references: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
+        self._own: dict[str, np.ndarray] = {}  # identity -> what its exemplar itself shows
         self._signatures = DEFAULT_SIGNATURES
         self._thresholds = np.full(len(DISFA_AUS), config.threshold)
 
@@ -372,7 +375,20 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
         features = self.features(record)
         if features is None:
             return population_intensities(landmarks)
-        return intensities_from_features(features, self._signatures)
+        return np.clip(intensities_from_features(features, self._signatures) + self.own(record), 0.0, INTENSITY_MAX)
+
+    def own(self, record: Record) -> np.ndarray:
+        """The record's exemplar's own AUs (the bank's ``expression``, else population mode on
+        its landmarks), added to the exemplar-relative reading so it is absolute."""
+        identity = str(record["identity_id"])
+        if identity not in self._own:
+            bank = self.context.identity_bank
+
+            def raw() -> np.ndarray | None:
+                return self._exemplar_shapes(identity, lambda: np.asarray(bank.image(identity)))[0]
+
+            self._own[identity] = exemplar_own_intensity(bank, identity, raw)
+        return self._own[identity]
 
     def thresholds(self, record: Record) -> np.ndarray:
         if self.reference(record)[0] is None:

@@ -40,7 +40,9 @@ build's pose filter): pitch moves the corners against the lips' centre in projec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +54,9 @@ __all__ = [
     "OCCURRENCE_THRESHOLD",
     "PER_LEVEL",
     "MouthFeatures",
+    "exemplar_own_intensity",
     "mouth_features",
+    "own_expression",
     "population_intensities",
 ]
 
@@ -140,3 +144,22 @@ def population_intensities(landmarks: np.ndarray, clip: bool = True) -> np.ndarr
     for au, level in ((4, a4), (12, a12), (15, a15), (25, a25), (26, a26)):
         out[AU_INDEX[au]] = level
     return np.clip(out, 0.0, INTENSITY_MAX) if clip else out
+
+
+def own_expression(landmarks: np.ndarray) -> tuple[int, ...]:
+    """A photo's own AUs as whole levels (DISFA order, 0 where not active or not measured):
+    the population-mode AUs at or above :data:`OCCURRENCE_THRESHOLD`, rounded."""
+    levels = population_intensities(landmarks)
+    active = np.isfinite(levels) & (np.nan_to_num(levels) >= OCCURRENCE_THRESHOLD)
+    return tuple(int(np.rint(v)) if a else 0 for v, a in zip(levels, active, strict=True))
+
+
+def exemplar_own_intensity(bank: Any, identity_id: str, landmarks: Callable[[], np.ndarray | None]) -> np.ndarray:
+    """What an identity's exemplar photo itself shows, as 12 intensities: the bank's
+    ``expression`` when recorded, else :func:`own_expression` of its ``landmarks()`` (zeros
+    without a face). Exemplar-relative measurements add it, so they are absolute."""
+    recorded = bank.get(identity_id).own_intensity()
+    if recorded is not None:
+        return np.asarray(recorded, dtype=np.float64)
+    points = landmarks()
+    return np.asarray(own_expression(points) if points is not None else (0,) * len(DISFA_AUS), dtype=np.float64)
