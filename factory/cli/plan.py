@@ -8,9 +8,10 @@ import typer
 from rich.table import Table
 
 from factory.cli.common import RecipeArg, SeedOpt, fail, load, out
+from factory.commands.coverage import bank_coverage
 from factory.plan import PlanStats, plan_statistics
 from factory.recipe import Recipe, RecipeError
-from manifests.bank import IdentityBankError, open_bank
+from manifests.bank import IdentityBankError, IdentityRecord, open_bank
 from manifests.vocab import DISFA_AUS
 
 
@@ -30,6 +31,8 @@ def plan(
     except (RecipeError, IdentityBankError) as exc:
         fail(str(exc), code=2)
     _print_stats(r, stats)
+    if bank is not None:
+        _print_coverage(r, bank.records())
 
 
 def _print_stats(r: Recipe, stats: PlanStats) -> None:
@@ -58,3 +61,21 @@ def _print_stats(r: Recipe, stats: PlanStats) -> None:
         shares = ", ".join(f"{k} {v / stats.n:.3f}" for k, v in sorted(counts.items()))
         out.print(f"[bold]{name}[/]: {shares}")
     out.print(f"[bold]constraint violations[/]: {stats.violations}")
+
+
+def _print_coverage(r: Recipe, records: list[IdentityRecord]) -> None:
+    """Per planned cell: bank identities and how its samples are matched; the cells it cannot fill."""
+    cells = bank_coverage(r, records)
+    table = Table(title=f"identity bank coverage: {len(records)} identities, {len(cells)} planned cells")
+    for col in ("ethnicity", "age band", "gender", "share", "samples", "identities", "match"):
+        table.add_column(col, justify="right" if col in ("share", "samples", "identities") else "left")
+    for c in cells:
+        table.add_row(*c.cell, f"{c.share:.3f}", str(c.samples), str(c.identities), c.match)
+    out.print(table)
+    unfilled = [c for c in cells if not c.filled]
+    share = sum(c.share for c in unfilled)
+    out.print(f"[bold]cells the bank cannot fill[/]: {len(unfilled)} of {len(cells)} ({share:.1%} of the samples)")
+    for level in ("ethnicity_gender", "ethnicity", "any"):
+        names = ["/".join(c.cell) for c in unfilled if c.match == level]
+        if names:
+            out.print(f"  matched at level {level}: {', '.join(names)}", highlight=False)
