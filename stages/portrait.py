@@ -9,13 +9,15 @@ scores, then keeps the portrait only if, in this order:
    generator wants ~60; smaller faces lose the detail detectors read);
 2. **sharpness**: the variance of the Laplacian of the aligned grey face crop (the usual
    focus measure, Pech-Pacheco et al. 2000) is at least ``min_sharpness``;
-3. **neutral expression**: no AU detector of the recipe finds any AU active (occurrence
+3. **frontal pose**: yaw, pitch and roll from the landmarks
+   (:func:`stages.faces.pose.head_pose`) within ``max_yaw`` / ``max_pitch`` / ``max_roll``
+   (before the expression: population-mode readings of a turned or tilted face are not
+   trustworthy, a tilted neutral face reads as a smile);
+4. **neutral expression**: no AU detector of the recipe finds any AU active (occurrence
    probability >= ``max_au_occurrence``); with no bank, exemplar-relative detectors measure
    in population mode (:mod:`stages.detectors.population`), so the check covers the AUs
    each detector can judge without a reference, and a learned detector (OpenGraphAU) in the
    recipe covers all 12;
-4. **frontal pose**: yaw, pitch and roll from the landmarks
-   (:func:`stages.faces.pose.head_pose`) within ``max_yaw`` / ``max_pitch`` / ``max_roll``;
 5. **realism**: ``realism_score`` at least ``min_realism``.
 
 "Exactly one face" is the face stage's rule: the bank recipe sets its
@@ -120,14 +122,14 @@ class PortraitFilterStage(Stage[PortraitFilterConfig]):
             return f"face too small: inter-ocular distance {record['face_iod']:.0f} px < {cfg.min_iod_px:.0f}"
         if record["face_sharpness"] < cfg.min_sharpness:
             return f"blurred: sharpness {record['face_sharpness']:.1f} < {cfg.min_sharpness:.1f}"
-        expression = neutral_problem(record.get("detector_votes") or {}, cfg.max_au_occurrence)
-        if expression:
-            return expression
         yaw, pitch, roll = record["head_pose"]
         limits = (("yaw", yaw, cfg.max_yaw), ("pitch", pitch, cfg.max_pitch), ("roll", roll, cfg.max_roll))
         for what, angle, limit in limits:
             if abs(angle) > limit:
                 return f"not frontal: {what} {angle:.0f} degrees (limit {limit:.0f})"
+        expression = neutral_problem(record.get("detector_votes") or {}, cfg.max_au_occurrence)
+        if expression:
+            return expression
         realism = record.get("realism_score")
         if cfg.min_realism is not None and (realism is None or realism < cfg.min_realism):
             return f"realism {realism if realism is None else round(realism, 3)} < {cfg.min_realism:.3f}"
