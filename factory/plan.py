@@ -17,6 +17,8 @@ How balance is achieved
   Monte-Carlo fixed point, below) so that, after the plausibility constraints are
   applied, each AU is active in its recipe share of *all* samples.
 * Active intensities are drawn from ``aus.intensity_weights`` over 1-5.
+* ``dataset.kind = "identity-bank"`` plans one neutral portrait (all AUs 0, emotion
+  ``neutral``) per new identity instead, over the same demographic quotas.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import product
 
 import numpy as np
 import pyarrow as pa
 
-from factory.recipe import Recipe, RecipeError
+from factory.recipe import IDENTITY_BANK, Recipe, RecipeError
 from manifests.bank import IdentityRecord
 from manifests.schema import N_AUS, PLAN_SCHEMA
 from manifests.vocab import AGE_BANDS, AU_INDEX, DISFA_AUS, EMOTIONS, ETHNICITIES, GENDERS
@@ -39,6 +42,7 @@ __all__ = [
     "PlanStats",
     "Planner",
     "apply_constraints",
+    "fold_expression",
     "iter_plans",
     "plan_shard",
     "plan_statistics",
@@ -106,6 +110,18 @@ def apply_constraints(v: np.ndarray) -> np.ndarray:
             b[cap_b] = limit
             a[cap_a] = limit
     return out
+
+
+def fold_expression(planned: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """``planned`` with an exemplar's ``own`` AUs folded in: each AU at least its own level;
+    where that breaks a :data:`CONSTRAINTS` pair the planned partner is capped, never the
+    photo's own AU."""
+    out = np.maximum(planned, own).astype(np.int8)
+    for kind, au_a, au_b, limit in CONSTRAINTS:
+        a, b = AU_INDEX[au_a], AU_INDEX[au_b]
+        if kind != "implies" and out[a] > limit and out[b] > limit and (own[a] > limit) != (own[b] > limit):
+            out[b if own[a] > limit else a] = limit
+    return apply_constraints(out[None])[0]
 
 
 def _quota(weights: Sequence[float], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -223,20 +239,26 @@ class Planner:
     _mixed_p: np.ndarray = field(init=False)
     _cells: list[tuple[str, str, str]] = field(init=False)
     _cell_weights: np.ndarray = field(init=False)
+    _own: dict[str, np.ndarray] = field(init=False)  # identity -> its photo's own AUs (non-neutral only)
 
     def __post_init__(self) -> None:
         self._spec = _Spec.of(self.recipe)
-        self._mixed_p = np.asarray(_calibrate_mixed(self._spec))
+        self._bank = self.recipe.dataset.kind == IDENTITY_BANK  # one neutral portrait per identity
+        self._mixed_p = np.zeros(N_AUS) if self._bank else np.asarray(_calibrate_mixed(self._spec))
+        owns = {r.identity_id: np.asarray(r.own_intensity() or (), np.int8) for r in self.identities or ()}
+        self._own = {identity: own for identity, own in owns.items() if own.any()}
         demo = self.recipe.demographics
-        self._cells, weights = [], []
-        for eth in ETHNICITIES:
-            for age in AGE_BANDS:
-                for gen in GENDERS:
-                    w = demo.ethnicity.get(eth, 0) * demo.age_band.get(age, 0) * demo.gender.get(gen, 0)
-                    if w > 0:
-                        self._cells.append((eth, age, gen))
-                        weights.append(w)
-        self._cell_weights = np.asarray(weights)
+        weighted = [
+            ((eth, age, gen), demo.ethnicity.get(eth, 0) * demo.age_band.get(age, 0) * demo.gender.get(gen, 0))
+            for eth, age, gen in product(ETHNICITIES, AGE_BANDS, GENDERS)
+        ]
+        self._cells = [cell for cell, w in weighted if w > 0]
+        self._cell_weights = np.asarray([w for _, w in weighted if w > 0])
+
+    def cells(self) -> list[tuple[tuple[str, str, str], float]]:
+        """The demographic cells (ethnicity, age band, gender) the recipe plans, with their shares."""
+        shares = self._cell_weights / self._cell_weights.sum()
+        return list(zip(self._cells, shares.tolist(), strict=True))
 
     def shard(self, shard: int) -> pa.Table:
         """The plan of shard ``shard`` as an Arrow table with :data:`PLAN_SCHEMA`."""
@@ -244,14 +266,18 @@ class Planner:
             raise ValueError(f"shard index must be >= 0, got {shard}")
         n = self.recipe.dataset.shard_size
         rng = np.random.default_rng([self.recipe.dataset.seed, shard])
-        emotion_idx = _quota(self._spec.emotion_weights, n, rng)
-        vectors = _draw_vectors(self._spec, emotion_idx, self._mixed_p, rng)
+        if self._bank:
+            emotions, vectors = np.full(n, "neutral", dtype=object), np.zeros((n, N_AUS), np.int8)
+        else:
+            emotion_idx = _quota(self._spec.emotion_weights, n, rng)
+            vectors = _draw_vectors(self._spec, emotion_idx, self._mixed_p, rng)
+            emotions = np.asarray(self._spec.emotion_keys, dtype=object)[emotion_idx]
         cell_idx = _quota(self._cell_weights, n, rng)
         seeds = rng.integers(0, 2**63 - 1, size=n, dtype=np.int64)
         pick = rng.random(n)
-        emotions = np.asarray(self._spec.emotion_keys, dtype=object)[emotion_idx]
         cells = [self._cells[c] for c in cell_idx]
         ids, eths, ages, gens, matches = self._identities(cells, pick, shard)
+        self._fold_own_expressions(ids, vectors, emotions)
         return pa.table(
             {
                 "key": [f"{shard:06d}_{i:05d}" for i in range(n)],
@@ -269,16 +295,24 @@ class Planner:
             schema=PLAN_SCHEMA,
         )
 
+    def _fold_own_expressions(self, ids: list[str], vectors: np.ndarray, emotions: np.ndarray) -> None:
+        """Fold a non-neutral bank photo's own AUs (``IdentityRecord.expression``) into its plans, in
+        place; an emotion whose prototype lacks them becomes ``mixed``: the plan describes the face shown."""
+        for i, identity in enumerate(ids):
+            own = self._own.get(identity)
+            if own is not None:
+                vectors[i] = fold_expression(vectors[i], own)
+                required, optional, _ = EMFACS_PROTOTYPES.get(emotions[i], ((), (), 0))
+                if emotions[i] != "mixed" and set(np.asarray(DISFA_AUS)[own > 0]) - {*required, *optional}:
+                    emotions[i] = "mixed"
+
     def _identities(
         self, cells: list[tuple[str, str, str]], pick: np.ndarray, shard: int
     ) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
-        """Identity per sample: the bank identity that best fits the planned stratum.
-
-        Fallback order: same cell, same ethnicity + gender, same ethnicity, any. The
-        sample's metadata is the chosen identity's (truthful), and ``identity_match`` says
-        which level matched. Without a bank each sample is a new generated identity with
-        the planned stratum.
-        """
+        """Identity per sample: the bank identity that best fits the planned stratum (fallback:
+        same cell, same ethnicity + gender, same ethnicity, any). The sample's metadata is the
+        chosen identity's (truthful); ``identity_match`` says which level matched. Without a
+        bank each sample is a new generated identity with the planned stratum."""
         if not self.identities:
             ids = [f"gen-{shard:06d}-{i:05d}" for i in range(len(cells))]
             return ids, [c[0] for c in cells], [c[1] for c in cells], [c[2] for c in cells], ["generated"] * len(cells)
@@ -294,9 +328,8 @@ class Planner:
                 members = groups.get(key)
                 if members:
                     rec = members[int(u * len(members))]
-                    for lst, val in zip(
-                        out, (rec.identity_id, rec.ethnicity, rec.age_band, rec.gender, level), strict=True
-                    ):
+                    values = (rec.identity_id, rec.ethnicity, rec.age_band, rec.gender, level)
+                    for lst, val in zip(out, values, strict=True):
                         lst.append(val)
                     break
         return out
@@ -306,12 +339,8 @@ class Planner:
 def _bank_groups(records: tuple[IdentityRecord, ...]) -> dict[tuple[str, str, str], list[IdentityRecord]]:
     groups: dict[tuple[str, str, str], list[IdentityRecord]] = {}
     for r in sorted(records, key=lambda r: r.identity_id):
-        for key in (
-            (r.ethnicity, r.age_band, r.gender),
-            (r.ethnicity, "*", r.gender),
-            (r.ethnicity, "*", "*"),
-            ("*", "*", "*"),
-        ):
+        keys = ((r.ethnicity, r.age_band, r.gender), (r.ethnicity, "*", r.gender), (r.ethnicity, "*", "*"), ("*",) * 3)
+        for key in keys:
             groups.setdefault(key, []).append(r)
     return groups
 

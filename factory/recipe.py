@@ -29,6 +29,8 @@ from stages.base import StageConfig, StageError
 from stages.pipeline import StageSpec, path_kind
 
 __all__ = [
+    "BANK_FILTERS",
+    "IDENTITY_BANK",
     "Recipe",
     "RecipeError",
     "StageSection",
@@ -53,9 +55,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DatasetKind = Literal["samples", "identity-bank"]
+IDENTITY_BANK: DatasetKind = "identity-bank"
+
+
 class DatasetSection(_Model):
     name: str = Field("mifa", pattern=r"^[a-z0-9][a-z0-9_]*$", max_length=40)
-    target: int = Field(1000, ge=1, le=100_000_000, description="accepted samples to build")
+    kind: DatasetKind = Field(
+        "samples", description="samples: AU-labelled expressions; identity-bank: one neutral portrait per identity"
+    )
+    target: int = Field(1000, ge=1, le=100_000_000, description="accepted samples (kept identities) to build")
     shard_size: int = Field(1000, ge=1, le=100_000)
     seed: int = Field(0, ge=0, le=2**32 - 1)
     out: str = "runs/mifa"
@@ -151,6 +160,20 @@ class IdentitySection(_Model):
     bank: str = Field("builtin", description="'builtin', 'none', or a folder with identities.csv")
 
 
+class BankSection(_Model):
+    """Options of an identity-bank build (``dataset.kind = "identity-bank"``)."""
+
+    dedup_threshold: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="cosine of two identity embeddings at or above which they are one person; "
+        "default by the portrait filter's embedder (dlib 0.9, arcface 0.5)",
+    )
+    licence: str = Field("", description="licence of the generating model, written into identities.csv")
+    source: str = Field("", description="the generating model, for identities.csv; default: the generator section")
+
+
 class StageSection(_Model):
     """``name`` picks a registered stage; the other keys are that stage's options."""
 
@@ -186,6 +209,7 @@ class Recipe(_Model):
     emotions: EmotionSection = EmotionSection()
     demographics: DemographicsSection = DemographicsSection()
     identities: IdentitySection = IdentitySection()
+    bank: BankSection = BankSection()
     prompt: StageSection = StageSection(name="prompt")
     generator: StageSection = StageSection(name="warp")
     face: StageSection = StageSection(name="dlib")
@@ -296,6 +320,33 @@ def _validate_stage_options(recipe: Recipe, source: str) -> None:
             raise RecipeError(str(sub).replace(f"'{sub.field}'", f"'{field}'", 1), field=field) from exc
 
 
+# An identity-bank build plans one neutral portrait per identity and needs a stage that
+# embeds each kept face for the bank-wide deduplication.
+BANK_FILTERS = "portrait-filters"
+
+
+def _validate_identity_bank(recipe: Recipe, data: dict[str, Any], source: str) -> None:
+    """The fields an identity-bank build fixes or needs (``dataset.kind``), checked at the edge."""
+    if recipe.dataset.kind != IDENTITY_BANK:
+        if "bank" in data:
+            raise RecipeError(f"{source}: section [bank] applies only to dataset.kind = '{IDENTITY_BANK}'", "bank")
+        return
+    problems = [
+        ("identities.bank", recipe.identities.bank != "none", "must be 'none': a bank build invents its identities"),
+        ("aus", "aus" in data, "remove it: every identity is planned neutral (all AUs 0)"),
+        ("emotions", "emotions" in data, "remove it: every identity is planned 'neutral'"),
+        (
+            "filters.name",
+            recipe.filters.name != BANK_FILTERS and ":" not in recipe.filters.name,
+            f"must be '{BANK_FILTERS}' (one face, pose, size, sharpness, neutral, realism, identity embedding)",
+        ),
+        ("bank.licence", not recipe.bank.licence.strip(), "name the generating model's licence (identities.csv)"),
+    ]
+    for field, bad, rule in problems:
+        if bad:
+            raise RecipeError(f"{source}: field '{field}': dataset.kind = '{IDENTITY_BANK}' {rule}", field)
+
+
 def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate ``data`` (a parsed TOML document) into a :class:`Recipe`."""
     try:
@@ -303,6 +354,7 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     except ValidationError as exc:
         raise _first_error(exc, data, source) from exc
     _validate_stage_options(recipe, source)
+    _validate_identity_bank(recipe, data, source)
     return recipe
 
 

@@ -2,9 +2,17 @@
 
 A bank is a folder with ``identities.csv`` (or ``identities.parquet``) whose columns are
 ``identity_id, image, ethnicity, age_band, gender, source, licence`` (``image`` relative
-to the folder). ``builtin`` is the embedded default: public-domain portraits that ship
-inside installed packages, read from the package at run time (nothing is committed).
-``none`` means no bank: text-to-image generators invent a new identity per sample.
+to the folder) and, optionally, ``expression``. ``builtin`` is the embedded default:
+public-domain portraits that ship inside installed packages, read from the package at run
+time (nothing is committed). ``none`` means no bank: text-to-image generators invent a new
+identity per sample.
+
+``expression`` is what the exemplar photo itself shows: ``neutral``, or the AUs it holds as
+``AU12=3 AU25=5`` (DISFA AUs, intensity 1-5; measured in population mode, see
+``factory identities index``); empty means not recorded. A bank built by the factory
+(``--format identity-bank``) records ``neutral`` for every portrait, since its filters kept
+only neutral ones. The planner folds a non-neutral exemplar's AUs into every plan of that
+identity, so labels, emotion and description describe the face that is shown.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,11 +30,24 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from manifests.vocab import AGE_BANDS, ETHNICITIES, GENDERS
+from manifests.vocab import AGE_BANDS, DISFA_AUS, ETHNICITIES, GENDERS
 
-__all__ = ["BANK_COLUMNS", "IdentityBank", "IdentityBankError", "IdentityRecord", "open_bank"]
+__all__ = [
+    "BANK_COLUMNS",
+    "NEUTRAL",
+    "OPTIONAL_COLUMNS",
+    "IdentityBank",
+    "IdentityBankError",
+    "IdentityRecord",
+    "format_expression",
+    "open_bank",
+    "parse_expression",
+]
 
 BANK_COLUMNS = ("identity_id", "image", "ethnicity", "age_band", "gender", "source", "licence")
+OPTIONAL_COLUMNS = ("expression",)
+NEUTRAL = "neutral"
+_EXPRESSION_ITEM = re.compile(r"^AU(\d+)=([1-5])$")
 
 
 class IdentityBankError(ValueError):
@@ -40,6 +63,35 @@ class IdentityRecord:
     gender: str
     source: str
     licence: str
+    expression: str = ""  # "neutral", "AU12=3 AU25=5" (the photo's own AUs), or "" (not recorded)
+
+    def own_intensity(self) -> tuple[int, ...] | None:
+        """The exemplar's own AU intensities in DISFA order, or ``None`` when not recorded."""
+        return parse_expression(self.expression) if self.expression else None
+
+
+def parse_expression(text: str) -> tuple[int, ...]:
+    """``"neutral"`` or ``"AU12=3 AU25=5"`` -> 12 intensities in DISFA order; ValueError if malformed."""
+    out = [0] * len(DISFA_AUS)
+    if text.strip() == NEUTRAL:
+        return tuple(out)
+    for item in text.split():
+        match = _EXPRESSION_ITEM.match(item)
+        if match is None or int(match[1]) not in DISFA_AUS:
+            raise ValueError(
+                f"expression {text!r}: {item!r} is not AU<n>=<1-5> for a DISFA AU {list(DISFA_AUS)}; "
+                f"write e.g. 'AU12=3 AU25=5' or '{NEUTRAL}'"
+            )
+        out[DISFA_AUS.index(int(match[1]))] = int(match[2])
+    if not any(out):
+        raise ValueError(f"expression {text!r} names no AU; write e.g. 'AU12=3 AU25=5' or '{NEUTRAL}'")
+    return tuple(out)
+
+
+def format_expression(intensity: Sequence[int]) -> str:
+    """12 intensities in DISFA order -> ``"AU12=3 AU25=5"``, or ``"neutral"`` when all are 0."""
+    items = [f"AU{au}={int(v)}" for au, v in zip(DISFA_AUS, intensity, strict=True) if int(v) > 0]
+    return " ".join(items) or NEUTRAL
 
 
 def _astronaut() -> np.ndarray:
@@ -68,6 +120,9 @@ _BUILTIN: dict[str, tuple[IdentityRecord, object]] = {
             "female",
             "scikit-image: skimage.data.astronaut() (Eileen Collins, NASA)",
             "public-domain",
+            # She smiles with parted lips: population mode reads AU12 3.4 and AU25 8.4 (beyond
+            # the scale, so 5); tests/manifests/test_bank.py keeps this in step with it.
+            "AU12=3 AU25=5",
         ),
         _astronaut,
     ),
@@ -80,6 +135,7 @@ _BUILTIN: dict[str, tuple[IdentityRecord, object]] = {
             "female",
             "matplotlib sample data: grace_hopper.jpg (US Navy)",
             "public-domain",
+            NEUTRAL,
         ),
         _grace_hopper,
     ),
@@ -131,7 +187,7 @@ def _read_table(folder: Path) -> list[dict[str, str]]:
         with csv_path.open(newline="") as f:
             return list(csv.DictReader(f))
     if pq_path.is_file():
-        return [{k: str(v) for k, v in row.items()} for row in pq.read_table(pq_path).to_pylist()]
+        return [{k: "" if v is None else str(v) for k, v in row.items()} for row in pq.read_table(pq_path).to_pylist()]
     raise IdentityBankError(
         f"identity bank {folder} has no identities.csv or identities.parquet; "
         f"add one with columns {', '.join(BANK_COLUMNS)}"
@@ -160,7 +216,13 @@ def open_bank(spec: str) -> IdentityBank | None:
         for col, values in allowed.items():
             if row[col] not in values:
                 raise IdentityBankError(f"{folder}/identities.*: row {n}: {col}={row[col]!r}; allowed: {list(values)}")
-        records.append(IdentityRecord(**{c: row[c] for c in BANK_COLUMNS}))
+        expression = (row.get("expression") or "").strip()
+        if expression:
+            try:
+                parse_expression(expression)
+            except ValueError as exc:
+                raise IdentityBankError(f"{folder}/identities.*: row {n}: {exc}") from None
+        records.append(IdentityRecord(**{c: row[c] for c in BANK_COLUMNS}, expression=expression))
     if not records:
         raise IdentityBankError(f"identity bank {folder} lists no identities")
     ids = [r.identity_id for r in records]

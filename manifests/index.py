@@ -1,6 +1,7 @@
 """The dataset index: the commit point of a build, written after every indexed shard is done.
 
-``run_dir/index.parquet`` has one row per accepted sample of the indexed shards (key,
+``run_dir/index.parquet`` has one row per accepted sample of the indexed shards (an
+identity bank's near-duplicates, ``manifests.dedup``, left out) (key,
 shard, tar file, image member and the label columns a user trains on, ``INDEX_SCHEMA``);
 ``run_dir/index.json`` names the dataset, its target, the indexed / surplus / failed shards
 and each indexed shard's recorded sizes and checksums. Both are written temp-then-rename and
@@ -20,9 +21,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests.atomic import atomic_output, fsync_dir, write_bytes_atomic
+from manifests.dedup import read_duplicates
 from manifests.layout import RunLayout, key_prefix, shard_paths
 from manifests.records import json_default
 from manifests.schema import INDEX_COLUMNS, INDEX_SCHEMA, SCHEMA_VERSION
@@ -32,6 +35,7 @@ __all__ = [
     "INDEX_ROW_GROUP_ROWS",
     "KeyTracker",
     "index_shards_dir",
+    "indexed_dedup_files",
     "indexed_parquet_files",
     "read_index",
     "write_index",
@@ -106,20 +110,31 @@ def _hashed_duplicates(all_keys: Callable[[], Iterable[list[str]]]) -> list[str]
     return sorted(k for k, n in counts.items() if n > 1)
 
 
-def _stream_index(tmp: Path, shards_dir: Path, dataset: str, shards: list[int]) -> tuple[int, list[str]]:
-    """Write the index rows of ``shards`` to ``tmp``; returns (accepted, repeated keys).
+def _unique_rows(rows: pa.Table, duplicates: set[str]) -> pa.Table:
+    """``rows`` without an identity bank's near-duplicates (``manifests.dedup``)."""
+    if not duplicates:
+        return rows
+    return rows.filter(pc.invert(pc.is_in(rows["key"], pa.array(sorted(duplicates), pa.string()))))
+
+
+def _stream_index(tmp: Path, shards_dir: Path, dataset: str, shards: list[int]) -> tuple[int, list[str], int]:
+    """Write the index rows of ``shards`` to ``tmp``; returns (accepted, repeated keys,
+    near-duplicate identities left out).
 
     Streamed in row groups of ~INDEX_ROW_GROUP_ROWS: the index of a million samples never
     sits in memory, and the footer stays small (one row group per 1,000-sample shard gave a
     2 MB footer at 1M samples, held in memory until the file closed).
     """
     keys = KeyTracker()
-    accepted = 0
+    accepted = left_out = 0
     with pq.ParquetWriter(tmp, INDEX_SCHEMA, compression="zstd") as out:
         pending: list[pa.Table] = []
         for shard in shards:
             paths = shard_paths(shards_dir, dataset, shard)
             rows = accepted_rows(paths.parquet, paths.tar.name)
+            unique = _unique_rows(rows, read_duplicates(paths))
+            left_out += rows.num_rows - unique.num_rows
+            rows = unique
             keys.add(shard, rows["key"].to_pylist())
             pending.append(rows)
             accepted += rows.num_rows
@@ -131,7 +146,7 @@ def _stream_index(tmp: Path, shards_dir: Path, dataset: str, shards: list[int]) 
     duplicates = keys.duplicates(
         lambda: (accepted_rows(shard_paths(shards_dir, dataset, s).parquet, "")["key"].to_pylist() for s in shards)
     )
-    return accepted, duplicates
+    return accepted, duplicates, left_out
 
 
 def write_index(
@@ -167,7 +182,7 @@ def write_index(
         "(the shards are kept; only the index is rewritten)"
     )
     with atomic_output(layout.index_parquet, fix=fix) as tmp:
-        accepted, duplicates = _stream_index(tmp, shards_dir, dataset, shards)
+        accepted, duplicates, near_duplicates = _stream_index(tmp, shards_dir, dataset, shards)
         if duplicates:
             raise ValueError(
                 f"cannot index {dataset}: {len(duplicates)} key(s) appear more than once "
@@ -187,6 +202,7 @@ def write_index(
         "shard_stats": shard_stats,
         "surplus_shards": sorted(surplus),
         "failed_shards": {str(s): err for s, err in sorted(failed.items())},
+        "near_duplicates": near_duplicates,  # identity banks: portraits left out as another's duplicate
         "index_parquet": layout.index_parquet.name,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -227,3 +243,11 @@ def indexed_parquet_files(run_dir: Path) -> list[Path]:
         )
     shards_dir = index_shards_dir(run_dir, index)
     return [shard_paths(shards_dir, index["dataset"], int(s)).parquet for s in index["shards"]]
+
+
+def indexed_dedup_files(run_dir: Path) -> list[Path]:
+    """The dedup files (``manifests.dedup``) of the committed dataset's shards that have one."""
+    index = read_index(run_dir) or {"shards": []}
+    shards_dir = index_shards_dir(run_dir, index)
+    paths = (shard_paths(shards_dir, index.get("dataset", ""), int(s)).dedup for s in index["shards"])
+    return [p for p in paths if p.is_file()]

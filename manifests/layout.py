@@ -8,6 +8,8 @@
       plans/{name}-{shard}.plan.parquet     a shard's plan, written before it runs
       shards/{name}-{shard}.tar|.parquet    WebDataset tar + manifest (temp, then rename)
       shards/{name}-{shard}.stats.json      written last: the only proof a shard is done
+      shards/{name}-{shard}.dedup.parquet   identity-bank builds: the shard's near-duplicates
+                                            of earlier identities (written after it is done)
       failed/{name}-{shard}.json            attempts and errors of a failing shard
       cache/                                request caches (LLM)
       index.parquet, index.json             the dataset; index.json is the commit point
@@ -65,6 +67,7 @@ class ShardPaths:
     tar: Path
     parquet: Path
     stats: Path
+    dedup: Path  # identity-bank builds only (manifests.dedup)
 
 
 def shard_paths(shards_dir: Path, dataset: str, shard: int) -> ShardPaths:
@@ -73,6 +76,7 @@ def shard_paths(shards_dir: Path, dataset: str, shard: int) -> ShardPaths:
         tar=stem.with_name(stem.name + ".tar"),
         parquet=stem.with_name(stem.name + ".parquet"),
         stats=stem.with_name(stem.name + ".stats.json"),
+        dedup=stem.with_name(stem.name + ".dedup.parquet"),
     )
 
 

@@ -1,7 +1,9 @@
 """SQL over a built dataset with DuckDB.
 
 The view ``samples`` holds the manifests of the indexed shards: every manifest column of
-``manifests.schema.MANIFEST_SCHEMA``, accepted samples only unless ``include_rejected``.
+``manifests.schema.MANIFEST_SCHEMA``, accepted samples only unless ``include_rejected``. In
+an identity bank a portrait that duplicates an earlier identity is not accepted, and the
+view adds ``duplicate_of`` and ``duplicate_similarity``.
 
 DuckDB lists are **1-based**: ``au_occurrence[1]`` is AU1, ``au_occurrence[7]`` is AU12
 (vectors are in ``manifests.vocab.DISFA_AUS`` order). Rather than counting, use the macro
@@ -28,7 +30,7 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 
-from manifests.index import indexed_parquet_files, read_index
+from manifests.index import indexed_dedup_files, indexed_parquet_files, read_index
 from manifests.schema import MANIFEST_SCHEMA
 from manifests.vocab import AU_INDEX, DISFA_AUS, INTENSITY_LEVELS
 
@@ -54,14 +56,29 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _listing(files: list[Path]) -> str:
+    return "[" + ", ".join(_sql_string(str(f)) for f in files) + "]"
+
+
+def _with_dedup(manifests: str, dedup_files: list[Path]) -> str:
+    """An identity bank's manifests with its near-duplicates (``manifests.dedup``) no longer
+    accepted, and their partner and similarity as ``duplicate_of`` / ``duplicate_similarity``."""
+    if not dedup_files:
+        return manifests
+    return (
+        "(SELECT m.* REPLACE (m.accepted AND d.duplicate_of IS NULL AS accepted), d.duplicate_of, "
+        f"d.similarity AS duplicate_similarity FROM {manifests} m "
+        f"LEFT JOIN read_parquet({_listing(dedup_files)}) d USING (key))"
+    )
+
+
 def connect(run_dir: Path, *, include_rejected: bool = False) -> Any:
     """An in-memory DuckDB connection with the ``samples`` view and the ``au(n)`` macro."""
 
     files = indexed_parquet_files(run_dir)
     con = duckdb.connect()
     if files:
-        listing = "[" + ", ".join(_sql_string(str(f)) for f in files) + "]"
-        source = f"read_parquet({listing})"
+        source = _with_dedup(f"read_parquet({_listing(files)})", indexed_dedup_files(run_dir))
     else:
         # An index of zero shards is valid (target reached by nothing yet): an empty view.
         con.register("_empty_manifest", MANIFEST_SCHEMA.empty_table())

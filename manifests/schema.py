@@ -87,6 +87,9 @@ MANIFEST_FIELDS = PLAN_FIELDS + [
     pa.field("realism_score", pa.float32()),
     pa.field("realism_scorer", pa.string()),
     pa.field("identity_similarity", pa.float32()),
+    # identity-bank builds: the kept portrait's identity embedding (L2-normalised), deduplicated
+    # across the bank when the dataset is committed; null in sample builds
+    pa.field("identity_embedding", pa.list_(pa.float32())),
     # outcome
     pa.field("accepted", pa.bool_(), nullable=False),
     pa.field("dropped_by", pa.string()),
@@ -157,4 +160,7 @@ TRANSIENT_KEYS = (
     "face_crop",
     "mask",  # optional per-sample inpainting mask (maugen)
     "background",  # optional per-sample background image (maugen)
+    "head_pose",  # (yaw, pitch, roll) degrees, portrait-filters
+    "face_iod",  # inter-ocular distance in pixels, portrait-filters
+    "face_sharpness",  # variance of the Laplacian of the face crop, portrait-filters
 )

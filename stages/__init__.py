@@ -34,6 +34,7 @@ REGISTRY: dict[str, str] = {
     "heuristic-realism": "stages.realism.heuristic:HeuristicRealism",
     "learned-realism": "stages.realism.learned:LearnedRealism",
     "filters": "stages.filters:FilterStage",
+    "portrait-filters": "stages.portrait:PortraitFilterStage",
 }
 
 

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from factory.cli.common import RecipeArg, SeedOpt, fail, load, out
+from factory.commands.coverage import bank_coverage
 from factory.commands.estimate import EstimateError, estimate, measure_batch_seconds
 from factory.plan import PlanStats, plan_statistics
 from factory.recipe import Recipe, RecipeError
@@ -48,6 +49,8 @@ def plan(
     _print_stats(r, stats)
     if note:
         out.print(f"[bold]identity bank[/]: {note}")
+    if identities:
+        _print_coverage(r, identities)
     if estimate_:
         _print_estimate(r, gpus, batch_seconds, acceptance, measure)
 
@@ -107,3 +110,21 @@ def _print_stats(r: Recipe, stats: PlanStats) -> None:
         shares = ", ".join(f"{k} {v / stats.n:.3f}" for k, v in sorted(counts.items()))
         out.print(f"[bold]{name}[/]: {shares}")
     out.print(f"[bold]constraint violations[/]: {stats.violations}")
+
+
+def _print_coverage(r: Recipe, records: list[IdentityRecord]) -> None:
+    """Per planned cell: bank identities and how its samples are matched; the cells it cannot fill."""
+    cells = bank_coverage(r, records)
+    table = Table(title=f"identity bank coverage: {len(records)} identities, {len(cells)} planned cells")
+    for col in ("ethnicity", "age band", "gender", "share", "samples", "identities", "match"):
+        table.add_column(col, justify="right" if col in ("share", "samples", "identities") else "left")
+    for c in cells:
+        table.add_row(*c.cell, f"{c.share:.3f}", str(c.samples), str(c.identities), c.match)
+    out.print(table)
+    unfilled = [c for c in cells if not c.filled]
+    share = sum(c.share for c in unfilled)
+    out.print(f"[bold]cells the bank cannot fill[/]: {len(unfilled)} of {len(cells)} ({share:.1%} of the samples)")
+    for level in ("ethnicity_gender", "ethnicity", "any"):
+        names = ["/".join(c.cell) for c in unfilled if c.match == level]
+        if names:
+            out.print(f"  matched at level {level}: {', '.join(names)}", highlight=False)

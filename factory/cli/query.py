@@ -10,6 +10,8 @@ import typer
 from rich.table import Table
 
 from factory.cli.common import RunArg, fail, out
+from factory.commands.bank import export_identity_bank
+from factory.commands.identities import BankIndexError
 from manifests.export import export as run_export
 from manifests.query import query as run_query
 
@@ -52,12 +54,16 @@ def export(
     dest: Annotated[Path, typer.Argument(help="Output directory for the subset.")],
     where: Annotated[str | None, typer.Option("--where", help="SQL filter over `samples`.")] = None,
     limit: Annotated[int | None, typer.Option("--limit")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="webdataset or folder.")] = "webdataset",
+    fmt: Annotated[str, typer.Option("--format", help="webdataset, folder or identity-bank.")] = "webdataset",
     shard_size: Annotated[int, typer.Option("--shard-size")] = 1000,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
-    """Export a filtered subset as new WebDataset shards or a folder of images + labels.csv."""
+    """Export a filtered subset as new WebDataset shards or a folder of images + labels.csv,
+    or an identity-bank build as a bank folder (indexed, ready for identities.bank)."""
 
+    if fmt == "identity-bank":
+        _export_bank(run_dir, dest, where, limit, overwrite)
+        return
     try:
         result = run_export(
             run_dir, dest, where=where, limit=limit, format=fmt, shard_size=shard_size, overwrite=overwrite
@@ -65,3 +71,13 @@ def export(
     except (ValueError, FileExistsError, OSError) as exc:
         fail(str(exc), code=2)
     out.print_json(json.dumps(result, default=str))
+
+
+def _export_bank(run_dir: Path, dest: Path, where: str | None, limit: int | None, overwrite: bool) -> None:
+    try:
+        bank = export_identity_bank(run_dir, dest, where=where, limit=limit, overwrite=overwrite)
+    except (ValueError, FileExistsError, OSError, BankIndexError) as exc:
+        fail(str(exc), code=2)
+    for line in bank.balance_lines():
+        out.print(line, highlight=False)
+    out.print(bank.index.summary(), highlight=False)

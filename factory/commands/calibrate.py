@@ -221,13 +221,16 @@ def _measure(
         _, intensity = _labels(batch)
         fit_active += (intensity > 0).sum(axis=0)
         for record, truth in zip(batch, intensity, strict=True):
+            # Measurements are relative to the exemplar, so they fit the label minus what the
+            # exemplar itself shows (its bank row's expression; 0 for a neutral photo).
+            relative = truth - extractors["geometric"].own(record)
             for name, method, why in _MEASURES:
                 value = getattr(extractors[name], method)(record)
                 if value is None:
                     unmeasured[f"{name}: {why} (fit)"] += 1
                 else:
                     sets[name].x.append(value)
-                    sets[name].y.append(truth)
+                    sets[name].y.append(relative)
             record.pop("image", None)  # free the pixels before the next batch is rendered
             record.pop("face_crop", None)
     for name, fit_set in sets.items():

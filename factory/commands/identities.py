@@ -34,7 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.atomic import write_parquet_atomic
-from manifests.bank import IdentityBankError, open_bank
+from manifests.bank import NEUTRAL, IdentityBankError, format_expression, open_bank
+from stages.detectors.population import own_expression
 from stages.faces.embedding import Embedder, EmbedderError, arcface_embedder, arcface_file_problem, dlib_embedder
 from stages.faces.exemplar import ExemplarError, IdentityStatus, decode_image, exemplar_face, exemplar_warnings
 
@@ -56,10 +57,17 @@ class BankIndexError(RuntimeError):
     """The bank cannot be indexed at all (bad folder, missing ArcFace model, ...)."""
 
 
-def _row_warnings(row: dict[str, Any]) -> tuple[str, ...]:
+def _row_warnings(row: dict[str, Any], recorded: str) -> tuple[str, ...]:
+    """Signs the photo is not neutral, and its population-mode expression when the bank row
+    does not record it (the planner and the warp generator fold a recorded one in)."""
     if row["status"] != "ok" or row["landmarks"] is None:
         return ()
-    return tuple(exemplar_warnings(np.asarray(row["landmarks"], np.float64)))
+    landmarks = np.asarray(row["landmarks"], np.float64)
+    out = list(exemplar_warnings(landmarks))
+    measured = format_expression(own_expression(landmarks))
+    if not recorded and measured != NEUTRAL:
+        out.append(f"reads {measured} in population mode; record it in identities.csv's expression column")
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -238,7 +246,7 @@ def index_bank(bank_dir: Path, embedder: str = "dlib", arcface_onnx: Path | None
                 row["status"],
                 row["reason"] or "",
                 computed=computed,
-                warnings=_row_warnings(row),
+                warnings=_row_warnings(row, rec.expression),
             )
         )
 

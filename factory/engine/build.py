@@ -29,6 +29,7 @@ from cluster.actors import (
     wait_ready,
 )
 from cluster.ray_cluster import ClusterError, connect, shutdown
+from factory.engine.dedup import DedupHook, bank_dedup
 from factory.engine.progress import BuildProgress
 from factory.engine.rundir import RunDir, brief_stats
 from factory.engine.scheduler import BuildError, Scheduler
@@ -138,7 +139,11 @@ def _dispatch(
 
 
 def _collect(
-    sched: Scheduler, progress: BuildProgress, slots: dict[int, int], refs: dict[Ref, tuple[int, int]]
+    sched: Scheduler,
+    progress: BuildProgress,
+    slots: dict[int, int],
+    refs: dict[Ref, tuple[int, int]],
+    dedup: DedupHook | None = None,
 ) -> None:
     """Wait up to a second for finished shards and record each outcome."""
     for ref in wait_any(refs, timeout=1.0):
@@ -153,10 +158,19 @@ def _collect(
         sched.succeeded(shard, brief_stats(stats))
         progress.shard_done(stats)
         sched.check_floor()
+    if dedup is not None:  # identity banks count distinct identities (factory.engine.dedup)
+        dedup.advance(sched)
     progress.refresh()
 
 
-def _run_shards(sched: Scheduler, pool: WorkerPool, run: RunDir, planner: Planner, progress: BuildProgress) -> int:
+def _run_shards(
+    sched: Scheduler,
+    pool: WorkerPool,
+    run: RunDir,
+    planner: Planner,
+    progress: BuildProgress,
+    dedup: DedupHook | None = None,
+) -> int:
     """Run shards until the complete prefix exists; returns its last shard. Abandons (cancels)
     whatever still runs beyond it: its temp files go on the next start, committed shards
     beyond it are surplus."""
@@ -174,7 +188,7 @@ def _run_shards(sched: Scheduler, pool: WorkerPool, run: RunDir, planner: Planne
                 f"in the committed prefix; failed shards: {sorted(sched.failed)}. "
                 "Run `factory retry` after fixing the cause."
             )
-        _collect(sched, progress, slots, refs)
+        _collect(sched, progress, slots, refs, dedup)
 
 
 def build(
@@ -195,10 +209,12 @@ def build(
         cluster = connect(recipe.engine.address, gpus=recipe.engine.gpus, local_gpus=local_gpus)
         progress = BuildProgress(recipe.dataset.target, quiet=quiet)
         try:
-            with worker_pool(recipe, run.root) as pool:
+            with worker_pool(recipe, run.root) as pool, bank_dedup(recipe, run.root) as dedup:
                 t_run = time.perf_counter()
+                if dedup is not None:
+                    dedup.advance(sched)  # a resumed bank: decide (or read back) the shards already done
                 progress.start(sum(int(s["accepted"]) for s in sched.done.values()), sched.done)
-                last = _run_shards(sched, pool, run, planner, progress)
+                last = _run_shards(sched, pool, run, planner, progress, dedup)
                 indexed, surplus, failed = sched.outcome(last)
                 pool.write_index(
                     run.root, recipe.dataset.name, indexed, target=sched.target, surplus=surplus, failed=failed

@@ -7,6 +7,7 @@ from typing import Any
 
 from manifests.export.base import EXPORT_MARKER, Exporter, run_export
 from manifests.export.folder import FolderExporter
+from manifests.export.identity_bank import IdentityBankExporter
 from manifests.export.webdataset import WebDatasetExporter
 
 __all__ = ["EXPORT_MARKER", "FORMATS", "export"]
@@ -14,6 +15,7 @@ __all__ = ["EXPORT_MARKER", "FORMATS", "export"]
 FORMATS: dict[str, type[Exporter]] = {
     "webdataset": WebDatasetExporter,
     "folder": FolderExporter,
+    "identity-bank": IdentityBankExporter,
 }
 
 

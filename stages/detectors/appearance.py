@@ -36,9 +36,10 @@ Per image (sample, and once per identity its exemplar from ``context.identity_ba
    ======  ===================  ==========================================  ===============
 
 3. ``delta = feature(sample) - feature(exemplar)``; intensity
-   ``clip((delta - offset_au) / k_au, 0, 5)`` with ``k_au`` the feature change per
-   intensity level and ``offset_au`` what every generated face shares relative to its
-   exemplar (a re-rendered face is smoother); occurrence
+   ``clip((delta - offset_au) / k_au + own_au, 0, 5)`` with ``k_au`` the feature change per
+   intensity level, ``offset_au`` what every generated face shares relative to its
+   exemplar (a re-rendered face is smoother) and ``own_au`` the exemplar's own level (its
+   bank row's ``expression``, else population mode; 0 for a neutral photo); occurrence
    ``sigmoid((intensity - threshold_au) / 0.15)``.
 
 Covered: AUs 1, 2, 4, 6, 9, 12, 25, 26 (the 8 AUs most detectors share). Not covered,
@@ -71,7 +72,8 @@ from pydantic import Field
 
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, StageConfig, StageContext, StageError
-from stages.detectors.base import MeasuringDetector, read_calibration
+from stages.detectors.base import MeasuringDetector, exemplar_for, read_calibration
+from stages.detectors.population import exemplar_own_intensity
 from stages.faces.geometry import upright_transform
 from stages.faces.landmarks import detect_faces
 
@@ -325,6 +327,7 @@ class AppearanceAUDetector(MeasuringDetector[AppearanceConfig]):
     def __init__(self, config: AppearanceConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self._exemplar: dict[str, np.ndarray | None] = {}
+        self._own: dict[str, np.ndarray] = {}  # identity -> its exemplar's own AUs (APPEARANCE_AUS order)
         self._scales = dict(DEFAULT_SCALES)
         self._offsets = dict(DEFAULT_OFFSETS)
         self._thresholds = dict(DEFAULT_THRESHOLDS)
@@ -337,20 +340,26 @@ class AppearanceAUDetector(MeasuringDetector[AppearanceConfig]):
         feats = appearance_features(image, landmarks, self.config.dark_ratio)
         return np.array([feats[au] for au in APPEARANCE_AUS])
 
-    def exemplar_features(self, identity_id: str) -> np.ndarray | None:
-        if identity_id not in self._exemplar:
-            image = self.context.identity_bank.image(identity_id)
+    def exemplar_features(self, record: Record) -> np.ndarray | None:
+        """Features of the record's identity exemplar, or ``None`` (no bank, no face in it)."""
+        found = exemplar_for(record, self.context.identity_bank)
+        if found is None:
+            return None
+        key, load = found
+        if key not in self._exemplar:
+            image = load()
             faces = detect_faces(image)
-            self._exemplar[identity_id] = self._vector(image, faces[0].landmarks) if faces else None
-        return self._exemplar[identity_id]
+            self._exemplar[key] = self._vector(image, faces[0].landmarks) if faces else None
+            landmarks = faces[0].landmarks if faces else None
+            own = exemplar_own_intensity(self.context.identity_bank, key, lambda: landmarks)
+            self._own[key] = np.array([own[DISFA_AUS.index(au)] for au in APPEARANCE_AUS])
+        return self._exemplar[key]
 
     def deltas(self, record: Record) -> np.ndarray | None:
         """Sample-minus-exemplar features in ``APPEARANCE_AUS`` order, or ``None`` (abstain)."""
-        if self.context.identity_bank is None or not record.get("identity_id"):
-            return None
         if record.get("image") is None or record.get("landmarks") is None:
             return None
-        ref = self.exemplar_features(record["identity_id"])
+        ref = self.exemplar_features(record)
         if ref is None:
             return None
         return self._vector(record["image"], record["landmarks"]) - ref
@@ -362,7 +371,7 @@ class AppearanceAUDetector(MeasuringDetector[AppearanceConfig]):
             return np.full(len(APPEARANCE_AUS), np.nan)
         k = np.array([self._scales[au] for au in APPEARANCE_AUS])
         offset = np.array([self._offsets[au] for au in APPEARANCE_AUS])
-        return np.clip((d - offset) / k, 0.0, INTENSITY_MAX)
+        return np.clip((d - offset) / k + self._own[str(record["identity_id"])], 0.0, INTENSITY_MAX)
 
     def thresholds(self, record: Record) -> np.ndarray:
         return np.array([self._thresholds[au] for au in APPEARANCE_AUS])

@@ -48,6 +48,7 @@ __all__ = [
     "MeasuringDetector",
     "Scale",
     "covered_aus",
+    "exemplar_for",
     "parse_au_name",
     "read_calibration",
     "record_image",
@@ -214,6 +215,15 @@ def record_image(record: Record, stage: str, use_face_crop: bool = True) -> np.n
             "put a generator stage before the detectors"
         )
     return image
+
+
+def exemplar_for(record: Record, bank: Any) -> tuple[str, Callable[[], np.ndarray]] | None:
+    """The identity of the exemplar photo this record is measured against and a loader for
+    it (called only when the caller's cache misses), or ``None`` without a bank or identity."""
+    identity = record.get("identity_id")
+    if bank is None or not identity:
+        return None
+    return str(identity), lambda: np.asarray(bank.image(identity))
 
 
 def read_calibration(path: str, detector: str, parse: Callable[[Any], T]) -> T:

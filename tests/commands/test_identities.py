@@ -80,6 +80,7 @@ def test_statuses_reported_for_every_identity(first_report) -> None:
     # The astronaut smiles with parted lips; Grace Hopper's portrait is neutral.
     warnings = {e.identity_id: " ".join(e.warnings) for e in first_report.entries}
     assert "lips parted" in warnings["astronaut"] and "corners raised" in warnings["astronaut"]
+    assert "reads AU12=3 AU25=5 in population mode" in warnings["astronaut"]  # not recorded in this bank
     assert warnings["hopper"] == ""
 
 

@@ -6,7 +6,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from factory.plan import CONSTRAINTS, Planner, PlanStats, apply_constraints, plan_shard, plan_statistics
+from factory.plan import (
+    CONSTRAINTS,
+    Planner,
+    PlanStats,
+    apply_constraints,
+    fold_expression,
+    plan_shard,
+    plan_statistics,
+)
 from factory.recipe import Recipe, recipe_from_dict
 from manifests.bank import open_bank
 from manifests.vocab import AGE_BANDS, AU_INDEX, DISFA_AUS, ETHNICITIES, GENDERS
@@ -152,3 +160,60 @@ def test_without_a_bank_each_sample_is_a_new_identity(recipe: Recipe) -> None:
     ids = t.column("identity_id").to_pylist()
     assert len(set(ids)) == len(ids)
     assert set(t.column("identity_match").to_pylist()) == {"generated"}
+
+
+def test_a_non_neutral_photo_is_folded_into_its_plans(recipe: Recipe) -> None:
+    """The astronaut's photo smiles (AU12=3 AU25=5): every plan of hers holds at least that,
+    and an emotion whose prototype lacks those AUs becomes mixed; Grace Hopper's are untouched."""
+    bank = open_bank("builtin")
+    with_bank = Planner(recipe, bank.records()).shard(0)
+    without = plan_shard(recipe, 0)
+    v, v0 = _vectors(with_bank), _vectors(without)
+    ids, emotions = with_bank.column("identity_id").to_pylist(), with_bank.column("emotion").to_pylist()
+    hers = np.array([i == "builtin-astronaut" for i in ids])
+    assert hers.any() and (~hers).any()
+    assert (v[hers, AU_INDEX[12]] >= 3).all() and (v[hers, AU_INDEX[25]] == 5).all()
+    np.testing.assert_array_equal(v[~hers], v0[~hers])  # the rest of the plan is unchanged
+    assert {e for e, h in zip(emotions, hers, strict=True) if h} <= {"happiness", "mixed"}
+    assert (apply_constraints(v[hers]) == v[hers]).all()
+
+
+def test_fold_keeps_the_photos_au_and_caps_the_planned_partner() -> None:
+    own = np.zeros(12, np.int8)
+    own[AU_INDEX[12]] = 3
+    planned = np.zeros(12, np.int8)
+    planned[AU_INDEX[15]] = 4  # AU12 and AU15 may not both be >= 3
+    folded = fold_expression(planned, own)
+    assert folded[AU_INDEX[12]] == 3 and folded[AU_INDEX[15]] == 2
+
+
+IDENTITY_BANK_RECIPE = {
+    "dataset": {"kind": "identity-bank", "shard_size": 500},
+    "identities": {"bank": "none"},
+    "filters": {"name": "portrait-filters"},
+    "bank": {"licence": "test"},
+}
+
+
+def test_an_identity_bank_plans_one_neutral_portrait_per_new_identity() -> None:
+    """Balance of the planned bank: each of the 72 cells within one identity per shard of
+    its recipe share (per-shard largest-remainder quotas), every plan neutral."""
+    recipe = recipe_from_dict(IDENTITY_BANK_RECIPE)
+    planner = Planner(recipe)
+    tables = [planner.shard(s) for s in range(8)]
+    v = np.concatenate([_vectors(t) for t in tables])
+    assert not v.any()
+    assert {e for t in tables for e in t.column("emotion").to_pylist()} == {"neutral"}
+    ids = [i for t in tables for i in t.column("identity_id").to_pylist()]
+    assert len(set(ids)) == len(ids) == 4000
+    cells: dict[tuple[str, str, str], int] = {}
+    for t in tables:
+        for row in t.select(["ethnicity", "age_band", "gender"]).to_pylist():
+            key = (row["ethnicity"], row["age_band"], row["gender"])
+            cells[key] = cells.get(key, 0) + 1
+    assert len(cells) == len(ETHNICITIES) * len(AGE_BANDS) * len(GENDERS)
+    expected = 4000 / len(cells)
+    assert all(abs(n - expected) <= len(tables) for n in cells.values()), cells
+    skewed = recipe_from_dict({**IDENTITY_BANK_RECIPE, "demographics": {"gender": {"female": 3, "male": 1}}})
+    genders = Planner(skewed).shard(0).column("gender").to_pylist()
+    assert abs(genders.count("female") - 375) <= 36  # 3/4 of 500, within one per female cell

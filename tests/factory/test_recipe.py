@@ -127,3 +127,40 @@ def test_invalid_toml_syntax_is_reported_with_the_file(tmp_path: Path) -> None:
 def test_missing_recipe_file() -> None:
     with pytest.raises(RecipeError, match="does not exist"):
         load_recipe("/nonexistent/recipe.toml")
+
+
+BANK_RECIPE = {
+    "dataset": {"kind": "identity-bank"},
+    "identities": {"bank": "none"},
+    "filters": {"name": "portrait-filters"},
+    "bank": {"licence": "CreativeML OpenRAIL-M"},
+}
+
+
+def test_identity_bank_recipe_ships_and_loads() -> None:
+    recipe = load_recipe(REPO / "recipes" / "identity-bank.toml")
+    assert recipe.dataset.kind == "identity-bank" and recipe.identities.bank == "none"
+    assert recipe.filters.name == "portrait-filters" and recipe.bank.licence
+    assert recipe_from_dict(BANK_RECIPE).dataset.kind == "identity-bank"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"identities": {"bank": "builtin"}}, "identities.bank"),
+        ({"emotions": {"mix": {"neutral": 1.0}}}, "emotions"),
+        ({"aus": {"active_share": 0.2}}, "aus"),
+        ({"filters": {"name": "filters"}}, "filters.name"),
+        ({"bank": {"licence": " "}}, "bank.licence"),
+    ],
+)
+def test_identity_bank_recipe_refuses_what_it_fixes(change: dict, field: str) -> None:
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict({**BANK_RECIPE, **change}, source="bank.toml")
+    assert info.value.field == field and f"'{field}'" in str(info.value) and "identity-bank" in str(info.value)
+
+
+def test_bank_section_needs_an_identity_bank_build() -> None:
+    with pytest.raises(RecipeError, match=r"\[bank\]") as info:
+        recipe_from_dict({"bank": {"licence": "x"}})
+    assert info.value.field == "bank"

@@ -27,7 +27,7 @@ from manifests.bank import open_bank
 from stages import REGISTRY, stage_class
 from stages.base import Record, StageConfig, StageContext
 from stages.detectors.opengraphau.model import ARCHS, build_mefarg
-from stages.faces.landmarks import detect_faces
+from stages.faces.landmarks import arcface_crop_68, detect_faces
 from stages.pipeline import StageSpec, build_stage, path_kind
 from stages.realism.learned import build_classifier
 from tests.stages.detectors.test_onnx import TinyAU
@@ -116,6 +116,31 @@ def labelled() -> list[Record]:
             }
         )
     return out
+
+
+def portraits() -> list[Record]:
+    """As the portrait filters see them: the smiling astronaut (dropped), Grace Hopper neutral
+    and realistic (kept), and again with a low realism score (dropped)."""
+    quiet = {"occurrence": [0.05] * 12, "intensity": [0.0] * 12}
+    smiling = {"occurrence": [0.05] * 6 + [0.95] + [0.05] * 5, "intensity": [0.0] * 6 + [3.0] + [0.0] * 5}
+    (astronaut, a_image, a_lm), (hopper, h_image, h_lm) = _faces()
+    rows = (
+        (astronaut, a_image, a_lm, smiling, 0.9),
+        (hopper, h_image, h_lm, quiet, 0.9),
+        (hopper, h_image, h_lm, quiet, 0.1),
+    )
+    return [
+        {
+            "key": f"p{i}",
+            "identity_id": identity,
+            "image": image,
+            "landmarks": lm,
+            "face_crop": arcface_crop_68(image, lm, 224),
+            "detector_votes": {"geometric": vote},
+            "realism_score": realism,
+        }
+        for i, (identity, image, lm, vote, realism) in enumerate(rows)
+    ]
 
 
 # ---------------------------------------------------------------- models, built once
@@ -281,6 +306,7 @@ CASES: dict[str, Case] = {
         why=NEVER_DROPS_REALISM,
     ),
     "filters": Case("filters", lambda root: {}, labelled, drops=(2,)),
+    "portrait-filters": Case("filters", lambda root: {}, portraits, drops=(0, 2)),
 }
 
 

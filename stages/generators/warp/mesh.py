@@ -33,6 +33,7 @@ class IdentityGeometry:
     points: np.ndarray  # (68 + anchors, 2) face frame (IOD units): landmarks then anchors
     simplices: np.ndarray  # (T, 3) Delaunay triangles over ``points``
     scaled: dict[float, np.ndarray] = field(default_factory=dict)  # pre-shrunk photos
+    own: tuple[int, ...] = (0,) * 12  # the AUs the photo itself shows (DISFA order)
 
 
 def _anchor_points(landmarks_face: np.ndarray) -> np.ndarray:
@@ -68,7 +69,9 @@ def _uncross_lips(face_pts: np.ndarray) -> np.ndarray:
     return out
 
 
-def identity_geometry(identity_id: str, image: np.ndarray, landmarks: np.ndarray) -> IdentityGeometry:
+def identity_geometry(
+    identity_id: str, image: np.ndarray, landmarks: np.ndarray, own: tuple[int, ...] = (0,) * 12
+) -> IdentityGeometry:
     """Face frame and triangulation of one identity photo (pure; cached by the stage)."""
     lm = np.asarray(landmarks, np.float64)
     origin, basis, iod = face_frame(lm)
@@ -78,7 +81,9 @@ def identity_geometry(identity_id: str, image: np.ndarray, landmarks: np.ndarray
     face = _uncross_lips(face)
     points = np.vstack([face, _anchor_points(face)])
     simplices = Delaunay(points).simplices.astype(np.int32)
-    return IdentityGeometry(identity_id, np.ascontiguousarray(image), lm, origin, basis, iod, points, simplices)
+    return IdentityGeometry(
+        identity_id, np.ascontiguousarray(image), lm, origin, basis, iod, points, simplices, own=own
+    )
 
 
 def displaced_points(geom: IdentityGeometry, intensities: list[int]) -> np.ndarray:

@@ -19,12 +19,22 @@ Identities: ``identities.bank = "builtin"`` gives ``builtin-astronaut`` and
 (``image`` relative to the folder; values as in :mod:`factory.recipe`), set
 ``identities.bank`` to that folder, and optionally run ``factory identities index FOLDER``
 to check every photo up front. A usable photo shows exactly one frontal face (dlib's HOG
-detector finds it), at least ~60 px between the eyes, and should be *neutral with closed
-lips*: the planned expression is added to the photo's own, so the labels are exact relative
-to a neutral exemplar. A smiling or open-mouthed photo is still used, with a logged warning
-(:func:`stages.faces.exemplar.exemplar_warnings`), or refused with
-``non_neutral_identity = "reject"``; the builtin astronaut is such a photo (she smiles with
-parted lips), Grace Hopper's portrait is neutral.
+detector finds it), at least ~60 px between the eyes.
+
+Absolute labels: the planned expression is *added to* the photo's own, so a photo that
+smiles shows its smile in every render. Its own AUs are folded in rather than hidden: the
+exemplar's own intensities (the bank row's ``expression``, e.g. the builtin astronaut's
+``AU12=3 AU25=5``; when not recorded, measured once in population mode,
+:func:`stages.detectors.population.own_expression`) are the floor of every label, and the
+render moves the landmarks by ``label - own`` only, so the face shows the label. The planner
+already folds recorded expressions into the plan (and turns an emotion whose prototype lacks
+them into ``mixed``), so plan, labels, emotion and description agree; the exemplar-relative
+detectors add the same own AUs to what they measure. Limits: an expression can only be
+added to, never removed (a smiling photo never gives a neutral or a sad face; neutral
+photos are what a bank should hold, which is what ``dataset.kind = "identity-bank"`` builds),
+population mode measures only AUs 4, 12, 15, 25 and 26, and its bands were set on a handful
+of faces. ``non_neutral_identity = "reject"`` refuses photos that are not neutral instead
+(then ``on_bad_identity`` applies).
 
 Unusable identity photos (unreadable, no face, several faces): with the default
 ``on_bad_identity = "error"`` the stage raises :class:`StageError` naming the identity and
@@ -41,10 +51,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from manifests.bank import IdentityBankError
+from manifests.bank import IdentityBankError, format_expression
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, StageConfig, StageContext, StageError
-from stages.faces.exemplar import ExemplarError, exemplar_face, exemplar_warnings
+from stages.detectors.population import own_expression
+from stages.faces.exemplar import ExemplarError, exemplar_face
 from stages.faces.landmarks import load_models
 from stages.generators.base import GeneratorStage, planned_labels
 from stages.generators.warp.mesh import IdentityGeometry, identity_geometry
@@ -69,10 +80,10 @@ class WarpConfig(StageConfig):
     crop_scale: float = Field(4.2, ge=2.5, le=10.0, description="output side in inter-ocular distances")
     image_size: int | None = Field(None, ge=32, le=2048, description="default: output.image_size")
     on_bad_identity: Literal["error", "drop"] = "error"
-    non_neutral_identity: Literal["warn", "reject"] = Field(
-        "warn",
-        description="an exemplar that smiles or parts its lips: log a warning, or treat it as "
-        "unusable (then on_bad_identity applies) for strictly exact labels",
+    non_neutral_identity: Literal["fold", "reject"] = Field(
+        "fold",
+        description="a photo that is not neutral: fold its own AUs into the labels, or treat it as "
+        "unusable (then on_bad_identity applies)",
     )
     identity_cache: int = Field(256, ge=1, le=100_000, description="identities kept prepared per worker")
 
@@ -154,15 +165,29 @@ class WarpGenerator(GeneratorStage[WarpConfig]):
                 "replace the photo with a single frontal face or remove the identity "
                 "(check a bank with: factory identities index FOLDER)"
             ) from exc
-        warnings = exemplar_warnings(face.landmarks)
-        if warnings and self.config.non_neutral_identity == "reject":
+        own = self._own_expression(identity_id, path, face.landmarks)
+        if any(own) and self.config.non_neutral_identity == "reject":
             raise StageError(
-                f"warp: identity {identity_id!r} photo {path} is not neutral: "
-                f"{'; '.join(warnings)} (non_neutral_identity = 'reject')"
+                f"warp: identity {identity_id!r} photo {path} is not neutral "
+                f"({format_expression(own)}; non_neutral_identity = 'reject')"
             )
-        for warning in warnings:
-            _log.warning("warp: identity %r (%s): %s", identity_id, path, warning)
-        return identity_geometry(identity_id, image, face.landmarks)
+        return identity_geometry(identity_id, image, face.landmarks, own=own)
+
+    def _own_expression(self, identity_id: str, path: str, landmarks: np.ndarray) -> tuple[int, ...]:
+        """The photo's own AUs: recorded in the bank, else measured (and logged once)."""
+        recorded = self.context.identity_bank.get(identity_id).own_intensity()
+        if recorded is not None:
+            return recorded
+        own = own_expression(landmarks)
+        if any(own):
+            _log.warning(
+                "warp: identity %r (%s) reads %s in population mode; folded into its labels "
+                "(record it as the bank row's expression)",
+                identity_id,
+                path,
+                format_expression(own),
+            )
+        return own
 
     def run_record(self, record: Record) -> str | None:
         planned = _validate_plan(record)
@@ -175,6 +200,9 @@ class WarpGenerator(GeneratorStage[WarpConfig]):
                 raise
             return str(exc)
         size = self.config.image_size or self.context.image_size
-        image, _ = render_expression(geom, planned, size, int(record["seed"]), self.config)
-        self.write_sample(record, image, "exact", *planned_labels(planned))
+        # The photo already shows its own AUs: render only what the label adds to them.
+        label = [max(p, o) for p, o in zip(planned, geom.own, strict=True)]
+        added = [lv - o for lv, o in zip(label, geom.own, strict=True)]
+        image, _ = render_expression(geom, added, size, int(record["seed"]), self.config)
+        self.write_sample(record, image, "exact", *planned_labels(label))
         return None

