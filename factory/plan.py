@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from factory.recipe import Recipe, RecipeError
 from manifests.bank import IdentityRecord
+from manifests.layout import generated_identity_id, key_prefix, sample_key
 from manifests.schema import N_AUS, PLAN_SCHEMA
 from manifests.vocab import AGE_BANDS, AU_INDEX, DISFA_AUS, EMOTIONS, ETHNICITIES, GENDERS
 
@@ -124,8 +125,16 @@ def _quota(weights: Sequence[float], n: int, rng: np.random.Generator) -> np.nda
     return slots
 
 
+_LEVELS = np.arange(1, 6, dtype=np.int8)
+
+
 def _intensities(rng: np.random.Generator, shape: tuple[int, ...], weights: np.ndarray) -> np.ndarray:
-    return rng.choice(np.arange(1, 6, dtype=np.int8), size=shape, p=weights)
+    """``rng.choice(1..5, size=shape, p=weights)``, spelled out: the same draws from the same
+    stream (one ``rng.random(shape)``, inverse CDF), without choice()'s per-call checks, which
+    were a tenth of planning time at a million samples."""
+    cdf = np.cumsum(weights)
+    cdf /= cdf[-1]
+    return _LEVELS[cdf.searchsorted(rng.random(shape), side="right")]
 
 
 @dataclass(frozen=True)
@@ -223,6 +232,7 @@ class Planner:
     _mixed_p: np.ndarray = field(init=False)
     _cells: list[tuple[str, str, str]] = field(init=False)
     _cell_weights: np.ndarray = field(init=False)
+    _bank: tuple[np.ndarray, list[tuple[int, np.ndarray]]] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._spec = _Spec.of(self.recipe)
@@ -250,11 +260,10 @@ class Planner:
         seeds = rng.integers(0, 2**63 - 1, size=n, dtype=np.int64)
         pick = rng.random(n)
         emotions = np.asarray(self._spec.emotion_keys, dtype=object)[emotion_idx]
-        cells = [self._cells[c] for c in cell_idx]
-        ids, eths, ages, gens, matches = self._identities(cells, pick, shard)
+        ids, eths, ages, gens, matches = self._identities(cell_idx, pick, shard)
         return pa.table(
             {
-                "key": [f"{shard:06d}_{i:05d}" for i in range(n)],
+                "key": _keys(shard, n),
                 "shard": pa.array(np.full(n, shard, np.int32)),
                 "index": pa.array(np.arange(n, dtype=np.int32)),
                 "seed": pa.array(seeds),
@@ -270,50 +279,75 @@ class Planner:
         )
 
     def _identities(
-        self, cells: list[tuple[str, str, str]], pick: np.ndarray, shard: int
+        self, cell_idx: np.ndarray, pick: np.ndarray, shard: int
     ) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
         """Identity per sample: the bank identity that best fits the planned stratum.
 
         Fallback order: same cell, same ethnicity + gender, same ethnicity, any. The
         sample's metadata is the chosen identity's (truthful), and ``identity_match`` says
         which level matched. Without a bank each sample is a new generated identity with
-        the planned stratum.
+        the planned stratum. Resolved per cell, not per sample: the fallback level and the
+        candidates depend only on the cell, and the pick is ``int(u * len(candidates))``.
         """
+        n = len(cell_idx)
         if not self.identities:
-            ids = [f"gen-{shard:06d}-{i:05d}" for i in range(len(cells))]
-            return ids, [c[0] for c in cells], [c[1] for c in cells], [c[2] for c in cells], ["generated"] * len(cells)
-        groups = _bank_groups(tuple(self.identities))
-        out: tuple[list[str], list[str], list[str], list[str], list[str]] = ([], [], [], [], [])
-        for (eth, age, gen), u in zip(cells, pick, strict=True):
-            for level, key in (
-                ("exact", (eth, age, gen)),
-                ("ethnicity_gender", (eth, "*", gen)),
-                ("ethnicity", (eth, "*", "*")),
-                ("any", ("*", "*", "*")),
-            ):
-                members = groups.get(key)
-                if members:
-                    rec = members[int(u * len(members))]
-                    for lst, val in zip(
-                        out, (rec.identity_id, rec.ethnicity, rec.age_band, rec.gender, level), strict=True
-                    ):
-                        lst.append(val)
-                    break
-        return out
+            cells = np.asarray(self._cells, dtype=object)[cell_idx]
+            ids = [generated_identity_id(shard, i) for i in range(n)]
+            return ids, cells[:, 0].tolist(), cells[:, 1].tolist(), cells[:, 2].tolist(), ["generated"] * n
+        if self._bank is None:  # resolved once per planner, not per shard (a bank may hold 50k identities)
+            self._bank = _bank_choices(self.identities, self._cells)
+        table, choices = self._bank
+        chosen = np.zeros(n, np.int64)
+        level = np.zeros(n, np.int64)
+        order = np.argsort(cell_idx, kind="stable")
+        cells, starts = np.unique(cell_idx[order], return_index=True)
+        for c, rows in zip(cells.tolist(), np.split(order, starts[1:]), strict=True):
+            lvl, members = choices[c]
+            chosen[rows] = members[(pick[rows] * len(members)).astype(np.int64)]
+            level[rows] = lvl
+        cols = table[chosen]
+        matches = np.asarray(_MATCH_LEVELS, dtype=object)[level]
+        return cols[:, 0].tolist(), cols[:, 1].tolist(), cols[:, 2].tolist(), cols[:, 3].tolist(), matches.tolist()
 
 
-@lru_cache(maxsize=4)
-def _bank_groups(records: tuple[IdentityRecord, ...]) -> dict[tuple[str, str, str], list[IdentityRecord]]:
-    groups: dict[tuple[str, str, str], list[IdentityRecord]] = {}
-    for r in sorted(records, key=lambda r: r.identity_id):
+_MATCH_LEVELS = ("exact", "ethnicity_gender", "ethnicity", "any")
+
+
+@lru_cache(maxsize=256)
+def _key_suffixes(n: int) -> tuple[str, ...]:
+    return tuple(sample_key(0, i)[len(key_prefix(0)) :] for i in range(n))
+
+
+def _keys(shard: int, n: int) -> list[str]:
+    """The planner keys of a shard: ``sample_key(shard, i)`` for i < n (suffixes cached)."""
+    prefix = key_prefix(shard)
+    return [prefix + suffix for suffix in _key_suffixes(n)]
+
+
+def _bank_choices(
+    records: Sequence[IdentityRecord], cells: Sequence[tuple[str, str, str]]
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """(identity table: id, ethnicity, age band, gender per record in identity-id order;
+    per cell: (fallback level index into _MATCH_LEVELS, indices of the candidate records))."""
+    ordered = sorted(records, key=lambda r: r.identity_id)
+    table = np.asarray([(r.identity_id, r.ethnicity, r.age_band, r.gender) for r in ordered], dtype=object)
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for i, r in enumerate(ordered):
         for key in (
             (r.ethnicity, r.age_band, r.gender),
             (r.ethnicity, "*", r.gender),
             (r.ethnicity, "*", "*"),
             ("*", "*", "*"),
         ):
-            groups.setdefault(key, []).append(r)
-    return groups
+            groups.setdefault(key, []).append(i)
+    choices = []
+    for eth, age, gen in cells:
+        for lvl, key in enumerate(((eth, age, gen), (eth, "*", gen), (eth, "*", "*"), ("*", "*", "*"))):
+            members = groups.get(key)
+            if members:
+                choices.append((lvl, np.asarray(members, np.int64)))
+                break
+    return table, choices
 
 
 def plan_shard(recipe: Recipe, shard: int, identities: Sequence[IdentityRecord] | None = None) -> pa.Table:
@@ -343,8 +377,9 @@ class PlanStats:
         v = table.column("planned_intensity").combine_chunks().flatten().to_numpy().reshape(-1, N_AUS)
         self.n += len(v)
         self.au_active += (v > 0).sum(axis=0)
-        for level in range(6):
-            self.intensity_hist[:, level] += (v == level).sum(axis=0)
+        # one bincount over (AU, level) pairs instead of a pass per level
+        pairs = (np.arange(N_AUS) * 6 + v.astype(np.int64)).ravel()
+        self.intensity_hist += np.bincount(pairs, minlength=N_AUS * 6).reshape(N_AUS, 6)
         self.violations += int((apply_constraints(v) != v).any(axis=1).sum())
         for name in ("emotion", "ethnicity", "age_band", "gender", "identity_match"):
             counts = getattr(self, "emotions" if name == "emotion" else name)
