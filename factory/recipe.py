@@ -169,6 +169,8 @@ class OutputSection(_Model):
 
 
 class EngineSection(_Model):
+    """How the build runs; every field may change between a build and its resume."""
+
     gpus: int = Field(0, ge=0, le=4096, description="GPU actors; 0 runs one CPU actor per worker")
     cpu_workers: int = Field(1, ge=1, le=4096, description="actors when gpus = 0")
     batch_size: int = Field(8, ge=1, le=1024)
@@ -178,6 +180,21 @@ class EngineSection(_Model):
     rate_check_after_shards: int = Field(3, ge=1)
     expected_acceptance_rate: float = Field(0.5, gt=0.0, le=1.0)
     address: str | None = None
+    # --- failures that stop (factory.engine.scheduler) ---
+    fail_fast_shards: int = Field(
+        3, ge=1, le=100_000, description="stop when this many shards fail (same error, or for good) before any succeeds"
+    )
+    max_failed_share: float = Field(0.1, ge=0.0, le=1.0, description="stop when more of the finished shards failed")
+    failure_check_after_shards: int = Field(20, ge=1, le=1_000_000, description="finished shards before that check")
+    max_shards: int | None = Field(None, ge=1, le=100_000_000, description="default: what the target can need")
+    # --- stragglers (factory.engine.runner) ---
+    shard_timeout_s: float = Field(
+        1800.0, gt=0.0, le=7 * 86400.0, description="cancel and retry a shard with no micro-batch done for this long"
+    )
+    backups: bool = Field(True, description="run a copy of a slow shard on an idle worker; the first commit wins")
+    backup_after: float = Field(
+        1.5, ge=0.0, le=1000.0, description="a shard is slow after this many times the median shard time"
+    )
 
 
 class Recipe(_Model):

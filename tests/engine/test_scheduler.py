@@ -46,15 +46,15 @@ def test_over_provisioning_follows_the_running_acceptance_rate(tmp_path: Path) -
     assert sched.want_more()  # 5 + 0.5 * 10 = 10 < 20
     sched.in_flight = {1: 10, 2: 10, 3: 10}
     assert not sched.want_more()  # 5 + 15 = 20
-    assert sched.take() == 4
+    assert sched.take() is None and sched._frontier() == 4  # nothing is wanted beyond the projection
 
 
 def test_failures_are_retried_up_to_the_limit_then_skipped(tmp_path: Path) -> None:
     sched = _sched(tmp_path, {})
     sched.in_flight = {0: 10}
-    assert sched.failure(0, "boom") is True
+    assert sched.failure(0, "boom")[0] is True
     assert sched.take() == 0
-    assert sched.failure(0, "boom again") is False
+    assert sched.failure(0, "boom again")[0] is False
     assert 0 in sched.failed and sched.take() == 1
     assert len(RunDir(tmp_path, "mifa").failures()[0]["errors"]) == 2
 
