@@ -7,6 +7,7 @@ is allowed; the CLI prints it and exits with code 2 before anything is written.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import tomllib
@@ -180,21 +181,19 @@ class EngineSection(_Model):
     rate_check_after_shards: int = Field(3, ge=1)
     expected_acceptance_rate: float = Field(0.5, gt=0.0, le=1.0)
     address: str | None = None
-    # --- failures that stop (factory.engine.scheduler) ---
-    fail_fast_shards: int = Field(
-        3, ge=1, le=100_000, description="stop when this many shards fail (same error, or for good) before any succeeds"
-    )
-    max_failed_share: float = Field(0.1, ge=0.0, le=1.0, description="stop when more of the finished shards failed")
-    failure_check_after_shards: int = Field(20, ge=1, le=1_000_000, description="finished shards before that check")
-    max_shards: int | None = Field(None, ge=1, le=100_000_000, description="default: what the target can need")
-    # --- stragglers (factory.engine.runner) ---
-    shard_timeout_s: float = Field(
-        1800.0, gt=0.0, le=7 * 86400.0, description="cancel and retry a shard with no micro-batch done for this long"
-    )
-    backups: bool = Field(True, description="run a copy of a slow shard on an idle worker; the first commit wins")
-    backup_after: float = Field(
-        1.5, ge=0.0, le=1000.0, description="a shard is slow after this many times the median shard time"
-    )
+    # failures that stop (factory.engine.scheduler): the same error or failures for good on this
+    # many shards before any succeeds; a failed share above max_failed_share after
+    # failure_check_after_shards finished shards; never more than max_shards (default: what the target can need)
+    fail_fast_shards: int = Field(3, ge=1, le=100_000)
+    max_failed_share: float = Field(0.1, ge=0.0, le=1.0)
+    failure_check_after_shards: int = Field(20, ge=1, le=1_000_000)
+    max_shards: int | None = Field(None, ge=1, le=100_000_000)
+    # stragglers (factory.engine.runner): a shard with no micro-batch done for shard_timeout_s is
+    # cancelled and retried; with backups, a shard running backup_after x the median shard time
+    # gets a copy on an idle worker (the first commit wins)
+    shard_timeout_s: float = Field(1800.0, gt=0.0, le=7 * 86400.0)
+    backups: bool = True
+    backup_after: float = Field(1.5, ge=0.0, le=1000.0)
 
 
 class Recipe(_Model):
@@ -256,6 +255,12 @@ class Recipe(_Model):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a recipe value may be a whole file)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
@@ -286,7 +291,7 @@ def _first_error(exc: ValidationError, data: dict[str, Any], source: str) -> Rec
         msg = f"{source}: unknown field '{field}' in {parent}; check the spelling{tail}"
     else:
         value = _lookup(data, loc)
-        got = "missing" if err["type"] == "missing" else f"got {value!r}"
+        got = "missing" if err["type"] == "missing" else f"got {_short(value)}"
         reason = str(err["msg"]).removeprefix("Value error, ")
         msg = f"{source}: field '{field}': {got}; {reason}{tail}"
     return RecipeError(msg, field=field)
@@ -298,6 +303,12 @@ def _validate_stage_options(recipe: Recipe, source: str) -> None:
             cls = stage_class(section.name)
         except StageError as exc:
             raise RecipeError(f"{source}: field '{path}.name': {exc}", field=f"{path}.name") from exc
+        except Exception as exc:  # a malformed plugin path, or the user's module failed to import
+            raise RecipeError(
+                f"{source}: field '{path}.name': cannot load stage {_short(section.name)} "
+                f"({type(exc).__name__}: {exc}); use a registered name or 'package.module:Class'",
+                field=f"{path}.name",
+            ) from exc
         want = path_kind(path)
         if getattr(cls, "kind", want) != want:
             raise RecipeError(
@@ -333,23 +344,47 @@ def apply_overrides(data: dict[str, Any], **overrides: Any) -> dict[str, Any]:
         "address": ("engine", "address"),
         "shard_size": ("dataset", "shard_size"),
     }
-    merged = json.loads(json.dumps(data))
+    merged = copy.deepcopy(data)
     for flag, value in overrides.items():
         if value is None:
             continue
         section, key = paths[flag]
-        merged.setdefault(section, {})[key] = value
+        table = merged.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise RecipeError(
+                f"field '{section}': got {_short(table)}; must be a table ([{section}]) to take --{flag}",
+                field=section,
+            )
+        table[key] = value
     return merged
 
 
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML of a recipe file; a missing, unreadable, binary or malformed file is
+    one RecipeError naming the file."""
     p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"recipe file {str(p)!r} does not exist; pass a TOML file such as recipes/demo.toml")
     try:
-        return tomllib.loads(p.read_text())
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise RecipeError(
+            f"recipe file {str(p)!r} does not exist; pass a TOML file such as recipes/demo.toml"
+        ) from None
+    except (OSError, ValueError) as exc:  # a folder, no permission, a NUL in the path, ...
+        reason = getattr(exc, "strerror", None) or exc
+        raise RecipeError(
+            f"cannot read recipe file {str(p)!r} ({reason}); pass a TOML file such as recipes/demo.toml"
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"{p}: not a text file (byte {exc.start} is not UTF-8); a recipe is a UTF-8 TOML file "
+            "such as recipes/demo.toml"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{p}: not valid TOML ({exc}); fix the syntax at that line") from exc
+        raise RecipeError(f"{p}: not valid TOML ({exc}); fix the syntax at that line") from None
 
 
 def load_recipe(path: str | Path, **overrides: Any) -> Recipe:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from factory.recipe import Recipe, RecipeError, load_recipe
 
@@ -28,7 +29,7 @@ OutOpt = Annotated[Path | None, typer.Option("--out", help="Output directory (ov
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one error line (no traceback) and exit with ``code`` (2: bad input)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -20,7 +20,7 @@ behind such a shard) runs there. The shard writer refuses to replace a done shar
 first copy to commit wins; the driver tells the other copy to stop, and it removes its temp
 files. At most one backup per shard.
 
-The driver also writes ``workers.json`` every two seconds for ``factory status``.
+The driver also writes ``workers.json`` every second for ``factory status``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from manifests.writer import is_done, read_stats
 
 __all__ = ["Flight", "Runner"]
 
-STATUS_EVERY_S = 2.0
+STATUS_EVERY_S = 1.0
 
 
 @dataclass
