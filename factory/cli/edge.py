@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import NoReturn
 
 import typer
-from rich.markup import escape
 
 from cluster.ray_cluster import ClusterError
 from factory.cli import app
-from factory.cli.common import err
+from factory.cli.common import print_error
 from factory.commands.calibrate import CalibrationError
 from factory.commands.identities import BankIndexError
 from factory.engine.rundir import RunError
@@ -60,6 +59,9 @@ _PATH_ERRNOS = {
     errno.EEXIST,
     errno.ELOOP,
 }
+
+
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def main() -> NoReturn:
@@ -98,11 +100,13 @@ def _known(exc: BaseException, argv: list[str]) -> int:
     if isinstance(exc, BAD_INPUT):
         return _error(str(exc), 2)
     if isinstance(exc, FAILED):
-        return _error(str(exc), 1)
+        return _error(str(exc), 1, lines=isinstance(exc, BuildError))
     if isinstance(exc, BrokenPipeError):  # `factory query ... | head`
         return 0
     if isinstance(exc, OSError) and exc.errno in _PATH_ERRNOS and exc.filename is not None:
         return _error(f"{exc.filename}: {exc.strerror}; check the path you gave", 2)
+    if isinstance(exc, _PATH_ERRORS) and exc.errno is None:  # raised by our code, its message names the path
+        return _error(str(exc), 2)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return _error(f"{exc.filename or 'a file'}: no space left on device; free space and run the command again", 1)
     saved = _save_traceback(exc, argv)
@@ -111,10 +115,8 @@ def _known(exc: BaseException, argv: list[str]) -> int:
     return _error(f"unexpected {name}: {exc} (a bug in the factory; {where}; please report it with that file)", 1)
 
 
-def _error(message: str, code: int) -> int:
-    """One error line (the first line of a multi-line message keeps its own lines after it)."""
-    safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    err.print(f"[bold red]error:[/] {escape(safe)}", highlight=False, soft_wrap=True)
+def _error(message: str, code: int, *, lines: bool = False) -> int:
+    print_error(message, lines=lines)
     return code
 
 
