@@ -97,10 +97,9 @@ def main(argv: list[str] | None = None) -> str:
         for kind, folder in folders.items():
             for device in devices:
                 for batch in BATCH_SIZES:
-                    stage = _pipeline(kind, folder, device, batch, bank)
-                    stage.setup()
-                    stage.process(_records(1, seed0=1))  # warm-up: first-call allocations, identity cache
-                    rate, share = _measure(stage, batch, args.repeats)
+                    pipeline = _pipeline(kind, folder, device, batch, bank)  # built and set up
+                    pipeline.run(_records(1, seed0=1))  # warm-up: first-call allocations, identity cache
+                    rate, share = _measure(pipeline, batch, args.repeats)
                     lines.append(
                         f"| {kind} | {device} | {batch} | {rate:.2f} | {1000.0 / rate:.0f} | {100.0 * share:.0f}% |"
                     )
