@@ -109,13 +109,15 @@ class Runner:
             self._write_status()
 
     def _dispatch(self) -> None:
-        """Send out shards, one per idle worker before a second on any (least loaded first)."""
+        """Send out shards, one per idle worker before a second on any (least loaded first); a
+        worker busy with a straggler gets a shard to queue only when every other one is full."""
         skip: set[int] = set()
+        stuck = self._stuck_workers()
         while self.sched.want_more():
             free = [w for w in range(self.workers) if self.load[w] < self.engine.inflight_per_actor and w not in skip]
             if not free:
                 return
-            worker = min(free, key=lambda w: (self.load[w], w))
+            worker = min(free, key=lambda w: (w in stuck, self.load[w], w))
             shard = self.sched.take(worker)
             if shard is None:  # only retries that last failed on this worker are left
                 skip.add(worker)
@@ -256,9 +258,9 @@ class Runner:
     # -- backups --------------------------------------------------------------------------
     def _backups(self) -> None:
         """Copy stragglers onto idle workers once nothing else is left to send."""
-        if not self.engine.backups or not self.durations or self.sched.want_more():
+        threshold = self._slow_after()
+        if not self.engine.backups or threshold is None or self.sched.want_more():
             return
-        threshold = self.engine.backup_after * statistics.median(self.durations)
         for worker in [w for w in range(self.workers) if self.load[w] == 0]:
             straggler = self._straggler(worker, threshold)
             if straggler is None:
@@ -268,11 +270,25 @@ class Runner:
                 f"shard {straggler.shard}: slow on worker {straggler.worker}; backup copy on worker {worker}"
             )
 
+    def _slow_after(self) -> float | None:
+        """Running seconds after which a shard counts as slow (None before any shard is done)."""
+        if not self.durations:
+            return None
+        return self.engine.backup_after * statistics.median(self.durations)
+
+    def _stuck_workers(self) -> set[int]:
+        """Workers running a slow shard (see :meth:`_slow_after`)."""
+        threshold = self._slow_after()
+        if threshold is None:
+            return set()
+        now = time.monotonic()
+        return {f.worker for f in self.flights.values() if f.started is not None and now - f.started > threshold}
+
     def _straggler(self, worker: int, threshold: float) -> Flight | None:
         """The in-flight shard most overdue (running longer than ``threshold``, or waiting
         behind such a shard) with no copy yet, on another worker than ``worker``."""
         now = time.monotonic()
-        overdue = {f.worker for f in self.flights.values() if f.started is not None and now - f.started > threshold}
+        overdue = self._stuck_workers()
         best: tuple[float, Flight] | None = None
         for f in self.flights.values():
             if f.dropped or f.worker == worker or f.shard in self.sched.done or len(self._copies(f.shard)) > 1:
