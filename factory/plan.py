@@ -129,9 +129,7 @@ _LEVELS = np.arange(1, 6, dtype=np.int8)
 
 
 def _intensities(rng: np.random.Generator, shape: tuple[int, ...], weights: np.ndarray) -> np.ndarray:
-    """``rng.choice(1..5, size=shape, p=weights)``, spelled out: the same draws from the same
-    stream (one ``rng.random(shape)``, inverse CDF), without choice()'s per-call checks, which
-    were a tenth of planning time at a million samples."""
+    """``rng.choice(1..5, size=shape, p=weights)`` spelled out (same draws, same stream, none of its slow checks)."""
     cdf = np.cumsum(weights)
     cdf /= cdf[-1]
     return _LEVELS[cdf.searchsorted(rng.random(shape), side="right")]
@@ -281,14 +279,10 @@ class Planner:
     def _identities(
         self, cell_idx: np.ndarray, pick: np.ndarray, shard: int
     ) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
-        """Identity per sample: the bank identity that best fits the planned stratum.
-
-        Fallback order: same cell, same ethnicity + gender, same ethnicity, any. The
-        sample's metadata is the chosen identity's (truthful), and ``identity_match`` says
-        which level matched. Without a bank each sample is a new generated identity with
-        the planned stratum. Resolved per cell, not per sample: the fallback level and the
-        candidates depend only on the cell, and the pick is ``int(u * len(candidates))``.
-        """
+        """Identity per sample: the bank identity that best fits the planned stratum (fallback:
+        same cell, same ethnicity + gender, same ethnicity, any; resolved per cell, the pick is
+        ``int(u * len(candidates))``). The sample's metadata is the chosen identity's (truthful),
+        ``identity_match`` says which level matched. Without a bank: a new identity per sample."""
         n = len(cell_idx)
         if not self.identities:
             cells = np.asarray(self._cells, dtype=object)[cell_idx]
@@ -297,11 +291,9 @@ class Planner:
         if self._bank is None:  # resolved once per planner, not per shard (a bank may hold 50k identities)
             self._bank = _bank_choices(self.identities, self._cells)
         table, choices = self._bank
-        chosen = np.zeros(n, np.int64)
-        level = np.zeros(n, np.int64)
-        order = np.argsort(cell_idx, kind="stable")
-        cells, starts = np.unique(cell_idx[order], return_index=True)
-        for c, rows in zip(cells.tolist(), np.split(order, starts[1:]), strict=True):
+        chosen, level = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        for c in np.unique(cell_idx).tolist():
+            rows = np.flatnonzero(cell_idx == c)
             lvl, members = choices[c]
             chosen[rows] = members[(pick[rows] * len(members)).astype(np.int64)]
             level[rows] = lvl
@@ -313,6 +305,11 @@ class Planner:
 _MATCH_LEVELS = ("exact", "ethnicity_gender", "ethnicity", "any")
 
 
+def _fallbacks(eth: str, age: str, gen: str) -> tuple[tuple[str, str, str], ...]:
+    """The strata a sample of cell (eth, age, gen) may take an identity from, in _MATCH_LEVELS order."""
+    return ((eth, age, gen), (eth, "*", gen), (eth, "*", "*"), ("*", "*", "*"))
+
+
 @lru_cache(maxsize=256)
 def _key_suffixes(n: int) -> tuple[str, ...]:
     return tuple(sample_key(0, i)[len(key_prefix(0)) :] for i in range(n))
@@ -320,8 +317,7 @@ def _key_suffixes(n: int) -> tuple[str, ...]:
 
 def _keys(shard: int, n: int) -> list[str]:
     """The planner keys of a shard: ``sample_key(shard, i)`` for i < n (suffixes cached)."""
-    prefix = key_prefix(shard)
-    return [prefix + suffix for suffix in _key_suffixes(n)]
+    return [key_prefix(shard) + suffix for suffix in _key_suffixes(n)]
 
 
 def _bank_choices(
@@ -333,20 +329,12 @@ def _bank_choices(
     table = np.asarray([(r.identity_id, r.ethnicity, r.age_band, r.gender) for r in ordered], dtype=object)
     groups: dict[tuple[str, str, str], list[int]] = {}
     for i, r in enumerate(ordered):
-        for key in (
-            (r.ethnicity, r.age_band, r.gender),
-            (r.ethnicity, "*", r.gender),
-            (r.ethnicity, "*", "*"),
-            ("*", "*", "*"),
-        ):
+        for key in _fallbacks(r.ethnicity, r.age_band, r.gender):
             groups.setdefault(key, []).append(i)
     choices = []
-    for eth, age, gen in cells:
-        for lvl, key in enumerate(((eth, age, gen), (eth, "*", gen), (eth, "*", "*"), ("*", "*", "*"))):
-            members = groups.get(key)
-            if members:
-                choices.append((lvl, np.asarray(members, np.int64)))
-                break
+    for cell in cells:
+        lvl, key = next((lvl, key) for lvl, key in enumerate(_fallbacks(*cell)) if key in groups)
+        choices.append((lvl, np.asarray(groups[key], np.int64)))
     return table, choices
 
 
