@@ -58,7 +58,9 @@ def test_a_setup_error_on_every_worker_stops_the_build_at_once_grouped(ray_clust
     assert "the same error on" in message and "before any shard succeeded" in message
     assert message.count("cannot read identity image /bank/portrait-0007.jpg") == 1  # one line per cause
     assert f"factory retry {out}" in message
-    assert len(list((out / "plans").glob("*.parquet"))) <= 8 * 2  # the first wave only, never shard 1886
+    # The first wave (8 workers x 2) and the few slots its first failures free before the third
+    # shard fails (a retry avoids the worker it failed on): never shard 1886.
+    assert len(list((out / "plans").glob("*.parquet"))) <= 8 * 2 + 2 * 3
     assert time.monotonic() - t0 < 300  # generous: a loaded 2-core machine; unbounded before
     assert not (out / "index.json").exists()
 
