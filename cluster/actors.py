@@ -3,7 +3,12 @@
 The engine places plain Python classes as actors (:func:`start_actors`), calls their methods
 (:func:`call`), waits for the first results (:func:`wait_any`) and reads them
 (:func:`result`). A remote call that raised, or whose actor died, surfaces as one
-:class:`TaskFailed` carrying the innermost error line (Ray wraps it in pages of traceback).
+:class:`TaskFailed` carrying the innermost error line (Ray wraps it in pages of traceback)
+and whether the code raised or the process was lost (``lost``).
+
+An actor started with ``control=True`` has a second, one-thread lane beside its work slots:
+:func:`call_control` runs a method there, so the driver can ask a busy worker for its
+progress (or tell it to drop a shard) without waiting for a shard to finish.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ __all__ = [
     "Ref",
     "TaskFailed",
     "call",
+    "call_control",
     "cancel",
     "gpu_ids",
     "kill",
+    "ready",
+    "restart",
     "result",
     "root_error",
     "start_actors",
@@ -37,12 +45,14 @@ Ref = Any  # a Ray ObjectRef
 
 
 class TaskFailed(RuntimeError):
-    """A remote call failed: ``root`` is the innermost ``Error: message``, ``detail`` the full text."""
+    """A remote call failed: ``root`` is the innermost ``Error: message``, ``detail`` the full
+    text; ``lost`` is True when the actor's process or node died (nothing raised in our code)."""
 
-    def __init__(self, root: str, detail: str) -> None:
+    def __init__(self, root: str, detail: str, *, lost: bool = False) -> None:
         super().__init__(root)
         self.root = root
         self.detail = detail
+        self.lost = lost
 
 
 def root_error(text: str) -> str:
@@ -65,6 +75,7 @@ class ActorSpec:
     restarts: int = -1  # -1: restart for ever when the process dies (its call fails once)
     task_retries: int = 0
     on_this_node: bool = False  # pin to the driver's node (it surely sees the driver's files)
+    control: bool = False  # a one-thread lane for call_control() beside the work slots
 
 
 def start_actors(cls: type, args: Sequence[Any], spec: ActorSpec) -> list[Any]:
@@ -81,8 +92,12 @@ def start_actors(cls: type, args: Sequence[Any], spec: ActorSpec) -> list[Any]:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
             ray.get_runtime_context().get_node_id(), soft=False
         )
-    remote = ray.remote(cls).options(**options)
+    # Concurrency groups can only be declared on the class, not in .options().
+    remote = (ray.remote(concurrency_groups={_CONTROL: 1})(cls) if spec.control else ray.remote(cls)).options(**options)
     return [remote.remote(*args) for _ in range(spec.count)]
+
+
+_CONTROL = "control"
 
 
 def call(actor: Any, method: str, *args: Any, **kwargs: Any) -> Ref:
@@ -90,10 +105,25 @@ def call(actor: Any, method: str, *args: Any, **kwargs: Any) -> Ref:
     return getattr(actor, method).remote(*args, **kwargs)
 
 
+def call_control(actor: Any, method: str, *args: Any) -> Ref:
+    """Start ``actor.method(*args)`` on the actor's control lane (``ActorSpec.control``): it
+    runs at once even while every work slot is busy."""
+    return getattr(actor, method).options(concurrency_group=_CONTROL).remote(*args)
+
+
 def wait_any(refs: Iterable[Ref], timeout: float) -> list[Ref]:
     """The references among ``refs`` whose calls have finished (at least one, or none after ``timeout``)."""
     ready, _ = ray.wait(list(refs), num_returns=1, timeout=timeout)
     return ready
+
+
+def ready(refs: Iterable[Ref]) -> list[Ref]:
+    """The references among ``refs`` whose calls have finished, without waiting."""
+    refs = list(refs)
+    if not refs:
+        return []
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    return done
 
 
 def result(ref: Ref, passthrough: tuple[type[BaseException], ...] = ()) -> Any:
@@ -104,9 +134,10 @@ def result(ref: Ref, passthrough: tuple[type[BaseException], ...] = ()) -> Any:
     except ray.exceptions.RayTaskError as exc:
         if passthrough and isinstance(exc.cause, passthrough):
             raise exc.cause from None
-        raise TaskFailed(root_error(str(exc)), str(exc)) from None
+        lost = isinstance(exc.cause, ray.exceptions.RayActorError | ray.exceptions.WorkerCrashedError)
+        raise TaskFailed(root_error(str(exc)), str(exc), lost=lost) from None
     except (ray.exceptions.RayError, OSError) as exc:
-        raise TaskFailed(root_error(str(exc)), str(exc)) from None
+        raise TaskFailed(root_error(str(exc)), str(exc), lost=True) from None
 
 
 def wait_ready(actors: Sequence[Any]) -> list[Any]:
@@ -126,6 +157,12 @@ def cancel(refs: Iterable[Ref]) -> None:
 def kill(actors: Iterable[Any]) -> None:
     for actor in actors:
         ray.kill(actor, no_restart=True)
+
+
+def restart(actor: Any) -> None:
+    """Kill the actor's process (a hung call cannot be interrupted in a threaded actor); Ray
+    starts a fresh one on the same resources and every call it was running fails as lost."""
+    ray.kill(actor, no_restart=False)
 
 
 def gpu_ids() -> list[str]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
-__all__ = ["ClusterError", "ClusterInfo", "connect", "shutdown"]
+__all__ = ["ClusterError", "ClusterInfo", "connect", "quiet_auth_notice", "shutdown"]
 
 
 class ClusterError(RuntimeError):
@@ -29,6 +30,7 @@ def connect(address: str | None = None, *, gpus: int = 0, local_gpus: int | None
     """
     import ray  # deferred: ~0.5 s at import, and most commands never start a cluster
 
+    quiet_auth_notice()
     # Keep a local cluster on loopback (Ray 2.60 otherwise binds the machine's address).
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -62,6 +64,17 @@ def connect(address: str | None = None, *, gpus: int = 0, local_gpus: int | None
         )
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
     return ClusterInfo(address or "local", have, float(res.get("CPU", 0.0)), nodes, started)
+
+
+# Ray 2.5x/2.6x logs a notice at every ray.init about token authentication being on (or off)
+# for the cluster; with configure_logging=False it lands on the user's terminal through
+# Python's last-resort handler. Only that module's notices are raised to ERROR: its real
+# failures (no token, a bad token) are exceptions, and every other Ray logger is untouched.
+AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def quiet_auth_notice() -> None:
+    logging.getLogger(AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
 
 
 def shutdown(info: ClusterInfo, *, force: bool = False) -> None:

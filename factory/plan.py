@@ -31,97 +31,22 @@ from itertools import product
 import numpy as np
 import pyarrow as pa
 
-from factory.recipe import IDENTITY_BANK, Recipe, RecipeError
+from factory.expressions import EMFACS_PROTOTYPES, apply_constraints, fold_expression
+from factory.recipe import Recipe, RecipeError
+from factory.sections import IDENTITY_BANK
 from manifests.bank import IdentityRecord
+from manifests.layout import generated_identity_id, key_prefix, sample_key
 from manifests.schema import N_AUS, PLAN_SCHEMA
 from manifests.vocab import AGE_BANDS, AU_INDEX, DISFA_AUS, EMOTIONS, ETHNICITIES, GENDERS
 
 __all__ = [
-    "CONSTRAINTS",
-    "EMFACS_PROTOTYPES",
     "PlanStats",
     "Planner",
-    "apply_constraints",
-    "fold_expression",
     "iter_plans",
     "plan_shard",
     "plan_statistics",
     "shards_for",
 ]
-
-# --- EMFACS prototypes on the 12 DISFA AUs -------------------------------------------
-# (required AUs, optional AUs drawn with p = 0.5, max intensity for the emotion's AUs)
-# Sources: Friesen & Ekman (1983) EMFACS-7; Ekman, Friesen & Hager (2002) FACS Investigator's
-# Guide, Table 10-1 (prototypes and major variants); Du, Tao & Martinez (2014) PNAS 111(15)
-# "Compound facial expressions of emotion", Table 1. AUs outside the DISFA 12 (7, 14, 16, 23,
-# 24) are left out, so anger and contempt keep only their DISFA-visible part.
-EMFACS_PROTOTYPES: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {
-    "happiness": ((6, 12), (25,), 5),  # 6+12 (Duchenne smile), often lips part
-    "sadness": ((1, 4, 15), (17,), 5),  # 1+4+15, variant with 17
-    "surprise": ((1, 2, 5, 26), (), 5),  # 1+2+5B+26 (25 follows from 26, see CONSTRAINTS)
-    "fear": ((1, 2, 4, 5, 20, 26), (), 5),  # 1+2+4+5+7+20+26 without 7
-    "anger": ((4, 5), (17,), 5),  # 4+5+7+23 without 7/23; 4+5+17 variant
-    "disgust": ((9, 15), (17, 25), 5),  # 9+15+16 without 16; 9+17 variant
-    "contempt": ((12,), (), 2),  # R12A+R14A: unilateral, weak 12 (14 not in DISFA)
-    "neutral": ((), (), 0),
-}
-
-# --- Anatomical plausibility constraints ----------------------------------------------
-# Applied in this order to every planned vector (prototypes and mixes alike).
-# 1. AU26 => AU25: a dropped jaw parts the lips (FACS 2002 ch. 8, "26 always scored with 25
-#    unless lips are held together by 24"); DISFA codes 26 with 25 in practice.
-# 2. AU12 and AU15 not both >= 3: zygomaticus major pulls the lip corners up, depressor
-#    anguli oris pulls them down; both strong is not a producible configuration
-#    (FACS 2002 ch. 6 on 12+15). The weaker (tie: 15) is capped at 2.
-# 3. AU17 and AU26 not both >= 3: mentalis pushes the lower lip and chin up while the jaw
-#    drops; strong 17 needs a closed jaw (FACS 2002 ch. 8). Weaker (tie: 17) capped at 2.
-# 4. AU2 and AU4 not both >= 4: lateral frontalis raises the outer brow while corrugator and
-#    depressor supercilii pull the brows down; both extreme is not producible (fear's 1+2+4
-#    shows them moderate). Weaker (tie: 2) capped at 3.
-# 5. AU5 and AU6 not both >= 4: orbicularis oculi (pars orbitalis) narrows the eye opening
-#    that levator palpebrae widens. Weaker (tie: 5) capped at 3.
-CONSTRAINTS: tuple[tuple[str, int, int, int], ...] = (
-    # (kind, au_a, au_b, limit)
-    ("implies", 26, 25, 0),
-    ("not_both_above", 12, 15, 2),
-    ("not_both_above", 26, 17, 2),
-    ("not_both_above", 4, 2, 3),
-    ("not_both_above", 6, 5, 3),
-)
-
-
-def apply_constraints(v: np.ndarray) -> np.ndarray:
-    """Apply :data:`CONSTRAINTS` to intensity vectors ``(n, 12)`` (returns a new array).
-
-    ``implies a b``: where a > 0 and b == 0, b takes a's intensity.
-    ``not_both_above a b limit``: where both exceed ``limit``, the weaker is capped at
-    ``limit`` (on a tie, ``b`` is capped).
-    """
-    out = np.array(v, dtype=np.int8, copy=True)
-    for kind, au_a, au_b, limit in CONSTRAINTS:
-        a, b = out[:, AU_INDEX[au_a]], out[:, AU_INDEX[au_b]]
-        if kind == "implies":
-            fix = (a > 0) & (b == 0)
-            b[fix] = a[fix]
-        else:
-            both = (a > limit) & (b > limit)
-            cap_b = both & (b <= a)
-            cap_a = both & (a < b)
-            b[cap_b] = limit
-            a[cap_a] = limit
-    return out
-
-
-def fold_expression(planned: np.ndarray, own: np.ndarray) -> np.ndarray:
-    """``planned`` with an exemplar's ``own`` AUs folded in: each AU at least its own level;
-    where that breaks a :data:`CONSTRAINTS` pair the planned partner is capped, never the
-    photo's own AU."""
-    out = np.maximum(planned, own).astype(np.int8)
-    for kind, au_a, au_b, limit in CONSTRAINTS:
-        a, b = AU_INDEX[au_a], AU_INDEX[au_b]
-        if kind != "implies" and out[a] > limit and out[b] > limit and (own[a] > limit) != (own[b] > limit):
-            out[b if own[a] > limit else a] = limit
-    return apply_constraints(out[None])[0]
 
 
 def _quota(weights: Sequence[float], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -140,8 +65,14 @@ def _quota(weights: Sequence[float], n: int, rng: np.random.Generator) -> np.nda
     return slots
 
 
+_LEVELS = np.arange(1, 6, dtype=np.int8)
+
+
 def _intensities(rng: np.random.Generator, shape: tuple[int, ...], weights: np.ndarray) -> np.ndarray:
-    return rng.choice(np.arange(1, 6, dtype=np.int8), size=shape, p=weights)
+    """``rng.choice(1..5, size=shape, p=weights)`` spelled out (same draws, same stream, none of its slow checks)."""
+    cdf = np.cumsum(weights)
+    cdf /= cdf[-1]
+    return _LEVELS[cdf.searchsorted(rng.random(shape), side="right")]
 
 
 @dataclass(frozen=True)
@@ -240,6 +171,7 @@ class Planner:
     _cells: list[tuple[str, str, str]] = field(init=False)
     _cell_weights: np.ndarray = field(init=False)
     _own: dict[str, np.ndarray] = field(init=False)  # identity -> its photo's own AUs (non-neutral only)
+    _bank_table: tuple[np.ndarray, list[tuple[int, np.ndarray]]] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._spec = _Spec.of(self.recipe)
@@ -275,12 +207,11 @@ class Planner:
         cell_idx = _quota(self._cell_weights, n, rng)
         seeds = rng.integers(0, 2**63 - 1, size=n, dtype=np.int64)
         pick = rng.random(n)
-        cells = [self._cells[c] for c in cell_idx]
-        ids, eths, ages, gens, matches = self._identities(cells, pick, shard)
+        ids, eths, ages, gens, matches = self._identities(cell_idx, pick, shard)
         self._fold_own_expressions(ids, vectors, emotions)
         return pa.table(
             {
-                "key": [f"{shard:06d}_{i:05d}" for i in range(n)],
+                "key": _keys(shard, n),
                 "shard": pa.array(np.full(n, shard, np.int32)),
                 "index": pa.array(np.arange(n, dtype=np.int32)),
                 "seed": pa.array(seeds),
@@ -307,42 +238,65 @@ class Planner:
                     emotions[i] = "mixed"
 
     def _identities(
-        self, cells: list[tuple[str, str, str]], pick: np.ndarray, shard: int
+        self, cell_idx: np.ndarray, pick: np.ndarray, shard: int
     ) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
         """Identity per sample: the bank identity that best fits the planned stratum (fallback:
-        same cell, same ethnicity + gender, same ethnicity, any). The sample's metadata is the
-        chosen identity's (truthful); ``identity_match`` says which level matched. Without a
-        bank each sample is a new generated identity with the planned stratum."""
+        same cell, same ethnicity + gender, same ethnicity, any; resolved per cell, the pick is
+        ``int(u * len(candidates))``). The sample's metadata is the chosen identity's (truthful),
+        ``identity_match`` says which level matched. Without a bank: a new identity per sample."""
+        n = len(cell_idx)
         if not self.identities:
-            ids = [f"gen-{shard:06d}-{i:05d}" for i in range(len(cells))]
-            return ids, [c[0] for c in cells], [c[1] for c in cells], [c[2] for c in cells], ["generated"] * len(cells)
-        groups = _bank_groups(tuple(self.identities))
-        out: tuple[list[str], list[str], list[str], list[str], list[str]] = ([], [], [], [], [])
-        for (eth, age, gen), u in zip(cells, pick, strict=True):
-            for level, key in (
-                ("exact", (eth, age, gen)),
-                ("ethnicity_gender", (eth, "*", gen)),
-                ("ethnicity", (eth, "*", "*")),
-                ("any", ("*", "*", "*")),
-            ):
-                members = groups.get(key)
-                if members:
-                    rec = members[int(u * len(members))]
-                    values = (rec.identity_id, rec.ethnicity, rec.age_band, rec.gender, level)
-                    for lst, val in zip(out, values, strict=True):
-                        lst.append(val)
-                    break
-        return out
+            cells = np.asarray(self._cells, dtype=object)[cell_idx]
+            ids = [generated_identity_id(shard, i) for i in range(n)]
+            return ids, cells[:, 0].tolist(), cells[:, 1].tolist(), cells[:, 2].tolist(), ["generated"] * n
+        if self._bank_table is None:  # resolved once per planner, not per shard (a bank may hold 50k identities)
+            self._bank_table = _bank_choices(self.identities, self._cells)
+        table, choices = self._bank_table
+        chosen, level = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        for c in np.unique(cell_idx).tolist():
+            rows = np.flatnonzero(cell_idx == c)
+            lvl, members = choices[c]
+            chosen[rows] = members[(pick[rows] * len(members)).astype(np.int64)]
+            level[rows] = lvl
+        cols = table[chosen]
+        matches = np.asarray(_MATCH_LEVELS, dtype=object)[level]
+        return cols[:, 0].tolist(), cols[:, 1].tolist(), cols[:, 2].tolist(), cols[:, 3].tolist(), matches.tolist()
 
 
-@lru_cache(maxsize=4)
-def _bank_groups(records: tuple[IdentityRecord, ...]) -> dict[tuple[str, str, str], list[IdentityRecord]]:
-    groups: dict[tuple[str, str, str], list[IdentityRecord]] = {}
-    for r in sorted(records, key=lambda r: r.identity_id):
-        keys = ((r.ethnicity, r.age_band, r.gender), (r.ethnicity, "*", r.gender), (r.ethnicity, "*", "*"), ("*",) * 3)
-        for key in keys:
-            groups.setdefault(key, []).append(r)
-    return groups
+_MATCH_LEVELS = ("exact", "ethnicity_gender", "ethnicity", "any")
+
+
+def _fallbacks(eth: str, age: str, gen: str) -> tuple[tuple[str, str, str], ...]:
+    """The strata a sample of cell (eth, age, gen) may take an identity from, in _MATCH_LEVELS order."""
+    return ((eth, age, gen), (eth, "*", gen), (eth, "*", "*"), ("*", "*", "*"))
+
+
+@lru_cache(maxsize=256)
+def _key_suffixes(n: int) -> tuple[str, ...]:
+    return tuple(sample_key(0, i)[len(key_prefix(0)) :] for i in range(n))
+
+
+def _keys(shard: int, n: int) -> list[str]:
+    """The planner keys of a shard: ``sample_key(shard, i)`` for i < n (suffixes cached)."""
+    return [key_prefix(shard) + suffix for suffix in _key_suffixes(n)]
+
+
+def _bank_choices(
+    records: Sequence[IdentityRecord], cells: Sequence[tuple[str, str, str]]
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """(identity table: id, ethnicity, age band, gender per record in identity-id order;
+    per cell: (fallback level index into _MATCH_LEVELS, indices of the candidate records))."""
+    ordered = sorted(records, key=lambda r: r.identity_id)
+    table = np.asarray([(r.identity_id, r.ethnicity, r.age_band, r.gender) for r in ordered], dtype=object)
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for i, r in enumerate(ordered):
+        for key in _fallbacks(r.ethnicity, r.age_band, r.gender):
+            groups.setdefault(key, []).append(i)
+    choices = []
+    for cell in cells:
+        lvl, key = next((lvl, key) for lvl, key in enumerate(_fallbacks(*cell)) if key in groups)
+        choices.append((lvl, np.asarray(groups[key], np.int64)))
+    return table, choices
 
 
 def plan_shard(recipe: Recipe, shard: int, identities: Sequence[IdentityRecord] | None = None) -> pa.Table:
@@ -372,8 +326,9 @@ class PlanStats:
         v = table.column("planned_intensity").combine_chunks().flatten().to_numpy().reshape(-1, N_AUS)
         self.n += len(v)
         self.au_active += (v > 0).sum(axis=0)
-        for level in range(6):
-            self.intensity_hist[:, level] += (v == level).sum(axis=0)
+        # one bincount over (AU, level) pairs instead of a pass per level
+        pairs = (np.arange(N_AUS) * 6 + v.astype(np.int64)).ravel()
+        self.intensity_hist += np.bincount(pairs, minlength=N_AUS * 6).reshape(N_AUS, 6)
         self.violations += int((apply_constraints(v) != v).any(axis=1).sum())
         for name in ("emotion", "ethnicity", "age_band", "gender", "identity_match"):
             counts = getattr(self, "emotions" if name == "emotion" else name)

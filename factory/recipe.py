@@ -7,23 +7,32 @@ is allowed; the CLI prints it and exits with code 2 before anything is written.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
-from manifests.vocab import AGE_BANDS, DISFA_AUS, EMOTION_MIX_KEYS, EMOTIONS, ETHNICITIES, GENDERS
+from factory.sections import (
+    IDENTITY_BANK,
+    AUSection,
+    BankSection,
+    DatasetSection,
+    DemographicsSection,
+    EmotionSection,
+    EngineSection,
+    IdentitySection,
+    OutputSection,
+    StageSection,
+    _Model,
+)
 from stages import stage_class
 from stages.base import StageConfig, StageError
 from stages.pipeline import StageSpec, path_kind
@@ -33,7 +42,6 @@ __all__ = [
     "IDENTITY_BANK",
     "Recipe",
     "RecipeError",
-    "StageSection",
     "apply_overrides",
     "load_recipe",
     "recipe_from_dict",
@@ -49,158 +57,6 @@ class RecipeError(ValueError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-DatasetKind = Literal["samples", "identity-bank"]
-IDENTITY_BANK: DatasetKind = "identity-bank"
-
-
-class DatasetSection(_Model):
-    name: str = Field("mifa", pattern=r"^[a-z0-9][a-z0-9_]*$", max_length=40)
-    kind: DatasetKind = Field(
-        "samples", description="samples: AU-labelled expressions; identity-bank: one neutral portrait per identity"
-    )
-    target: int = Field(1000, ge=1, le=100_000_000, description="accepted samples (kept identities) to build")
-    shard_size: int = Field(1000, ge=1, le=100_000)
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    out: str = "runs/mifa"
-
-
-class AUSection(_Model):
-    units: tuple[int, ...] = DISFA_AUS
-    active_share: float = Field(0.3, gt=0.0, lt=1.0, description="share of samples with each AU active")
-    # AU25 is implied by AU26 (see factory.plan.CONSTRAINTS), so it needs a larger share.
-    share_overrides: dict[str, float] = Field(default_factory=lambda: {"AU25": 0.45})
-    intensity_weights: tuple[float, ...] = (1, 1, 1, 1, 1)
-    intensity_scale: tuple[int, ...] = (0, 5)
-
-    @field_validator("units")
-    @classmethod
-    def _units_in_disfa(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        bad = [u for u in v if u not in DISFA_AUS]
-        if bad:
-            raise ValueError(f"AU {bad[0]} is not labelled by MIFA; allowed: {list(DISFA_AUS)}")
-        if len(set(v)) != len(v) or not v:
-            raise ValueError("must list each AU once and not be empty")
-        return v
-
-    @field_validator("share_overrides")
-    @classmethod
-    def _override_keys(cls, v: dict[str, float]) -> dict[str, float]:
-        allowed = [f"AU{a}" for a in DISFA_AUS]
-        for key, share in v.items():
-            if key not in allowed:
-                raise ValueError(f"unknown AU key {key!r}; allowed: {allowed}")
-            if not 0.0 < share < 1.0:
-                raise ValueError(f"{key} share {share} must be between 0 and 1 (exclusive)")
-        return v
-
-    @field_validator("intensity_weights")
-    @classmethod
-    def _weights_positive(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if len(v) != 5 or any(w < 0 for w in v) or sum(v) <= 0:
-            raise ValueError("needs 5 weights (for intensities 1-5), each >= 0, with a positive sum")
-        return v
-
-    @field_validator("intensity_scale")
-    @classmethod
-    def _scale_is_disfa(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if tuple(v) != (0, 5):
-            raise ValueError("MIFA labels intensity on the DISFA scale; allowed: [0, 5]")
-        return v
-
-    def share(self, au: int) -> float:
-        return self.share_overrides.get(f"AU{au}", self.active_share)
-
-
-def _weights(keys: tuple[str, ...], name: str):
-    """Validator for a {category: weight} table over a fixed vocabulary."""
-
-    def check(v: dict[str, float]) -> dict[str, float]:
-        for key, w in v.items():
-            if key not in keys:
-                raise ValueError(f"unknown {name} {key!r}; allowed: {list(keys)}")
-            if w < 0:
-                raise ValueError(f"weight for {key!r} is {w}; weights must be >= 0")
-        if sum(v.values()) <= 0:
-            raise ValueError("weights must have a positive sum")
-        return v
-
-    return check
-
-
-def _uniform(keys: tuple[str, ...]) -> dict[str, float]:
-    return {k: 1.0 for k in keys}
-
-
-class DemographicsSection(_Model):
-    ethnicity: dict[str, float] = Field(default_factory=lambda: _uniform(ETHNICITIES))
-    age_band: dict[str, float] = Field(default_factory=lambda: _uniform(AGE_BANDS))
-    gender: dict[str, float] = Field(default_factory=lambda: _uniform(GENDERS))
-
-    _eth = field_validator("ethnicity")(_weights(ETHNICITIES, "ethnic group"))
-    _age = field_validator("age_band")(_weights(AGE_BANDS, "age band"))
-    _gen = field_validator("gender")(_weights(GENDERS, "gender"))
-
-
-_DEFAULT_EMOTIONS = {**{e: 0.08 for e in EMOTIONS}, "neutral": 0.04, "mixed": 0.40}
-
-
-class EmotionSection(_Model):
-    mix: dict[str, float] = Field(default_factory=lambda: dict(_DEFAULT_EMOTIONS))
-
-    _mix = field_validator("mix")(_weights(EMOTION_MIX_KEYS, "emotion"))
-
-
-class IdentitySection(_Model):
-    bank: str = Field("builtin", description="'builtin', 'none', or a folder with identities.csv")
-
-
-class BankSection(_Model):
-    """Options of an identity-bank build (``dataset.kind = "identity-bank"``)."""
-
-    dedup_threshold: float | None = Field(
-        None,
-        ge=-1.0,
-        le=1.0,
-        description="cosine of two identity embeddings at or above which they are one person; "
-        "default by the portrait filter's embedder (dlib 0.9, arcface 0.5)",
-    )
-    licence: str = Field("", description="licence of the generating model, written into identities.csv")
-    source: str = Field("", description="the generating model, for identities.csv; default: the generator section")
-
-
-class StageSection(_Model):
-    """``name`` picks a registered stage; the other keys are that stage's options."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    name: str
-
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class OutputSection(_Model):
-    image_format: Literal["jpg", "webp", "png"] = "jpg"
-    image_quality: int = Field(95, ge=1, le=100)
-    image_size: int = Field(512, ge=32, le=2048)
-    keep_rejected_images: bool = False
-
-
-class EngineSection(_Model):
-    gpus: int = Field(0, ge=0, le=4096, description="GPU actors; 0 runs one CPU actor per worker")
-    cpu_workers: int = Field(1, ge=1, le=4096, description="actors when gpus = 0")
-    batch_size: int = Field(8, ge=1, le=1024)
-    inflight_per_actor: int = Field(2, ge=1, le=16)
-    max_retries: int = Field(2, ge=0, le=100)
-    min_acceptance_rate: float = Field(0.01, ge=0.0, le=1.0)
-    rate_check_after_shards: int = Field(3, ge=1)
-    expected_acceptance_rate: float = Field(0.5, gt=0.0, le=1.0)
-    address: str | None = None
 
 
 class Recipe(_Model):
@@ -263,6 +119,12 @@ class Recipe(_Model):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a recipe value may be a whole file)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
@@ -293,7 +155,7 @@ def _first_error(exc: ValidationError, data: dict[str, Any], source: str) -> Rec
         msg = f"{source}: unknown field '{field}' in {parent}; check the spelling{tail}"
     else:
         value = _lookup(data, loc)
-        got = "missing" if err["type"] == "missing" else f"got {value!r}"
+        got = "missing" if err["type"] == "missing" else f"got {_short(value)}"
         reason = str(err["msg"]).removeprefix("Value error, ")
         msg = f"{source}: field '{field}': {got}; {reason}{tail}"
     return RecipeError(msg, field=field)
@@ -305,6 +167,12 @@ def _validate_stage_options(recipe: Recipe, source: str) -> None:
             cls = stage_class(section.name)
         except StageError as exc:
             raise RecipeError(f"{source}: field '{path}.name': {exc}", field=f"{path}.name") from exc
+        except Exception as exc:  # a malformed plugin path, or the user's module failed to import
+            raise RecipeError(
+                f"{source}: field '{path}.name': cannot load stage {_short(section.name)} "
+                f"({type(exc).__name__}: {exc}); use a registered name or 'package.module:Class'",
+                field=f"{path}.name",
+            ) from exc
         want = path_kind(path)
         if getattr(cls, "kind", want) != want:
             raise RecipeError(
@@ -368,23 +236,47 @@ def apply_overrides(data: dict[str, Any], **overrides: Any) -> dict[str, Any]:
         "address": ("engine", "address"),
         "shard_size": ("dataset", "shard_size"),
     }
-    merged = json.loads(json.dumps(data))
+    merged = copy.deepcopy(data)
     for flag, value in overrides.items():
         if value is None:
             continue
         section, key = paths[flag]
-        merged.setdefault(section, {})[key] = value
+        table = merged.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise RecipeError(
+                f"field '{section}': got {_short(table)}; must be a table ([{section}]) to take --{flag}",
+                field=section,
+            )
+        table[key] = value
     return merged
 
 
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML of a recipe file; a missing, unreadable, binary or malformed file is
+    one RecipeError naming the file."""
     p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"recipe file {str(p)!r} does not exist; pass a TOML file such as recipes/demo.toml")
     try:
-        return tomllib.loads(p.read_text())
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise RecipeError(
+            f"recipe file {str(p)!r} does not exist; pass a TOML file such as recipes/demo.toml"
+        ) from None
+    except (OSError, ValueError) as exc:  # a folder, no permission, a NUL in the path, ...
+        reason = getattr(exc, "strerror", None) or exc
+        raise RecipeError(
+            f"cannot read recipe file {str(p)!r} ({reason}); pass a TOML file such as recipes/demo.toml"
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"{p}: not a text file (byte {exc.start} is not UTF-8); a recipe is a UTF-8 TOML file "
+            "such as recipes/demo.toml"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{p}: not valid TOML ({exc}); fix the syntax at that line") from exc
+        raise RecipeError(f"{p}: not valid TOML ({exc}); fix the syntax at that line") from None
 
 
 def load_recipe(path: str | Path, **overrides: Any) -> Recipe:

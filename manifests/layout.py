@@ -14,6 +14,7 @@
       cache/                                request caches (LLM)
       index.parquet, index.json             the dataset; index.json is the commit point
       build-summary.json                    the last build's counts and timings
+      workers.json                          the running build's workers (for `factory status`)
 
 Shards are numbered from 0 and spelled with six digits; the planner's sample keys are
 ``{shard:06d}_{index:05d}``, so a key names its shard.
@@ -126,6 +127,10 @@ class RunLayout:
     @property
     def build_summary(self) -> Path:
         return self.root / "build-summary.json"
+
+    @property
+    def workers(self) -> Path:
+        return self.root / "workers.json"
 
     def shard_name(self, shard: int) -> str:
         return shard_name(self.dataset, shard)

@@ -1,5 +1,5 @@
 """`python -m factory.cli ...` runs the command line (tests and benchmarks call it this way)."""
 
-from factory.cli import app
+from factory.cli.edge import main
 
-app()
+main()

@@ -6,13 +6,9 @@ from typing import Annotated
 
 import typer
 
-from cluster.ray_cluster import ClusterError
 from factory.cli.common import OutOpt, RecipeArg, RunArg, SeedOpt, TargetOpt, fail, load, out
 from factory.engine.rundir import RunError, open_run
-from factory.engine.scheduler import BuildError
 from factory.recipe import Recipe, RecipeError, recipe_from_dict
-from manifests.bank import IdentityBankError
-from stages.base import StageError
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a live bar (CI).")]
 LocalGpusOpt = Annotated[
@@ -57,10 +53,9 @@ def retry(run_dir: RunArg, quiet: QuietOpt = False, local_gpus: LocalGpusOpt = N
 def _run_build(r: Recipe, *, local_gpus: int | None, quiet: bool, retry_failed: bool) -> None:
     from factory.engine.build import build as run_build  # deferred: imports ray (~0.5 s)
 
-    try:
-        summary = run_build(r, local_gpus=local_gpus, quiet=quiet, retry_failed=retry_failed)
-    except (BuildError, RunError, ClusterError, IdentityBankError, StageError) as exc:
-        fail(str(exc))
+    # Its errors (a bad --out, a failed build, a full disk...) reach the CLI's error edge,
+    # which prints one line and exits 2 for input to fix, 1 for a failed build.
+    summary = run_build(r, local_gpus=local_gpus, quiet=quiet, retry_failed=retry_failed)
     out.print(
         f"[bold green]dataset[/] {summary.run_dir}: {summary.accepted} accepted of "
         f"{summary.planned_samples} generated (target {summary.target}) in {len(summary.indexed_shards)} "

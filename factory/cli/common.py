@@ -8,10 +8,11 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from factory.recipe import Recipe, RecipeError, load_recipe
 
-__all__ = ["OutOpt", "RecipeArg", "RunArg", "SeedOpt", "TargetOpt", "err", "fail", "load", "out"]
+__all__ = ["OutOpt", "RecipeArg", "RunArg", "SeedOpt", "TargetOpt", "err", "fail", "load", "out", "print_error"]
 
 # Wide tables in logs and CI (a pipe has no terminal width to follow).
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -26,9 +27,19 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Master seed (overri
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Output directory (overrides dataset.out).")]
 
 
+def print_error(message: str, *, lines: bool = False) -> None:
+    """The error on stderr, on one line: a line break or control character that a user's input
+    carried (a field name, a path) is spelled out, and nothing is read as rich markup;
+    ``lines`` keeps the lines of a report (a failed build lists its failures by cause)."""
+    safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    if not lines:
+        safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in safe)
+    err.print(f"[bold red]error:[/] {escape(safe)}", highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one error line (no traceback) and exit with ``code`` (2: bad input)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(code)
 
 

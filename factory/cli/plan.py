@@ -25,12 +25,19 @@ def plan(
     estimate_: Annotated[
         bool, typer.Option("--estimate", help="Also print GPU-hours and wall time for the target.")
     ] = False,
-    gpus: Annotated[int | None, typer.Option("--gpus", help="Estimate: GPUs (default: engine.gpus).")] = None,
+    gpus: Annotated[int | None, typer.Option("--gpus", min=1, help="Estimate: GPUs (default: engine.gpus).")] = None,
     batch_seconds: Annotated[
-        float | None, typer.Option("--batch-seconds", help="Estimate: stated seconds per engine.batch_size batch.")
+        float | None,
+        typer.Option("--batch-seconds", min=0.0, help="Estimate: stated seconds per engine.batch_size batch."),
     ] = None,
     acceptance: Annotated[
-        float | None, typer.Option("--acceptance", help="Estimate: stated acceptance rate (default: the run's).")
+        float | None,
+        typer.Option(
+            "--acceptance",
+            min=0.0,
+            max=1.0,
+            help="Estimate: stated acceptance rate (default: the run's).",
+        ),
     ] = None,
     measure: Annotated[
         bool, typer.Option("--measure", help="Estimate: time one batch of the recipe's pipeline on this machine.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -50,12 +50,26 @@ def status(
                 f"  index: {ix.get('accepted')} samples in {len(ix.get('shards', []))} shards "
                 f"(surplus {ix.get('surplus_shards', [])})"
             )
+        for w in s.get("workers", []):
+            out.print(_worker_line(w), highlight=False)
         for shard, error in s["failed_shards"].items():
             out.print(f"  [red]failed[/] shard {shard}: {error.splitlines()[0][:200]}")
         for problem in s.get("problems", []):
             out.print(f"  [red]problem[/]: {problem}")
     if s.get("problems"):
         raise typer.Exit(1)
+
+
+def _worker_line(w: dict[str, Any]) -> str:
+    gpu = ",".join(w.get("gpu_ids") or []) or "-"
+    where = f"{w.get('host')} GPU {gpu} (CUDA_VISIBLE_DEVICES={w.get('cuda_visible_devices') or '-'})"
+    if w.get("shard") is None:
+        return f"  worker {w['worker']}: {where}: {w.get('state', 'idle')}"
+    backup = " (backup copy)" if w.get("backup") else ""
+    return (
+        f"  worker {w['worker']}: {where}: shard {w['shard']}{backup} {w['samples']}/{w['planned']} samples, "
+        f"{w['samples_per_s']:.1f} samples/s" + (f", queued {w['queued']}" if w.get("queued") else "")
+    )
 
 
 def doctor(

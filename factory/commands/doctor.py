@@ -10,7 +10,8 @@ from pathlib import Path
 
 from cluster.ray_cluster import ClusterError, connect, shutdown
 from factory.engine.pipeline import make_context
-from factory.recipe import IdentitySection, Recipe
+from factory.recipe import Recipe
+from factory.sections import IdentitySection
 from manifests.bank import IdentityBankError, open_bank
 from stages.base import StageError
 from stages.pipeline import build_stage

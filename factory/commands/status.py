@@ -1,7 +1,9 @@
-"""`factory status`: what a run directory holds: planned / running / done / failed shards and counts."""
+"""`factory status`: what a run directory holds: planned / running / done / failed shards and counts,
+and while a build runs, its workers (host, GPU, current shard, samples/s) from ``workers.json``."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,10 @@ from factory.engine.rundir import open_run
 from manifests.index import read_index
 from manifests.verify import verify as verify_index
 
-__all__ = ["run_status"]
+__all__ = ["WORKERS_STALE_S", "run_status"]
+
+# The build rewrites workers.json every second; older than this, the record is not shown as live.
+WORKERS_STALE_S = 30.0
 
 
 def run_status(path: Path, *, verify: bool = False) -> dict[str, Any]:
@@ -37,7 +42,12 @@ def run_status(path: Path, *, verify: bool = False) -> dict[str, Any]:
         "planned_in_done_shards": sum(int(s["planned"]) for s in done.values()),
         "index": index,
         "complete": bool(index) and index.get("accepted", 0) >= index.get("target", 1),
+        "workers": [],
     }
+    if running:
+        updated, workers = run.read_workers()
+        if time.time() - updated < WORKERS_STALE_S:
+            status["workers"] = workers
     if verify:
         status["problems"] = verify_index(run.root)
     return status

@@ -16,22 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.actors import (
-    ActorSpec,
-    Ref,
-    TaskFailed,
-    call,
-    cancel,
-    kill,
-    result,
-    start_actors,
-    wait_any,
-    wait_ready,
-)
+from cluster.actors import ActorSpec, Ref, call, kill, result, start_actors, wait_ready
 from cluster.ray_cluster import ClusterError, connect, shutdown
-from factory.engine.dedup import DedupHook, bank_dedup
+from factory.engine.dedup import bank_dedup
 from factory.engine.progress import BuildProgress
-from factory.engine.rundir import RunDir, brief_stats
+from factory.engine.rundir import RunDir
+from factory.engine.runner import Runner
 from factory.engine.scheduler import BuildError, Scheduler
 from factory.engine.worker import IndexWriter, PromptWorker, ShardWorker
 from factory.plan import Planner
@@ -67,12 +57,16 @@ class WorkerPool:
     shard_workers: list[Any]
     prompt_workers: list[Any]
     index_writer: Any
+    warnings: list[str] = field(default_factory=list)  # what stages reported while starting
 
-    def describe_and_run(self, worker: int, shard: int, plan: Any, attempt: int) -> Ref:
-        """Describe ``plan`` on a prompt worker and run the shard on ``worker``; the description
-        goes from one actor to the other without passing through the driver."""
-        described = call(self.prompt_workers[shard % len(self.prompt_workers)], "describe", plan)
-        return call(self.shard_workers[worker], "run_shard", shard, described, attempt)
+    def describe(self, shard: int, plan: Any) -> Ref:
+        """Describe ``plan`` on a prompt worker; the description goes from that actor to the
+        shard worker without passing through the driver."""
+        return call(self.prompt_workers[shard % len(self.prompt_workers)], "describe", plan)
+
+    def run(self, worker: int, shard: int, described: Ref, attempt: int, ticket: int) -> Ref:
+        """Run the described shard on shard worker ``worker`` (``ticket`` names this call)."""
+        return call(self.shard_workers[worker], "run_shard", shard, described, attempt, ticket)
 
     def write_index(self, run_root: Path, dataset: str, indexed: list[int], **kwargs: Any) -> None:
         """Write the index on the index writer; its errors (a shard not done, repeated keys, a
@@ -93,11 +87,16 @@ def worker_pool(recipe: Recipe, run_root: Path) -> Iterator[WorkerPool]:
     engine = recipe.engine
     # num_cpus=0 for GPU workers: they must not wait for a CPU slot on GPU-dense nodes.
     # Threaded actors: queued shards overlap their commit with the next one's generation
-    # (the worker's own lock keeps generation one shard at a time).
+    # (the worker's own lock keeps generation one shard at a time); the control lane
+    # answers the driver's progress questions while both slots are busy.
     gpu = engine.gpus > 0
     count = engine.gpus if gpu else engine.cpu_workers
     shard_spec = ActorSpec(
-        count, num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1, concurrency=engine.inflight_per_actor
+        count,
+        num_gpus=1 if gpu else 0,
+        num_cpus=0 if gpu else 1,
+        concurrency=engine.inflight_per_actor,
+        control=True,
     )
     args = (recipe, str(run_root))
     actors: list[Any] = []
@@ -111,84 +110,13 @@ def worker_pool(recipe: Recipe, run_root: Path) -> Iterator[WorkerPool]:
         index_writer = start_actors(IndexWriter, (), ActorSpec(1, restarts=1, task_retries=1, on_this_node=True))[0]
         actors.append(index_writer)
         try:
-            wait_ready(actors)
+            infos = wait_ready(actors)
         except ClusterError as exc:
             raise BuildError(str(exc)) from None
-        yield WorkerPool(shard_workers, prompts, index_writer)
+        warnings = list(dict.fromkeys(w for info in infos for w in info.get("warnings", [])))
+        yield WorkerPool(shard_workers, prompts, index_writer, warnings)
     finally:
         kill(actors)
-
-
-def _dispatch(
-    sched: Scheduler,
-    pool: WorkerPool,
-    run: RunDir,
-    planner: Planner,
-    slots: dict[int, int],
-    refs: dict[Ref, tuple[int, int]],
-    inflight: int,
-) -> None:
-    """Send out shards, least-loaded worker first, while the scheduler wants more."""
-    for w in sorted(slots, key=slots.__getitem__):
-        while slots[w] < inflight and sched.want_more():
-            shard = sched.take()
-            plan = run.load_or_write_plan(shard, planner.shard)
-            attempt = sched.started(shard, plan.num_rows)
-            refs[pool.describe_and_run(w, shard, plan, attempt)] = (shard, w)
-            slots[w] += 1
-
-
-def _collect(
-    sched: Scheduler,
-    progress: BuildProgress,
-    slots: dict[int, int],
-    refs: dict[Ref, tuple[int, int]],
-    dedup: DedupHook | None = None,
-) -> None:
-    """Wait up to a second for finished shards and record each outcome."""
-    for ref in wait_any(refs, timeout=1.0):
-        shard, w = refs.pop(ref)
-        slots[w] -= 1
-        try:
-            stats = result(ref)
-        except TaskFailed as exc:
-            will_retry = sched.failure(shard, f"{exc.root}\n\n{exc.detail}")
-            progress.note(f"shard {shard} failed ({'retrying' if will_retry else 'giving up'}): {exc.root[:300]}")
-            continue
-        sched.succeeded(shard, brief_stats(stats))
-        progress.shard_done(stats)
-        sched.check_floor()
-    if dedup is not None:  # identity banks count distinct identities (factory.engine.dedup)
-        dedup.advance(sched)
-    progress.refresh()
-
-
-def _run_shards(
-    sched: Scheduler,
-    pool: WorkerPool,
-    run: RunDir,
-    planner: Planner,
-    progress: BuildProgress,
-    dedup: DedupHook | None = None,
-) -> int:
-    """Run shards until the complete prefix exists; returns its last shard. Abandons (cancels)
-    whatever still runs beyond it: its temp files go on the next start, committed shards
-    beyond it are surplus."""
-    slots = dict.fromkeys(range(len(pool.shard_workers)), 0)
-    refs: dict[Ref, tuple[int, int]] = {}  # ref -> (shard, worker index)
-    while True:
-        last, accepted = sched.finished()
-        if last is not None:
-            cancel(refs)
-            return last
-        _dispatch(sched, pool, run, planner, slots, refs, sched.recipe.engine.inflight_per_actor)
-        if not refs:
-            raise BuildError(
-                f"no shard left to run but only {accepted} of {sched.target} samples accepted "
-                f"in the committed prefix; failed shards: {sorted(sched.failed)}. "
-                "Run `factory retry` after fixing the cause."
-            )
-        _collect(sched, progress, slots, refs, dedup)
 
 
 def build(
@@ -205,16 +133,20 @@ def build(
             for shard in run.failures():
                 run.clear_failure(shard)
         planner = Planner(recipe, bank.records() if bank is not None else None)
-        sched = Scheduler(recipe, run, run.done_shards())
+        workers = recipe.engine.gpus or recipe.engine.cpu_workers
+        sched = Scheduler(recipe, run, run.done_shards(), workers=workers)
+        sched.check_failures()  # a resumed build whose recorded failures already say stop
         cluster = connect(recipe.engine.address, gpus=recipe.engine.gpus, local_gpus=local_gpus)
         progress = BuildProgress(recipe.dataset.target, quiet=quiet)
         try:
             with worker_pool(recipe, run.root) as pool, bank_dedup(recipe, run.root) as dedup:
+                for warning in pool.warnings:
+                    progress.note(f"warning: {warning}")
                 t_run = time.perf_counter()
                 if dedup is not None:
                     dedup.advance(sched)  # a resumed bank: decide (or read back) the shards already done
                 progress.start(sum(int(s["accepted"]) for s in sched.done.values()), sched.done)
-                last = _run_shards(sched, pool, run, planner, progress, dedup)
+                last = Runner(sched, pool, run, planner, progress, workers, dedup).run_until_complete()
                 indexed, surplus, failed = sched.outcome(last)
                 pool.write_index(
                     run.root, recipe.dataset.name, indexed, target=sched.target, surplus=surplus, failed=failed
@@ -223,6 +155,10 @@ def build(
         finally:
             progress.stop()
             shutdown(cluster)
+            # Every worker is gone: temp files of copies that were cancelled, abandoned or
+            # killed mid-shard can go now (a resume would remove them anyway).
+            run.clean_temps()
+            run.workers.unlink(missing_ok=True)
         summary = BuildSummary(
             run_dir=run.root,
             target=sched.target,

@@ -27,7 +27,8 @@ from typing import Any
 from cluster.actors import ActorSpec, call, kill, result, start_actors, wait_ready
 from cluster.ray_cluster import ClusterError
 from factory.engine.scheduler import BuildError, Scheduler
-from factory.recipe import IDENTITY_BANK, Recipe
+from factory.recipe import Recipe
+from factory.sections import IDENTITY_BANK
 from manifests.dedup import KeptIdentities, dedup_shard
 from manifests.layout import RunLayout
 from stages.portrait import DEDUP_THRESHOLDS

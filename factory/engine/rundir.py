@@ -7,6 +7,7 @@ operations a build (and ``factory status``) performs on it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from factory.recipe import Recipe
-from manifests.atomic import clean_temps, write_parquet_atomic, write_text_atomic
+from manifests.atomic import TEMP_SUFFIX, clean_temps, write_parquet_atomic, write_text_atomic
 from manifests.layout import RunLayout
 from manifests.writer import is_done, read_stats
 
@@ -89,20 +90,56 @@ def brief_stats(stats: dict[str, Any]) -> dict[str, Any]:
 class RunDir(RunLayout):
     # --- lifecycle -------------------------------------------------------------------
     def lock(self) -> FileLock:
-        """Take the build lock at once or fail naming the holder (no waiting, no hang)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(self.lock_file)
-        owner = self.owner_file
+        """Take the build lock at once or fail naming the holder (no waiting, no hang).
+
+        The output folder must be new, empty or a factory build's (it has run.json): a
+        build never writes into a folder of someone else's files."""
+        self._check_is_ours()
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(self.lock_file)
             lock.acquire(timeout=0)
         except Timeout:
+            owner = self.owner_file
             who = owner.read_text().strip() if owner.exists() else "another process"
             raise RunError(
                 f"output directory {self.root} is held by a running build ({who}); wait for it to "
                 "finish, stop it, or choose another --out"
             ) from None
-        write_text_atomic(owner, f"pid {os.getpid()} on {socket.gethostname()}")
+        except OSError as exc:
+            raise RunError(
+                f"cannot create the output folder {self.root} ({exc.strerror or exc}); choose a folder "
+                "you can write with --out (or dataset.out in the recipe)"
+            ) from None
+        try:
+            write_text_atomic(self.owner_file, f"pid {os.getpid()} on {socket.gethostname()}")
+        except OSError as exc:
+            lock.release()
+            raise RunError(f"cannot write in the output folder {self.root}: {exc}") from None
         return lock
+
+    def _check_is_ours(self) -> None:
+        """Refuse a file, or a non-empty folder without run.json that holds anything a build
+        would not have put there (a crash before run.json leaves only the build's own names)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise RunError(f"--out {self.root} is a file, not a folder; choose a folder for the dataset")
+        if not self.root.is_dir() or self.run_json.exists():
+            return
+        own = {p.name for p in (self.plans, self.shards, self.failed, self.cache, self.lock_file, self.owner_file)}
+        try:
+            foreign = sorted(
+                p.name for p in self.root.iterdir() if p.name not in own and not p.name.endswith(TEMP_SUFFIX)
+            )
+        except OSError as exc:
+            raise RunError(
+                f"cannot read the output folder {self.root} ({exc.strerror or exc}); choose another --out"
+            ) from None
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise RunError(
+                f"output folder {self.root} is not empty and is not a factory build (no run.json; it holds "
+                f"{shown}); choose a new or empty folder with --out (or dataset.out), nothing was written"
+            )
 
     def start(self, recipe: Recipe, bank_fingerprint: str | None) -> dict[str, Any]:
         """Record the recipe on first start; on resume refuse a recipe that differs."""
@@ -181,6 +218,20 @@ class RunDir(RunLayout):
         for folder in (self.plans, self.root, self.failed, self.shards):
             removed += clean_temps(folder)
         return removed
+
+    # --- workers (for `factory status`) ---------------------------------------------------
+    def write_workers(self, rows: list[dict[str, Any]]) -> None:
+        """Record the running build's workers; best effort: status is not worth failing a build."""
+        with contextlib.suppress(OSError):
+            write_text_atomic(self.workers, json.dumps({"updated_at": time.time(), "workers": rows}), sync_dir=False)
+
+    def read_workers(self) -> tuple[float, list[dict[str, Any]]]:
+        """(when written, the workers) of the last record, or (0, []) without one."""
+        try:
+            data = json.loads(self.workers.read_text())
+            return float(data["updated_at"]), list(data["workers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0, []
 
     # --- shards ----------------------------------------------------------------------
     def done_shards(self) -> dict[int, dict[str, Any]]:

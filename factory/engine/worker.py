@@ -15,6 +15,14 @@ two micro-batches wait for the checker (backpressure), so memory is bounded. The
 runs ``inflight_per_actor`` shard calls concurrently (threaded actor) but a lock lets only
 one of them generate at a time, so the next shard starts on the device while the previous
 one's last checks and its commit (fsync, Parquet, stats) finish.
+
+Progress and backups: every generated and every checked micro-batch is a *step*; the driver
+asks :meth:`ShardWorker.progress` (on the actor's control lane, so it answers while both
+work slots are busy) how many steps each shard call has made, and cancels a shard that makes
+none for ``engine.shard_timeout_s``. The driver may run a backup copy of a slow shard on an
+idle worker: the shard writer never replaces a done shard (``overwrite=False``), so the first
+copy to commit wins and the other, told by :meth:`ShardWorker.abandon` or refused at commit,
+removes its temp files and reports itself superseded.
 """
 
 from __future__ import annotations
@@ -34,10 +42,14 @@ from factory.engine.pipeline import StageTimings, make_context, recipe_pipeline
 from factory.recipe import Recipe
 from manifests.index import write_index
 from manifests.layout import RunLayout
-from manifests.writer import ShardWriter
+from manifests.writer import ShardWriter, is_done
 from stages.base import Record
 
-__all__ = ["IndexWriter", "PromptWorker", "ShardWorker", "device_for_worker"]
+__all__ = ["IndexWriter", "PromptWorker", "ShardAbandoned", "ShardWorker", "device_for_worker"]
+
+
+class ShardAbandoned(Exception):
+    """The driver dropped this copy of a shard: another copy committed it first."""
 
 
 def device_for_worker() -> str:
@@ -56,7 +68,10 @@ class PromptWorker:
         self.pipeline = recipe_pipeline(recipe, make_context(recipe, Path(run_dir), "cpu"), ["prompt"])
 
     def info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "stage": "prompt"}
+        """Also the warnings the stages raised while starting (e.g. an LLM endpoint that does
+        not answer while the recipe falls back to the grammar), for the driver to show."""
+        warnings = [w for stage in self.pipeline.stages for w in getattr(stage, "warnings", [])]
+        return {"pid": os.getpid(), "stage": "prompt", "warnings": warnings}
 
     def describe(self, plan: pa.Table) -> tuple[list[Record], float]:
         """The shard's plan (an Arrow table: the driver never builds per-sample dicts)
@@ -94,6 +109,11 @@ class ShardWorker:
         self.checks = recipe_pipeline(recipe, context, checks)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checks")
         self._generating = threading.Lock()
+        # Progress of the shard calls under way, by ticket (the driver's id of one call);
+        # read by progress() on the control lane while work threads update it.
+        self._calls: dict[int, dict[str, Any]] = {}
+        self._dropped: set[int] = set()
+        self._state = threading.Lock()
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs and which device it sees (GPU pinning is checked on this)."""
@@ -105,8 +125,72 @@ class ShardWorker:
             "gpu_ids": gpu_ids(),
         }
 
-    def run_shard(self, shard: int, described: tuple[list[Record], float], attempt: int = 1) -> dict[str, Any]:
+    # -- control lane ---------------------------------------------------------------------
+    def progress(self) -> dict[str, Any]:
+        """This worker's place and, per shard call under way, its state (queued | running |
+        committing), steps (micro-batches generated + checked), samples generated, planned
+        samples and seconds since it started generating."""
+        now = time.monotonic()
+        with self._state:
+            calls = {
+                ticket: {
+                    **{k: v for k, v in call.items() if k != "t0"},
+                    "seconds": now - call["t0"] if call["t0"] else 0.0,
+                }
+                for ticket, call in self._calls.items()
+            }
+        return {**self.info(), "calls": calls}
+
+    def abandon(self, ticket: int) -> None:
+        """Drop the call ``ticket`` at its next micro-batch (another copy committed its shard)."""
+        with self._state:
+            if ticket in self._calls:
+                self._dropped.add(ticket)
+
+    def _step(self, ticket: int, samples: int = 0, **changes: Any) -> None:
+        """Count one step of ``ticket`` (or just apply ``changes``); stop it if dropped."""
+        with self._state:
+            call = self._calls[ticket]
+            call.update(changes)
+            if samples or not changes:
+                call["steps"] += 1
+                call["samples"] += samples
+            dropped = ticket in self._dropped
+        if dropped:
+            raise ShardAbandoned(f"shard {call['shard']}: another copy was committed first")
+
+    # -- work -----------------------------------------------------------------------------
+    def run_shard(
+        self, shard: int, described: tuple[list[Record], float], attempt: int = 1, ticket: int = 0
+    ) -> dict[str, Any]:
+        """Run and commit one shard; returns its stats, or ``{"shard", "superseded": True}``
+        when another copy of it committed first (this copy's temp files are removed)."""
         records, prompt_seconds = described
+        with self._state:
+            self._calls[ticket] = {
+                "shard": shard,
+                "state": "queued",
+                "steps": 0,
+                "samples": 0,
+                "planned": len(records),
+                "t0": None,
+            }
+        try:
+            return self._run(shard, records, prompt_seconds, attempt, ticket)
+        except ShardAbandoned as exc:
+            return {"shard": shard, "superseded": True, "reason": str(exc)}
+        except FileExistsError as exc:  # the writer refuses to replace a shard committed meanwhile
+            if not is_done(self.layout.shards, self.recipe.dataset.name, shard):
+                raise
+            return {"shard": shard, "superseded": True, "reason": str(exc)}
+        finally:
+            with self._state:
+                self._calls.pop(ticket, None)
+                self._dropped.discard(ticket)
+
+    def _run(
+        self, shard: int, records: list[Record], prompt_seconds: float, attempt: int, ticket: int
+    ) -> dict[str, Any]:
         out = self.recipe.output
         timings = StageTimings()
         timings.add("prompt", prompt_seconds, len(records))
@@ -119,19 +203,27 @@ class ShardWorker:
             image_format=out.image_format,
             image_quality=out.image_quality,
             keep_rejected_images=out.keep_rejected_images,
-            overwrite=True,  # only uncommitted shards are ever (re)run
+            overwrite=False,  # a backup copy may have committed it: the first commit wins
         ) as writer:
             pending: list[Future[None]] = []
-            with self._generating:  # one shard at a time on the device
+            # One shard at a time on the device; a queued call still notices being dropped.
+            while not self._generating.acquire(timeout=0.2):
+                self._step(ticket, state="queued")
+            try:
+                self._step(ticket, state="running", t0=time.monotonic())
                 for start in range(0, len(records), bs):
                     batch = records[start : start + bs]
                     self.generator.run(batch, timings)
-                    pending.append(self._pool.submit(self._check_and_write, batch, writer, timings))
+                    self._step(ticket, samples=len(batch))
+                    pending.append(self._pool.submit(self._check_and_write, batch, writer, timings, ticket))
                     while len(pending) >= 2:  # backpressure: at most two batches wait for checks
                         pending.pop(0).result()
+            finally:
+                self._generating.release()
             # The next shard may generate while this one's last checks and commit finish.
             for fut in pending:
                 fut.result()
+            self._step(ticket, state="committing")
             return writer.commit(
                 {
                     "attempt": attempt,
@@ -142,10 +234,11 @@ class ShardWorker:
                 }
             )
 
-    def _check_and_write(self, batch: list[Record], writer: ShardWriter, timings: StageTimings) -> None:
+    def _check_and_write(self, batch: list[Record], writer: ShardWriter, timings: StageTimings, ticket: int) -> None:
         self.checks.run(batch, timings)
         t0 = time.perf_counter()
         for record in batch:
             writer.add(record)
             record.pop("image", None)  # free the pixels as soon as they are encoded
         timings.add("write", time.perf_counter() - t0, len(batch))
+        self._step(ticket)

@@ -67,6 +67,8 @@ class PromptStage(Stage[PromptConfig]):
         super().__init__(config, context)
         # Requests sent / cache hits of the last LLM batch (for logs and tests).
         self.last_stats: dict[str, int] = {}
+        # Problems found at setup that do not stop the build (the engine shows them once).
+        self.warnings: list[str] = []
 
     def setup(self) -> None:
         if self.config.backend != "llm":
@@ -78,8 +80,25 @@ class PromptStage(Stage[PromptConfig]):
                 "prompt backend 'llm' needs the Python package 'openai'; install it with: "
                 "pip install 'mifa-factory[llm]'"
             ) from exc
-        self._api_key()  # fail early on a missing key
+        key = self._api_key()  # fail early on a missing key
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        self._probe(key)
+
+    def _probe(self, key: str) -> None:
+        """One request at start: with ``on_failure = "drop"`` a dead endpoint would drop every
+        sample of every shard, so it fails here, before any shard; with the grammar fallback
+        it is a warning."""
+        from stages.prompt.probe import probe_endpoint  # deferred: brings openai; the grammar backend needs none
+
+        problem = probe_endpoint(self.config.base_url, key, min(self.config.timeout_s, 10.0))
+        if problem is None:
+            return
+        if self.config.on_failure == "drop":
+            raise StageError(
+                f"{problem}; with prompt.on_failure = 'drop' every sample would be dropped. Start the server, "
+                "fix prompt.base_url (or the key), or set prompt.on_failure = 'grammar' to fall back to the grammar"
+            )
+        self.warnings.append(f"{problem}; descriptions fall back to the grammar (prompt.on_failure = 'grammar')")
 
     @property
     def cache_path(self) -> Path:

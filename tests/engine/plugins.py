@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from stages.base import Record, Stage, StageConfig, drop
@@ -59,3 +60,39 @@ class MissingCheckpoint(Stage):
 
     def process(self, batch: list[Record]) -> list[Record]:
         return batch
+
+
+class HangOnceConfig(StageConfig):
+    shard: int = 1
+    seconds: float = 600.0
+    marker_dir: str = "/tmp"
+
+
+class HangOnce(Stage[HangOnceConfig]):
+    """Hangs (sleeps ``seconds``) the first time any worker sees ``shard``: a stuck GPU or a
+    dead mount, as the engine sees it. A marker file makes every later attempt healthy."""
+
+    name = "hang-once"
+    kind = "filter"
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        cfg = self.config
+        marker = Path(cfg.marker_dir) / f"hung-on-{cfg.shard}"
+        if any(r["shard"] == cfg.shard for r in batch) and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            time.sleep(cfg.seconds)
+        return batch
+
+
+class AlwaysFailsConfig(StageConfig):
+    path: str = "/bank/portrait-0007.jpg"
+
+
+class AlwaysFails(Stage[AlwaysFailsConfig]):
+    """Fails every batch the way an unreadable identity-bank image does, on every worker."""
+
+    name = "always-fails"
+    kind = "filter"
+
+    def process(self, batch: list[Record]) -> list[Record]:
+        raise OSError(f"cannot read identity image {self.config.path} (shard {batch[0]['shard']}): unreadable")

@@ -64,13 +64,16 @@ def _tar_keys(out: Path, shards: list[int]) -> list[str]:
 
 def test_kill_9_then_resume_equals_uninterrupted_build(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
-    subprocess.run(
+    ref = subprocess.run(
         _build_cmd(_write_recipe(tmp_path / "ref.toml", reference)),
         env=_env(),
         check=True,
         capture_output=True,
+        text=True,
         timeout=600,
     )
+    # What a user sees: no Ray start-up notice about token authentication, no traceback.
+    assert "Token authentication" not in ref.stderr and "Traceback" not in ref.stderr, ref.stderr
     ref_shards, ref_keys = _dataset(reference)
 
     out = tmp_path / "killed"

@@ -6,15 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from factory.plan import (
-    CONSTRAINTS,
-    Planner,
-    PlanStats,
-    apply_constraints,
-    fold_expression,
-    plan_shard,
-    plan_statistics,
-)
+from factory.expressions import CONSTRAINTS, apply_constraints, fold_expression
+from factory.plan import Planner, PlanStats, plan_shard, plan_statistics
 from factory.recipe import Recipe, recipe_from_dict
 from manifests.bank import open_bank
 from manifests.vocab import AGE_BANDS, AU_INDEX, DISFA_AUS, ETHNICITIES, GENDERS

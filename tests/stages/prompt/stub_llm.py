@@ -10,6 +10,9 @@
 - ``fix_after_feedback``: ``wrong`` until the conversation carries read-back feedback
 - ``500`` / ``429``: that HTTP status; ``fail_first`` > 0 fails only the first N requests
 - ``stall``: sleeps ``stall_s`` before answering (past the client timeout)
+- ``401``: every request, and ``GET /v1/models`` (the start-up probe), refused as unauthorised
+
+``GET /v1/models`` answers an empty model list otherwise; it is not counted in ``requests``.
 """
 
 from __future__ import annotations
@@ -63,6 +66,17 @@ class StubLLM:
                     status = 200
                 self.reply(int(status), content)
 
+            def do_GET(self) -> None:
+                if stub.mode == "401":
+                    self.reply(401, "invalid api key")
+                    return
+                data = json.dumps({"object": "list", "data": []}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def reply(self, status: int, content: str) -> None:
                 if status == 200:
                     payload = {
@@ -106,6 +120,8 @@ class StubLLM:
     def answer(self, body: dict[str, Any], n: int) -> tuple[int | str, str]:
         messages = body["messages"]
         mode = self.mode
+        if mode == "401":
+            return 401, "invalid api key"
         if mode in ("500", "429"):
             if not self.fail_first or n <= self.fail_first:
                 return int(mode), "stub failure"

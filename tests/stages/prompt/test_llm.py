@@ -204,10 +204,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.timeout(60)
-def test_dead_server_gives_bounded_attempts_then_drop(tmp_path) -> None:
+def test_a_server_dying_after_the_start_gives_bounded_attempts_then_drop(tmp_path) -> None:
+    doomed = StubLLM()
     config = PromptConfig(
         backend="llm",
-        base_url=f"http://127.0.0.1:{_free_port()}/v1",
+        base_url=doomed.base_url,
         max_retries=1,
         retry_backoff_s=0.01,
         timeout_s=0.5,
@@ -217,12 +218,42 @@ def test_dead_server_gives_bounded_attempts_then_drop(tmp_path) -> None:
         api_key_env="STUB_LLM_KEY",
     )
     stage = PromptStage(config, StageContext(run_dir=tmp_path))
-    stage.setup()
+    stage.setup()  # the probe finds the server
+    doomed.close()
     out = stage.process(make_records(20, seed=9))
     assert all(is_dropped(r) for r in out)
     assert all("cannot connect" in r["drop_reason"] or "skipped" in r["drop_reason"] for r in out)
     # breaker: give_up_after x attempts failed in a row, plus at most concurrency - 1 in flight
     assert stage.last_stats["requests"] <= 1 * 2 + 1
+
+
+def _dead_url() -> str:
+    return f"http://127.0.0.1:{_free_port()}/v1"
+
+
+def test_a_dead_endpoint_fails_setup_when_samples_would_be_dropped(tmp_path) -> None:
+    config = PromptConfig(backend="llm", base_url=_dead_url(), on_failure="drop", api_key_env="STUB_LLM_KEY")
+    with pytest.raises(StageError, match=r"cannot reach the LLM endpoint http://127\.0\.0\.1:\d+/v1.*on_failure"):
+        PromptStage(config, StageContext(run_dir=tmp_path)).setup()
+
+
+def test_a_dead_endpoint_is_a_warning_when_the_grammar_takes_over(tmp_path) -> None:
+    config = PromptConfig(backend="llm", base_url=_dead_url(), on_failure="grammar", api_key_env="STUB_LLM_KEY")
+    stage = PromptStage(config, StageContext(run_dir=tmp_path))
+    stage.setup()
+    assert len(stage.warnings) == 1 and "cannot reach" in stage.warnings[0] and "grammar" in stage.warnings[0]
+
+
+def test_a_refused_key_fails_setup_once(stub, tmp_path) -> None:
+    stub.reset("401")
+    with pytest.raises(StageError, match=r"refused the API key \(HTTP 401\)"):
+        _stage(stub, tmp_path, on_failure="drop")
+    assert stub.requests == 0  # the probe is one GET, before any description is asked for
+
+
+def test_a_live_endpoint_passes_the_probe_without_a_warning(stub, tmp_path) -> None:
+    stub.reset("good")
+    assert _stage(stub, tmp_path, on_failure="drop").warnings == []
 
 
 def test_process_runs_from_a_plain_thread_and_inside_an_event_loop(stub, tmp_path) -> None:

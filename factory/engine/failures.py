@@ -1,0 +1,97 @@
+"""Failed shard attempts grouped by root cause, and the report a stopped build prints.
+
+A cause is the innermost error line of an attempt with its numbers masked, so "cannot read
+/bank/0007.jpg" on shard 3 and "cannot read /bank/0012.jpg" on shard 9 are one cause: a
+build that stops lists each cause once, with how many shards it hit and what to do.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["Cause", "FailureKind", "FailureLog", "cause_key", "failure_report"]
+
+# error: our code (or a stage) raised; lost: the worker's process or node died;
+# timeout: the shard made no progress for engine.shard_timeout_s and was cancelled.
+FailureKind = Literal["error", "lost", "timeout"]
+
+_HINTS: dict[str, str] = {
+    "lost": "a worker process or node died (out of memory? a GPU fault?); see the Ray logs of the cluster "
+    "(/tmp/ray/session_latest/logs on each node)",
+    "timeout": "a shard made no progress (a hung GPU or stuck filesystem?); check the workers' hosts, "
+    "or raise engine.shard_timeout_s if shards are legitimately that slow",
+}
+
+
+def cause_key(root: str) -> str:
+    """The cause of an error line: numbers masked (shard numbers, file names, counts)."""
+    return re.sub(r"\d+", "#", root.strip())[:300]
+
+
+@dataclass
+class Cause:
+    example: str  # the first error line seen with this cause, as it was
+    kind: FailureKind
+    shards: set[int] = field(default_factory=set)
+    workers: set[int] = field(default_factory=set)
+
+
+@dataclass
+class FailureLog:
+    """Causes of the failed attempts of this build session."""
+
+    causes: dict[str, Cause] = field(default_factory=dict)
+
+    def add(self, shard: int, root: str, *, worker: int | None, kind: FailureKind) -> tuple[Cause, bool]:
+        """Record an attempt; returns its cause and whether the cause is new."""
+        key = cause_key(root)
+        new = key not in self.causes
+        cause = self.causes.setdefault(key, Cause(root.strip(), kind))
+        cause.shards.add(shard)
+        if worker is not None:
+            cause.workers.add(worker)
+        return cause, new
+
+    def first_shard(self, root: str) -> int | None:
+        cause = self.causes.get(cause_key(root))
+        return min(cause.shards) if cause and cause.shards else None
+
+
+def _shard_list(shards: list[int], limit: int = 8) -> str:
+    head = ", ".join(str(s) for s in shards[:limit])
+    return f"[{head}{', ...' if len(shards) > limit else ''}]"
+
+
+def failure_report(
+    reason: str, failed: dict[int, str], log: FailureLog, run_dir: str, *, kinds: dict[str, FailureKind] | None = None
+) -> str:
+    """The message of a build stopped by its failures: why it stopped, then each cause once
+    (how many shards, which, the first error line, a hint by kind), then what to do.
+
+    ``failed`` maps each permanently failed shard to its last error line; causes seen only
+    on attempts that are still being retried come from ``log``.
+    """
+    grouped: dict[str, list[int]] = {}
+    examples: dict[str, str] = {}
+    for shard, root in sorted(failed.items()):
+        key = cause_key(root)
+        grouped.setdefault(key, []).append(shard)
+        examples.setdefault(key, root.strip())
+    for key, cause in log.causes.items():
+        if key not in grouped:
+            grouped[key] = sorted(cause.shards)
+            examples[key] = cause.example
+    kinds = {**{k: c.kind for k, c in log.causes.items()}, **(kinds or {})}
+    lines = [reason, "Failures by cause:"]
+    for key, shards in sorted(grouped.items(), key=lambda item: -len(item[1])):
+        hint = _HINTS.get(kinds.get(key, "error"), "")
+        lines.append(
+            f"  {len(shards)} shard(s) {_shard_list(shards)}: {examples[key]}" + (f" -- {hint}" if hint else "")
+        )
+    lines.append(
+        f"Fix the cause above, then run `factory retry {run_dir}` to rerun the failed shards and finish the "
+        f"dataset (each attempt's full error is in {run_dir}/failed/)."
+    )
+    return "\n".join(lines)

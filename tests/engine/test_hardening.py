@@ -1,0 +1,133 @@
+"""Engine hardening on one local Ray cluster (8 logical GPUs): every GPU works, failures
+stop the build, hung shards are cancelled, stragglers get backups, status shows workers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from bench.standin import STANDIN
+from factory.commands.status import run_status
+from factory.engine.build import BuildError, build
+from factory.recipe import recipe_from_dict
+from tests.engine.conftest import standin_doc
+
+pytestmark = pytest.mark.ray
+
+
+def _stats(out: Path) -> dict[int, dict]:
+    return {int(p.name[2:8]): json.loads(p.read_text()) for p in (out / "shards").glob("t-*.stats.json")}
+
+
+def _no_temp_files(out: Path) -> bool:
+    return not [p for p in out.rglob(".*") if p.is_file() and p.name.endswith(".tmp")]
+
+
+def test_a_small_build_spreads_over_idle_gpus_before_queueing(ray_cluster, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    doc = standin_doc(
+        out,
+        dataset={"target": 24, "shard_size": 6},  # 4 shards on 8 GPUs
+        generator={"name": STANDIN, "seconds_per_batch": 0.2},
+        engine={"gpus": 8, "expected_acceptance_rate": 1.0},
+    )
+    summary = build(recipe_from_dict(doc), quiet=True)
+    assert summary.indexed_shards == [0, 1, 2, 3]
+    pids = {s["worker"]["pid"] for s in _stats(out).values()}
+    assert len(pids) == 4  # one shard per worker; dispatch used to fill two workers' slots first
+
+
+def test_a_setup_error_on_every_worker_stops_the_build_at_once_grouped(ray_cluster, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    doc = standin_doc(
+        out,
+        dataset={"target": 6000, "shard_size": 6},  # 1,000 shards if nothing stopped it
+        filters={"name": "tests.engine.plugins:AlwaysFails"},
+        engine={"gpus": 8, "max_retries": 2},
+    )
+    t0 = time.monotonic()
+    with pytest.raises(BuildError) as info:
+        build(recipe_from_dict(doc), quiet=True)
+    message = str(info.value)
+    assert "the same error on" in message and "before any shard succeeded" in message
+    assert message.count("cannot read identity image /bank/portrait-0007.jpg") == 1  # one line per cause
+    assert f"factory retry {out}" in message
+    # The first wave (8 workers x 2) and the few slots its first failures free before the third
+    # shard fails (a retry avoids the worker it failed on): never shard 1886.
+    assert len(list((out / "plans").glob("*.parquet"))) <= 8 * 2 + 2 * 3
+    assert time.monotonic() - t0 < 300  # generous: a loaded 2-core machine; unbounded before
+    assert not (out / "index.json").exists()
+
+
+def test_a_hung_shard_is_cancelled_and_retried_elsewhere(ray_cluster, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    doc = standin_doc(
+        out,
+        dataset={"target": 24, "shard_size": 6},
+        generator={"name": STANDIN, "seconds_per_batch": 0.1},
+        filters={"name": "tests.engine.plugins:HangOnce", "shard": 1, "seconds": 600, "marker_dir": str(tmp_path)},
+        engine={"gpus": 4, "shard_timeout_s": 4, "backups": False, "max_retries": 2},
+    )
+    t0 = time.monotonic()
+    summary = build(recipe_from_dict(doc), quiet=True)
+    assert time.monotonic() - t0 < 120  # not the 600 s hang
+    assert summary.indexed_shards == [0, 1, 2, 3] and not summary.failed_shards
+    hung_pid = int((tmp_path / "hung-on-1").read_text())
+    stats = _stats(out)
+    assert stats[1]["worker"]["pid"] != hung_pid and stats[1]["attempt"] == 2
+    keys = [s["__key__"] for s in wds.WebDataset(str(out / "shards" / "t-000001.tar"), shardshuffle=False)]
+    assert len(keys) == len(set(keys)) == 6
+    assert _no_temp_files(out)
+
+
+def test_a_straggler_gets_a_backup_copy_and_the_first_commit_wins(ray_cluster, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    doc = standin_doc(
+        out,
+        dataset={"target": 36, "shard_size": 6},
+        generator={"name": STANDIN, "seconds_per_batch": 0.2},
+        filters={"name": "tests.engine.plugins:HangOnce", "shard": 2, "seconds": 600, "marker_dir": str(tmp_path)},
+        engine={"gpus": 8, "shard_timeout_s": 600, "backup_after": 1.0, "expected_acceptance_rate": 1.0},
+    )
+    t0 = time.monotonic()
+    summary = build(recipe_from_dict(doc), quiet=True)
+    assert time.monotonic() - t0 < 120  # neither the hang nor the timeout was waited for
+    assert summary.indexed_shards == list(range(6)) and not summary.failed_shards
+    hung_pid = int((tmp_path / "hung-on-2").read_text())
+    stats = _stats(out)
+    assert stats[2]["worker"]["pid"] != hung_pid and stats[2]["attempt"] == 1  # a copy, not a retry
+    assert not (out / "failed").exists() or not list((out / "failed").glob("*.json"))
+    index = pq.read_table(out / "index.parquet")
+    assert index.num_rows == 36 and len(set(index.column("key").to_pylist())) == 36
+    assert _no_temp_files(out)  # the loser's temp tar went with it
+
+
+def test_status_shows_the_workers_of_a_running_build(ray_cluster, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    doc = standin_doc(
+        out,
+        dataset={"target": 48, "shard_size": 12},
+        generator={"name": STANDIN, "seconds_per_batch": 0.8},  # ~5 s per shard
+        engine={"gpus": 2, "batch_size": 2},
+    )
+    finished: list[object] = []
+    builder = threading.Thread(target=lambda: finished.append(build(recipe_from_dict(doc), quiet=True)), daemon=True)
+    builder.start()
+    seen: list[dict] = []
+    deadline = time.monotonic() + 120
+    while builder.is_alive() and time.monotonic() < deadline and not seen:
+        if (out / "run.json").exists():
+            seen = [w for w in run_status(out)["workers"] if w["shard"] is not None and w["samples"] > 0]
+        time.sleep(0.3)
+    builder.join(timeout=300)
+    assert seen, "no worker with a running shard was reported while the build ran"
+    worker = seen[0]
+    assert worker["host"] and worker["gpu_ids"] and worker["cuda_visible_devices"] is not None
+    assert worker["samples_per_s"] > 0 and worker["planned"] == 12
+    assert finished and run_status(out)["workers"] == []  # nothing shown once the build is over
