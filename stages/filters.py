@@ -37,6 +37,7 @@ from pydantic import Field
 
 from manifests.vocab import DISFA_AUS, UNCERTAIN
 from stages.base import Kind, Record, Stage, StageConfig, StageContext, StageError
+from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, DLIB_RESNET_LICENCE, THIS_CODE
 from stages.faces.landmarks import detect_faces, face_embedding
 from stages.labels import jaccard
 
@@ -110,6 +111,12 @@ Check = Callable[[Record, float | None], FilterResult]
 class FilterStage(Stage[FilterConfig]):
     name: ClassVar[str] = "filters"
     kind: ClassVar[Kind] = "filter"
+    licence = f"{THIS_CODE} (no model; identity_similarity adds dlib's face descriptor and landmarks)"
+
+    def licence_notice(self) -> str:
+        if not self.config.identity_similarity:
+            return f"{THIS_CODE} (no model)"
+        return f"{THIS_CODE}; {DLIB_RESNET_LICENCE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}"
 
     def __init__(self, config: FilterConfig, context: StageContext) -> None:
         super().__init__(config, context)

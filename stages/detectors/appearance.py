@@ -71,6 +71,7 @@ from pydantic import Field
 
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, StageConfig, StageContext, StageError
+from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, THIS_CODE
 from stages.detectors.base import MeasuringDetector, read_calibration
 from stages.faces.geometry import upright_transform
 from stages.faces.landmarks import detect_faces
@@ -320,7 +321,7 @@ class AppearanceAUDetector(MeasuringDetector[AppearanceConfig]):
         "face resampled upright at 64 px inter-ocular distance from the face stage's landmarks; "
         "local-contrast-normalised grey; region statistics minus the identity exemplar's"
     )
-    licence = "Apache-2.0 (this code); dlib landmark model: CC0 (face-recognition-models)"
+    licence = f"{THIS_CODE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}"
 
     def __init__(self, config: AppearanceConfig, context: StageContext) -> None:
         super().__init__(config, context)

@@ -71,6 +71,7 @@ from scipy.optimize import nnls
 
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, StageConfig, StageContext, StageError
+from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, THIS_CODE
 from stages.detectors.base import MeasuringDetector, read_calibration
 from stages.faces.geometry import (
     affine_fit,
@@ -299,7 +300,8 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
         "68 iBUG landmarks from the face stage; similarity-normalised on stable points against "
         "the identity exemplar's landmarks (or dlib's population-mean shape), IOD units"
     )
-    licence = "Apache-2.0 (this code); dlib models: Boost (dlib) / CC0 (face-recognition-models)"
+    # Reads the 300-W mean shape from the 68-point model file and the face stage's 68 landmarks.
+    licence = f"{THIS_CODE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}"
 
     def __init__(self, config: GeometricConfig, context: StageContext) -> None:
         super().__init__(config, context)

@@ -28,7 +28,14 @@ import numpy as np
 from pydantic import Field
 
 from stages.base import Record, StageConfig, StageContext, StageError
-from stages.generators.base import DType, GeneratorStage, planned_labels, resolve_dtype, to_uint8
+from stages.generators.base import (
+    DType,
+    GeneratorStage,
+    model_card_licence,
+    planned_labels,
+    resolve_dtype,
+    to_uint8,
+)
 
 __all__ = ["PIPELINE_LAYOUT", "DiffusersConfig", "DiffusersGenerator", "ForwardTimer", "check_pipeline_dir"]
 
@@ -138,11 +145,21 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 class DiffusersGenerator(GeneratorStage[DiffusersConfig]):
     name = "diffusers"
+    licence = "Apache-2.0 (this code); the pipeline's weights: the licence on its folder's model card (README.md)"
 
     def __init__(self, config: DiffusersConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self.pipe: Any = None
         self._timer: ForwardTimer | None = None
+
+    def licence_notice(self) -> str:
+        found = model_card_licence(Path(self.config.pipeline))
+        if found is None:
+            return (
+                f"Apache-2.0 (this code); UNDECLARED: the pipeline folder {self.config.pipeline} has no model card "
+                "naming a licence (README.md front matter `license:`); check the weights' terms"
+            )
+        return f"Apache-2.0 (this code); pipeline {self.config.pipeline}: {found} (its model card)"
 
     def setup(self) -> None:
         import torch  # deferred: optional and heavy (the gen extra); only setup() and generation need it

@@ -44,6 +44,7 @@ from pydantic import Field
 from manifests.bank import IdentityBankError
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, StageConfig, StageContext, StageError
+from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, THIS_CODE
 from stages.faces.exemplar import ExemplarError, exemplar_face, exemplar_warnings
 from stages.faces.landmarks import load_models
 from stages.generators.base import GeneratorStage, planned_labels
@@ -91,6 +92,9 @@ def _validate_plan(record: Record) -> list[int] | str:
 
 class WarpGenerator(GeneratorStage[WarpConfig]):
     name = "warp"
+    # The generator finds the identity photo's landmarks with dlib (HOG + 68 points) and warps
+    # them: the 68-point model shapes every image. Builtin identities are public-domain photos.
+    licence = f"{THIS_CODE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}; identity photos: the bank's licence column"
 
     def __init__(self, config: WarpConfig, context: StageContext) -> None:
         super().__init__(config, context)
