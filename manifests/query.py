@@ -2,6 +2,8 @@
 
 The view ``samples`` holds the manifests of the indexed shards: every manifest column of
 ``manifests.schema.MANIFEST_SCHEMA``, accepted samples only unless ``include_rejected``.
+For a subset (``factory filter``) it holds exactly the subset's samples, read from the
+source's manifests (a subset's selection already decided about rejected samples).
 
 DuckDB lists are **1-based**: ``au_occurrence[1]`` is AU1, ``au_occurrence[7]`` is AU12
 (vectors are in ``manifests.vocab.DISFA_AUS`` order). Rather than counting, use the macro
@@ -28,7 +30,8 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 
-from manifests.index import indexed_parquet_files, read_index
+from manifests.dataset import open_dataset
+from manifests.index import read_index
 from manifests.schema import MANIFEST_SCHEMA
 from manifests.vocab import AU_INDEX, DISFA_AUS, INTENSITY_LEVELS
 
@@ -54,11 +57,25 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def connect(run_dir: Path, *, include_rejected: bool = False) -> Any:
-    """An in-memory DuckDB connection with the ``samples`` view and the ``au(n)`` macro."""
+def connect(
+    run_dir: Path,
+    *,
+    include_rejected: bool = False,
+    memory_limit: str | None = None,
+    spill_dir: Path | None = None,
+) -> Any:
+    """An in-memory DuckDB connection with the ``samples`` view and the ``au(n)`` macro.
 
-    files = indexed_parquet_files(run_dir)
+    ``memory_limit`` (e.g. ``"512MB"``) caps DuckDB's own memory; sorts and joins beyond it
+    spill to ``spill_dir`` (the tools that must stay flat at a million rows set both).
+    """
+    dataset = open_dataset(run_dir)
+    files = dataset.manifests()
     con = duckdb.connect()
+    if memory_limit is not None:
+        con.execute(f"SET memory_limit = {_sql_string(memory_limit)}")
+    if spill_dir is not None:
+        con.execute(f"SET temp_directory = {_sql_string(str(spill_dir))}")
     if files:
         listing = "[" + ", ".join(_sql_string(str(f)) for f in files) + "]"
         source = f"read_parquet({listing})"
@@ -66,7 +83,12 @@ def connect(run_dir: Path, *, include_rejected: bool = False) -> Any:
         # An index of zero shards is valid (target reached by nothing yet): an empty view.
         con.register("_empty_manifest", MANIFEST_SCHEMA.empty_table())
         source = "_empty_manifest"
-    con.execute(f"CREATE VIEW samples AS SELECT * FROM {source}{'' if include_rejected else ' WHERE accepted'}")
+    keys = dataset.subset_keys
+    if keys is not None:
+        where = f" WHERE key IN (SELECT key FROM read_parquet({_sql_string(str(keys))}))"
+    else:
+        where = "" if include_rejected else " WHERE accepted"
+    con.execute(f"CREATE VIEW samples AS SELECT * FROM {source}{where}")
     for macro in MACROS:
         con.execute(macro)
     return con

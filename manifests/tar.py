@@ -5,16 +5,22 @@ in torch at import and gives every member a PAX header; ``tarfile`` spends ~25 u
 header. :func:`ustar_header` splices name, size and checksum into a header ``tarfile``
 itself built (byte-for-byte equality is tested), and :class:`TarSink` hashes the stream
 on a helper thread as it goes by.
+
+Reading is hand-written too (:func:`iter_members`): ``tarfile`` keeps a ``TarInfo`` of every
+member it has passed (``TarFile.members``; ~100k objects for a 1 GB shard of small images)
+and spends ~20 us per header, where the dataset tools need a forward pass that holds one
+member at a time, can skip unwanted data by seeking, and checks each header's checksum.
 """
 
 from __future__ import annotations
 
 import hashlib
 import tarfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
-__all__ = ["BackgroundSha256", "TarSink", "ustar_header"]
+__all__ = ["BackgroundSha256", "TarFormatError", "TarSink", "iter_members", "ustar_header"]
 
 
 def _ustar_member_info(name: str, size: int) -> tarfile.TarInfo:
@@ -153,3 +159,106 @@ class BackgroundSha256:
     def cancel(self) -> None:
         self._pending = []
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class TarFormatError(ValueError):
+    """A tar stream is truncated or a header is damaged; the message says where."""
+
+
+def _octal(field: bytes) -> int:
+    if field and field[0] & 0x80:  # GNU base-256 for sizes of 8 GiB and more
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _header_ok(header: bytes) -> bool:
+    stored = header[148:156].split(b"\0", 1)[0].strip()
+    try:
+        expected = int(stored, 8)
+    except ValueError:
+        return False
+    return sum(header) - sum(header[148:156]) + 8 * 32 == expected
+
+
+def _read_exact(fh: BinaryIO, size: int, where: str) -> bytes:
+    data = fh.read(size)
+    if len(data) != size:
+        raise TarFormatError(f"{where}: the tar ends early (truncated)")
+    return data
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The ``path`` record of a PAX extended header, if any."""
+    for record in data.decode("utf-8", "surrogateescape").split("\n"):
+        _, _, keyvalue = record.partition(" ")
+        if keyvalue.startswith("path="):
+            return keyvalue[5:]
+    return None
+
+
+def iter_members(
+    fh: BinaryIO, wanted: Callable[[str], bool] | None = None, *, seek: bool = True
+) -> Iterator[tuple[str, int, bytes | None]]:
+    """``(name, size, data)`` of every regular member of a tar stream, in order.
+
+    ``data`` is read only when ``wanted(name)`` is true (always without ``wanted``); other
+    members' data is skipped by seeking (``seek=True``) or read and dropped (``seek=False``,
+    for a stream that must see every byte, e.g. one being hashed). PAX ``path`` records and
+    GNU long names are honoured. Raises :class:`TarFormatError` on a damaged header or a
+    truncated stream.
+    """
+    pending_name: str | None = None
+    while True:
+        offset = fh.tell() if seek else None
+        header = fh.read(tarfile.BLOCKSIZE)
+        where = f"member header at byte {offset}" if offset is not None else "a member header"
+        if header == tarfile.NUL * tarfile.BLOCKSIZE:
+            return  # the end-of-archive blocks
+        if not header:
+            raise TarFormatError(f"{where}: the tar ends without its end-of-archive blocks (truncated)")
+        if len(header) != tarfile.BLOCKSIZE:
+            raise TarFormatError(f"{where}: the tar ends early (truncated)")
+        if not _header_ok(header):
+            raise TarFormatError(f"{where}: header checksum mismatch (corrupt)")
+        name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        if header[257:262] == b"ustar" and header[345]:
+            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            name = f"{prefix}/{name}"
+        size = _octal(header[124:136])
+        kind = header[156:157]
+        padded = size + (-size % tarfile.BLOCKSIZE)
+        if kind in (b"x", b"L"):  # the next member's name
+            data = _read_exact(fh, padded, where)[:size]
+            pending_name = _pax_path(data) if kind == b"x" else data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            continue
+        if pending_name is not None:
+            name, pending_name = pending_name, None
+        if kind not in (b"0", b"\0", b"7"):  # directories, links, global headers: no data to yield
+            _skip(fh, padded, seek, where)
+            continue
+        if wanted is None or wanted(name):
+            data = _read_exact(fh, padded, where)
+            yield name, size, data[:size]
+        else:
+            _skip(fh, padded, seek, where)
+            yield name, size, None
+
+
+def _skip(fh: BinaryIO, size: int, seek: bool, where: str) -> None:
+    if not size:
+        return
+    if seek:
+        fh.seek(size, 1)
+        # A seek past the end succeeds and the next read finds nothing; a whole tar always
+        # has its end-of-archive blocks after the last member, so nothing here = truncated.
+        if fh.read(1) == b"":
+            raise TarFormatError(f"{where}: the tar ends early (truncated)")
+        fh.seek(-1, 1)
+        return
+    remaining = size
+    while remaining:
+        block = fh.read(min(remaining, 1 << 20))
+        if not block:
+            raise TarFormatError(f"{where}: the tar ends early (truncated)")
+        remaining -= len(block)
