@@ -168,6 +168,11 @@ class ShardWriter:
                 "removed. Call writer.commit() (or writer.abort() to discard on purpose)"
             )
 
+    @property
+    def tar_bytes(self) -> int:
+        """Bytes of the tar written so far (exports close a shard at a byte size)."""
+        return self._sink.size
+
     # -- samples ---------------------------------------------------------------------
     def add(self, record: dict[str, Any]) -> None:
         """Add one planned sample (accepted or dropped) to the shard."""

@@ -123,6 +123,21 @@ class Stage(ABC, Generic[C]):
         """The licence of this stage as configured (no ``setup()`` needed): the class's ``licence``."""
         return self.licence
 
+    def model_files(self) -> dict[str, Path]:
+        """Model files (or folders) this stage loads, by option name, for the dataset card's
+        hashes (no ``setup()`` needed). The default: every option naming an existing path; a
+        stage that loads packaged weights adds them."""
+        found = {}
+        for option, value in self.config.model_dump().items():
+            if not isinstance(value, str) or not value or "\n" in value:
+                continue
+            try:
+                if (path := Path(value).expanduser()).exists():
+                    found[option] = path
+            except OSError:  # a long free-text option is no path
+                continue
+        return found
+
     def process(self, batch: list[Record]) -> list[Record]:
         """Run the stage on the live records of ``batch``; returns ``batch`` (same order, same length)."""
         live = [r for r in batch if not is_dropped(r)]

@@ -74,7 +74,7 @@ from stages.base import Record, StageConfig, StageContext, StageError
 from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, THIS_CODE
 from stages.detectors.base import MeasuringDetector, read_calibration
 from stages.faces.geometry import upright_transform
-from stages.faces.landmarks import detect_faces
+from stages.faces.landmarks import detect_faces, dlib_model_files
 
 __all__ = [
     "APPEARANCE_AUS",
@@ -329,6 +329,9 @@ class AppearanceAUDetector(MeasuringDetector[AppearanceConfig]):
         self._scales = dict(DEFAULT_SCALES)
         self._offsets = dict(DEFAULT_OFFSETS)
         self._thresholds = dict(DEFAULT_THRESHOLDS)
+
+    def model_files(self) -> dict[str, Path]:
+        return {**super().model_files(), **dlib_model_files("pose68")}
 
     def setup(self) -> None:
         if self.config.calibration:

@@ -81,7 +81,7 @@ from stages.faces.geometry import (
     mean_neutral_shape,
     similarity_fit,
 )
-from stages.faces.landmarks import detect_faces
+from stages.faces.landmarks import detect_faces, dlib_model_files
 
 __all__ = [
     "DEFAULT_SIGNATURES",
@@ -308,6 +308,9 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
         self._references: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
         self._signatures = DEFAULT_SIGNATURES
         self._thresholds = np.full(len(DISFA_AUS), config.threshold)
+
+    def model_files(self) -> dict[str, Path]:
+        return {**super().model_files(), **dlib_model_files("pose68")}
 
     def setup(self) -> None:
         cfg = self.config

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -46,7 +47,7 @@ from manifests.vocab import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, StageConfig, StageContext, StageError
 from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, THIS_CODE
 from stages.faces.exemplar import ExemplarError, exemplar_face, exemplar_warnings
-from stages.faces.landmarks import load_models
+from stages.faces.landmarks import dlib_model_files, load_models
 from stages.generators.base import GeneratorStage, planned_labels
 from stages.generators.warp.mesh import IdentityGeometry, identity_geometry
 from stages.generators.warp.render import render_expression
@@ -100,6 +101,9 @@ class WarpGenerator(GeneratorStage[WarpConfig]):
         super().__init__(config, context)
         self._geometry: OrderedDict[str, IdentityGeometry] = OrderedDict()
         self._unusable: dict[str, str] = {}
+
+    def model_files(self) -> dict[str, Path]:
+        return {**super().model_files(), **dlib_model_files("pose68")}
 
     def setup(self) -> None:
         if self.context.identity_bank is None:
