@@ -1,19 +1,33 @@
-"""Export formats: one file each in this folder, one line each in :data:`FORMATS`."""
+"""Export formats: one file each in this folder, one line each in :data:`FORMATS`.
+
+``base.py`` is the small format interface, ``stream.py`` the selection and image stream,
+``run.py`` the loop (parts, resume, target folder rules, progress, ``export.json``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from manifests.export.base import EXPORT_MARKER, Exporter, run_export
+from manifests.export.base import Exporter, ExportError, ExportOptions, Sample
 from manifests.export.folder import FolderExporter
+from manifests.export.graphau import GraphAUExporter
+from manifests.export.huggingface import HuggingFaceExporter
+from manifests.export.maugen import MaugenExporter
+from manifests.export.run import Progress, run_export
 from manifests.export.webdataset import WebDatasetExporter
+from manifests.layout import ExportLayout
 
-__all__ = ["EXPORT_MARKER", "FORMATS", "export"]
+__all__ = ["EXPORT_MARKER", "FORMATS", "ExportError", "ExportOptions", "Exporter", "Sample", "export"]
+
+EXPORT_MARKER = ExportLayout(Path(".")).marker.name
 
 FORMATS: dict[str, type[Exporter]] = {
     "webdataset": WebDatasetExporter,
     "folder": FolderExporter,
+    "huggingface": HuggingFaceExporter,
+    "maugen": MaugenExporter,
+    "graphau": GraphAUExporter,
 }
 
 
@@ -25,12 +39,24 @@ def export(
     limit: int | None = None,
     format: str = "webdataset",
     shard_size: int = 1000,
+    shard_bytes: int | None = None,
+    name: str | None = None,
+    format_options: dict[str, Any] | None = None,
     overwrite: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Copy the accepted samples matching ``where`` (SQL on ``samples``; first ``limit`` in
-    shard order) to ``out`` in ``format``; returns what was written (also ``out/export.json``)."""
+    """Export the samples of ``run_dir`` (a dataset or a subset) matching ``where`` (SQL on
+    ``samples``; the first ``limit`` in source order) to ``out`` in ``format``; streams in
+    constant memory, resumes an unfinished export of the same job; returns ``export.json``."""
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(repr(f) for f in FORMATS)}, got {format!r}")
-    return run_export(
-        FORMATS[format], Path(run_dir), Path(out), where=where, limit=limit, shard_size=shard_size, overwrite=overwrite
+        raise ExportError(f"format must be one of {', '.join(repr(f) for f in FORMATS)}, got {format!r}")
+    options = ExportOptions(
+        format=format,
+        where=where,
+        limit=limit,
+        shard_size=shard_size,
+        shard_bytes=shard_bytes,
+        name=name,
+        format_options=dict(format_options or {}),
     )
+    return run_export(FORMATS[format], Path(run_dir), Path(out), options, overwrite=overwrite, progress=progress)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from manifests.atomic import atomic_output, write_bytes_atomic
-from manifests.export.base import ExportError, Exporter, Sample
+from manifests.export.base import Exporter, ExportError, Sample
 from manifests.export.folder import write_image
 from manifests.export.provenance import write_derived_card
 from manifests.files import make_dir
@@ -110,8 +110,16 @@ class GraphAUExporter(Exporter):
                 self._join(lists / f"{name}_train_label_fold{fold}.txt", n, train, "label", fh)
             self._join(lists / f"{name}_test_label_fold{fold}.txt", n, [test], "label", None)
             weights = self._weights(parts, train)
-            write_bytes_atomic(lists / f"{name}_weight_fold{fold}.txt", ("\t".join(f"{w:f}" for w in weights) + "\n").encode())
-            folds.append({"fold": fold, "train": sum(p["groups"][g] for p in parts for g in train), "test": sum(p["groups"][test] for p in parts)})
+            write_bytes_atomic(
+                lists / f"{name}_weight_fold{fold}.txt", ("\t".join(f"{w:f}" for w in weights) + "\n").encode()
+            )
+            folds.append(
+                {
+                    "fold": fold,
+                    "train": sum(p["groups"][g] for p in parts for g in train),
+                    "test": sum(p["groups"][test] for p in parts),
+                }
+            )
         write_derived_card(self.run_dir, self.out)
         return {
             "aus": list(self.aus),

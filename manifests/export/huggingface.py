@@ -45,7 +45,10 @@ def _features() -> dict[str, Any]:
             value = {"dtype": "int8", "_type": "Value"}
             features[field.name] = {"feature": value, "length": N_AUS, "_type": "Sequence"}
         else:
-            features[field.name] = {"dtype": "string" if pa.types.is_string(field.type) else "float32", "_type": "Value"}
+            features[field.name] = {
+                "dtype": "string" if pa.types.is_string(field.type) else "float32",
+                "_type": "Value",
+            }
     return features
 
 
@@ -72,9 +75,7 @@ class HuggingFaceExporter(Exporter):
 
     def finish(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
         front = {
-            "configs": [
-                {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}
-            ],
+            "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}],
             "license": "other",
             "task_categories": ["image-classification"],
             "tags": ["facial-action-units", "synthetic", "mifa"],

@@ -24,7 +24,7 @@ from typing import Any
 
 from manifests.atomic import clean_temps, write_bytes_atomic, write_text_atomic
 from manifests.dataset import DatasetRef, open_dataset
-from manifests.export.base import ExportError, ExportOptions, Exporter, Sample
+from manifests.export.base import Exporter, ExportError, ExportOptions, Sample
 from manifests.export.stream import BATCH_ROWS, count_sql, iter_samples, select_sql
 from manifests.files import exists, is_dir, make_dir, remove_tree
 from manifests.layout import ExportLayout
@@ -176,7 +176,7 @@ def run_export(
         progress(done, total)
         with tempfile.TemporaryDirectory(prefix=".export-spill-", dir=out) as spill:
             con.execute(f"SET temp_directory = '{spill}'")
-            batches = con.execute(select_sql(options, exporter_cls.columns, done)).fetch_record_batch(BATCH_ROWS)
+            batches = con.sql(select_sql(options, exporter_cls.columns, done)).to_arrow_reader(BATCH_ROWS)
             samples = iter_samples(dataset, batches)
             if type(exporter).write_part is Exporter.write_part and hasattr(exporter, "write"):
                 result = _legacy(exporter, samples, total)
