@@ -27,7 +27,7 @@ from manifests.dataset import DatasetRef, open_dataset
 from manifests.vocab import DISFA_AUS
 from manifests.writer import read_stats
 
-__all__ = ["is_non_commercial", "licence_verdict", "read_provenance", "render_card", "write_card"]
+__all__ = ["acceptance_funnel", "is_non_commercial", "licence_verdict", "read_provenance", "render_card", "write_card"]
 
 _NON_COMMERCIAL = re.compile(r"non[- ]?commercial|research (?:use )?only|\bCC[- ]BY[- ]NC\b|NonCommercial", re.I)
 
@@ -100,7 +100,7 @@ def _balance(dataset: DatasetRef) -> dict[str, Any]:
     return {"by": by, "au_share": dict(zip(DISFA_AUS, occurrence[:-1], strict=True)), "rows": occurrence[-1]}
 
 
-def _funnel(dataset: DatasetRef) -> tuple[int, int, dict[str, dict[str, int]]]:
+def acceptance_funnel(dataset: DatasetRef) -> tuple[int, int, dict[str, dict[str, int]]]:
     """(planned, accepted, stage -> reason -> dropped) over the indexed shards' stats."""
     planned = accepted = 0
     drops: dict[str, dict[str, int]] = {}
@@ -150,7 +150,7 @@ def _made_by(provenance: dict[str, Any] | None) -> list[str]:
 
 
 def _counts(dataset: DatasetRef) -> list[str]:
-    planned, accepted, drops = _funnel(dataset)
+    planned, accepted, drops = acceptance_funnel(dataset)
     index = dataset.index
     lines = ["## Counts", ""]
     if dataset.subset is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from factory.cli import build, evaluate, export, models, plan, query, show, status, subset, verify
+from factory.cli import build, evaluate, export, models, plan, query, report, show, status, subset, verify
 
 __all__ = ["app"]
 
@@ -35,6 +35,7 @@ app.command()(verify.verify)
 app.command("filter")(subset.filter_subset)
 app.command()(export.export)
 app.command()(show.show)
+app.command()(report.report)
 app.command("eval")(evaluate.evaluate)
 app.command()(evaluate.calibrate)
 app.command("train-realism")(models.train_realism)
