@@ -34,6 +34,7 @@ from typing import Any
 import pyarrow as pa
 
 from manifests.atomic import atomic_output, write_text_atomic
+from manifests.card import write_card
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.files import exists, is_dir, remove
 from manifests.layout import RunLayout
@@ -236,6 +237,7 @@ def make_subset(source: Path, dest: Path, selection: Selection, *, overwrite: bo
     if exists(dataset.layout.provenance):
         shutil.copyfile(dataset.layout.provenance, layout.provenance)
     write_text_atomic(layout.index_json, json.dumps(index, indent=1))
+    write_card(dest)  # with every index, a subset's too (the source's licences travel in provenance.json)
     return index
 
 
