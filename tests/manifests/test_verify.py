@@ -28,7 +28,7 @@ def run_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _paths(run_dir: Path, shard: int):
+def _paths(run_dir: Path, shard: int) -> ShardPaths:
     return shard_paths(run_dir / "shards", "mifa", shard)
 
 
