@@ -34,7 +34,7 @@ from manifests.files import exists, file_sha256, file_size, list_dir, open_read
 from manifests.index import KeyTracker
 from manifests.layout import parse_shard, shard_paths
 from manifests.tar import TarFormatError, iter_members
-from manifests.writer import read_stats
+from manifests.writer import is_done, read_stats
 
 __all__ = ["Finding", "FindingKind", "VerifyReport", "verify", "verify_dataset"]
 
@@ -60,6 +60,7 @@ class VerifyReport:
     shards_checked: int = 0
     samples: int = 0
     findings: list[Finding] = field(default_factory=list)
+    late_surplus: list[int] = field(default_factory=list)  # done shards beyond the index: fine
 
     @property
     def ok(self) -> bool:
@@ -88,6 +89,7 @@ class VerifyReport:
             "missing_shards": self.shards("missing"),
             "corrupt_shards": self.shards("corrupt"),
             "extra_shards": self.shards("extra"),
+            "late_surplus_shards": self.late_surplus,
             "findings": [{"kind": f.kind, "shard": f.shard, "message": f.message} for f in self.findings],
         }
 
@@ -211,16 +213,23 @@ def _check_shard(dataset: DatasetRef, shard: int) -> _ShardResult:
     return _ShardResult(found, keys, int(accepted))
 
 
-def _extra_shards(dataset: DatasetRef) -> Iterator[Finding]:
-    """Files named like this dataset's shards whose shard the index names neither as
-    indexed nor as surplus (a subset's shards folder is its source's: not checked)."""
+def _extra_shards(dataset: DatasetRef, late: list[int]) -> Iterator[Finding]:
+    """Files named like this dataset's shards whose shard the index names neither as indexed,
+    surplus nor failed (a subset's shards folder is its source's: not checked). A whole, done
+    shard beyond the last indexed one is surplus a build committed after writing its index
+    (work in flight when the target was reached): noted in ``late``, not a problem."""
     known = set(dataset.shards) | {int(s) for s in dataset.index.get("surplus_shards", [])}
+    known |= {int(s) for s in dataset.index.get("failed_shards", {})}
+    last = max(dataset.shards, default=-1)
     extra: dict[int, list[Path]] = {}
     for path in list_dir(dataset.shards_dir, f"{dataset.name}-*"):
         shard = parse_shard(dataset.name, path.name)
         if shard is not None and shard not in known and path.is_file():
             extra.setdefault(shard, []).append(path)
     for shard, files in sorted(extra.items()):
+        if shard > last and is_done(dataset.shards_dir, dataset.name, shard):
+            late.append(shard)
+            continue
         names = ", ".join(p.name for p in files)
         yield Finding("extra", shard, f"shard {shard}: files the index does not name ({names})", tuple(files))
 
@@ -286,7 +295,7 @@ def verify_dataset(run_dir: Path, *, workers: int | None = None) -> VerifyReport
         report.samples = dataset.samples()
         report.findings += _check_subset_keys(dataset)
     else:
-        report.findings += list(_extra_shards(dataset))
+        report.findings += list(_extra_shards(dataset, report.late_surplus))
     report.findings += _check_index_rows(dataset)
     return report
 

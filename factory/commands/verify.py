@@ -22,7 +22,8 @@ def summary_lines(report: VerifyReport, result: RepairResult | None) -> list[str
     what = "subset" if report.subset else "dataset"
     if report.ok:
         whole = f"{report.shards_checked} shards, {report.samples} samples"
-        return [f"{report.root}: {what} {report.dataset} is whole: {whole}"]
+        late = f" (done shards beyond the index, kept as surplus: {report.late_surplus})" if report.late_surplus else ""
+        return [f"{report.root}: {what} {report.dataset} is whole: {whole}{late}"]
     lines = [f"{report.root}: {len(report.findings)} problem(s) in {report.shards_checked} indexed shards"]
     for kind, label in (("missing", "missing shards"), ("corrupt", "corrupt shards"), ("extra", "extra shards")):
         shards = report.shards(kind)  # type: ignore[arg-type]

@@ -48,6 +48,11 @@ def _damage(run_dir: Path) -> None:
 def test_a_whole_dataset_verifies(run_dir: Path) -> None:
     report = verify_dataset(run_dir)
     assert report.ok and report.shards_checked == 5 and report.samples == 20
+    # A shard a build committed after its index (in flight when the target was reached) is
+    # surplus, not damage.
+    write_shard(run_dir / "shards", "mifa", 6, 4, rng=np.random.default_rng(1))
+    report = verify_dataset(run_dir)
+    assert report.ok and report.late_surplus == [6]
 
 
 def test_each_kind_of_damage_is_found_by_shard(run_dir: Path) -> None:
