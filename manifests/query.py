@@ -72,6 +72,7 @@ def connect(
     dataset = open_dataset(run_dir)
     files = dataset.manifests()
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # commands draw their own progress
     if memory_limit is not None:
         con.execute(f"SET memory_limit = {_sql_string(memory_limit)}")
     if spill_dir is not None:

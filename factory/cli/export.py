@@ -32,7 +32,9 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help=f"One of: {', '.join(FORMATS)}.")] = "webdataset",
     where: Annotated[str | None, typer.Option("--where", help="SQL filter over `samples`.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="The first N selected samples (source order).")] = None,
-    shard_size: Annotated[int, typer.Option("--shard-size", help="Samples per output shard / folder.")] = 1000,
+    shard_size: Annotated[
+        int | None, typer.Option("--shard-size", help="Samples per output shard / folder (default 1000).")
+    ] = None,
     shard_bytes: Annotated[
         str | None, typer.Option("--shard-bytes", help="Close a WebDataset shard at this size, e.g. 1GB.")
     ] = None,

@@ -18,9 +18,19 @@ from manifests.export.run import Progress, run_export
 from manifests.export.webdataset import WebDatasetExporter
 from manifests.layout import ExportLayout
 
-__all__ = ["EXPORT_MARKER", "FORMATS", "ExportError", "ExportOptions", "Exporter", "Sample", "export"]
+__all__ = [
+    "BYTE_SHARD_MAX_SAMPLES",
+    "EXPORT_MARKER",
+    "FORMATS",
+    "ExportError",
+    "ExportOptions",
+    "Exporter",
+    "Sample",
+    "export",
+]
 
 EXPORT_MARKER = ExportLayout(Path(".")).marker.name
+BYTE_SHARD_MAX_SAMPLES = 100_000
 
 FORMATS: dict[str, type[Exporter]] = {
     "webdataset": WebDatasetExporter,
@@ -38,7 +48,7 @@ def export(
     where: str | None = None,
     limit: int | None = None,
     format: str = "webdataset",
-    shard_size: int = 1000,
+    shard_size: int | None = None,
     shard_bytes: int | None = None,
     name: str | None = None,
     format_options: dict[str, Any] | None = None,
@@ -47,7 +57,14 @@ def export(
 ) -> dict[str, Any]:
     """Export the samples of ``run_dir`` (a dataset or a subset) matching ``where`` (SQL on
     ``samples``; the first ``limit`` in source order) to ``out`` in ``format``; streams in
-    constant memory, resumes an unfinished export of the same job; returns ``export.json``."""
+    constant memory, resumes an unfinished export of the same job; returns ``export.json``.
+
+    Parts (output shards, image folders) hold ``shard_size`` samples (default 1,000), or with
+    ``shard_bytes`` close at that many bytes (and at ``BYTE_SHARD_MAX_SAMPLES`` samples unless
+    ``shard_size`` says otherwise)."""
+    if shard_size is None:
+        # By bytes, a shard also closes at BYTE_SHARD_MAX_SAMPLES: its manifest rows stay in memory until it commits.
+        shard_size = 1000 if shard_bytes is None else BYTE_SHARD_MAX_SAMPLES
     if format not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(repr(f) for f in FORMATS)}, got {format!r}")
     options = ExportOptions(

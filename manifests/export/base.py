@@ -16,7 +16,11 @@ The contract, in three methods:
 - :meth:`Exporter.finish` writes the files that cover every part (a ``labels.csv``, list
   files, an index), from the summaries or from per-part fragments the format left in
   ``self.layout.parts``, and returns what goes into ``export.json``.
-- ``columns``: the manifest columns the format reads (``None``: all of them).
+- ``columns``: the manifest columns the format reads (``None``: all of them), given to it as
+  ``Sample.row``. A format that copies whole rows (WebDataset) sets ``row_columns`` to the few
+  it needs as Python values and ``copies_members``: it then gets each row in Arrow
+  (``Sample.source``) and the source's ``{key}.json`` member (``Sample.label_json``), so
+  nothing is converted per sample.
 
 A format written for the earlier one-pass interface (``write(samples, count)``, receiving
 ``(row, image bytes)`` pairs) still runs, in one pass and without resume.
@@ -49,8 +53,8 @@ class ExportOptions:
     format: str = "webdataset"
     where: str | None = None
     limit: int | None = None
-    shard_size: int = 1000  # samples per part (an output shard, an image folder)
-    shard_bytes: int | None = None  # or: a part closes once it holds this many bytes
+    shard_size: int = 1000  # samples per part (an output shard, an image folder); a cap with shard_bytes
+    shard_bytes: int | None = None  # a part also closes once it holds this many bytes
     name: str | None = None  # dataset name of a WebDataset export (default: the source's)
     format_options: dict[str, Any] = field(default_factory=dict)
 
@@ -65,10 +69,13 @@ class ExportOptions:
 
 @dataclass(frozen=True)
 class Sample:
-    """One selected sample: its manifest row and its image bytes, as stored in the source."""
+    """One selected sample: its manifest row and its image bytes, as stored in the source;
+    for a format that ``copies_members``, also its label JSON member and its Arrow row."""
 
     row: dict[str, Any]
     image: bytes
+    label_json: bytes | None = None
+    source: tuple[Any, int] | None = None  # (pyarrow.RecordBatch, row position) of the full manifest row
 
     @property
     def key(self) -> str:
@@ -89,6 +96,8 @@ class Exporter:
 
     name: ClassVar[str]
     columns: ClassVar[tuple[str, ...] | None] = None
+    row_columns: ClassVar[tuple[str, ...] | None] = None  # as Python values (None: every selected column)
+    copies_members: ClassVar[bool] = False
 
     def __init__(
         self, run_dir: Path, out: Path, dataset: str, shard_size: int, options: ExportOptions | None = None

@@ -159,6 +159,7 @@ def run_export(
 ) -> dict[str, Any]:
     """Export the selected samples of the dataset in ``run_dir`` to ``out``; returns export.json."""
     options.check()
+    started = time.perf_counter()
     dataset = open_dataset(run_dir)
     out = Path(out)
     if out.resolve() == dataset.root.resolve() or dataset.root.resolve().is_relative_to(out.resolve()):
@@ -177,7 +178,9 @@ def run_export(
         with tempfile.TemporaryDirectory(prefix=".export-spill-", dir=out) as spill:
             con.execute(f"SET temp_directory = '{spill}'")
             batches = con.sql(select_sql(options, exporter_cls.columns, done)).to_arrow_reader(BATCH_ROWS)
-            samples = iter_samples(dataset, batches)
+            samples = iter_samples(
+                dataset, batches, exporter_cls.row_columns or exporter_cls.columns, copies=exporter_cls.copies_members
+            )
             if type(exporter).write_part is Exporter.write_part and hasattr(exporter, "write"):
                 result = _legacy(exporter, samples, total)
                 progress(total, total)
@@ -186,7 +189,8 @@ def run_export(
                 result = exporter.finish(parts)
     finally:
         con.close()
-    doc = {**job, "dataset": dataset.name, "samples": total, "created_at": _now(), **result}
+    seconds = round(time.perf_counter() - started, 3)  # this run's (a resumed export: the rest)
+    doc = {**job, "dataset": dataset.name, "samples": total, "seconds": seconds, "created_at": _now(), **result}
     if exists(layout.parts):
         shutil.rmtree(layout.parts)
     write_bytes_atomic(layout.report, json.dumps(doc, indent=1, default=json_default).encode())

@@ -59,24 +59,32 @@ def select_sql(options: ExportOptions, columns: tuple[str, ...] | None, skip: in
 
 
 class ShardImages:
-    """The images of one source tar, read forward in member order."""
+    """The members of one source tar, read forward in member order (others skipped by seeking)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fh: BinaryIO = open_read(path)
-        self._target: str | None = None
-        self._members = iter_members(self._fh, lambda name: name == self._target)
+        self._wanted: tuple[str, ...] = ()
+        self._members = iter_members(self._fh, lambda name: name in self._wanted)
 
     def get(self, member: str) -> bytes:
-        self._target = member
+        return self.get_all((member,))[0]
+
+    def get_all(self, members: tuple[str, ...]) -> list[bytes]:
+        """The data of ``members`` (in any order within the tar, after the previous ones)."""
+        self._wanted = members
+        found: dict[str, bytes] = {}
         try:
             for name, _, data in self._members:
-                if name == member and data is not None:
-                    return data
+                if data is not None and name in members:
+                    found[name] = data
+                    if len(found) == len(members):
+                        return [found[m] for m in members]
         except TarFormatError as exc:
             raise OSError(f"cannot read source shard {self.path} ({exc}); run `factory verify` on the source") from exc
+        missing = [m for m in members if m not in found]
         raise FileNotFoundError(
-            f"{self.path} has no member {member} after the previous one (the manifest names it); "
+            f"{self.path} has no member {missing[0]} after the previous one (the manifest names it); "
             "run `factory verify` on the source dataset"
         )
 
@@ -84,20 +92,35 @@ class ShardImages:
         self._fh.close()
 
 
-def iter_samples(dataset: DatasetRef, batches: Iterator[Any]) -> Iterator[Sample]:
-    """Rows (Arrow record batches in shard order) with their image bytes."""
+def _rows(batch: Any, columns: tuple[str, ...] | None) -> Iterator[dict[str, Any]]:
+    """The batch's rows as dicts of ``columns`` (column by column: far faster than row by row)."""
+    names = [n for n in (columns or batch.schema.names) if n in batch.schema.names]
+    values = [batch.column(n).to_pylist() for n in names]
+    return (dict(zip(names, row, strict=True)) for row in zip(*values, strict=True))
+
+
+def iter_samples(
+    dataset: DatasetRef, batches: Iterator[Any], columns: tuple[str, ...] | None = None, *, copies: bool = False
+) -> Iterator[Sample]:
+    """Rows (Arrow record batches in shard order) with their image bytes; with ``copies``,
+    also each row's label JSON member and its place in the batch (see ``Exporter.copies_members``)."""
     images: ShardImages | None = None
     shard: int | None = None
+    wanted = tuple(dict.fromkeys([*BASE_COLUMNS, *columns])) if columns is not None else None
     try:
         for batch in batches:
-            for row in batch.to_pylist():
+            for position, row in enumerate(_rows(batch, wanted)):
                 if row["shard"] != shard:
                     if images is not None:
                         images.close()
                     shard = row["shard"]
                     images = ShardImages(dataset.tar(int(row["shard"])))
                 assert images is not None
-                yield Sample(row, images.get(row["image_member"]))
+                if copies:
+                    image, label = images.get_all((row["image_member"], f"{row['key']}.json"))
+                    yield Sample(row, image, label, (batch, position))
+                else:
+                    yield Sample(row, images.get(row["image_member"]))
     finally:
         if images is not None:
             images.close()
