@@ -127,6 +127,7 @@ def make_dataset(root: Path, shards: int, seed: int = 0) -> Path:
 
 def _prefix(big: Path, root: Path, shards: int) -> Path:
     """A dataset made of the first ``shards`` shards of ``big`` (its own index, the same files)."""
+    root.mkdir(parents=True, exist_ok=True)
     write_index(
         root, "bench", list(range(shards)), target=shards * SHARD, surplus=[], failed={}, shards_dir=big / "shards"
     )
