@@ -24,6 +24,7 @@ import duckdb
 
 from manifests.atomic import write_text_atomic
 from manifests.dataset import DatasetRef, open_dataset
+from manifests.query import sql_string
 from manifests.vocab import DISFA_AUS
 from manifests.writer import read_stats
 
@@ -80,7 +81,7 @@ def _shares(weights: dict[str, Any] | None) -> dict[str, float]:
 
 def _balance(dataset: DatasetRef) -> dict[str, Any]:
     """Counts per emotion / demographic group and AU occurrence shares, from index.parquet."""
-    source = f"read_parquet('{dataset.layout.index_parquet}')"
+    source = f"read_parquet({sql_string(str(dataset.layout.index_parquet))})"
     con = duckdb.connect()
     try:
         con.execute("SET memory_limit = '256MB'")

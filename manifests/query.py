@@ -43,6 +43,7 @@ __all__ = [
     "expand_au_shorthand",
     "intensity_histograms",
     "query",
+    "sql_string",
     "summary",
 ]
 
@@ -53,7 +54,8 @@ MACROS = (
 )
 
 
-def _sql_string(text: str) -> str:
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal (quotes doubled)."""
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -74,11 +76,11 @@ def connect(
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")  # commands draw their own progress
     if memory_limit is not None:
-        con.execute(f"SET memory_limit = {_sql_string(memory_limit)}")
+        con.execute(f"SET memory_limit = {sql_string(memory_limit)}")
     if spill_dir is not None:
-        con.execute(f"SET temp_directory = {_sql_string(str(spill_dir))}")
+        con.execute(f"SET temp_directory = {sql_string(str(spill_dir))}")
     if files:
-        listing = "[" + ", ".join(_sql_string(str(f)) for f in files) + "]"
+        listing = "[" + ", ".join(sql_string(str(f)) for f in files) + "]"
         source = f"read_parquet({listing})"
     else:
         # An index of zero shards is valid (target reached by nothing yet): an empty view.
@@ -86,7 +88,7 @@ def connect(
         source = "_empty_manifest"
     keys = dataset.subset_keys
     if keys is not None:
-        where = f" WHERE key IN (SELECT key FROM read_parquet({_sql_string(str(keys))}))"
+        where = f" WHERE key IN (SELECT key FROM read_parquet({sql_string(str(keys))}))"
     else:
         where = "" if include_rejected else " WHERE accepted"
     con.execute(f"CREATE VIEW samples AS SELECT * FROM {source}{where}")

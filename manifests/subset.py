@@ -38,7 +38,7 @@ from manifests.card import write_card
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.files import exists, is_dir, remove
 from manifests.layout import RunLayout
-from manifests.query import au_filter, connect, expand_au_shorthand
+from manifests.query import au_filter, connect, expand_au_shorthand, sql_string
 from manifests.schema import INDEX_COLUMNS, MANIFEST_SCHEMA, SCHEMA_VERSION
 from manifests.vocab import EMOTION_MIX_KEYS
 
@@ -91,7 +91,7 @@ class Selection:
             unknown = sorted(set(self.emotions) - set(EMOTION_MIX_KEYS))
             if unknown:
                 raise SubsetError(f"--emotion {unknown[0]!r} is not one of {', '.join(EMOTION_MIX_KEYS)}")
-            found.append("emotion IN (" + ", ".join(f"'{e}'" for e in self.emotions) + ")")
+            found.append("emotion IN (" + ", ".join(sql_string(e) for e in self.emotions) + ")")
         if self.where:
             found.append(f"({self.where})")
         return [expand_au_shorthand(c) for c in found]
@@ -219,16 +219,16 @@ def make_subset(source: Path, dest: Path, selection: Selection, *, overwrite: bo
         try:
             chosen = _selected_sql(con, selection)
             # The index schema's columns (tar after image_member), then accepted.
-            tar = f"printf('%s-%06d.tar', '{dataset.name}', shard) AS tar"
+            tar = f"printf('%s-%06d.tar', {sql_string(dataset.name)}, shard) AS tar"
             columns = ", ".join([*INDEX_COLUMNS[:3], tar, *INDEX_COLUMNS[3:], "accepted"])
             with atomic_output(layout.index_parquet) as tmp:
                 con.execute(
-                    f"COPY (SELECT {columns} FROM ({chosen}) ORDER BY shard, index) TO '{tmp}' "
+                    f"COPY (SELECT {columns} FROM ({chosen}) ORDER BY shard, index) TO {sql_string(str(tmp))} "
                     "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 8192)"
                 )
             stats = con.execute(
                 f"SELECT count(*), count(*) FILTER (WHERE accepted), list(DISTINCT shard ORDER BY shard) "
-                f"FROM read_parquet('{layout.index_parquet}')"
+                f"FROM read_parquet({sql_string(str(layout.index_parquet))})"
             ).fetchone()
         finally:
             con.close()

@@ -28,7 +28,7 @@ from manifests.export.base import Exporter, ExportError, ExportOptions, Sample
 from manifests.export.stream import BATCH_ROWS, count_sql, iter_samples, select_sql
 from manifests.files import exists, is_dir, make_dir, remove_tree
 from manifests.layout import ExportLayout
-from manifests.query import connect
+from manifests.query import connect, sql_string
 from manifests.records import json_default
 
 __all__ = ["Progress", "run_export"]
@@ -176,7 +176,7 @@ def run_export(
         done = sum(int(p["rows"]) for p in parts)
         progress(done, total)
         with tempfile.TemporaryDirectory(prefix=".export-spill-", dir=out) as spill:
-            con.execute(f"SET temp_directory = '{spill}'")
+            con.execute(f"SET temp_directory = {sql_string(spill)}")
             batches = con.sql(select_sql(options, exporter_cls.columns, done)).to_arrow_reader(BATCH_ROWS)
             samples = iter_samples(
                 dataset, batches, exporter_cls.row_columns or exporter_cls.columns, copies=exporter_cls.copies_members

@@ -139,8 +139,16 @@ def test_filter_then_every_export_format(demo_build: tuple[Path, Path], tmp_path
     entries = json.loads((tmp_path / "maugen" / "sample_data.json").read_text())
     assert len(entries) == 8 and all(len(e["intensity"]) == 12 for e in entries)
     assert (tmp_path / "graphau" / "list" / "DISFA_train_img_path_fold1.txt").exists()
-    # eval and report read the subset like any dataset.
+    # eval reads the subset like any dataset.
     assert _cli("eval", subset, "--out", tmp_path / "eval")[0] == 0
+    # The licences travel: the subset's and every export's card open with the verdict.
+    for card in (
+        subset / "DATASET_CARD.md",
+        tmp_path / "folder" / "DATASET_CARD.md",
+        tmp_path / "webdataset" / "DATASET_CARD.md",
+    ):
+        assert card.read_text().startswith("**Licence: NON-COMMERCIAL USE ONLY.**"), card
+    assert "**Licence: NON-COMMERCIAL USE ONLY.**" in (tmp_path / "huggingface" / "README.md").read_text()
 
 
 def test_show_regenerate_reproduces_a_demo_sample_exactly(demo_build: tuple[Path, Path], tmp_path: Path) -> None:
