@@ -186,7 +186,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
     index = read_index(run_dir) or {}
     con = connect(run_dir, include_rejected=True)
     try:
-        planned, accepted = con.execute("SELECT count(*), count(*) FILTER (WHERE accepted) FROM samples").fetchone()
+        planned, accepted = con.execute("SELECT count(*), count(*) FILTER (WHERE accepted) FROM samples").fetchall()[0]
         reasons = drop_reasons(con)
         con.execute("CREATE VIEW accepted_samples AS SELECT * FROM samples WHERE accepted")
         by = {

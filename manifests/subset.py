@@ -16,7 +16,9 @@ the accepted ones, and rejected ones a build kept with ``output.keep_rejected_im
   share gives all it has, the rest is shared by the others). Both draw by
   ``md5(seed:key)``, so the same seed gives the same subset on any machine.
 
-Memory stays bounded: DuckDB runs with a memory cap and spills its sort to a temp folder.
+Memory stays bounded: the draw keeps only the keys it returns (``min_by`` with a count),
+counts are aggregates, and the final sort (the selection in shard order) runs under a
+DuckDB memory cap, spilling to a temp folder beyond it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from manifests.vocab import EMOTION_MIX_KEYS
 __all__ = ["DUCKDB_MEMORY", "Selection", "SubsetError", "balanced_quotas", "make_subset", "parse_min_intensity"]
 
 # DuckDB's cap inside the tools that must stay flat at a million rows (it spills beyond it).
-DUCKDB_MEMORY = "384MB"
+DUCKDB_MEMORY = "128MB"
 # Columns a subset may be balanced over: the categorical ones (no free text, no vectors).
 BALANCE_COLUMNS = tuple(
     f.name
@@ -154,35 +156,33 @@ def _draw(seed: int) -> str:
     return f"md5('{int(seed)}:' || key)"
 
 
+def _chosen_keys(con: Any, selection: Selection, base: str) -> list[str]:
+    """The drawn keys: per group (or overall) the ``quota`` smallest ``md5(seed:key)``.
+
+    ``min_by(key, draw, n)`` keeps n keys per group while scanning, so memory grows with the
+    limit (and the number of groups), never with the dataset.
+    """
+    draw = _draw(selection.seed)
+    if not selection.balance:
+        ((keys,),) = con.execute(f"SELECT min_by(key, {draw}, {int(selection.limit or 0)}) {base}").fetchall()
+        return list(keys or [])
+    columns = ", ".join(selection.balance)
+    counts = {tuple(r[:-1]): r[-1] for r in con.execute(f"SELECT {columns}, count(*) {base} GROUP BY ALL").fetchall()}
+    quotas = balanced_quotas(counts, int(selection.limit or 0))
+    largest = max(quotas.values(), default=0)
+    if largest == 0:
+        return []
+    rows = con.execute(f"SELECT {columns}, min_by(key, {draw}, {largest}) {base} GROUP BY ALL").fetchall()
+    return [key for *group, keys in rows for key in keys[: quotas.get(tuple(group), 0)]]
+
+
 def _selected_sql(con: Any, selection: Selection) -> str:
     """SQL of the selected ``samples`` rows (before ordering)."""
-    base = "SELECT * FROM samples WHERE " + " AND ".join(selection.conditions())
+    base = "FROM samples WHERE " + " AND ".join(selection.conditions())
     if selection.limit is None:
-        return base
-    if not selection.balance:
-        return f"SELECT * FROM ({base}) ORDER BY {_draw(selection.seed)} LIMIT {int(selection.limit)}"
-    columns = ", ".join(selection.balance)
-    con.execute(f"CREATE TEMP TABLE chosen_pool AS SELECT key, shard, index, {columns} FROM ({base})")
-    counts = {
-        tuple(row[:-1]): row[-1]
-        for row in con.execute(f"SELECT {columns}, count(*) FROM chosen_pool GROUP BY ALL").fetchall()
-    }
-    quotas = balanced_quotas(counts, selection.limit)
-    con.execute(f"CREATE TEMP TABLE quotas AS SELECT * FROM (SELECT {columns}, 0 AS quota FROM chosen_pool LIMIT 0)")
-    if quotas:
-        con.executemany(
-            f"INSERT INTO quotas VALUES ({', '.join('?' for _ in range(len(selection.balance) + 1))})",
-            [[*group, quota] for group, quota in quotas.items()],
-        )
-    ranked = (
-        f"SELECT key, row_number() OVER (PARTITION BY {columns} ORDER BY {_draw(selection.seed)}) AS rank, "
-        f"{columns} FROM chosen_pool"
-    )
-    join = " AND ".join(f"r.{c} IS NOT DISTINCT FROM q.{c}" for c in selection.balance)
-    return (
-        f"SELECT * FROM ({base}) WHERE key IN (SELECT r.key FROM ({ranked}) r JOIN quotas q ON {join} "
-        "WHERE r.rank <= q.quota)"
-    )
+        return f"SELECT * {base}"
+    con.register("chosen_keys", pa.table({"key": pa.array(_chosen_keys(con, selection, base), pa.string())}))
+    return f"SELECT * {base} AND key IN (SELECT key FROM chosen_keys)"
 
 
 def _prepare_target(dest: Path, source: DatasetRef, overwrite: bool) -> None:

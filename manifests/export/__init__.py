@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 EXPORT_MARKER = ExportLayout(Path(".")).marker.name
-BYTE_SHARD_MAX_SAMPLES = 100_000
+BYTE_SHARD_MAX_SAMPLES = 20_000
 
 FORMATS: dict[str, type[Exporter]] = {
     "webdataset": WebDatasetExporter,

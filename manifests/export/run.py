@@ -25,7 +25,7 @@ from typing import Any
 from manifests.atomic import clean_temps, write_bytes_atomic, write_text_atomic
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.export.base import Exporter, ExportError, ExportOptions, Sample
-from manifests.export.stream import BATCH_ROWS, count_sql, iter_samples, select_sql
+from manifests.export.stream import count_sql, iter_samples, shard_batches
 from manifests.files import exists, is_dir, make_dir, remove_tree
 from manifests.layout import ExportLayout
 from manifests.query import connect, sql_string
@@ -34,8 +34,8 @@ from manifests.records import json_default
 __all__ = ["Progress", "run_export"]
 
 Progress = Callable[[int, int], None]  # (samples done, samples selected)
-# DuckDB's cap in an export (it spills its sort beyond it); the loop itself holds one batch.
-DUCKDB_MEMORY = "384MB"
+# DuckDB's cap in an export: it counts and reads one shard manifest at a time.
+DUCKDB_MEMORY = "128MB"
 
 
 def _job(dataset: DatasetRef, options: ExportOptions) -> dict[str, Any]:
@@ -167,7 +167,7 @@ def run_export(
     progress = progress or _no_progress
     con = connect(run_dir, memory_limit=DUCKDB_MEMORY)
     try:
-        (selected,) = con.execute(count_sql(options)).fetchone()  # a bad --where fails before out is touched
+        (selected,) = con.execute(count_sql(options)).fetchall()[0]  # a bad --where fails before out is touched
         total = selected if options.limit is None else min(selected, options.limit)
         job = _job(dataset, options)
         parts = open_target(out, job, overwrite)
@@ -177,7 +177,7 @@ def run_export(
         progress(done, total)
         with tempfile.TemporaryDirectory(prefix=".export-spill-", dir=out) as spill:
             con.execute(f"SET temp_directory = {sql_string(spill)}")
-            batches = con.sql(select_sql(options, exporter_cls.columns, done)).to_arrow_reader(BATCH_ROWS)
+            batches = shard_batches(con, dataset, options, exporter_cls.columns, done)
             samples = iter_samples(
                 dataset, batches, exporter_cls.row_columns or exporter_cls.columns, copies=exporter_cls.copies_members
             )

@@ -89,7 +89,7 @@ def _shares(con: Any, data: ReportData) -> None:
 def _cooccurrence(con: Any, data: ReportData) -> None:
     pairs = [(i, j) for i in range(1, N + 1) for j in range(1, N + 1)]
     terms = ", ".join(f"count(*) FILTER (WHERE au_occurrence[{i}] = 1 AND au_occurrence[{j}] = 1)" for i, j in pairs)
-    counts = con.execute(f"SELECT {terms} FROM samples WHERE accepted").fetchone()
+    counts = con.execute(f"SELECT {terms} FROM samples WHERE accepted").fetchall()[0]
     data.cooccurrence = np.asarray(counts, dtype=float).reshape(N, N)
 
 
@@ -137,7 +137,7 @@ def _detectors(con: Any, data: ReportData) -> None:
         data.fidelity["consensus"] = _f1(table[:, 1], table[:, 2], table[:, 3])
     (data.exact_samples,) = con.execute(
         "SELECT count(*) FROM samples WHERE accepted AND label_source = 'exact'"
-    ).fetchone()
+    ).fetchall()[0]
 
 
 def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
@@ -153,7 +153,7 @@ def collect(run_dir: Path, spill_dir: Path | None = None) -> ReportData:
     try:
         data.planned, data.accepted = con.execute(
             "SELECT count(*), count(*) FILTER (WHERE accepted) FROM samples"
-        ).fetchone()
+        ).fetchall()[0]
         _shares(con, data)
         _cooccurrence(con, data)
         _groups(con, data)
