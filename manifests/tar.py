@@ -18,9 +18,9 @@ import hashlib
 import tarfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
-__all__ = ["BackgroundSha256", "TarFormatError", "TarSink", "iter_members", "ustar_header"]
+__all__ = ["BackgroundSha256", "TarFormatError", "TarMember", "TarSink", "iter_members", "ustar_header"]
 
 
 def _ustar_member_info(name: str, size: int) -> tarfile.TarInfo:
@@ -94,6 +94,10 @@ class TarSink:
             self.hash.update(data)
         self.size += len(data)
 
+    def add_block(self, block: bytes) -> None:
+        """A member exactly as another tar stores it (header, data, padding): a copy."""
+        self._write(block)
+
     def add(self, name: str, data: bytes) -> None:
         # One write per member: header, bytes and padding joined (a copy of a few kB is
         # cheaper than three trips through the buffered writer).
@@ -161,6 +165,9 @@ class BackgroundSha256:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+_ZERO_BLOCK = tarfile.NUL * tarfile.BLOCKSIZE
+
+
 class TarFormatError(ValueError):
     """A tar stream is truncated or a header is damaged; the message says where."""
 
@@ -197,34 +204,50 @@ def _pax_path(data: bytes) -> str | None:
     return None
 
 
+class TarMember(NamedTuple):
+    name: str
+    size: int
+    data: bytes | None  # None when not wanted
+    block: bytes | None  # header + data + padding as stored (with ``blocks=True``): copied as is
+
+
+def _name(header: bytes) -> str:
+    name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    if header[257:262] == b"ustar" and header[345]:
+        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        name = f"{prefix}/{name}"
+    return name
+
+
 def iter_members(
-    fh: BinaryIO, wanted: Callable[[str], bool] | None = None, *, seek: bool = True
-) -> Iterator[tuple[str, int, bytes | None]]:
-    """``(name, size, data)`` of every regular member of a tar stream, in order.
+    fh: BinaryIO,
+    wanted: Callable[[str], bool] | None = None,
+    *,
+    seek: bool = True,
+    check: bool = True,
+    blocks: bool = False,
+) -> Iterator[TarMember]:
+    """Every regular member of a tar stream, in order.
 
     ``data`` is read only when ``wanted(name)`` is true (always without ``wanted``); other
     members' data is skipped by seeking (``seek=True``) or read and dropped (``seek=False``,
-    for a stream that must see every byte, e.g. one being hashed). PAX ``path`` records and
-    GNU long names are honoured. Raises :class:`TarFormatError` on a damaged header or a
-    truncated stream.
+    for a stream that must see every byte, e.g. one being hashed). ``check`` verifies each
+    header's checksum (a copy of already verified shards may skip it); ``blocks`` also gives a
+    read member's stored bytes. PAX ``path`` records and GNU long names are honoured. Raises
+    :class:`TarFormatError` on a damaged header or a truncated stream.
     """
     pending_name: str | None = None
     while True:
-        offset = fh.tell() if seek else None
         header = fh.read(tarfile.BLOCKSIZE)
-        where = f"member header at byte {offset}" if offset is not None else "a member header"
-        if header == tarfile.NUL * tarfile.BLOCKSIZE:
+        if header == _ZERO_BLOCK:
             return  # the end-of-archive blocks
+        where = f"member header at byte {fh.tell() - len(header)}" if seek else "a member header"
         if not header:
             raise TarFormatError(f"{where}: the tar ends without its end-of-archive blocks (truncated)")
         if len(header) != tarfile.BLOCKSIZE:
             raise TarFormatError(f"{where}: the tar ends early (truncated)")
-        if not _header_ok(header):
+        if check and not _header_ok(header):
             raise TarFormatError(f"{where}: header checksum mismatch (corrupt)")
-        name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        if header[257:262] == b"ustar" and header[345]:
-            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            name = f"{prefix}/{name}"
         size = _octal(header[124:136])
         kind = header[156:157]
         padded = size + (-size % tarfile.BLOCKSIZE)
@@ -232,17 +255,17 @@ def iter_members(
             data = _read_exact(fh, padded, where)[:size]
             pending_name = _pax_path(data) if kind == b"x" else data.rstrip(b"\0").decode("utf-8", "surrogateescape")
             continue
-        if pending_name is not None:
-            name, pending_name = pending_name, None
+        name = _name(header) if pending_name is None else pending_name
+        pending_name = None
         if kind not in (b"0", b"\0", b"7"):  # directories, links, global headers: no data to yield
             _skip(fh, padded, seek, where)
             continue
         if wanted is None or wanted(name):
             data = _read_exact(fh, padded, where)
-            yield name, size, data[:size]
+            yield TarMember(name, size, data[:size], header + data if blocks else None)
         else:
             _skip(fh, padded, seek, where)
-            yield name, size, None
+            yield TarMember(name, size, None, None)
 
 
 def _skip(fh: BinaryIO, size: int, seek: bool, where: str) -> None:

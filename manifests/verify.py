@@ -163,8 +163,8 @@ def _check_tar(tar: Path, expected: set[str], sha256: str | None) -> list[str]:
     with open_read(tar) as raw:
         stream = _HashingReader(raw)
         try:
-            for name, _, _ in iter_members(stream, lambda _: False, seek=False):  # type: ignore[arg-type]
-                members.add(name)
+            for member in iter_members(stream, lambda _: False, seek=False):  # type: ignore[arg-type]
+                members.add(member.name)
         except TarFormatError as exc:
             return [f"{tar.name}: unreadable as a tar ({exc})"]
         stream.rest()

@@ -76,6 +76,7 @@ class Sample:
     image: bytes
     label_json: bytes | None = None
     source: tuple[Any, int] | None = None  # (pyarrow.RecordBatch, row position) of the full manifest row
+    blocks: tuple[bytes, bytes] | None = None  # the image and label members as the source tar stores them
 
     @property
     def key(self) -> str:

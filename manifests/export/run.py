@@ -162,8 +162,9 @@ def run_export(
     started = time.perf_counter()
     dataset = open_dataset(run_dir)
     out = Path(out)
-    if out.resolve() == dataset.root.resolve() or dataset.root.resolve().is_relative_to(out.resolve()):
-        raise ExportError(f"export target {out} would contain the source {dataset.root}; choose another folder")
+    for source in (dataset.root, dataset.shards_dir):  # a subset's shards are its source's
+        if source.resolve().is_relative_to(out.resolve()):
+            raise ExportError(f"export target {out} would contain the source {source}; choose another folder")
     progress = progress or _no_progress
     con = connect(run_dir, memory_limit=DUCKDB_MEMORY)
     try:

@@ -23,7 +23,7 @@ from manifests.export.base import ExportOptions, Sample
 from manifests.files import exists, open_read
 from manifests.query import expand_au_shorthand, sql_string
 from manifests.schema import MANIFEST_SCHEMA
-from manifests.tar import TarFormatError, iter_members
+from manifests.tar import TarFormatError, TarMember, iter_members
 
 __all__ = ["BATCH_ROWS", "ShardImages", "count_sql", "iter_samples", "shard_batches"]
 
@@ -106,23 +106,25 @@ def shard_batches(
 class ShardImages:
     """The members of one source tar, read forward in member order (others skipped by seeking)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, blocks: bool = False) -> None:
         self.path = path
         self._fh: BinaryIO = open_read(path)
         self._wanted: tuple[str, ...] = ()
-        self._members = iter_members(self._fh, lambda name: name in self._wanted)
+        self._members = iter_members(self._fh, lambda name: name in self._wanted, blocks=blocks)
 
     def get(self, member: str) -> bytes:
-        return self.get_all((member,))[0]
+        data = self.get_all((member,))[0].data
+        assert data is not None
+        return data
 
-    def get_all(self, members: tuple[str, ...]) -> list[bytes]:
-        """The data of ``members`` (in any order within the tar, after the previous ones)."""
+    def get_all(self, members: tuple[str, ...]) -> list[TarMember]:
+        """``members`` (in any order within the tar, after the previous ones)."""
         self._wanted = members
-        found: dict[str, bytes] = {}
+        found: dict[str, TarMember] = {}
         try:
-            for name, _, data in self._members:
-                if data is not None and name in members:
-                    found[name] = data
+            for member in self._members:
+                if member.data is not None and member.name in members:
+                    found[member.name] = member
                     if len(found) == len(members):
                         return [found[m] for m in members]
         except TarFormatError as exc:
@@ -159,11 +161,12 @@ def iter_samples(
                     if images is not None:
                         images.close()
                     shard = row["shard"]
-                    images = ShardImages(dataset.tar(int(row["shard"])))
+                    images = ShardImages(dataset.tar(int(row["shard"])), blocks=copies)
                 assert images is not None
                 if copies:
                     image, label = images.get_all((row["image_member"], f"{row['key']}.json"))
-                    yield Sample(row, image, label, (batch, position))
+                    blocks = (image.block, label.block) if image.block and label.block else None
+                    yield Sample(row, image.data or b"", label.data, (batch, position), blocks)
                 else:
                     yield Sample(row, images.get(row["image_member"]))
     finally:

@@ -5,7 +5,8 @@
 dataset that ``factory query``, ``verify``, ``report`` and ``export`` open.
 
 A sample is copied, not rebuilt: its image and its ``{key}.json`` label member go into the
-new tar byte for byte, and its manifest row travels in Arrow (the batch DuckDB returned), so
+new tar byte for byte (the stored members, headers and all, when the names stay the same),
+and its manifest row travels in Arrow (the batch DuckDB returned), so
 no row becomes Python objects. In the new manifest ``shard`` and ``index`` are the export's
 own (where the sample now is); ``key`` stays the source's, except a key unsafe as a
 WebDataset member name (a dot or a slash), which is made safe and gets a new label member.
@@ -46,13 +47,19 @@ class _CopyingShardWriter(ShardWriter):
 
     def __init__(self, out: Path, dataset: str, shard: int) -> None:
         # overwrite=True: after a crash this part's shard may be committed but not recorded.
-        super().__init__(out, dataset, shard, overwrite=True)
+        super().__init__(out, dataset, shard, overwrite=True, buffer_bytes=1 << 20)
         self._sources: list[tuple[Any, int]] = []
         self._new_keys: dict[int, str] = {}  # position -> new key, for the few keys made safe
 
     def copy(self, sample: Sample) -> None:
         key = webdataset_key(sample.key)
         member = f"{key}.{sample.extension}"
+        if key == sample.key and sample.blocks is not None and sample.row.get("image_member") == member:
+            # Same names: the source's stored members (headers included) are this tar's members.
+            self._sink.add_block(sample.blocks[0])
+            self._sink.add_block(sample.blocks[1])
+            self._count(sample)
+            return
         self._write_member(member, sample.image)
         label = sample.label_json
         if key != sample.key or label is None:
@@ -60,6 +67,9 @@ class _CopyingShardWriter(ShardWriter):
             label = sample_json({**row, "key": key}, bool(row.get("accepted", True)))
             self._new_keys[len(self._sources)] = key
         self._write_member(f"{key}.json", label)
+        self._count(sample)
+
+    def _count(self, sample: Sample) -> None:
         assert sample.source is not None
         self._sources.append(sample.source)
         if sample.row.get("accepted", True):

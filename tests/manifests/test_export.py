@@ -217,6 +217,8 @@ def test_export_refuses_to_overwrite_unless_told(source: tuple[Path, dict], tmp_
         export(run_dir, out, limit=2)
     assert export(run_dir, out, limit=1, format="folder", overwrite=True)["samples"] == 1
     assert not (out / "mifa-000000.tar").exists()
+    with pytest.raises(ExportError, match="would contain the source"):
+        export(run_dir, run_dir.parent, limit=1, overwrite=True)
     # An unfinished export of other options is not resumed by accident.
     with pytest.raises(_Killed):
         export(run_dir, tmp_path / "half", shard_size=1, progress=_die_at(1))
