@@ -1,4 +1,9 @@
-"""`make bench`: run every benchmark and rewrite BENCHMARKS.md with the results."""
+"""`make bench`: run every benchmark and rewrite BENCHMARKS.md with the results.
+
+``python -m bench.run_all bench_tools`` runs only the named benchmarks and replaces only
+their sections (each section sits between ``<!-- bench:NAME -->`` markers), keeping the rest
+of BENCHMARKS.md as it was.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import datetime
 import importlib
 import os
 import platform
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -13,7 +19,7 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHES = ("bench_plan", "bench_writer", "bench_engine", "bench_warp", "bench_generators")
+BENCHES = ("bench_plan", "bench_writer", "bench_engine", "bench_warp", "bench_generators", "bench_tools")
 
 
 def _machine() -> str:
@@ -30,25 +36,48 @@ def _machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {gib:.0f} GiB RAM, Python {platform.python_version()}"
 
 
+def _marked(name: str, body: str) -> str:
+    return f"<!-- bench:{name} -->\n{body}\n<!-- /bench:{name} -->"
+
+
+def _run(name: str) -> str:
+    print(f"running bench.{name} ...", file=sys.stderr, flush=True)
+    sys.argv = [name]  # benchmarks that parse options see none of ours
+    try:
+        return importlib.import_module(f"bench.{name}").main()
+    except Exception:  # one broken benchmark must not hide the others' numbers
+        return f"### bench.{name}\n\nFAILED:\n\n```\n{traceback.format_exc()}\n```"
+
+
+def _update(text: str, name: str, section: str, stamp: str) -> str:
+    """``text`` with the section of ``name`` replaced (or appended), noting when it was measured."""
+    body = _marked(name, f"{section}\n\n_Measured {stamp} with `python -m bench.run_all {name}`._")
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: body, text)
+    return text.rstrip("\n") + "\n\n" + body + "\n"
+
+
 def main(names: list[str]) -> None:
-    sections = []
-    for name in names or BENCHES:
-        print(f"running bench.{name} ...", file=sys.stderr, flush=True)
-        sys.argv = [name]  # benchmarks that parse options see none of ours
-        try:
-            sections.append(importlib.import_module(f"bench.{name}").main())
-        except Exception:  # one broken benchmark must not hide the others' numbers
-            sections.append(f"### bench.{name}\n\nFAILED:\n\n```\n{traceback.format_exc()}\n```")
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    path = REPO / "BENCHMARKS.md"
+    if names and path.exists():
+        text = path.read_text()
+        for name in names:
+            text = _update(text, name, _run(name), f"on {now}; machine: {_machine()}")
+        path.write_text(text)
+        print(text)
+        return
+    sections = [_marked(name, _run(name)) for name in BENCHES]
     text = "\n\n".join(
         [
             "# Benchmarks",
-            f"Produced by `make bench` (`python -m bench.run_all {' '.join(names)}`) on {now}; machine: "
+            f"Produced by `make bench` (`python -m bench.run_all`) on {now}; machine: "
             f"{_machine()}. Ratios are measured within one run; absolute numbers vary with load.",
             *sections,
         ]
     )
-    (REPO / "BENCHMARKS.md").write_text(text + "\n")
+    path.write_text(text + "\n")
     print(text)
 
 

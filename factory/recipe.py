@@ -193,16 +193,19 @@ def _validate_stage_options(recipe: Recipe, source: str) -> None:
 BANK_FILTERS = "portrait-filters"
 
 
-def _validate_identity_bank(recipe: Recipe, data: dict[str, Any], source: str) -> None:
-    """The fields an identity-bank build fixes or needs (``dataset.kind``), checked at the edge."""
+def _validate_identity_bank(recipe: Recipe, source: str) -> None:
+    """The fields an identity-bank build fixes or needs (``dataset.kind``), checked at the edge.
+
+    Sections are compared with their defaults, not looked up in the TOML: a recipe recorded in
+    run.json (``factory retry``, provenance) spells every section out with its defaults."""
     if recipe.dataset.kind != IDENTITY_BANK:
-        if "bank" in data:
+        if recipe.bank != BankSection():
             raise RecipeError(f"{source}: section [bank] applies only to dataset.kind = '{IDENTITY_BANK}'", "bank")
         return
     problems = [
         ("identities.bank", recipe.identities.bank != "none", "must be 'none': a bank build invents its identities"),
-        ("aus", "aus" in data, "remove it: every identity is planned neutral (all AUs 0)"),
-        ("emotions", "emotions" in data, "remove it: every identity is planned 'neutral'"),
+        ("aus", recipe.aus != AUSection(), "remove it: every identity is planned neutral (all AUs 0)"),
+        ("emotions", recipe.emotions != EmotionSection(), "remove it: every identity is planned 'neutral'"),
         (
             "filters.name",
             recipe.filters.name != BANK_FILTERS and ":" not in recipe.filters.name,
@@ -222,7 +225,7 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     except ValidationError as exc:
         raise _first_error(exc, data, source) from exc
     _validate_stage_options(recipe, source)
-    _validate_identity_bank(recipe, data, source)
+    _validate_identity_bank(recipe, source)
     return recipe
 
 

@@ -5,7 +5,8 @@ identity bank's near-duplicates, ``manifests.dedup``, left out) (key,
 shard, tar file, image member and the label columns a user trains on, ``INDEX_SCHEMA``);
 ``run_dir/index.json`` names the dataset, its target, the indexed / surplus / failed shards
 and each indexed shard's recorded sizes and checksums. Both are written temp-then-rename and
-``index.json`` last: if it exists, the dataset is complete and consistent.
+``index.json`` last: if it exists, the dataset is complete and consistent. The dataset card
+(``manifests.card``) is written right after it, with every index.
 """
 
 from __future__ import annotations
@@ -207,6 +208,10 @@ def write_index(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_bytes_atomic(layout.index_json, json.dumps(index, indent=1, default=json_default).encode())
+    # deferred: the card reads the dataset this module commits (manifests.card imports this module)
+    from manifests.card import write_card
+
+    write_card(layout.root)
     return index
 
 

@@ -13,8 +13,17 @@
       failed/{name}-{shard}.json            attempts and errors of a failing shard
       cache/                                request caches (LLM)
       index.parquet, index.json             the dataset; index.json is the commit point
+      DATASET_CARD.md                       written with every index (recipe, versions, counts, licences)
+      provenance.json                       the stages' licences and model hashes the card reads
       build-summary.json                    the last build's counts and timings
       workers.json                          the running build's workers (for `factory status`)
+      report.html                           `factory report` (default place)
+      quarantine/{stamp}/                   shard files `factory verify --repair` moved aside
+
+A subset (``factory filter``) is a folder with only ``index.parquet`` (the selected rows)
+and ``index.json`` (naming the source's shards folder); an export folder has
+``.mifa-export`` (the job), ``.export-state.json`` (committed parts), ``.parts/`` (per-part
+fragments) and ``export.json`` (written last: the export is complete).
 
 Shards are numbered from 0 and spelled with six digits; the planner's sample keys are
 ``{shard:06d}_{index:05d}``, so a key names its shard.
@@ -22,20 +31,40 @@ Shards are numbered from 0 and spelled with six digits; the planner's sample key
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "ExportLayout",
     "RunLayout",
     "ShardPaths",
     "generated_identity_id",
     "key_prefix",
     "parse_shard",
+    "safe_component",
     "sample_key",
     "shard_name",
     "shard_paths",
 ]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_component(text: str, max_length: int = 80) -> str:
+    """``text`` as one safe path component (file or folder name) for exports.
+
+    Keys and identity ids come from datasets and banks, so an export never puts them in a
+    path as they are: anything outside ``[A-Za-z0-9._-]`` becomes ``_``, leading dots go (no
+    ``..``, no hidden files) and the length is capped. A name that had to change gets 8 hex
+    digits of its original's sha256, so two different keys never share a file.
+    """
+    cleaned = _UNSAFE.sub("_", text).lstrip(".")
+    if cleaned == text and 0 < len(text) <= max_length:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{cleaned[: max_length - 9] or 'x'}-{digest}"
 
 
 def shard_name(dataset: str, shard: int) -> str:
@@ -132,6 +161,22 @@ class RunLayout:
     def workers(self) -> Path:
         return self.root / "workers.json"
 
+    @property
+    def card(self) -> Path:
+        return self.root / "DATASET_CARD.md"
+
+    @property
+    def provenance(self) -> Path:
+        return self.root / "provenance.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
     def shard_name(self, shard: int) -> str:
         return shard_name(self.dataset, shard)
 
@@ -157,3 +202,30 @@ class RunLayout:
             return []
         found = (parse_shard(self.dataset, p.name) for p in folder.glob(f"{self.dataset}-*{suffix}"))
         return sorted(s for s in found if s is not None)
+
+
+@dataclass(frozen=True)
+class ExportLayout:
+    """The bookkeeping files of an export folder (the format's own files are the format's)."""
+
+    root: Path
+
+    @property
+    def marker(self) -> Path:
+        """The export's job (format, selection, source); marks the folder as ours to replace."""
+        return self.root / ".mifa-export"
+
+    @property
+    def state(self) -> Path:
+        """The parts committed so far (what a resumed export skips)."""
+        return self.root / ".export-state.json"
+
+    @property
+    def parts(self) -> Path:
+        """Per-part fragments of files that cover the whole export (csv, lists), joined at the end."""
+        return self.root / ".parts"
+
+    @property
+    def report(self) -> Path:
+        """Written last: the export is complete."""
+        return self.root / "export.json"

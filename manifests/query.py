@@ -1,9 +1,11 @@
 """SQL over a built dataset with DuckDB.
 
 The view ``samples`` holds the manifests of the indexed shards: every manifest column of
-``manifests.schema.MANIFEST_SCHEMA``, accepted samples only unless ``include_rejected``. In
-an identity bank a portrait that duplicates an earlier identity is not accepted, and the
-view adds ``duplicate_of`` and ``duplicate_similarity``.
+``manifests.schema.MANIFEST_SCHEMA``, accepted samples only unless ``include_rejected``.
+For a subset (``factory filter``) it holds exactly the subset's samples, read from the
+source's manifests (a subset's selection already decided about rejected samples). In an
+identity bank a portrait that duplicates an earlier identity is not accepted, and the view
+adds ``duplicate_of`` and ``duplicate_similarity``.
 
 DuckDB lists are **1-based**: ``au_occurrence[1]`` is AU1, ``au_occurrence[7]`` is AU12
 (vectors are in ``manifests.vocab.DISFA_AUS`` order). Rather than counting, use the macro
@@ -30,7 +32,8 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 
-from manifests.index import indexed_dedup_files, indexed_parquet_files, read_index
+from manifests.dataset import open_dataset
+from manifests.index import read_index
 from manifests.schema import MANIFEST_SCHEMA
 from manifests.vocab import AU_INDEX, DISFA_AUS, INTENSITY_LEVELS
 
@@ -42,7 +45,9 @@ __all__ = [
     "expand_au_shorthand",
     "intensity_histograms",
     "query",
+    "sql_string",
     "summary",
+    "with_dedup",
 ]
 
 _AU_LIST = "[" + ", ".join(str(a) for a in DISFA_AUS) + "]"
@@ -52,38 +57,57 @@ MACROS = (
 )
 
 
-def _sql_string(text: str) -> str:
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal (quotes doubled)."""
     return "'" + text.replace("'", "''") + "'"
 
 
-def _listing(files: list[Path]) -> str:
-    return "[" + ", ".join(_sql_string(str(f)) for f in files) + "]"
-
-
-def _with_dedup(manifests: str, dedup_files: list[Path]) -> str:
+def with_dedup(manifests: str, dedup_files: list[Path]) -> str:
     """An identity bank's manifests with its near-duplicates (``manifests.dedup``) no longer
     accepted, and their partner and similarity as ``duplicate_of`` / ``duplicate_similarity``."""
     if not dedup_files:
         return manifests
+    listing = "[" + ", ".join(sql_string(str(f)) for f in dedup_files) + "]"
     return (
         "(SELECT m.* REPLACE (m.accepted AND d.duplicate_of IS NULL AS accepted), d.duplicate_of, "
         f"d.similarity AS duplicate_similarity FROM {manifests} m "
-        f"LEFT JOIN read_parquet({_listing(dedup_files)}) d USING (key))"
+        f"LEFT JOIN read_parquet({listing}) d USING (key))"
     )
 
 
-def connect(run_dir: Path, *, include_rejected: bool = False) -> Any:
-    """An in-memory DuckDB connection with the ``samples`` view and the ``au(n)`` macro."""
+def connect(
+    run_dir: Path,
+    *,
+    include_rejected: bool = False,
+    memory_limit: str | None = None,
+    spill_dir: Path | None = None,
+) -> Any:
+    """An in-memory DuckDB connection with the ``samples`` view and the ``au(n)`` macro.
 
-    files = indexed_parquet_files(run_dir)
+    ``memory_limit`` (e.g. ``"512MB"``) caps DuckDB's own memory; sorts and joins beyond it
+    spill to ``spill_dir`` (the tools that must stay flat at a million rows set both).
+    """
+    dataset = open_dataset(run_dir)
+    files = dataset.manifests()
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # commands draw their own progress
+    if memory_limit is not None:
+        con.execute(f"SET memory_limit = {sql_string(memory_limit)}")
+    if spill_dir is not None:
+        con.execute(f"SET temp_directory = {sql_string(str(spill_dir))}")
     if files:
-        source = _with_dedup(f"read_parquet({_listing(files)})", indexed_dedup_files(run_dir))
+        listing = "[" + ", ".join(sql_string(str(f)) for f in files) + "]"
+        source = with_dedup(f"read_parquet({listing})", dataset.dedup_files())
     else:
         # An index of zero shards is valid (target reached by nothing yet): an empty view.
         con.register("_empty_manifest", MANIFEST_SCHEMA.empty_table())
         source = "_empty_manifest"
-    con.execute(f"CREATE VIEW samples AS SELECT * FROM {source}{'' if include_rejected else ' WHERE accepted'}")
+    keys = dataset.subset_keys
+    if keys is not None:
+        where = f" WHERE key IN (SELECT key FROM read_parquet({sql_string(str(keys))}))"
+    else:
+        where = "" if include_rejected else " WHERE accepted"
+    con.execute(f"CREATE VIEW samples AS SELECT * FROM {source}{where}")
     for macro in MACROS:
         con.execute(macro)
     return con
@@ -178,7 +202,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
     index = read_index(run_dir) or {}
     con = connect(run_dir, include_rejected=True)
     try:
-        planned, accepted = con.execute("SELECT count(*), count(*) FILTER (WHERE accepted) FROM samples").fetchone()
+        planned, accepted = con.execute("SELECT count(*), count(*) FILTER (WHERE accepted) FROM samples").fetchall()[0]
         reasons = drop_reasons(con)
         con.execute("CREATE VIEW accepted_samples AS SELECT * FROM samples WHERE accepted")
         by = {

@@ -5,16 +5,22 @@ in torch at import and gives every member a PAX header; ``tarfile`` spends ~25 u
 header. :func:`ustar_header` splices name, size and checksum into a header ``tarfile``
 itself built (byte-for-byte equality is tested), and :class:`TarSink` hashes the stream
 on a helper thread as it goes by.
+
+Reading is hand-written too (:func:`iter_members`): ``tarfile`` keeps a ``TarInfo`` of every
+member it has passed (``TarFile.members``; ~100k objects for a 1 GB shard of small images)
+and spends ~20 us per header, where the dataset tools need a forward pass that holds one
+member at a time, can skip unwanted data by seeking, and checks each header's checksum.
 """
 
 from __future__ import annotations
 
 import hashlib
 import tarfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
-__all__ = ["BackgroundSha256", "TarSink", "ustar_header"]
+__all__ = ["BackgroundSha256", "TarFormatError", "TarMember", "TarSink", "iter_members", "ustar_header"]
 
 
 def _ustar_member_info(name: str, size: int) -> tarfile.TarInfo:
@@ -88,6 +94,10 @@ class TarSink:
             self.hash.update(data)
         self.size += len(data)
 
+    def add_block(self, block: bytes) -> None:
+        """A member exactly as another tar stores it (header, data, padding): a copy."""
+        self._write(block)
+
     def add(self, name: str, data: bytes) -> None:
         # One write per member: header, bytes and padding joined (a copy of a few kB is
         # cheaper than three trips through the buffered writer).
@@ -153,3 +163,125 @@ class BackgroundSha256:
     def cancel(self) -> None:
         self._pending = []
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_ZERO_BLOCK = tarfile.NUL * tarfile.BLOCKSIZE
+
+
+class TarFormatError(ValueError):
+    """A tar stream is truncated or a header is damaged; the message says where."""
+
+
+def _octal(field: bytes) -> int:
+    if field and field[0] & 0x80:  # GNU base-256 for sizes of 8 GiB and more
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _header_ok(header: bytes) -> bool:
+    stored = header[148:156].split(b"\0", 1)[0].strip()
+    try:
+        expected = int(stored, 8)
+    except ValueError:
+        return False
+    return sum(header) - sum(header[148:156]) + 8 * 32 == expected
+
+
+def _read_exact(fh: BinaryIO, size: int, where: str) -> bytes:
+    data = fh.read(size)
+    if len(data) != size:
+        raise TarFormatError(f"{where}: the tar ends early (truncated)")
+    return data
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The ``path`` record of a PAX extended header, if any."""
+    for record in data.decode("utf-8", "surrogateescape").split("\n"):
+        _, _, keyvalue = record.partition(" ")
+        if keyvalue.startswith("path="):
+            return keyvalue[5:]
+    return None
+
+
+class TarMember(NamedTuple):
+    name: str
+    size: int
+    data: bytes | None  # None when not wanted
+    block: bytes | None  # header + data + padding as stored (with ``blocks=True``): copied as is
+
+
+def _name(header: bytes) -> str:
+    name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    if header[257:262] == b"ustar" and header[345]:
+        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        name = f"{prefix}/{name}"
+    return name
+
+
+def iter_members(
+    fh: BinaryIO,
+    wanted: Callable[[str], bool] | None = None,
+    *,
+    seek: bool = True,
+    check: bool = True,
+    blocks: bool = False,
+) -> Iterator[TarMember]:
+    """Every regular member of a tar stream, in order.
+
+    ``data`` is read only when ``wanted(name)`` is true (always without ``wanted``); other
+    members' data is skipped by seeking (``seek=True``) or read and dropped (``seek=False``,
+    for a stream that must see every byte, e.g. one being hashed). ``check`` verifies each
+    header's checksum (a copy of already verified shards may skip it); ``blocks`` also gives a
+    read member's stored bytes. PAX ``path`` records and GNU long names are honoured. Raises
+    :class:`TarFormatError` on a damaged header or a truncated stream.
+    """
+    pending_name: str | None = None
+    while True:
+        header = fh.read(tarfile.BLOCKSIZE)
+        if header == _ZERO_BLOCK:
+            return  # the end-of-archive blocks
+        where = f"member header at byte {fh.tell() - len(header)}" if seek else "a member header"
+        if not header:
+            raise TarFormatError(f"{where}: the tar ends without its end-of-archive blocks (truncated)")
+        if len(header) != tarfile.BLOCKSIZE:
+            raise TarFormatError(f"{where}: the tar ends early (truncated)")
+        if check and not _header_ok(header):
+            raise TarFormatError(f"{where}: header checksum mismatch (corrupt)")
+        size = _octal(header[124:136])
+        kind = header[156:157]
+        padded = size + (-size % tarfile.BLOCKSIZE)
+        if kind in (b"x", b"L"):  # the next member's name
+            data = _read_exact(fh, padded, where)[:size]
+            pending_name = _pax_path(data) if kind == b"x" else data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            continue
+        name = _name(header) if pending_name is None else pending_name
+        pending_name = None
+        if kind not in (b"0", b"\0", b"7"):  # directories, links, global headers: no data to yield
+            _skip(fh, padded, seek, where)
+            continue
+        if wanted is None or wanted(name):
+            data = _read_exact(fh, padded, where)
+            yield TarMember(name, size, data[:size], header + data if blocks else None)
+        else:
+            _skip(fh, padded, seek, where)
+            yield TarMember(name, size, None, None)
+
+
+def _skip(fh: BinaryIO, size: int, seek: bool, where: str) -> None:
+    if not size:
+        return
+    if seek:
+        fh.seek(size, 1)
+        # A seek past the end succeeds and the next read finds nothing; a whole tar always
+        # has its end-of-archive blocks after the last member, so nothing here = truncated.
+        if fh.read(1) == b"":
+            raise TarFormatError(f"{where}: the tar ends early (truncated)")
+        fh.seek(-1, 1)
+        return
+    remaining = size
+    while remaining:
+        block = fh.read(min(remaining, 1 << 20))
+        if not block:
+            raise TarFormatError(f"{where}: the tar ends early (truncated)")
+        remaining -= len(block)

@@ -117,6 +117,7 @@ class ShardWriter:
         keep_rejected_images: bool = False,
         overwrite: bool = False,
         checksum: bool = True,
+        buffer_bytes: int = -1,  # the tar's write buffer (-1: Python's default)
     ) -> None:
         if image_format not in PIL_FORMATS:
             raise ValueError(f"image_format {image_format!r} is not one of {sorted(PIL_FORMATS)}")
@@ -146,7 +147,7 @@ class ShardWriter:
         try:
             self.shards_dir.mkdir(parents=True, exist_ok=True)
             self._temps.append(self._tar_tmp)
-            self._fh = open(self._tar_tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+            self._fh = open(self._tar_tmp, "wb", buffering=buffer_bytes)  # noqa: SIM115 - closed in commit/abort
         except OSError as exc:
             self._remove_temps()
             raise write_error(self._tar_tmp, exc, "could not create") from exc
@@ -167,6 +168,11 @@ class ShardWriter:
                 f"ShardWriter for {self.paths.tar} left without commit(); its temp files were "
                 "removed. Call writer.commit() (or writer.abort() to discard on purpose)"
             )
+
+    @property
+    def tar_bytes(self) -> int:
+        """Bytes of the tar written so far (exports close a shard at a byte size)."""
+        return self._sink.size
 
     # -- samples ---------------------------------------------------------------------
     def add(self, record: dict[str, Any]) -> None:

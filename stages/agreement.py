@@ -156,6 +156,7 @@ class AgreementStage(Stage[AgreementConfig]):
     detectors cannot decide stays uncertain, and the filters judge the sample)."""
 
     name: ClassVar[str] = "agreement"
+    licence = "Apache-2.0 (this code; no model)"
     kind: ClassVar[Kind] = "agreement"
 
     def run_record(self, record: Record) -> str | None:

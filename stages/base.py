@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = [
     "KINDS",
+    "UNDECLARED_LICENCE",
     "Kind",
     "Record",
     "Stage",
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 Record = dict[str, Any]
+# What a stage that never states its licence reports: the dataset card prints it on its
+# first line, so a missing declaration is seen by the people who use the data.
+UNDECLARED_LICENCE = "UNDECLARED: this stage does not state the licence of its code and models"
 Kind = Literal["prompt", "generator", "face", "detector", "agreement", "realism", "filter"]
 KINDS: tuple[str, ...] = get_args(Kind)
 
@@ -88,11 +92,17 @@ class Stage(ABC, Generic[C]):
     which sets ``config_model`` and types ``self.config``; it sets ``name`` (the registry key;
     the kind bases set ``kind``) and implements :meth:`run_record` or :meth:`run`.
     ``setup`` is called once per worker before the first batch.
+
+    ``licence`` states the licence of the stage's code *and of every model or data its output
+    depends on* (the dataset card lists it for each stage; a non-commercial one marks the whole
+    dataset non-commercial). A stage whose licence depends on its configuration (a model folder,
+    a spec file) overrides :meth:`licence_notice`, which must work before ``setup()``.
     """
 
     name: ClassVar[str]
     kind: ClassVar[Kind]
     config_model: ClassVar[type[StageConfig]] = StageConfig
+    licence: ClassVar[str] = UNDECLARED_LICENCE
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -108,6 +118,25 @@ class Stage(ABC, Generic[C]):
 
     def setup(self) -> None:
         """Load models once; the default stage has none."""
+
+    def licence_notice(self) -> str:
+        """The licence of this stage as configured (no ``setup()`` needed): the class's ``licence``."""
+        return self.licence
+
+    def model_files(self) -> dict[str, Path]:
+        """Model files (or folders) this stage loads, by option name, for the dataset card's
+        hashes (no ``setup()`` needed). The default: every option naming an existing path; a
+        stage that loads packaged weights adds them."""
+        found = {}
+        for option, value in self.config.model_dump().items():
+            if not isinstance(value, str) or not value or "\n" in value:
+                continue
+            try:
+                if (path := Path(value).expanduser()).exists():
+                    found[option] = path
+            except OSError:  # a long free-text option is no path
+                continue
+        return found
 
     def process(self, batch: list[Record]) -> list[Record]:
         """Run the stage on the live records of ``batch``; returns ``batch`` (same order, same length)."""

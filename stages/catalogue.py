@@ -17,7 +17,14 @@ from pathlib import Path
 
 __all__ = [
     "DEFAULT_MODELS_DIR",
+    "DLIB_68_LICENCE",
+    "DLIB_HOG_LICENCE",
+    "DLIB_RESNET_LICENCE",
+    "INSIGHTFACE_LICENCE",
+    "LIBREFACE_LICENCE",
     "LOCAL_MODELS_DIR",
+    "OPENGRAPHAU_LICENCE",
+    "THIS_CODE",
     "ModelEntry",
     "catalogue",
     "entry",
@@ -54,6 +61,22 @@ class ModelEntry:
     def is_hub(self) -> bool:
         return self.hub_repo is not None
 
+
+# Licences of this code and of the models the stages load, stated once (stages compose them
+# into their ``licence``; the dataset card reads those). Sources checked 2026-11.
+THIS_CODE = "Apache-2.0 (this code)"
+# dlib's HOG frontal face detector is compiled into dlib (Boost Software Licence 1.0).
+DLIB_HOG_LICENCE = "dlib HOG face detector: Boost Software Licence 1.0"
+# face-recognition-models(-ng) ships shape_predictor_68_face_landmarks.dat under CC0, but
+# the model is trained on iBUG 300-W, whose annotations are "for research purposes ONLY (NO
+# commercial products)"; Davis King's dlib-models README: "the trained model therefore can't
+# be used in a commercial product". The package's CC0 does not lift the dataset's terms.
+DLIB_68_LICENCE = (
+    "dlib 68-point landmark model (shape_predictor_68_face_landmarks.dat): trained on iBUG 300-W, "
+    "non-commercial (dataset terms; dlib-models README), though face-recognition-models ships it as CC0"
+)
+# dlib_face_recognition_resnet_model_v1.dat: dlib-models README dedicates it to the public domain (CC0).
+DLIB_RESNET_LICENCE = "dlib ResNet face descriptor (dlib_face_recognition_resnet_model_v1.dat): CC0"
 
 # The usercontent endpoint with confirm=t skips Drive's "cannot scan for viruses" page.
 _GDRIVE = "https://drive.usercontent.google.com/download?id={}&export=download&confirm=t"
@@ -112,6 +135,11 @@ def _hub(
         name=name, description=description, filename=name, url=_HF.format(repo), page=_HF.format(repo),
         licence=licence, used_by=used_by, size=size, hub_repo=repo, allow_patterns=patterns, required=required,
     )  # fmt: skip
+
+
+OPENGRAPHAU_LICENCE = _OGAU_LICENCE
+INSIGHTFACE_LICENCE = _INSIGHTFACE_LICENCE
+LIBREFACE_LICENCE = _LIBREFACE_LICENCE
 
 
 def _ogau(name: str, arch: str, gdrive_id: str, filename: str, stage: int) -> ModelEntry:

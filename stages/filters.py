@@ -30,6 +30,7 @@ norm ~1.43 (1.41 and 1.46 on the two builtin portraits), so 1 - 0.6**2 / (2 * 1.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -37,7 +38,8 @@ from pydantic import Field
 
 from manifests.vocab import DISFA_AUS, UNCERTAIN
 from stages.base import Kind, Record, Stage, StageConfig, StageContext, StageError
-from stages.faces.landmarks import detect_faces, face_embedding
+from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, DLIB_RESNET_LICENCE, THIS_CODE
+from stages.faces.landmarks import detect_faces, dlib_model_files, face_embedding
 from stages.labels import jaccard
 
 __all__ = [
@@ -110,6 +112,17 @@ Check = Callable[[Record, float | None], FilterResult]
 class FilterStage(Stage[FilterConfig]):
     name: ClassVar[str] = "filters"
     kind: ClassVar[Kind] = "filter"
+    licence = f"{THIS_CODE} (no model; identity_similarity adds dlib's face descriptor and landmarks)"
+
+    def licence_notice(self) -> str:
+        if not self.config.identity_similarity:
+            return f"{THIS_CODE} (no model)"
+        return f"{THIS_CODE}; {DLIB_RESNET_LICENCE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}"
+
+    def model_files(self) -> dict[str, Path]:
+        if not self.config.identity_similarity:
+            return super().model_files()
+        return {**super().model_files(), **dlib_model_files("pose68", "resnet")}
 
     def __init__(self, config: FilterConfig, context: StageContext) -> None:
         super().__init__(config, context)

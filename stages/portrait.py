@@ -40,9 +40,9 @@ from pydantic import Field
 
 from manifests.vocab import DISFA_AUS
 from stages.base import Kind, Record, Stage, StageConfig, StageContext, StageError
-from stages.catalogue import local_path
+from stages.catalogue import DLIB_68_LICENCE, DLIB_RESNET_LICENCE, INSIGHTFACE_LICENCE, THIS_CODE, local_path
 from stages.faces.embedding import Embedder, EmbedderError, arcface_embedder, dlib_embedder
-from stages.faces.landmarks import inter_ocular_distance
+from stages.faces.landmarks import dlib_model_files, inter_ocular_distance
 from stages.faces.pose import head_pose
 
 __all__ = ["DEDUP_THRESHOLDS", "PortraitFilterConfig", "PortraitFilterStage", "neutral_problem", "sharpness"]
@@ -86,6 +86,18 @@ def neutral_problem(votes: dict[str, dict[str, list[float | None]]], limit: floa
 class PortraitFilterStage(Stage[PortraitFilterConfig]):
     name: ClassVar[str] = "portrait-filters"
     kind: ClassVar[Kind] = "filter"
+    licence = f"{THIS_CODE}; the identity embedding: {DLIB_RESNET_LICENCE}, or {INSIGHTFACE_LICENCE} (ArcFace)"
+
+    def licence_notice(self) -> str:
+        if self.config.embedder == "arcface":
+            return f"{THIS_CODE}; ArcFace identity embedding: {INSIGHTFACE_LICENCE}"
+        return f"{THIS_CODE}; {DLIB_RESNET_LICENCE}; {DLIB_68_LICENCE}"
+
+    def model_files(self) -> dict[str, Path]:
+        if self.config.embedder == "arcface":
+            path = Path(self.config.arcface_onnx) if self.config.arcface_onnx else local_path("arcface-r50")
+            return {**super().model_files(), "arcface": path} if path.is_file() else super().model_files()
+        return {**super().model_files(), **dlib_model_files("pose68", "resnet")}
 
     def __init__(self, config: PortraitFilterConfig, context: StageContext) -> None:
         super().__init__(config, context)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from factory.cli import build, evaluate, models, plan, query, status
+from factory.cli import build, evaluate, export, models, plan, query, report, show, status, subset, verify
 
 __all__ = ["app"]
 
@@ -31,7 +31,11 @@ app.command()(build.retry)
 app.command()(status.status)
 app.command()(status.doctor)
 app.command()(query.query)
-app.command()(query.export)
+app.command()(verify.verify)
+app.command("filter")(subset.filter_subset)
+app.command()(export.export)
+app.command()(show.show)
+app.command()(report.report)
 app.command("eval")(evaluate.evaluate)
 app.command()(evaluate.calibrate)
 app.command("train-realism")(models.train_realism)

@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from cluster.actors import gpu_ids
 from factory.engine.pipeline import StageTimings, make_context, recipe_pipeline
+from factory.engine.provenance import write_provenance
 from factory.recipe import Recipe
 from manifests.index import write_index
 from manifests.layout import RunLayout
@@ -93,6 +94,7 @@ class IndexWriter:
         return {"pid": os.getpid(), "stage": "index"}
 
     def write(self, run_dir: str, dataset: str, shards: list[int], **kwargs: Any) -> dict[str, Any]:
+        write_provenance(Path(run_dir))  # what the dataset card (written with the index) reads
         return write_index(Path(run_dir), dataset, shards, **kwargs)
 
 

@@ -1,144 +1,134 @@
-"""Export a subset of a built dataset: the selection, the image stream, and the format base.
+"""The export format base: what a format receives and what it writes.
 
-The selection is SQL over the ``samples`` view (accepted samples, see ``manifests.query``).
-Images are copied byte for byte from the source tars (no re-encoding). A format is one
-small :class:`Exporter` subclass in this folder plus one line in ``manifests.export.FORMATS``;
-the base owns the loop (:func:`export`), the target folder rules and the report.
+A format is one small :class:`Exporter` subclass in this folder plus one line in
+``manifests.export.FORMATS``. The loop (``manifests.export.run``) owns everything else: the
+selection, reading images from the source tars, cutting the stream into parts, the target
+folder rules, resuming, progress and ``export.json``.
 
-``out`` must be empty or absent; ``overwrite=True`` replaces a previous export (one that has
-the ``.mifa-export`` marker), never an unrelated folder.
+The contract, in three methods:
+
+- :meth:`Exporter.write_part` receives one part's samples (``shard_size`` of them, or fewer
+  once :meth:`Exporter.part_bytes` reaches ``shard_bytes``) in source order, writes that
+  part's files so that each appears whole or not at all (temp + rename), and returns a
+  small JSON-able summary (the loop adds ``rows``). After a crash the same part is written
+  again with the same number, the same samples and therefore the same file names, so a
+  resumed export never holds a sample twice.
+- :meth:`Exporter.finish` writes the files that cover every part (a ``labels.csv``, list
+  files, an index), from the summaries or from per-part fragments the format left in
+  ``self.layout.parts``, and returns what goes into ``export.json``.
+- ``columns``: the manifest columns the format reads (``None``: all of them), given to it as
+  ``Sample.row``. A format that copies whole rows (WebDataset) sets ``row_columns`` to the few
+  it needs as Python values and ``copies_members``: it then gets each row in Arrow
+  (``Sample.source``) and the source's ``{key}.json`` member (``Sample.label_json``), so
+  nothing is converted per sample.
+
+A format written for the earlier one-pass interface (``write(samples, count)``, receiving
+``(row, image bytes)`` pairs) still runs, in one pass and without resume.
+
+File names made from keys or identity ids go through :meth:`Sample.name` /
+``manifests.layout.safe_component`` and :meth:`Exporter.inside`, so nothing a dataset holds
+can point a file outside the export folder.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import tarfile
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from manifests.atomic import write_bytes_atomic
-from manifests.index import index_shards_dir, read_index
-from manifests.layout import shard_paths
-from manifests.query import query
-from manifests.records import json_default
+from manifests.layout import ExportLayout, safe_component
 
-__all__ = ["EXPORT_MARKER", "Exporter", "iter_images", "prepare_out", "run_export", "select_rows"]
+__all__ = ["ExportError", "ExportOptions", "Exporter", "Sample"]
 
-EXPORT_MARKER = ".mifa-export"
+
+class ExportError(ValueError):
+    """Bad export options or an unusable target folder; the message names the option or file."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything that decides an export's content (a resume must match it exactly)."""
+
+    format: str = "webdataset"
+    where: str | None = None
+    limit: int | None = None
+    shard_size: int = 1000  # samples per part (an output shard, an image folder); a cap with shard_bytes
+    shard_bytes: int | None = None  # a part also closes once it holds this many bytes
+    name: str | None = None  # dataset name of a WebDataset export (default: the source's)
+    format_options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.shard_size < 1:
+            raise ExportError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if self.shard_bytes is not None and self.shard_bytes < 1:
+            raise ExportError(f"--shard-bytes must be >= 1, got {self.shard_bytes}")
+        if self.limit is not None and self.limit < 0:
+            raise ExportError(f"--limit must be >= 0, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One selected sample: its manifest row and its image bytes, as stored in the source;
+    for a format that ``copies_members``, also its label JSON member and its Arrow row."""
+
+    row: dict[str, Any]
+    image: bytes
+    label_json: bytes | None = None
+    source: tuple[Any, int] | None = None  # (pyarrow.RecordBatch, row position) of the full manifest row
+    blocks: tuple[bytes, bytes] | None = None  # the image and label members as the source tar stores them
+
+    @property
+    def key(self) -> str:
+        return str(self.row["key"])
+
+    @property
+    def name(self) -> str:
+        """A file stem for this sample that stays inside any folder it is joined to."""
+        return safe_component(self.key)
+
+    @property
+    def extension(self) -> str:
+        return safe_component(str(self.row.get("image_format") or "jpg"), 8)
 
 
 class Exporter:
-    """One export format: :meth:`write` receives the selected rows with their image bytes,
-    in shard order, and returns what it wrote (merged into ``export.json``)."""
+    """One export format (see the module docstring for the contract)."""
 
     name: ClassVar[str]
+    columns: ClassVar[tuple[str, ...] | None] = None
+    row_columns: ClassVar[tuple[str, ...] | None] = None  # as Python values (None: every selected column)
+    copies_members: ClassVar[bool] = False
 
-    def __init__(self, run_dir: Path, out: Path, dataset: str, shard_size: int) -> None:
-        self.run_dir = run_dir
-        self.out = out
+    def __init__(
+        self, run_dir: Path, out: Path, dataset: str, shard_size: int, options: ExportOptions | None = None
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.out = Path(out)
         self.dataset = dataset
         self.shard_size = shard_size
+        self.options = options or ExportOptions(format=getattr(self, "name", "?"), shard_size=shard_size)
+        self.layout = ExportLayout(self.out)
+        self.part_image_bytes = 0  # image bytes handed to the current part (the loop counts)
 
-    def write(self, samples: Iterator[tuple[dict[str, Any], bytes]], count: int) -> dict[str, Any]:
-        raise NotImplementedError
+    def write_part(self, part: int, samples: Iterator[Sample]) -> dict[str, Any]:
+        raise NotImplementedError(f"export format {self.name!r} implements neither write_part() nor write()")
 
+    def part_bytes(self) -> int:
+        """Bytes the current part holds so far, for ``shard_bytes`` (default: its images' bytes)."""
+        return self.part_image_bytes
 
-def prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"export target {out} is a file; pass a directory path")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"export target {out} is not empty; pass overwrite=True or choose an empty folder")
-        if not (out / EXPORT_MARKER).exists():
-            raise FileExistsError(
-                f"export target {out} is not empty and is not a previous export (no {EXPORT_MARKER}); "
-                "refusing to delete it even with overwrite=True: remove it yourself or choose another folder"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / EXPORT_MARKER).write_text("written by manifests.export; overwrite=True may replace this folder\n")
+    def finish(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """Write the files that cover every part; returns what goes into export.json."""
+        return {"parts": len(parts)}
 
+    def inside(self, *parts: str) -> Path:
+        """``out/part/...`` after checking the result stays inside ``out`` (no traversal)."""
+        path = self.out.joinpath(*parts)
+        root = self.out.resolve()
+        if not path.resolve().is_relative_to(root):
+            raise ExportError(f"refusing to write {path}: it is outside the export folder {self.out}")
+        return path
 
-def select_rows(run_dir: Path, where: str | None, limit: int | None) -> list[dict[str, Any]]:
-    sql = "SELECT * FROM samples WHERE image_member IS NOT NULL"
-    if where:
-        sql += f" AND ({where})"
-    sql += " ORDER BY shard, index"
-    if limit is not None:
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        sql += f" LIMIT {int(limit)}"
-    return query(run_dir, sql=sql).to_pylist()
-
-
-def _read_members(tar_path: Path, wanted: set[str]) -> dict[str, bytes]:
-    found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(tar_path, "r:") as tar:
-            for member in tar:
-                if member.name in wanted:
-                    fh = tar.extractfile(member)
-                    if fh is not None:
-                        found[member.name] = fh.read()
-    except (OSError, tarfile.TarError) as exc:
-        raise OSError(f"cannot read source shard {tar_path} ({exc}); run `factory status --verify`") from exc
-    return found
-
-
-def iter_images(run_dir: Path, rows: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], bytes]]:
-    """(row, image bytes) in row order, reading each source tar once."""
-    index = read_index(run_dir) or {}
-    shards_dir = index_shards_dir(run_dir, index)
-    start = 0
-    while start < len(rows):
-        shard = rows[start]["shard"]
-        end = start
-        while end < len(rows) and rows[end]["shard"] == shard:
-            end += 1
-        tar_path = shard_paths(shards_dir, index["dataset"], shard).tar
-        found = _read_members(tar_path, {r["image_member"] for r in rows[start:end]})
-        for row in rows[start:end]:
-            data = found.get(row["image_member"])
-            if data is None:
-                raise FileNotFoundError(
-                    f"{tar_path} has no member {row['image_member']} named in its manifest; "
-                    "run `factory status --verify` on the source dataset"
-                )
-            yield row, data
-        start = end
-
-
-def run_export(
-    exporter_cls: type[Exporter],
-    run_dir: Path,
-    out: Path,
-    *,
-    where: str | None,
-    limit: int | None,
-    shard_size: int,
-    overwrite: bool,
-) -> dict[str, Any]:
-    """Select, prepare ``out``, stream the images through the exporter, write ``export.json``."""
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    rows = select_rows(run_dir, where, limit)  # before touching out: a bad query changes nothing
-    index = read_index(run_dir) or {}
-    dataset = index.get("dataset", "mifa")
-    prepare_out(out, overwrite)
-    report: dict[str, Any] = {
-        "source": str(run_dir),
-        "dataset": dataset,
-        "format": exporter_cls.name,
-        "where": where,
-        "limit": limit,
-        "samples": len(rows),
-        "shard_size": shard_size,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    exporter = exporter_cls(run_dir, out, dataset, shard_size)
-    report.update(exporter.write(iter_images(run_dir, rows), len(rows)))
-    write_bytes_atomic(out / "export.json", json.dumps(report, indent=1, default=json_default).encode())
-    return report
+    def option(self, key: str, default: Any) -> Any:
+        return self.options.format_options.get(key, default)

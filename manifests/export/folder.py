@@ -1,26 +1,30 @@
-"""Folder export: ``out/images/{n:06d}/{key}.{ext}`` (``shard_size`` images per sub-folder)
-and ``out/labels.csv`` (one row per image: metadata, per-AU occurrence and intensity columns
-``AU01``..``AU26`` / ``AU01_intensity``.., quality scores), written last."""
+"""Folder export: ``out/images/{part:06d}/{key}.{ext}`` (``shard_size`` images per folder)
+and ``out/labels.csv``: one row per image, DISFA-style label columns (12 occurrence columns
+``AU01``..``AU26`` then 12 intensity columns ``AU01_intensity``..), metadata and quality
+scores. Each part leaves its rows in ``.parts/``; the csv is joined from them at the end."""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
-from manifests.atomic import temp_path, write_bytes_atomic
-from manifests.export.base import Exporter
+from manifests.atomic import atomic_output, temp_path, write_bytes_atomic
+from manifests.export.base import Exporter, Sample
+from manifests.export.provenance import write_derived_card
+from manifests.files import make_dir
 from manifests.schema import SCORE_KEYS
 from manifests.vocab import DISFA_AUS, au_column
 
-__all__ = ["FolderExporter"]
+__all__ = ["FolderExporter", "csv_header", "csv_row", "write_image"]
 
 _META_COLUMNS = ("key", "emotion", "identity_id", "ethnicity", "age_band", "gender", "label_source")
 
 
-def _csv_header() -> list[str]:
+def csv_header() -> list[str]:
     aus = [au_column(a) for a in DISFA_AUS]
     return [
         "file",
@@ -34,7 +38,7 @@ def _csv_header() -> list[str]:
     ]
 
 
-def _csv_row(row: dict[str, Any], file: str) -> list[Any]:
+def csv_row(row: dict[str, Any], file: str) -> list[Any]:
     return [
         file,
         *[row[c] for c in _META_COLUMNS],
@@ -47,26 +51,37 @@ def _csv_row(row: dict[str, Any], file: str) -> list[Any]:
     ]
 
 
+def write_image(exporter: Exporter, folder: str, part: int, sample: Sample) -> str:
+    """Write one image under ``out/{folder}/{part:06d}/``; returns its path relative to ``out``."""
+    relative = f"{folder}/{part:06d}/{sample.name}.{sample.extension}"
+    path = exporter.inside(relative)
+    # Temp + rename: a crash never leaves a truncated image under its final name.
+    tmp = temp_path(path)
+    tmp.write_bytes(sample.image)
+    os.replace(tmp, path)
+    return relative
+
+
 class FolderExporter(Exporter):
     name = "folder"
+    columns = (*_META_COLUMNS, "au_occurrence", "au_intensity", *SCORE_KEYS, "width", "height", "description")
 
-    def write(self, samples: Iterator[tuple[dict[str, Any], bytes]], count: int) -> dict[str, Any]:
+    def write_part(self, part: int, samples: Iterator[Sample]) -> dict[str, Any]:
+        make_dir(self.inside("images", f"{part:06d}"))
         buffer = io.StringIO()
         table = csv.writer(buffer)
-        table.writerow(_csv_header())
-        folders = 0
-        for position, (row, data) in enumerate(samples):
-            folder = self.out / "images" / f"{position // self.shard_size:06d}"
-            if position % self.shard_size == 0:
-                folder.mkdir(parents=True, exist_ok=True)
-                folders += 1
-            path = folder / f"{row['key']}.{row['image_format']}"
-            # Temp + rename so a crash never leaves a truncated image under its final name;
-            # one os.sync() below instead of an fsync per file.
-            tmp = temp_path(path)
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-            table.writerow(_csv_row(row, str(path.relative_to(self.out))))
-        os.sync()
-        write_bytes_atomic(self.out / "labels.csv", buffer.getvalue().encode())
-        return {"folders": folders}
+        for sample in samples:
+            table.writerow(csv_row(sample.row, write_image(self, "images", part, sample)))
+        os.sync()  # the part's images are durable before the part is recorded as done
+        make_dir(self.layout.parts)
+        write_bytes_atomic(self.layout.parts / f"labels-{part:06d}.csv", buffer.getvalue().encode(), sync_dir=False)
+        return {"folder": f"images/{part:06d}"}
+
+    def finish(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        with atomic_output(self.out / "labels.csv") as tmp, open(tmp, "w", newline="") as fh:
+            csv.writer(fh).writerow(csv_header())
+            for part in range(len(parts)):
+                with open(self.layout.parts / f"labels-{part:06d}.csv", newline="") as fragment:
+                    shutil.copyfileobj(fragment, fh)
+        write_derived_card(self.run_dir, self.out)
+        return {"folders": len(parts)}

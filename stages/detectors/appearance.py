@@ -72,10 +72,11 @@ from pydantic import Field
 
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, StageConfig, StageContext, StageError
+from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, THIS_CODE
 from stages.detectors.base import MeasuringDetector, exemplar_for, read_calibration
 from stages.detectors.population import exemplar_own_intensity
 from stages.faces.geometry import upright_transform
-from stages.faces.landmarks import detect_faces
+from stages.faces.landmarks import detect_faces, dlib_model_files
 
 __all__ = [
     "APPEARANCE_AUS",
@@ -322,7 +323,7 @@ class AppearanceAUDetector(MeasuringDetector[AppearanceConfig]):
         "face resampled upright at 64 px inter-ocular distance from the face stage's landmarks; "
         "local-contrast-normalised grey; region statistics minus the identity exemplar's"
     )
-    licence = "Apache-2.0 (this code); dlib landmark model: CC0 (face-recognition-models)"
+    licence = f"{THIS_CODE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}"
 
     def __init__(self, config: AppearanceConfig, context: StageContext) -> None:
         super().__init__(config, context)
@@ -331,6 +332,9 @@ class AppearanceAUDetector(MeasuringDetector[AppearanceConfig]):
         self._scales = dict(DEFAULT_SCALES)
         self._offsets = dict(DEFAULT_OFFSETS)
         self._thresholds = dict(DEFAULT_THRESHOLDS)
+
+    def model_files(self) -> dict[str, Path]:
+        return {**super().model_files(), **dlib_model_files("pose68")}
 
     def setup(self) -> None:
         if self.config.calibration:

@@ -254,7 +254,6 @@ class AUDetector(Stage[C]):
     scale: Scale = "probability"
     intensity_vocabulary: tuple[str, ...] = ()
     preprocessing: str = ""
-    licence: str = ""
 
     @abstractmethod
     def predict(self, batch: list[Record]) -> np.ndarray:
@@ -273,7 +272,7 @@ class AUDetector(Stage[C]):
             "scale": self.scale,
             "intensity_vocabulary": list(self.intensity_vocabulary),
             "preprocessing": self.preprocessing,
-            "licence": self.licence,
+            "licence": self.licence_notice(),
         }
 
     def _checked(self, out: np.ndarray | None, n: int, width: int, what: str) -> np.ndarray:

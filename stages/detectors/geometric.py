@@ -2,10 +2,8 @@
 
 Measurement, per sample:
 
-1. Reference shape: the 68 landmarks of the sample's identity exemplar
-   (``context.identity_bank.image(record["identity_id"])``, detected once per identity and
-   cached).
-   Without a bank, with ``use_identity_exemplar = false``, or when the exemplar shows no
+1. Reference shape: the 68 landmarks of the sample's identity exemplar (detected once per
+   identity and cached). Without a bank, with ``use_identity_exemplar = false``, or when the exemplar shows no
    face, the detector measures in **population mode** instead
    (:mod:`stages.detectors.population`: AUs 4, 12, 15, 25, 26 from features that are
    near-universal in neutral faces, NaN for the rest), not against an average shape:
@@ -75,6 +73,7 @@ from scipy.optimize import nnls
 
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, StageConfig, StageContext, StageError
+from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, THIS_CODE
 from stages.detectors.base import MeasuringDetector, exemplar_for, read_calibration
 from stages.detectors.population import OCCURRENCE_THRESHOLD, exemplar_own_intensity, population_intensities
 from stages.faces.geometry import (
@@ -84,7 +83,7 @@ from stages.faces.geometry import (
     canonical_frame,
     similarity_fit,
 )
-from stages.faces.landmarks import detect_faces
+from stages.faces.landmarks import detect_faces, dlib_model_files
 
 __all__ = [
     "DEFAULT_SIGNATURES",
@@ -303,7 +302,8 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
         "68 iBUG landmarks from the face stage; similarity-normalised on stable points against "
         "the identity exemplar's landmarks, IOD units; population mode without an exemplar"
     )
-    licence = "Apache-2.0 (this code); dlib models: Boost (dlib) / CC0 (face-recognition-models)"
+    # Reads the 300-W mean shape from the 68-point model file and the face stage's 68 landmarks.
+    licence = f"{THIS_CODE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}"
 
     def __init__(self, config: GeometricConfig, context: StageContext) -> None:
         super().__init__(config, context)
@@ -311,6 +311,9 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
         self._own: dict[str, np.ndarray] = {}  # identity -> what its exemplar itself shows
         self._signatures = DEFAULT_SIGNATURES
         self._thresholds = np.full(len(DISFA_AUS), config.threshold)
+
+    def model_files(self) -> dict[str, Path]:
+        return {**super().model_files(), **dlib_model_files("pose68")}
 
     def setup(self) -> None:
         cfg = self.config

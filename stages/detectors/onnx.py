@@ -74,7 +74,7 @@ class OnnxSpec(_Strict):
     multiply: float = 1.0
     vocabulary: str | tuple[str, ...]
     output_scale: Scale
-    licence: str = "unknown (say it in the spec: `licence`)"
+    licence: str = "UNDECLARED: the spec names no `licence`; add one (of the network's weights)"
 
     @field_validator("vocabulary")
     @classmethod
@@ -154,6 +154,8 @@ class OnnxAUConfig(StageConfig):
 
 class OnnxAUDetector(AUDetector[OnnxAUConfig]):
     name: ClassVar[str] = "onnx-au"
+    # The real licence is the spec's `licence` (read in __init__, so known before setup()).
+    licence = "the model spec's `licence` (LibreFace: USC Research License, non-commercial)"
 
     def __init__(self, config: OnnxAUConfig, context: StageContext) -> None:
         super().__init__(config, context)

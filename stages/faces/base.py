@@ -26,13 +26,14 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import numpy as np
 from pydantic import Field
 
 from stages.base import Kind, Record, Stage, StageConfig
-from stages.faces.landmarks import arcface_crop_68
+from stages.faces.landmarks import arcface_crop_68, dlib_model_files
 
 __all__ = [
     "Box",
@@ -164,3 +165,6 @@ class MainFaceStage(FaceStage[M]):
 
     def face_crop(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         return arcface_crop_68(image, landmarks, self.config.crop_size)
+
+    def model_files(self) -> dict[str, Path]:
+        return {**super().model_files(), **dlib_model_files("pose68")}

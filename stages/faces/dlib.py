@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from stages.base import StageError
+from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, THIS_CODE
 from stages.faces.base import FaceCandidate, MainFaceConfig, MainFaceStage
 from stages.faces.landmarks import LandmarkError, detect_faces, landmarks_for_box
 
@@ -29,6 +30,7 @@ class DlibFaceConfig(MainFaceConfig):
 
 class DlibFaceStage(MainFaceStage[DlibFaceConfig]):
     name: ClassVar[str] = "dlib"
+    licence: ClassVar[str] = f"{THIS_CODE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}"
 
     def setup(self) -> None:
         blank = np.zeros((64, 64, 3), dtype=np.uint8)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     "LandmarkError",
     "arcface_crop_68",
     "detect_faces",
+    "dlib_model_files",
     "face_embedding",
     "five_points",
     "inter_ocular_distance",
@@ -82,6 +84,15 @@ def _dlib() -> Any:
             "face landmarks need dlib; install it with: pip install dlib-bin (or pip install 'mifa-factory[faces]')"
         ) from exc
     return dlib
+
+
+def dlib_model_files(*kinds: str) -> dict[str, Path]:
+    """The dlib model files of ``kinds`` (``pose68``: 68-point landmarks, ``resnet``: face
+    descriptor) for the dataset card's hashes; empty when face-recognition-models is missing."""
+    try:
+        return {f"dlib {kind}": Path(_model_path(kind)) for kind in kinds}
+    except LandmarkError:
+        return {}
 
 
 def _model_path(kind: str) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from stages.base import StageContext, StageError
+from stages.catalogue import DLIB_68_LICENCE, THIS_CODE
 from stages.faces.base import Box, FaceCandidate, MainFaceConfig, MainFaceStage, box_area
 from stages.faces.landmarks import landmarks_for_box
 
@@ -87,6 +88,7 @@ def merge_overlapping(boxes: list[Box], min_overlap: float) -> list[Box]:
 
 class LBPFaceStage(MainFaceStage[LBPFaceConfig]):
     name: ClassVar[str] = "lbp"
+    licence: ClassVar[str] = f"{THIS_CODE}; scikit-image LBP frontal-face cascade: BSD-3-Clause; {DLIB_68_LICENCE}"
 
     def __init__(self, config: LBPFaceConfig, context: StageContext) -> None:
         super().__init__(config, context)

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from stages.base import Record, StageConfig, StageContext, StageError
-from stages.catalogue import local_path, search_dirs
+from stages.catalogue import INSIGHTFACE_LICENCE, THIS_CODE, local_path, search_dirs
 from stages.faces.align import arcface_crop
 from stages.faces.base import FaceCandidate, FaceStage
 
@@ -88,6 +88,7 @@ def _area(box: tuple[float, ...]) -> float:
 
 class SCRFDFaceStage(FaceStage[SCRFDConfig]):
     name: ClassVar[str] = "scrfd"
+    licence: ClassVar[str] = f"{THIS_CODE}; SCRFD weights and insightface alignment: {INSIGHTFACE_LICENCE}"
 
     def __init__(self, config: SCRFDConfig, context: StageContext) -> None:
         super().__init__(config, context)

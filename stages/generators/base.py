@@ -13,9 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
+import yaml
 
 from stages.base import Kind, Record, Stage, StageConfig, StageContext, StageError
 
@@ -24,6 +26,7 @@ __all__ = [
     "ForwardTimer",
     "GeneratorStage",
     "chunks",
+    "model_card_licence",
     "planned_labels",
     "resolve_dtype",
     "scheduler_by_name",
@@ -43,6 +46,26 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     if dtype == "auto":
         return torch.float16
     return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+
+
+def model_card_licence(folder: Path) -> str | None:
+    """The ``license`` of a Hugging Face model folder's card (``README.md`` YAML front matter),
+    or ``None`` when the folder has no card or the card names none."""
+    try:
+        text = (Path(folder).expanduser() / "README.md").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    if not text.startswith("---"):
+        return None
+    head = text[3:].split("\n---", 1)[0]
+    try:
+        meta = yaml.safe_load(head)
+    except yaml.YAMLError:
+        return None
+    found = meta.get("license") if isinstance(meta, dict) else None
+    if isinstance(found, list):
+        found = ", ".join(str(x) for x in found)
+    return str(found) if found else None
 
 
 def planned_labels(planned: Sequence[int]) -> tuple[list[float], list[float]]:

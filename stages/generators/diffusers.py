@@ -31,6 +31,7 @@ from stages.generators.base import (
     ForwardTimer,
     GeneratorStage,
     chunks,
+    model_card_licence,
     planned_labels,
     resolve_dtype,
     scheduler_by_name,
@@ -98,11 +99,21 @@ def check_pipeline_dir(path: Path) -> dict[str, Any]:
 
 class DiffusersGenerator(GeneratorStage[DiffusersConfig]):
     name = "diffusers"
+    licence = "Apache-2.0 (this code); the pipeline's weights: the licence on its folder's model card (README.md)"
 
     def __init__(self, config: DiffusersConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self.pipe: Any = None
         self._timer: ForwardTimer | None = None
+
+    def licence_notice(self) -> str:
+        found = model_card_licence(Path(self.config.pipeline))
+        if found is None:
+            return (
+                f"Apache-2.0 (this code); UNDECLARED: the pipeline folder {self.config.pipeline} has no model card "
+                "naming a licence (README.md front matter `license:`); check the weights' terms"
+            )
+        return f"Apache-2.0 (this code); pipeline {self.config.pipeline}: {found} (its model card)"
 
     def setup(self) -> None:
         import torch  # deferred: optional and heavy (the gen extra); only setup() and generation need it

@@ -61,6 +61,7 @@ class PromptConfig(StageConfig):
 
 class PromptStage(Stage[PromptConfig]):
     name: ClassVar[str] = "prompt"
+    licence = "Apache-2.0 (this code: the grammar backend uses no model)"
     kind: ClassVar[Kind] = "prompt"
 
     def __init__(self, config: PromptConfig, context: StageContext) -> None:
@@ -69,6 +70,14 @@ class PromptStage(Stage[PromptConfig]):
         self.last_stats: dict[str, int] = {}
         # Problems found at setup that do not stop the build (the engine shows them once).
         self.warnings: list[str] = []
+
+    def licence_notice(self) -> str:
+        if self.config.backend == "grammar":
+            return self.licence
+        return (
+            f"Apache-2.0 (this code); descriptions written by the LLM {self.config.model!r} at "
+            f"{self.config.base_url}: that model's licence applies to them (not checked here)"
+        )
 
     def setup(self) -> None:
         if self.config.backend != "llm":

@@ -130,6 +130,7 @@ def combine(cues: dict[str, float | None], weights: dict[str, float]) -> float:
 
 class HeuristicRealism(RealismStage[HeuristicRealismConfig]):
     name: ClassVar[str] = "heuristic-realism"
+    licence = "Apache-2.0 (this code; no model)"
     scorer = SCORER_VERSION
 
     def score(self, live: list[Record]) -> list[float | None]:

@@ -101,6 +101,10 @@ def load_classifier(path: Path) -> tuple[Any, dict[str, Any]]:
 
 class LearnedRealism(RealismStage[LearnedRealismConfig]):
     name: ClassVar[str] = "learned-realism"
+    licence = (
+        "Apache-2.0 (this code); the classifier checkpoint from `factory train-realism`: the terms of the real "
+        "and generated images it was trained on (and of torchvision ImageNet weights if it started from them)"
+    )
 
     def __init__(self, config: LearnedRealismConfig, context: StageContext) -> None:
         super().__init__(config, context)

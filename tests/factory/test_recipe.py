@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -164,3 +165,12 @@ def test_bank_section_needs_an_identity_bank_build() -> None:
     with pytest.raises(RecipeError, match=r"\[bank\]") as info:
         recipe_from_dict({"bank": {"licence": "x"}})
     assert info.value.field == "bank"
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "mifa-1m.toml", "mifa-1m-maugen.toml", "identity-bank.toml"])
+def test_a_recipe_recorded_in_run_json_loads_again(name: str) -> None:
+    """run.json records the whole recipe, defaults spelled out; `factory retry` and the dataset
+    card load it back, so every shipped recipe must survive the round trip unchanged."""
+    recipe = load_recipe(REPO / "recipes" / name)
+    again = recipe_from_dict(json.loads(json.dumps(recipe.model_dump(mode="json"))), source="run.json")
+    assert again == recipe and again.fingerprint() == recipe.fingerprint()

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
 import csv
+import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from manifests.export import export
+from manifests.export import Exporter, ExportError, Sample, export
 from manifests.index import write_index
 from manifests.layout import shard_paths
 from manifests.query import query
@@ -37,72 +41,257 @@ def _source_images(run_dir: Path) -> dict[str, bytes]:
     return out
 
 
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
 def test_export_webdataset_reshards_selection(source: tuple[Path, dict], tmp_path: Path) -> None:
     run_dir, accepted = source
     out = tmp_path / "out"
-    where = "au_occ(12) = 1"
     expected = sorted(k for k, r in accepted.items() if r["au_occurrence"][DISFA_AUS.index(12)] == 1)
     assert len(expected) > 3
-    report = export(run_dir, out, where=where, shard_size=3)
+    report = export(run_dir, out, where="au_occ(12) = 1", shard_size=3)
     assert report["samples"] == len(expected)
     assert report["shards"] == -(-len(expected) // 3)
     images = _source_images(run_dir)
     keys = []
     for shard in range(report["shards"]):
-        tar = shard_paths(out, "mifa", shard).tar
-        for sample in wds.WebDataset(str(tar), shardshuffle=False):
+        for sample in wds.WebDataset(str(shard_paths(out, "mifa", shard).tar), shardshuffle=False):
             keys.append(sample["__key__"])
             assert sample["jpg"] == images[sample["__key__"]]  # copied, not re-encoded
         manifest = pq.read_table(shard_paths(out, "mifa", shard).parquet)
         assert manifest.num_rows <= 3
+        assert set(manifest["shard"].to_pylist()) == {shard}  # where the sample is now
     assert keys == expected
-    # The export is a dataset of its own: indexed, verifiable, queryable.
+    # The export is a dataset of its own: indexed, verifiable, queryable, with a card.
     assert verify(out) == []
     assert sorted(query(out)["key"].to_pylist()) == expected
-    assert (out / "export.json").exists()
+    assert (out / "export.json").exists() and (out / "DATASET_CARD.md").exists()
+    # ... and exportable again (its shard/index columns point at its own tars).
+    again = export(out, tmp_path / "again", format="folder")
+    assert again["samples"] == len(expected)
 
 
-def test_export_folder_with_limit(source: tuple[Path, dict], tmp_path: Path) -> None:
+def test_webdataset_reshard_by_bytes(source: tuple[Path, dict], tmp_path: Path) -> None:
+    run_dir, accepted = source
+    one = len(next(iter(_source_images(run_dir).values())))
+    limit = 3 * one  # about three samples' images per shard
+    report = export(run_dir, tmp_path / "out", shard_bytes=limit, shard_size=1000)
+    assert report["samples"] == len(accepted)
+    sizes = [shard_paths(tmp_path / "out", "mifa", s).tar.stat().st_size for s in range(report["shards"])]
+    assert report["shards"] > 2
+    # A shard closes once it reaches the limit: it overshoots by at most one sample (image,
+    # label JSON, two headers) plus the end-of-archive padding to tar's 10 kB record.
+    assert all(size < limit + one + 2048 + 10240 for size in sizes)
+    assert min(sizes[:-1]) >= limit
+    assert verify(tmp_path / "out") == []
+
+
+def test_export_folder_labels_csv(source: tuple[Path, dict], tmp_path: Path) -> None:
     run_dir, accepted = source
     out = tmp_path / "folder"
     report = export(run_dir, out, limit=5, format="folder", shard_size=2)
     assert report["samples"] == 5 and report["folders"] == 3
     with open(out / "labels.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    first_five = sorted(accepted)[:5]
-    assert [r["key"] for r in rows] == first_five
+    assert [r["key"] for r in rows] == sorted(accepted)[:5]  # one row per image, source order
+    header = list(rows[0])
+    occurrence = [c for c in header if c.startswith("AU") and not c.endswith("_intensity")]
+    intensity = [c for c in header if c.endswith("_intensity")]
+    assert occurrence == [f"AU{a:02d}" for a in DISFA_AUS] and len(intensity) == 12
     images = _source_images(run_dir)
     for row in rows:
         record = accepted[row["key"]]
         assert (out / row["file"]).read_bytes() == images[row["key"]]
-        assert [int(row[f"AU{a:02d}"]) for a in DISFA_AUS] == record["au_occurrence"].tolist()
-        assert [int(row[f"AU{a:02d}_intensity"]) for a in DISFA_AUS] == record["au_intensity"].tolist()
-        assert row["description"] == record["description"]
+        assert [int(row[c]) for c in occurrence] == record["au_occurrence"].tolist()
+        assert [int(row[c]) for c in intensity] == record["au_intensity"].tolist()
     assert rows[2]["file"].startswith("images/000001/")
+    assert not (out / ".parts").exists()
 
 
-def test_export_refuses_non_empty_out(source: tuple[Path, dict], tmp_path: Path) -> None:
+def test_export_huggingface_loads_with_datasets(source: tuple[Path, dict], tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets", reason="datasets is a [dev] dependency")
+    run_dir, accepted = source
+    out = tmp_path / "hf"
+    export(run_dir, out, format="huggingface", shard_size=4)
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("---\nconfigs:") and "data/train-*.parquet" in readme
+    loaded = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert loaded.num_rows == len(accepted)
+    first = loaded[0]
+    record = accepted[first["key"]]
+    assert first["image"].size == (64, 64)  # decoded to a PIL image
+    assert first["au_occurrence"] == record["au_occurrence"].tolist()
+    assert first["au_intensity"] == record["au_intensity"].tolist()
+
+
+def test_export_maugen_sample_data(source: tuple[Path, dict], tmp_path: Path) -> None:
+    run_dir, accepted = source
+    out = tmp_path / "maugen"
+    export(run_dir, out, format="maugen", shard_size=4)
+    entries = json.loads((out / "sample_data.json").read_text())
+    assert len(entries) == len(accepted)
+    by_key = {Path(e["image"]).stem: e for e in entries}
+    for key, record in accepted.items():
+        entry = by_key[key]
+        assert set(entry) == {"image", "intensity", "prompt"}
+        assert entry["intensity"] == record["au_intensity"].tolist()
+        assert entry["prompt"] == record["description"]
+        assert (out / entry["image"]).is_file()
+
+
+def test_export_graphau_lists_split_by_identity(source: tuple[Path, dict], tmp_path: Path) -> None:
+    run_dir, accepted = source
+    out = tmp_path / "graphau"
+    report = export(run_dir, out, format="graphau", shard_size=4)
+    lists = out / "list"
+    eight = [DISFA_AUS.index(a) for a in (1, 2, 4, 6, 9, 12, 25, 26)]
+    key_identity = {k: r["identity_id"] for k, r in accepted.items()}
+    for fold in (1, 2, 3):
+        train = (lists / f"DISFA_train_img_path_fold{fold}.txt").read_text().split()
+        test = (lists / f"DISFA_test_img_path_fold{fold}.txt").read_text().split()
+        assert len(train) + len(test) == len(accepted)
+        ids = {
+            split: {key_identity[Path(p).stem] for p in paths} for split, paths in (("train", train), ("test", test))
+        }
+        assert not ids["train"] & ids["test"]  # no identity on both sides of a fold
+        labels = np.loadtxt(lists / f"DISFA_train_label_fold{fold}.txt", ndmin=2)
+        assert labels.shape == (len(train), 8)
+        for path, row in zip(train, labels, strict=True):
+            assert (out / "img" / path).is_file()
+            assert row.tolist() == [accepted[Path(path).stem]["au_occurrence"][i] for i in eight]
+        relation = np.loadtxt(lists / f"DISFA_train_AU_relation_fold{fold}.txt", ndmin=2)
+        assert relation.shape == (len(train), 64)
+        assert relation[0, 9] == 2 * labels[0, 1] + labels[0, 1]  # 2 * a_j + a_k, j = k = 1
+        weights = np.loadtxt(lists / f"DISFA_weight_fold{fold}.txt")
+        assert weights.shape == (8,) and weights.sum() == pytest.approx(8.0, abs=1e-3)
+    test_sets = [set((lists / f"DISFA_test_img_path_fold{f}.txt").read_text().split()) for f in (1, 2, 3)]
+    assert sum(len(t) for t in test_sets) == len(accepted)  # every sample is tested in exactly one fold
+    assert report["aus"] == [1, 2, 4, 6, 9, 12, 25, 26]
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "folder", "maugen"])
+def test_killed_export_resumes_without_duplicates(source: tuple[Path, dict], tmp_path: Path, fmt: str) -> None:
+    run_dir, accepted = source
+    out = tmp_path / fmt
+
+    def die_after_two_parts(done: int, total: int) -> None:
+        if done >= 4:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        export(run_dir, out, format=fmt, shard_size=2, progress=die_after_two_parts)
+    assert not (out / "export.json").exists()
+    seen: list[int] = []
+    report = export(run_dir, out, format=fmt, shard_size=2, progress=lambda done, total: seen.append(done))
+    assert seen[0] == 4  # resumed after the two committed parts
+    assert report["samples"] == len(accepted)
+    if fmt == "webdataset":
+        keys = query(out)["key"].to_pylist()
+        assert verify(out) == []
+    elif fmt == "folder":
+        with open(out / "labels.csv", newline="") as fh:
+            keys = [r["key"] for r in csv.DictReader(fh)]
+        assert len(list((out / "images").rglob("*.jpg"))) == len(accepted)
+    else:
+        keys = [Path(e["image"]).stem for e in json.loads((out / "sample_data.json").read_text())]
+    assert sorted(keys) == sorted(accepted) and len(keys) == len(set(keys))
+
+
+def test_export_refuses_to_overwrite_unless_told(source: tuple[Path, dict], tmp_path: Path) -> None:
     run_dir, _ = source
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not empty"):
-        export(run_dir, foreign, limit=1)
-    with pytest.raises(FileExistsError, match="not a previous export"):
-        export(run_dir, foreign, limit=1, overwrite=True)
+    for overwrite in (False, True):
+        with pytest.raises(ExportError, match="not a previous export"):
+            export(run_dir, foreign, limit=1, overwrite=overwrite)
     assert (foreign / "keep.txt").read_text() == "mine"
-    # A previous export may be replaced when asked.
     out = tmp_path / "again"
     export(run_dir, out, limit=2)
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        export(run_dir, out, limit=1)
+    with pytest.raises(ExportError, match="finished export; pass --overwrite"):
+        export(run_dir, out, limit=2)
     assert export(run_dir, out, limit=1, format="folder", overwrite=True)["samples"] == 1
     assert not (out / "mifa-000000.tar").exists()
+    with pytest.raises(ExportError, match="would contain the source"):
+        export(run_dir, run_dir.parent, limit=1, overwrite=True)
+    # An unfinished export of other options is not resumed by accident.
+    with pytest.raises(_Killed):
+        export(run_dir, tmp_path / "half", shard_size=1, progress=_die_at(1))
+    with pytest.raises(ExportError, match="unfinished export with other options"):
+        export(run_dir, tmp_path / "half", shard_size=2)
+
+
+def _die_at(n: int) -> Any:
+    def progress(done: int, total: int) -> None:
+        if done >= n:
+            raise _Killed
+
+    return progress
+
+
+def test_keys_and_ids_cannot_escape_the_export(tmp_path: Path) -> None:
+    run_dir = tmp_path / "evil"
+    rng = np.random.default_rng(1)
+    write_shard(run_dir / "shards", "mifa", 0, 2, rng=rng)
+    # A dataset written by someone else: keys and identity ids that look like paths.
+    from manifests.writer import ShardWriter
+    from tests.manifests import make_record
+
+    with ShardWriter(run_dir / "shards", "mifa", 1) as writer:
+        for i, key in enumerate(("../../escaped", "/abs/olute", "a/../../b")):
+            record = make_record(1, i, rng)
+            record.update(key=key, identity_id=f"../../{key}")
+            writer.add(record)
+        writer.commit()
+    write_index(run_dir, "mifa", [0, 1], target=5, surplus=[], failed={})
+    before = _tree(tmp_path)
+    for fmt in ("folder", "maugen", "graphau", "huggingface", "webdataset"):
+        export(run_dir, tmp_path / "out" / fmt, format=fmt)
+    created = set(_tree(tmp_path)) - set(before)
+    assert all(p.startswith("out") for p in created), sorted(p for p in created if not p.startswith("out"))
+    names = [p.name for p in (tmp_path / "out" / "folder" / "images").rglob("*.jpg")]
+    assert len(names) == 5 and all("/" not in n and not n.startswith(".") for n in names)
+
+
+def test_inside_refuses_traversal(tmp_path: Path) -> None:
+    exporter = Exporter(tmp_path, tmp_path / "out", "mifa", 10)
+    assert exporter.inside("images", "a.jpg") == tmp_path / "out" / "images" / "a.jpg"
+    with pytest.raises(ExportError, match="outside the export folder"):
+        exporter.inside("..", "x.jpg")
 
 
 def test_bad_where_changes_nothing(source: tuple[Path, dict], tmp_path: Path) -> None:
-    import duckdb
-
     with pytest.raises(duckdb.Error):
         export(source[0], tmp_path / "x", where="no_such_column = 1")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_format_written_for_the_one_pass_interface_still_runs(source: tuple[Path, dict], tmp_path: Path) -> None:
+    from manifests import export as registry
+
+    class KeysOnly(Exporter):
+        name = "keys-only"
+
+        def write(self, samples: Iterator[tuple[dict[str, Any], bytes]], count: int) -> dict[str, Any]:
+            keys = [row["key"] for row, image in samples if image]
+            (self.out / "keys.txt").write_text("\n".join(keys))
+            return {"written": len(keys), "count": count}
+
+    registry.FORMATS["keys-only"] = KeysOnly
+    try:
+        report = export(source[0], tmp_path / "k", format="keys-only")
+    finally:
+        del registry.FORMATS["keys-only"]
+    assert report["written"] == report["count"] == len(source[1])
+    assert (tmp_path / "k" / "keys.txt").read_text().split() == sorted(source[1])
+
+
+def test_sample_names_are_safe() -> None:
+    sample = Sample({"key": "../x/y", "image_format": "jpg"}, b"")
+    assert "/" not in sample.name and not sample.name.startswith(".")
+    assert Sample({"key": "000001_00002", "image_format": "png"}, b"").name == "000001_00002"

@@ -43,13 +43,13 @@ def test_index_of_several_shards(run_dir: Path) -> None:
     manifest = pq.read_table(shard_paths(run_dir / "shards", "mifa", 0).parquet)
     assert manifest.num_rows == 5
     assert verify(run_dir) == []
-    assert sorted(p.name for p in run_dir.iterdir()) == ["index.json", "index.parquet", "shards"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["DATASET_CARD.md", "index.json", "index.parquet", "shards"]
 
 
 def test_stale_index_temps_are_removed(run_dir: Path) -> None:
     (run_dir / ".index.parquet.123-abc.tmp").write_bytes(b"half")
     write_index(run_dir, "mifa", [0], target=1, surplus=[], failed={})
-    assert sorted(p.name for p in run_dir.iterdir()) == ["index.json", "index.parquet", "shards"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["DATASET_CARD.md", "index.json", "index.parquet", "shards"]
 
 
 def test_refuses_unfinished_shard_and_keeps_no_index(run_dir: Path) -> None:

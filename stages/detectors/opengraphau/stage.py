@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import Field
 
 from stages.base import Record, StageConfig, StageContext, StageError
-from stages.catalogue import local_path, search_dirs
+from stages.catalogue import OPENGRAPHAU_LICENCE, THIS_CODE, local_path, search_dirs
 from stages.detectors.base import AUDetector, Scale, record_image
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "OpenGraphAUConfig", "OpenGraphAUDetector", "imagenet_batch"]
@@ -84,7 +84,7 @@ class OpenGraphAUDetector(AUDetector[OpenGraphAUConfig]):
         "face crop (else full image) -> shorter side 256 bilinear -> centre crop 224 -> "
         "ImageNet mean/std (release image_eval)"
     )
-    licence: str = "MIT (lingjivoo/OpenGraphAU code and weights)"
+    licence = f"{THIS_CODE}; {OPENGRAPHAU_LICENCE}"
 
     def __init__(self, config: OpenGraphAUConfig, context: StageContext) -> None:
         super().__init__(config, context)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -33,7 +34,7 @@ from pydantic import Field, field_validator
 
 from manifests.vocab import DISFA_AUS
 from stages.base import Record, StageConfig, StageContext, StageError, drop
-from stages.generators.base import DType, GeneratorStage, resolve_dtype
+from stages.generators.base import DType, GeneratorStage, model_card_licence, resolve_dtype
 from stages.generators.maugen.chips import face_chip, resize_square
 
 __all__ = ["MaugenConfig", "MaugenGenerator", "default_mask", "fit_image", "fit_mask"]
@@ -106,6 +107,19 @@ def fit_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 class MaugenGenerator(GeneratorStage[MaugenConfig]):
     name = "maugen"
+    # XDLI13/MAUGen publishes inference code without a LICENSE file and no weights: a user
+    # brings their own checkpoint; the base is an SD 1.x inpainting folder (its model card).
+    licence = (
+        "Apache-2.0 (this code); MAUGen release code (XDLI13/MAUGen): no licence file (all rights reserved); "
+        "the checkpoint: its own terms; the SD inpainting base: its model card; "
+        "identity chips: dlib 5-point model (CC0)"
+    )
+
+    def licence_notice(self) -> str:
+        base = Path(self.config.checkpoint_dir).expanduser() / self.config.base_dir
+        card = model_card_licence(base)
+        found = f"{card} (its model card)" if card else "UNDECLARED (no model card naming a licence)"
+        return f"{self.licence}; base folder {base}: {found}"
 
     def __init__(self, config: MaugenConfig, context: StageContext) -> None:
         super().__init__(config, context)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -54,9 +55,10 @@ from pydantic import Field
 from manifests.bank import IdentityBankError, format_expression
 from manifests.vocab import DISFA_AUS, INTENSITY_MAX
 from stages.base import Record, StageConfig, StageContext, StageError
+from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, THIS_CODE
 from stages.detectors.population import own_expression
 from stages.faces.exemplar import ExemplarError, exemplar_face
-from stages.faces.landmarks import load_models
+from stages.faces.landmarks import dlib_model_files, load_models
 from stages.generators.base import GeneratorStage, planned_labels
 from stages.generators.warp.mesh import IdentityGeometry, identity_geometry
 from stages.generators.warp.render import render_expression
@@ -102,11 +104,17 @@ def _validate_plan(record: Record) -> list[int] | str:
 
 class WarpGenerator(GeneratorStage[WarpConfig]):
     name = "warp"
+    # The generator finds the identity photo's landmarks with dlib (HOG + 68 points) and warps
+    # them: the 68-point model shapes every image. Builtin identities are public-domain photos.
+    licence = f"{THIS_CODE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}; identity photos: the bank's licence column"
 
     def __init__(self, config: WarpConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self._geometry: OrderedDict[str, IdentityGeometry] = OrderedDict()
         self._unusable: dict[str, str] = {}
+
+    def model_files(self) -> dict[str, Path]:
+        return {**super().model_files(), **dlib_model_files("pose68")}
 
     def setup(self) -> None:
         if self.context.identity_bank is None:

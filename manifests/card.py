@@ -1,0 +1,221 @@
+"""The dataset card (``DATASET_CARD.md``), written with every index.
+
+Its first line is the licence verdict: a dataset whose images or labels were shaped by a
+model under non-commercial terms says so there, naming the stages; an undeclared licence is
+named there too. Then: what made it (recipe, seed, fingerprint, software versions, every
+stage with its licence and the sha256 of its model files), counts, the acceptance funnel
+(drops by stage and reason, from the shard stats), and balance statistics (emotions,
+demographics and AU occurrence against the recipe's targets, from ``index.parquet``).
+
+The card reads ``index.json``, the shard stats, ``index.parquet`` (DuckDB aggregates: flat
+memory at any size) and ``provenance.json`` (written before the index by the build's index
+writer; copied into subsets and exports). Without ``provenance.json`` the licence is stated
+as unknown, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from manifests.atomic import write_text_atomic
+from manifests.dataset import DatasetRef, open_dataset
+from manifests.query import sql_string
+from manifests.vocab import DISFA_AUS
+from manifests.writer import read_stats
+
+__all__ = ["acceptance_funnel", "is_non_commercial", "licence_verdict", "read_provenance", "render_card", "write_card"]
+
+_NON_COMMERCIAL = re.compile(r"non[- ]?commercial|research (?:use )?only|\bCC[- ]BY[- ]NC\b|NonCommercial", re.I)
+
+
+def is_non_commercial(licence: str) -> bool:
+    return bool(_NON_COMMERCIAL.search(licence))
+
+
+def read_provenance(root: Path) -> dict[str, Any] | None:
+    path = Path(root) / "provenance.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def licence_verdict(provenance: dict[str, Any] | None) -> str:
+    """The card's first line."""
+    if provenance is None:
+        return (
+            "**Licence: UNKNOWN.** No provenance.json records the stages that made this dataset, so the "
+            "licences of the models that shaped its images and labels are not known; do not assume any use is allowed."
+        )
+    stages = provenance.get("stages", [])
+    restricted = [s for s in stages if is_non_commercial(str(s.get("licence", "")))]
+    undeclared = [s for s in stages if "UNDECLARED" in str(s.get("licence", ""))]
+    if restricted:
+        names = ", ".join(f"{s['name']} ({s['path']})" for s in restricted)
+        line = (
+            f"**Licence: NON-COMMERCIAL USE ONLY.** Models under non-commercial terms shaped these images or "
+            f"labels: {names}. See the licences below."
+        )
+    else:
+        line = (
+            "**Licence: no stage declares non-commercial terms**; every stage's licence is listed below "
+            "(check them for your use; this is not legal advice)."
+        )
+    if undeclared:
+        line += " UNDECLARED licence for: " + ", ".join(f"{s['name']} ({s['path']})" for s in undeclared) + "."
+    return line
+
+
+def _shares(weights: dict[str, Any] | None) -> dict[str, float]:
+    if not weights:
+        return {}
+    total = float(sum(weights.values())) or 1.0
+    return {k: float(v) / total for k, v in weights.items()}
+
+
+def _balance(dataset: DatasetRef) -> dict[str, Any]:
+    """Counts per emotion / demographic group and AU occurrence shares, from index.parquet."""
+    source = f"read_parquet({sql_string(str(dataset.layout.index_parquet))})"
+    con = duckdb.connect()
+    try:
+        con.execute("SET memory_limit = '256MB'")
+        by = {
+            column: dict(con.execute(f"SELECT {column}, count(*) FROM {source} GROUP BY ALL ORDER BY ALL").fetchall())
+            for column in ("emotion", "ethnicity", "age_band", "gender", "label_source")
+        }
+        occurrence = con.execute(
+            "SELECT "
+            + ", ".join(
+                f"avg(CASE WHEN au_occurrence[{i + 1}] = 1 THEN 1.0 ELSE 0.0 END)" for i in range(len(DISFA_AUS))
+            )
+            + f", count(*) FROM {source}"
+        ).fetchone()
+    finally:
+        con.close()
+    return {"by": by, "au_share": dict(zip(DISFA_AUS, occurrence[:-1], strict=True)), "rows": occurrence[-1]}
+
+
+def acceptance_funnel(dataset: DatasetRef) -> tuple[int, int, dict[str, dict[str, int]]]:
+    """(planned, accepted, stage -> reason -> dropped) over the indexed shards' stats."""
+    planned = accepted = 0
+    drops: dict[str, dict[str, int]] = {}
+    for shard in dataset.shards:
+        try:
+            stats = read_stats(dataset.shards_dir, dataset.name, shard)
+        except (OSError, ValueError):
+            continue
+        planned += int(stats.get("planned", 0))
+        accepted += int(stats.get("accepted", 0))
+        for stage, reasons in stats.get("drop_reasons", {}).items():
+            for reason, n in reasons.items():
+                drops.setdefault(stage, {}).setdefault(reason, 0)
+                drops[stage][reason] += int(n)
+    return planned, accepted, drops
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+
+
+def _made_by(provenance: dict[str, Any] | None) -> list[str]:
+    if provenance is None:
+        return ["## What made it", "", "Not recorded (no provenance.json)."]
+    lines = [
+        "## What made it",
+        "",
+        f"- seed {provenance.get('seed')}, recipe fingerprint `{provenance.get('fingerprint')}`, "
+        f"identity bank `{provenance.get('identity_bank')}`",
+        f"- build started {provenance.get('started_at')}; provenance written {provenance.get('written_at')}",
+        "",
+        "### Stages, licences and model files",
+        "",
+    ]
+    rows = []
+    for stage in provenance.get("stages", []):
+        models = "; ".join(
+            f"{name}: `{m.get('path')}` sha256 `{m.get('sha256')}`" for name, m in stage.get("models", {}).items()
+        )
+        rows.append([stage.get("path"), stage.get("name"), stage.get("licence"), models or "none named"])
+    lines += _table(["recipe path", "stage", "licence", "model files (sha256)"], rows)
+    versions = {**provenance.get("versions", {}), **provenance.get("packages", {})}
+    lines += ["", "### Software", ""] + _table(["package", "version"], [[k, v] for k, v in sorted(versions.items())])
+    lines += ["", "### Recipe", "", "```json", json.dumps(provenance.get("recipe", {}), indent=1), "```"]
+    return lines
+
+
+def _counts(dataset: DatasetRef) -> list[str]:
+    planned, accepted, drops = acceptance_funnel(dataset)
+    index = dataset.index
+    lines = ["## Counts", ""]
+    if dataset.subset is not None:
+        lines.append(
+            f"A subset of {dataset.subset['source']}: {dataset.samples()} samples selected "
+            f"({index.get('accepted')} accepted) where {' AND '.join(dataset.subset.get('conditions', []))}."
+        )
+    lines.append(
+        f"{index.get('accepted')} accepted samples (target {index.get('target')}) in {len(dataset.shards)} shards; "
+        f"surplus shards {index.get('surplus_shards', [])}, failed shards {sorted(index.get('failed_shards', {}))}."
+    )
+    lines += ["", "### Acceptance funnel (indexed shards)", ""]
+    rate = f"{accepted / planned:.3f}" if planned else "n/a"
+    rows = [["generated", planned, ""]]
+    for stage, reasons in drops.items():
+        ranked = sorted(reasons.items(), key=lambda kv: -kv[1])
+        listed = ", ".join(f"{reason} ({n})" for reason, n in ranked[:5])
+        listed += f", and {len(ranked) - 5} more reasons" if len(ranked) > 5 else ""
+        rows.append([f"dropped by {stage}", sum(reasons.values()), listed])
+    rows.append(["accepted", accepted, f"acceptance rate {rate}"])
+    return lines + _table(["step", "samples", "reasons"], rows)
+
+
+def _balance_section(dataset: DatasetRef, provenance: dict[str, Any] | None) -> list[str]:
+    balance = _balance(dataset)
+    recipe = (provenance or {}).get("recipe", {})
+    targets = {
+        "emotion": _shares(recipe.get("emotions", {}).get("mix")),
+        **{k: _shares(v) for k, v in recipe.get("demographics", {}).items()},
+    }
+    total = balance["rows"] or 1
+    lines = ["## Balance", ""]
+    for column, counts in balance["by"].items():
+        target = targets.get(column) or {}
+        rows = [[k, n, f"{n / total:.3f}", f"{target.get(k, 0.0):.3f}" if target else ""] for k, n in counts.items()]
+        lines += [f"### {column}", ""] + _table([column, "samples", "share", "recipe share"], rows) + [""]
+    aus = recipe.get("aus", {})
+    units = aus.get("units", list(DISFA_AUS))
+    rows = []
+    for au, share in balance["au_share"].items():
+        target = aus.get("share_overrides", {}).get(f"AU{au}", aus.get("active_share")) if au in units else None
+        shown = "n/a" if share is None else f"{share:.3f}"  # no rows: no share
+        rows.append([f"AU{au}", shown, "off" if au not in units else (f"{target:.3f}" if target else "")])
+    return lines + ["### AU occurrence", ""] + _table(["AU", "share present", "recipe share"], rows)
+
+
+def render_card(root: Path, note: str | None = None) -> str:
+    """The card of the committed dataset in ``root`` (``note`` goes right after the licence line)."""
+    dataset = open_dataset(root)
+    provenance = read_provenance(dataset.root)
+    lines = [licence_verdict(provenance), ""]
+    if note:
+        lines += [note, ""]
+    lines += [f"# Dataset card: {dataset.name}", "", f"Index written {dataset.index.get('created_at')}.", ""]
+    lines += _counts(dataset) + [""] + _balance_section(dataset, provenance) + [""] + _made_by(provenance)
+    if provenance is not None:
+        lines += ["", "## Licences", ""]
+        lines += [f"- **{s.get('name')}** ({s.get('path')}): {s.get('licence')}" for s in provenance.get("stages", [])]
+    return "\n".join(lines) + "\n"
+
+
+def write_card(root: Path) -> Path:
+    """Write ``DATASET_CARD.md`` for the committed dataset in ``root``; returns its path."""
+    dataset = open_dataset(root)
+    path = dataset.layout.card
+    write_text_atomic(path, render_card(root))
+    return path

@@ -1,0 +1,103 @@
+"""What a dataset folder holds, whatever made it: a build, a WebDataset export, or a subset.
+
+Every committed dataset has ``index.json`` (the commit point) and ``index.parquet``. A build
+or an export keeps its shards in its own folder; a **subset** (``factory filter``) has no
+shard of its own: its ``index.json`` names the source's shards folder and carries a
+``subset`` entry, and its ``index.parquet`` lists the selected samples. :func:`open_dataset`
+resolves either into a :class:`DatasetRef`, which ``manifests.query`` (the ``samples``
+view), the exports, ``factory report``, ``show`` and ``eval`` read through, so a subset is
+read like any dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from manifests.files import exists
+from manifests.index import index_shards_dir, read_index
+from manifests.layout import RunLayout, shard_paths
+
+__all__ = ["DatasetRef", "NotADatasetError", "open_dataset"]
+
+
+class NotADatasetError(FileNotFoundError):
+    """The folder holds no committed dataset; the message says what to run."""
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A committed dataset: where its index and shards are, and (for a subset) its keys."""
+
+    root: Path
+    index: dict[str, Any]
+    shards_dir: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.index["dataset"])
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.root, self.name)
+
+    @property
+    def shards(self) -> list[int]:
+        return [int(s) for s in self.index["shards"]]
+
+    @property
+    def subset(self) -> dict[str, Any] | None:
+        """The subset's definition (source, selection), or ``None`` for a dataset with its own shards."""
+        found = self.index.get("subset")
+        return found if isinstance(found, dict) else None
+
+    @property
+    def subset_keys(self) -> Path | None:
+        """The Parquet file listing a subset's samples (``None``: every sample of the shards)."""
+        return self.layout.index_parquet if self.subset is not None else None
+
+    @property
+    def source_root(self) -> Path:
+        """The dataset whose shards these are: the root itself, or a subset's source."""
+        if self.subset is None:
+            return self.root
+        return Path(self.subset["source"])
+
+    def manifests(self) -> list[Path]:
+        """The shard manifests (Parquet) of the indexed shards, in shard order."""
+        return [shard_paths(self.shards_dir, self.name, s).parquet for s in self.shards]
+
+    def dedup_files(self) -> list[Path]:
+        """An identity bank's per-shard near-duplicate files (``manifests.dedup``) that exist."""
+        paths = (shard_paths(self.shards_dir, self.name, s).dedup for s in self.shards)
+        return [p for p in paths if exists(p)]
+
+    def tar(self, shard: int) -> Path:
+        return shard_paths(self.shards_dir, self.name, shard).tar
+
+    def samples(self) -> int:
+        """Samples the dataset holds (a subset may include rejected samples whose image was kept)."""
+        return int(self.index.get("samples", self.index.get("accepted", 0)))
+
+
+def _shards_dir(root: Path, index: dict[str, Any]) -> Path:
+    folder = index_shards_dir(root, index)
+    subset = index.get("subset")
+    if exists(folder) or not isinstance(subset, dict) or not subset.get("source_shards_dir"):
+        return folder
+    # A subset moved away from its source: fall back to the absolute path recorded at creation.
+    return Path(subset["source_shards_dir"])
+
+
+def open_dataset(path: Path) -> DatasetRef:
+    """The committed dataset in ``path``; :class:`NotADatasetError` when there is none,
+    ``ValueError`` when its ``index.json`` is damaged (both name the file and the fix)."""
+    root = Path(path)
+    index = read_index(root)
+    if index is None:
+        raise NotADatasetError(
+            f"{RunLayout(root, '').index_json} does not exist: the dataset in {root} was never committed "
+            "(run `factory build` to make one, or pass a build, export or subset folder)"
+        )
+    return DatasetRef(root=root, index=index, shards_dir=_shards_dir(root, index))

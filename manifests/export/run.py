@@ -1,0 +1,206 @@
+"""The export loop: target folder rules, resume, parts, progress and ``export.json``.
+
+An export folder is ours when it holds ``.mifa-export`` (the job: format, selection, source).
+``out`` must be new, empty, or ours:
+
+- ours and complete (``export.json`` exists): refused unless ``overwrite``, which replaces it;
+- ours and unfinished with the same job: resumed. ``.export-state.json`` lists the parts
+  committed so far; the selection (deterministic: source order) skips their rows and the next
+  part is written, so an export killed midway and run again holds every sample once;
+- ours and unfinished with another job: refused unless ``overwrite``;
+- anything else that is not empty: always refused (never deleted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from manifests.atomic import clean_temps, write_bytes_atomic, write_text_atomic
+from manifests.dataset import DatasetRef, open_dataset
+from manifests.export.base import Exporter, ExportError, ExportOptions, Sample
+from manifests.export.stream import count_sql, iter_samples, shard_batches
+from manifests.files import exists, is_dir, make_dir, remove_tree
+from manifests.layout import ExportLayout
+from manifests.query import connect, sql_string
+from manifests.records import json_default
+
+__all__ = ["Progress", "run_export"]
+
+Progress = Callable[[int, int], None]  # (samples done, samples selected)
+# DuckDB's cap in an export: it counts and reads one shard manifest at a time.
+DUCKDB_MEMORY = "128MB"
+
+
+def _job(dataset: DatasetRef, options: ExportOptions) -> dict[str, Any]:
+    return {
+        "source": str(dataset.root.resolve()),
+        "source_created_at": dataset.index.get("created_at"),
+        "format": options.format,
+        "where": options.where,
+        "limit": options.limit,
+        "shard_size": options.shard_size,
+        "shard_bytes": options.shard_bytes,
+        "name": options.name,
+        "format_options": options.format_options,
+    }
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _fresh(out: Path, layout: ExportLayout, job: dict[str, Any]) -> list[dict[str, Any]]:
+    if exists(out):
+        remove_tree(out)
+    make_dir(out)
+    write_text_atomic(layout.marker, json.dumps(job, indent=1, default=json_default))
+    return []
+
+
+def open_target(out: Path, job: dict[str, Any], overwrite: bool) -> list[dict[str, Any]]:
+    """Prepare ``out`` for ``job``; returns the parts already committed (resume) or ``[]``."""
+    layout = ExportLayout(out)
+    if exists(out) and not is_dir(out):
+        raise ExportError(f"export target {out} is a file; pass a folder")
+    if not is_dir(out) or not any(out.iterdir()):
+        return _fresh(out, layout, job)
+    if not exists(layout.marker):
+        raise ExportError(
+            f"export target {out} is not empty and is not a previous export (no {layout.marker.name}); "
+            "refusing to touch it even with --overwrite: remove it yourself or choose another folder"
+        )
+    if exists(layout.report):
+        if overwrite:
+            return _fresh(out, layout, job)
+        raise ExportError(f"{out} already holds a finished export; pass --overwrite to replace it")
+    previous = _read_json(layout.marker)
+    if previous != job:
+        if overwrite:
+            return _fresh(out, layout, job)
+        differing = sorted(k for k in job if not isinstance(previous, dict) or previous.get(k) != job[k])
+        raise ExportError(
+            f"{out} holds an unfinished export with other options (differing: {', '.join(differing)}); "
+            "run its command again to resume it, or pass --overwrite to start over"
+        )
+    for folder, dirs, _ in os.walk(out):  # a killed part's temps (its files are rewritten)
+        clean_temps(Path(folder))
+        for spill in [d for d in dirs if d.startswith(".export-spill-")]:
+            remove_tree(Path(folder) / spill)
+    state = _read_json(layout.state)
+    return list(state["parts"]) if isinstance(state, dict) else []
+
+
+class _Parts:
+    """Cuts the sample stream into parts: ``shard_size`` samples, or ``shard_bytes``."""
+
+    def __init__(self, samples: Iterator[Sample], exporter: Exporter, options: ExportOptions) -> None:
+        self.samples = samples
+        self.exporter = exporter
+        self.options = options
+        self.pending: Sample | None = next(samples, None)
+        self.taken = 0
+
+    def more(self) -> bool:
+        return self.pending is not None
+
+    def part(self) -> Iterator[Sample]:
+        self.taken = 0
+        self.exporter.part_image_bytes = 0
+        limit_bytes = self.options.shard_bytes
+        while self.pending is not None and self.taken < self.options.shard_size:
+            if limit_bytes is not None and self.taken and self.exporter.part_bytes() >= limit_bytes:
+                return
+            sample, self.pending = self.pending, None
+            self.taken += 1
+            self.exporter.part_image_bytes += len(sample.image)
+            yield sample
+            self.pending = next(self.samples, None)
+
+
+def _write_parts(
+    exporter: Exporter, parts: list[dict[str, Any]], stream: _Parts, state_path: Path, progress: Progress, total: int
+) -> None:
+    done = sum(int(p["rows"]) for p in parts)
+    while stream.more():
+        iterator = stream.part()
+        summary = dict(exporter.write_part(len(parts), iterator))
+        if next(iterator, None) is not None:
+            raise RuntimeError(f"export format {exporter.name!r}: write_part() left samples of its part unread")
+        summary["rows"] = stream.taken
+        parts.append(summary)
+        done += stream.taken
+        write_text_atomic(state_path, json.dumps({"parts": parts}, default=json_default), sync_dir=False)
+        progress(done, total)
+
+
+def _legacy(exporter: Exporter, samples: Iterator[Sample], total: int) -> dict[str, Any]:
+    """A format with only the one-pass ``write(samples, count)`` of the earlier interface."""
+    return exporter.write(((s.row, s.image) for s in samples), total)  # type: ignore[attr-defined]
+
+
+def run_export(
+    exporter_cls: type[Exporter],
+    run_dir: Path,
+    out: Path,
+    options: ExportOptions,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Export the selected samples of the dataset in ``run_dir`` to ``out``; returns export.json."""
+    options.check()
+    started = time.perf_counter()
+    dataset = open_dataset(run_dir)
+    out = Path(out)
+    for source in (dataset.root, dataset.shards_dir):  # a subset's shards are its source's
+        if source.resolve().is_relative_to(out.resolve()):
+            raise ExportError(f"export target {out} would contain the source {source}; choose another folder")
+    progress = progress or _no_progress
+    con = connect(run_dir, memory_limit=DUCKDB_MEMORY)
+    try:
+        (selected,) = con.execute(count_sql(options)).fetchall()[0]  # a bad --where fails before out is touched
+        total = selected if options.limit is None else min(selected, options.limit)
+        job = _job(dataset, options)
+        parts = open_target(out, job, overwrite)
+        layout = ExportLayout(out)
+        exporter = exporter_cls(dataset.root, out, options.name or dataset.name, options.shard_size, options)
+        done = sum(int(p["rows"]) for p in parts)
+        progress(done, total)
+        with tempfile.TemporaryDirectory(prefix=".export-spill-", dir=out) as spill:
+            con.execute(f"SET temp_directory = {sql_string(spill)}")
+            batches = shard_batches(con, dataset, options, exporter_cls.columns, done)
+            samples = iter_samples(
+                dataset, batches, exporter_cls.row_columns or exporter_cls.columns, copies=exporter_cls.copies_members
+            )
+            if type(exporter).write_part is Exporter.write_part and hasattr(exporter, "write"):
+                result = _legacy(exporter, samples, total)
+                progress(total, total)
+            else:
+                _write_parts(exporter, parts, _Parts(samples, exporter, options), layout.state, progress, total)
+                result = exporter.finish(parts)
+    finally:
+        con.close()
+    seconds = round(time.perf_counter() - started, 3)  # this run's (a resumed export: the rest)
+    doc = {**job, "dataset": dataset.name, "samples": total, "seconds": seconds, "created_at": _now(), **result}
+    if exists(layout.parts):
+        shutil.rmtree(layout.parts)
+    write_bytes_atomic(layout.report, json.dumps(doc, indent=1, default=json_default).encode())
+    return doc
+
+
+def _no_progress(done: int, total: int) -> None:
+    """The default progress callback: nothing to show."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,83 @@
+"""The file operations the dataset tools use (verify, repair, subsets, exports, cards), in
+one small place, so a filesystem abstraction (object storage) can replace them later.
+
+Each is a thin wrapper over ``pathlib``/``os``; writes that must be atomic go through
+``manifests.atomic`` instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = [
+    "exists",
+    "file_sha256",
+    "file_size",
+    "is_dir",
+    "list_dir",
+    "make_dir",
+    "move",
+    "open_read",
+    "remove",
+    "remove_tree",
+]
+
+_BLOCK = 4 << 20
+
+
+def open_read(path: Path, buffer_bytes: int = 1 << 20) -> BinaryIO:
+    """Open ``path`` for binary reading (raises ``FileNotFoundError`` naming it); a 1 MiB
+    buffer: the tools read tars member by member, and Python's 8 kB one costs a system call
+    every few small members."""
+    return open(path, "rb", buffering=buffer_bytes)
+
+
+def exists(path: Path) -> bool:
+    return Path(path).exists()
+
+
+def is_dir(path: Path) -> bool:
+    return Path(path).is_dir()
+
+
+def file_size(path: Path) -> int:
+    return Path(path).stat().st_size
+
+
+def list_dir(path: Path, pattern: str = "*") -> Iterator[Path]:
+    """Entries of ``path`` matching ``pattern`` (none when the folder does not exist), sorted."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return iter(())
+    return iter(sorted(folder.glob(pattern)))
+
+
+def make_dir(path: Path) -> None:
+    Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def move(source: Path, target: Path) -> None:
+    """Move a file (rename when on the same filesystem), creating the target's folder."""
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(os.fspath(source), os.fspath(target))
+
+
+def remove(path: Path) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=False)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open_read(path) as fh:
+        for block in iter(lambda: fh.read(_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
