@@ -6,7 +6,7 @@
 3. Tail efficiency: 12 and 20 shards on 8 logical GPUs vs the ideal ceil(shards / 8) shard-times.
 4. The 1M rehearsal and driver memory: `factory build` of 1,000,000 planned samples in 1,000
    shards on 8 logical GPUs (stand-in without sleep), then `factory status` and `factory
-   status --verify` on it; peak RSS of the driver process, compared with a 10k build.
+   verify` on it; peak RSS of the driver process, compared with a 10k build.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def _timed(cmd: list[str]) -> float:
 
 def rehearsal(target: int) -> dict[str, Any]:
     """`factory build` of ``target`` planned samples (shards of 1,000) on 8 logical GPUs, then
-    `factory status` and `factory status --verify`: times, the driver's peak RSS, and the peak
+    `factory status` and `factory verify`: times, the driver's peak RSS, and the peak
     RSS of the index pass over the same build run alone in a fresh process."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
@@ -176,7 +176,7 @@ def rehearsal(target: int) -> dict[str, Any]:
             "wall_s": wall,
             "run_s": summary["run_seconds"],
             "status_s": _timed([*cli, "status", str(out)]),
-            "verify_s": _timed([*cli, "status", str(out), "--verify"]),
+            "verify_s": _timed([*cli, "verify", str(out)]),
             "index_peak_mib": index_peak,
         }
 
@@ -194,7 +194,7 @@ def _memory_rows(runs: list[dict[str, Any]]) -> list[str]:
     lines = [
         "",
         "| build size (8 logical GPUs) | peak driver RSS MiB | build wall s | run s | samples/s | "
-        "`factory status` s | `status --verify` s | index pass alone, peak RSS MiB |",
+        "`factory status` s | `factory verify` s | index pass alone, peak RSS MiB |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
@@ -244,7 +244,8 @@ def main(memory_targets: tuple[int, ...] = (10_000, 1_000_000)) -> str:
         *_memory_rows(runs),
         "\nEach row: `factory build` of that many planned samples, stand-in generator with no sleep, 8 logical "
         "GPUs on this 2-core machine (so samples/s is the machine's CPU, not the engine), then `factory status` "
-        "and `factory status --verify` (reads every shard back) on the result, each a fresh process. Peak RSS of "
+        "and `factory verify` (reads every shard back: members, sizes, sha256) on the result, each a fresh "
+        "process. Peak RSS of "
         "the `factory build` process is sampled every 0.2 s. The driver holds only planned / accepted / drop "
         "reasons per shard; the index pass over every shard manifest runs in an IndexWriter actor on the "
         "driver's node (`factory/engine/worker.py`); the last column runs that pass alone on the same build. "

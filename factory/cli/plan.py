@@ -25,7 +25,9 @@ def plan(
     estimate_: Annotated[
         bool, typer.Option("--estimate", help="Also print GPU-hours and wall time for the target.")
     ] = False,
-    gpus: Annotated[int | None, typer.Option("--gpus", min=1, help="Estimate: GPUs (default: engine.gpus).")] = None,
+    gpus: Annotated[
+        int | None, typer.Option("--gpus", min=1, max=4096, help="Estimate: GPUs (default: engine.gpus).")
+    ] = None,
     batch_seconds: Annotated[
         float | None,
         typer.Option("--batch-seconds", min=0.0, help="Estimate: stated seconds per engine.batch_size batch."),
