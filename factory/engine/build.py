@@ -124,7 +124,7 @@ def build(
 ) -> BuildSummary:
     """Build (or resume) the dataset the recipe describes; returns when the index is written."""
     t0 = time.perf_counter()
-    run = RunDir(Path(recipe.dataset.out), recipe.dataset.name)
+    run = RunDir(recipe.dataset.out, recipe.dataset.name)
     with run.lock():
         bank = open_bank(recipe.identities.bank)
         run.start(recipe, bank.fingerprint if bank is not None else None)
@@ -173,6 +173,6 @@ def build(
         )
         write_text_atomic(
             run.build_summary,
-            json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}, indent=2),
+            json.dumps(summary.__dict__, indent=2, default=str),
         )
         return summary

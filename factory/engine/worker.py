@@ -43,6 +43,7 @@ from factory.engine.provenance import write_provenance
 from factory.recipe import Recipe
 from manifests.index import write_index
 from manifests.layout import RunLayout
+from manifests.store import location
 from manifests.writer import ShardWriter, is_done
 from stages.base import Record
 
@@ -94,8 +95,8 @@ class IndexWriter:
         return {"pid": os.getpid(), "stage": "index"}
 
     def write(self, run_dir: str, dataset: str, shards: list[int], **kwargs: Any) -> dict[str, Any]:
-        write_provenance(Path(run_dir))  # what the dataset card (written with the index) reads
-        return write_index(Path(run_dir), dataset, shards, **kwargs)
+        write_provenance(location(run_dir))  # what the dataset card (written with the index) reads
+        return write_index(location(run_dir), dataset, shards, **kwargs)
 
 
 class ShardWorker:
@@ -103,7 +104,7 @@ class ShardWorker:
 
     def __init__(self, recipe: Recipe, run_dir: str) -> None:
         self.recipe = recipe
-        self.layout = RunLayout(Path(run_dir), recipe.dataset.name)
+        self.layout = RunLayout(run_dir, recipe.dataset.name)
         self.device = device_for_worker()
         context = make_context(recipe, self.layout.root, self.device)
         self.generator = recipe_pipeline(recipe, context, ["generator"])
