@@ -17,6 +17,7 @@ from typing import BinaryIO
 from manifests.store import is_remote, location
 
 __all__ = [
+    "copy_file",
     "exists",
     "file_sha256",
     "file_size",
@@ -73,6 +74,15 @@ def move(source: Path, target: Path) -> None:
         return
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     shutil.move(os.fspath(source), os.fspath(target))
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy one file; either side may be an object (read and written whole: small files only,
+    a provenance or an index)."""
+    if is_remote(source) or is_remote(target):
+        location(target).write_bytes(location(source).read_bytes())
+        return
+    shutil.copyfile(source, target)
 
 
 def remove(path: Path) -> None:

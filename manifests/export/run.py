@@ -30,7 +30,7 @@ from manifests.files import exists, is_dir, make_dir, remove_tree
 from manifests.layout import ExportLayout
 from manifests.query import connect, sql_string
 from manifests.records import json_default
-from manifests.store import absolute, is_inside, location
+from manifests.store import absolute, is_inside, is_remote, location
 
 __all__ = ["Progress", "run_export"]
 
@@ -163,6 +163,8 @@ def run_export(
     started = time.perf_counter()
     dataset = open_dataset(run_dir)
     out = location(out)
+    if is_remote(out):  # the formats write through local files (csv fragments, temp renames)
+        raise ExportError(f"export target {out} is on object storage; export to a local folder, then upload it")
     for source in (dataset.root, dataset.shards_dir):  # a subset's shards are its source's
         if is_inside(source, out):
             raise ExportError(f"export target {out} would contain the source {source}; choose another folder")
