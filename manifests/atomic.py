@@ -54,7 +54,7 @@ def temp_path(final: Path) -> Path:
     """A sibling temp name unique to this process and call (so racing writers never clash);
     for an object on a store (no rename there) a local file that is uploaded whole."""
     if is_remote(final):
-        return staging_dir() / f"{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+        return staging_dir(final.parent) / f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
     return final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
 
 
@@ -161,8 +161,8 @@ def clean_temps(directory: Path) -> list[Path]:
     writer's temps look the same as a dead one's.
     """
     directory = location(directory)
-    if is_remote(directory):
-        return []  # nothing is written to a store under a temp name (see temp_path)
+    if is_remote(directory):  # nothing is written to a store under a temp name: its local staging
+        directory = staging_dir(directory)
     if not directory.is_dir():
         return []
     removed = []

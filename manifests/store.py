@@ -121,9 +121,13 @@ def is_remote(path: object) -> bool:
     return not isinstance(path, Path) and (is_url(path) or type(path).__module__.startswith("upath"))
 
 
-def staging_dir() -> Path:
-    """A local folder for files on their way to object storage (a shard's tar while it grows)."""
+def staging_dir(remote: object = None) -> Path:
+    """A local folder for files on their way to object storage (a shard's tar while it grows):
+    one per remote folder, so ``clean_temps`` of that folder finds a killed writer's leftovers
+    (``$MIFA_STAGING_DIR``, default the system temp folder)."""
     folder = Path(os.environ.get("MIFA_STAGING_DIR") or tempfile.gettempdir()) / "mifa-staging"
+    if remote is not None:
+        folder = folder / hashlib.sha256(str(remote).rstrip("/").encode()).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -21,7 +21,7 @@ class S3Server:
     def url(self, prefix: str) -> str:
         return f"s3://{self.bucket}/{prefix}"
 
-    def fs(self):  # noqa: ANN201 - s3fs is an optional dependency of the package
+    def fs(self):
         import s3fs  # deferred: the [s3] extra; only these tests need a client
 
         return s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True)

@@ -103,7 +103,7 @@ def test_bad_urls_are_refused_without_repeating_a_secret(url: str, says: str) ->
 def test_recipe_refuses_credentials_in_dataset_out_without_echoing_them(tmp_path: Path) -> None:
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'[dataset]\nout = "s3://AKIAEXAMPLE:{SECRET}@bucket/prefix"\n')
-    with pytest.raises(RecipeError, match="dataset.out") as caught:
+    with pytest.raises(RecipeError, match=r"dataset\.out") as caught:
         load_recipe(recipe)
     assert SECRET not in str(caught.value)
     assert load_recipe(recipe, out="s3://bucket/prefix").dataset.out == "s3://bucket/prefix"
