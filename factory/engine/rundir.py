@@ -13,6 +13,7 @@ import os
 import platform
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -28,7 +29,16 @@ from manifests.layout import RunLayout
 from manifests.store import abort_partial_uploads, is_remote, local_lock_path, read_table
 from manifests.writer import is_done, read_stats
 
-__all__ = ["RunDir", "RunError", "brief_stats", "open_run", "recipe_differences", "software_versions"]
+__all__ = [
+    "ProbeError",
+    "RunDir",
+    "RunError",
+    "brief_stats",
+    "check_probe",
+    "open_run",
+    "recipe_differences",
+    "software_versions",
+]
 
 # Fields that may change between a build and its resume without changing any sample.
 RESUMABLE_FIELDS = ("dataset.target", "dataset.out", "engine.")
@@ -36,6 +46,30 @@ RESUMABLE_FIELDS = ("dataset.target", "dataset.out", "engine.")
 
 class RunError(RuntimeError):
     """The run directory refuses the operation; the message says why and what to do."""
+
+
+class ProbeError(RuntimeError):
+    """A worker does not see the driver's dataset.out (another node's local folder)."""
+
+
+def check_probe(root: Path, token: str | None) -> None:
+    """Raise :class:`ProbeError` naming the probe and this host unless the driver's probe file
+    (:meth:`RunDir.write_probe`) is here with ``token``: this process writes into the same
+    dataset.out as the driver. ``None`` (object storage: one bucket, reached by its URL) passes."""
+    if token is None:
+        return
+    path = RunLayout(root, "").probe_file(token)
+    try:
+        seen = json.loads(path.read_text()).get("token")
+    except (OSError, ValueError, AttributeError):
+        seen = None
+    if seen != token:
+        raise ProbeError(
+            f"the worker on host {socket.gethostname()} cannot see {path}, which the build's driver wrote in "
+            f"dataset.out: this node does not share the driver's {root} (a failed shared-filesystem mount would "
+            "leave its shards on its local disk). Mount the same shared folder at that path on every node, or "
+            'use object storage (dataset.out = "s3://bucket/prefix"); the build stopped before any shard ran'
+        )
 
 
 def software_versions() -> dict[str, str]:
@@ -199,6 +233,23 @@ class RunDir(RunLayout):
             return True
         lock.release()
         return False
+
+    # --- the multi-node probe -------------------------------------------------------------
+    def write_probe(self) -> str | None:
+        """Write this build's probe (a random token) for every worker to find (:func:`check_probe`);
+        the token, or ``None`` for object storage, where no node can write to a private copy."""
+        if is_remote(self.root):
+            return None
+        for old in self.root.glob("probe-*.json"):  # a killed build's
+            old.unlink(missing_ok=True)
+        token = uuid.uuid4().hex
+        doc = {"token": token, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
+        write_text_atomic(self.probe_file(token), json.dumps(doc))
+        return token
+
+    def remove_probe(self, token: str | None) -> None:
+        if token is not None:
+            self.probe_file(token).unlink(missing_ok=True)
 
     # --- plans -----------------------------------------------------------------------
     def load_or_write_plan(self, shard: int, make: Callable[[int], pa.Table]) -> pa.Table:
