@@ -84,7 +84,7 @@ def _balance(dataset: DatasetRef) -> dict[str, Any]:
     """Counts per emotion / demographic group and AU occurrence shares, from index.parquet."""
     source = f"read_parquet({sql_string(str(dataset.layout.index_parquet))})"
     con = duckdb.connect()
-    register_duckdb(con, dataset.root)
+    register_duckdb(con, dataset.root, dataset.shards_dir)
     try:
         con.execute("SET memory_limit = '256MB'")
         by = {

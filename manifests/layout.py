@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from manifests.store import location
+from manifests.store import is_remote, local_lock_path, location
 
 __all__ = [
     "ExportLayout",
@@ -150,6 +150,12 @@ class RunLayout:
     @property
     def lock_file(self) -> Path:
         return self.root / "build.lock"
+
+    @property
+    def build_lock(self) -> Path:
+        """The file the build's flock is on: ``lock_file``, or for a dataset on object storage
+        (no flock there) a local file keyed by the URL (``manifests.store.local_lock_path``)."""
+        return local_lock_path(self.root, "build") if is_remote(self.root) else self.lock_file
 
     @property
     def owner_file(self) -> Path:

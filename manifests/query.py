@@ -91,8 +91,7 @@ def connect(
     dataset = open_dataset(run_dir)
     files = dataset.manifests()
     con = duckdb.connect()
-    register_duckdb(con, dataset.root)
-    register_duckdb(con, dataset.shards_dir)
+    register_duckdb(con, dataset.root, dataset.shards_dir)
     con.execute("SET enable_progress_bar = false")  # commands draw their own progress
     if memory_limit is not None:
         con.execute(f"SET memory_limit = {sql_string(memory_limit)}")

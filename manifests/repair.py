@@ -89,7 +89,7 @@ def repair(report: VerifyReport) -> RepairResult:
             f"{report.root} was not made by `factory build` (no run.json), so no build can redo its shards; "
             "export it again from its source instead"
         )
-    lock = FileLock(str(layout.lock_file))
+    lock = FileLock(str(layout.build_lock))
     try:
         lock.acquire(timeout=0)
     except Timeout:

@@ -59,7 +59,7 @@ def _row_anywhere(dataset: DatasetRef, key: str) -> dict[str, Any] | None:
     if not files:
         return None
     con = duckdb.connect()
-    register_duckdb(con, dataset.root)
+    register_duckdb(con, dataset.root, dataset.shards_dir)
     try:
         (shard,) = con.execute("SELECT shard FROM read_parquet(?) WHERE key = ? LIMIT 1", [files, key]).fetchone() or (
             None,

@@ -212,13 +212,13 @@ def relative_path(path: Any, root: Any) -> str:
     return str(path)
 
 
-def register_duckdb(con: Any, path: Any) -> str:
-    """The string DuckDB reads ``path`` by; for a remote path its filesystem is registered
-    on ``con`` first (DuckDB's httpfs extension needs a download; fsspec is here)."""
-    if not is_remote(path):
-        return str(path)
-    fs = path.fs
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if not set(protocols) & set(con.list_filesystems()):
-        con.register_filesystem(fs)
-    return str(path)
+def register_duckdb(con: Any, *paths: Any) -> None:
+    """Register on ``con`` the fsspec filesystem of each remote path among ``paths``, so DuckDB
+    reads ``s3://...`` through it (its httpfs extension needs a download; fsspec is here)."""
+    for path in paths:
+        if not is_remote(path):
+            continue
+        fs = path.fs
+        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+        if not set(protocols) & set(con.list_filesystems()):
+            con.register_filesystem(fs)

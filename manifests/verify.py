@@ -253,7 +253,7 @@ def _check_subset_keys(dataset: DatasetRef) -> list[Finding]:
     if not files or dataset.subset_keys is None:
         return []
     con = duckdb.connect()
-    register_duckdb(con, dataset.root)
+    register_duckdb(con, dataset.root, dataset.shards_dir)
     try:
         (lost,) = con.execute(
             "SELECT count(*) FROM read_parquet(?) s WHERE s.key NOT IN "

@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 from factory.recipe import Recipe
 from manifests.atomic import TEMP_SUFFIX, clean_temps, write_parquet_atomic, write_text_atomic
 from manifests.layout import RunLayout
-from manifests.store import abort_partial_uploads, is_remote, local_lock_path, read_table
+from manifests.store import abort_partial_uploads, is_remote, read_table
 from manifests.writer import is_done, read_stats
 
 __all__ = [
@@ -158,7 +158,7 @@ class RunDir(RunLayout):
         URL on this machine (the usual mistake: the command run twice); it does not stop a build
         of the same URL started on another machine (say so in the docs: one driver per URL).
         ``build.owner`` on the store still names the running build for `factory status`."""
-        return local_lock_path(self.root, "build") if is_remote(self.root) else self.lock_file
+        return self.build_lock
 
     def _make_root(self) -> None:
         if not is_remote(self.root):
