@@ -22,17 +22,13 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-if TYPE_CHECKING:
-    pass
-
 __all__ = [
-    "Location",
     "abort_partial_uploads",
     "absolute",
     "check_url",
@@ -49,8 +45,6 @@ __all__ = [
     "staging_dir",
     "upload",
 ]
-
-Location = "Path | UPath"  # what location() returns (a string so upath stays optional)
 
 # Storage options for every remote location: no cached listings (see the module docstring).
 _OPTIONS: dict[str, Any] = {"use_listings_cache": False}
