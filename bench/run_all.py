@@ -19,7 +19,15 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHES = ("bench_plan", "bench_writer", "bench_engine", "bench_warp", "bench_generators", "bench_tools")
+BENCHES = (
+    "bench_plan",
+    "bench_writer",
+    "bench_engine",
+    "bench_warp",
+    "bench_generators",
+    "bench_tools",
+    "bench_storage",
+)
 
 
 def _machine() -> str:

@@ -33,6 +33,7 @@ from factory.sections import (
     StageSection,
     _Model,
 )
+from manifests.store import is_url
 from stages import stage_class
 from stages.base import StageConfig, StageError
 from stages.pipeline import StageSpec, path_kind
@@ -156,6 +157,8 @@ def _first_error(exc: ValidationError, data: dict[str, Any], source: str) -> Rec
     else:
         value = _lookup(data, loc)
         got = "missing" if err["type"] == "missing" else f"got {_short(value)}"
+        if loc == ("dataset", "out") and is_url(value):
+            got = "got a URL (not repeated: it may hold a secret)"
         reason = str(err["msg"]).removeprefix("Value error, ")
         msg = f"{source}: field '{field}': {got}; {reason}{tail}"
     return RecipeError(msg, field=field)

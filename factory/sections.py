@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from manifests.store import check_url, is_url
 from manifests.vocab import AGE_BANDS, DISFA_AUS, EMOTION_MIX_KEYS, EMOTIONS, ETHNICITIES, GENDERS
 
 __all__ = [
@@ -43,7 +44,15 @@ class DatasetSection(_Model):
     target: int = Field(1000, ge=1, le=100_000_000, description="accepted samples (kept identities) to build")
     shard_size: int = Field(1000, ge=1, le=100_000)
     seed: int = Field(0, ge=0, le=2**32 - 1)
-    out: str = "runs/mifa"
+    out: str = Field(
+        "runs/mifa", description="a folder, or object storage: s3://bucket/prefix (credentials from the environment)"
+    )
+
+    @field_validator("out")
+    @classmethod
+    def _out_url(cls, value: str) -> str:
+        """A URL must be usable and hold no credentials (run.json records it)."""
+        return check_url(value) if is_url(value) else value
 
 
 class AUSection(_Model):

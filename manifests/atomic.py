@@ -19,6 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests.store import is_remote, location, staging_dir, upload
+
 __all__ = [
     "TEMP_SUFFIX",
     "WriteError",
@@ -49,12 +51,17 @@ class WriteError(OSError):
 
 
 def temp_path(final: Path) -> Path:
-    """A sibling temp name unique to this process and call (so racing writers never clash)."""
+    """A sibling temp name unique to this process and call (so racing writers never clash);
+    for an object on a store (no rename there) a local file that is uploaded whole."""
+    if is_remote(final):
+        return staging_dir(final.parent) / f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
     return final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
 
 
 def fsync_dir(directory: Path) -> None:
     """Make renames inside ``directory`` durable (no-op where directories cannot be opened)."""
+    if is_remote(directory):
+        return  # an object is durable once its PUT returns
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -76,14 +83,23 @@ def write_error(path: Path, exc: OSError, what: str) -> WriteError:
         reason = "no space left on device"
     else:
         fix = f"check that {path.parent} is writable and healthy, then run the build again"
+        if is_remote(path):
+            fix = f"check that {path.parent} exists and the credentials in the environment may write it"
         reason = exc.strerror or str(exc)
     return WriteError(f"{what} {path}: {reason}; {fix}", path, exc.errno)
 
 
 def write_bytes_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     """Write ``data`` to ``path`` via a unique temp file, fsync and atomic rename
-    (then fsync the directory, so the rename itself survives a power loss, unless not asked)."""
-    path = Path(path)
+    (then fsync the directory, so the rename itself survives a power loss, unless not asked).
+    On object storage one PUT of the whole object: it is there entire or not at all."""
+    path = location(path)
+    if is_remote(path):
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            raise write_error(path, exc, "could not write") from exc
+        return
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as fh:
@@ -107,11 +123,15 @@ def write_text_atomic(path: Path, text: str, *, sync_dir: bool = True) -> None:
 def atomic_output(path: Path, *, fix: str | None = None) -> Iterator[Path]:
     """Yield a temp path to write ``path``'s new content to; on success fsync it and rename it
     into place (then fsync the directory), on any error remove it. An ``OSError`` becomes a
-    :class:`WriteError` naming ``path`` (``fix`` replaces the default advice)."""
-    path = Path(path)
+    :class:`WriteError` naming ``path`` (``fix`` replaces the default advice). On object
+    storage the temp is a local file, uploaded whole on success."""
+    path = location(path)
     tmp = temp_path(path)
     try:
         yield tmp
+        if is_remote(path):
+            upload(tmp, path)
+            return
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -140,7 +160,9 @@ def clean_temps(directory: Path) -> list[Path]:
     Call it when no writer is running there (at the start of a run or resume): a live
     writer's temps look the same as a dead one's.
     """
-    directory = Path(directory)
+    directory = location(directory)
+    if is_remote(directory):  # nothing is written to a store under a temp name: its local staging
+        directory = staging_dir(directory)
     if not directory.is_dir():
         return []
     removed = []

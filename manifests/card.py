@@ -25,6 +25,7 @@ import duckdb
 from manifests.atomic import write_text_atomic
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.query import sql_string
+from manifests.store import location, register_duckdb
 from manifests.vocab import DISFA_AUS
 from manifests.writer import read_stats
 
@@ -38,7 +39,7 @@ def is_non_commercial(licence: str) -> bool:
 
 
 def read_provenance(root: Path) -> dict[str, Any] | None:
-    path = Path(root) / "provenance.json"
+    path = location(root) / "provenance.json"
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -83,6 +84,7 @@ def _balance(dataset: DatasetRef) -> dict[str, Any]:
     """Counts per emotion / demographic group and AU occurrence shares, from index.parquet."""
     source = f"read_parquet({sql_string(str(dataset.layout.index_parquet))})"
     con = duckdb.connect()
+    register_duckdb(con, dataset.root, dataset.shards_dir)
     try:
         con.execute("SET memory_limit = '256MB'")
         by = {

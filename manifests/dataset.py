@@ -18,6 +18,7 @@ from typing import Any
 from manifests.files import exists
 from manifests.index import index_shards_dir, read_index
 from manifests.layout import RunLayout, shard_paths
+from manifests.store import location
 
 __all__ = ["DatasetRef", "NotADatasetError", "open_dataset"]
 
@@ -62,7 +63,7 @@ class DatasetRef:
         """The dataset whose shards these are: the root itself, or a subset's source."""
         if self.subset is None:
             return self.root
-        return Path(self.subset["source"])
+        return location(self.subset["source"])
 
     def manifests(self) -> list[Path]:
         """The shard manifests (Parquet) of the indexed shards, in shard order."""
@@ -87,13 +88,13 @@ def _shards_dir(root: Path, index: dict[str, Any]) -> Path:
     if exists(folder) or not isinstance(subset, dict) or not subset.get("source_shards_dir"):
         return folder
     # A subset moved away from its source: fall back to the absolute path recorded at creation.
-    return Path(subset["source_shards_dir"])
+    return location(subset["source_shards_dir"])
 
 
 def open_dataset(path: Path) -> DatasetRef:
     """The committed dataset in ``path``; :class:`NotADatasetError` when there is none,
     ``ValueError`` when its ``index.json`` is damaged (both name the file and the fix)."""
-    root = Path(path)
+    root = location(path)
     index = read_index(root)
     if index is None:
         raise NotADatasetError(

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from manifests.atomic import write_parquet_atomic
 from manifests.layout import ShardPaths
+from manifests.store import open_parquet, read_table
 
 __all__ = ["DEDUP_SCHEMA", "KeptIdentities", "ShardDedup", "dedup_shard", "read_dedup", "read_duplicates"]
 
@@ -83,7 +83,7 @@ class ShardDedup:
 
 
 def _accepted_embeddings(paths: ShardPaths) -> tuple[list[str], np.ndarray]:
-    with pq.ParquetFile(paths.parquet) as manifest:
+    with open_parquet(paths.parquet) as manifest:
         table = manifest.read(columns=["key", "accepted", "identity_embedding"], use_threads=False)
     table = table.filter(table["accepted"])
     keys = table["key"].to_pylist()
@@ -104,7 +104,7 @@ def read_dedup(paths: ShardPaths) -> tuple[pa.Table, dict[str, object]] | None:
     """A shard's dedup file and its metadata, or ``None`` when it has none."""
     if not paths.dedup.is_file():
         return None
-    table = pq.read_table(paths.dedup)
+    table = read_table(paths.dedup)
     meta = json.loads((table.schema.metadata or {}).get(b"mifa_dedup", b"{}"))
     return table, meta
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from manifests.dedup import read_duplicates
 from manifests.layout import RunLayout, key_prefix, shard_paths
 from manifests.records import json_default
 from manifests.schema import INDEX_COLUMNS, INDEX_SCHEMA, SCHEMA_VERSION
+from manifests.store import is_url, location, open_parquet, relative_path
 from manifests.writer import is_done, read_stats
 
 __all__ = [
@@ -47,14 +47,14 @@ _STAT_KEYS = ("planned", "accepted", "tar_bytes", "parquet_bytes", "tar_sha256",
 
 
 def _layout(run_dir: Path) -> RunLayout:
-    return RunLayout(Path(run_dir), "")
+    return RunLayout(run_dir, "")
 
 
 def accepted_rows(parquet: Path, tar_name: str) -> pa.Table:
     """The accepted samples of one shard manifest as index rows (``tar`` column added)."""
     # One thread: a shard manifest is small, and Arrow's I/O threads each leave a malloc
     # arena behind (measured: ~40 MiB more RSS over a 1,000-shard index pass).
-    with pq.ParquetFile(parquet) as manifest:
+    with open_parquet(parquet) as manifest:
         table = manifest.read(columns=[*INDEX_COLUMNS, "accepted"], use_threads=False)
     table = table.filter(table["accepted"]).drop_columns(["accepted"])
     tar = pa.array([tar_name] * table.num_rows, pa.string())
@@ -164,8 +164,8 @@ def write_index(
 
     Raises ``ValueError`` naming the shard if one is not done, or the first key that repeats.
     """
-    layout = RunLayout(Path(run_dir), dataset)
-    shards_dir = Path(shards_dir) if shards_dir is not None else layout.shards
+    layout = RunLayout(run_dir, dataset)
+    shards_dir = location(shards_dir) if shards_dir is not None else layout.shards
     not_done = [s for s in shards if not is_done(shards_dir, dataset, s)]
     if not_done:
         raise ValueError(
@@ -199,7 +199,7 @@ def write_index(
         "accepted": accepted,
         "planned": sum(int(s["planned"]) for s in shard_stats.values()),
         "shards": list(shards),
-        "shards_dir": os.path.relpath(shards_dir, layout.root),
+        "shards_dir": relative_path(shards_dir, layout.root),
         "shard_stats": shard_stats,
         "surplus_shards": sorted(surplus),
         "failed_shards": {str(s): err for s, err in sorted(failed.items())},
@@ -235,7 +235,8 @@ def read_index(run_dir: Path) -> dict[str, Any] | None:
 
 def index_shards_dir(run_dir: Path, index: dict[str, Any]) -> Path:
     """The folder holding the shards an index names."""
-    return Path(run_dir) / index.get("shards_dir", _layout(run_dir).shards.name)
+    folder = index.get("shards_dir", _layout(run_dir).shards.name)
+    return location(folder) if is_url(folder) else location(run_dir) / folder
 
 
 def indexed_parquet_files(run_dir: Path) -> list[Path]:

@@ -4,7 +4,9 @@
 
     OUT/
       run.json                  recipe, fingerprint, seed, software versions (first start)
-      build.lock, build.owner   held by the running build (flock, freed if the process dies)
+      build.lock, build.owner   held by the running build (flock, freed if the process dies; for
+                                an object-storage dataset the lock is local, see RunDir.lock)
+      probe-*.json              the driver's token every worker must see (plain paths, multi-node)
       plans/{name}-{shard}.plan.parquet     a shard's plan, written before it runs
       shards/{name}-{shard}.tar|.parquet    WebDataset tar + manifest (temp, then rename)
       shards/{name}-{shard}.stats.json      written last: the only proof a shard is done
@@ -35,6 +37,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from manifests.store import is_remote, local_lock_path, location
 
 __all__ = [
     "ExportLayout",
@@ -101,7 +105,7 @@ class ShardPaths:
 
 
 def shard_paths(shards_dir: Path, dataset: str, shard: int) -> ShardPaths:
-    stem = Path(shards_dir) / shard_name(dataset, shard)
+    stem = location(shards_dir) / shard_name(dataset, shard)
     return ShardPaths(
         tar=stem.with_name(stem.name + ".tar"),
         parquet=stem.with_name(stem.name + ".parquet"),
@@ -112,10 +116,16 @@ def shard_paths(shards_dir: Path, dataset: str, shard: int) -> ShardPaths:
 
 @dataclass(frozen=True)
 class RunLayout:
-    """Where each file of a run lives (no I/O; ``factory.engine.rundir.RunDir`` does the lifecycle)."""
+    """Where each file of a run lives (no I/O; ``factory.engine.rundir.RunDir`` does the lifecycle).
+
+    ``root`` is a ``Path``, or a ``UPath`` for a dataset on object storage (``manifests.store``):
+    every name below is spelled the same on both."""
 
     root: Path
     dataset: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", location(self.root))
 
     @property
     def plans(self) -> Path:
@@ -142,8 +152,18 @@ class RunLayout:
         return self.root / "build.lock"
 
     @property
+    def build_lock(self) -> Path:
+        """The file the build's flock is on: ``lock_file``, or for a dataset on object storage
+        (no flock there) a local file keyed by the URL (``manifests.store.local_lock_path``)."""
+        return local_lock_path(self.root, "build") if is_remote(self.root) else self.lock_file
+
+    @property
     def owner_file(self) -> Path:
         return self.root / "build.owner"
+
+    def probe_file(self, token: str) -> Path:
+        """The driver's probe for one build: every worker must see it (one shared ``dataset.out``)."""
+        return self.root / f"probe-{token}.json"
 
     @property
     def index_parquet(self) -> Path:

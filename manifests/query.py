@@ -35,6 +35,7 @@ import pyarrow as pa
 from manifests.dataset import open_dataset
 from manifests.index import read_index
 from manifests.schema import MANIFEST_SCHEMA
+from manifests.store import register_duckdb
 from manifests.vocab import AU_INDEX, DISFA_AUS, INTENSITY_LEVELS
 
 __all__ = [
@@ -90,6 +91,7 @@ def connect(
     dataset = open_dataset(run_dir)
     files = dataset.manifests()
     con = duckdb.connect()
+    register_duckdb(con, dataset.root, dataset.shards_dir)
     con.execute("SET enable_progress_bar = false")  # commands draw their own progress
     if memory_limit is not None:
         con.execute(f"SET memory_limit = {sql_string(memory_limit)}")

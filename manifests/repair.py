@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from manifests.atomic import write_text_atomic
 from manifests.files import exists, move
 from manifests.layout import RunLayout
+from manifests.store import open_parquet
 from manifests.verify import VerifyReport
 
 __all__ = ["RepairError", "RepairResult", "repair"]
@@ -57,7 +57,7 @@ def _plan_unreadable(path: Path) -> bool:
     if not exists(path):
         return False
     try:
-        pq.ParquetFile(path).metadata  # noqa: B018 - reading the footer is the check
+        open_parquet(path).metadata  # noqa: B018 - reading the footer is the check
     except (OSError, pa.ArrowException):
         return True
     return False
@@ -89,7 +89,7 @@ def repair(report: VerifyReport) -> RepairResult:
             f"{report.root} was not made by `factory build` (no run.json), so no build can redo its shards; "
             "export it again from its source instead"
         )
-    lock = FileLock(str(layout.lock_file))
+    lock = FileLock(str(layout.build_lock))
     try:
         lock.acquire(timeout=0)
     except Timeout:

@@ -14,12 +14,12 @@ from typing import Any
 
 import duckdb
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.export.stream import ShardImages
 from manifests.files import exists
 from manifests.layout import RunLayout, shard_paths
+from manifests.store import read_table, register_duckdb
 
 __all__ = ["SampleNotFoundError", "StoredSample", "read_plan_row", "read_sample"]
 
@@ -49,7 +49,7 @@ def _row_in_shard(dataset: DatasetRef, shard: int, key: str) -> dict[str, Any] |
     path = shard_paths(dataset.shards_dir, dataset.name, shard).parquet
     if not exists(path):
         return None
-    table = pq.read_table(path)
+    table = read_table(path)
     found = table.filter(pc.equal(table["key"], key))
     return found.to_pylist()[0] if found.num_rows else None
 
@@ -59,6 +59,7 @@ def _row_anywhere(dataset: DatasetRef, key: str) -> dict[str, Any] | None:
     if not files:
         return None
     con = duckdb.connect()
+    register_duckdb(con, dataset.root, dataset.shards_dir)
     try:
         (shard,) = con.execute("SELECT shard FROM read_parquet(?) WHERE key = ? LIMIT 1", [files, key]).fetchone() or (
             None,
@@ -71,7 +72,7 @@ def _row_anywhere(dataset: DatasetRef, key: str) -> dict[str, Any] | None:
 def _in_subset(dataset: DatasetRef, key: str) -> bool:
     if dataset.subset_keys is None:
         return True
-    table = pq.read_table(dataset.subset_keys, columns=["key"])
+    table = read_table(dataset.subset_keys, columns=["key"])
     return bool(pc.any(pc.equal(table["key"], key)).as_py())
 
 
@@ -80,7 +81,7 @@ def read_plan_row(root: Path, dataset: str, shard: int, key: str) -> dict[str, A
     path = RunLayout(root, dataset).plan_path(shard)
     if not exists(path):
         return None
-    table = pq.read_table(path)
+    table = read_table(path)
     found = table.filter(pc.equal(table["key"], key))
     return found.to_pylist()[0] if found.num_rows else None
 

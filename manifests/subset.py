@@ -24,9 +24,7 @@ DuckDB memory cap, spilling to a temp folder beyond it.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -38,10 +36,11 @@ import pyarrow as pa
 from manifests.atomic import atomic_output, write_text_atomic
 from manifests.card import write_card
 from manifests.dataset import DatasetRef, open_dataset
-from manifests.files import exists, is_dir, remove
+from manifests.files import copy_file, exists, is_dir, remove
 from manifests.layout import RunLayout
 from manifests.query import au_filter, connect, expand_au_shorthand, sql_string
 from manifests.schema import INDEX_COLUMNS, MANIFEST_SCHEMA, SCHEMA_VERSION
+from manifests.store import absolute, relative_path
 from manifests.vocab import EMOTION_MIX_KEYS
 
 __all__ = ["DUCKDB_MEMORY", "Selection", "SubsetError", "balanced_quotas", "make_subset", "parse_min_intensity"]
@@ -186,7 +185,7 @@ def _selected_sql(con: Any, selection: Selection) -> str:
 
 
 def _prepare_target(dest: Path, source: DatasetRef, overwrite: bool) -> None:
-    if dest.resolve() == source.root.resolve():
+    if str(absolute(dest)) == str(absolute(source.root)):
         raise SubsetError(
             f"the subset folder {dest} is the source itself; choose another folder (the source is never modified)"
         )
@@ -235,7 +234,7 @@ def make_subset(source: Path, dest: Path, selection: Selection, *, overwrite: bo
     samples, accepted, shards = stats[0], stats[1], list(stats[2] or [])
     index = _subset_index(dataset, dest, selection, samples, accepted, shards)
     if exists(dataset.layout.provenance):
-        shutil.copyfile(dataset.layout.provenance, layout.provenance)
+        copy_file(dataset.layout.provenance, layout.provenance)
     write_text_atomic(layout.index_json, json.dumps(index, indent=1))
     write_card(dest)  # with every index, a subset's too (the source's licences travel in provenance.json)
     return index
@@ -244,15 +243,15 @@ def make_subset(source: Path, dest: Path, selection: Selection, *, overwrite: bo
 def _subset_index(
     dataset: DatasetRef, dest: Path, selection: Selection, samples: int, accepted: int, shards: list[int]
 ) -> dict[str, Any]:
-    root = dataset.source_root.resolve()
+    root = absolute(dataset.source_root)
     recorded = dataset.index.get("shard_stats", {})
     return {
         "dataset": dataset.name,
         "schema_version": SCHEMA_VERSION,
         "subset": {
             "source": str(root),
-            "source_shards_dir": str(dataset.shards_dir.resolve()),
-            "parent": str(dataset.root.resolve()),
+            "source_shards_dir": str(absolute(dataset.shards_dir)),
+            "parent": str(absolute(dataset.root)),
             "selection": asdict(selection),
             "conditions": selection.conditions(),
             "source_created_at": dataset.index.get("created_at"),
@@ -262,7 +261,7 @@ def _subset_index(
         "accepted": accepted,
         "planned": samples,
         "shards": shards,
-        "shards_dir": os.path.relpath(dataset.shards_dir.resolve(), dest.resolve()),
+        "shards_dir": relative_path(absolute(dataset.shards_dir), absolute(dest)),
         "shard_stats": {str(s): recorded.get(str(s), {}) for s in shards},
         "surplus_shards": [],
         "failed_shards": {},

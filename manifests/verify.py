@@ -27,12 +27,12 @@ from typing import Any, BinaryIO, Literal
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from manifests.dataset import DatasetRef, NotADatasetError, open_dataset
 from manifests.files import exists, file_sha256, file_size, list_dir, open_read
 from manifests.index import KeyTracker
 from manifests.layout import parse_shard, shard_paths
+from manifests.store import location, open_parquet, register_duckdb
 from manifests.tar import TarFormatError, iter_members
 from manifests.writer import is_done, read_stats
 
@@ -193,7 +193,7 @@ def _check_shard(dataset: DatasetRef, shard: int) -> _ShardResult:
         return _ShardResult(found, [], 0)
     files = _existing(dataset, shard)
     try:
-        with pq.ParquetFile(paths.parquet) as manifest:
+        with open_parquet(paths.parquet) as manifest:
             table = manifest.read(columns=["key", "accepted", "image_member"], use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         return _ShardResult([Finding("corrupt", shard, f"shard {shard}: unreadable Parquet ({exc})", files)], [], 0)
@@ -237,7 +237,7 @@ def _extra_shards(dataset: DatasetRef, late: list[int]) -> Iterator[Finding]:
 def _check_index_rows(dataset: DatasetRef) -> list[Finding]:
     path = dataset.layout.index_parquet
     try:
-        rows = pq.ParquetFile(path).metadata.num_rows
+        rows = open_parquet(path).metadata.num_rows
     except (OSError, pa.ArrowException) as exc:
         return [
             Finding("dataset", None, f"{path} is missing or unreadable ({exc}); rerun `factory build` to rewrite it")
@@ -253,6 +253,7 @@ def _check_subset_keys(dataset: DatasetRef) -> list[Finding]:
     if not files or dataset.subset_keys is None:
         return []
     con = duckdb.connect()
+    register_duckdb(con, dataset.root, dataset.shards_dir)
     try:
         (lost,) = con.execute(
             "SELECT count(*) FROM read_parquet(?) s WHERE s.key NOT IN "
@@ -269,7 +270,7 @@ def _check_subset_keys(dataset: DatasetRef) -> list[Finding]:
 
 def verify_dataset(run_dir: Path, *, workers: int | None = None) -> VerifyReport:
     """Check every file of the committed dataset in ``run_dir``; reads each file once."""
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     report = VerifyReport(root=run_dir, dataset=None)
     try:
         dataset = open_dataset(run_dir)

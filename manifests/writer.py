@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock
 
 from manifests.atomic import temp_path, write_bytes_atomic, write_error
+from manifests.done import is_done, read_stats
 from manifests.layout import shard_paths
 from manifests.records import (
     KNOWN_KEYS,
@@ -44,6 +45,7 @@ from manifests.records import (
     sample_json,
 )
 from manifests.schema import SCHEMA_VERSION
+from manifests.store import is_remote, local_lock_path, location, upload
 from manifests.tar import TarSink
 
 __all__ = ["ShardWriter", "is_done", "read_stats"]
@@ -72,32 +74,6 @@ _RESERVED_STATS = frozenset(
 )
 
 
-def read_stats(shards_dir: Path, dataset: str, shard: int) -> dict[str, Any]:
-    """The stats of a committed shard; ``FileNotFoundError``/``ValueError`` name the file."""
-    path = shard_paths(shards_dir, dataset, shard).stats
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"shard stats {path} does not exist: the shard is not done") from None
-    try:
-        stats = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"shard stats {path} is not valid JSON ({exc}); delete it to rebuild the shard") from exc
-    if not isinstance(stats, dict):
-        raise ValueError(f"shard stats {path} is not a JSON object; delete it to rebuild the shard")
-    return stats
-
-
-def is_done(shards_dir: Path, dataset: str, shard: int) -> bool:
-    """Stats parse and the tar and Parquet exist with the byte sizes the stats record."""
-    paths = shard_paths(shards_dir, dataset, shard)
-    try:
-        stats = read_stats(shards_dir, dataset, shard)
-        return paths.tar.stat().st_size == stats["tar_bytes"] and paths.parquet.stat().st_size == stats["parquet_bytes"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
 class ShardWriter:
     """Write one shard atomically; use as a context manager and call :meth:`commit`.
 
@@ -121,7 +97,7 @@ class ShardWriter:
     ) -> None:
         if image_format not in PIL_FORMATS:
             raise ValueError(f"image_format {image_format!r} is not one of {sorted(PIL_FORMATS)}")
-        self.shards_dir = Path(shards_dir)
+        self.shards_dir = location(shards_dir)
         self.dataset = dataset
         self.shard = shard
         self.image_format = image_format
@@ -145,7 +121,8 @@ class ShardWriter:
         self._state: Literal["open", "committed", "aborted"] = "open"
         self._tar_tmp = temp_path(self.paths.tar)
         try:
-            self.shards_dir.mkdir(parents=True, exist_ok=True)
+            if not is_remote(self.shards_dir):
+                self.shards_dir.mkdir(parents=True, exist_ok=True)
             self._temps.append(self._tar_tmp)
             self._fh = open(self._tar_tmp, "wb", buffering=buffer_bytes)  # noqa: SIM115 - closed in commit/abort
         except OSError as exc:
@@ -279,11 +256,7 @@ class ShardWriter:
                 finally:
                     tar_synced.exception()  # let the tar's flush finish before any unwinding
                 tar_sha256 = tar_synced.result()
-            # Lock files live apart so a listing of the shards directory stays readable.
-            lock_dir = self.shards_dir / ".locks"
-            lock_dir.mkdir(exist_ok=True)
-            lock = FileLock(str(lock_dir / f"{self.paths.stats.name}.lock"))
-            with lock:
+            with FileLock(str(self._commit_lock())):
                 # A writer racing on the same shard may have committed meanwhile: first wins.
                 if not self.overwrite and is_done(self.shards_dir, self.dataset, self.shard):
                     raise FileExistsError(
@@ -296,6 +269,18 @@ class ShardWriter:
             raise
         self._state = "committed"
         return stats
+
+    def _commit_lock(self) -> Path:
+        """The per-shard lock that makes the first committing copy win. On object storage it
+        is local (no flock on a store): copies on one node still race safely; copies on two
+        nodes (a backup of a slow shard) may both upload, each object whole, and the stats
+        object written last names the sizes and checksums that ``is_done`` checks."""
+        if is_remote(self.shards_dir):
+            return local_lock_path(self.paths.stats, "commit")
+        # Lock files live apart so a listing of the shards directory stays readable.
+        lock_dir = self.shards_dir / ".locks"
+        lock_dir.mkdir(exist_ok=True)
+        return lock_dir / f"{self.paths.stats.name}.lock"
 
     def _close_tar(self) -> None:
         """End the archive and flush it to the OS (fsync happens in :meth:`_sync_tar`)."""
@@ -369,8 +354,15 @@ class ShardWriter:
         write_bytes_atomic(self.paths.stats, data, sync_dir=False)
 
     def _rename(self, tmp: Path, final: Path) -> None:
+        """Move a finished temp into place: a rename, or on object storage an upload of the
+        local file (the object appears whole; a killed upload leaves no object, only parts
+        ``RunDir.clean_temps`` aborts)."""
         try:
-            os.replace(tmp, final)
+            if is_remote(final):
+                upload(tmp, final)
+                tmp.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, final)
         except OSError as exc:
             raise write_error(final, exc, "could not rename into") from exc
         self._temps.remove(tmp)

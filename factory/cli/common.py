@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from factory.recipe import Recipe, RecipeError, load_recipe
+from manifests.store import check_url, is_url, location
 
 __all__ = ["OutOpt", "RecipeArg", "RunArg", "SeedOpt", "TargetOpt", "err", "fail", "load", "out", "print_error"]
 
@@ -18,13 +19,30 @@ __all__ = ["OutOpt", "RecipeArg", "RunArg", "SeedOpt", "TargetOpt", "err", "fail
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
+
+def _run_location(text: str) -> Path:
+    """A folder, or a dataset on object storage (``s3://bucket/prefix``: a ``UPath``)."""
+    return location(check_url(text) if is_url(text) else text)
+
+
+def _out_text(text: str) -> str:
+    """``--out`` as the recipe spells dataset.out: a plain path normalised as ``Path`` would,
+    a URL kept as it is (``Path`` would fold its ``//``)."""
+    return text if is_url(text) else str(Path(text))
+
+
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe TOML file, e.g. recipes/demo.toml.")]
-RunArg = Annotated[Path, typer.Argument(help="A build's output directory (its --out).")]
+RunArg = Annotated[
+    Path, typer.Argument(help="A build's output directory (its --out, or s3://bucket/prefix).", parser=_run_location)
+]
 TargetOpt = Annotated[
     int | None, typer.Option("--target", help="Accepted samples to build (overrides dataset.target).")
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Master seed (overrides dataset.seed).")]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Output directory (overrides dataset.out).")]
+OutOpt = Annotated[
+    str | None,
+    typer.Option("--out", help="Output directory or s3://bucket/prefix (overrides dataset.out).", parser=_out_text),
+]
 
 
 def print_error(message: str, *, lines: bool = False) -> None:

@@ -33,9 +33,11 @@ from rich.console import Console
 from rich.table import Table
 
 from manifests.atomic import write_bytes_atomic
+from manifests.files import make_dir
 from manifests.index import read_index
 from manifests.query import connect
 from manifests.schema import N_AUS
+from manifests.store import location
 from manifests.vocab import DISFA_AUS, au_column
 
 __all__ = [
@@ -250,8 +252,8 @@ class EvalReport(ScoreTable):
 
     def save(self, out_dir: Path) -> list[Path]:
         """Write eval.json, eval_per_au.csv and eval.md (each temp + rename)."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = location(out_dir)
+        make_dir(out_dir)
         files = {
             out_dir / "eval.json": json.dumps(self.to_dict(), indent=1).encode(),
             out_dir / "eval_per_au.csv": self.to_csv().encode(),
@@ -296,7 +298,7 @@ def evaluate(run_dir: Path, out_dir: Path | None = None, include_rejected: bool 
 
     Saves eval.json / eval_per_au.csv / eval.md to ``out_dir`` (default ``run_dir/eval``).
     """
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     con = connect(run_dir, include_rejected=include_rejected)
     try:
         # Row numbers fix one order for the label matrix and the unnested votes.

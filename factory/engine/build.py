@@ -76,7 +76,7 @@ class WorkerPool:
 
 
 @contextmanager
-def worker_pool(recipe: Recipe, run_root: Path) -> Iterator[WorkerPool]:
+def worker_pool(recipe: Recipe, run_root: Path, probe: str | None = None) -> Iterator[WorkerPool]:
     """``--gpus N`` -> N shard workers, each pinned to one GPU (Ray sets each one's
     CUDA_VISIBLE_DEVICES to its own device); ``--gpus 0`` -> ``engine.cpu_workers`` CPU
     workers. Workers restart when they die (the engine redoes their shard); on a multi-node
@@ -101,7 +101,7 @@ def worker_pool(recipe: Recipe, run_root: Path) -> Iterator[WorkerPool]:
     args = (recipe, str(run_root))
     actors: list[Any] = []
     try:
-        actors += start_actors(ShardWorker, args, shard_spec)
+        actors += start_actors(ShardWorker, (*args, probe), shard_spec)
         shard_workers = list(actors)
         prompts = start_actors(PromptWorker, args, ActorSpec(max(1, count // 4)))
         actors += prompts
@@ -124,7 +124,7 @@ def build(
 ) -> BuildSummary:
     """Build (or resume) the dataset the recipe describes; returns when the index is written."""
     t0 = time.perf_counter()
-    run = RunDir(Path(recipe.dataset.out), recipe.dataset.name)
+    run = RunDir(recipe.dataset.out, recipe.dataset.name)
     with run.lock():
         bank = open_bank(recipe.identities.bank)
         run.start(recipe, bank.fingerprint if bank is not None else None)
@@ -138,8 +138,9 @@ def build(
         sched.check_failures()  # a resumed build whose recorded failures already say stop
         cluster = connect(recipe.engine.address, gpus=recipe.engine.gpus, local_gpus=local_gpus)
         progress = BuildProgress(recipe.dataset.target, quiet=quiet)
+        probe = run.write_probe()  # plain paths: every worker must see it (one shared dataset.out)
         try:
-            with worker_pool(recipe, run.root) as pool, bank_dedup(recipe, run.root) as dedup:
+            with worker_pool(recipe, run.root, probe) as pool, bank_dedup(recipe, run.root) as dedup:
                 for warning in pool.warnings:
                     progress.note(f"warning: {warning}")
                 t_run = time.perf_counter()
@@ -149,7 +150,13 @@ def build(
                 last = Runner(sched, pool, run, planner, progress, workers, dedup).run_until_complete()
                 indexed, surplus, failed = sched.outcome(last)
                 pool.write_index(
-                    run.root, recipe.dataset.name, indexed, target=sched.target, surplus=surplus, failed=failed
+                    run.root,
+                    recipe.dataset.name,
+                    indexed,
+                    probe=probe,
+                    target=sched.target,
+                    surplus=surplus,
+                    failed=failed,
                 )
                 t_indexed = time.perf_counter()
         finally:
@@ -159,6 +166,7 @@ def build(
             # killed mid-shard can go now (a resume would remove them anyway).
             run.clean_temps()
             run.workers.unlink(missing_ok=True)
+            run.remove_probe(probe)
         summary = BuildSummary(
             run_dir=run.root,
             target=sched.target,
@@ -173,6 +181,6 @@ def build(
         )
         write_text_atomic(
             run.build_summary,
-            json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in summary.__dict__.items()}, indent=2),
+            json.dumps(summary.__dict__, indent=2, default=str),
         )
         return summary

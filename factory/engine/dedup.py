@@ -48,7 +48,7 @@ class BankDeduplicator:
     """Holds the kept identities and decides shards in dataset order (an actor)."""
 
     def __init__(self, run_dir: str, dataset: str, threshold: float) -> None:
-        self.layout = RunLayout(Path(run_dir), dataset)
+        self.layout = RunLayout(run_dir, dataset)
         self.threshold = threshold
         self.kept = KeptIdentities()
         self.order: list[int] = []  # shards decided so far, in dataset order

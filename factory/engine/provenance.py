@@ -94,7 +94,7 @@ def stage_provenance(recipe_doc: dict[str, Any], run_dir: Path, cache: dict[str,
 
 def write_provenance(run_dir: Path) -> dict[str, Any] | None:
     """Write ``provenance.json`` for the build in ``run_dir``; ``None`` when it has no run.json."""
-    layout = RunLayout(Path(run_dir), "")
+    layout = RunLayout(run_dir, "")
     try:
         info = json.loads(layout.run_json.read_text())
     except (OSError, ValueError):

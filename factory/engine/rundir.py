@@ -13,6 +13,7 @@ import os
 import platform
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -20,15 +21,24 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from factory.recipe import Recipe
 from manifests.atomic import TEMP_SUFFIX, clean_temps, write_parquet_atomic, write_text_atomic
 from manifests.layout import RunLayout
+from manifests.store import abort_partial_uploads, is_remote, read_table
 from manifests.writer import is_done, read_stats
 
-__all__ = ["RunDir", "RunError", "brief_stats", "open_run", "recipe_differences", "software_versions"]
+__all__ = [
+    "ProbeError",
+    "RunDir",
+    "RunError",
+    "brief_stats",
+    "check_probe",
+    "open_run",
+    "recipe_differences",
+    "software_versions",
+]
 
 # Fields that may change between a build and its resume without changing any sample.
 RESUMABLE_FIELDS = ("dataset.target", "dataset.out", "engine.")
@@ -36,6 +46,30 @@ RESUMABLE_FIELDS = ("dataset.target", "dataset.out", "engine.")
 
 class RunError(RuntimeError):
     """The run directory refuses the operation; the message says why and what to do."""
+
+
+class ProbeError(RuntimeError):
+    """A worker does not see the driver's dataset.out (another node's local folder)."""
+
+
+def check_probe(root: Path, token: str | None) -> None:
+    """Raise :class:`ProbeError` naming the probe and this host unless the driver's probe file
+    (:meth:`RunDir.write_probe`) is here with ``token``: this process writes into the same
+    dataset.out as the driver. ``None`` (object storage: one bucket, reached by its URL) passes."""
+    if token is None:
+        return
+    path = RunLayout(root, "").probe_file(token)
+    try:
+        seen = json.loads(path.read_text()).get("token")
+    except (OSError, ValueError, AttributeError):
+        seen = None
+    if seen != token:
+        raise ProbeError(
+            f"the worker on host {socket.gethostname()} cannot see {path}, which the build's driver wrote in "
+            f"dataset.out: this node does not share the driver's {root} (a failed shared-filesystem mount would "
+            "leave its shards on its local disk). Mount the same shared folder at that path on every node, or "
+            'use object storage (dataset.out = "s3://bucket/prefix"); the build stopped before any shard ran'
+        )
 
 
 def software_versions() -> dict[str, str]:
@@ -96,8 +130,8 @@ class RunDir(RunLayout):
         build never writes into a folder of someone else's files."""
         self._check_is_ours()
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(self.lock_file)
+            self._make_root()
+            lock = FileLock(self._lock_path())
             lock.acquire(timeout=0)
         except Timeout:
             owner = self.owner_file
@@ -117,6 +151,22 @@ class RunDir(RunLayout):
             lock.release()
             raise RunError(f"cannot write in the output folder {self.root}: {exc}") from None
         return lock
+
+    def _lock_path(self) -> Path:
+        """The flock file: in the run directory, or for a dataset on object storage (no flock
+        there) a local file keyed by the URL. That local lock stops a second build of the same
+        URL on this machine (the usual mistake: the command run twice); it does not stop a build
+        of the same URL started on another machine (say so in the docs: one driver per URL).
+        ``build.owner`` on the store still names the running build for `factory status`."""
+        return self.build_lock
+
+    def _make_root(self) -> None:
+        if not is_remote(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+            return
+        bucket = self.root.path.split("/", 1)[0]
+        if not self.root.fs.exists(bucket):  # s3fs would create it: a typo must not make a bucket
+            raise OSError(f"the bucket {bucket!r} does not exist or these credentials cannot see it")
 
     def _check_is_ours(self) -> None:
         """Refuse a file, or a non-empty folder without run.json that holds anything a build
@@ -174,8 +224,9 @@ class RunDir(RunLayout):
         return info
 
     def is_held(self) -> bool:
-        """True while a build holds the lock (probe without waiting)."""
-        lock = FileLock(self.lock_file)
+        """True while a build holds the lock (probe without waiting; for object storage only a
+        build on this machine is seen, see :meth:`_lock_path`)."""
+        lock = FileLock(self._lock_path())
         try:
             lock.acquire(timeout=0)
         except Timeout:
@@ -183,12 +234,29 @@ class RunDir(RunLayout):
         lock.release()
         return False
 
+    # --- the multi-node probe -------------------------------------------------------------
+    def write_probe(self) -> str | None:
+        """Write this build's probe (a random token) for every worker to find (:func:`check_probe`);
+        the token, or ``None`` for object storage, where no node can write to a private copy."""
+        if is_remote(self.root):
+            return None
+        for old in self.root.glob("probe-*.json"):  # a killed build's
+            old.unlink(missing_ok=True)
+        token = uuid.uuid4().hex
+        doc = {"token": token, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
+        write_text_atomic(self.probe_file(token), json.dumps(doc))
+        return token
+
+    def remove_probe(self, token: str | None) -> None:
+        if token is not None:
+            self.probe_file(token).unlink(missing_ok=True)
+
     # --- plans -----------------------------------------------------------------------
     def load_or_write_plan(self, shard: int, make: Callable[[int], pa.Table]) -> pa.Table:
         """The recorded plan of ``shard``; planned with ``make(shard)`` and written first."""
         path = self.plan_path(shard)
         if path.exists():
-            return pq.read_table(path)
+            return read_table(path)
         table = make(shard)
         write_parquet_atomic(path, table)
         return table
@@ -217,6 +285,8 @@ class RunDir(RunLayout):
         removed: list[Path] = []
         for folder in (self.plans, self.root, self.failed, self.shards):
             removed += clean_temps(folder)
+        if is_remote(self.root):  # a writer killed mid-upload: its parts are invisible but kept
+            abort_partial_uploads(self.root)
         return removed
 
     # --- workers (for `factory status`) ---------------------------------------------------
@@ -245,11 +315,11 @@ class RunDir(RunLayout):
 
 def open_run(path: Path) -> tuple[RunDir, dict[str, Any]]:
     """The run directory at ``path`` and its recorded start info, or a clear error."""
-    info_path = RunLayout(Path(path), "").run_json
+    info_path = RunLayout(path, "").run_json
     if not info_path.exists():
         raise RunError(f"{path} is not a build directory (no run.json); pass the --out of a build")
     try:
         info = json.loads(info_path.read_text())
     except (OSError, ValueError) as exc:
         raise RunError(f"{info_path} is unreadable ({exc}); it is not a usable build directory") from exc
-    return RunDir(Path(path), info["dataset"]), info
+    return RunDir(path, info["dataset"]), info

@@ -40,9 +40,11 @@ import pyarrow as pa
 from cluster.actors import gpu_ids
 from factory.engine.pipeline import StageTimings, make_context, recipe_pipeline
 from factory.engine.provenance import write_provenance
+from factory.engine.rundir import check_probe
 from factory.recipe import Recipe
 from manifests.index import write_index
 from manifests.layout import RunLayout
+from manifests.store import location
 from manifests.writer import ShardWriter, is_done
 from stages.base import Record
 
@@ -93,17 +95,23 @@ class IndexWriter:
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "stage": "index"}
 
-    def write(self, run_dir: str, dataset: str, shards: list[int], **kwargs: Any) -> dict[str, Any]:
-        write_provenance(Path(run_dir))  # what the dataset card (written with the index) reads
-        return write_index(Path(run_dir), dataset, shards, **kwargs)
+    def write(
+        self, run_dir: str, dataset: str, shards: list[int], probe: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        check_probe(location(run_dir), probe)  # the index must see the folder the shards went to
+        write_provenance(location(run_dir))  # what the dataset card (written with the index) reads
+        return write_index(location(run_dir), dataset, shards, **kwargs)
 
 
 class ShardWorker:
     """Generates, checks and writes whole shards (see module docstring)."""
 
-    def __init__(self, recipe: Recipe, run_dir: str) -> None:
+    def __init__(self, recipe: Recipe, run_dir: str, probe: str | None = None) -> None:
         self.recipe = recipe
-        self.layout = RunLayout(Path(run_dir), recipe.dataset.name)
+        self.layout = RunLayout(run_dir, recipe.dataset.name)
+        # Before any model loads: a node that does not share dataset.out fails the build here,
+        # once, instead of writing shards to its own disk for hours.
+        check_probe(self.layout.root, probe)
         self.device = device_for_worker()
         context = make_context(recipe, self.layout.root, self.device)
         self.generator = recipe_pipeline(recipe, context, ["generator"])

@@ -18,6 +18,7 @@ from manifests.export.maugen import MaugenExporter
 from manifests.export.run import Progress, run_export
 from manifests.export.webdataset import WebDatasetExporter
 from manifests.layout import ExportLayout
+from manifests.store import location
 
 __all__ = [
     "BYTE_SHARD_MAX_SAMPLES",
@@ -78,4 +79,6 @@ def export(
         name=name,
         format_options=dict(format_options or {}),
     )
-    return run_export(FORMATS[format], Path(run_dir), Path(out), options, overwrite=overwrite, progress=progress)
+    return run_export(
+        FORMATS[format], location(run_dir), location(out), options, overwrite=overwrite, progress=progress
+    )

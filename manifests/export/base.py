@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from manifests.layout import ExportLayout, safe_component
+from manifests.store import location
 
 __all__ = ["ExportError", "ExportOptions", "Exporter", "Sample"]
 
@@ -103,7 +104,7 @@ class Exporter:
     def __init__(
         self, run_dir: Path, out: Path, dataset: str, shard_size: int, options: ExportOptions | None = None
     ) -> None:
-        self.run_dir = Path(run_dir)
+        self.run_dir = location(run_dir)
         self.out = Path(out)
         self.dataset = dataset
         self.shard_size = shard_size

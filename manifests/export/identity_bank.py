@@ -24,14 +24,13 @@ from collections.abc import Iterator
 from itertools import product
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from manifests.atomic import temp_path, write_bytes_atomic
 from manifests.bank import BANK_COLUMNS, NEUTRAL
 from manifests.dedup import read_dedup
 from manifests.export.base import Exporter
 from manifests.index import index_shards_dir, read_index
 from manifests.layout import RunLayout, shard_paths
+from manifests.store import read_table
 from manifests.vocab import AGE_BANDS, ETHNICITIES, GENDERS
 
 __all__ = ["BANK_STATS_FILE", "DUPLICATES_FILE", "IDENTITIES_FILE", "IdentityBankExporter", "balance"]
@@ -132,7 +131,7 @@ class IdentityBankExporter(Exporter):
             decided = read_dedup(paths)
             if decided is None:
                 continue
-            ids = pq.read_table(paths.parquet, columns=["key", "identity_id"]).to_pylist()
+            ids = read_table(paths.parquet, columns=["key", "identity_id"]).to_pylist()
             identity.update((r["key"], r["identity_id"]) for r in ids)
             found += [r for r in decided[0].to_pylist() if r["duplicate_of"]]
         rows = [

@@ -5,13 +5,12 @@ the source's card with a note saying what was exported."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from manifests.atomic import write_text_atomic
 from manifests.card import read_provenance, render_card
 from manifests.dataset import open_dataset
-from manifests.files import exists
+from manifests.files import copy_file, exists
 from manifests.layout import ExportLayout, RunLayout
 
 __all__ = ["derived_card_text", "write_derived_card"]
@@ -21,7 +20,7 @@ def _copy_provenance(source: Path, out: Path) -> None:
     dataset = open_dataset(source)
     origin = dataset.layout.provenance
     if exists(origin) and read_provenance(dataset.root) is not None:
-        shutil.copyfile(origin, RunLayout(out, dataset.name).provenance)
+        copy_file(origin, RunLayout(out, dataset.name).provenance)
 
 
 def derived_card_text(source: Path, out: Path, extra: str | None = None) -> str:

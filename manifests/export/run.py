@@ -30,6 +30,7 @@ from manifests.files import exists, is_dir, make_dir, remove_tree
 from manifests.layout import ExportLayout
 from manifests.query import connect, sql_string
 from manifests.records import json_default
+from manifests.store import absolute, is_inside, is_remote, location
 
 __all__ = ["Progress", "run_export"]
 
@@ -40,7 +41,7 @@ DUCKDB_MEMORY = "128MB"
 
 def _job(dataset: DatasetRef, options: ExportOptions) -> dict[str, Any]:
     return {
-        "source": str(dataset.root.resolve()),
+        "source": str(absolute(dataset.root)),
         "source_created_at": dataset.index.get("created_at"),
         "format": options.format,
         "where": options.where,
@@ -161,9 +162,11 @@ def run_export(
     options.check()
     started = time.perf_counter()
     dataset = open_dataset(run_dir)
-    out = Path(out)
+    out = location(out)
+    if is_remote(out):  # the formats write through local files (csv fragments, temp renames)
+        raise ExportError(f"export target {out} is on object storage; export to a local folder, then upload it")
     for source in (dataset.root, dataset.shards_dir):  # a subset's shards are its source's
-        if source.resolve().is_relative_to(out.resolve()):
+        if is_inside(source, out):
             raise ExportError(f"export target {out} would contain the source {source}; choose another folder")
     progress = progress or _no_progress
     con = connect(run_dir, memory_limit=DUCKDB_MEMORY)

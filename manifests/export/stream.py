@@ -16,7 +16,6 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from manifests.dataset import DatasetRef
 from manifests.export.base import ExportOptions, Sample
@@ -24,6 +23,7 @@ from manifests.files import exists, open_read
 from manifests.layout import shard_paths
 from manifests.query import expand_au_shorthand, sql_string, with_dedup
 from manifests.schema import MANIFEST_SCHEMA
+from manifests.store import read_table
 from manifests.tar import TarFormatError, TarMember, iter_members
 
 __all__ = ["BATCH_ROWS", "ShardImages", "count_sql", "iter_samples", "shard_batches"]
@@ -62,7 +62,7 @@ def _subset_keys(dataset: DatasetRef) -> tuple[np.ndarray, pa.Array] | None:
     """A subset's (shard of each row, key of each row), in shard order as ``factory filter`` wrote them."""
     if dataset.subset_keys is None:
         return None
-    table = pq.read_table(dataset.subset_keys, columns=["shard", "key"])
+    table = read_table(dataset.subset_keys, columns=["shard", "key"])
     return table["shard"].to_numpy(), table["key"].combine_chunks()
 
 

@@ -33,6 +33,7 @@ from factory.commands.report.plots import (
 from factory.commands.report.sheets import ContactSheet, contact_sheets
 from manifests.atomic import write_text_atomic
 from manifests.card import licence_verdict, read_provenance
+from manifests.store import location
 
 __all__ = ["build_report", "render_report"]
 
@@ -120,6 +121,6 @@ def render_report(run_dir: Path, *, per_emotion: int = 8) -> str:
 def build_report(run_dir: Path, out: Path | None = None, *, per_emotion: int = 8) -> Path:
     """Write the report page (default: ``report.html`` in the dataset folder); returns its path."""
     page = render_report(run_dir, per_emotion=per_emotion)
-    path = Path(out) if out is not None else Path(run_dir) / "report.html"
+    path = location(out) if out is not None else location(run_dir) / "report.html"
     write_text_atomic(path, page)
     return path
