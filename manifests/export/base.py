@@ -100,6 +100,7 @@ class Exporter:
     columns: ClassVar[tuple[str, ...] | None] = None
     row_columns: ClassVar[tuple[str, ...] | None] = None  # as Python values (None: every selected column)
     copies_members: ClassVar[bool] = False
+    required: ClassVar[tuple[str, ...]] = ()  # columns every selected sample must have (labels)
 
     def __init__(
         self, run_dir: Path, out: Path, dataset: str, shard_size: int, options: ExportOptions | None = None

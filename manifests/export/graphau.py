@@ -46,6 +46,7 @@ def identity_group(identity_id: str, groups: int = FOLDS) -> int:
 class GraphAUExporter(Exporter):
     name = "graphau"
     columns = ("identity_id", "au_occurrence")
+    required = ("au_occurrence",)
 
     @property
     def aus(self) -> tuple[int, ...]:

@@ -30,6 +30,7 @@ def _indented(entry: dict[str, Any]) -> str:
 class MaugenExporter(Exporter):
     name = "maugen"
     columns = ("au_intensity", "description")
+    required = ("au_intensity",)
 
     def write_part(self, part: int, samples: Iterator[Sample]) -> dict[str, Any]:
         make_dir(self.inside("output_images", f"{part:06d}"))

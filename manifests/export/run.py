@@ -25,7 +25,7 @@ from typing import Any
 from manifests.atomic import clean_temps, write_bytes_atomic, write_text_atomic
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.export.base import Exporter, ExportError, ExportOptions, Sample
-from manifests.export.stream import count_sql, iter_samples, shard_batches
+from manifests.export.stream import count_sql, iter_samples, shard_batches, unlabelled_sql
 from manifests.files import exists, is_dir, make_dir, remove_tree
 from manifests.layout import ExportLayout
 from manifests.query import connect, sql_string
@@ -149,6 +149,19 @@ def _legacy(exporter: Exporter, samples: Iterator[Sample], total: int) -> dict[s
     return exporter.write(((s.row, s.image) for s in samples), total)  # type: ignore[attr-defined]
 
 
+def _check_required(con: Any, exporter_cls: type[Exporter], options: ExportOptions) -> None:
+    """Refuse, before the target is touched, a selection holding a sample the format cannot write."""
+    if not exporter_cls.required:
+        return
+    row = con.execute(unlabelled_sql(options, exporter_cls.required)).fetchone()
+    if row is not None:
+        raise ExportError(
+            f"sample {row[0]} has no {' / '.join(exporter_cls.required)} (its build ran no AU detector and its "
+            f"generator gives no labels); the {exporter_cls.name} format writes labels: select labelled samples "
+            f'with --where "{exporter_cls.required[0]} IS NOT NULL" or export --format webdataset / folder'
+        )
+
+
 def run_export(
     exporter_cls: type[Exporter],
     run_dir: Path,
@@ -173,6 +186,7 @@ def run_export(
     try:
         (selected,) = con.execute(count_sql(options)).fetchall()[0]  # a bad --where fails before out is touched
         total = selected if options.limit is None else min(selected, options.limit)
+        _check_required(con, exporter_cls, options)
         job = _job(dataset, options)
         parts = open_target(out, job, overwrite)
         layout = ExportLayout(out)

@@ -58,6 +58,13 @@ def count_sql(options: ExportOptions) -> str:
     return f"SELECT count(*) FROM samples WHERE {_conditions(options)}"
 
 
+def unlabelled_sql(options: ExportOptions, required: tuple[str, ...]) -> str:
+    """The first selected sample missing one of ``required`` (a format that writes labels
+    cannot write a sample without them), or no row."""
+    missing = " OR ".join(f"{column} IS NULL" for column in required)
+    return f"SELECT key FROM samples WHERE {_conditions(options)} AND ({missing}) LIMIT 1"
+
+
 def _subset_keys(dataset: DatasetRef) -> tuple[np.ndarray, pa.Array] | None:
     """A subset's (shard of each row, key of each row), in shard order as ``factory filter`` wrote them."""
     if dataset.subset_keys is None:

@@ -295,3 +295,28 @@ def test_sample_names_are_safe() -> None:
     sample = Sample({"key": "../x/y", "image_format": "jpg"}, b"")
     assert "/" not in sample.name and not sample.name.startswith(".")
     assert Sample({"key": "000001_00002", "image_format": "png"}, b"").name == "000001_00002"
+
+
+@pytest.mark.parametrize("fmt", ["maugen", "graphau"])
+def test_label_formats_refuse_unlabelled_samples_before_writing(tmp_path: Path, fmt: str) -> None:
+    # A build without AU detectors (a stand-in generator with no labels) has null label columns.
+    from manifests.writer import ShardWriter
+    from tests.manifests import make_record
+
+    run_dir = tmp_path / "unlabelled"
+    rng = np.random.default_rng(2)
+    with ShardWriter(run_dir / "shards", "mifa", 0) as writer:
+        for i in range(3):
+            record = make_record(0, i, rng)
+            if i == 1:
+                record.update(au_occurrence=None, au_intensity=None)
+            writer.add(record)
+        writer.commit()
+    write_index(run_dir, "mifa", [0], target=3, surplus=[], failed={})
+    with pytest.raises(ExportError, match=r"sample 000000_00001 has no au_.*IS NOT NULL"):
+        export(run_dir, tmp_path / "out", format=fmt)
+    assert not (tmp_path / "out").exists()
+    # Selecting the labelled samples is the fix the message names.
+    column = "au_intensity" if fmt == "maugen" else "au_occurrence"
+    export(run_dir, tmp_path / "out", format=fmt, where=f"{column} IS NOT NULL")
+    assert json.loads((tmp_path / "out" / "export.json").read_text())["samples"] == 2
