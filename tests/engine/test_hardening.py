@@ -4,6 +4,7 @@ stop the build, hung shards are cancelled, stragglers get backups, status shows 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import webdataset as wds
 from bench.standin import STANDIN
 from factory.commands.status import run_status
 from factory.engine.build import BuildError, build
+from factory.engine.rundir import RunDir
 from factory.recipe import recipe_from_dict
 from tests.engine.conftest import standin_doc
 
@@ -131,3 +133,28 @@ def test_status_shows_the_workers_of_a_running_build(ray_cluster, tmp_path: Path
     assert worker["host"] and worker["gpu_ids"] and worker["cuda_visible_devices"] is not None
     assert worker["samples_per_s"] > 0 and worker["planned"] == 12
     assert finished and run_status(out)["workers"] == []  # nothing shown once the build is over
+
+
+def test_workers_that_do_not_see_the_drivers_folder_stop_the_build_once(
+    ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failed shared mount: every worker's view of dataset.out lacks the driver's probe file
+    # (the driver writes it, then it is gone from the workers' view: here, from the folder).
+    write_probe = RunDir.write_probe
+
+    def unseen_probe(run: RunDir) -> str | None:
+        token = write_probe(run)
+        run.remove_probe(token)
+        return token
+
+    monkeypatch.setattr(RunDir, "write_probe", unseen_probe)
+    out = tmp_path / "out"
+    doc = standin_doc(out, dataset={"target": 6000, "shard_size": 6}, engine={"gpus": 8, "max_retries": 2})
+    t0 = time.monotonic()
+    with pytest.raises(BuildError) as info:
+        build(recipe_from_dict(doc), quiet=True)
+    message = str(info.value)
+    assert "cannot see" in message and "probe-" in message and socket.gethostname() in message
+    assert message.count("cannot see") == 1  # one line for the cause, not one per worker or shard
+    assert time.monotonic() - t0 < 300  # generous: a loaded 2-core machine
+    assert not list((out / "shards").glob("*.tar")) and not (out / "index.json").exists()

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,3 +158,47 @@ def test_kill_9_mid_build_on_s3_then_resume_equals_uninterrupted(s3: S3Server, r
     assert not [u for u in fs.list_multipart_uploads(s3.bucket) if u["Key"].startswith("killed/")]
     # The killed writers' staged files (local, beside no object) went with the resume's clean-up.
     assert not list(Path(os.environ["MIFA_STAGING_DIR"]).rglob("*.tmp"))
+
+
+def test_kill_9_while_a_tar_upload_is_in_flight_then_resume_equals_uninterrupted(
+    s3: S3Server, reference: Path, tmp_path: Path
+) -> None:
+    """The kill lands inside a PUT for certain: the in-process server holds the first tar
+    upload of this run until the build's processes are dead, then drops it (as a store does
+    when the client vanishes mid-body)."""
+    from moto.s3.models import S3Backend  # deferred: a dev dependency, heavy to import; only this test patches it
+
+    url = s3.url("midupload")
+    recipe = _write_recipe(tmp_path / "midupload.toml", url)  # type: ignore[arg-type]
+    in_flight, killed = threading.Event(), threading.Event()
+    held: list[str] = []
+    original = S3Backend.put_object
+
+    def put_object(self: S3Backend, bucket_name: str, key_name: str, *args: object, **kwargs: object) -> object:
+        if key_name.startswith("midupload/shards/") and key_name.endswith(".tar") and not held:
+            held.append(key_name)
+            in_flight.set()
+            killed.wait(120)
+            raise ConnectionAbortedError("the client died mid-upload")
+        return original(self, bucket_name, key_name, *args, **kwargs)
+
+    S3Backend.put_object = put_object  # type: ignore[method-assign]
+    try:
+        proc = subprocess.Popen(
+            _build_cmd(recipe), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        assert in_flight.wait(300), "no tar upload started"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        killed.set()
+        S3Backend.put_object = original  # type: ignore[method-assign]
+    fs = s3.fs()
+    shard = held[0].rsplit("/", 1)[1].removesuffix(".tar")
+    assert not fs.exists(f"{s3.bucket}/{held[0]}") and not fs.exists(f"{s3.bucket}/midupload/shards/{shard}.stats.json")
+    assert not fs.exists(f"{s3.bucket}/midupload/index.json")
+
+    resumed = subprocess.run(_build_cmd(recipe), env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    _same_dataset(s3, url, reference)
+    assert fs.exists(f"{s3.bucket}/{held[0]}")
