@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from bench.bench_engine import _doc
 from factory.engine.build import build
@@ -47,19 +48,13 @@ def main() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         local_rate, local_s = _rate(str(Path(tmp) / "out"))
     server, env = _moto_env()
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        import s3fs  # deferred: the [s3] extra, only this benchmark needs it
+        with mock.patch.dict(os.environ, env):  # restored after, as it was
+            import s3fs  # deferred: the [s3] extra, only this benchmark needs it
 
-        s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bench")
-        s3_rate, s3_s = _rate("s3://bench/out")
+            s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bench")
+            s3_rate, s3_s = _rate("s3://bench/out")
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         server.stop()
     return "\n".join(
         [

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from unittest import mock
 
 # A value a leak would show: it must never reach a written file or the CLI's output.
 SECRET = f"sekrit-{uuid.uuid4().hex}"
@@ -48,19 +49,13 @@ def s3_server() -> Iterator[S3Server]:
         "AWS_ENDPOINT_URL": f"http://{host}:{port}",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    _forget_clients()
     try:
-        bucket = f"mifa-{uuid.uuid4().hex[:8]}"
-        store = S3Server(env["AWS_ENDPOINT_URL"], bucket)
-        store.fs().mkdir(bucket)
-        yield store
+        with mock.patch.dict(os.environ, env):  # the environment as it was, after
+            _forget_clients()
+            bucket = f"mifa-{uuid.uuid4().hex[:8]}"
+            store = S3Server(env["AWS_ENDPOINT_URL"], bucket)
+            store.fs().mkdir(bucket)
+            yield store
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         _forget_clients()
         server.stop()
