@@ -5,7 +5,7 @@
     OUT/
       run.json                  recipe, fingerprint, seed, software versions (first start)
       build.lock, build.owner   held by the running build (flock, freed if the process dies; for
-                                an object-storage dataset the lock is local, see RunDir.lock)
+                                an object-storage dataset the lock is local, see build_lock)
       probe-*.json              the driver's token every worker must see (plain paths, multi-node)
       plans/{name}-{shard}.plan.parquet     a shard's plan, written before it runs
       shards/{name}-{shard}.tar|.parquet    WebDataset tar + manifest (temp, then rename)
@@ -154,7 +154,10 @@ class RunLayout:
     @property
     def build_lock(self) -> Path:
         """The file the build's flock is on: ``lock_file``, or for a dataset on object storage
-        (no flock there) a local file keyed by the URL (``manifests.store.local_lock_path``)."""
+        (no flock there) a local file keyed by the URL (``manifests.store.local_lock_path``).
+        That local lock stops a second build of the same URL on this machine (the usual
+        mistake: the command run twice), not one started on another machine (one driver per
+        URL); ``build.owner`` on the store still names the running build for `factory status`."""
         return local_lock_path(self.root, "build") if is_remote(self.root) else self.lock_file
 
     @property

@@ -30,6 +30,7 @@ from filelock import FileLock
 
 from manifests.atomic import temp_path, write_bytes_atomic, write_error
 from manifests.done import is_done, read_stats
+from manifests.files import make_dir
 from manifests.layout import shard_paths
 from manifests.records import (
     KNOWN_KEYS,
@@ -121,8 +122,7 @@ class ShardWriter:
         self._state: Literal["open", "committed", "aborted"] = "open"
         self._tar_tmp = temp_path(self.paths.tar)
         try:
-            if not is_remote(self.shards_dir):
-                self.shards_dir.mkdir(parents=True, exist_ok=True)
+            make_dir(self.shards_dir)
             self._temps.append(self._tar_tmp)
             self._fh = open(self._tar_tmp, "wb", buffering=buffer_bytes)  # noqa: SIM115 - closed in commit/abort
         except OSError as exc:

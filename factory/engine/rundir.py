@@ -131,7 +131,7 @@ class RunDir(RunLayout):
         self._check_is_ours()
         try:
             self._make_root()
-            lock = FileLock(self._lock_path())
+            lock = FileLock(self.build_lock)
             lock.acquire(timeout=0)
         except Timeout:
             owner = self.owner_file
@@ -151,14 +151,6 @@ class RunDir(RunLayout):
             lock.release()
             raise RunError(f"cannot write in the output folder {self.root}: {exc}") from None
         return lock
-
-    def _lock_path(self) -> Path:
-        """The flock file: in the run directory, or for a dataset on object storage (no flock
-        there) a local file keyed by the URL. That local lock stops a second build of the same
-        URL on this machine (the usual mistake: the command run twice); it does not stop a build
-        of the same URL started on another machine (say so in the docs: one driver per URL).
-        ``build.owner`` on the store still names the running build for `factory status`."""
-        return self.build_lock
 
     def _make_root(self) -> None:
         if not is_remote(self.root):
@@ -225,8 +217,8 @@ class RunDir(RunLayout):
 
     def is_held(self) -> bool:
         """True while a build holds the lock (probe without waiting; for object storage only a
-        build on this machine is seen, see :meth:`_lock_path`)."""
-        lock = FileLock(self._lock_path())
+        build on this machine is seen, see ``RunLayout.build_lock``)."""
+        lock = FileLock(self.build_lock)
         try:
             lock.acquire(timeout=0)
         except Timeout:

@@ -26,7 +26,7 @@ from manifests.schema import MANIFEST_SCHEMA
 from manifests.store import read_table
 from manifests.tar import TarFormatError, TarMember, iter_members
 
-__all__ = ["BATCH_ROWS", "ShardImages", "count_sql", "iter_samples", "shard_batches"]
+__all__ = ["BATCH_ROWS", "ShardImages", "count_sql", "iter_samples", "shard_batches", "unlabelled_sql"]
 
 BATCH_ROWS = 2048
 # Shard manifests per DuckDB query: enough to amortise a query's cost (~20 ms), few enough
