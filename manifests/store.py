@@ -148,10 +148,11 @@ def abort_partial_uploads(root: Any) -> int:
     if fs is None or not hasattr(fs, "list_multipart_uploads"):
         return 0
     bucket, _, prefix = str(root.path).partition("/")
+    below = prefix.rstrip("/") + "/" if prefix.strip("/") else ""  # a dataset at the bucket's root owns it all
     aborted = 0
     for upload_info in fs.list_multipart_uploads(bucket):
         key = upload_info.get("Key", "")
-        if key.startswith(prefix.rstrip("/") + "/"):
+        if key.startswith(below):
             fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_info["UploadId"])
             aborted += 1
     return aborted

@@ -83,6 +83,9 @@ def test_incomplete_multipart_uploads_under_the_prefix_are_aborted(s3: S3Server)
     assert abort_partial_uploads(location(s3.url("run"))) == 1
     left = {u["UploadId"] for u in fs.list_multipart_uploads(s3.bucket)}
     assert ours["UploadId"] not in left and other["UploadId"] in left
+    # A dataset at the bucket's root (s3://bucket): every unfinished upload in it is the build's.
+    assert abort_partial_uploads(location(f"s3://{s3.bucket}")) == 1
+    assert not fs.list_multipart_uploads(s3.bucket)
 
 
 @pytest.mark.parametrize(
