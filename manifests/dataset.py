@@ -11,6 +11,7 @@ read like any dataset.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,10 @@ class DatasetRef:
         """The shard manifests (Parquet) of the indexed shards, in shard order."""
         return [shard_paths(self.shards_dir, self.name, s).parquet for s in self.shards]
 
-    def dedup_files(self) -> list[Path]:
-        """An identity bank's per-shard near-duplicate files (``manifests.dedup``) that exist."""
-        paths = (shard_paths(self.shards_dir, self.name, s).dedup for s in self.shards)
+    def dedup_files(self, shards: Iterable[int] | None = None) -> list[Path]:
+        """An identity bank's per-shard near-duplicate files (``manifests.dedup``) that exist,
+        of every indexed shard or of ``shards``."""
+        paths = (shard_paths(self.shards_dir, self.name, s).dedup for s in (self.shards if shards is None else shards))
         return [p for p in paths if exists(p)]
 
     def tar(self, shard: int) -> Path:

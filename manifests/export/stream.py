@@ -20,7 +20,6 @@ import pyarrow as pa
 from manifests.dataset import DatasetRef
 from manifests.export.base import ExportOptions, Sample
 from manifests.files import exists, open_read
-from manifests.layout import shard_paths
 from manifests.query import expand_au_shorthand, sql_string, with_dedup
 from manifests.schema import MANIFEST_SCHEMA
 from manifests.store import read_table
@@ -100,8 +99,9 @@ def shard_batches(
             con.register("group_keys", pa.table({"key": subset[1][first:last]}))
             group_where += " AND key IN (SELECT key FROM group_keys)"
         # An identity bank's near-duplicates are not accepted (manifests.dedup), as in `samples`.
-        dedup = [d for d in (shard_paths(dataset.shards_dir, dataset.name, s).dedup for s in group) if exists(d)]
-        source = with_dedup("read_parquet([" + ", ".join(sql_string(str(f)) for f in files) + "])", dedup)
+        source = with_dedup(
+            "read_parquet([" + ", ".join(sql_string(str(f)) for f in files) + "])", dataset.dedup_files(group)
+        )
         sql = f"SELECT {_columns(columns)} FROM {source} WHERE {group_where} ORDER BY shard, index"
         table = con.sql(sql).to_arrow_table()
         if skip:
