@@ -16,8 +16,8 @@ are for non-commercial research only; the stage's ``licence`` says so when they 
 
 from __future__ import annotations
 
+import functools
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -125,7 +125,8 @@ class FineFaceGenerator(GeneratorStage[FineFaceConfig]):
         self.pipe: Any = None
         self.licence = FACEID_LICENCE if config.identity == "faceid" else LICENCE
         self._embed: Any = None
-        self._identities: OrderedDict[str, np.ndarray | str] = OrderedDict()
+        # Least recently used identities go first; identity_cache = 0 keeps none.
+        self._identity = functools.lru_cache(maxsize=config.identity_cache)(self._prepare_identity)
 
     def setup(self) -> None:
         import torch  # deferred: optional and heavy (the gen extra); only setup() and generation need it
@@ -159,12 +160,8 @@ class FineFaceGenerator(GeneratorStage[FineFaceConfig]):
         self.pipe = pipe
 
     # ------------------------------------------------------------------ identities
-    def _identity(self, identity_id: str) -> np.ndarray | str:
-        """The exemplar's ArcFace embedding (512,), or why it cannot be used; cached."""
-        hit = self._identities.get(identity_id)
-        if hit is not None:
-            self._identities.move_to_end(identity_id)
-            return hit
+    def _prepare_identity(self, identity_id: str) -> np.ndarray | str:
+        """The exemplar's ArcFace embedding (512,), or why it cannot be used (cached as ``_identity``)."""
         from stages.faces.exemplar import ExemplarError, exemplar_face  # deferred: dlib, only for faceid
 
         result: np.ndarray | str
@@ -173,10 +170,6 @@ class FineFaceGenerator(GeneratorStage[FineFaceConfig]):
             result = self._embed(image, exemplar_face(image).landmarks)
         except (ExemplarError, ValueError, OSError, KeyError) as exc:
             result = f"identity {identity_id!r} unusable for FaceID: {exc}"
-        if self.config.identity_cache:
-            self._identities[identity_id] = result
-            while len(self._identities) > self.config.identity_cache:
-                self._identities.popitem(last=False)
         return result
 
     # ------------------------------------------------------------------ generation

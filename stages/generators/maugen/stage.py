@@ -23,8 +23,8 @@ Per sample:
 
 from __future__ import annotations
 
+import functools
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,7 +124,8 @@ class MaugenGenerator(GeneratorStage[MaugenConfig]):
     def __init__(self, config: MaugenConfig, context: StageContext) -> None:
         super().__init__(config, context)
         self.pipe: Any = None
-        self._identities: OrderedDict[str, tuple[Any, np.ndarray] | str] = OrderedDict()
+        # Least recently used identities go first; identity_cache = 0 keeps none.
+        self._identity = functools.lru_cache(maxsize=config.identity_cache)(self._prepare_identity)
 
     def setup(self) -> None:
         # deferred: the MAUGen network modules import torch and diffusers (optional, heavy)
@@ -157,12 +158,8 @@ class MaugenGenerator(GeneratorStage[MaugenConfig]):
             )
 
     # ------------------------------------------------------------------ identities
-    def _identity(self, identity_id: str) -> tuple[Any, np.ndarray] | str:
-        """(C_ID tokens on CPU, exemplar) or the reason it cannot be used; cached."""
-        hit = self._identities.get(identity_id)
-        if hit is not None:
-            self._identities.move_to_end(identity_id)
-            return hit
+    def _prepare_identity(self, identity_id: str) -> tuple[Any, np.ndarray] | str:
+        """(C_ID tokens on CPU, exemplar) or the reason it cannot be used (cached as ``_identity``)."""
         cfg = self.config
         try:
             exemplar = np.asarray(self.context.identity_bank.image(identity_id), dtype=np.uint8)
@@ -178,10 +175,6 @@ class MaugenGenerator(GeneratorStage[MaugenConfig]):
                 result = f"identity {identity_id!r}: no face found in the exemplar to align (dlib)"
             else:
                 result = (self.pipe.encode_identity([chip])[0].float().cpu(), exemplar)
-        if cfg.identity_cache:
-            self._identities[identity_id] = result
-            while len(self._identities) > cfg.identity_cache:
-                self._identities.popitem(last=False)
         return result
 
     # ------------------------------------------------------------------ generation
