@@ -30,8 +30,6 @@ __all__ = [
     "remove_tree",
 ]
 
-_BLOCK = 4 << 20
-
 
 def open_read(path: Path, buffer_bytes: int = 1 << 20) -> BinaryIO:
     """Open ``path`` for binary reading (raises ``FileNotFoundError`` naming it); a 1 MiB
@@ -97,8 +95,5 @@ def remove_tree(path: Path) -> None:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open_read(path) as fh:
-        for block in iter(lambda: fh.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
