@@ -20,15 +20,15 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
-from factory.cli import app
 from factory.cli.common import print_error
 from manifests.errors import FailedError, UserError
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED", "crash_dir", "exit_code", "main", "run"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED", "ErrorEdge", "crash_dir", "exit_code", "main", "run"]
 
 EXIT_BAD_INPUT = 2  # input the user can fix: a recipe field, an option, a path
 EXIT_FAILED = 1  # a build or check that ran and failed; also a bug (its traceback saved)
@@ -50,6 +50,18 @@ _PATH_ERRNOS = {
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
+class ErrorEdge(TyperGroup):
+    """The app's command group: a known error that a command raises ends here in its message and
+    exit code, however the command line is called (the console script, ``python -m factory.cli``,
+    a test's ``CliRunner``); anything else goes on to :func:`run`, which saves its traceback."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise typer.Exit(_error(str(exc), exit_code(exc), lines=exc.multiline)) from None
+
+
 def main() -> NoReturn:
     """The `factory` console script."""
     sys.exit(run(sys.argv[1:]))
@@ -57,6 +69,8 @@ def main() -> NoReturn:
 
 def run(argv: list[str]) -> int:
     """Run the command line on ``argv``; returns the exit code."""
+    from factory.cli import app  # deferred: factory.cli builds its app with this module's ErrorEdge
+
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="factory", standalone_mode=False)
@@ -85,8 +99,6 @@ def _known(exc: BaseException, argv: list[str]) -> int:
         return (
             exc.code if isinstance(exc.code, int) else (0 if exc.code is None else _error(str(exc.code), EXIT_FAILED))
         )
-    if isinstance(exc, UserError):  # raised where the fault is known: message and fix are the user's
-        return _error(str(exc), exit_code(exc), lines=exc.multiline)
     if isinstance(exc, BrokenPipeError):  # `factory query ... | head`
         return 0
     if isinstance(exc, OSError) and exc.errno in _PATH_ERRNOS and exc.filename is not None:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from factory.cli import edge
+from factory.cli import app, edge
 from factory.cli.common import print_error
 from manifests.errors import FailedError, ReportError, UserError
 from manifests.index import write_index
@@ -148,3 +149,9 @@ def test_a_user_error_with_a_fix_and_its_exit_code() -> None:
 def test_a_line_break_in_a_one_line_message_is_spelled_out(capsys: pytest.CaptureFixture[str]) -> None:
     print_error("field 'a\nb' is unknown")
     assert capsys.readouterr().err == "error: field 'a\\nb' is unknown\n"
+
+
+def test_the_app_maps_errors_the_same_without_the_console_script(tmp_path: Path) -> None:
+    """A test's CliRunner (or any caller of the typer app) meets the same policy as `factory`."""
+    result = CliRunner().invoke(app, ["query", str(tmp_path)])
+    assert result.exit_code == 2 and "was never committed" in result.output
