@@ -1,6 +1,6 @@
 """Throughput of the ``diffusers``, ``maugen`` and ``fineface`` generators on tiny random-weight models.
 
-Builds the tiny models of ``tests/stages/tiny_models.py`` (64 px, 2 denoising steps,
+Builds the tiny models of ``bench/tiny_models.py`` (64 px, 2 denoising steps,
 classifier-free guidance on) in a temporary folder, loads them through the stages' real
 loading path, and for batch sizes 1, 8 and 32 reports images/s and the share of wall time
 spent inside the UNet (the rest is text encoding, VAE encode/decode, identity encoding,
@@ -73,8 +73,8 @@ def _measure(pipeline: Pipeline, batch: int, repeats: int) -> tuple[float, float
 def main(argv: list[str] | None = None) -> str:
     import torch  # deferred: optional and heavy; the other benchmarks do not need it
 
-    # deferred: test helpers, not shipped
-    from tests.stages.tiny_models import build_tiny_fineface, build_tiny_maugen, build_tiny_sd
+    # deferred: imports diffusers and transformers, as torch above
+    from bench.tiny_models import build_tiny_fineface, build_tiny_maugen, build_tiny_sd
 
     builders = {"diffusers": build_tiny_sd, "maugen": build_tiny_maugen, "fineface": build_tiny_fineface}
 

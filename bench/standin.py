@@ -31,13 +31,12 @@ def standin_image(seed: int, size: int) -> np.ndarray:
     return rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
 
 
-class StandInGenerator(Stage):
+class StandInGenerator(Stage[StandInConfig]):
     name = "bench-standin"
     kind = "generator"
-    config_model = StandInConfig
 
     def process(self, batch: list[Record]) -> list[Record]:
-        cfg: StandInConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         bad = [r["shard"] for r in batch if r["shard"] in cfg.fail_on_shards]
         if bad:
             raise RuntimeError(f"injected failure on shard {bad[0]} (bench-standin fail_on_shards)")

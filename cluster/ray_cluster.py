@@ -6,10 +6,12 @@ import logging
 import os
 from dataclasses import dataclass
 
+from manifests.errors import FailedError
+
 __all__ = ["ClusterError", "ClusterInfo", "connect", "quiet_auth_notice", "shutdown"]
 
 
-class ClusterError(RuntimeError):
+class ClusterError(FailedError, RuntimeError):
     pass
 
 

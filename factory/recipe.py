@@ -33,6 +33,7 @@ from factory.sections import (
     StageSection,
     _Model,
 )
+from manifests.errors import UserError
 from manifests.store import is_url
 from stages import stage_class
 from stages.base import StageConfig, StageError
@@ -52,7 +53,7 @@ __all__ = [
 SKIP = "none"  # stage name that switches an optional stage off
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe that cannot be used. ``str()`` is the one message to show the user."""
 
     def __init__(self, message: str, field: str | None = None) -> None:

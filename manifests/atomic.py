@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests.errors import FailedError
 from manifests.store import is_remote, location, staging_dir, upload
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
 TEMP_SUFFIX = ".tmp"
 
 
-class WriteError(OSError):
+class WriteError(FailedError, OSError):
     """Writing a file failed (disk full, permissions, ...); nothing was committed.
 
     ``errno`` is the errno of the underlying ``OSError``; ``path`` the file being written.

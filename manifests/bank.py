@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from manifests.errors import UserError
 from manifests.vocab import AGE_BANDS, DISFA_AUS, ETHNICITIES, GENDERS
 
 __all__ = [
@@ -50,7 +51,7 @@ NEUTRAL = "neutral"
 _EXPRESSION_ITEM = re.compile(r"^AU(\d+)=([1-5])$")
 
 
-class IdentityBankError(ValueError):
+class IdentityBankError(UserError, ValueError):
     pass
 
 

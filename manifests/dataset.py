@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from manifests.errors import UserError
 from manifests.files import exists
 from manifests.index import index_shards_dir, read_index
 from manifests.layout import RunLayout, shard_paths
@@ -24,7 +25,7 @@ from manifests.store import location
 __all__ = ["DatasetRef", "NotADatasetError", "open_dataset"]
 
 
-class NotADatasetError(FileNotFoundError):
+class NotADatasetError(UserError, FileNotFoundError):
     """The folder holds no committed dataset; the message says what to run."""
 
 

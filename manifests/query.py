@@ -26,6 +26,8 @@ An AU MIFA does not label is an error there, naming the labelled ones. In Python
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,12 +35,14 @@ import duckdb
 import pyarrow as pa
 
 from manifests.dataset import open_dataset
+from manifests.errors import UserError
 from manifests.index import read_index
 from manifests.schema import MANIFEST_SCHEMA
 from manifests.store import register_duckdb
 from manifests.vocab import AU_INDEX, DISFA_AUS, INTENSITY_LEVELS
 
 __all__ = [
+    "QueryError",
     "au_filter",
     "au_occurrence_counts",
     "connect",
@@ -48,6 +52,7 @@ __all__ = [
     "query",
     "sql_string",
     "summary",
+    "user_sql",
     "with_dedup",
 ]
 
@@ -56,6 +61,26 @@ MACROS = (
     # 1-based position of AU n in the label vectors (NULL if MIFA does not label it).
     f"CREATE MACRO au(n) AS list_position({_AU_LIST}, n)",
 )
+
+
+class QueryError(UserError, ValueError):
+    """SQL (or a ``--where``) the user wrote that DuckDB refuses, or an AU shorthand naming an
+    AU MIFA does not label. DuckDB's message points under the faulty word on lines of its own."""
+
+    multiline = True
+
+
+# DuckDB's errors about the SQL itself: syntax, unknown names, types and values that do not fit.
+_SQL_ERRORS = (duckdb.ProgrammingError, duckdb.DataError)
+
+
+@contextmanager
+def user_sql() -> Iterator[None]:
+    """Run SQL that holds a user's query or filter: DuckDB's refusal of it is a :class:`QueryError`."""
+    try:
+        yield
+    except _SQL_ERRORS as exc:
+        raise QueryError(f"query failed: {exc}") from exc
 
 
 def sql_string(text: str) -> str:
@@ -121,7 +146,7 @@ _SHORTHAND_COLUMN = {"occ": "au_occurrence", "int": "au_intensity"}
 
 def _position(au: int) -> int:
     if au not in AU_INDEX:
-        raise ValueError(f"AU {au} is not labelled by MIFA; labelled AUs: {list(DISFA_AUS)}")
+        raise QueryError(f"AU {au} is not labelled by MIFA; labelled AUs: {list(DISFA_AUS)}")
     return AU_INDEX[au] + 1  # DuckDB lists are 1-based
 
 
@@ -143,13 +168,14 @@ def au_filter(au: int, value: int = 1, kind: Literal["occ", "int"] = "occ") -> s
 def query(run_dir: Path, sql: str | None = None, where: str | None = None, include_rejected: bool = False) -> pa.Table:
     """Run ``sql`` (or ``SELECT * FROM samples WHERE {where}``) and return an Arrow table."""
     if sql is not None and where is not None:
-        raise ValueError("pass either sql (a full query) or where (a filter on samples), not both")
+        raise QueryError("pass either sql (a full query) or where (a filter on samples), not both")
     if sql is None:
         sql = "SELECT * FROM samples" + (f" WHERE {where}" if where else "")
     sql = expand_au_shorthand(sql)
     con = connect(run_dir, include_rejected=include_rejected)
     try:
-        return con.sql(sql).to_arrow_table()
+        with user_sql():
+            return con.sql(sql).to_arrow_table()
     finally:
         con.close()
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 from filelock import FileLock, Timeout
 
 from manifests.atomic import write_text_atomic
+from manifests.errors import UserError
 from manifests.files import exists, move
 from manifests.layout import RunLayout
 from manifests.store import open_parquet
@@ -35,7 +36,7 @@ from manifests.verify import VerifyReport
 __all__ = ["RepairError", "RepairResult", "repair"]
 
 
-class RepairError(RuntimeError):
+class RepairError(UserError, RuntimeError):
     """The dataset cannot be repaired in place; the message says what to do instead."""
 
 

@@ -16,6 +16,7 @@ import duckdb
 import pyarrow.compute as pc
 
 from manifests.dataset import DatasetRef, open_dataset
+from manifests.errors import UserError
 from manifests.export.stream import ShardImages
 from manifests.files import exists
 from manifests.layout import RunLayout, shard_paths
@@ -26,7 +27,7 @@ __all__ = ["SampleNotFoundError", "StoredSample", "read_plan_row", "read_sample"
 _PLANNER_KEY = re.compile(r"^(\d{6})_\d+$")
 
 
-class SampleNotFoundError(KeyError):
+class SampleNotFoundError(UserError, KeyError):
     """No sample with that key in the dataset; the message says where it looked."""
 
     def __str__(self) -> str:

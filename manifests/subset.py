@@ -36,6 +36,7 @@ import pyarrow as pa
 from manifests.atomic import atomic_output, write_text_atomic
 from manifests.card import write_card
 from manifests.dataset import DatasetRef, open_dataset
+from manifests.errors import UserError
 from manifests.files import copy_file, exists, is_dir, remove
 from manifests.layout import RunLayout
 from manifests.query import au_filter, connect, expand_au_shorthand, sql_string
@@ -55,7 +56,7 @@ BALANCE_COLUMNS = tuple(
 )
 
 
-class SubsetError(ValueError):
+class SubsetError(UserError, ValueError):
     """Bad selection options or an unusable target folder; the message names the option."""
 
 

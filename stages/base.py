@@ -24,6 +24,8 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origi
 
 from pydantic import BaseModel, ConfigDict
 
+from manifests.errors import FailedError
+
 __all__ = [
     "KINDS",
     "UNDECLARED_LICENCE",
@@ -45,7 +47,7 @@ Kind = Literal["prompt", "generator", "face", "detector", "agreement", "realism"
 KINDS: tuple[str, ...] = get_args(Kind)
 
 
-class StageError(RuntimeError):
+class StageError(FailedError, RuntimeError):
     """A stage cannot run at all (missing model file, missing package, ...).
 
     The message names the file or package and says how to fix it.

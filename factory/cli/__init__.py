@@ -8,11 +8,13 @@ from __future__ import annotations
 import typer
 
 from factory.cli import build, evaluate, export, models, plan, query, report, show, status, subset, verify
+from factory.cli.edge import ErrorEdge
 
 __all__ = ["app"]
 
 app = typer.Typer(
     name="factory",
+    cls=ErrorEdge,
     help="Build MIFA-style datasets: synthetic faces with facial Action Unit labels.\n\n"
     "Typical use: `factory doctor recipes/demo.toml`, `factory plan recipes/demo.toml`, "
     "`factory build recipes/demo.toml`, `factory status runs/demo`, `factory eval runs/demo`.",

@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from factory.cli.common import OutOpt, RecipeArg, RunArg, SeedOpt, TargetOpt, fail, load, out
-from factory.engine.rundir import RunError, open_run
-from factory.recipe import Recipe, RecipeError, recipe_from_dict
+from factory.cli.common import OutOpt, RecipeArg, RunArg, SeedOpt, TargetOpt, load, out
+from factory.engine.rundir import open_run
+from factory.recipe import Recipe, recipe_from_dict
+from manifests.errors import FailedError
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a live bar (CI).")]
 LocalGpusOpt = Annotated[
@@ -42,11 +43,8 @@ def build(
 
 def retry(run_dir: RunArg, quiet: QuietOpt = False, local_gpus: LocalGpusOpt = None) -> None:
     """Rerun the failed shards of a build (with its recorded recipe) and re-index."""
-    try:
-        run, info = open_run(run_dir)
-        r = recipe_from_dict(info["recipe"], source=str(run.run_json))
-    except (RunError, RecipeError) as exc:
-        fail(str(exc), code=2)
+    run, info = open_run(run_dir)
+    r = recipe_from_dict(info["recipe"], source=str(run.run_json))
     _run_build(r, local_gpus=local_gpus, quiet=quiet, retry_failed=True)
 
 
@@ -54,7 +52,7 @@ def _run_build(r: Recipe, *, local_gpus: int | None, quiet: bool, retry_failed: 
     from factory.engine.build import build as run_build  # deferred: imports ray (~0.5 s)
 
     # Its errors (a bad --out, a failed build, a full disk...) reach the CLI's error edge,
-    # which prints one line and exits 2 for input to fix, 1 for a failed build.
+    # which prints them and exits 2 for input to fix, 1 for a failed build.
     summary = run_build(r, local_gpus=local_gpus, quiet=quiet, retry_failed=retry_failed)
     out.print(
         f"[bold green]dataset[/] {summary.run_dir}: {summary.accepted} accepted of "
@@ -66,7 +64,7 @@ def _run_build(r: Recipe, *, local_gpus: int | None, quiet: bool, retry_failed: 
     if summary.surplus_shards:
         out.print(f"surplus shards kept aside (not indexed): {summary.surplus_shards}")
     if summary.failed_shards:
-        fail(
+        raise FailedError(
             f"{len(summary.failed_shards)} shard(s) failed and were skipped: {sorted(summary.failed_shards)}; "
             f"see {summary.run_dir}/failed/ and run `factory retry {summary.run_dir}`"
         )

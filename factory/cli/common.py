@@ -1,19 +1,19 @@
-"""What every command of the CLI shares: consoles, argument types, the one-line error exit."""
+"""What every command of the CLI shares: consoles, argument types, how an error is printed."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from factory.recipe import Recipe, RecipeError, load_recipe
+from factory.recipe import Recipe, load_recipe
 from manifests.store import check_url, is_url, location
 
-__all__ = ["OutOpt", "RecipeArg", "RunArg", "SeedOpt", "TargetOpt", "err", "fail", "load", "out", "print_error"]
+__all__ = ["OutOpt", "RecipeArg", "RunArg", "SeedOpt", "TargetOpt", "err", "load", "out", "print_error"]
 
 # Wide tables in logs and CI (a pipe has no terminal width to follow).
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -48,22 +48,14 @@ OutOpt = Annotated[
 def print_error(message: str, *, lines: bool = False) -> None:
     """The error on stderr, on one line: a line break or control character that a user's input
     carried (a field name, a path) is spelled out, and nothing is read as rich markup;
-    ``lines`` keeps the lines of a report (a failed build lists its failures by cause)."""
+    ``lines`` keeps the line breaks of a report the factory composed (a failed build's causes,
+    DuckDB's pointer under a query), each line spelled out the same way."""
     safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    if not lines:
-        safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in safe)
+    parts = safe.split("\n") if lines else [safe]
+    safe = "\n".join("".join(c if c.isprintable() else repr(c)[1:-1] for c in part) for part in parts)
     err.print(f"[bold red]error:[/] {escape(safe)}", highlight=False, soft_wrap=True)
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one error line (no traceback) and exit with ``code`` (2: bad input)."""
-    print_error(message)
-    raise typer.Exit(code)
-
-
 def load(recipe: Path, **overrides: Any) -> Recipe:
-    """The validated recipe with CLI overrides, or exit 2 naming the field."""
-    try:
-        return load_recipe(recipe, **{k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()})
-    except RecipeError as exc:
-        fail(str(exc), code=2)
+    """The validated recipe with CLI overrides (a ``RecipeError`` names the field)."""
+    return load_recipe(recipe, **{k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()})

@@ -3,10 +3,12 @@
 Whatever a user controls (recipe content and encoding, arguments, paths, permissions, a full
 disk, a bad checkpoint, a dead endpoint) ends in one line on stderr and an exit code, never
 a Python traceback: 2 for input the user can fix, 1 for a build or command that failed, 130
-for Ctrl-C. Click's own usage errors (a bad option value, a missing argument) are printed on
-one line too. Anything unexpected is a bug: one line says so and names the file its full
-traceback was saved to (``$MIFA_CRASH_DIR``, else ``~/.cache/mifa-factory/crashes``, else
-the temp folder).
+for Ctrl-C. This module alone maps errors to those codes: the library raises a
+:class:`manifests.errors.UserError` (exit 2) or :class:`~manifests.errors.FailedError` (exit 1)
+where it knows the fault, and the commands catch nothing. Click's own usage errors (a bad
+option value, a missing argument) are printed on one line too. Anything else is a bug: one
+line says so and names the file its full traceback was saved to (``$MIFA_CRASH_DIR``, else
+``~/.cache/mifa-factory/crashes``, else the temp folder).
 """
 
 from __future__ import annotations
@@ -18,35 +20,19 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
-from cluster.ray_cluster import ClusterError
-from factory.cli import app
 from factory.cli.common import print_error
-from factory.commands.calibrate import CalibrationError
-from factory.commands.identities import BankIndexError
-from factory.engine.rundir import RunError
-from factory.engine.scheduler import BuildError
-from factory.recipe import RecipeError
-from manifests.atomic import WriteError
-from manifests.bank import IdentityBankError
-from stages.base import StageError
-from stages.realism.train import TrainError
+from manifests.errors import FailedError, UserError
 
-__all__ = ["BAD_INPUT", "FAILED", "crash_dir", "main", "run"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED", "ErrorEdge", "crash_dir", "exit_code", "main", "run"]
 
-# Errors whose message already names the field or file and the fix.
-BAD_INPUT: tuple[type[BaseException], ...] = (
-    RecipeError,
-    RunError,
-    IdentityBankError,
-    CalibrationError,
-    BankIndexError,
-    TrainError,
-)
-FAILED: tuple[type[BaseException], ...] = (BuildError, ClusterError, StageError, WriteError)
+EXIT_BAD_INPUT = 2  # input the user can fix: a recipe field, an option, a path
+EXIT_FAILED = 1  # a build or check that ran and failed; also a bug (its traceback saved)
+EXIT_INTERRUPTED = 130  # Ctrl-C
 # OSErrors about a path the user gave (missing, unreadable, a folder where a file should be, ...).
 _PATH_ERRNOS = {
     errno.ENOENT,
@@ -64,6 +50,18 @@ _PATH_ERRNOS = {
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
+class ErrorEdge(TyperGroup):
+    """The app's command group: a known error that a command raises ends here in its message and
+    exit code, however the command line is called (the console script, ``python -m factory.cli``,
+    a test's ``CliRunner``); anything else goes on to :func:`run`, which saves its traceback."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise typer.Exit(_error(str(exc), exit_code(exc), lines=exc.multiline)) from None
+
+
 def main() -> NoReturn:
     """The `factory` console script."""
     sys.exit(run(sys.argv[1:]))
@@ -71,13 +69,15 @@ def main() -> NoReturn:
 
 def run(argv: list[str]) -> int:
     """Run the command line on ``argv``; returns the exit code."""
+    from factory.cli import app  # deferred: factory.cli builds its app with this module's ErrorEdge
+
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="factory", standalone_mode=False)
     except typer.TyperException as exc:  # typer's (vendored click's) usage and parameter errors
         return _usage_error(exc)
     except (typer.Abort, KeyboardInterrupt):
-        return _error("interrupted", 130)
+        return _error("interrupted", EXIT_INTERRUPTED)
     except BaseException as exc:  # this is the edge: nothing passes it as a traceback
         return _known(exc, argv)
     return code if isinstance(code, int) else 0
@@ -89,30 +89,36 @@ def _usage_error(exc: typer.TyperException) -> int:
     # this error apart by name: the class is not public).
     if type(exc).__name__ == "NoArgsIsHelpError":
         typer.echo(exc.format_message(), err=True)
-        return 2
+        return EXIT_BAD_INPUT
     hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
     return _error(f"{exc.format_message()}{hint}", exc.exit_code)
 
 
 def _known(exc: BaseException, argv: list[str]) -> int:
     if isinstance(exc, SystemExit):
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else _error(str(exc.code), 1))
-    if isinstance(exc, BAD_INPUT):
-        return _error(str(exc), 2)
-    if isinstance(exc, FAILED):
-        return _error(str(exc), 1, lines=isinstance(exc, BuildError))
+        return (
+            exc.code if isinstance(exc.code, int) else (0 if exc.code is None else _error(str(exc.code), EXIT_FAILED))
+        )
     if isinstance(exc, BrokenPipeError):  # `factory query ... | head`
         return 0
     if isinstance(exc, OSError) and exc.errno in _PATH_ERRNOS and exc.filename is not None:
-        return _error(f"{exc.filename}: {exc.strerror}; check the path you gave", 2)
+        return _error(f"{exc.filename}: {exc.strerror}; check the path you gave", EXIT_BAD_INPUT)
     if isinstance(exc, _PATH_ERRORS) and exc.errno is None:  # raised by our code, its message names the path
-        return _error(str(exc), 2)
+        return _error(str(exc), EXIT_BAD_INPUT)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return _error(f"{exc.filename or 'a file'}: no space left on device; free space and run the command again", 1)
+        full = exc.filename or "a file"
+        return _error(f"{full}: no space left on device; free space and run the command again", EXIT_FAILED)
     saved = _save_traceback(exc, argv)
     where = f"the full traceback is in {saved}" if saved else "the traceback could not be saved"
     name = type(exc).__name__
-    return _error(f"unexpected {name}: {exc} (a bug in the factory; {where}; please report it with that file)", 1)
+    return _error(
+        f"unexpected {name}: {exc} (a bug in the factory; {where}; please report it with that file)", EXIT_FAILED
+    )
+
+
+def exit_code(exc: UserError) -> int:
+    """The exit code of a known error: 1 for a build or check that failed, 2 for bad input."""
+    return EXIT_FAILED if isinstance(exc, FailedError) else EXIT_BAD_INPUT
 
 
 def _error(message: str, code: int, *, lines: bool = False) -> int:

@@ -7,12 +7,10 @@ from typing import Annotated
 
 import typer
 
-from factory.cli.common import RecipeArg, RunArg, SeedOpt, err, fail, load, out
-from factory.commands.calibrate import CalibrationError, calibrate_offline_detectors, parse_shards
+from factory.cli.common import RecipeArg, RunArg, SeedOpt, err, load, out
+from factory.commands.calibrate import calibrate_offline_detectors, parse_shards
 from factory.commands.evaluate import evaluate as run_eval
 from factory.commands.evaluate import print_report
-from manifests.bank import IdentityBankError
-from stages.base import StageError
 
 
 def evaluate(
@@ -39,16 +37,11 @@ def calibrate(
     """Refit the offline AU detectors' calibration on exact warp renders; score it on held-out shards."""
 
     r = load(recipe, seed=seed, shard_size=shard_size)
-    try:
-        report = calibrate_offline_detectors(
-            r,
-            fit_shards=parse_shards(fit_shards),
-            test_shards=parse_shards(test_shards),
-            out_dir=out_dir,
-            log=lambda line: err.print(line, highlight=False),
-        )
-    except (CalibrationError, IdentityBankError) as exc:
-        fail(str(exc), code=2)
-    except StageError as exc:
-        fail(str(exc))
+    report = calibrate_offline_detectors(
+        r,
+        fit_shards=parse_shards(fit_shards),
+        test_shards=parse_shards(test_shards),
+        out_dir=out_dir,
+        log=lambda line: err.print(line, highlight=False),
+    )
     out.print(report.to_markdown(), highlight=False)

@@ -7,24 +7,21 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-import duckdb
 import typer
 
-from factory.cli.common import RunArg, fail, out
+from factory.cli.common import RunArg, out
 from factory.commands.bank import export_identity_bank
 from factory.commands.export import FORMATS, ExportError, run_export
-from factory.commands.identities import BankIndexError
-from manifests.dataset import NotADatasetError
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
 def parse_size(text: str) -> int:
-    """``"1GB"`` -> 10**9, ``"512MiB"`` -> 512 * 2**20; ``ValueError`` naming the option."""
+    """``"1GB"`` -> 10**9, ``"512MiB"`` -> 512 * 2**20; an ``ExportError`` naming the option."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
-        raise ValueError(f"--shard-bytes {text!r}: write a size such as 1GB, 500MB or 512MiB")
+        raise ExportError(f"--shard-bytes {text!r}: write a size such as 1GB, 500MB or 512MiB")
     return int(float(match.group(1)) * _UNITS[unit])
 
 
@@ -53,35 +50,25 @@ def export(
     if fmt == "identity-bank":
         _export_bank(run_dir, dest, where, limit, overwrite)
         return
-    try:
-        options = {"aus": aus, "list_name": list_name} if fmt == "graphau" else {}
-        result = run_export(
-            run_dir,
-            dest,
-            quiet=quiet,
-            format=fmt,
-            where=where,
-            limit=limit,
-            shard_size=shard_size,
-            shard_bytes=parse_size(shard_bytes) if shard_bytes else None,
-            name=name,
-            format_options=options,
-            overwrite=overwrite,
-        )
-    except (ExportError, NotADatasetError, ValueError, duckdb.Error) as exc:
-        fail(str(exc), code=2)
-    except OSError as exc:
-        fail(str(exc))
+    options = {"aus": aus, "list_name": list_name} if fmt == "graphau" else {}
+    result = run_export(
+        run_dir,
+        dest,
+        quiet=quiet,
+        format=fmt,
+        where=where,
+        limit=limit,
+        shard_size=shard_size,
+        shard_bytes=parse_size(shard_bytes) if shard_bytes else None,
+        name=name,
+        format_options=options,
+        overwrite=overwrite,
+    )
     out.print_json(json.dumps(result, default=str))
 
 
 def _export_bank(run_dir: Path, dest: Path, where: str | None, limit: int | None, overwrite: bool) -> None:
-    try:
-        bank = export_identity_bank(run_dir, dest, where=where, limit=limit, overwrite=overwrite)
-    except (ExportError, NotADatasetError, ValueError, BankIndexError, duckdb.Error) as exc:
-        fail(str(exc), code=2)
-    except OSError as exc:
-        fail(str(exc))
+    bank = export_identity_bank(run_dir, dest, where=where, limit=limit, overwrite=overwrite)
     for line in bank.balance_lines():
         out.print(line, highlight=False)
     out.print(bank.index.summary(), highlight=False)

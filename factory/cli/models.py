@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from factory.cli.common import fail, out
-from factory.commands.identities import BankIndexError, index_bank
+from factory.cli.common import out
+from factory.commands.identities import index_bank
 from factory.commands.models import catalogue, local_state, pull
-from stages.realism.train import TrainError
+from manifests.errors import FailedError
 from stages.realism.train import train_realism as run_train
 
 
@@ -42,10 +42,7 @@ def models_pull(
     what to fetch by hand when offline."""
 
     for name in names:
-        try:
-            path = pull(name, dest, url=revision if revision and entry_is_hub(name) else None)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            fail(str(exc).strip("'\""))
+        path = pull(name, dest, url=revision if revision and entry_is_hub(name) else None)
         out.print(f"saved {path}")
 
 
@@ -62,13 +59,10 @@ def identities_index(
 ) -> None:
     """Detect, align and embed every identity once; cache embeddings in the bank folder."""
 
-    try:
-        report = index_bank(bank_dir, embedder=embedder, arcface_onnx=arcface_onnx)
-    except BankIndexError as exc:
-        fail(str(exc), code=2)
+    report = index_bank(bank_dir, embedder=embedder, arcface_onnx=arcface_onnx)
     out.print(report.summary())
     if report.failed:
-        fail(
+        raise FailedError(
             f"{len(report.failed)} identit{'y' if len(report.failed) == 1 else 'ies'} unusable (listed above); "
             "fix or remove them from identities.csv"
         )
@@ -89,18 +83,15 @@ def train_realism(
 ) -> None:
     """Train the learned realism discriminator (GPU if present, CPU otherwise); reports held-out accuracy."""
 
-    try:
-        report = run_train(
-            real,
-            fake,
-            out_path,
-            arch=arch,
-            epochs=epochs,
-            val_fraction=val_fraction,
-            seed=seed,
-            pretrained=pretrained,
-            input_size=input_size,
-        )
-    except TrainError as exc:
-        fail(str(exc), code=2)
+    report = run_train(
+        real,
+        fake,
+        out_path,
+        arch=arch,
+        epochs=epochs,
+        val_fraction=val_fraction,
+        seed=seed,
+        pretrained=pretrained,
+        input_size=input_size,
+    )
     out.print_json(json.dumps(report.to_dict(), default=str))

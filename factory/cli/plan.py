@@ -8,14 +8,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from factory.cli.common import RecipeArg, SeedOpt, fail, load, out
+from factory.cli.common import RecipeArg, SeedOpt, load, out
 from factory.commands.coverage import bank_coverage
-from factory.commands.estimate import EstimateError, estimate, measure_batch_seconds
+from factory.commands.estimate import estimate, measure_batch_seconds
 from factory.plan import PlanStats, plan_statistics
-from factory.recipe import Recipe, RecipeError
-from manifests.bank import IdentityBankError, IdentityRecord, open_bank
+from factory.recipe import Recipe
+from manifests.bank import IdentityRecord, open_bank
 from manifests.vocab import DISFA_AUS
-from stages.base import StageError
 
 
 def plan(
@@ -50,11 +49,8 @@ def plan(
     Nothing is written; `factory build` writes each shard's plan before running it.
     """
     r = load(recipe, target=target, seed=seed)
-    try:
-        identities, note = _bank_identities(r)
-        stats = plan_statistics(r, r.dataset.target, identities)
-    except (RecipeError, IdentityBankError) as exc:
-        fail(str(exc), code=2)
+    identities, note = _bank_identities(r)
+    stats = plan_statistics(r, r.dataset.target, identities)
     _print_stats(r, stats)
     if note:
         out.print(f"[bold]identity bank[/]: {note}")
@@ -81,14 +77,11 @@ def _bank_identities(r: Recipe) -> tuple[list[IdentityRecord] | None, str | None
 def _print_estimate(
     r: Recipe, gpus: int | None, batch_seconds: float | None, acceptance: float | None, measure: bool
 ) -> None:
-    try:
-        measured = measure_batch_seconds(r) if measure and batch_seconds is None else None
-        result = estimate(
-            r, workers=gpus, batch_seconds=batch_seconds, acceptance=acceptance,
-            run_dir=Path(r.dataset.out), measured=measured,
-        )  # fmt: skip
-    except (EstimateError, StageError, IdentityBankError) as exc:
-        fail(str(exc), code=2)
+    measured = measure_batch_seconds(r) if measure and batch_seconds is None else None
+    result = estimate(
+        r, workers=gpus, batch_seconds=batch_seconds, acceptance=acceptance,
+        run_dir=Path(r.dataset.out), measured=measured,
+    )  # fmt: skip
     for line in result.lines():
         out.print(f"[bold]estimate[/] {line}")
 

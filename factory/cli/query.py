@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from factory.cli.common import RunArg, fail, out
+from factory.cli.common import RunArg, out
 from manifests.query import query as run_query
 
 
@@ -24,10 +24,7 @@ def query(
 ) -> None:
     """Query a built dataset's labels with SQL (DuckDB over the Parquet manifests)."""
 
-    try:
-        table = run_query(run_dir, sql=sql, where=where, include_rejected=include_rejected)
-    except Exception as exc:  # DuckDB and IO errors carry the useful message
-        fail(f"query failed: {exc}", code=2)
+    table = run_query(run_dir, sql=sql, where=where, include_rejected=include_rejected)
     shown = Table(show_lines=False)
     for name in table.column_names:
         shown.add_column(name, overflow="ellipsis", max_width=40)

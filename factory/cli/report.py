@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import duckdb
 import typer
 
-from factory.cli.common import RunArg, fail, out
-from manifests.dataset import NotADatasetError
+from factory.cli.common import RunArg, out
+from manifests.errors import UserError
 
 
 def report(
@@ -24,9 +23,8 @@ def report(
     try:
         from factory.commands.report import build_report  # deferred: matplotlib (~0.4 s), only this command draws
     except ImportError as exc:
-        fail(f"factory report needs {exc.name}; install it with: pip install 'mifa-factory[report]'", code=2)
-    try:
-        path = build_report(run_dir, out_file, per_emotion=per_emotion)
-    except (NotADatasetError, ValueError, duckdb.Error) as exc:
-        fail(str(exc), code=2)
+        raise UserError(
+            f"factory report needs {exc.name}", fix="install it with: pip install 'mifa-factory[report]'"
+        ) from exc
+    path = build_report(run_dir, out_file, per_emotion=per_emotion)
     out.print(f"[bold green]report[/] {path}")

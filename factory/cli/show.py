@@ -9,15 +9,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from factory.cli.common import RunArg, fail, out
+from factory.cli.common import RunArg, out
 from factory.commands.show import Regeneration, regenerate, show_sample
-from factory.engine.rundir import RunError
-from factory.recipe import RecipeError
-from manifests.dataset import NotADatasetError
-from manifests.sample import SampleNotFoundError, StoredSample
+from manifests.sample import StoredSample
 from manifests.schema import SCORE_KEYS
 from manifests.vocab import AU_INFO, DISFA_AUS
-from stages.base import StageError
 
 
 def _cell(values: Any, i: int) -> str:
@@ -99,15 +95,10 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """One sample: image, labels, planned vector, description, every detector's votes, scores and drop reason."""
-    try:
-        if regenerate_it:
-            sample, result = regenerate(run_dir, key)
-        else:
-            sample, result = show_sample(run_dir, key), None
-    except (SampleNotFoundError, NotADatasetError, RunError, RecipeError, ValueError) as exc:
-        fail(str(exc), code=2)
-    except StageError as exc:
-        fail(str(exc))
+    if regenerate_it:
+        sample, result = regenerate(run_dir, key)
+    else:
+        sample, result = show_sample(run_dir, key), None
     if image is not None and sample.image is not None:
         image.write_bytes(sample.image)
     if as_json:

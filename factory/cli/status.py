@@ -9,10 +9,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from factory.cli.common import RunArg, fail, load, out
+from factory.cli.common import RunArg, load, out
 from factory.commands.doctor import run_checks
 from factory.commands.status import run_status
-from factory.engine.rundir import RunError
 
 
 def status(
@@ -22,10 +21,7 @@ def status(
 ) -> None:
     """Show planned / running / done / failed shards and accepted counts of a build."""
 
-    try:
-        s = run_status(run_dir, verify=verify)
-    except RunError as exc:
-        fail(str(exc), code=2)
+    s = run_status(run_dir, verify=verify)
     if as_json:
         out.print_json(json.dumps(s, default=str))
     else:

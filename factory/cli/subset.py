@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import duckdb
 import typer
 
-from factory.cli.common import RunArg, fail, out
-from factory.commands.subset import SubsetError, run_filter
-from manifests.dataset import NotADatasetError
+from factory.cli.common import RunArg, out
+from factory.commands.subset import run_filter
 
 
 def filter_subset(
@@ -39,22 +37,19 @@ def filter_subset(
 
     The subset is a dataset of its own for `query`, `report`, `eval`, `export`, `show` and `verify`.
     """
-    try:
-        index = run_filter(
-            run_dir,
-            subset,
-            where=where,
-            consensus=consensus,
-            min_intensity=min_intensity,
-            emotions=emotion,
-            accepted_only=accepted_only,
-            balance=balance,
-            limit=limit,
-            seed=seed,
-            overwrite=overwrite,
-        )
-    except (SubsetError, NotADatasetError, duckdb.Error, ValueError) as exc:
-        fail(str(exc), code=2)
+    index = run_filter(
+        run_dir,
+        subset,
+        where=where,
+        consensus=consensus,
+        min_intensity=min_intensity,
+        emotions=emotion,
+        accepted_only=accepted_only,
+        balance=balance,
+        limit=limit,
+        seed=seed,
+        overwrite=overwrite,
+    )
     out.print(
         f"[bold green]subset[/] {subset}: {index['samples']} samples ({index['accepted']} accepted) "
         f"from {len(index['shards'])} shards of {index['subset']['source']}",

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from factory.cli.common import RunArg, fail, out
-from factory.commands.verify import RepairError, run_verify, summary_lines
+from factory.cli.common import RunArg, out
+from factory.commands.verify import run_verify, summary_lines
+from manifests.errors import UserError
 
 
 def verify(
@@ -24,11 +25,10 @@ def verify(
     Exits 1 when anything is wrong (also after a repair: the dataset is whole again only once rebuilt).
     """
     if not run_dir.exists():
-        fail(f"{run_dir} does not exist; pass a dataset folder (a build's --out, an export or a subset)", code=2)
-    try:
-        report, result = run_verify(run_dir, fix=repair)
-    except RepairError as exc:
-        fail(str(exc), code=2)
+        raise UserError(
+            f"{run_dir} does not exist", fix="pass a dataset folder (a build's --out, an export or a subset)"
+        )
+    report, result = run_verify(run_dir, fix=repair)
     if as_json:
         out.print_json(json.dumps({**report.to_dict(), "repair": result.to_dict() if result else None}))
     else:

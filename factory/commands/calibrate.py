@@ -57,6 +57,7 @@ from factory.engine.pipeline import make_context, recipe_pipeline
 from factory.plan import Planner
 from factory.recipe import Recipe
 from manifests.atomic import write_bytes_atomic
+from manifests.errors import UserError
 from manifests.vocab import DISFA_AUS
 from stages import stage_class
 from stages.agreement import AgreementConfig, consensus
@@ -83,7 +84,7 @@ MIN_FIT_SAMPLES = len(DISFA_AUS)
 _MEASURES = (("geometric", "features", "no landmarks"), ("appearance", "deltas", "abstained"))
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UserError, ValueError):
     """Calibration cannot run with these inputs; ``str()`` says what to change."""
 
 

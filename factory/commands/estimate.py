@@ -27,12 +27,13 @@ from factory.engine.rundir import RunError, open_run
 from factory.plan import plan_shard
 from factory.recipe import Recipe
 from manifests.bank import open_bank
+from manifests.errors import UserError
 from manifests.writer import read_stats
 
 __all__ = ["Estimate", "EstimateError", "estimate", "measure_batch_seconds", "run_rates"]
 
 
-class EstimateError(ValueError):
+class EstimateError(UserError, ValueError):
     """An estimate cannot be made; the message says which input to give."""
 
 

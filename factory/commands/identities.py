@@ -35,6 +35,8 @@ import pyarrow.parquet as pq
 
 from manifests.atomic import write_parquet_atomic
 from manifests.bank import NEUTRAL, IdentityBankError, format_expression, open_bank
+from manifests.errors import UserError
+from manifests.files import file_sha256
 from stages.detectors.population import own_expression
 from stages.faces.embedding import Embedder, EmbedderError, arcface_embedder, arcface_file_problem, dlib_embedder
 from stages.faces.exemplar import ExemplarError, IdentityStatus, decode_image, exemplar_face, exemplar_warnings
@@ -53,7 +55,7 @@ EMBEDDINGS_FILE = "embeddings.parquet"
 EMBEDDERS = ("dlib", "arcface")
 
 
-class BankIndexError(RuntimeError):
+class BankIndexError(UserError, RuntimeError):
     """The bank cannot be indexed at all (bad folder, missing ArcFace model, ...)."""
 
 
@@ -117,14 +119,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _embedder(name: str, arcface_onnx: Path | None) -> Embedder:
     if name == "dlib" or arcface_onnx is None:
         return dlib_embedder()
@@ -173,7 +167,7 @@ def _model_sha256(embedder: str, arcface_onnx: Path | None) -> str | None:
     problem = arcface_file_problem(arcface_onnx)
     if problem:
         raise BankIndexError(problem)
-    return _file_sha256(arcface_onnx)
+    return file_sha256(arcface_onnx)
 
 
 def _computed_row(

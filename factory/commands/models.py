@@ -20,7 +20,6 @@ to put it. Google-Drive-hosted files (OpenGraphAU) often need a browser; the err
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,18 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from manifests.errors import ReportError, UserError
+from manifests.files import file_sha256
 from stages.catalogue import ModelEntry, catalogue, entry, local_path, models_dir, search_dirs
 
 __all__ = [
     "PULL_RECORD",
     "LocalState",
     "PullError",
+    "UnknownModelError",
     "catalogue",
     "entry",
     "local_path",
     "local_state",
     "pull",
-    "sha256_file",
 ]
 
 _HASH_RECORD = ".sha256.json"
@@ -51,16 +52,12 @@ PULL_RECORD = ".mifa-pull.json"
 _CHUNK = 1 << 20
 
 
-class PullError(RuntimeError):
+class PullError(ReportError, RuntimeError):
     """A model could not be fetched or verified; the message says what to do instead."""
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+class UnknownModelError(UserError, KeyError):
+    """A model name the catalogue does not know; the message lists the known ones."""
 
 
 def _recorded(dest: Path) -> dict[str, str]:
@@ -105,7 +102,7 @@ def _download(url: str, out: Path, timeout: float) -> None:
 
 
 def _verify(item: ModelEntry, path: Path, expected: str | None, dest: Path, label: str) -> str:
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     pinned = expected or _recorded(dest).get(label)
     if pinned is not None and digest != pinned:
         source = "catalogue" if expected else f"first download recorded in {dest / _HASH_RECORD}"
@@ -124,7 +121,10 @@ def pull(name: str, dest: Path | None = None, *, timeout: float = 60.0, url: str
     hub entry, a revision). Raises :class:`PullError` with manual instructions when the source
     is unreachable, and on any checksum mismatch.
     """
-    item = entry(name)
+    try:
+        item = entry(name)
+    except KeyError as exc:  # its message lists the known names
+        raise UnknownModelError(exc.args[0], fix="see `factory models list`") from None
     dest = Path(dest or models_dir())
     dest.mkdir(parents=True, exist_ok=True)
     if item.is_hub:

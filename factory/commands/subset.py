@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from manifests.query import user_sql
 from manifests.subset import Selection, SubsetError, make_subset, parse_min_intensity
 
 __all__ = ["SubsetError", "run_filter"]
@@ -35,4 +36,5 @@ def run_filter(
         limit=limit,
         seed=seed,
     )
-    return make_subset(source, dest, selection, overwrite=overwrite)
+    with user_sql():  # the selection's SQL holds the user's --where
+        return make_subset(source, dest, selection, overwrite=overwrite)

@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 
 from factory.recipe import Recipe
 from manifests.atomic import TEMP_SUFFIX, clean_temps, write_parquet_atomic, write_text_atomic
+from manifests.errors import UserError
 from manifests.layout import RunLayout
 from manifests.store import abort_partial_uploads, is_remote, read_table
 from manifests.writer import is_done, read_stats
@@ -44,7 +45,7 @@ __all__ = [
 RESUMABLE_FIELDS = ("dataset.target", "dataset.out", "engine.")
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """The run directory refuses the operation; the message says why and what to do."""
 
 

@@ -19,11 +19,12 @@ from typing import Any, NoReturn
 from factory.engine.failures import Cause, FailureKind, FailureLog, failure_report
 from factory.engine.rundir import RunDir
 from factory.recipe import Recipe
+from manifests.errors import ReportError
 
 __all__ = ["BuildError", "Scheduler", "drop_reason_summary", "prefix"]
 
 
-class BuildError(RuntimeError):
+class BuildError(ReportError, RuntimeError):
     """The build cannot go on; the message says why and what to do."""
 
 

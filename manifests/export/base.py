@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from manifests.errors import UserError
 from manifests.layout import ExportLayout, safe_component
 from manifests.store import location
 
 __all__ = ["ExportError", "ExportOptions", "Exporter", "Sample"]
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """Bad export options or an unusable target folder; the message names the option or file."""
 
 

@@ -28,7 +28,7 @@ from manifests.export.base import Exporter, ExportError, ExportOptions, Sample
 from manifests.export.stream import count_sql, iter_samples, shard_batches, unlabelled_sql
 from manifests.files import exists, is_dir, make_dir, remove_tree
 from manifests.layout import ExportLayout
-from manifests.query import connect, sql_string
+from manifests.query import connect, sql_string, user_sql
 from manifests.records import json_default
 from manifests.store import absolute, is_inside, is_remote, location
 
@@ -184,7 +184,8 @@ def run_export(
     progress = progress or _no_progress
     con = connect(run_dir, memory_limit=DUCKDB_MEMORY)
     try:
-        (selected,) = con.execute(count_sql(options)).fetchall()[0]  # a bad --where fails before out is touched
+        with user_sql():  # a bad --where fails before out is touched
+            (selected,) = con.execute(count_sql(options)).fetchall()[0]
         total = selected if options.limit is None else min(selected, options.limit)
         _check_required(con, exporter_cls, options)
         job = _job(dataset, options)

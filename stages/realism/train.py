@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from manifests.errors import UserError
 from stages.nets.checkpoint import state_dict_mismatch
 from stages.realism.learned import ARCHS, build_classifier, realism_batch
 
@@ -32,7 +33,7 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
-class TrainError(ValueError):
+class TrainError(UserError, ValueError):
     """Training cannot start (missing folder, too few images, bad weights file)."""
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from factory.commands import models
 from factory.commands.models import PullError
+from manifests.files import file_sha256
 from stages import catalogue
 from stages.catalogue import ModelEntry
 
@@ -104,7 +105,7 @@ def test_unpinned_hash_is_recorded_then_enforced(
     dest = tmp_path / "m"
     path = models.pull("t-tofu", dest)
     recorded = models._recorded(dest)
-    assert recorded["weights.bin"] == models.sha256_file(path)
+    assert recorded["weights.bin"] == file_sha256(path)
     # A later pull of a changed upstream file is refused.
     path.unlink()
     (root / "weights.bin").write_bytes(b"weights v2")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from bench.tiny_models import build_tiny_fineface
 from factory.cli import app
 from factory.commands import estimate as estimate_module
 from factory.commands.doctor import run_checks
@@ -20,7 +21,6 @@ from stages.catalogue import entry
 from stages.detectors.opengraphau.model import ARCHS, build_mefarg
 from tests.stages.detectors.test_opengraphau import TINY as TINY_OPENGRAPHAU
 from tests.stages.faces.tiny_scrfd import export_tiny_scrfd
-from tests.stages.tiny_models import build_tiny_fineface
 
 REPO = Path(__file__).resolve().parents[2]
 

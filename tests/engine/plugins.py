@@ -6,23 +6,22 @@ import os
 import time
 from pathlib import Path
 
-from stages.base import Record, Stage, StageConfig, drop
+from stages.base import Record, Stage, StageConfig, StageError, drop
 
 
 class DropAllConfig(StageConfig):
     reason: str = "test filter drops everything"
 
 
-class DropAll(Stage):
+class DropAll(Stage[DropAllConfig]):
     """A filter that rejects every sample (drives the acceptance-floor stop)."""
 
     name = "drop-all"
     kind = "filter"
-    config_model = DropAllConfig
 
     def process(self, batch: list[Record]) -> list[Record]:
         for r in batch:
-            drop(r, self.name, self.config.reason)  # type: ignore[attr-defined]
+            drop(r, self.name, self.config.reason)
         return batch
 
 
@@ -31,15 +30,14 @@ class DieOnceConfig(StageConfig):
     marker_dir: str = "/tmp"
 
 
-class DieOnce(Stage):
+class DieOnce(Stage[DieOnceConfig]):
     """Kills its worker process the first time it sees ``shard`` (a marker file remembers)."""
 
     name = "die-once"
     kind = "filter"
-    config_model = DieOnceConfig
 
     def process(self, batch: list[Record]) -> list[Record]:
-        cfg: DieOnceConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         marker = Path(cfg.marker_dir) / f"died-on-{cfg.shard}"
         if any(r["shard"] == cfg.shard for r in batch) and not marker.exists():
             marker.write_text(str(os.getpid()))
@@ -54,8 +52,6 @@ class MissingCheckpoint(Stage):
     kind = "detector"
 
     def setup(self) -> None:
-        from stages.base import StageError
-
         raise StageError("checkpoint /nowhere/model.pth does not exist; run `factory models pull x`")
 
     def process(self, batch: list[Record]) -> list[Record]:

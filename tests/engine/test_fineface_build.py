@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from bench.tiny_models import build_tiny_fineface
 from factory.commands.status import run_status
 from factory.engine.build import build
 from factory.recipe import recipe_from_dict
 from tests.engine.conftest import standin_doc
-from tests.stages.tiny_models import build_tiny_fineface
 
 pytestmark = pytest.mark.ray
 

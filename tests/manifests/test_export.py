@@ -15,7 +15,7 @@ import webdataset as wds
 from manifests.export import Exporter, ExportError, Sample, export
 from manifests.index import write_index
 from manifests.layout import shard_paths
-from manifests.query import query
+from manifests.query import QueryError, query
 from manifests.verify import verify
 from manifests.vocab import DISFA_AUS
 from tests.manifests import write_shard
@@ -266,8 +266,9 @@ def test_inside_refuses_traversal(tmp_path: Path) -> None:
 
 
 def test_bad_where_changes_nothing(source: tuple[Path, dict], tmp_path: Path) -> None:
-    with pytest.raises(duckdb.Error):
+    with pytest.raises(QueryError, match="no_such_column") as refused:
         export(source[0], tmp_path / "x", where="no_such_column = 1")
+    assert isinstance(refused.value.__cause__, duckdb.Error)
     assert not (tmp_path / "x").exists()
 
 

@@ -23,6 +23,7 @@ import torch
 import yaml
 from pydantic import ValidationError
 
+from bench.tiny_models import build_tiny_fineface, build_tiny_maugen, build_tiny_sd
 from manifests.bank import open_bank
 from stages import REGISTRY, stage_class
 from stages.base import Record, StageConfig, StageContext
@@ -35,7 +36,6 @@ from tests.stages.detectors.test_onnx import _export as export_onnx_au
 from tests.stages.detectors.test_opengraphau import TINY as TINY_OPENGRAPHAU
 from tests.stages.faces.tiny_scrfd import GREEN, export_tiny_scrfd, paint_face
 from tests.stages.prompt.plans import make_records
-from tests.stages.tiny_models import build_tiny_fineface, build_tiny_maugen, build_tiny_sd
 
 IDS = ("builtin-astronaut", "builtin-grace-hopper")
 SIZE = 64  # generator output side: small, every tiny model accepts it

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench.tiny_models import build_tiny_sd
 from stages.base import StageContext, StageError
 from stages.generators.diffusers import DiffusersConfig, DiffusersGenerator, check_pipeline_dir
-from tests.stages.tiny_models import build_tiny_sd
 
 SIZE = 64
 

@@ -1,6 +1,6 @@
 """The fineface generator on tiny random-weight models saved in the FineFace release layout.
 
-The models are built here (``tests.stages.tiny_models.build_tiny_fineface``: the files written
+The models are built here (``bench.tiny_models.build_tiny_fineface``: the files written
 the way the release's train.py writes them) and loaded only through the stage's own loading
 code. Agreement with the release code was measured once, outside the repository, on tiny
 random weights in the real layout (1024-wide tokens and a 64-feature AU encoder for the AU
@@ -36,12 +36,12 @@ import numpy as np
 import pytest
 import torch
 
+from bench.tiny_models import build_tiny_fineface
 from manifests.bank import open_bank
 from stages import stage_class
 from stages.base import StageContext, StageError
 from stages.generators.fineface.prompt import build_prompt, check_template, person_phrase
 from stages.generators.fineface.stage import FACEID_LICENCE, LICENCE, FineFaceConfig, FineFaceGenerator
-from tests.stages.tiny_models import build_tiny_fineface
 
 SIZE = 64
 BASE, WEIGHTS = "stable-diffusion-2-1-base", "fineface"

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from bench.tiny_models import build_tiny_maugen
 from manifests.bank import open_bank
 from stages.base import StageContext, StageError
 from stages.generators.maugen.checkpoint import DEFAULT_FILES
 from stages.generators.maugen.label_decoder import IdentityDecouplingModule, patchify
 from stages.generators.maugen.pipeline import au_intensity
 from stages.generators.maugen.stage import MaugenConfig, MaugenGenerator, default_mask
-from tests.stages.tiny_models import build_tiny_maugen
 
 SIZE = 64
 IDS = ("builtin-astronaut", "builtin-grace-hopper")
