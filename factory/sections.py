@@ -188,7 +188,7 @@ class EngineSection(_Model):
     rate_check_after_shards: int = Field(3, ge=1)
     expected_acceptance_rate: float = Field(0.5, gt=0.0, le=1.0)
     address: str | None = None
-    # failures that stop (factory.engine.scheduler): the same error or failures for good on this
+    # failures that stop (factory.engine.rules): the same error or failures for good on this
     # many shards before any succeeds; a failed share above max_failed_share after
     # failure_check_after_shards finished shards; never more than max_shards (default: what the target can need)
     fail_fast_shards: int = Field(3, ge=1, le=100_000)

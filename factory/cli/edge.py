@@ -27,8 +27,8 @@ from factory.cli import app
 from factory.cli.common import print_error
 from factory.commands.calibrate import CalibrationError
 from factory.commands.identities import BankIndexError
+from factory.engine.failures import BuildError
 from factory.engine.rundir import RunError
-from factory.engine.scheduler import BuildError
 from factory.recipe import RecipeError
 from manifests.atomic import WriteError
 from manifests.bank import IdentityBankError
