@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from manifests.store import check_url, is_url
 from manifests.vocab import AGE_BANDS, DISFA_AUS, EMOTION_MIX_KEYS, EMOTIONS, ETHNICITIES, GENDERS
@@ -61,7 +61,15 @@ class AUSection(_Model):
     # AU25 is implied by AU26 (see factory.expressions.CONSTRAINTS), so it needs a larger share.
     share_overrides: dict[str, float] = Field(default_factory=lambda: {"AU25": 0.45})
     intensity_weights: tuple[float, ...] = (1, 1, 1, 1, 1)
-    intensity_scale: tuple[int, ...] = (0, 5)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_intensity_scale(cls, data: Any) -> Any:
+        """Recipes recorded before ``intensity_scale`` was removed hold its one legal value,
+        [0, 5] (the DISFA scale); they still load. Any other value is an unknown key."""
+        if isinstance(data, dict) and list(data.get("intensity_scale", ())) == [0, 5]:
+            return {k: v for k, v in data.items() if k != "intensity_scale"}
+        return data
 
     @field_validator("units")
     @classmethod
@@ -89,13 +97,6 @@ class AUSection(_Model):
     def _weights_positive(cls, v: tuple[float, ...]) -> tuple[float, ...]:
         if len(v) != 5 or any(w < 0 for w in v) or sum(v) <= 0:
             raise ValueError("needs 5 weights (for intensities 1-5), each >= 0, with a positive sum")
-        return v
-
-    @field_validator("intensity_scale")
-    @classmethod
-    def _scale_is_disfa(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if tuple(v) != (0, 5):
-            raise ValueError("MIFA labels intensity on the DISFA scale; allowed: [0, 5]")
         return v
 
     def share(self, au: int) -> float:
@@ -188,7 +189,7 @@ class EngineSection(_Model):
     rate_check_after_shards: int = Field(3, ge=1)
     expected_acceptance_rate: float = Field(0.5, gt=0.0, le=1.0)
     address: str | None = None
-    # failures that stop (factory.engine.scheduler): the same error or failures for good on this
+    # failures that stop (factory.engine.rules): the same error or failures for good on this
     # many shards before any succeeds; a failed share above max_failed_share after
     # failure_check_after_shards finished shards; never more than max_shards (default: what the target can need)
     fail_fast_shards: int = Field(3, ge=1, le=100_000)

@@ -2,8 +2,9 @@
 
 The workers (``factory.engine.worker``) are placed through ``cluster`` (one shard worker per
 GPU, prompt workers beside them, the index writer on the driver's node); the
-:class:`~factory.engine.scheduler.Scheduler` decides what runs next and when the dataset is
-complete; the index is written last, as the dataset's commit point.
+:class:`~factory.engine.ledger.Ledger`, rebuilt from the run directory on every start, decides
+what runs next and when the dataset is complete; the index is written last, as the dataset's
+commit point.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.actors import ActorSpec, Ref, call, kill, result, start_actors, wait_ready
+from cluster.actors import ActorSpec, Ref, call, call_control, kill, restart, result, start_actors, wait_ready
 from cluster.ray_cluster import ClusterError, connect, shutdown
 from factory.engine.dedup import bank_dedup
+from factory.engine.failures import BuildError
+from factory.engine.ledger import Ledger
 from factory.engine.progress import BuildProgress
+from factory.engine.rules import LedgerRules
 from factory.engine.rundir import RunDir
 from factory.engine.runner import Runner
-from factory.engine.scheduler import BuildError, Scheduler
 from factory.engine.worker import IndexWriter, PromptWorker, ShardWorker
 from factory.plan import Planner
 from factory.recipe import Recipe
@@ -67,6 +70,18 @@ class WorkerPool:
     def run(self, worker: int, shard: int, described: Ref, attempt: int, ticket: int) -> Ref:
         """Run the described shard on shard worker ``worker`` (``ticket`` names this call)."""
         return call(self.shard_workers[worker], "run_shard", shard, described, attempt, ticket)
+
+    def progress(self, worker: int) -> Ref:
+        """Ask shard worker ``worker`` for its calls' progress (on its control lane)."""
+        return call_control(self.shard_workers[worker], "progress")
+
+    def abandon(self, worker: int, ticket: int) -> None:
+        """Tell the call ``ticket`` on ``worker`` to stop (another copy committed its shard)."""
+        call_control(self.shard_workers[worker], "abandon", ticket)
+
+    def restart(self, worker: int) -> None:
+        """Restart shard worker ``worker`` (a hung call cannot be interrupted otherwise)."""
+        restart(self.shard_workers[worker])
 
     def write_index(self, run_root: Path, dataset: str, indexed: list[int], **kwargs: Any) -> None:
         """Write the index on the index writer; its errors (a shard not done, repeated keys, a
@@ -134,8 +149,10 @@ def build(
                 run.clear_failure(shard)
         planner = Planner(recipe, bank.records() if bank is not None else None)
         workers = recipe.engine.gpus or recipe.engine.cpu_workers
-        sched = Scheduler(recipe, run, run.done_shards(), workers=workers)
-        sched.check_failures()  # a resumed build whose recorded failures already say stop
+        rules = LedgerRules.from_recipe(recipe, workers, str(run.root))
+        failures = {s: [e["error"] for e in f["errors"]] for s, f in run.failures().items()}
+        ledger = Ledger.resume(rules, run.done_shards(), failures)
+        ledger.check_stop()  # a resumed build whose recorded failures already say stop
         cluster = connect(recipe.engine.address, gpus=recipe.engine.gpus, local_gpus=local_gpus)
         progress = BuildProgress(recipe.dataset.target, quiet=quiet)
         probe = run.write_probe()  # plain paths: every worker must see it (one shared dataset.out)
@@ -145,16 +162,19 @@ def build(
                     progress.note(f"warning: {warning}")
                 t_run = time.perf_counter()
                 if dedup is not None:
-                    dedup.advance(sched)  # a resumed bank: decide (or read back) the shards already done
-                progress.start(sum(int(s["accepted"]) for s in sched.done.values()), sched.done)
-                last = Runner(sched, pool, run, planner, progress, workers, dedup).run_until_complete()
-                indexed, surplus, failed = sched.outcome(last)
+                    ledger.consult(dedup)  # a resumed bank: decide (or read back) the shards already done
+                done = {s: ledger.stats(s) for s in ledger.shards("done")}
+                progress.start(sum(ledger.counted(s) for s in done), done)
+                Runner(ledger, pool, run, planner, progress, recipe.engine, dedup).run_until_complete()
+                indexed, surplus, failed_shards = ledger.outcome()
+                recorded = run.failures()
+                failed = {s: recorded[s]["errors"][-1]["error"] for s in failed_shards}
                 pool.write_index(
                     run.root,
                     recipe.dataset.name,
                     indexed,
                     probe=probe,
-                    target=sched.target,
+                    target=rules.target,
                     surplus=surplus,
                     failed=failed,
                 )
@@ -169,12 +189,12 @@ def build(
             run.remove_probe(probe)
         summary = BuildSummary(
             run_dir=run.root,
-            target=sched.target,
-            accepted=sched.finished()[1],
+            target=rules.target,
+            accepted=ledger.complete_prefix()[1],
             indexed_shards=indexed,
             surplus_shards=surplus,
             failed_shards=failed,
-            planned_samples=sum(int(sched.done[s]["planned"]) for s in indexed),
+            planned_samples=sum(int(ledger.stats(s)["planned"]) for s in indexed),
             seconds=time.perf_counter() - t0,
             run_seconds=t_indexed - t_run,  # not the worker and cluster teardown after it
             stage_rates=progress.stage_rates(),

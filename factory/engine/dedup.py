@@ -5,13 +5,14 @@ on every portrait kept before it, so no shard worker can decide it alone, and de
 as shards finish (in whatever order) would make the bank depend on timing. Instead the
 decisions are made in dataset order, shard by shard, as soon as a shard and every shard
 before it are done (:func:`manifests.dedup.dedup_shard`; failed shards are skipped, as
-the prefix rule skips them). The scheduler's stop rule then counts *kept* identities, so
-``dataset.target`` = 50,000 means 50,000 distinct identities, and the index (written last)
-leaves the duplicates out.
+the prefix rule skips them). :class:`DedupPolicy` is the ledger's prefix policy
+(``factory.engine.ledger.PrefixPolicy``): it tells the ledger how many of each decided
+shard's samples count, its *kept* identities, so ``dataset.target`` = 50,000 means 50,000
+distinct identities, and the index (written last) leaves the duplicates out.
 
 The kept embeddings live in one :class:`BankDeduplicator` actor on the driver's node (its
 memory grows with the bank: 26 MB per 50,000 dlib identities); the driver keeps one count
-per shard. Each shard's decisions are written beside it, so a resumed build reads them back
+per decided shard. Each shard's decisions are written beside it, so a resumed build reads them back
 instead of recomputing, and a retried earlier shard (``factory retry``) makes every later
 decision be taken again, in order.
 """
@@ -26,14 +27,15 @@ from typing import Any
 
 from cluster.actors import ActorSpec, call, kill, result, start_actors, wait_ready
 from cluster.ray_cluster import ClusterError
-from factory.engine.scheduler import BuildError, Scheduler
+from factory.engine.failures import BuildError
+from factory.engine.policy import CommittedPrefix, PolicyDecision
 from factory.recipe import Recipe
 from factory.sections import IDENTITY_BANK
 from manifests.dedup import KeptIdentities, dedup_shard
 from manifests.layout import RunLayout
 from stages.portrait import DEDUP_THRESHOLDS
 
-__all__ = ["BankDeduplicator", "DedupHook", "bank_dedup", "dedup_threshold"]
+__all__ = ["BankDeduplicator", "DedupPolicy", "bank_dedup", "dedup_threshold"]
 
 
 def dedup_threshold(recipe: Recipe) -> float:
@@ -71,30 +73,24 @@ class BankDeduplicator:
         return out
 
 
-class DedupHook:
-    """The driver's side: after each finished shard, send the complete prefix to the actor and
-    let the scheduler count each decided shard's kept identities as its accepted samples."""
+class DedupPolicy:
+    """The driver's side, a prefix policy of the ledger: when the committed prefix grew, send
+    it to the actor and count each newly decided shard's kept identities."""
 
     def __init__(self, actor: Any) -> None:
         self.actor = actor
         self.decided = 0
 
-    def advance(self, sched: Scheduler) -> None:
-        prefix, shard = [], 0
-        while shard in sched.done or shard in sched.failed:
-            if shard in sched.done:
-                prefix.append(shard)
-            shard += 1
-        if len(prefix) <= self.decided:
-            return
-        for decided, counts in result(call(self.actor, "advance", prefix), passthrough=(ValueError,)).items():
-            sched.done[decided]["accepted"] = counts["unique"]
-            sched.done[decided]["duplicates"] = counts["duplicates"]
-        self.decided = len(prefix)
+    def review(self, prefix: CommittedPrefix) -> PolicyDecision:
+        if len(prefix.shards) <= self.decided:
+            return PolicyDecision()
+        decided = result(call(self.actor, "advance", list(prefix.shards)), passthrough=(ValueError,))
+        self.decided = len(prefix.shards)
+        return PolicyDecision(counted={shard: counts["unique"] for shard, counts in decided.items()})
 
 
 @contextmanager
-def bank_dedup(recipe: Recipe, run_root: Path) -> Iterator[DedupHook | None]:
+def bank_dedup(recipe: Recipe, run_root: Path) -> Iterator[DedupPolicy | None]:
     """The deduplication of an identity-bank build (``None`` for any other build)."""
     if recipe.dataset.kind != IDENTITY_BANK:
         yield None
@@ -107,6 +103,6 @@ def bank_dedup(recipe: Recipe, run_root: Path) -> Iterator[DedupHook | None]:
             wait_ready([actor])
         except ClusterError as exc:
             raise BuildError(str(exc)) from None
-        yield DedupHook(actor)
+        yield DedupPolicy(actor)
     finally:
         kill([actor])

@@ -11,7 +11,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Cause", "FailureKind", "FailureLog", "cause_key", "failure_report"]
+from manifests.errors import ReportError
+
+__all__ = ["BuildError", "Cause", "FailureKind", "FailureLog", "cause_key", "failure_report", "first_line"]
+
+
+class BuildError(ReportError, RuntimeError):
+    """The build cannot go on; the message says why and what to do."""
+
 
 # error: our code (or a stage) raised; lost: the worker's process or node died;
 # timeout: the shard made no progress for engine.shard_timeout_s and was cancelled.
@@ -54,19 +61,13 @@ class FailureLog:
             cause.workers.add(worker)
         return cause, new
 
-    def first_shard(self, root: str) -> int | None:
-        cause = self.causes.get(cause_key(root))
-        return min(cause.shards) if cause and cause.shards else None
-
 
 def _shard_list(shards: list[int], limit: int = 8) -> str:
     head = ", ".join(str(s) for s in shards[:limit])
     return f"[{head}{', ...' if len(shards) > limit else ''}]"
 
 
-def failure_report(
-    reason: str, failed: dict[int, str], log: FailureLog, run_dir: str, *, kinds: dict[str, FailureKind] | None = None
-) -> str:
+def failure_report(reason: str, failed: dict[int, str], log: FailureLog, run_dir: str) -> str:
     """The message of a build stopped by its failures: why it stopped, then each cause once
     (how many shards, which, the first error line, a hint by kind), then what to do.
 
@@ -83,7 +84,7 @@ def failure_report(
         if key not in grouped:
             grouped[key] = sorted(cause.shards)
             examples[key] = cause.example
-    kinds = {**{k: c.kind for k, c in log.causes.items()}, **(kinds or {})}
+    kinds = {k: c.kind for k, c in log.causes.items()}
     lines = [reason, "Failures by cause:"]
     for key, shards in sorted(grouped.items(), key=lambda item: -len(item[1])):
         hint = _HINTS.get(kinds.get(key, "error"), "")
@@ -95,3 +96,9 @@ def failure_report(
         f"dataset (each attempt's full error is in {run_dir}/failed/)."
     )
     return "\n".join(lines)
+
+
+def first_line(error: str) -> str:
+    """The root cause of an attempt's error: its first line."""
+    lines = error.strip().splitlines()
+    return lines[0] if lines else error

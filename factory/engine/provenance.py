@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from factory.engine.rundir import package_versions
 from factory.recipe import RecipeError, recipe_from_dict
 from manifests.atomic import write_text_atomic
 from manifests.files import file_sha256
@@ -41,16 +41,6 @@ MODEL_PACKAGES = (
     "pillow",
     "numpy",
 )
-
-
-def _package_versions() -> dict[str, str]:
-    found = {}
-    for dist in MODEL_PACKAGES:
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def model_hash(path: Path, cache: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +105,7 @@ def write_provenance(run_dir: Path) -> dict[str, Any] | None:
         "seed": info.get("seed"),
         "identity_bank": info.get("identity_bank"),
         "versions": info.get("versions", {}),
-        "packages": _package_versions(),
+        "packages": package_versions(MODEL_PACKAGES),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.get("started_at", 0))),
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "stages": stages,

@@ -37,12 +37,16 @@ __all__ = [
     "brief_stats",
     "check_probe",
     "open_run",
+    "package_versions",
     "recipe_differences",
     "software_versions",
 ]
 
 # Fields that may change between a build and its resume without changing any sample.
 RESUMABLE_FIELDS = ("dataset.target", "dataset.out", "engine.")
+# Fields removed from the recipe, with the one value a recorded recipe can hold for each: a
+# build recorded before the removal resumes (sections.AUSection drops the same value on load).
+RETIRED_FIELDS = {"aus.intensity_scale": [0, 5]}
 
 
 class RunError(UserError, RuntimeError):
@@ -73,25 +77,26 @@ def check_probe(root: Path, token: str | None) -> None:
         )
 
 
-def software_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in (
-        "mifa-factory",
-        "ray",
-        "pyarrow",
-        "webdataset",
-        "duckdb",
-        "torch",
-        "diffusers",
-        "numpy",
-        "dlib-bin",
-        "openai",
-    ):
+# Packages whose versions run.json records (``factory show`` compares them with this machine's).
+RUN_PACKAGES = (
+    *("mifa-factory", "ray", "pyarrow", "webdataset", "duckdb"),
+    *("torch", "diffusers", "numpy", "dlib-bin", "openai"),
+)
+
+
+def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """The installed version of each of ``packages`` that is installed."""
+    found = {}
+    for dist in packages:
         try:
-            out[dist] = metadata.version(dist)
+            found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
-    return out
+    return found
+
+
+def software_versions() -> dict[str, str]:
+    return {"python": platform.python_version(), **package_versions(RUN_PACKAGES)}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -106,6 +111,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def recipe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted fields whose values differ and would change the dataset."""
     a, b = _flatten(old), _flatten(new)
+    a = {k: v for k, v in a.items() if k not in RETIRED_FIELDS or v != RETIRED_FIELDS[k]}
     diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     return [k for k in diff if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_FIELDS)]
 

@@ -25,20 +25,20 @@ The driver also writes ``workers.json`` every second for ``factory status``.
 
 from __future__ import annotations
 
-import itertools
 import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.actors import Ref, TaskFailed, call_control, cancel, ready, restart, result, wait_any
-from factory.engine.dedup import DedupHook
-from factory.engine.failures import FailureKind
+from cluster.actors import Ref, TaskFailed, cancel, ready, result, wait_any
+from factory.engine.failures import BuildError, FailureKind
+from factory.engine.ledger import Copy, Ledger
+from factory.engine.policy import PrefixPolicy
 from factory.engine.progress import BuildProgress
 from factory.engine.rundir import RunDir, brief_stats
-from factory.engine.scheduler import BuildError, Scheduler
 from factory.plan import Planner
+from factory.sections import EngineSection
 from manifests.writer import is_done, read_stats
 
 __all__ = ["Flight", "Runner"]
@@ -48,50 +48,47 @@ STATUS_EVERY_S = 1.0
 
 @dataclass
 class Flight:
-    """One shard call on one worker, as the driver follows it (times: driver's monotonic clock)."""
+    """One shard call as the driver follows it (times: the driver's monotonic clock); which
+    shard, worker and attempt it is, and whether it still counts, is the ledger's."""
 
-    ticket: int
-    shard: int
-    worker: int
-    attempt: int
+    copy: Copy
     described: Ref
     sent: float
     seen: float  # the last sign of life: a new step, a new state, or waiting its turn
-    planned: int = 0
-    backup: bool = False
     state: str = "sent"  # sent | queued | running | committing (as the worker last said)
     steps: int = 0
     samples: int = 0
     seconds: float = 0.0  # running time, as the worker last said
     started: float | None = None
-    dropped: bool = False  # another copy committed the shard; this one was told to stop
 
 
 class Runner:
-    """Runs shards until the scheduler's prefix is complete (see module docstring)."""
+    """Runs shards until the ledger's prefix is complete (see module docstring).
+
+    The public methods are the loop's events, each with the driver's time passed in:
+    :meth:`dispatch`, :meth:`send_backups`, :meth:`on_result`, :meth:`on_progress`,
+    :meth:`expire`; :meth:`run_until_complete` waits on Ray and feeds them."""
 
     def __init__(
         self,
-        sched: Scheduler,
+        ledger: Ledger,
         pool: Any,
         run: RunDir,
         planner: Planner,
         progress: BuildProgress,
-        workers: int,
-        dedup: DedupHook | None = None,
+        engine: EngineSection,
+        policy: PrefixPolicy | None = None,
     ) -> None:
-        self.sched, self.pool, self.run, self.planner, self.progress = sched, pool, run, planner, progress
-        self.dedup = dedup  # identity banks count distinct identities (factory.engine.dedup)
-        self.engine = sched.recipe.engine
-        self.workers = workers
+        self.ledger, self.pool, self.run, self.planner, self.progress = ledger, pool, run, planner, progress
+        self.policy = policy  # identity banks count distinct identities (factory.engine.dedup)
+        self.engine = engine
+        self.workers = ledger.rules.workers
         self.flights: dict[Ref, Flight] = {}
-        self.load = [0] * workers
         self.polls: dict[Ref, int] = {}
-        self.last_poll = [0.0] * workers
+        self.last_poll = [0.0] * self.workers
         self.places: dict[int, dict[str, Any]] = {}  # worker -> host, pid, GPU ids (last progress reply)
         self.durations: deque[float] = deque(maxlen=101)  # running seconds of recent shards
         self.poll_every = min(1.0, self.engine.shard_timeout_s / 4)
-        self._tickets = itertools.count(1)
         self._status_at = 0.0
 
     # -- the loop -------------------------------------------------------------------------
@@ -100,109 +97,113 @@ class Runner:
         runs beyond it: its temp files go at the end of the build, committed shards beyond
         it are surplus."""
         while True:
-            last, accepted = self.sched.finished()
+            last, accepted = self.ledger.complete_prefix()
             if last is not None:
                 cancel(self.flights)
                 return last
-            self._dispatch()
-            self._backups()
+            self.dispatch(time.monotonic())
+            self.send_backups(time.monotonic())
             if not self.flights:
                 raise BuildError(
-                    f"no shard left to run but only {accepted} of {self.sched.target} samples accepted "
-                    f"in the committed prefix; failed shards: {sorted(self.sched.failed)}. "
+                    f"no shard left to run but only {accepted} of {self.ledger.rules.target} samples accepted "
+                    f"in the committed prefix; failed shards: {self.ledger.shards('failed')}. "
                     f"Run `factory retry {self.run.root}` after fixing the cause."
                 )
             self._collect()
             self._poll()
-            self._expire()
+            self.expire(time.monotonic())
             self._write_status()
 
-    def _dispatch(self) -> None:
+    def dispatch(self, now: float) -> None:
         """Send out shards, one per idle worker before a second on any (least loaded first); a
         worker busy with a straggler gets a shard to queue only when every other one is full."""
         skip: set[int] = set()
-        stuck = self._stuck_workers()
-        while self.sched.want_more():
-            free = [w for w in range(self.workers) if self.load[w] < self.engine.inflight_per_actor and w not in skip]
+        stuck = self._stuck_workers(now)
+        while self.ledger.wants_more():
+            load = {w: self.ledger.load(w) for w in range(self.workers) if w not in skip}
+            free = [w for w, n in load.items() if n < self.engine.inflight_per_actor]
             if not free:
                 return
-            worker = min(free, key=lambda w: (w in stuck, self.load[w], w))
-            shard = self.sched.take(worker)
+            worker = min(free, key=lambda w: (w in stuck, load[w], w))
+            shard = self.ledger.next_shard(worker)
             if shard is None:  # only retries that last failed on this worker are left
                 skip.add(worker)
                 continue
             plan = self.run.load_or_write_plan(shard, self.planner.shard)
-            attempt = self.sched.started(shard, plan.num_rows)
-            self._send(worker, shard, self.pool.describe(shard, plan), attempt, plan.num_rows, backup=False)
+            copy = self.ledger.start(shard, worker, now, planned=plan.num_rows)
+            self._send(copy, self.pool.describe(shard, plan), now)
 
-    def _send(self, worker: int, shard: int, described: Ref, attempt: int, planned: int, *, backup: bool) -> None:
-        ticket = next(self._tickets)
-        ref = self.pool.run(worker, shard, described, attempt, ticket)
-        now = time.monotonic()
-        self.flights[ref] = Flight(ticket, shard, worker, attempt, described, now, now, planned, backup)
-        self.load[worker] += 1
-
-    def _pop(self, ref: Ref) -> Flight:
-        flight = self.flights.pop(ref)
-        self.load[flight.worker] -= 1
-        return flight
-
-    def _copies(self, shard: int) -> list[Flight]:
-        """The live (not dropped) calls of ``shard``."""
-        return [f for f in self.flights.values() if f.shard == shard and not f.dropped]
+    def _send(self, copy: Copy, described: Ref, now: float) -> None:
+        ref = self.pool.run(copy.worker, copy.shard, described, copy.attempt, copy.id)
+        self.flights[ref] = Flight(copy, described, now, now)
 
     # -- outcomes -------------------------------------------------------------------------
     def _collect(self) -> None:
         """Wait up to a poll interval for finished shard calls and record each outcome."""
         finished = wait_any(self.flights, timeout=self.poll_every)
         for ref in ready(self.flights) if finished else []:
-            flight = self._pop(ref)
             try:
-                stats = result(ref)
+                outcome: dict[str, Any] | TaskFailed = result(ref)
             except TaskFailed as exc:
-                self._failed(flight, f"{exc.root}\n\n{exc.detail}", "lost" if exc.lost else "error")
-                continue
-            if stats.get("superseded"):
-                self._superseded(flight)
-            else:
-                self._succeeded(flight, stats)
-        if self.dedup is not None:
-            self.dedup.advance(self.sched)
+                outcome = exc
+            self.on_result(ref, outcome, time.monotonic())
+        if self.policy is not None:
+            self.ledger.consult(self.policy)
         self.progress.refresh()
 
-    def _succeeded(self, flight: Flight, stats: dict[str, Any]) -> None:
-        if flight.shard in self.sched.done:
-            return
-        if flight.started is not None:
-            self.durations.append(time.monotonic() - flight.started)
-        self.sched.succeeded(flight.shard, brief_stats(stats))
-        self.progress.shard_done(stats)
-        for other in self._copies(flight.shard):  # the losing copy stops and removes its temp files
-            other.dropped = True
-            call_control(self.pool.shard_workers[other.worker], "abandon", other.ticket)
-        if flight.backup:
-            self.progress.note(f"shard {flight.shard}: the backup copy on worker {flight.worker} committed first")
-        self.sched.check_floor()
+    def on_result(self, ref: Ref, outcome: dict[str, Any] | TaskFailed, now: float) -> None:
+        """A shard call returned: its stats, a superseded copy's note, or its failure."""
+        flight = self.flights.pop(ref)
+        if isinstance(outcome, TaskFailed):
+            self._failed(flight, f"{outcome.root}\n\n{outcome.detail}", "lost" if outcome.lost else "error")
+        elif outcome.get("superseded"):
+            self._superseded(flight, now)
+        elif not self.ledger.is_live(flight.copy.id):
+            self.ledger.superseded(flight.copy.id, None)  # the shard was decided without it
+        else:
+            self._succeeded(flight, outcome, now)
 
-    def _superseded(self, flight: Flight) -> None:
+    def _succeeded(self, flight: Flight, stats: dict[str, Any], now: float) -> None:
+        copy = flight.copy
+        if flight.started is not None:
+            self.durations.append(now - flight.started)
+        for other in self.ledger.finish(copy.id, brief_stats(stats)):
+            self.pool.abandon(other.worker, other.id)  # the losing copy stops and removes its temp files
+        self._committed(copy, stats)
+
+    def _committed(self, copy: Copy, stats: dict[str, Any]) -> None:
+        self.run.clear_failure(copy.shard)
+        self.progress.shard_done(stats)
+        if copy.backup:
+            self.progress.note(f"shard {copy.shard}: the backup copy on worker {copy.worker} committed first")
+        self.ledger.check_floor()
+
+    def _superseded(self, flight: Flight, now: float) -> None:
         """A copy found its shard committed by another one; count it if nobody else will."""
-        shard = flight.shard
-        if shard in self.sched.done or self._copies(shard):
-            return
-        if is_done(self.run.shards, self.run.dataset, shard):
-            self._succeeded(flight, read_stats(self.run.shards, self.run.dataset, shard))
-        else:  # committed, then lost (removed by hand?): run it again
-            self.sched.requeue(shard)
+        copy = flight.copy
+        committed = None
+        if self.ledger.decides(copy.id) and is_done(self.run.shards, self.run.dataset, copy.shard):
+            committed = read_stats(self.run.shards, self.run.dataset, copy.shard)
+        # committed, then lost (removed by hand?): the ledger plans it again
+        if self.ledger.superseded(copy.id, None if committed is None else brief_stats(committed)):
+            assert committed is not None
+            if flight.started is not None:
+                self.durations.append(now - flight.started)
+            self._committed(copy, committed)
 
     def _failed(self, flight: Flight, error: str, kind: FailureKind) -> None:
-        shard = flight.shard
-        if flight.dropped or shard in self.sched.done or self._copies(shard):
+        copy = flight.copy
+        failure = self.ledger.fail(copy.id, error, kind)
+        if failure is None:
             return  # the shard is done, or another copy of it still runs and decides
-        retry, cause, new = self.sched.failure(shard, error, worker=flight.worker, kind=kind)
-        what = "retrying" if retry else "giving up"
-        first = min(cause.shards)
-        same = f"same cause as shard {first}" if not new and first != shard else cause.example[:300]
-        self.progress.note(f"shard {shard} failed on worker {flight.worker} ({what}): {same}")
+        self.run.record_failure(copy.shard, error)
+        self.ledger.check_stop()
+        what = "retrying" if failure.retry else "giving up"
+        first = min(failure.cause.shards)
+        same = f"same cause as shard {first}" if not failure.new_cause and first != copy.shard else None
+        self.progress.note(
+            f"shard {copy.shard} failed on worker {copy.worker} ({what}): {same or failure.cause.example[:300]}"
+        )
 
     # -- progress and timeouts ---------------------------------------------------------------
     def _poll(self) -> None:
@@ -210,24 +211,25 @@ class Runner:
         for ref in ready(self.polls):
             worker = self.polls.pop(ref)
             try:
-                self._update(worker, result(ref))
+                self.on_progress(worker, result(ref), time.monotonic())
             except TaskFailed:
                 continue  # a worker being restarted; its shards' clocks keep running
         now = time.monotonic()
         asked = set(self.polls.values())
         for w in range(self.workers):
             if w not in asked and now - self.last_poll[w] >= self.poll_every:
-                self.polls[call_control(self.pool.shard_workers[w], "progress")] = w
+                self.polls[self.pool.progress(w)] = w
                 self.last_poll[w] = now
 
-    def _update(self, worker: int, report: dict[str, Any]) -> None:
-        now = time.monotonic()
+    def on_progress(self, worker: int, report: dict[str, Any], now: float) -> None:
+        """A worker's progress reply (``ShardWorker.progress``): its place, and per call
+        (by copy id) its state, steps, samples and running seconds."""
         calls = report.pop("calls", {})
         self.places[worker] = report
         for flight in self.flights.values():
-            if flight.worker != worker:
+            if flight.copy.worker != worker:
                 continue
-            call = calls.get(flight.ticket)
+            call = calls.get(flight.copy.id)
             if call is None or call["state"] == "queued":
                 flight.seen = now  # waiting for its description or its turn on the device is not silence
                 flight.state = call["state"] if call else flight.state
@@ -239,19 +241,17 @@ class Runner:
             if flight.started is None:
                 flight.started = now - flight.seconds
 
-    def _expire(self) -> None:
-        """Cancel shards silent for longer than the timeout: restart their workers."""
-        now = time.monotonic()
+    def expire(self, now: float) -> None:
+        """Cancel shards silent for longer than the timeout: restart their workers. A silent
+        copy's attempt counts (a timeout); the others on that worker go back without one."""
         timeout = self.engine.shard_timeout_s
-        for worker in sorted({f.worker for f in self.flights.values() if now - f.seen > timeout}):
-            restart(self.pool.shard_workers[worker])
+        for worker in sorted({f.copy.worker for f in self.flights.values() if now - f.seen > timeout}):
+            self.pool.restart(worker)
             self.polls = {ref: w for ref, w in self.polls.items() if w != worker}
-            on_worker = [ref for ref, f in self.flights.items() if f.worker == worker]
-            popped = [self._pop(ref) for ref in on_worker]
+            on_worker = [ref for ref, f in self.flights.items() if f.copy.worker == worker]
+            popped = [self.flights.pop(ref) for ref in on_worker]
             place = self._place(worker)
             for flight in popped:
-                if flight.dropped or flight.shard in self.sched.done or self._copies(flight.shard):
-                    continue
                 if now - flight.seen > timeout:
                     error = (
                         f"ShardTimeout: no progress for {timeout:g} s on worker {worker} ({place}); "
@@ -259,7 +259,7 @@ class Runner:
                     )
                     self._failed(flight, error, "timeout")
                 else:
-                    self.sched.requeue(flight.shard)  # collateral: queued behind the hung shard
+                    self.ledger.requeue(flight.copy.id)  # collateral: queued behind the hung shard
 
     def _place(self, worker: int) -> str:
         info = self.places.get(worker, {})
@@ -267,19 +267,20 @@ class Runner:
         return f"host {info.get('host', '?')}, pid {info.get('pid', '?')}, GPU {gpus}"
 
     # -- backups --------------------------------------------------------------------------
-    def _backups(self) -> None:
+    def send_backups(self, now: float) -> None:
         """Copy stragglers onto idle workers once nothing else is left to send."""
         threshold = self._slow_after()
-        if not self.engine.backups or threshold is None or self.sched.want_more():
+        if not self.engine.backups or threshold is None or self.ledger.wants_more():
             return
-        for worker in [w for w in range(self.workers) if self.load[w] == 0]:
-            straggler = self._straggler(worker, threshold)
+        for worker in [w for w in range(self.workers) if self.ledger.load(w) == 0]:
+            straggler = self._straggler(worker, threshold, now)
             if straggler is None:
                 return
-            self._send(worker, straggler.shard, straggler.described, straggler.attempt, straggler.planned, backup=True)
-            self.progress.note(
-                f"shard {straggler.shard}: slow on worker {straggler.worker}; backup copy on worker {worker}"
+            old = straggler.copy
+            self._send(
+                self.ledger.start(old.shard, worker, now, planned=old.planned, backup=True), straggler.described, now
             )
+            self.progress.note(f"shard {old.shard}: slow on worker {old.worker}; backup copy on worker {worker}")
 
     def _slow_after(self) -> float | None:
         """Running seconds after which a shard counts as slow (None before any shard is done)."""
@@ -287,26 +288,28 @@ class Runner:
             return None
         return self.engine.backup_after * statistics.median(self.durations)
 
-    def _stuck_workers(self) -> set[int]:
+    def _stuck_workers(self, now: float) -> set[int]:
         """Workers running a slow shard (see :meth:`_slow_after`)."""
         threshold = self._slow_after()
         if threshold is None:
             return set()
-        now = time.monotonic()
-        return {f.worker for f in self.flights.values() if f.started is not None and now - f.started > threshold}
+        return {f.copy.worker for f in self.flights.values() if f.started is not None and now - f.started > threshold}
 
-    def _straggler(self, worker: int, threshold: float) -> Flight | None:
+    def _straggler(self, worker: int, threshold: float, now: float) -> Flight | None:
         """The in-flight shard most overdue (running longer than ``threshold``, or waiting
         behind such a shard) with no copy yet, on another worker than ``worker``."""
-        now = time.monotonic()
-        overdue = self._stuck_workers()
+        overdue = self._stuck_workers(now)
         best: tuple[float, Flight] | None = None
         for f in self.flights.values():
-            if f.dropped or f.worker == worker or f.shard in self.sched.done or len(self._copies(f.shard)) > 1:
+            if (
+                f.copy.worker == worker
+                or not self.ledger.is_live(f.copy.id)
+                or len(self.ledger.copies(f.copy.shard)) > 1
+            ):
                 continue
             if f.started is not None and now - f.started > threshold:
                 late = now - f.started
-            elif f.started is None and f.worker in overdue:
+            elif f.started is None and f.copy.worker in overdue:
                 late = now - f.sent - threshold  # blocked behind a straggler: after the straggler itself
             else:
                 continue
@@ -323,7 +326,7 @@ class Runner:
         rows = []
         for w in range(self.workers):
             info = self.places.get(w, {})
-            mine = sorted((f for f in self.flights.values() if f.worker == w), key=lambda f: f.sent)
+            mine = sorted((f for f in self.flights.values() if f.copy.worker == w), key=lambda f: f.sent)
             current = next((f for f in mine if f.state in ("running", "committing")), None)
             rows.append(
                 {
@@ -332,13 +335,13 @@ class Runner:
                     "pid": info.get("pid"),
                     "gpu_ids": info.get("gpu_ids", []),
                     "cuda_visible_devices": info.get("cuda_visible_devices"),
-                    "shard": current.shard if current else None,
+                    "shard": current.copy.shard if current else None,
                     "state": current.state if current else ("waiting" if mine else "idle"),
                     "samples": current.samples if current else 0,
-                    "planned": current.planned if current else 0,
+                    "planned": current.copy.planned if current else 0,
                     "samples_per_s": current.samples / current.seconds if current and current.seconds > 0 else 0.0,
-                    "queued": [f.shard for f in mine if f is not current],
-                    "backup": bool(current and current.backup),
+                    "queued": [f.copy.shard for f in mine if f is not current],
+                    "backup": bool(current and current.copy.backup),
                 }
             )
         self.run.write_workers(rows)

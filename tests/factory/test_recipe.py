@@ -60,7 +60,7 @@ MALFORMED = [
     ({"aus": {"active_share": 1.5}}, "aus.active_share", ["1.5", "less than 1"]),
     ({"aus": {"share_overrides": {"AU99": 0.2}}}, "aus.share_overrides", ["AU99", "allowed"]),
     ({"aus": {"intensity_weights": [1, 1, 1]}}, "aus.intensity_weights", ["[1, 1, 1]"]),
-    ({"aus": {"intensity_scale": [0, 3]}}, "aus.intensity_scale", ["[0, 5]"]),
+    ({"aus": {"intensity_scale": [0, 3]}}, "aus.intensity_scale", ["unknown field"]),  # retired: one legal value
     ({"emotions": {"mix": {"joy": 1.0}}}, "emotions.mix", ["'joy'", "allowed"]),
     ({"emotions": {"mix": {"happiness": -1.0}}}, "emotions.mix", ["-1.0", ">= 0"]),
     ({"demographics": {"ethnicity": {"martian": 1}}}, "demographics.ethnicity", ["'martian'", "allowed"]),
@@ -174,3 +174,15 @@ def test_a_recipe_recorded_in_run_json_loads_again(name: str) -> None:
     recipe = load_recipe(REPO / "recipes" / name)
     again = recipe_from_dict(json.loads(json.dumps(recipe.model_dump(mode="json"))), source="run.json")
     assert again == recipe and again.fingerprint() == recipe.fingerprint()
+
+
+def test_a_recipe_recorded_with_the_retired_intensity_scale_still_loads_and_resumes() -> None:
+    from factory.engine.rundir import recipe_differences  # deferred: only this test reads the run directory
+
+    current = recipe_from_dict({}).model_dump(mode="json")
+    recorded = {**current, "aus": {**current["aus"], "intensity_scale": [0, 5]}}  # its one legal value
+    assert recipe_from_dict(recorded) == recipe_from_dict({})
+    assert recipe_differences(recorded, current) == []
+    assert recipe_differences({**recorded, "aus": {**recorded["aus"], "intensity_scale": [0, 3]}}, current) == [
+        "aus.intensity_scale"
+    ]

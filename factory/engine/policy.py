@@ -1,0 +1,53 @@
+"""The ledger's declared hook: policies that read the committed prefix and say what counts.
+
+A :class:`PrefixPolicy` reads the *committed prefix* (the done shards
+of the unbroken run from shard 0, failed ones skipped, in shard order, each with its stats)
+and answers with a :class:`PolicyDecision`: how many of each listed shard's accepted samples
+count toward the target (never more than it accepted), and how many more shards it wants
+sent beyond what the projection from the acceptance rate asks for. The ledger validates the
+decision and applies it; a policy never writes into the ledger. The identity bank's
+deduplication (``factory.engine.dedup``) counts only distinct identities this way. A
+closed-loop planner builds on the same hook: it reads the committed prefix in order,
+measures yields from the shards' stats, lowers what counts (samples it holds back as
+surplus) and asks for further shards (``more_shards``); the prefix and stop rules then
+follow its counts, so the dataset still depends only on what was committed.
+
+The ledger (``factory.engine.ledger.Ledger.consult``) refuses a decision that counts a shard
+outside the committed prefix, counts more than a shard accepted, or asks for fewer than zero
+shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["CommittedPrefix", "PolicyDecision", "PrefixPolicy", "Stats"]
+
+Stats = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CommittedPrefix:
+    """What a policy sees: the committed prefix in shard order, each shard's stats (read-only)."""
+
+    shards: tuple[int, ...]
+    stats: Mapping[int, Stats]
+    target: int
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    """A policy's answer: ``counted`` maps a prefix shard to the samples of it that count
+    (at most what it accepted; shards not named keep their count); ``more_shards`` asks for
+    that many frontier shards beyond what the projection wants (within the shard limit)."""
+
+    counted: Mapping[int, int] = field(default_factory=dict)
+    more_shards: int = 0
+
+
+class PrefixPolicy(Protocol):
+    def review(self, prefix: CommittedPrefix) -> PolicyDecision:
+        """Called by the ledger after every batch of outcomes; must not change ``prefix``."""
+        ...
