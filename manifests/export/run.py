@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from manifests.atomic import clean_temps, write_bytes_atomic, write_text_atomic
+from manifests.claim import FolderKind, claim_folder
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.export.base import Exporter, ExportError, ExportOptions, Sample
 from manifests.export.stream import count_sql, iter_samples, shard_batches, unlabelled_sql
-from manifests.files import exists, is_dir, make_dir, remove_tree
+from manifests.files import exists, make_dir, remove_tree
 from manifests.layout import ExportLayout
 from manifests.query import connect, sql_string
 from manifests.records import json_default
-from manifests.store import absolute, is_inside, is_remote, location
+from manifests.store import absolute, is_inside, location
 
 __all__ = ["Progress", "run_export"]
 
@@ -68,18 +69,21 @@ def _fresh(out: Path, layout: ExportLayout, job: dict[str, Any]) -> list[dict[st
     return []
 
 
+EXPORT_FOLDER = FolderKind(
+    noun="export target",
+    what="a previous export",
+    marker=ExportLayout.MARKER,
+    fix="refusing to touch it even with --overwrite: remove it yourself or choose another folder",
+    error=ExportError,
+    local_only="export to a local folder, then upload it",  # the formats write through local files
+)
+
+
 def open_target(out: Path, job: dict[str, Any], overwrite: bool) -> list[dict[str, Any]]:
     """Prepare ``out`` for ``job``; returns the parts already committed (resume) or ``[]``."""
     layout = ExportLayout(out)
-    if exists(out) and not is_dir(out):
-        raise ExportError(f"export target {out} is a file; pass a folder")
-    if not is_dir(out) or not any(out.iterdir()):
+    if claim_folder(out, EXPORT_FOLDER) == "new":
         return _fresh(out, layout, job)
-    if not exists(layout.marker):
-        raise ExportError(
-            f"export target {out} is not empty and is not a previous export (no {layout.marker.name}); "
-            "refusing to touch it even with --overwrite: remove it yourself or choose another folder"
-        )
     if exists(layout.report):
         if overwrite:
             return _fresh(out, layout, job)
@@ -176,8 +180,6 @@ def run_export(
     started = time.perf_counter()
     dataset = open_dataset(run_dir)
     out = location(out)
-    if is_remote(out):  # the formats write through local files (csv fragments, temp renames)
-        raise ExportError(f"export target {out} is on object storage; export to a local folder, then upload it")
     for source in (dataset.root, dataset.shards_dir):  # a subset's shards are its source's
         if is_inside(source, out):
             raise ExportError(f"export target {out} would contain the source {source}; choose another folder")
