@@ -16,10 +16,10 @@ import duckdb
 import pyarrow.compute as pc
 
 from manifests.dataset import DatasetRef, open_dataset
-from manifests.export.stream import ShardImages
 from manifests.files import exists
 from manifests.layout import RunLayout, shard_paths
 from manifests.store import read_table, register_duckdb
+from manifests.tar import ShardImages
 
 __all__ = ["SampleNotFoundError", "StoredSample", "read_plan_row", "read_sample"]
 

@@ -26,9 +26,9 @@ from typing import Any
 
 from manifests.atomic import temp_path, write_bytes_atomic
 from manifests.bank import BANK_COLUMNS, NEUTRAL
+from manifests.dataset import index_shards_dir, read_index
 from manifests.dedup import read_dedup
 from manifests.export.base import Exporter
-from manifests.index import index_shards_dir, read_index
 from manifests.layout import RunLayout, shard_paths
 from manifests.store import read_table
 from manifests.vocab import AGE_BANDS, ETHNICITIES, GENDERS
