@@ -148,11 +148,6 @@ def _write_parts(
         progress(done, total)
 
 
-def _legacy(exporter: Exporter, samples: Iterator[Sample], total: int) -> dict[str, Any]:
-    """A format with only the one-pass ``write(samples, count)`` of the earlier interface."""
-    return exporter.write(((s.row, s.image) for s in samples), total)  # type: ignore[attr-defined]
-
-
 def _check_required(con: Any, exporter_cls: type[Exporter], options: ExportOptions) -> None:
     """Refuse, before the target is touched, a selection holding a sample the format cannot write."""
     if not exporter_cls.required:
@@ -201,12 +196,8 @@ def run_export(
             samples = iter_samples(
                 dataset, batches, exporter_cls.row_columns or exporter_cls.columns, copies=exporter_cls.copies_members
             )
-            if type(exporter).write_part is Exporter.write_part and hasattr(exporter, "write"):
-                result = _legacy(exporter, samples, total)
-                progress(total, total)
-            else:
-                _write_parts(exporter, parts, _Parts(samples, exporter, options), layout.state, progress, total)
-                result = exporter.finish(parts)
+            _write_parts(exporter, parts, _Parts(samples, exporter, options), layout.state, progress, total)
+            result = exporter.finish(parts)
     finally:
         con.close()
     seconds = round(time.perf_counter() - started, 3)  # this run's (a resumed export: the rest)
