@@ -13,7 +13,8 @@
       shards/{name}-{shard}.dedup.parquet   identity-bank builds: the shard's near-duplicates
                                             of earlier identities (written after it is done)
       failed/{name}-{shard}.json            attempts and errors of a failing shard
-      cache/                                request caches (LLM)
+      cache/                                the stages' model hashes (provenance); the LLM reply
+                                            cache lives on each node's disk (stages.prompt.cache)
       index.parquet, index.json             the dataset; index.json is the commit point
       DATASET_CARD.md                       written with every index (recipe, versions, counts, licences)
       provenance.json                       the stages' licences and model hashes the card reads

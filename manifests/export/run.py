@@ -1,7 +1,8 @@
-"""The export loop: target folder rules, resume, parts, progress and ``export.json``.
+"""The export loop: target folder, resume, parts, progress and ``export.json``.
 
 An export folder is ours when it holds ``.mifa-export`` (the job: format, selection, source).
-``out`` must be new, empty, or ours:
+``out`` must be a local folder that is new, empty, or ours (``manifests.claim``, the rule run
+directories and subsets share); then:
 
 - ours and complete (``export.json`` exists): refused unless ``overwrite``, which replaces it;
 - ours and unfinished with the same job: resumed. ``.export-state.json`` lists the parts
