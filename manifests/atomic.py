@@ -1,9 +1,11 @@
-"""Atomic file writes: a unique temp file beside the target, flush, fsync, rename.
+"""Atomic file writes: a file appears whole or not at all, on a disk or on object storage.
 
-Every durable file the factory writes (shard files, stats, plans, failure records, the
-index, reports) goes through here, so a crash leaves either the old file or the new one,
-never a torn one, and leftover temps are recognisable (``.{name}.{pid}-{uuid}.tmp``) and
-removed by :func:`clean_temps` when no writer runs.
+Every durable file the factory writes (shard files, stats, plans, failure records, the index,
+reports) goes through here, so a crash leaves either the old file or the new one, never a torn
+one. The path's store (``manifests.store.store_for``) does the put: on a disk a unique temp file
+beside the target, flush, fsync, rename; on object storage one PUT, or a local temp file uploaded
+whole. Leftover temps are recognisable (``.{name}.{pid}-{uuid}.tmp``) and removed by
+:func:`clean_temps` when no writer runs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.errors import FailedError
-from manifests.store import is_remote, location, staging_dir, upload
+from manifests.store import location, store_for
 
 __all__ = [
     "TEMP_SUFFIX",
@@ -52,27 +54,15 @@ class WriteError(FailedError, OSError):
 
 
 def temp_path(final: Path) -> Path:
-    """A sibling temp name unique to this process and call (so racing writers never clash);
-    for an object on a store (no rename there) a local file that is uploaded whole."""
-    if is_remote(final):
-        return staging_dir(final.parent) / f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
-    return final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+    """A temp name for ``final`` unique to this process and call (so racing writers never clash):
+    a sibling on a disk, a local file for an object on a store (uploaded whole)."""
+    return store_for(final).temp_for(final, f"{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
 
 
 def fsync_dir(directory: Path) -> None:
-    """Make renames inside ``directory`` durable (no-op where directories cannot be opened)."""
-    if is_remote(directory):
-        return  # an object is durable once its PUT returns
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the rename is still atomic
-    finally:
-        os.close(fd)
+    """Make renames inside ``directory`` durable (nothing to do on a store, or where directories
+    cannot be opened)."""
+    store_for(directory).sync_dir(directory)
 
 
 def write_error(path: Path, exc: OSError, what: str) -> WriteError:
@@ -83,9 +73,7 @@ def write_error(path: Path, exc: OSError, what: str) -> WriteError:
         )
         reason = "no space left on device"
     else:
-        fix = f"check that {path.parent} is writable and healthy, then run the build again"
-        if is_remote(path):
-            fix = f"check that {path.parent} exists and the credentials in the environment may write it"
+        fix = store_for(path).write_advice(path.parent)
         reason = exc.strerror or str(exc)
     return WriteError(f"{what} {path}: {reason}; {fix}", path, exc.errno)
 
@@ -95,24 +83,10 @@ def write_bytes_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> Non
     (then fsync the directory, so the rename itself survives a power loss, unless not asked).
     On object storage one PUT of the whole object: it is there entire or not at all."""
     path = location(path)
-    if is_remote(path):
-        try:
-            path.write_bytes(data)
-        except OSError as exc:
-            raise write_error(path, exc, "could not write") from exc
-        return
-    tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        store_for(path).put_bytes(path, data, sync_dir=sync_dir)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise write_error(path, exc, "could not write") from exc
-    if sync_dir:
-        fsync_dir(path.parent)
 
 
 def write_text_atomic(path: Path, text: str, *, sync_dir: bool = True) -> None:
@@ -130,15 +104,7 @@ def atomic_output(path: Path, *, fix: str | None = None) -> Iterator[Path]:
     tmp = temp_path(path)
     try:
         yield tmp
-        if is_remote(path):
-            upload(tmp, path)
-            return
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        store_for(path).put_file(tmp, path)
     except OSError as exc:
         error = write_error(path, exc, "could not write")
         if fix is not None:
@@ -146,7 +112,6 @@ def atomic_output(path: Path, *, fix: str | None = None) -> Iterator[Path]:
         raise error from exc
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
 
 
 def write_parquet_atomic(path: Path, table: pa.Table, **options: Any) -> None:
@@ -162,8 +127,7 @@ def clean_temps(directory: Path) -> list[Path]:
     writer's temps look the same as a dead one's.
     """
     directory = location(directory)
-    if is_remote(directory):  # nothing is written to a store under a temp name: its local staging
-        directory = staging_dir(directory)
+    directory = store_for(directory).temps_dir(directory)  # a store's: its local staging folder
     if not directory.is_dir():
         return []
     removed = []

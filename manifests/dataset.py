@@ -6,11 +6,13 @@ shard of its own: its ``index.json`` names the source's shards folder and carrie
 ``subset`` entry, and its ``index.parquet`` lists the selected samples. :func:`open_dataset`
 resolves either into a :class:`DatasetRef`, which ``manifests.query`` (the ``samples``
 view), the exports, ``factory report``, ``show`` and ``eval`` read through, so a subset is
-read like any dataset.
+read like any dataset. :func:`read_index` reads (and checks) a committed ``index.json``;
+``manifests.index`` writes it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +20,10 @@ from typing import Any
 
 from manifests.errors import UserError
 from manifests.files import exists
-from manifests.index import index_shards_dir, read_index
 from manifests.layout import RunLayout, shard_paths
-from manifests.store import location
+from manifests.store import is_url, location
 
-__all__ = ["DatasetRef", "NotADatasetError", "open_dataset"]
+__all__ = ["DatasetRef", "NotADatasetError", "index_shards_dir", "open_dataset", "read_index"]
 
 
 class NotADatasetError(UserError, FileNotFoundError):
@@ -105,3 +106,27 @@ def open_dataset(path: Path) -> DatasetRef:
             "(run `factory build` to make one, or pass a build, export or subset folder)"
         )
     return DatasetRef(root=root, index=index, shards_dir=_shards_dir(root, index))
+
+
+def read_index(run_dir: Path) -> dict[str, Any] | None:
+    """index.json of ``run_dir``, or ``None`` if the dataset was never committed."""
+    json_path = RunLayout(run_dir, "").index_json
+    try:
+        text = json_path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        index = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{json_path} is not valid JSON ({exc}); rerun `factory build` on this directory to rewrite it"
+        ) from exc
+    if not isinstance(index, dict) or "shards" not in index:
+        raise ValueError(f"{json_path} is not a MIFA index; rerun `factory build` on this directory")
+    return index
+
+
+def index_shards_dir(run_dir: Path, index: dict[str, Any]) -> Path:
+    """The folder holding the shards an index names."""
+    folder = index.get("shards_dir", RunLayout(run_dir, "").shards.name)
+    return location(folder) if is_url(folder) else location(run_dir) / folder

@@ -1,20 +1,19 @@
 """The file operations the dataset tools use (verify, repair, subsets, exports, cards), in
-one small place: a local path or an object on a store (``manifests.store``: a ``UPath``).
+one small place: a local path or an object on a store.
 
-Each is a thin wrapper over ``pathlib``/``os`` (or the path's fsspec filesystem); writes that
-must be atomic go through ``manifests.atomic`` instead.
+Each is a thin wrapper over ``pathlib`` (which a ``UPath`` shares) or the path's store
+(``manifests.store.store_for``: a local disk or fsspec); writes that must be atomic go through
+``manifests.atomic`` instead.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from manifests.store import is_remote, location
+from manifests.store import location, store_for
 
 __all__ = [
     "copy_file",
@@ -35,9 +34,7 @@ def open_read(path: Path, buffer_bytes: int = 1 << 20) -> BinaryIO:
     """Open ``path`` for binary reading (raises ``FileNotFoundError`` naming it); a 1 MiB
     buffer: the tools read tars member by member, and Python's 8 kB one costs a system call
     every few small members. An object is read through fsspec's read-ahead buffer."""
-    if is_remote(path):
-        return path.open("rb")
-    return open(path, "rb", buffering=buffer_bytes)
+    return store_for(path).open_read(path, buffer_bytes)
 
 
 def exists(path: Path) -> bool:
@@ -61,26 +58,19 @@ def list_dir(path: Path, pattern: str = "*") -> Iterator[Path]:
 
 
 def make_dir(path: Path) -> None:
-    if not is_remote(path):  # a store has no folders: an object's key makes its prefix
-        Path(path).mkdir(parents=True, exist_ok=True)
+    """Create the folder ``path`` (on a store nothing: an object's key makes its prefix)."""
+    store_for(path).make_dir(path)
 
 
 def move(source: Path, target: Path) -> None:
     """Move a file (rename when on the same filesystem), creating the target's folder."""
-    if is_remote(source) or is_remote(target):
-        location(source).fs.mv(location(source).path, location(target).path)
-        return
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(os.fspath(source), os.fspath(target))
+    store_for(source, target).move(source, target)
 
 
 def copy_file(source: Path, target: Path) -> None:
     """Copy one file; either side may be an object (read and written whole: small files only,
     a provenance or an index)."""
-    if is_remote(source) or is_remote(target):
-        location(target).write_bytes(location(source).read_bytes())
-        return
-    shutil.copyfile(source, target)
+    store_for(source, target).copy_file(source, target)
 
 
 def remove(path: Path) -> None:
@@ -88,10 +78,7 @@ def remove(path: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    if is_remote(path):
-        path.fs.rm(path.path, recursive=True)
-        return
-    shutil.rmtree(path, ignore_errors=False)
+    store_for(path).remove_tree(path)
 
 
 def file_sha256(path: Path) -> str:

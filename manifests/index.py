@@ -6,7 +6,8 @@ shard, tar file, image member and the label columns a user trains on, ``INDEX_SC
 ``run_dir/index.json`` names the dataset, its target, the indexed / surplus / failed shards
 and each indexed shard's recorded sizes and checksums. Both are written temp-then-rename and
 ``index.json`` last: if it exists, the dataset is complete and consistent. The dataset card
-(``manifests.card``) is written right after it, with every index.
+(``manifests.card``) is written right after it, with every index. Reading an index
+(:func:`read_index`) belongs to ``manifests.dataset``, below the card, and is re-exported here.
 """
 
 from __future__ import annotations
@@ -25,19 +26,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests.atomic import atomic_output, fsync_dir, write_bytes_atomic
+from manifests.card import write_card
+from manifests.dataset import index_shards_dir, read_index  # read here, committed by write_index
 from manifests.dedup import read_duplicates
 from manifests.layout import RunLayout, key_prefix, shard_paths
 from manifests.records import json_default
 from manifests.schema import INDEX_COLUMNS, INDEX_SCHEMA, SCHEMA_VERSION
-from manifests.store import is_url, location, open_parquet, relative_path
+from manifests.store import location, open_parquet, relative_path
 from manifests.writer import is_done, read_stats
 
 __all__ = [
     "INDEX_ROW_GROUP_ROWS",
     "KeyTracker",
     "index_shards_dir",
-    "indexed_dedup_files",
-    "indexed_parquet_files",
     "read_index",
     "write_index",
 ]
@@ -208,52 +209,5 @@ def write_index(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_bytes_atomic(layout.index_json, json.dumps(index, indent=1, default=json_default).encode())
-    # deferred: the card reads the dataset this module commits (manifests.card imports this module)
-    from manifests.card import write_card
-
     write_card(layout.root)
     return index
-
-
-def read_index(run_dir: Path) -> dict[str, Any] | None:
-    """index.json of ``run_dir``, or ``None`` if the dataset was never committed."""
-    json_path = _layout(run_dir).index_json
-    try:
-        text = json_path.read_text()
-    except FileNotFoundError:
-        return None
-    try:
-        index = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{json_path} is not valid JSON ({exc}); rerun `factory build` on this directory to rewrite it"
-        ) from exc
-    if not isinstance(index, dict) or "shards" not in index:
-        raise ValueError(f"{json_path} is not a MIFA index; rerun `factory build` on this directory")
-    return index
-
-
-def index_shards_dir(run_dir: Path, index: dict[str, Any]) -> Path:
-    """The folder holding the shards an index names."""
-    folder = index.get("shards_dir", _layout(run_dir).shards.name)
-    return location(folder) if is_url(folder) else location(run_dir) / folder
-
-
-def indexed_parquet_files(run_dir: Path) -> list[Path]:
-    """The shard manifests of the committed dataset (raises if there is no index)."""
-    index = read_index(run_dir)
-    if index is None:
-        raise FileNotFoundError(
-            f"{_layout(run_dir).index_json} does not exist: the dataset in {run_dir} is not built "
-            "(or not finished); run `factory build` first"
-        )
-    shards_dir = index_shards_dir(run_dir, index)
-    return [shard_paths(shards_dir, index["dataset"], int(s)).parquet for s in index["shards"]]
-
-
-def indexed_dedup_files(run_dir: Path) -> list[Path]:
-    """The dedup files (``manifests.dedup``) of the committed dataset's shards that have one."""
-    index = read_index(run_dir) or {"shards": []}
-    shards_dir = index_shards_dir(run_dir, index)
-    paths = (shard_paths(shards_dir, index.get("dataset", ""), int(s)).dedup for s in index["shards"])
-    return [p for p in paths if p.is_file()]

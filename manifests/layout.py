@@ -13,7 +13,8 @@
       shards/{name}-{shard}.dedup.parquet   identity-bank builds: the shard's near-duplicates
                                             of earlier identities (written after it is done)
       failed/{name}-{shard}.json            attempts and errors of a failing shard
-      cache/                                request caches (LLM)
+      cache/                                the stages' model hashes (provenance); the LLM reply
+                                            cache lives on each node's disk (stages.prompt.cache)
       index.parquet, index.json             the dataset; index.json is the commit point
       DATASET_CARD.md                       written with every index (recipe, versions, counts, licences)
       provenance.json                       the stages' licences and model hashes the card reads
@@ -38,7 +39,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from manifests.store import is_remote, local_lock_path, location
+from manifests.store import location, store_for
 
 __all__ = [
     "ExportLayout",
@@ -154,11 +155,11 @@ class RunLayout:
     @property
     def build_lock(self) -> Path:
         """The file the build's flock is on: ``lock_file``, or for a dataset on object storage
-        (no flock there) a local file keyed by the URL (``manifests.store.local_lock_path``).
+        (no flock there) a local file keyed by the URL (``manifests.store.ObjectStore.lock_path``).
         That local lock stops a second build of the same URL on this machine (the usual
         mistake: the command run twice), not one started on another machine (one driver per
         URL); ``build.owner`` on the store still names the running build for `factory status`."""
-        return local_lock_path(self.root, "build") if is_remote(self.root) else self.lock_file
+        return store_for(self.root).lock_path(self.lock_file)
 
     @property
     def owner_file(self) -> Path:
@@ -232,11 +233,12 @@ class ExportLayout:
     """The bookkeeping files of an export folder (the format's own files are the format's)."""
 
     root: Path
+    MARKER = ".mifa-export"
 
     @property
     def marker(self) -> Path:
         """The export's job (format, selection, source); marks the folder as ours to replace."""
-        return self.root / ".mifa-export"
+        return self.root / self.MARKER
 
     @property
     def state(self) -> Path:

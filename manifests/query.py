@@ -34,9 +34,8 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 
-from manifests.dataset import open_dataset
+from manifests.dataset import open_dataset, read_index
 from manifests.errors import UserError
-from manifests.index import read_index
 from manifests.schema import MANIFEST_SCHEMA
 from manifests.store import register_duckdb
 from manifests.vocab import AU_INDEX, DISFA_AUS, INTENSITY_LEVELS

@@ -17,10 +17,10 @@ import pyarrow.compute as pc
 
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.errors import UserError
-from manifests.export.stream import ShardImages
 from manifests.files import exists
 from manifests.layout import RunLayout, shard_paths
 from manifests.store import read_table, register_duckdb
+from manifests.tar import ShardImages
 
 __all__ = ["SampleNotFoundError", "StoredSample", "read_plan_row", "read_sample"]
 

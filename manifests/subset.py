@@ -35,9 +35,10 @@ import pyarrow as pa
 
 from manifests.atomic import atomic_output, write_text_atomic
 from manifests.card import write_card
+from manifests.claim import FolderKind, claim_folder
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.errors import UserError
-from manifests.files import copy_file, exists, is_dir, remove
+from manifests.files import copy_file, exists, make_dir, remove
 from manifests.layout import RunLayout
 from manifests.query import au_filter, connect, expand_au_shorthand, sql_string
 from manifests.schema import INDEX_COLUMNS, MANIFEST_SCHEMA, SCHEMA_VERSION
@@ -185,26 +186,35 @@ def _selected_sql(con: Any, selection: Selection) -> str:
     return f"SELECT * {base} AND key IN (SELECT key FROM chosen_keys)"
 
 
+def _is_subset(folder: Path) -> bool:
+    try:
+        return open_dataset(folder).subset is not None
+    except (OSError, ValueError):
+        return False
+
+
+SUBSET_FOLDER = FolderKind(
+    noun="subset target",
+    what="a subset",
+    marker=RunLayout(Path(), "").index_json.name,
+    fix="choose an empty or new folder",
+    error=SubsetError,
+    is_ours=_is_subset,
+)
+
+
 def _prepare_target(dest: Path, source: DatasetRef, overwrite: bool) -> None:
     if str(absolute(dest)) == str(absolute(source.root)):
         raise SubsetError(
             f"the subset folder {dest} is the source itself; choose another folder (the source is never modified)"
         )
-    if exists(dest) and not is_dir(dest):
-        raise SubsetError(f"subset target {dest} is a file; pass a folder")
-    if is_dir(dest) and any(dest.iterdir()):
-        try:
-            previous = open_dataset(dest)
-        except (OSError, ValueError):
-            previous = None
-        if previous is None or previous.subset is None:
-            raise SubsetError(f"subset target {dest} is not empty and is not a subset; choose an empty or new folder")
+    if claim_folder(dest, SUBSET_FOLDER) == "ours":
         if not overwrite:
             raise SubsetError(f"{dest} already holds a subset; pass --overwrite to replace it")
-        layout = RunLayout(dest, previous.name)
+        layout = RunLayout(dest, open_dataset(dest).name)
         for path in (layout.index_json, layout.index_parquet, layout.card, layout.provenance):
             remove(path)
-    dest.mkdir(parents=True, exist_ok=True)
+    make_dir(dest)
 
 
 def make_subset(source: Path, dest: Path, selection: Selection, *, overwrite: bool = False) -> dict[str, Any]:

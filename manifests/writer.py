@@ -46,7 +46,7 @@ from manifests.records import (
     sample_json,
 )
 from manifests.schema import SCHEMA_VERSION
-from manifests.store import is_remote, local_lock_path, location, upload
+from manifests.store import location, store_for
 from manifests.tar import TarSink
 
 __all__ = ["ShardWriter", "is_done", "read_stats"]
@@ -275,12 +275,8 @@ class ShardWriter:
         is local (no flock on a store): copies on one node still race safely; copies on two
         nodes (a backup of a slow shard) may both upload, each object whole, and the stats
         object written last names the sizes and checksums that ``is_done`` checks."""
-        if is_remote(self.shards_dir):
-            return local_lock_path(self.paths.stats, "commit")
         # Lock files live apart so a listing of the shards directory stays readable.
-        lock_dir = self.shards_dir / ".locks"
-        lock_dir.mkdir(exist_ok=True)
-        return lock_dir / f"{self.paths.stats.name}.lock"
+        return store_for(self.shards_dir).lock_path(self.shards_dir / ".locks" / f"{self.paths.stats.name}.lock")
 
     def _close_tar(self) -> None:
         """End the archive and flush it to the OS (fsync happens in :meth:`_sync_tar`)."""
@@ -358,11 +354,7 @@ class ShardWriter:
         local file (the object appears whole; a killed upload leaves no object, only parts
         ``RunDir.clean_temps`` aborts)."""
         try:
-            if is_remote(final):
-                upload(tmp, final)
-                tmp.unlink(missing_ok=True)
-            else:
-                os.replace(tmp, final)
+            store_for(final).put_file(tmp, final, sync_dir=False, synced=True)
         except OSError as exc:
             raise write_error(final, exc, "could not rename into") from exc
         self._temps.remove(tmp)

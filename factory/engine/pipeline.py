@@ -12,7 +12,7 @@ from pathlib import Path
 
 from factory.recipe import Recipe
 from manifests.bank import open_bank
-from manifests.store import local_mirror, location
+from manifests.store import location
 from stages.base import StageContext
 from stages.pipeline import Pipeline, StageTimings
 
@@ -22,7 +22,7 @@ __all__ = ["Pipeline", "StageTimings", "make_context", "recipe_pipeline"]
 def make_context(recipe: Recipe, run_dir: Path, device: str = "cpu") -> StageContext:
     """What a stage of this recipe may know: run directory, device, seed, bank, image size."""
     return StageContext(
-        run_dir=local_mirror(location(run_dir)),  # stage caches stay local (SQLite)
+        run_dir=location(run_dir),  # a stage's caches go to the node's disk (stages.prompt.cache)
         device=device,
         seed=recipe.dataset.seed,
         identity_bank=open_bank(recipe.identities.bank),

@@ -25,9 +25,10 @@ from filelock import FileLock, Timeout
 
 from factory.recipe import Recipe
 from manifests.atomic import TEMP_SUFFIX, clean_temps, write_parquet_atomic, write_text_atomic
+from manifests.claim import FolderKind, claim_folder
 from manifests.errors import UserError
 from manifests.layout import RunLayout
-from manifests.store import abort_partial_uploads, is_remote, read_table
+from manifests.store import read_table, store_for
 from manifests.writer import is_done, read_stats
 
 __all__ = [
@@ -160,35 +161,21 @@ class RunDir(RunLayout):
         return lock
 
     def _make_root(self) -> None:
-        if not is_remote(self.root):
-            self.root.mkdir(parents=True, exist_ok=True)
-            return
-        bucket = self.root.path.split("/", 1)[0]
-        if not self.root.fs.exists(bucket):  # s3fs would create it: a typo must not make a bucket
-            raise OSError(f"the bucket {bucket!r} does not exist or these credentials cannot see it")
+        store_for(self.root).make_root(self.root)
 
     def _check_is_ours(self) -> None:
         """Refuse a file, or a non-empty folder without run.json that holds anything a build
         would not have put there (a crash before run.json leaves only the build's own names)."""
-        if self.root.exists() and not self.root.is_dir():
-            raise RunError(f"--out {self.root} is a file, not a folder; choose a folder for the dataset")
-        if not self.root.is_dir() or self.run_json.exists():
-            return
         own = {p.name for p in (self.plans, self.shards, self.failed, self.cache, self.lock_file, self.owner_file)}
-        try:
-            foreign = sorted(
-                p.name for p in self.root.iterdir() if p.name not in own and not p.name.endswith(TEMP_SUFFIX)
-            )
-        except OSError as exc:
-            raise RunError(
-                f"cannot read the output folder {self.root} ({exc.strerror or exc}); choose another --out"
-            ) from None
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise RunError(
-                f"output folder {self.root} is not empty and is not a factory build (no run.json; it holds "
-                f"{shown}); choose a new or empty folder with --out (or dataset.out), nothing was written"
-            )
+        kind = FolderKind(
+            noun="output folder",
+            what="a factory build",
+            marker=self.run_json.name,
+            fix="choose a new or empty folder with --out (or dataset.out), nothing was written",
+            error=RunError,
+            leftover=lambda name: name in own or name.endswith(TEMP_SUFFIX),
+        )
+        claim_folder(self.root, kind)
 
     def start(self, recipe: Recipe, bank_fingerprint: str | None) -> dict[str, Any]:
         """Record the recipe on first start; on resume refuse a recipe that differs."""
@@ -237,7 +224,7 @@ class RunDir(RunLayout):
     def write_probe(self) -> str | None:
         """Write this build's probe (a random token) for every worker to find (:func:`check_probe`);
         the token, or ``None`` for object storage, where no node can write to a private copy."""
-        if is_remote(self.root):
+        if not store_for(self.root).local:
             return None
         for old in self.root.glob("probe-*.json"):  # a killed build's
             old.unlink(missing_ok=True)
@@ -284,8 +271,7 @@ class RunDir(RunLayout):
         removed: list[Path] = []
         for folder in (self.plans, self.root, self.failed, self.shards):
             removed += clean_temps(folder)
-        if is_remote(self.root):  # a writer killed mid-upload: its parts are invisible but kept
-            abort_partial_uploads(self.root)
+        store_for(self.root).abort_partial_uploads(self.root)  # a writer killed mid-upload: parts invisible but kept
         return removed
 
     # --- workers (for `factory status`) ---------------------------------------------------

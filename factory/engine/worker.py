@@ -32,7 +32,6 @@ import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -68,7 +67,7 @@ class PromptWorker:
     """CPU stage beside the GPU workers: expands a shard's plan into descriptions."""
 
     def __init__(self, recipe: Recipe, run_dir: str) -> None:
-        self.pipeline = recipe_pipeline(recipe, make_context(recipe, Path(run_dir), "cpu"), ["prompt"])
+        self.pipeline = recipe_pipeline(recipe, make_context(recipe, location(run_dir), "cpu"), ["prompt"])
 
     def info(self) -> dict[str, Any]:
         """Also the warnings the stages raised while starting (e.g. an LLM endpoint that does

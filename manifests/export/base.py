@@ -22,9 +22,6 @@ The contract, in three methods:
   (``Sample.source``) and the source's ``{key}.json`` member (``Sample.label_json``), so
   nothing is converted per sample.
 
-A format written for the earlier one-pass interface (``write(samples, count)``, receiving
-``(row, image bytes)`` pairs) still runs, in one pass and without resume.
-
 File names made from keys or identity ids go through :meth:`Sample.name` /
 ``manifests.layout.safe_component`` and :meth:`Exporter.inside`, so nothing a dataset holds
 can point a file outside the export folder.
@@ -115,7 +112,7 @@ class Exporter:
         self.part_image_bytes = 0  # image bytes handed to the current part (the loop counts)
 
     def write_part(self, part: int, samples: Iterator[Sample]) -> dict[str, Any]:
-        raise NotImplementedError(f"export format {self.name!r} implements neither write_part() nor write()")
+        raise NotImplementedError(f"export format {self.name!r} does not implement write_part()")
 
     def part_bytes(self) -> int:
         """Bytes the current part holds so far, for ``shard_bytes`` (default: its images' bytes)."""

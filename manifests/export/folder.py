@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shutil
 from collections.abc import Iterator
 from typing import Any
 
-from manifests.atomic import atomic_output, temp_path, write_bytes_atomic
+from manifests.atomic import atomic_output, fsync_dir, write_bytes_atomic
 from manifests.export.base import Exporter, Sample
 from manifests.export.provenance import write_derived_card
 from manifests.files import make_dir
@@ -54,11 +53,9 @@ def csv_row(row: dict[str, Any], file: str) -> list[Any]:
 def write_image(exporter: Exporter, folder: str, part: int, sample: Sample) -> str:
     """Write one image under ``out/{folder}/{part:06d}/``; returns its path relative to ``out``."""
     relative = f"{folder}/{part:06d}/{sample.name}.{sample.extension}"
-    path = exporter.inside(relative)
-    # Temp + rename: a crash never leaves a truncated image under its final name.
-    tmp = temp_path(path)
-    tmp.write_bytes(sample.image)
-    os.replace(tmp, path)
+    # Temp, fsync, rename: a crash never leaves a truncated image under its final name; the
+    # folder's renames are made durable once per part by the format.
+    write_bytes_atomic(exporter.inside(relative), sample.image, sync_dir=False)
     return relative
 
 
@@ -72,7 +69,7 @@ class FolderExporter(Exporter):
         table = csv.writer(buffer)
         for sample in samples:
             table.writerow(csv_row(sample.row, write_image(self, "images", part, sample)))
-        os.sync()  # the part's images are durable before the part is recorded as done
+        fsync_dir(self.inside("images", f"{part:06d}"))  # the part's images are durable before it is recorded
         make_dir(self.layout.parts)
         write_bytes_atomic(self.layout.parts / f"labels-{part:06d}.csv", buffer.getvalue().encode(), sync_dir=False)
         return {"folder": f"images/{part:06d}"}

@@ -1,6 +1,11 @@
 """Identity-bank export: an identity-bank build as the folder ``identities.bank`` reads.
 
-``out/images/{identity_id}.{ext}`` (the kept portraits, bytes as built) and
+Resumable part by part like every format: each part writes its portraits and leaves its
+identities' rows in ``.parts/``; :meth:`IdentityBankExporter.finish` writes the bank's files
+from them.
+
+``out/images/{identity_id}.{ext}`` (the kept portraits, bytes as built; an id that is not a
+safe file name is made one by ``manifests.layout.safe_component``, so no id leaves ``out``) and
 ``out/identities.csv`` (``manifests.bank``: identity id, image, the planned ethnicity / age
 band / gender, ``source`` = the generating model and the portrait's seed, ``licence`` = the
 model's licence from the recipe's ``[bank]``, ``expression = neutral`` since the portrait
@@ -18,18 +23,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from itertools import product
 from typing import Any
 
-from manifests.atomic import temp_path, write_bytes_atomic
+from manifests.atomic import fsync_dir, write_bytes_atomic
 from manifests.bank import BANK_COLUMNS, NEUTRAL
+from manifests.dataset import index_shards_dir, read_index
 from manifests.dedup import read_dedup
-from manifests.export.base import Exporter
-from manifests.index import index_shards_dir, read_index
-from manifests.layout import RunLayout, shard_paths
+from manifests.export.base import Exporter, Sample
+from manifests.files import make_dir
+from manifests.layout import RunLayout, safe_component, shard_paths
 from manifests.store import read_table
 from manifests.vocab import AGE_BANDS, ETHNICITIES, GENDERS
 
@@ -93,16 +98,15 @@ def balance(rows: list[dict[str, Any]], demographics: dict[str, dict[str, float]
 class IdentityBankExporter(Exporter):
     name = "identity-bank"
 
-    def write(self, samples: Iterator[tuple[dict[str, Any], bytes]], count: int) -> dict[str, Any]:
+    def write_part(self, part: int, samples: Iterator[Sample]) -> dict[str, Any]:
         recipe = _recipe(self.run_dir)
         source, licence = _source(recipe), str(recipe.get("bank", {}).get("licence", ""))
-        (self.out / "images").mkdir(parents=True, exist_ok=True)
+        make_dir(self.inside("images"))
         rows: list[dict[str, Any]] = []
-        for row, data in samples:
-            image = f"images/{row['identity_id']}.{row['image_format']}"
-            tmp = temp_path(self.out / image)  # temp + rename; one os.sync() below
-            tmp.write_bytes(data)
-            os.replace(tmp, self.out / image)
+        for sample in samples:
+            row = sample.row
+            image = f"images/{safe_component(str(row['identity_id']))}.{sample.extension}"
+            write_bytes_atomic(self.inside(image), sample.image, sync_dir=False)  # temp, fsync, rename
             rows.append(
                 {
                     "identity_id": row["identity_id"],
@@ -113,12 +117,22 @@ class IdentityBankExporter(Exporter):
                     "expression": NEUTRAL,
                 }
             )
-        os.sync()
+        fsync_dir(self.out / "images")  # the part's renames are durable before the part is recorded
+        make_dir(self.layout.parts)
+        write_bytes_atomic(self._part_rows(part), json.dumps(rows).encode(), sync_dir=False)
+        return {"identities": len(rows)}
+
+    def finish(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        recipe = _recipe(self.run_dir)
+        rows = [row for part in range(len(parts)) for row in json.loads(self._part_rows(part).read_text())]
         stats = balance(rows, recipe.get("demographics", {}))
         write_bytes_atomic(self.out / BANK_STATS_FILE, json.dumps(stats, indent=1).encode())
         duplicates = self._write_duplicates()
         write_bytes_atomic(self.out / IDENTITIES_FILE, _csv([*BANK_COLUMNS, "expression"], rows))
         return {"identities": len(rows), "duplicates_left_out": duplicates, "balance": stats}
+
+    def _part_rows(self, part: int) -> Any:
+        return self.layout.parts / f"identities-{part:06d}.json"
 
     def _write_duplicates(self) -> int:
         """``duplicates.csv``: each portrait left out, the kept identity it repeats, their cosine."""

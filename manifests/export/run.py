@@ -1,7 +1,8 @@
-"""The export loop: target folder rules, resume, parts, progress and ``export.json``.
+"""The export loop: target folder, resume, parts, progress and ``export.json``.
 
 An export folder is ours when it holds ``.mifa-export`` (the job: format, selection, source).
-``out`` must be new, empty, or ours:
+``out`` must be a local folder that is new, empty, or ours (``manifests.claim``, the rule run
+directories and subsets share); then:
 
 - ours and complete (``export.json`` exists): refused unless ``overwrite``, which replaces it;
 - ours and unfinished with the same job: resumed. ``.export-state.json`` lists the parts
@@ -23,14 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from manifests.atomic import clean_temps, write_bytes_atomic, write_text_atomic
+from manifests.claim import FolderKind, claim_folder
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.export.base import Exporter, ExportError, ExportOptions, Sample
 from manifests.export.stream import count_sql, iter_samples, shard_batches, unlabelled_sql
-from manifests.files import exists, is_dir, make_dir, remove_tree
+from manifests.files import exists, make_dir, remove_tree
 from manifests.layout import ExportLayout
 from manifests.query import connect, sql_string, user_sql
 from manifests.records import json_default
-from manifests.store import absolute, is_inside, is_remote, location
+from manifests.store import absolute, is_inside, location
 
 __all__ = ["Progress", "run_export"]
 
@@ -68,18 +70,21 @@ def _fresh(out: Path, layout: ExportLayout, job: dict[str, Any]) -> list[dict[st
     return []
 
 
+EXPORT_FOLDER = FolderKind(
+    noun="export target",
+    what="a previous export",
+    marker=ExportLayout.MARKER,
+    fix="refusing to touch it even with --overwrite: remove it yourself or choose another folder",
+    error=ExportError,
+    local_only="export to a local folder, then upload it",  # the formats write through local files
+)
+
+
 def open_target(out: Path, job: dict[str, Any], overwrite: bool) -> list[dict[str, Any]]:
     """Prepare ``out`` for ``job``; returns the parts already committed (resume) or ``[]``."""
     layout = ExportLayout(out)
-    if exists(out) and not is_dir(out):
-        raise ExportError(f"export target {out} is a file; pass a folder")
-    if not is_dir(out) or not any(out.iterdir()):
+    if claim_folder(out, EXPORT_FOLDER) == "new":
         return _fresh(out, layout, job)
-    if not exists(layout.marker):
-        raise ExportError(
-            f"export target {out} is not empty and is not a previous export (no {layout.marker.name}); "
-            "refusing to touch it even with --overwrite: remove it yourself or choose another folder"
-        )
     if exists(layout.report):
         if overwrite:
             return _fresh(out, layout, job)
@@ -144,11 +149,6 @@ def _write_parts(
         progress(done, total)
 
 
-def _legacy(exporter: Exporter, samples: Iterator[Sample], total: int) -> dict[str, Any]:
-    """A format with only the one-pass ``write(samples, count)`` of the earlier interface."""
-    return exporter.write(((s.row, s.image) for s in samples), total)  # type: ignore[attr-defined]
-
-
 def _check_required(con: Any, exporter_cls: type[Exporter], options: ExportOptions) -> None:
     """Refuse, before the target is touched, a selection holding a sample the format cannot write."""
     if not exporter_cls.required:
@@ -176,8 +176,6 @@ def run_export(
     started = time.perf_counter()
     dataset = open_dataset(run_dir)
     out = location(out)
-    if is_remote(out):  # the formats write through local files (csv fragments, temp renames)
-        raise ExportError(f"export target {out} is on object storage; export to a local folder, then upload it")
     for source in (dataset.root, dataset.shards_dir):  # a subset's shards are its source's
         if is_inside(source, out):
             raise ExportError(f"export target {out} would contain the source {source}; choose another folder")
@@ -200,12 +198,8 @@ def run_export(
             samples = iter_samples(
                 dataset, batches, exporter_cls.row_columns or exporter_cls.columns, copies=exporter_cls.copies_members
             )
-            if type(exporter).write_part is Exporter.write_part and hasattr(exporter, "write"):
-                result = _legacy(exporter, samples, total)
-                progress(total, total)
-            else:
-                _write_parts(exporter, parts, _Parts(samples, exporter, options), layout.state, progress, total)
-                result = exporter.finish(parts)
+            _write_parts(exporter, parts, _Parts(samples, exporter, options), layout.state, progress, total)
+            result = exporter.finish(parts)
     finally:
         con.close()
     seconds = round(time.perf_counter() - started, 3)  # this run's (a resumed export: the rest)

@@ -11,19 +11,18 @@ from the source tars read forward, one tar open at a time, one member in memory 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from manifests.dataset import DatasetRef
 from manifests.export.base import ExportOptions, Sample
-from manifests.files import exists, open_read
+from manifests.files import exists
 from manifests.query import expand_au_shorthand, sql_string, with_dedup
 from manifests.schema import MANIFEST_SCHEMA
 from manifests.store import read_table
-from manifests.tar import TarFormatError, TarMember, iter_members
+from manifests.tar import ShardImages  # re-exported: the report's contact sheets read through it
 
 __all__ = ["BATCH_ROWS", "ShardImages", "count_sql", "iter_samples", "shard_batches", "unlabelled_sql"]
 
@@ -111,42 +110,6 @@ def shard_batches(
             table = table.slice(0, wanted)
             wanted -= table.num_rows
         yield from table.to_batches(max_chunksize=BATCH_ROWS)
-
-
-class ShardImages:
-    """The members of one source tar, read forward in member order (others skipped by seeking)."""
-
-    def __init__(self, path: Path, *, blocks: bool = False) -> None:
-        self.path = path
-        self._fh: BinaryIO = open_read(path)
-        self._wanted: tuple[str, ...] = ()
-        self._members = iter_members(self._fh, lambda name: name in self._wanted, blocks=blocks)
-
-    def get(self, member: str) -> bytes:
-        data = self.get_all((member,))[0].data
-        assert data is not None
-        return data
-
-    def get_all(self, members: tuple[str, ...]) -> list[TarMember]:
-        """``members`` (in any order within the tar, after the previous ones)."""
-        self._wanted = members
-        found: dict[str, TarMember] = {}
-        try:
-            for member in self._members:
-                if member.data is not None and member.name in members:
-                    found[member.name] = member
-                    if len(found) == len(members):
-                        return [found[m] for m in members]
-        except TarFormatError as exc:
-            raise OSError(f"cannot read source shard {self.path} ({exc}); run `factory verify` on the source") from exc
-        missing = [m for m in members if m not in found]
-        raise FileNotFoundError(
-            f"{self.path} has no member {missing[0]} after the previous one (the manifest names it); "
-            "run `factory verify` on the source dataset"
-        )
-
-    def close(self) -> None:
-        self._fh.close()
 
 
 def _rows(batch: Any, columns: tuple[str, ...] | None) -> Iterator[dict[str, Any]]:

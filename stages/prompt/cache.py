@@ -1,8 +1,11 @@
-"""The LLM reply cache: one SQLite file per run directory (``cache/llm.sqlite``).
+"""The LLM reply cache: one SQLite file per dataset, on the local disk of the node that asks.
 
-Keyed by :func:`stages.prompt.llm.cache_key` (settings, request and feedback history), so a
-rerun or a resumed build sends no request twice; WAL journaling lets the workers of one
-run share the file.
+The file is ``llm.sqlite`` in ``manifests.store.node_cache_dir(run_dir, "llm")`` (under
+``$MIFA_CACHE_DIR``, else the XDG cache folder, keyed by the dataset's absolute path or URL),
+never inside the dataset: SQLite's WAL journal is not safe on a shared filesystem (NFS), and an
+object store has no files at all. Replies are keyed by :func:`stages.prompt.llm.cache_key`
+(settings, request and feedback history), so a rerun or a resumed build on the same node sends
+no request twice; WAL journaling lets the processes of that node share the file.
 """
 
 from __future__ import annotations
@@ -11,7 +14,14 @@ import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["RequestCache"]
+from manifests.store import node_cache_dir
+
+__all__ = ["RequestCache", "cache_file"]
+
+
+def cache_file(run_dir: Path) -> Path:
+    """Where the reply cache of the dataset at ``run_dir`` lives on this node."""
+    return node_cache_dir(run_dir, "llm") / "llm.sqlite"
 
 
 class RequestCache:

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from manifests.vocab import EMOTION_MIX_KEYS
 from stages.base import Kind, Record, Stage, StageConfig, StageContext, StageError, drop
+from stages.prompt.cache import cache_file
 from stages.prompt.grammar import GRAMMAR_VERSION, describe, validate_intensity
 from stages.prompt.readback import check_description, mismatch_report
 
@@ -111,7 +112,7 @@ class PromptStage(Stage[PromptConfig]):
 
     @property
     def cache_path(self) -> Path:
-        return self.context.run_dir / "cache" / "llm.sqlite"
+        return cache_file(self.context.run_dir)
 
     def _api_key(self) -> str:
         key = os.environ.get(self.config.api_key_env)

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,15 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, di
         records, _ = write_shard(run_dir / "shards", "mifa", shard, 6, rng=rng, drop_every=3)
         accepted.update({r["key"]: r for r in records if not r.get("dropped_by")})
     write_index(run_dir, "mifa", [0, 1, 2], target=12, surplus=[], failed={})
+    _mark_identity_bank(run_dir)
     return run_dir, accepted
+
+
+def _mark_identity_bank(run_dir: Path) -> None:
+    """The run.json an identity-bank build leaves (the identity-bank format reads its recipe)."""
+    shares = {"ethnicity": {"white": 1.0}, "age_band": {"20-29": 1.0}, "gender": {"female": 1.0}}
+    recipe = {"dataset": {"kind": "identity-bank"}, "demographics": shares, "bank": {"licence": "test"}}
+    (run_dir / "run.json").write_text(json.dumps({"dataset": "mifa", "recipe": recipe}))
 
 
 def _source_images(run_dir: Path) -> dict[str, bytes]:
@@ -174,7 +181,7 @@ class _Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("fmt", ["webdataset", "folder", "maugen"])
+@pytest.mark.parametrize("fmt", ["webdataset", "folder", "maugen", "identity-bank"])
 def test_killed_export_resumes_without_duplicates(source: tuple[Path, dict], tmp_path: Path, fmt: str) -> None:
     run_dir, accepted = source
     out = tmp_path / fmt
@@ -197,6 +204,13 @@ def test_killed_export_resumes_without_duplicates(source: tuple[Path, dict], tmp
         with open(out / "labels.csv", newline="") as fh:
             keys = [r["key"] for r in csv.DictReader(fh)]
         assert len(list((out / "images").rglob("*.jpg"))) == len(accepted)
+    elif fmt == "identity-bank":
+        with open(out / "identities.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert all((out / r["image"]).is_file() for r in rows)
+        assert sorted(r["identity_id"] for r in rows) == sorted(r["identity_id"] for r in accepted.values())
+        assert json.loads((out / "bank-stats.json").read_text())["identities"] == len(accepted)
+        keys = list(accepted)  # rows carry no key: one row per selected sample is checked above
     else:
         keys = [Path(e["image"]).stem for e in json.loads((out / "sample_data.json").read_text())]
     assert sorted(keys) == sorted(accepted) and len(keys) == len(set(keys))
@@ -249,13 +263,19 @@ def test_keys_and_ids_cannot_escape_the_export(tmp_path: Path) -> None:
             writer.add(record)
         writer.commit()
     write_index(run_dir, "mifa", [0, 1], target=5, surplus=[], failed={})
+    _mark_identity_bank(run_dir)
     before = _tree(tmp_path)
-    for fmt in ("folder", "maugen", "graphau", "huggingface", "webdataset"):
+    for fmt in ("folder", "maugen", "graphau", "huggingface", "webdataset", "identity-bank"):
         export(run_dir, tmp_path / "out" / fmt, format=fmt)
     created = set(_tree(tmp_path)) - set(before)
     assert all(p.startswith("out") for p in created), sorted(p for p in created if not p.startswith("out"))
     names = [p.name for p in (tmp_path / "out" / "folder" / "images").rglob("*.jpg")]
     assert len(names) == 5 and all("/" not in n and not n.startswith(".") for n in names)
+    bank = tmp_path / "out" / "identity-bank"
+    images = [p.relative_to(bank).as_posix() for p in (bank / "images").iterdir()]
+    assert len(images) == 5 and all(i.count("/") == 1 and not i.split("/")[1].startswith(".") for i in images)
+    with open(bank / "identities.csv", newline="") as fh:
+        assert sorted(r["image"] for r in csv.DictReader(fh)) == sorted(images)
 
 
 def test_inside_refuses_traversal(tmp_path: Path) -> None:
@@ -270,26 +290,6 @@ def test_bad_where_changes_nothing(source: tuple[Path, dict], tmp_path: Path) ->
         export(source[0], tmp_path / "x", where="no_such_column = 1")
     assert isinstance(refused.value.__cause__, duckdb.Error)
     assert not (tmp_path / "x").exists()
-
-
-def test_a_format_written_for_the_one_pass_interface_still_runs(source: tuple[Path, dict], tmp_path: Path) -> None:
-    from manifests import export as registry
-
-    class KeysOnly(Exporter):
-        name = "keys-only"
-
-        def write(self, samples: Iterator[tuple[dict[str, Any], bytes]], count: int) -> dict[str, Any]:
-            keys = [row["key"] for row, image in samples if image]
-            (self.out / "keys.txt").write_text("\n".join(keys))
-            return {"written": len(keys), "count": count}
-
-    registry.FORMATS["keys-only"] = KeysOnly
-    try:
-        report = export(source[0], tmp_path / "k", format="keys-only")
-    finally:
-        del registry.FORMATS["keys-only"]
-    assert report["written"] == report["count"] == len(source[1])
-    assert (tmp_path / "k" / "keys.txt").read_text().split() == sorted(source[1])
 
 
 def test_sample_names_are_safe() -> None:

@@ -39,6 +39,14 @@ def _api_key(monkeypatch) -> None:
     monkeypatch.setenv("STUB_LLM_KEY", KEY)
 
 
+@pytest.fixture(autouse=True)
+def node_cache(monkeypatch, tmp_path_factory) -> Path:
+    """The node-local cache folder (the reply cache lives there, never in the dataset)."""
+    folder = tmp_path_factory.mktemp("node-cache")
+    monkeypatch.setenv("MIFA_CACHE_DIR", str(folder))
+    return folder
+
+
 def _stage(stub: StubLLM, run_dir: Path, **options) -> PromptStage:
     settings = dict(
         backend="llm",
@@ -76,7 +84,7 @@ def _assert_all_described_or_dropped(records: list[dict]) -> None:
             )
 
 
-def test_good_server_then_resume_hits_cache(stub, tmp_path) -> None:
+def test_good_server_then_resume_hits_cache(stub, tmp_path, node_cache) -> None:
     records = make_records(N, seed=1)
     stub.reset("good")
     out = _run(_stage(stub, tmp_path), records)
@@ -91,8 +99,13 @@ def test_good_server_then_resume_hits_cache(stub, tmp_path) -> None:
     again = _run(_stage(stub, tmp_path), records)  # a resumed build: new stage, same run dir
     assert stub.requests == 0
     assert [r["description"] for r in again] == [r["description"] for r in out]
-    cache_bytes = (tmp_path / "cache" / "llm.sqlite").read_bytes()
-    assert KEY.encode() not in cache_bytes
+    (cache,) = node_cache.rglob("llm.sqlite")  # on the node's disk, nothing in the dataset folder
+    assert list(tmp_path.rglob("*")) == []
+    assert KEY.encode() not in cache.read_bytes()
+
+    stub.reset("good")
+    _run(_stage(stub, tmp_path / "other-dataset"), records)  # another dataset: its own cache
+    assert stub.requests == N and len(list(node_cache.rglob("llm.sqlite"))) == 2
 
 
 def test_seed_gives_each_sample_its_own_request_unless_disabled(stub, tmp_path) -> None:
