@@ -35,6 +35,8 @@ class StandInGenerator(Stage):
     name = "bench-standin"
     kind = "generator"
     config_model = StandInConfig
+    reads = frozenset({"shard", "seed", "planned_intensity"})
+    writes = frozenset({"image", "generator", "label_source", "generator_intensity", "generator_occurrence"})
 
     def process(self, batch: list[Record]) -> list[Record]:
         cfg: StandInConfig = self.config  # type: ignore[assignment]

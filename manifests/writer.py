@@ -44,6 +44,7 @@ from manifests.records import (
     manifest_row,
     manifest_table,
     sample_json,
+    unknown_keys_message,
 )
 from manifests.schema import SCHEMA_VERSION
 from manifests.store import is_remote, local_lock_path, location, upload
@@ -69,7 +70,6 @@ _RESERVED_STATS = frozenset(
         "tar_sha256",
         "parquet_sha256",
         "image_format",
-        "ignored_keys",
         "committed_at",
     }
 )
@@ -114,7 +114,6 @@ class ShardWriter:
         self._rows: list[list[Any]] = []  # one list per sample, in MANIFEST_SCHEMA order
         self._keys: set[str] = set()
         self._drops: defaultdict[str, Counter[str]] = defaultdict(Counter)
-        self._ignored: set[str] = set()
         self._accepted = 0
         self._kept_rejected = 0
         self._temps: list[Path] = []
@@ -161,6 +160,9 @@ class ShardWriter:
             raise ValueError(f"shard {self.paths.tar}: record has no 'key' string (got {key!r})")
         if key in self._keys:
             raise ValueError(f"shard {self.paths.tar}: duplicate key {key!r}")
+        unknown = record.keys() - KNOWN_KEYS
+        if unknown:
+            raise ValueError(unknown_keys_message(record, unknown))
         missing = [k for k in REQUIRED_KEYS if record.get(k) is None]
         if missing:
             raise ValueError(f"sample {key}: missing required manifest field(s) {missing}")
@@ -215,9 +217,6 @@ class ShardWriter:
         width: Any,
         height: Any,
     ) -> None:
-        unknown = record.keys() - KNOWN_KEYS
-        if unknown:
-            self._ignored.update(unknown)
         self._rows.append(
             manifest_row(
                 record,
@@ -343,7 +342,6 @@ class ShardWriter:
             "parquet_bytes": len(parquet_bytes),
             "tar_sha256": tar_sha256,
             "parquet_sha256": hashlib.sha256(parquet_bytes).hexdigest() if self.checksum else None,
-            "ignored_keys": sorted(self._ignored),
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **extra,
         }

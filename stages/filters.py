@@ -112,6 +112,10 @@ Check = Callable[[Record, float | None], FilterResult]
 class FilterStage(Stage[FilterConfig]):
     name: ClassVar[str] = "filters"
     kind: ClassVar[Kind] = "filter"
+    reads = frozenset({"consensus_occurrence", "planned_intensity"})
+    # A missing score fails its filter (a drop, not an error); identity_similarity needs a face.
+    optional_reads = frozenset({"realism_score", "identity_id", "image", "landmarks"})
+    writes = frozenset({"label_jaccard", "identity_similarity"})
     licence = f"{THIS_CODE} (no model; identity_similarity adds dlib's face descriptor and landmarks)"
 
     def licence_notice(self) -> str:
@@ -153,13 +157,8 @@ class FilterStage(Stage[FilterConfig]):
         return float(np.dot(emb, ref))
 
     def _scores(self, record: Record) -> None:
-        cons = record.get("consensus_occurrence")
-        if cons is None:
-            raise StageError(
-                f"record {record.get('key')!r} has no consensus_occurrence; the filters need the "
-                "agreement stage to run first (recipe section [agreement])"
-            )
-        record["label_jaccard"] = label_prompt_jaccard(record["planned_intensity"], cons)
+        # The agreement stage before it writes the consensus (a declared read: Pipeline.check).
+        record["label_jaccard"] = label_prompt_jaccard(record["planned_intensity"], record["consensus_occurrence"])
         if self.config.identity_similarity:
             record["identity_similarity"] = self.identity_similarity(record)
 

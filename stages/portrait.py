@@ -86,6 +86,9 @@ def neutral_problem(votes: dict[str, dict[str, list[float | None]]], limit: floa
 class PortraitFilterStage(Stage[PortraitFilterConfig]):
     name: ClassVar[str] = "portrait-filters"
     kind: ClassVar[Kind] = "filter"
+    reads = frozenset({"image", "landmarks"})
+    optional_reads = frozenset({"face_crop", "detector_votes", "realism_score"})
+    writes = frozenset({"head_pose", "face_iod", "face_sharpness", "identity_embedding"})
     licence = f"{THIS_CODE}; the identity embedding: {DLIB_RESNET_LICENCE}, or {INSIGHTFACE_LICENCE} (ArcFace)"
 
     def licence_notice(self) -> str:

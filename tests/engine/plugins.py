@@ -19,6 +19,7 @@ class DropAll(Stage):
     name = "drop-all"
     kind = "filter"
     config_model = DropAllConfig
+    writes = frozenset()  # only drops
 
     def process(self, batch: list[Record]) -> list[Record]:
         for r in batch:
@@ -37,6 +38,8 @@ class DieOnce(Stage):
     name = "die-once"
     kind = "filter"
     config_model = DieOnceConfig
+    reads = frozenset({"shard"})
+    writes = frozenset()
 
     def process(self, batch: list[Record]) -> list[Record]:
         cfg: DieOnceConfig = self.config  # type: ignore[assignment]
@@ -52,6 +55,7 @@ class MissingCheckpoint(Stage):
 
     name = "missing-checkpoint"
     kind = "detector"
+    writes = frozenset()
 
     def setup(self) -> None:
         from stages.base import StageError
@@ -74,6 +78,8 @@ class HangOnce(Stage[HangOnceConfig]):
 
     name = "hang-once"
     kind = "filter"
+    reads = frozenset({"shard"})
+    writes = frozenset()
 
     def process(self, batch: list[Record]) -> list[Record]:
         cfg = self.config
@@ -93,6 +99,8 @@ class AlwaysFails(Stage[AlwaysFailsConfig]):
 
     name = "always-fails"
     kind = "filter"
+    reads = frozenset({"shard"})
+    writes = frozenset()
 
     def process(self, batch: list[Record]) -> list[Record]:
         raise OSError(f"cannot read identity image {self.config.path} (shard {batch[0]['shard']}): unreadable")

@@ -4,14 +4,18 @@ Per registry entry: the class's ``name`` is its key; its ``kind`` is what the re
 section it is chosen in holds; its config is its own model and refuses unknown keys;
 ``process`` returns the same record objects in the same order, leaves records an earlier
 stage dropped untouched, and every record it drops carries ``dropped_by == name`` and a
-reason. Stages that need model files run on the tiny random-weight models the stage tests
+reason. Its declared data flow holds on live records: every field it sets (added, replaced or
+changed in place) is in its ``writes``, and every field it reads before setting it is in its
+``reads`` or ``optional_reads`` (``key``, the sample's name, and the drop fields excepted).
+Stages that need model files run on the tiny random-weight models the stage tests
 build, made once per session. ``CASES`` must name every registry entry: a new stage fails
 here until it has a case.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import pickle
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -24,8 +28,9 @@ import yaml
 from pydantic import ValidationError
 
 from manifests.bank import open_bank
+from manifests.schema import RECORD_FIELDS
 from stages import REGISTRY, stage_class
-from stages.base import Record, StageConfig, StageContext
+from stages.base import DROP_FIELDS, Record, StageConfig, StageContext
 from stages.detectors.opengraphau.model import ARCHS, build_mefarg
 from stages.faces.landmarks import arcface_crop_68, detect_faces
 from stages.pipeline import StageSpec, build_stage, path_kind
@@ -141,6 +146,58 @@ def portraits() -> list[Record]:
         }
         for i, (identity, image, lm, vote, realism) in enumerate(rows)
     ]
+
+
+class TrackedRecord(dict[str, Any]):
+    """A record that notes which fields a stage reads before it sets them itself."""
+
+    def __init__(self, fields: Record) -> None:
+        super().__init__(fields)
+        self.read_first: set[str] = set()  # read while still holding what came in
+        self.set_here: set[str] = set()
+
+    def _note(self, name: str) -> None:
+        if name not in self.set_here:
+            self.read_first.add(name)
+
+    def __getitem__(self, name: str) -> Any:
+        self._note(name)
+        return super().__getitem__(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self._note(name)
+        return super().get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        self._note(str(name))
+        return super().__contains__(name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.set_here.add(name)
+        super().__setitem__(name, value)
+
+    def setdefault(self, name: str, default: Any = None) -> Any:
+        self._note(name)
+        self.set_here.add(name)
+        return super().setdefault(name, default)
+
+    def update(self, *args: Any, **fields: Any) -> None:
+        new = dict(*args, **fields)
+        self.set_here.update(new)
+        super().update(new)
+
+
+def _snapshot(record: Record) -> dict[str, bytes]:
+    return {name: pickle.dumps(value) for name, value in record.items()}
+
+
+def _changed(before: dict[str, bytes], record: Record) -> set[str]:
+    """Fields added, replaced or changed in place since ``before``."""
+    return {name for name, value in record.items() if before.get(name) != pickle.dumps(value)}
+
+
+def _names(fields: Iterable[str]) -> list[str]:
+    return sorted(fields)
 
 
 # ---------------------------------------------------------------- models, built once
@@ -351,7 +408,8 @@ def test_process_keeps_the_batch_and_records_its_drops(
     if case.patch is not None:
         case.patch(monkeypatch)
     stage = build_stage(StageSpec(case.path, name, case.options(models_root)), _context(case, tmp_path))
-    live = case.records()
+    live: list[Record] = [TrackedRecord(r) for r in case.records()]
+    snapshots = [_snapshot(r) for r in live]
     earlier = {**case.records()[0], "key": "earlier", "dropped_by": "an-earlier-stage", "drop_reason": "dropped before"}
     before = dict(earlier)
     batch = [earlier, *live]
@@ -366,3 +424,17 @@ def test_process_keeps_the_batch_and_records_its_drops(
     for i in dropped:
         assert live[i]["dropped_by"] == name
         assert isinstance(live[i]["drop_reason"], str) and live[i]["drop_reason"].strip()
+    _assert_declared_flow(stage_class(name), live, snapshots)
+
+
+def _assert_declared_flow(cls: type, live: list[Record], snapshots: list[dict[str, bytes]]) -> None:
+    """What the stage did to ``live`` is what its class declares (see the module docstring)."""
+    assert cls.writes <= RECORD_FIELDS and cls.reads <= RECORD_FIELDS and cls.optional_reads <= RECORD_FIELDS
+    set_fields = set().union(*(_changed(before, r) for before, r in zip(snapshots, live, strict=True)))
+    undeclared_writes = set_fields - cls.writes - DROP_FIELDS
+    assert not undeclared_writes, f"{cls.name} sets {_names(undeclared_writes)} but does not declare them in `writes`"
+    read_first = set().union(*(r.read_first for r in live if isinstance(r, TrackedRecord)))
+    undeclared_reads = read_first - cls.reads - cls.optional_reads - DROP_FIELDS - {"key"}
+    assert not undeclared_reads, (
+        f"{cls.name} reads {_names(undeclared_reads)} but declares them in neither `reads` nor `optional_reads`"
+    )

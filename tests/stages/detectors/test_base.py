@@ -157,7 +157,7 @@ def test_process_writes_votes_and_skips_dropped() -> None:
     assert set(b["detector_votes"]) == {"other", "fixed"}
     assert b["detector_votes"]["fixed"]["intensity"][AU_INDEX[12]] == 4.0
     assert "detector_votes" not in dead
-    assert det.describe()["covered_disfa_aus"] == [1, 12]
+    assert covered_aus(det.vocabulary) == (1, 12)
 
 
 def test_process_refuses_wrong_shape() -> None:
