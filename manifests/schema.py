@@ -15,9 +15,10 @@ does not know. A record starts as a row of :data:`PLAN_SCHEMA` (:data:`PLAN_KEYS
 
 The record stays a ``dict`` at run time (not a dataclass or a pydantic model) because the
 stages, the writer and the exports all speak dicts and the declared key set gives the checks
-a typed object would; measured on a 10k-record batch (``python -m bench.bench_record``, the
-numbers in its docstring) a slotted dataclass costs a conversion at each edge and a pydantic
-model far more, for no check the declarations do not already make.
+a typed object would. Measured on a 10k-record batch (``python -m bench.bench_record``: plan
+rows to records, the stages' writes, the writer's key check and row), a dict with the declared
+key set took 316 ms, a slotted dataclass converted at the edges 734 ms and a pydantic model
+715 ms (best of 7, a loaded 2-core machine), for no check the declarations do not make.
 """
 
 from __future__ import annotations
