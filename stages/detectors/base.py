@@ -217,13 +217,13 @@ def record_image(record: Record, stage: str, use_face_crop: bool = True) -> np.n
     return image
 
 
-def exemplar_for(record: Record, bank: Any) -> tuple[str, Callable[[], np.ndarray]] | None:
-    """The identity of the exemplar photo this record is measured against and a loader for
-    it (called only when the caller's cache misses), or ``None`` without a bank or identity."""
+def exemplar_for(record: Record, bank: Any) -> str | None:
+    """The identity whose exemplar photo this record is measured against
+    (``stages.faces.exemplar.exemplar_landmarks``), or ``None`` without a bank or identity."""
     identity = record.get("identity_id")
     if bank is None or not identity:
         return None
-    return str(identity), lambda: np.asarray(bank.image(identity))
+    return str(identity)
 
 
 def read_calibration(path: str, detector: str, parse: Callable[[Any], T]) -> T:
