@@ -75,29 +75,30 @@ def _writers_of(field_name: str) -> list[str]:
 
 
 def _unknown_field(spec: StageSpec, cls: type[Stage[Any]]) -> ChainError | None:
-    """The error for the first declared field ``manifests.schema`` does not know, or ``None``."""
+    """The error for a stage whose declarations do not hold on their own, or ``None``."""
+    where = f"stage {spec.path} ({spec.name})"
     if cls.writes is UNDECLARED:
         return ChainError(
-            f"stage {spec.path} ({spec.name}) declares no record fields; set its class's `reads` and "
-            "`writes` (and `optional_reads`) to the manifests.schema fields it needs and sets",
+            f"{where} does not declare the record fields it writes; set its class's `writes` (and `reads`, "
+            "`optional_reads`) to the manifests.schema fields it sets (and needs)",
             spec.path,
         )
     declared = (("reads", cls.reads), ("optional_reads", cls.optional_reads), ("writes", cls.writes))
     for what, fields in declared:
-        for name in sorted(fields - RECORD_FIELDS):
-            close = difflib.get_close_matches(name, sorted(RECORD_FIELDS), n=1)
+        unknown = sorted(fields - RECORD_FIELDS)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(RECORD_FIELDS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             return ChainError(
-                f"stage {spec.path} ({spec.name}) declares field {name!r} in `{what}`, which is no "
-                f"manifest column or transient field of manifests.schema{hint}",
+                f"{where} declares field {unknown[0]!r} in `{what}`, which is no manifest column or "
+                f"transient field of manifests.schema{hint}",
                 spec.path,
-                name,
+                unknown[0],
             )
-    for name in sorted(cls.writes & WRITER_COLUMNS):
+    claimed = sorted(cls.writes & WRITER_COLUMNS)
+    if claimed:
         return ChainError(
-            f"stage {spec.path} ({spec.name}) declares it writes {name!r}, which only the shard writer sets",
-            spec.path,
-            name,
+            f"{where} declares it writes {claimed[0]!r}, which only the shard writer sets", spec.path, claimed[0]
         )
     return None
 

@@ -74,7 +74,9 @@ def test_plugin_with_a_misspelt_field_is_refused_with_a_suggestion() -> None:
 
 
 def test_plugin_declaring_nothing_or_a_writer_column_is_refused() -> None:
-    with pytest.raises(RecipeError, match=r"stage filters \(.*:Undeclared\) declares no record fields"):
+    with pytest.raises(
+        RecipeError, match=r"stage filters \(.*:Undeclared\) does not declare the record fields it writes"
+    ):
         recipe_from_dict(_demo(filters={"name": f"{PLUGINS}:Undeclared"}))
     with pytest.raises(RecipeError, match=r"writes 'accepted', which only the shard writer sets"):
         recipe_from_dict(_demo(filters={"name": f"{PLUGINS}:SetsAccepted"}))
