@@ -14,8 +14,7 @@ here until it has a case.
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -41,6 +40,7 @@ from tests.stages.detectors.test_opengraphau import TINY as TINY_OPENGRAPHAU
 from tests.stages.faces.tiny_scrfd import GREEN, export_tiny_scrfd, paint_face
 from tests.stages.prompt.plans import make_records
 from tests.stages.tiny_models import build_tiny_fineface, build_tiny_maugen, build_tiny_sd
+from tests.stages.tracked import TrackedRecord, changed_fields, snapshot
 
 IDS = ("builtin-astronaut", "builtin-grace-hopper")
 SIZE = 64  # generator output side: small, every tiny model accepts it
@@ -146,58 +146,6 @@ def portraits() -> list[Record]:
         }
         for i, (identity, image, lm, vote, realism) in enumerate(rows)
     ]
-
-
-class TrackedRecord(dict[str, Any]):
-    """A record that notes which fields a stage reads before it sets them itself."""
-
-    def __init__(self, fields: Record) -> None:
-        super().__init__(fields)
-        self.read_first: set[str] = set()  # read while still holding what came in
-        self.set_here: set[str] = set()
-
-    def _note(self, name: str) -> None:
-        if name not in self.set_here:
-            self.read_first.add(name)
-
-    def __getitem__(self, name: str) -> Any:
-        self._note(name)
-        return super().__getitem__(name)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        self._note(name)
-        return super().get(name, default)
-
-    def __contains__(self, name: object) -> bool:
-        self._note(str(name))
-        return super().__contains__(name)
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        self.set_here.add(name)
-        super().__setitem__(name, value)
-
-    def setdefault(self, name: str, default: Any = None) -> Any:
-        self._note(name)
-        self.set_here.add(name)
-        return super().setdefault(name, default)
-
-    def update(self, *args: Any, **fields: Any) -> None:
-        new = dict(*args, **fields)
-        self.set_here.update(new)
-        super().update(new)
-
-
-def _snapshot(record: Record) -> dict[str, bytes]:
-    return {name: pickle.dumps(value) for name, value in record.items()}
-
-
-def _changed(before: dict[str, bytes], record: Record) -> set[str]:
-    """Fields added, replaced or changed in place since ``before``."""
-    return {name for name, value in record.items() if before.get(name) != pickle.dumps(value)}
-
-
-def _names(fields: Iterable[str]) -> list[str]:
-    return sorted(fields)
 
 
 # ---------------------------------------------------------------- models, built once
@@ -409,7 +357,7 @@ def test_process_keeps_the_batch_and_records_its_drops(
         case.patch(monkeypatch)
     stage = build_stage(StageSpec(case.path, name, case.options(models_root)), _context(case, tmp_path))
     live: list[Record] = [TrackedRecord(r) for r in case.records()]
-    snapshots = [_snapshot(r) for r in live]
+    snapshots = [snapshot(r) for r in live]
     earlier = {**case.records()[0], "key": "earlier", "dropped_by": "an-earlier-stage", "drop_reason": "dropped before"}
     before = dict(earlier)
     batch = [earlier, *live]
@@ -430,11 +378,11 @@ def test_process_keeps_the_batch_and_records_its_drops(
 def _assert_declared_flow(cls: type, live: list[Record], snapshots: list[dict[str, bytes]]) -> None:
     """What the stage did to ``live`` is what its class declares (see the module docstring)."""
     assert cls.writes <= RECORD_FIELDS and cls.reads <= RECORD_FIELDS and cls.optional_reads <= RECORD_FIELDS
-    set_fields = set().union(*(_changed(before, r) for before, r in zip(snapshots, live, strict=True)))
+    set_fields = set().union(*(changed_fields(before, r) for before, r in zip(snapshots, live, strict=True)))
     undeclared_writes = set_fields - cls.writes - DROP_FIELDS
-    assert not undeclared_writes, f"{cls.name} sets {_names(undeclared_writes)} but does not declare them in `writes`"
+    assert not undeclared_writes, f"{cls.name} sets {sorted(undeclared_writes)} but does not declare them in `writes`"
     read_first = set().union(*(r.read_first for r in live if isinstance(r, TrackedRecord)))
     undeclared_reads = read_first - cls.reads - cls.optional_reads - DROP_FIELDS - {"key"}
     assert not undeclared_reads, (
-        f"{cls.name} reads {_names(undeclared_reads)} but declares them in neither `reads` nor `optional_reads`"
+        f"{cls.name} reads {sorted(undeclared_reads)} but declares them in neither `reads` nor `optional_reads`"
     )
