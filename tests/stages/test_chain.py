@@ -117,3 +117,10 @@ def test_cli_refuses_a_broken_chain_with_exit_2_before_ray(
     assert not out.exists()
     ray = sys.modules.get("ray")
     assert ray is None or not ray.is_initialized()
+
+
+def test_portrait_filters_need_a_face_stage_with_68_landmarks() -> None:
+    chain = [StageSpec("prompt", "prompt"), StageSpec("generator", "warp")]
+    with pytest.raises(ChainError, match=r"stage filters \(portrait-filters\) reads field 'landmarks'.*dlib"):
+        Pipeline.check([*chain, StageSpec("face", "scrfd"), StageSpec("filters", "portrait-filters")])
+    Pipeline.check([*chain, StageSpec("face", "dlib"), StageSpec("filters", "portrait-filters")])
