@@ -10,7 +10,7 @@ transient fields of :data:`TRANSIENT_FIELDS` (typed there), which live only whil
 in flight and are never written as columns. Every field is declared here once: the stages
 declare which of them they read and write (``stages.base.Stage.reads`` / ``writes``), a
 recipe whose stage chain reads a field no earlier stage writes is refused when it is loaded
-(``stages.pipeline.check_chain``), and the shard writer refuses a record key this module
+(``stages.pipeline.Pipeline.check``), and the shard writer refuses a record key this module
 does not know. A record starts as a row of :data:`PLAN_SCHEMA` (:data:`PLAN_KEYS`).
 
 The record stays a ``dict`` at run time (not a dataclass or a pydantic model) because the

@@ -8,7 +8,10 @@ reports as not done (and leftover temps that ``manifests.atomic.clean_temps`` re
 
 The tar is a WebDataset shard (``manifests.tar``): per sample ``{key}.{jpg|webp|png}`` and
 ``{key}.json`` (``manifests.records``). The Parquet manifest has one row per planned sample
-(accepted or not) in ``manifests.schema.MANIFEST_SCHEMA``.
+(accepted or not) in ``manifests.schema.MANIFEST_SCHEMA``. A record holding a key that
+``manifests.schema`` does not declare (no column, no transient field) is refused by
+:meth:`ShardWriter.add`, naming the sample and the key: a misspelt field is an error, never
+silently dropped.
 """
 
 from __future__ import annotations

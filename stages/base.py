@@ -7,7 +7,7 @@ the same batch. A record is a plain ``dict`` whose keys are declared once in
 sample is in flight, the transient fields listed there: decoded image array, landmarks, ...).
 
 Every stage class declares the record fields it touches, so a recipe's data flow is checked
-when it is loaded, before anything runs (``stages.pipeline.check_chain``):
+when it is loaded, before anything runs (``stages.pipeline.Pipeline.check``):
 
 - ``reads``: fields it needs; the plan or an earlier stage must write each;
 - ``optional_reads``: fields it uses when an earlier stage wrote them and does without
