@@ -15,7 +15,7 @@ import orjson
 import pyarrow as pa
 from PIL import Image
 
-from manifests.schema import JSON_KEYS, MANIFEST_SCHEMA, RECORD_FIELDS, SCORE_KEYS
+from manifests.schema import JSON_KEYS, MANIFEST_SCHEMA, SCORE_KEYS
 
 __all__ = [
     "JSON_KEYS",
@@ -41,7 +41,6 @@ REQUIRED_KEYS = tuple(
 )
 _NAMES = tuple(MANIFEST_SCHEMA.names)
 _POS = {name: i for i, name in enumerate(_NAMES)}
-KNOWN_KEYS = RECORD_FIELDS
 
 
 def json_default(value: Any) -> Any:

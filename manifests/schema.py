@@ -16,9 +16,10 @@ does not know. A record starts as a row of :data:`PLAN_SCHEMA` (:data:`PLAN_KEYS
 The record stays a ``dict`` at run time (not a dataclass or a pydantic model) because the
 stages, the writer and the exports all speak dicts and the declared key set gives the checks
 a typed object would. Measured on a 10k-record batch (``python -m bench.bench_record``: plan
-rows to records, the stages' writes, the writer's key check and row), a dict with the declared
-key set took 316 ms, a slotted dataclass converted at the edges 734 ms and a pydantic model
-715 ms (best of 7, a loaded 2-core machine), for no check the declarations do not make.
+rows to records, the stages' writes, the writer's key check and row; best of 7-9, four runs on
+a shared 2-core machine under load 4-22), a dict with the declared key set took 208-316 ms, a
+slotted dataclass converted at the edges 429-752 ms and a pydantic model 517-1359 ms: two to
+five times the dict, for no check the declarations do not make.
 """
 
 from __future__ import annotations

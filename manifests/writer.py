@@ -36,7 +36,6 @@ from manifests.done import is_done, read_stats
 from manifests.files import make_dir
 from manifests.layout import shard_paths
 from manifests.records import (
-    KNOWN_KEYS,
     PIL_FORMATS,
     REQUIRED_KEYS,
     ImageFormat,
@@ -49,7 +48,7 @@ from manifests.records import (
     sample_json,
     unknown_keys_message,
 )
-from manifests.schema import SCHEMA_VERSION
+from manifests.schema import RECORD_FIELDS, SCHEMA_VERSION
 from manifests.store import is_remote, local_lock_path, location, upload
 from manifests.tar import TarSink
 
@@ -163,9 +162,8 @@ class ShardWriter:
             raise ValueError(f"shard {self.paths.tar}: record has no 'key' string (got {key!r})")
         if key in self._keys:
             raise ValueError(f"shard {self.paths.tar}: duplicate key {key!r}")
-        unknown = record.keys() - KNOWN_KEYS
-        if unknown:
-            raise ValueError(unknown_keys_message(record, unknown))
+        if not RECORD_FIELDS.issuperset(record):  # half the cost of a set difference per record
+            raise ValueError(unknown_keys_message(record, record.keys() - RECORD_FIELDS))
         missing = [k for k in REQUIRED_KEYS if record.get(k) is None]
         if missing:
             raise ValueError(f"sample {key}: missing required manifest field(s) {missing}")
