@@ -34,6 +34,8 @@ def standin_image(seed: int, size: int) -> np.ndarray:
 class StandInGenerator(Stage[StandInConfig]):
     name = "bench-standin"
     kind = "generator"
+    reads = frozenset({"shard", "seed", "planned_intensity"})
+    writes = frozenset({"image", "generator", "label_source", "generator_intensity", "generator_occurrence"})
 
     def process(self, batch: list[Record]) -> list[Record]:
         cfg = self.config

@@ -2,7 +2,10 @@
 
 Everything downstream receives a :class:`Recipe` (frozen) and never re-validates. A bad
 recipe raises :class:`RecipeError` whose message names the field, the bad value and what
-is allowed; the CLI prints it and exits with code 2 before anything is written.
+is allowed; the CLI prints it and exits with code 2 before anything is written. That
+includes the stage chain's data flow (``stages.pipeline.Pipeline.check``): a stage reading a
+record field no earlier stage writes, or declaring a field ``manifests.schema`` does not
+know, is a recipe error naming the stage and the field.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from manifests.errors import UserError
 from manifests.store import is_url
 from stages import stage_class
 from stages.base import StageConfig, StageError
-from stages.pipeline import StageSpec, path_kind
+from stages.pipeline import ChainError, Pipeline, StageSpec, path_kind
 
 __all__ = [
     "BANK_FILTERS",
@@ -192,6 +195,13 @@ def _validate_stage_options(recipe: Recipe, source: str) -> None:
             raise RecipeError(str(sub).replace(f"'{sub.field}'", f"'{field}'", 1), field=field) from exc
 
 
+def _check_chain(recipe: Recipe, source: str) -> None:
+    try:
+        Pipeline.check(recipe.stage_specs())
+    except ChainError as exc:
+        raise RecipeError(f"{source}: {exc}", field=exc.path) from exc
+
+
 # An identity-bank build plans one neutral portrait per identity and needs a stage that
 # embeds each kept face for the bank-wide deduplication.
 BANK_FILTERS = "portrait-filters"
@@ -230,6 +240,7 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
         raise _first_error(exc, data, source) from exc
     _validate_stage_options(recipe, source)
     _validate_identity_bank(recipe, source)
+    _check_chain(recipe, source)
     return recipe
 
 

@@ -1,6 +1,6 @@
 """Record serialisation: a sample record -> its tar members and its manifest row.
 
-A record is the plain dict the stages fill (``manifests.schema``); this module turns one
+A record is the plain dict the stages fill (``manifests.schema.Record``); this module turns one
 into the ``{key}.json`` label member, the encoded image member, and a row of the
 Parquet manifest, and a shard's rows into an Arrow table with ``MANIFEST_SCHEMA``.
 """
@@ -15,7 +15,7 @@ import orjson
 import pyarrow as pa
 from PIL import Image
 
-from manifests.schema import JSON_KEYS, MANIFEST_SCHEMA, SCORE_KEYS, TRANSIENT_KEYS
+from manifests.schema import JSON_KEYS, MANIFEST_SCHEMA, SCORE_KEYS
 
 __all__ = [
     "JSON_KEYS",
@@ -29,6 +29,7 @@ __all__ = [
     "manifest_row",
     "manifest_table",
     "sample_json",
+    "unknown_keys_message",
     "votes_column",
 ]
 
@@ -40,7 +41,6 @@ REQUIRED_KEYS = tuple(
 )
 _NAMES = tuple(MANIFEST_SCHEMA.names)
 _POS = {name: i for i, name in enumerate(_NAMES)}
-KNOWN_KEYS = frozenset(_NAMES) | frozenset(TRANSIENT_KEYS)
 
 
 def json_default(value: Any) -> Any:
@@ -50,6 +50,17 @@ def json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def unknown_keys_message(record: dict[str, Any], unknown: set[str]) -> str:
+    """Why a record holding keys no schema column or transient field knows cannot be written."""
+    stage = record.get("dropped_by")
+    by = f" (the sample was dropped by stage {stage!r})" if stage else ""
+    return (
+        f"sample {record.get('key')}: record field(s) {sorted(unknown)} are neither manifest columns nor "
+        f"transient fields of manifests.schema{by}; a stage wrote a key it does not declare: fix its spelling, "
+        "or declare the field in manifests.schema and in the stage's `writes`"
+    )
 
 
 def _score(value: Any) -> float | None:

@@ -4,17 +4,29 @@ Vectors of 12 are in ``manifests.vocab.DISFA_AUS`` order. In ``consensus_*`` and
 ``-1`` means uncertain (no detector consensus); in a detector vote ``null`` means the
 detector does not cover that AU.
 
-Record keys that are *not* columns live only while a sample is in flight:
+A sample in flight is a :data:`Record`: a plain ``dict`` whose keys are drawn from
+:data:`RECORD_FIELDS`, the manifest columns (typed by :data:`MANIFEST_SCHEMA`) and the
+transient fields of :data:`TRANSIENT_FIELDS` (typed there), which live only while a sample is
+in flight and are never written as columns. Every field is declared here once: the stages
+declare which of them they read and write (``stages.base.Stage.reads`` / ``writes``), a
+recipe whose stage chain reads a field no earlier stage writes is refused when it is loaded
+(``stages.pipeline.Pipeline.check``), and the shard writer refuses a record key this module
+does not know. A record starts as a row of :data:`PLAN_SCHEMA` (:data:`PLAN_KEYS`).
 
-- ``image``: ``numpy.ndarray`` uint8 RGB ``(H, W, 3)``, set by the generator
-- ``image_bytes``: encoded image, set by the shard writer
-- ``landmarks``: ``numpy.ndarray`` float32 ``(68, 2)`` in image pixels, set by the face stage
-- ``detector_votes``: ``dict[detector_name, {"occurrence": [12 x float|None],
-  "intensity": [12 x float|None]}]`` filled by detector stages, stored as ``votes``
+The record stays a ``dict`` at run time (not a dataclass or a pydantic model) because the
+stages, the writer and the exports all speak dicts and the declared key set gives the checks
+a typed object would. Measured on a 10k-record batch (``python -m bench.bench_record``: plan
+rows to records, the stages' writes, the writer's key check and row; best of 7-9, four runs on
+a shared 2-core machine under load 4-22), a dict with the declared key set took 208-316 ms, a
+slotted dataclass converted at the edges 429-752 ms and a pydantic model 517-1359 ms: two to
+five times the dict, for no check the declarations do not make.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pyarrow as pa
 
 __all__ = [
@@ -23,10 +35,15 @@ __all__ = [
     "JSON_KEYS",
     "MANIFEST_SCHEMA",
     "N_AUS",
+    "PLAN_KEYS",
     "PLAN_SCHEMA",
+    "RECORD_FIELDS",
     "SCHEMA_VERSION",
     "SCORE_KEYS",
+    "TRANSIENT_FIELDS",
     "TRANSIENT_KEYS",
+    "WRITER_COLUMNS",
+    "Record",
 ]
 
 SCHEMA_VERSION = "1.0"
@@ -151,16 +168,29 @@ INDEX_SCHEMA = pa.schema(
     metadata={"mifa_schema_version": SCHEMA_VERSION},
 )
 
-TRANSIENT_KEYS = (
-    "image",
-    "image_bytes",
-    "landmarks",
-    "landmarks5",
-    "detector_votes",
-    "face_crop",
-    "mask",  # optional per-sample inpainting mask (maugen)
-    "background",  # optional per-sample background image (maugen)
-    "head_pose",  # (yaw, pitch, roll) degrees, portrait-filters
-    "face_iod",  # inter-ocular distance in pixels, portrait-filters
-    "face_sharpness",  # variance of the Laplacian of the face crop, portrait-filters
-)
+# Record fields that are not columns, with their Python type: they live only while a sample is
+# in flight (the writer encodes ``image``; the agreement stage stores ``detector_votes`` as
+# ``votes``; the rest is dropped at the writer).
+TRANSIENT_FIELDS: dict[str, type] = {
+    "image": np.ndarray,  # uint8 RGB (H, W, 3), set by the generator
+    "image_bytes": bytes,  # an already encoded image (JPEG, PNG or WebP), stored as is by the writer
+    "landmarks": np.ndarray,  # float32 (68, 2) iBUG points in image pixels, set by a 68-point face stage
+    "landmarks5": np.ndarray,  # float32 (5, 2) ArcFace-order keypoints in pixels, set by a 5-point face stage
+    # {detector name: {"occurrence": [12 x float|None], "intensity": [12 x float|None]}}, by the detectors
+    "detector_votes": dict,
+    "face_crop": np.ndarray,  # uint8 RGB square aligned face crop, set by the face stage
+    "mask": np.ndarray,  # optional per-sample inpainting mask (maugen), (H, W), 1 = generate
+    "background": np.ndarray,  # optional per-sample background image (maugen), uint8 RGB
+    "head_pose": tuple,  # (yaw, pitch, roll) degrees, portrait-filters
+    "face_iod": float,  # inter-ocular distance in pixels, portrait-filters
+    "face_sharpness": float,  # variance of the Laplacian of the face crop, portrait-filters
+}
+TRANSIENT_KEYS: tuple[str, ...] = tuple(TRANSIENT_FIELDS)
+# What a record holds before any stage ran: one row of the plan.
+PLAN_KEYS = frozenset(PLAN_SCHEMA.names)
+# Every key a record may hold.
+RECORD_FIELDS = frozenset(MANIFEST_SCHEMA.names) | frozenset(TRANSIENT_FIELDS)
+# Columns the shard writer fills itself (from the image it encodes and the drop): no stage writes them.
+WRITER_COLUMNS = frozenset({"accepted", "image_member", "image_format", "width", "height"})
+# A sample in flight: keys from RECORD_FIELDS, values of the column's or TRANSIENT_FIELDS' type.
+Record = dict[str, Any]

@@ -158,6 +158,19 @@ class AgreementStage(Stage[AgreementConfig]):
     name: ClassVar[str] = "agreement"
     licence = "Apache-2.0 (this code; no model)"
     kind: ClassVar[Kind] = "agreement"
+    reads = frozenset({"label_source", "generator_occurrence", "generator_intensity"})
+    optional_reads = frozenset({"detector_votes"})  # no detector: every AU stays uncertain
+    writes = frozenset(
+        {
+            "votes",
+            "consensus_occurrence",
+            "consensus_intensity",
+            "agreement_score",
+            "au_occurrence",
+            "au_intensity",
+            "label_source",
+        }
+    )
 
     def run_record(self, record: Record) -> str | None:
         cfg = self.config

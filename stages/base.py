@@ -2,9 +2,21 @@
 
 A stage has a name (its registry key), a kind (which step of the pipeline it is) and a
 typed config, loads its models once in ``setup()`` and maps a batch of sample records to
-the same batch. A record is a plain ``dict`` whose keys are the columns of
-``manifests.schema`` plus, while a sample is in flight, the transient keys listed there
-(decoded image array, landmarks, ...).
+the same batch. A record is a plain ``dict`` whose keys are declared once in
+``manifests.schema`` (:data:`manifests.schema.Record`: the manifest columns plus, while a
+sample is in flight, the transient fields listed there: decoded image array, landmarks, ...).
+
+Every stage class declares the record fields it touches, so a recipe's data flow is checked
+when it is loaded, before anything runs (``stages.pipeline.Pipeline.check``):
+
+- ``reads``: fields it needs; the plan or an earlier stage must write each;
+- ``optional_reads``: fields it uses when an earlier stage wrote them and does without
+  otherwise (a detector abstains without landmarks; the filters drop a sample with no score);
+- ``writes``: fields it sets. The drop bookkeeping's :data:`DROP_FIELDS` are every stage's.
+
+The ``key`` field (the sample's name) may be read by any stage for its messages. A class
+that never declares ``writes`` (nor inherits a declaration from its kind's base) is refused
+by the check: a plugin states its data flow like a registered stage.
 
 The base owns the loop: :meth:`Stage.process` skips records an earlier stage dropped,
 hands the live ones to :meth:`Stage.run` (per batch) or, by default, to
@@ -18,16 +30,19 @@ writes only its own work. Each kind has a small base in its folder
 from __future__ import annotations
 
 from abc import ABC
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict
 
 from manifests.errors import FailedError
+from manifests.schema import Record
 
 __all__ = [
+    "DROP_FIELDS",
     "KINDS",
+    "UNDECLARED",
     "UNDECLARED_LICENCE",
     "Kind",
     "Record",
@@ -39,7 +54,16 @@ __all__ = [
     "is_dropped",
 ]
 
-Record = dict[str, Any]
+# The fields :func:`drop` writes: every stage may drop a record.
+DROP_FIELDS: frozenset[str] = frozenset({"dropped_by", "drop_reason"})
+
+
+class _Undeclared(frozenset[str]):
+    """The type of :data:`UNDECLARED` (an empty set told apart from a declared empty one)."""
+
+
+# ``Stage.writes`` until a class declares it: the chain check refuses a stage that keeps it.
+UNDECLARED: frozenset[str] = _Undeclared()
 # What a stage that never states its licence reports: the dataset card prints it on its
 # first line, so a missing declaration is seen by the people who use the data.
 UNDECLARED_LICENCE = "UNDECLARED: this stage does not state the licence of its code and models"
@@ -72,7 +96,6 @@ class StageContext:
     seed: int = 0
     identity_bank: Any = None  # manifests.bank.IdentityBank or None
     image_size: int = 512
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def drop(record: Record, stage: str, reason: str) -> Record:
@@ -84,6 +107,7 @@ def drop(record: Record, stage: str, reason: str) -> Record:
 
 
 def is_dropped(record: Record) -> bool:
+    """Whether a stage has dropped ``record`` (the pipeline and every stage skip it then)."""
     return bool(record.get("dropped_by"))
 
 
@@ -99,12 +123,19 @@ class Stage(ABC, Generic[C]):
     depends on* (the dataset card lists it for each stage; a non-commercial one marks the whole
     dataset non-commercial). A stage whose licence depends on its configuration (a model folder,
     a spec file) overrides :meth:`licence_notice`, which must work before ``setup()``.
+
+    ``reads``, ``optional_reads`` and ``writes`` declare the record fields it touches (see the
+    module docstring); a kind's base declares what every stage of that kind writes.
     """
 
     name: ClassVar[str]
     kind: ClassVar[Kind]
     config_model: ClassVar[type[StageConfig]] = StageConfig
     licence: ClassVar[str] = UNDECLARED_LICENCE
+    # The record fields it needs, uses when present, and sets (see the module docstring).
+    reads: ClassVar[frozenset[str]] = frozenset()
+    optional_reads: ClassVar[frozenset[str]] = frozenset()
+    writes: ClassVar[frozenset[str]] = UNDECLARED
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

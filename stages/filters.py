@@ -29,6 +29,7 @@ norm ~1.43 (1.41 and 1.46 on the two builtin portraits), so 1 - 0.6**2 / (2 * 1.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -39,7 +40,8 @@ from pydantic import Field
 from manifests.vocab import DISFA_AUS, UNCERTAIN
 from stages.base import Kind, Record, Stage, StageConfig, StageContext, StageError
 from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, DLIB_RESNET_LICENCE, THIS_CODE
-from stages.faces.landmarks import detect_faces, dlib_model_files, face_embedding
+from stages.faces.exemplar import EXEMPLAR_CACHE, exemplar_landmarks
+from stages.faces.landmarks import dlib_model_files, face_embedding
 from stages.labels import jaccard
 
 __all__ = [
@@ -112,6 +114,10 @@ Check = Callable[[Record, float | None], FilterResult]
 class FilterStage(Stage[FilterConfig]):
     name: ClassVar[str] = "filters"
     kind: ClassVar[Kind] = "filter"
+    reads = frozenset({"consensus_occurrence", "planned_intensity"})
+    # A missing score fails its filter (a drop, not an error); identity_similarity needs a face.
+    optional_reads = frozenset({"realism_score", "identity_id", "image", "landmarks"})
+    writes = frozenset({"label_jaccard", "identity_similarity"})
     licence = f"{THIS_CODE} (no model; identity_similarity adds dlib's face descriptor and landmarks)"
 
     def licence_notice(self) -> str:
@@ -126,7 +132,7 @@ class FilterStage(Stage[FilterConfig]):
 
     def __init__(self, config: FilterConfig, context: StageContext) -> None:
         super().__init__(config, context)
-        self._exemplar_embeddings: dict[str, np.ndarray | None] = {}
+        self._exemplar_embedding = functools.lru_cache(maxsize=EXEMPLAR_CACHE)(self._embed_exemplar)
 
     def setup(self) -> None:
         if self.config.identity_similarity and self.context.identity_bank is None:
@@ -135,12 +141,10 @@ class FilterStage(Stage[FilterConfig]):
                 "set identities.bank to 'builtin' or a bank folder, or turn the option off"
             )
 
-    def _exemplar_embedding(self, identity_id: str) -> np.ndarray | None:
-        if identity_id not in self._exemplar_embeddings:
-            image = self.context.identity_bank.image(identity_id)
-            faces = detect_faces(image)
-            self._exemplar_embeddings[identity_id] = face_embedding(image, faces[0].landmarks) if faces else None
-        return self._exemplar_embeddings[identity_id]
+    def _embed_exemplar(self, identity_id: str) -> np.ndarray | None:
+        """The dlib descriptor of an identity's exemplar face (``None``: no face in its photo)."""
+        image, landmarks = exemplar_landmarks(self.context.identity_bank, identity_id)
+        return face_embedding(image, landmarks) if landmarks is not None else None
 
     def identity_similarity(self, record: Record) -> float | None:
         """Cosine of the dlib descriptors of the sample's face and its identity exemplar."""
@@ -153,13 +157,8 @@ class FilterStage(Stage[FilterConfig]):
         return float(np.dot(emb, ref))
 
     def _scores(self, record: Record) -> None:
-        cons = record.get("consensus_occurrence")
-        if cons is None:
-            raise StageError(
-                f"record {record.get('key')!r} has no consensus_occurrence; the filters need the "
-                "agreement stage to run first (recipe section [agreement])"
-            )
-        record["label_jaccard"] = label_prompt_jaccard(record["planned_intensity"], cons)
+        # The agreement stage before it writes the consensus (a declared read: Pipeline.check).
+        record["label_jaccard"] = label_prompt_jaccard(record["planned_intensity"], record["consensus_occurrence"])
         if self.config.identity_similarity:
             record["identity_similarity"] = self.identity_similarity(record)
 

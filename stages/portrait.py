@@ -86,6 +86,9 @@ def neutral_problem(votes: dict[str, dict[str, list[float | None]]], limit: floa
 class PortraitFilterStage(Stage[PortraitFilterConfig]):
     name: ClassVar[str] = "portrait-filters"
     kind: ClassVar[Kind] = "filter"
+    reads = frozenset({"image", "landmarks"})
+    optional_reads = frozenset({"face_crop", "detector_votes", "realism_score"})
+    writes = frozenset({"head_pose", "face_iod", "face_sharpness", "identity_embedding"})
     licence = f"{THIS_CODE}; the identity embedding: {DLIB_RESNET_LICENCE}, or {INSIGHTFACE_LICENCE} (ArcFace)"
 
     def licence_notice(self) -> str:
@@ -115,12 +118,8 @@ class PortraitFilterStage(Stage[PortraitFilterConfig]):
             raise StageError(f"portrait-filters: embedder 'arcface': {exc}") from exc
 
     def _scores(self, record: Record) -> None:
-        landmarks, image = record.get("landmarks"), record.get("image")
-        if landmarks is None or image is None:
-            raise StageError(
-                f"record {record.get('key')!r} has no landmarks; portrait-filters needs a face stage "
-                "with 68 landmarks (dlib or lbp) before it"
-            )
+        # A face stage with 68 landmarks (dlib or lbp) runs before it: declared reads, Pipeline.check.
+        landmarks, image = record["landmarks"], record["image"]
         pose = head_pose(landmarks, image.shape[:2])
         record["head_pose"] = (pose.yaw, pose.pitch, pose.roll)
         record["face_iod"] = inter_ocular_distance(landmarks)

@@ -64,6 +64,7 @@ with the same command on its exactly labelled output and pass the JSON file thro
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -75,8 +76,9 @@ from stages.base import Record, StageConfig, StageContext, StageError
 from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, THIS_CODE
 from stages.detectors.base import MeasuringDetector, exemplar_for, read_calibration
 from stages.detectors.population import exemplar_own_intensity
+from stages.faces.exemplar import EXEMPLAR_CACHE, exemplar_landmarks
 from stages.faces.geometry import upright_transform
-from stages.faces.landmarks import detect_faces, dlib_model_files
+from stages.faces.landmarks import dlib_model_files
 
 __all__ = [
     "APPEARANCE_AUS",
@@ -327,8 +329,7 @@ class AppearanceAUDetector(MeasuringDetector[AppearanceConfig]):
 
     def __init__(self, config: AppearanceConfig, context: StageContext) -> None:
         super().__init__(config, context)
-        self._exemplar: dict[str, np.ndarray | None] = {}
-        self._own: dict[str, np.ndarray] = {}  # identity -> its exemplar's own AUs (APPEARANCE_AUS order)
+        self._exemplar = functools.lru_cache(maxsize=EXEMPLAR_CACHE)(self._exemplar_of)
         self._scales = dict(DEFAULT_SCALES)
         self._offsets = dict(DEFAULT_OFFSETS)
         self._thresholds = dict(DEFAULT_THRESHOLDS)
@@ -344,20 +345,19 @@ class AppearanceAUDetector(MeasuringDetector[AppearanceConfig]):
         feats = appearance_features(image, landmarks, self.config.dark_ratio)
         return np.array([feats[au] for au in APPEARANCE_AUS])
 
+    def _exemplar_of(self, identity: str) -> tuple[np.ndarray | None, np.ndarray]:
+        """Features of an identity's exemplar (``None``: no face in it) and its own AUs, in
+        ``APPEARANCE_AUS`` order."""
+        bank = self.context.identity_bank
+        image, landmarks = exemplar_landmarks(bank, identity)
+        features = self._vector(image, landmarks) if landmarks is not None else None
+        own = exemplar_own_intensity(bank, identity, lambda: landmarks)
+        return features, np.array([own[DISFA_AUS.index(au)] for au in APPEARANCE_AUS])
+
     def exemplar_features(self, record: Record) -> np.ndarray | None:
         """Features of the record's identity exemplar, or ``None`` (no bank, no face in it)."""
-        found = exemplar_for(record, self.context.identity_bank)
-        if found is None:
-            return None
-        key, load = found
-        if key not in self._exemplar:
-            image = load()
-            faces = detect_faces(image)
-            self._exemplar[key] = self._vector(image, faces[0].landmarks) if faces else None
-            landmarks = faces[0].landmarks if faces else None
-            own = exemplar_own_intensity(self.context.identity_bank, key, lambda: landmarks)
-            self._own[key] = np.array([own[DISFA_AUS.index(au)] for au in APPEARANCE_AUS])
-        return self._exemplar[key]
+        identity = exemplar_for(record, self.context.identity_bank)
+        return None if identity is None else self._exemplar(identity)[0]
 
     def deltas(self, record: Record) -> np.ndarray | None:
         """Sample-minus-exemplar features in ``APPEARANCE_AUS`` order, or ``None`` (abstain)."""
@@ -375,7 +375,8 @@ class AppearanceAUDetector(MeasuringDetector[AppearanceConfig]):
             return np.full(len(APPEARANCE_AUS), np.nan)
         k = np.array([self._scales[au] for au in APPEARANCE_AUS])
         offset = np.array([self._offsets[au] for au in APPEARANCE_AUS])
-        return np.clip((d - offset) / k + self._own[str(record["identity_id"])], 0.0, INTENSITY_MAX)
+        own = self._exemplar(str(record["identity_id"]))[1]
+        return np.clip((d - offset) / k + own, 0.0, INTENSITY_MAX)
 
     def thresholds(self, record: Record) -> np.ndarray:
         return np.array([self._thresholds[au] for au in APPEARANCE_AUS])

@@ -217,13 +217,13 @@ def record_image(record: Record, stage: str, use_face_crop: bool = True) -> np.n
     return image
 
 
-def exemplar_for(record: Record, bank: Any) -> tuple[str, Callable[[], np.ndarray]] | None:
-    """The identity of the exemplar photo this record is measured against and a loader for
-    it (called only when the caller's cache misses), or ``None`` without a bank or identity."""
+def exemplar_for(record: Record, bank: Any) -> str | None:
+    """The identity whose exemplar photo this record is measured against
+    (``stages.faces.exemplar.exemplar_landmarks``), or ``None`` without a bank or identity."""
     identity = record.get("identity_id")
     if bank is None or not identity:
         return None
-    return str(identity), lambda: np.asarray(bank.image(identity))
+    return str(identity)
 
 
 def read_calibration(path: str, detector: str, parse: Callable[[Any], T]) -> T:
@@ -250,6 +250,12 @@ class AUDetector(Stage[C]):
     """
 
     kind: ClassVar[Kind] = "detector"
+    reads = frozenset({"image"})
+    # The face stage's crop and landmarks when there is one (without them a detector measures
+    # the whole image or abstains); the bank identity for exemplar-relative detectors; the
+    # votes of the detectors before it, which its own vote joins.
+    optional_reads = frozenset({"face_crop", "landmarks", "identity_id", "detector_votes"})
+    writes = frozenset({"detector_votes"})
     vocabulary: tuple[str, ...] = ()
     scale: Scale = "probability"
     intensity_vocabulary: tuple[str, ...] = ()
@@ -263,17 +269,10 @@ class AUDetector(Stage[C]):
         """``(len(batch), len(intensity_vocabulary))`` 0-5 intensities, or ``None``."""
         return None
 
-    def describe(self) -> dict[str, Any]:
-        """What the detector declares, for run reports and ``factory stages``."""
-        return {
-            "name": self.name,
-            "vocabulary": list(self.vocabulary),
-            "covered_disfa_aus": list(covered_aus(self.vocabulary)),
-            "scale": self.scale,
-            "intensity_vocabulary": list(self.intensity_vocabulary),
-            "preprocessing": self.preprocessing,
-            "licence": self.licence_notice(),
-        }
+    def outputs(self, batch: list[Record]) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`predict` and :meth:`predict_intensity` of one batch; a detector whose two
+        heads share work computes both at once here (:class:`MeasuringDetector`)."""
+        return self.predict(batch), self.predict_intensity(batch)
 
     def _checked(self, out: np.ndarray | None, n: int, width: int, what: str) -> np.ndarray:
         arr = np.asarray(out, dtype=np.float64)
@@ -287,8 +286,8 @@ class AUDetector(Stage[C]):
     def run(self, live: list[Record]) -> None:
         if not self.vocabulary:
             raise StageError(f"detector {self.name!r} declares no vocabulary")
-        raw = self._checked(self.predict(live), len(live), len(self.vocabulary), "predict()")
-        head = self.predict_intensity(live)
+        raw, head = self.outputs(live)
+        raw = self._checked(raw, len(live), len(self.vocabulary), "predict()")
         if head is not None:
             head = self._checked(head, len(live), len(self.intensity_vocabulary), "predict_intensity()")
         for k, record in enumerate(live):
@@ -310,14 +309,11 @@ class MeasuringDetector(AUDetector[C]):
     entry, NaN to abstain) and reads occurrence off them with a soft threshold:
     ``sigmoid((intensity - threshold) / occurrence_width)``.
 
-    Subclasses implement :meth:`measure` and :meth:`thresholds` for one record.
+    Subclasses implement :meth:`measure` and :meth:`thresholds` for one record. A batch is
+    measured once (:meth:`outputs` gives both heads); nothing is kept between calls.
     """
 
     occurrence_width: ClassVar[float] = 0.15  # sigmoid width in intensity levels
-
-    def __init__(self, config: C, context: Any) -> None:
-        super().__init__(config, context)
-        self._last_intensity: np.ndarray | None = None
 
     @abstractmethod
     def measure(self, record: Record) -> np.ndarray:
@@ -327,16 +323,17 @@ class MeasuringDetector(AUDetector[C]):
     def thresholds(self, record: Record) -> np.ndarray:
         """The intensity at occurrence probability 0.5, per ``intensity_vocabulary`` entry."""
 
-    def predict(self, batch: list[Record]) -> np.ndarray:
+    def outputs(self, batch: list[Record]) -> tuple[np.ndarray, np.ndarray]:
+        """(occurrence probabilities, 0-5 intensities) of ``batch``, measured once."""
         width = len(self.intensity_vocabulary)
         levels = np.stack([self.measure(r) for r in batch]) if batch else np.zeros((0, width))
-        self._last_intensity = levels
         thresholds = np.stack([self.thresholds(r) for r in batch]) if batch else levels
         with np.errstate(over="ignore", invalid="ignore"):
-            return 1.0 / (1.0 + np.exp(-(levels - thresholds) / self.occurrence_width))
+            occurrence = 1.0 / (1.0 + np.exp(-(levels - thresholds) / self.occurrence_width))
+        return occurrence, levels
+
+    def predict(self, batch: list[Record]) -> np.ndarray:
+        return self.outputs(batch)[0]
 
     def predict_intensity(self, batch: list[Record]) -> np.ndarray | None:
-        # predict() has just measured the same batch (run() calls it first).
-        if self._last_intensity is None or len(self._last_intensity) != len(batch):
-            self.predict(batch)
-        return self._last_intensity
+        return self.outputs(batch)[1]

@@ -63,7 +63,7 @@ Calibration (``GeometricConfig.calibration``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -76,6 +76,7 @@ from stages.base import Record, StageConfig, StageContext, StageError
 from stages.catalogue import DLIB_68_LICENCE, DLIB_HOG_LICENCE, THIS_CODE
 from stages.detectors.base import MeasuringDetector, exemplar_for, read_calibration
 from stages.detectors.population import OCCURRENCE_THRESHOLD, exemplar_own_intensity, population_intensities
+from stages.faces.exemplar import EXEMPLAR_CACHE, exemplar_landmarks
 from stages.faces.geometry import (
     affine_fit,
     apply_transform,
@@ -83,7 +84,7 @@ from stages.faces.geometry import (
     canonical_frame,
     similarity_fit,
 )
-from stages.faces.landmarks import detect_faces, dlib_model_files
+from stages.faces.landmarks import dlib_model_files
 
 __all__ = [
     "DEFAULT_SIGNATURES",
@@ -307,8 +308,8 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
 
     def __init__(self, config: GeometricConfig, context: StageContext) -> None:
         super().__init__(config, context)
-        self._references: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
-        self._own: dict[str, np.ndarray] = {}  # identity -> what its exemplar itself shows
+        self._exemplar_shapes = functools.lru_cache(maxsize=EXEMPLAR_CACHE)(self._shapes)
+        self._own = functools.lru_cache(maxsize=EXEMPLAR_CACHE)(self._own_of)  # what an exemplar shows
         self._signatures = DEFAULT_SIGNATURES
         self._thresholds = np.full(len(DISFA_AUS), config.threshold)
 
@@ -325,18 +326,15 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
         else:
             self._signatures, self._thresholds = _load_calibration(cfg.calibration)
 
-    def _exemplar_shapes(self, key: str, load: Callable[[], np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """dlib's landmarks of an exemplar photo, and their upright re-landmarked mean."""
-        if key not in self._references:
-            cfg = self.config
-            image = load()
-            faces = detect_faces(image)
-            raw = faces[0].landmarks.astype(np.float64) if faces else None
-            upright = None
-            if raw is not None and cfg.relandmark_iod:
-                upright = averaged_upright_landmarks(image, raw, cfg.relandmark_iod, cfg.relandmark_scales)
-            self._references[key] = (raw, upright)
-        return self._references[key]
+    def _shapes(self, identity: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """dlib's landmarks of an identity's exemplar photo, and their upright re-landmarked mean."""
+        cfg = self.config
+        image, landmarks = exemplar_landmarks(self.context.identity_bank, identity)
+        raw = landmarks.astype(np.float64) if landmarks is not None else None
+        upright = None
+        if raw is not None and cfg.relandmark_iod:
+            upright = averaged_upright_landmarks(image, raw, cfg.relandmark_iod, cfg.relandmark_scales)
+        return raw, upright
 
     def reference(self, record: Record) -> tuple[np.ndarray | None, str]:
         """The exemplar shape this record is measured against and ``"exemplar"``, or
@@ -346,9 +344,9 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
         the record carries its image (so the sample is re-landmarked too), else dlib's
         landmarks of the exemplar as detected: both sides are always measured alike.
         """
-        found = exemplar_for(record, self.context.identity_bank) if self.config.use_identity_exemplar else None
-        if found is not None:
-            raw, upright = self._exemplar_shapes(*found)
+        identity = exemplar_for(record, self.context.identity_bank) if self.config.use_identity_exemplar else None
+        if identity is not None:
+            raw, upright = self._exemplar_shapes(identity)
             use_upright = upright is not None and record.get("image") is not None
             ref = upright if use_upright else raw
             if ref is not None:
@@ -383,15 +381,11 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
     def own(self, record: Record) -> np.ndarray:
         """The record's exemplar's own AUs (the bank's ``expression``, else population mode on
         its landmarks), added to the exemplar-relative reading so it is absolute."""
-        identity = str(record["identity_id"])
-        if identity not in self._own:
-            bank = self.context.identity_bank
+        return self._own(str(record["identity_id"]))
 
-            def raw() -> np.ndarray | None:
-                return self._exemplar_shapes(identity, lambda: np.asarray(bank.image(identity)))[0]
-
-            self._own[identity] = exemplar_own_intensity(bank, identity, raw)
-        return self._own[identity]
+    def _own_of(self, identity: str) -> np.ndarray:
+        bank = self.context.identity_bank
+        return exemplar_own_intensity(bank, identity, lambda: self._exemplar_shapes(identity)[0])
 
     def thresholds(self, record: Record) -> np.ndarray:
         if self.reference(record)[0] is None:

@@ -118,6 +118,9 @@ class FaceStage(Stage[C]):
     """Base of every face stage (``kind = "face"``); see the module docstring for the steps."""
 
     kind: ClassVar[Kind] = "face"
+    reads = frozenset({"image"})
+    # 68 landmarks go to ``landmarks``, 5 keypoints to ``landmarks5`` (write_face).
+    writes = frozenset({"face_score", "face_box", "landmarks", "landmarks5", "face_crop"})
 
     @abstractmethod
     def find_faces(self, image: np.ndarray) -> list[FaceCandidate]:
@@ -159,6 +162,8 @@ class FaceStage(Stage[C]):
 
 class MainFaceStage(FaceStage[M]):
     """A face stage with dlib's 68 landmarks: keeps the main face, crops on the landmarks' 5 points."""
+
+    writes = FaceStage.writes - {"landmarks5"}
 
     def choose_face(self, faces: list[FaceCandidate]) -> tuple[int | None, str | None]:
         return select_main_face(faces, self.config.max_secondary_area_ratio)

@@ -1,20 +1,33 @@
 """An identity exemplar: the single usable face of an identity photo, and signs it is not neutral.
 
 Shared by ``factory identities index`` and the warp generator, so both accept the same photos.
+:func:`exemplar_landmarks` is the one bounded cache of exemplar faces the stages that measure
+a sample against its identity's exemplar (the geometric and appearance detectors, the
+filters' identity check) share in a worker; each bounds its own per-identity results with
+``functools.lru_cache(EXEMPLAR_CACHE)`` too.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
 from stages.faces.landmarks import FaceDetection, detect_faces, landmarks_for_box
 
-__all__ = ["ExemplarError", "IdentityStatus", "decode_image", "exemplar_face", "exemplar_warnings"]
+__all__ = [
+    "EXEMPLAR_CACHE",
+    "ExemplarError",
+    "IdentityStatus",
+    "decode_image",
+    "exemplar_face",
+    "exemplar_landmarks",
+    "exemplar_warnings",
+]
 
 IdentityStatus = Literal["ok", "missing", "unreadable", "no_face", "several_faces"]
 
@@ -22,6 +35,8 @@ IdentityStatus = Literal["ok", "missing", "unreadable", "no_face", "several_face
 # photos (4000 px) would otherwise take seconds per upsampled HOG pass. Landmarks are then
 # fitted on the full-resolution image.
 _DETECT_MAX_SIDE = 800
+# Identities whose exemplar a worker keeps (each holds its photo), least recently used first out.
+EXEMPLAR_CACHE = 256
 
 
 class ExemplarError(ValueError):
@@ -57,6 +72,20 @@ def exemplar_face(image: np.ndarray) -> FaceDetection:
     x0, y0, x1, y1 = (v / scale for v in face.box)
     box = (x0, y0, x1, y1)
     return FaceDetection(box=box, score=face.score, landmarks=landmarks_for_box(image, box))
+
+
+@functools.lru_cache(maxsize=EXEMPLAR_CACHE)
+def exemplar_landmarks(bank: Any, identity_id: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """An identity's exemplar photo in ``bank`` and dlib's 68 landmarks of the first face found
+    in it (``None``: no face); cached, so neither array may be changed (the landmarks are
+    read-only)."""
+    image = np.asarray(bank.image(identity_id))
+    faces = detect_faces(image)
+    if not faces:
+        return image, None
+    landmarks = faces[0].landmarks
+    landmarks.setflags(write=False)
+    return image, landmarks
 
 
 # Neutrality thresholds in inter-ocular distances, set between a neutral closed-mouth

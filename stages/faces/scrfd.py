@@ -88,6 +88,7 @@ def _area(box: tuple[float, ...]) -> float:
 
 class SCRFDFaceStage(FaceStage[SCRFDConfig]):
     name: ClassVar[str] = "scrfd"
+    writes = FaceStage.writes - {"landmarks"}  # its 5 keypoints, never 68 landmarks
     licence: ClassVar[str] = f"{THIS_CODE}; SCRFD weights and insightface alignment: {INSIGHTFACE_LICENCE}"
 
     def __init__(self, config: SCRFDConfig, context: StageContext) -> None:

@@ -2,10 +2,10 @@
 
 :class:`GeneratorStage` sets ``kind = "generator"`` and gives every generator the same
 output (:meth:`GeneratorStage.write_sample`: ``image``, ``generator``, ``label_source``,
-``generator_occurrence``, ``generator_intensity``) and the same timing record
-(:meth:`GeneratorStage.note_timing`: per ``process`` call, how much wall time the model
-took). The helpers below are shared by the model-backed generators (diffusers, maugen, fineface), so
-no generator imports another.
+``generator_occurrence``, ``generator_intensity``, its declared ``writes``) and the same
+timing note (:meth:`GeneratorStage.note_timing`: of the last ``process`` call, how much wall
+time the model took; the benchmarks read it). The helpers below are shared by the
+model-backed generators (diffusers, maugen, fineface), so no generator imports another.
 """
 
 from __future__ import annotations
@@ -80,13 +80,13 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 class GeneratorStage(Stage[C]):
-    """Base of every generator: the record fields it writes and its per-call timings."""
+    """Base of every generator: the record fields it writes and its last call's timing."""
 
     kind: ClassVar[Kind] = "generator"
+    writes = frozenset({"image", "generator", "label_source", "generator_occurrence", "generator_intensity"})
 
     def __init__(self, config: C, context: StageContext) -> None:
         super().__init__(config, context)
-        self.timings: list[dict[str, float]] = []  # one per process() call that generated
         self.last_timing: dict[str, float] = {}
 
     def write_sample(
@@ -113,7 +113,6 @@ class GeneratorStage(Stage[C]):
             "total_s": total,
             "overhead_s": max(total - model_s, 0.0),
         }
-        self.timings.append(self.last_timing)
 
 
 class ForwardTimer:

@@ -99,6 +99,7 @@ def check_pipeline_dir(path: Path) -> dict[str, Any]:
 
 class DiffusersGenerator(GeneratorStage[DiffusersConfig]):
     name = "diffusers"
+    reads = frozenset({"description", "planned_intensity", "seed"})
     licence = "Apache-2.0 (this code); the pipeline's weights: the licence on its folder's model card (README.md)"
 
     def __init__(self, config: DiffusersConfig, context: StageContext) -> None:

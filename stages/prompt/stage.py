@@ -64,6 +64,18 @@ class PromptStage(Stage[PromptConfig]):
     name: ClassVar[str] = "prompt"
     licence = "Apache-2.0 (this code: the grammar backend uses no model)"
     kind: ClassVar[Kind] = "prompt"
+    reads = frozenset({"planned_intensity", "emotion", "seed"})
+    optional_reads = frozenset({"ethnicity", "age_band", "gender"})  # include_demographics
+    writes = frozenset(
+        {
+            "description",
+            "prompt_backend",
+            "prompt_version",
+            "prompt_jaccard",
+            "prompt_intensity_agreement",
+            "prompt_note",
+        }
+    )
 
     def __init__(self, config: PromptConfig, context: StageContext) -> None:
         super().__init__(config, context)

@@ -22,6 +22,9 @@ C = TypeVar("C", bound=StageConfig)
 
 class RealismStage(Stage[C]):
     kind: ClassVar[Kind] = "realism"
+    reads = frozenset({"image"})
+    optional_reads = frozenset({"face_crop", "face_score"})  # the aligned crop when a face stage ran
+    writes = frozenset({"realism_score", "realism_scorer"})
     # What scored, written to ``realism_scorer`` (e.g. ``heuristic-v1``); a class constant,
     # or set in ``setup()`` when it depends on the model file.
     scorer: str = ""

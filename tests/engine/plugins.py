@@ -18,6 +18,7 @@ class DropAll(Stage[DropAllConfig]):
 
     name = "drop-all"
     kind = "filter"
+    writes = frozenset()  # only drops
 
     def process(self, batch: list[Record]) -> list[Record]:
         for r in batch:
@@ -35,6 +36,8 @@ class DieOnce(Stage[DieOnceConfig]):
 
     name = "die-once"
     kind = "filter"
+    reads = frozenset({"shard"})
+    writes = frozenset()
 
     def process(self, batch: list[Record]) -> list[Record]:
         cfg = self.config
@@ -50,6 +53,7 @@ class MissingCheckpoint(Stage):
 
     name = "missing-checkpoint"
     kind = "detector"
+    writes = frozenset()
 
     def setup(self) -> None:
         raise StageError("checkpoint /nowhere/model.pth does not exist; run `factory models pull x`")
@@ -70,6 +74,8 @@ class HangOnce(Stage[HangOnceConfig]):
 
     name = "hang-once"
     kind = "filter"
+    reads = frozenset({"shard"})
+    writes = frozenset()
 
     def process(self, batch: list[Record]) -> list[Record]:
         cfg = self.config
@@ -89,6 +95,8 @@ class AlwaysFails(Stage[AlwaysFailsConfig]):
 
     name = "always-fails"
     kind = "filter"
+    reads = frozenset({"shard"})
+    writes = frozenset()
 
     def process(self, batch: list[Record]) -> list[Record]:
         raise OSError(f"cannot read identity image {self.config.path} (shard {batch[0]['shard']}): unreadable")

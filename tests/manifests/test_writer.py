@@ -234,19 +234,37 @@ def test_is_done_detects_truncated_tar(tmp_path: Path) -> None:
         read_stats(tmp_path, "d", 0)
 
 
-def test_nan_votes_become_null_and_unknown_keys_are_reported(tmp_path: Path) -> None:
+def test_nan_votes_become_null(tmp_path: Path) -> None:
     record = make_record(0, 0, np.random.default_rng(13))
     occurrence = np.full(12, 0.7, np.float32)
     occurrence[3] = np.nan  # a detector's "not covered"
     record["detector_votes"] = {"d": {"occurrence": occurrence, "intensity": None}}
-    record["debug_note"] = "not a column"
     with ShardWriter(tmp_path, "d", 0) as writer:
         writer.add(record)
         stats = writer.commit()
     (vote,) = pq.read_table(shard_paths(tmp_path, "d", 0).parquet)["votes"].to_pylist()[0]
     assert vote["occurrence"][3] is None and vote["occurrence"][0] == pytest.approx(0.7)
     assert vote["intensity"] is None
-    assert stats["ignored_keys"] == ["debug_note"]
+    assert "ignored_keys" not in stats
+
+
+def test_a_key_no_schema_field_knows_is_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(13)
+    record = make_record(0, 0, rng)
+    record["realism_scor"] = 0.9  # a misspelt realism_score
+    record["landmarks"] = np.zeros((68, 2), np.float32)  # a transient field: known, not written
+    with (
+        pytest.raises(ValueError, match=r"sample 000000_00000: .*\['realism_scor'\].*declare"),
+        ShardWriter(tmp_path, "d", 0) as writer,
+    ):
+        writer.add(record)
+    assert not is_done(tmp_path, "d", 0)
+    dropped = {**make_record(0, 1, rng), "dropped_by": "filters", "drop_reason": "x", "debug_note": "?"}
+    with (
+        pytest.raises(ValueError, match=r"\['debug_note'\].*dropped by stage 'filters'"),
+        ShardWriter(tmp_path, "d", 0) as writer,
+    ):
+        writer.add(dropped)
 
 
 def test_same_input_gives_identical_tar(tmp_path: Path) -> None:

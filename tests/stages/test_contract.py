@@ -4,7 +4,10 @@ Per registry entry: the class's ``name`` is its key; its ``kind`` is what the re
 section it is chosen in holds; its config is its own model and refuses unknown keys;
 ``process`` returns the same record objects in the same order, leaves records an earlier
 stage dropped untouched, and every record it drops carries ``dropped_by == name`` and a
-reason. Stages that need model files run on the tiny random-weight models the stage tests
+reason. Its declared data flow holds on live records: every field it sets (added, replaced or
+changed in place) is in its ``writes``, and every field it reads before setting it is in its
+``reads`` or ``optional_reads`` (``key``, the sample's name, and the drop fields excepted).
+Stages that need model files run on the tiny random-weight models the stage tests
 build, made once per session. ``CASES`` must name every registry entry: a new stage fails
 here until it has a case.
 """
@@ -25,8 +28,9 @@ from pydantic import ValidationError
 
 from bench.tiny_models import build_tiny_fineface, build_tiny_maugen, build_tiny_sd
 from manifests.bank import open_bank
+from manifests.schema import RECORD_FIELDS
 from stages import REGISTRY, stage_class
-from stages.base import Record, StageConfig, StageContext
+from stages.base import DROP_FIELDS, Record, StageConfig, StageContext
 from stages.detectors.opengraphau.model import ARCHS, build_mefarg
 from stages.faces.landmarks import arcface_crop_68, detect_faces
 from stages.pipeline import StageSpec, build_stage, path_kind
@@ -36,6 +40,7 @@ from tests.stages.detectors.test_onnx import _export as export_onnx_au
 from tests.stages.detectors.test_opengraphau import TINY as TINY_OPENGRAPHAU
 from tests.stages.faces.tiny_scrfd import GREEN, export_tiny_scrfd, paint_face
 from tests.stages.prompt.plans import make_records
+from tests.stages.tracked import TrackedRecord, changed_fields, snapshot
 
 IDS = ("builtin-astronaut", "builtin-grace-hopper")
 SIZE = 64  # generator output side: small, every tiny model accepts it
@@ -351,7 +356,8 @@ def test_process_keeps_the_batch_and_records_its_drops(
     if case.patch is not None:
         case.patch(monkeypatch)
     stage = build_stage(StageSpec(case.path, name, case.options(models_root)), _context(case, tmp_path))
-    live = case.records()
+    live: list[Record] = [TrackedRecord(r) for r in case.records()]
+    snapshots = [snapshot(r) for r in live]
     earlier = {**case.records()[0], "key": "earlier", "dropped_by": "an-earlier-stage", "drop_reason": "dropped before"}
     before = dict(earlier)
     batch = [earlier, *live]
@@ -366,3 +372,17 @@ def test_process_keeps_the_batch_and_records_its_drops(
     for i in dropped:
         assert live[i]["dropped_by"] == name
         assert isinstance(live[i]["drop_reason"], str) and live[i]["drop_reason"].strip()
+    _assert_declared_flow(stage_class(name), live, snapshots)
+
+
+def _assert_declared_flow(cls: type, live: list[Record], snapshots: list[dict[str, bytes]]) -> None:
+    """What the stage did to ``live`` is what its class declares (see the module docstring)."""
+    assert cls.writes <= RECORD_FIELDS and cls.reads <= RECORD_FIELDS and cls.optional_reads <= RECORD_FIELDS
+    set_fields = set().union(*(changed_fields(before, r) for before, r in zip(snapshots, live, strict=True)))
+    undeclared_writes = set_fields - cls.writes - DROP_FIELDS
+    assert not undeclared_writes, f"{cls.name} sets {sorted(undeclared_writes)} but does not declare them in `writes`"
+    read_first = set().union(*(r.read_first for r in live if isinstance(r, TrackedRecord)))
+    undeclared_reads = read_first - cls.reads - cls.optional_reads - DROP_FIELDS - {"key"}
+    assert not undeclared_reads, (
+        f"{cls.name} reads {sorted(undeclared_reads)} but declares them in neither `reads` nor `optional_reads`"
+    )

@@ -16,6 +16,7 @@ from stages.filters import (
     label_prompt_jaccard,
     realism_filter,
 )
+from stages.pipeline import ChainError, Pipeline, StageSpec
 
 N = 12
 
@@ -82,9 +83,12 @@ def test_stage_records_scores_and_drops_on_first_failure() -> None:
     assert dead["dropped_by"] == "face" and "label_jaccard" not in dead
 
 
-def test_stage_needs_consensus() -> None:
-    with pytest.raises(StageError, match="agreement stage"):
-        _stage().process([{"key": "x", "planned_intensity": [0] * N}])
+def test_a_chain_without_the_consensus_is_refused_before_it_runs() -> None:
+    assert {"consensus_occurrence", "planned_intensity"} <= FilterStage.reads
+    chain = [StageSpec("prompt", "prompt"), StageSpec("generator", "warp"), StageSpec("filters", "filters")]
+    with pytest.raises(ChainError, match=r"stage filters \(filters\) reads field 'consensus_occurrence'"):
+        Pipeline.check(chain)
+    Pipeline.check([*chain[:2], StageSpec("agreement", "agreement"), chain[2]])
 
 
 def test_identity_option_needs_a_bank() -> None:

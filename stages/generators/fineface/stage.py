@@ -118,6 +118,8 @@ def release_files(cfg: FineFaceConfig) -> FineFaceFiles:
 
 class FineFaceGenerator(GeneratorStage[FineFaceConfig]):
     name = "fineface"
+    reads = frozenset({"description", "identity_id", "planned_intensity", "seed"})
+    optional_reads = frozenset({"ethnicity", "age_band", "gender"})  # the prompt template's slots
     licence: ClassVar[str] = LICENCE
 
     def __init__(self, config: FineFaceConfig, context: StageContext) -> None:

@@ -107,6 +107,8 @@ def fit_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 class MaugenGenerator(GeneratorStage[MaugenConfig]):
     name = "maugen"
+    reads = frozenset({"description", "identity_id", "seed"})
+    optional_reads = frozenset({"mask", "background"})
     # XDLI13/MAUGen publishes inference code without a LICENSE file and no weights: a user
     # brings their own checkpoint; the base is an SD 1.x inpainting folder (its model card).
     licence = (

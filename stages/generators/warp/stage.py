@@ -104,6 +104,7 @@ def _validate_plan(record: Record) -> list[int] | str:
 
 class WarpGenerator(GeneratorStage[WarpConfig]):
     name = "warp"
+    reads = frozenset({"planned_intensity", "identity_id", "seed"})
     # The generator finds the identity photo's landmarks with dlib (HOG + 68 points) and warps
     # them: the 68-point model shapes every image. Builtin identities are public-domain photos.
     licence = f"{THIS_CODE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}; identity photos: the bank's licence column"

@@ -18,6 +18,7 @@ from stages.detectors.appearance import (
     appearance_features,
     fit_calibration,
 )
+from stages.detectors.base import covered_aus
 from tests.stages.faces.test_dlib import astronaut, grace_hopper
 
 IDENTITIES = {"builtin-astronaut": astronaut, "builtin-grace-hopper": grace_hopper}
@@ -132,7 +133,7 @@ def test_process_covers_only_its_aus(detector: AppearanceAUDetector, faces: dict
         covered = au in APPEARANCE_AUS
         assert (vote["occurrence"][AU_INDEX[au]] is not None) == covered
         assert (vote["intensity"][AU_INDEX[au]] is not None) == covered
-    assert detector.describe()["covered_disfa_aus"] == list(APPEARANCE_AUS)
+    assert covered_aus(detector.vocabulary) == APPEARANCE_AUS
 
 
 def test_abstains_without_an_exemplar(faces: dict) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from manifests.vocab import AU_INDEX, DISFA_AUS
 from stages.base import StageContext, StageError, drop
-from stages.detectors.base import VOCABULARIES, AUDetector, covered_aus, parse_au_name, to_disfa
+from stages.detectors.base import VOCABULARIES, AUDetector, MeasuringDetector, covered_aus, parse_au_name, to_disfa
 
 
 @pytest.mark.parametrize(
@@ -157,10 +157,43 @@ def test_process_writes_votes_and_skips_dropped() -> None:
     assert set(b["detector_votes"]) == {"other", "fixed"}
     assert b["detector_votes"]["fixed"]["intensity"][AU_INDEX[12]] == 4.0
     assert "detector_votes" not in dead
-    assert det.describe()["covered_disfa_aus"] == [1, 12]
+    assert covered_aus(det.vocabulary) == (1, 12)
 
 
 def test_process_refuses_wrong_shape() -> None:
     det = _FixedDetector(np.zeros((2, 2)))
     with pytest.raises(StageError, match="expected \\(2, 3\\)"):
         det.process([{"key": "a"}, {"key": "b"}])
+
+
+class _ReadsLevels(MeasuringDetector):
+    """Measures each record's ``face_score`` as the AU1 and AU12 intensities (a test double)."""
+
+    name = "reads-levels"
+    vocabulary = intensity_vocabulary = ("AU1", "AU12")
+    licence = "Apache-2.0"
+
+    def __init__(self) -> None:
+        super().__init__(self.config_model(), StageContext(run_dir=Path(".")))
+
+    def measure(self, record: dict) -> np.ndarray:
+        return np.full(2, float(record["face_score"]))
+
+    def thresholds(self, record: dict) -> np.ndarray:
+        return np.full(2, 2.5)
+
+
+def test_measuring_detector_keeps_nothing_between_calls() -> None:
+    det = _ReadsLevels()
+    first = [{"key": "a", "face_score": 1.0}, {"key": "b", "face_score": 4.0}]
+    second = [{"key": "c", "face_score": 5.0}, {"key": "d", "face_score": 0.0}]
+    occurrence, levels = det.outputs(first)
+    assert levels.tolist() == [[1.0, 1.0], [4.0, 4.0]]
+    assert occurrence[0, 0] < 0.5 < occurrence[1, 0]
+    # Another batch of the same size gets its own intensities, not the last predict()'s.
+    det.predict(first)
+    intensity = det.predict_intensity(second)
+    assert intensity is not None and intensity.tolist() == [[5.0, 5.0], [0.0, 0.0]]
+    assert not any(isinstance(v, np.ndarray) for v in vars(det).values())
+    det.process(second)
+    assert second[0]["detector_votes"]["reads-levels"]["intensity"][AU_INDEX[12]] == 5.0

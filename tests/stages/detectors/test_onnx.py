@@ -97,7 +97,7 @@ def test_nchw_probability_with_sigmoid(tmp_path: Path, nets: dict[str, object]) 
     covered = [au for au, v in zip(DISFA_AUS, vote["occurrence"], strict=True) if v is not None]
     assert covered == [1, 12, 25]  # AU45 is not a DISFA AU; the rest are missing, not 0
     assert vote["occurrence"][DISFA_AUS.index(25)] == pytest.approx(raw[0, 2])
-    assert det.describe()["licence"] == "MIT (test)"
+    assert det.licence_notice() == "MIT (test)"
 
 
 def test_nhwc_bgr_and_resize_crop(tmp_path: Path, nets: dict[str, object]) -> None:
