@@ -1,26 +1,12 @@
-"""The build loop: send shards to workers, follow their progress, collect what they commit.
+"""The build loop: turns Ray events into transitions of the shard ledger.
 
-Dispatch spreads: every idle worker gets a shard before any worker gets a second one, so a
-4-shard build on 8 GPUs runs on 4 of them, not on 2.
-
-Progress: the driver asks every shard worker, about once a second, how many micro-batches
-each of its shard calls has generated and checked (``ShardWorker.progress`` on the actor's
-control lane, which answers while both work slots are busy). Chosen over a heartbeat file
-(it needs no shared filesystem, the one thing a dead NFS mount takes away) and over Ray's
-task-state API (heavier, and it knows tasks, not micro-batches); only the driver's clock is
-used, so a worker that stops answering at all counts as silent too. A shard silent for
-``engine.shard_timeout_s`` is cancelled: a running thread of a threaded actor cannot be
-interrupted, so its worker is restarted (Ray starts a fresh process on the same GPU); the
-shard's attempt counts as failed and it is retried, preferably on another worker; the other
-shard queued on that worker is sent out again without counting an attempt.
-
-Backups: when no shard is left to send and a worker is idle, a copy of the in-flight shard
-that has run longest past ``engine.backup_after`` x the median shard time (or that waits
-behind such a shard) runs there. The shard writer refuses to replace a done shard, so the
-first copy to commit wins; the driver tells the other copy to stop, and it removes its temp
-files. At most one backup per shard.
-
-The driver also writes ``workers.json`` every second for ``factory status``.
+It sends shards to idle workers (every idle worker gets one before any gets a second), asks
+each worker about once a second how far its shard calls got, cancels a silent shard after
+``engine.shard_timeout_s`` by restarting its worker, sends a backup copy of a slow shard to
+an idle worker, and writes ``workers.json`` for ``factory status``. Every decision about a
+shard is the ledger's (``factory.engine.ledger``); why the engine works this way (progress on
+the control lane, restart as the only cancel, first commit wins) is in ARCHITECTURE.md,
+"Decisions": "Every GPU works; hung shards are cancelled" and "Backups, first commit wins".
 """
 
 from __future__ import annotations

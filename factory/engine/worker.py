@@ -1,28 +1,12 @@
-"""The shard worker: one per GPU (or CPU slot), runs a whole shard and commits it.
+"""The Ray actors of a build: the shard worker (one per GPU or CPU slot), the prompt worker
+and the index writer.
 
-Design decision (engine issue, "no raw float image tensors through the object store"):
-generation, face detection, AU detectors, agreement, realism, filters and the shard writer
-are *fused* in this one long-lived actor. What enters is the shard's described plan
-(a few hundred bytes per sample); what leaves is the shard's stats dict. Images never
-cross the object store, so the store's memory is flat whatever the image size, and a
-shard's files are written by the process that made them (shared filesystem on
-multi-node clusters, as with img2dataset).
-
-Inside the actor the GPU stays busy with a two-slot pipeline: the generator works on
-micro-batch ``i+1`` in the calling thread while a single checker thread runs the CPU-side
-stages and the writer on micro-batch ``i`` (FIFO, so manifest order is plan order). At most
-two micro-batches wait for the checker (backpressure), so memory is bounded. The actor
-runs ``inflight_per_actor`` shard calls concurrently (threaded actor) but a lock lets only
-one of them generate at a time, so the next shard starts on the device while the previous
-one's last checks and its commit (fsync, Parquet, stats) finish.
-
-Progress and backups: every generated and every checked micro-batch is a *step*; the driver
-asks :meth:`ShardWorker.progress` (on the actor's control lane, so it answers while both
-work slots are busy) how many steps each shard call has made, and cancels a shard that makes
-none for ``engine.shard_timeout_s``. The driver may run a backup copy of a slow shard on an
-idle worker: the shard writer never replaces a done shard (``overwrite=False``), so the first
-copy to commit wins and the other, told by :meth:`ShardWorker.abandon` or refused at commit,
-removes its temp files and reports itself superseded.
+A shard worker runs a whole shard through the in-process pipeline and commits it: the
+generator works on micro-batch ``i+1`` while one checker thread runs the CPU-side stages and
+the writer on micro-batch ``i`` (at most two waiting), and a lock lets one of its
+``inflight_per_actor`` shard calls generate at a time. ``progress`` answers on the control
+lane; ``abandon`` stops a copy that lost a backup race. Why it is fused and how a copy loses:
+ARCHITECTURE.md, "Decisions": "Fused GPU worker" and "Backups, first commit wins".
 """
 
 from __future__ import annotations
