@@ -51,3 +51,18 @@ def ray_cluster():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def standin_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The kill tests' recipe (``tests.engine.cli_builds``) built uninterrupted by the CLI on
+    local disk, once per session: what every killed-then-resumed build must equal."""
+    # deferred: cli_builds imports this module's standin_doc
+    from tests.engine.cli_builds import run_build, write_recipe
+
+    folder = tmp_path_factory.mktemp("reference")
+    done = run_build(write_recipe(folder / "ref.toml", folder / "out"))
+    assert done.returncode == 0, done.stderr
+    # What a user sees: no Ray start-up notice about token authentication, no traceback.
+    assert "Token authentication" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    return folder / "out"
