@@ -6,10 +6,10 @@ FACTORY := $(VENV)/bin/factory
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export RAY_USAGE_STATS_ENABLED = 0
 
-.PHONY: help setup test lint bench demo clean
+.PHONY: help setup test test-fast test-deps lint bench demo clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
@@ -24,8 +24,19 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## create .venv and install everything (CPU torch 2.13.0 first)
 
-test: setup lint ## lint, then run the test suite
-	$(VENV)/bin/pytest -q tests
+# Root installs system packages itself; anyone else through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+test: setup lint test-deps ## lint, then the whole suite (what CI runs), printing the 25 slowest tests
+	$(VENV)/bin/pytest -q --durations=25 tests
+
+test-fast: setup ## the fast tier: no Ray, no factory child process, no S3 server, no browser
+	$(VENV)/bin/pytest -q --durations=25 -m "not slow" tests
+
+test-deps: ## system packages the tests need: Debian's headless Chromium (the report test)
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		($(SUDO) apt-get update -q && \
+		 $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium)
 
 lint: setup ## ruff (check and format), and the import-layer contracts
 	$(VENV)/bin/ruff check .

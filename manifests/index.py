@@ -29,6 +29,7 @@ from manifests.atomic import atomic_output, fsync_dir, write_bytes_atomic
 from manifests.card import write_card
 from manifests.dataset import index_shards_dir, read_index  # read here, committed by write_index
 from manifests.dedup import read_duplicates
+from manifests.killpoint import reached
 from manifests.layout import RunLayout, key_prefix, shard_paths
 from manifests.records import json_default
 from manifests.schema import INDEX_COLUMNS, INDEX_SCHEMA, SCHEMA_VERSION
@@ -193,6 +194,7 @@ def write_index(
     # Shard commits skip the directory fsync (a lost rename only means a rebuilt shard);
     # the dataset commit must not outlive its shards' renames, so flush them here.
     fsync_dir(shards_dir)
+    reached("index")
     index = {
         "dataset": dataset,
         "schema_version": SCHEMA_VERSION,

@@ -34,6 +34,7 @@ from filelock import FileLock
 from manifests.atomic import temp_path, write_bytes_atomic, write_error
 from manifests.done import is_done, read_stats
 from manifests.files import make_dir
+from manifests.killpoint import reached
 from manifests.layout import shard_paths
 from manifests.records import (
     PIL_FORMATS,
@@ -314,12 +315,14 @@ class ShardWriter:
         self, table: pa.Table, parquet_tmp: Path, parquet_bytes: bytes, tar_sha256: str | None, extra: dict[str, Any]
     ) -> dict[str, Any]:
         paths = self.paths
+        reached("commit", self.shard)
         # Remove the old done marker first: from here until the new stats are written, the
         # shard must not look done, even if an old stats file recorded identical sizes.
         paths.stats.unlink(missing_ok=True)
         self._fh.close()
         self._rename(self._tar_tmp, paths.tar)
         self._rename(parquet_tmp, paths.parquet)
+        reached("renamed", self.shard)
         # No directory fsync between these renames and the stats: if a crash loses a rename,
         # the sizes the stats record no longer match, is_done() says no and the shard is
         # rebuilt. write_index() fsyncs the shards directory before the dataset is committed.
@@ -343,6 +346,7 @@ class ShardWriter:
             **extra,
         }
         self._write_stats(json.dumps(stats, indent=1, default=json_default).encode())
+        reached("committed", self.shard)
         return stats
 
     def _write_stats(self, data: bytes) -> None:

@@ -1,4 +1,6 @@
-"""Session-wide test settings."""
+"""Session-wide test settings, and the test tiers (``tests.tiers``): markers, and the guard
+that fails a test outside the ``slow`` tier which starts Ray, a factory child process, the
+S3 server or a browser."""
 
 from __future__ import annotations
 
@@ -7,9 +9,39 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.tiers import mark_slow_tests, refusing_slow_work
+
+pytest_plugins = ["pytester"]
+
 # Keep every Ray node the tests start on 127.0.0.1 (read when Ray is imported).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    mark_slow_tests(items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded(item))
+
+
+def _guarded(item: pytest.Item) -> Iterator[None]:
+    if item.get_closest_marker("slow"):
+        return (yield)
+    with refusing_slow_work():
+        return (yield)
 
 
 @pytest.fixture(scope="session", autouse=True)

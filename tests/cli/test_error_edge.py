@@ -129,6 +129,7 @@ def test_ctrl_c_exits_130_quietly(capsys, monkeypatch) -> None:
     assert "Traceback" not in captured.err + captured.out
 
 
+@pytest.mark.subprocess
 def test_the_real_command_prints_no_traceback(tmp_path: Path) -> None:
     recipe = tmp_path / "r.toml"
     recipe.write_bytes(b"\x00\x9f\x92\x96")

@@ -1,4 +1,5 @@
-"""Fixtures of the dataset-tool tests: a small demo build, and headless Chromium."""
+"""Fixtures of the dataset-tool tests: a small demo build, and headless Chromium (installed by
+`make test-deps`, not here)."""
 
 from __future__ import annotations
 
@@ -51,28 +52,15 @@ def demo_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return folder / "run", recipe
 
 
-def _install_chromium() -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
-    result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=1200)
-    if result.returncode != 0:  # stale package lists: refresh them once
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, text=True, timeout=600)
-        result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=1200)
-    if result.returncode != 0:
-        pytest.fail(f"could not install Debian's chromium for the report test:\n{result.stderr[-2000:]}")
-
-
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's headless Chromium; installed with apt-get when missing (CI runs as root). Never skipped."""
+    """Debian's headless Chromium, which `make test-deps` installs (a prerequisite of `make test`).
+    Missing, the test fails saying so: never skipped, never installed from here."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        if os.geteuid() != 0:
-            pytest.fail(
-                "the report test needs headless Chromium: run `apt-get install -y chromium` "
-                "(Debian), or run the tests as root so they install it themselves"
-            )
-        _install_chromium()
-        found = shutil.which("chromium")
-    assert found, "chromium installed but not on PATH"
+        pytest.fail(
+            "the report test needs headless Chromium and none is on PATH: run `make test-deps` "
+            "(apt-get install chromium; Debian), or use `make test`, which runs it first",
+            pytrace=False,
+        )
     return found

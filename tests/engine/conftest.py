@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,8 @@ def standin_doc(out: Path, **sections: Any) -> dict[str, Any]:
     return doc
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray cluster per module, on loopback, with 8 logical GPU slots."""
-    import os
-
-    import ray
+def _start_local_ray() -> None:
+    import ray  # deferred: only the Ray tests start it
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray.init(
@@ -49,5 +47,47 @@ def ray_cluster():
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
     )
-    yield ray
+
+
+@pytest.fixture(scope="session")
+def _shared_ray() -> Iterator[None]:
+    """Shuts down, at the session's end, the local cluster the Ray test modules share."""
+    yield
+    import ray  # deferred: only the Ray tests start it
+
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(_shared_ray: None) -> Any:
+    """A local Ray cluster on loopback with 8 logical GPU slots, started once and shared by
+    the modules that use it (each start costs seconds on 2 cores); started again if a test
+    in between needed none running (``no_shared_ray``)."""
+    import ray  # deferred: only the Ray tests start it
+
+    if not ray.is_initialized():
+        _start_local_ray()
+    return ray
+
+
+@pytest.fixture
+def no_shared_ray() -> None:
+    """No shared cluster connected: for a test that starts a Ray cluster of its own."""
+    import ray  # deferred: only the Ray tests start it
+
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def standin_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The kill tests' recipe (``tests.engine.cli_builds``) built uninterrupted by the CLI on
+    local disk, once per session: what every killed-then-resumed build must equal."""
+    # deferred: cli_builds imports this module's standin_doc
+    from tests.engine.cli_builds import run_build, write_recipe
+
+    folder = tmp_path_factory.mktemp("reference")
+    done = run_build(write_recipe(folder / "ref.toml", folder / "out"))
+    assert done.returncode == 0, done.stderr
+    # What a user sees: no Ray start-up notice about token authentication, no traceback.
+    assert "Token authentication" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    return folder / "out"

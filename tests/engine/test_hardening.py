@@ -1,5 +1,8 @@
 """Engine hardening on one local Ray cluster (8 logical GPUs): every GPU works, failures
-stop the build, hung shards are cancelled, stragglers get backups, status shows workers."""
+stop the build, hung shards are cancelled, stragglers get backups, status shows workers.
+
+No test times the build: "at once" is shown by what was (not) planned or written, and a hung
+shard sleeps longer than the hang guard, so only cancelling it lets the build return."""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ import json
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -15,12 +20,29 @@ import webdataset as wds
 
 from bench.standin import STANDIN
 from factory.commands.status import run_status
-from factory.engine.build import BuildError, build
+from factory.engine.build import BuildError, BuildSummary, build
 from factory.engine.rundir import RunDir
 from factory.recipe import recipe_from_dict
 from tests.engine.conftest import standin_doc
 
 pytestmark = pytest.mark.ray
+
+# Guards against a hang only: a build here returns in well under a minute on a loaded
+# 2-core machine, and a hung shard sleeps longer than this (so waiting for it fails).
+HANG_GUARD_S = 600
+HANG_S = 3 * HANG_GUARD_S
+
+
+def _build_unless_hung(doc: dict[str, Any]) -> BuildSummary:
+    """``build`` on a thread: its summary or its error; fails if it is still running after
+    :data:`HANG_GUARD_S` (the thread is left to the module's Ray shutdown)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="build")
+    try:
+        return pool.submit(build, recipe_from_dict(doc), quiet=True).result(timeout=HANG_GUARD_S)
+    except TimeoutError:
+        pytest.fail(f"the build is hung: still running after {HANG_GUARD_S} s")
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _stats(out: Path) -> dict[int, dict]:
@@ -53,9 +75,8 @@ def test_a_setup_error_on_every_worker_stops_the_build_at_once_grouped(ray_clust
         filters={"name": "tests.engine.plugins:AlwaysFails"},
         engine={"gpus": 8, "max_retries": 2},
     )
-    t0 = time.monotonic()
     with pytest.raises(BuildError) as info:
-        build(recipe_from_dict(doc), quiet=True)
+        _build_unless_hung(doc)
     message = str(info.value)
     assert "the same error on" in message and "before any shard succeeded" in message
     assert message.count("cannot read identity image /bank/portrait-0007.jpg") == 1  # one line per cause
@@ -63,7 +84,6 @@ def test_a_setup_error_on_every_worker_stops_the_build_at_once_grouped(ray_clust
     # The first wave (8 workers x 2) and the few slots its first failures free before the third
     # shard fails (a retry avoids the worker it failed on): never shard 1886.
     assert len(list((out / "plans").glob("*.parquet"))) <= 8 * 2 + 2 * 3
-    assert time.monotonic() - t0 < 300  # generous: a loaded 2-core machine; unbounded before
     assert not (out / "index.json").exists()
 
 
@@ -73,12 +93,10 @@ def test_a_hung_shard_is_cancelled_and_retried_elsewhere(ray_cluster, tmp_path: 
         out,
         dataset={"target": 24, "shard_size": 6},
         generator={"name": STANDIN, "seconds_per_batch": 0.1},
-        filters={"name": "tests.engine.plugins:HangOnce", "shard": 1, "seconds": 600, "marker_dir": str(tmp_path)},
+        filters={"name": "tests.engine.plugins:HangOnce", "shard": 1, "seconds": HANG_S, "marker_dir": str(tmp_path)},
         engine={"gpus": 4, "shard_timeout_s": 4, "backups": False, "max_retries": 2},
     )
-    t0 = time.monotonic()
-    summary = build(recipe_from_dict(doc), quiet=True)
-    assert time.monotonic() - t0 < 120  # not the 600 s hang
+    summary = _build_unless_hung(doc)  # returns only if the hung attempt was cancelled
     assert summary.indexed_shards == [0, 1, 2, 3] and not summary.failed_shards
     hung_pid = int((tmp_path / "hung-on-1").read_text())
     stats = _stats(out)
@@ -94,12 +112,10 @@ def test_a_straggler_gets_a_backup_copy_and_the_first_commit_wins(ray_cluster, t
         out,
         dataset={"target": 36, "shard_size": 6},
         generator={"name": STANDIN, "seconds_per_batch": 0.2},
-        filters={"name": "tests.engine.plugins:HangOnce", "shard": 2, "seconds": 600, "marker_dir": str(tmp_path)},
-        engine={"gpus": 8, "shard_timeout_s": 600, "backup_after": 1.0, "expected_acceptance_rate": 1.0},
+        filters={"name": "tests.engine.plugins:HangOnce", "shard": 2, "seconds": HANG_S, "marker_dir": str(tmp_path)},
+        engine={"gpus": 8, "shard_timeout_s": HANG_S, "backup_after": 1.0, "expected_acceptance_rate": 1.0},
     )
-    t0 = time.monotonic()
-    summary = build(recipe_from_dict(doc), quiet=True)
-    assert time.monotonic() - t0 < 120  # neither the hang nor the timeout was waited for
+    summary = _build_unless_hung(doc)  # returns only if a copy committed: no timeout fires first
     assert summary.indexed_shards == list(range(6)) and not summary.failed_shards
     hung_pid = int((tmp_path / "hung-on-2").read_text())
     stats = _stats(out)
@@ -127,7 +143,8 @@ def test_status_shows_the_workers_of_a_running_build(ray_cluster, tmp_path: Path
         if (out / "run.json").exists():
             seen = [w for w in run_status(out)["workers"] if w["shard"] is not None and w["samples"] > 0]
         time.sleep(0.3)
-    builder.join(timeout=300)
+    builder.join(timeout=HANG_GUARD_S)
+    assert not builder.is_alive(), f"the build is hung: still running after {HANG_GUARD_S} s"
     assert seen, "no worker with a running shard was reported while the build ran"
     worker = seen[0]
     assert worker["host"] and worker["gpu_ids"] and worker["cuda_visible_devices"] is not None
@@ -150,11 +167,9 @@ def test_workers_that_do_not_see_the_drivers_folder_stop_the_build_once(
     monkeypatch.setattr(RunDir, "write_probe", unseen_probe)
     out = tmp_path / "out"
     doc = standin_doc(out, dataset={"target": 6000, "shard_size": 6}, engine={"gpus": 8, "max_retries": 2})
-    t0 = time.monotonic()
     with pytest.raises(BuildError) as info:
-        build(recipe_from_dict(doc), quiet=True)
+        _build_unless_hung(doc)
     message = str(info.value)
     assert "cannot see" in message and "probe-" in message and socket.gethostname() in message
     assert message.count("cannot see") == 1  # one line for the cause, not one per worker or shard
-    assert time.monotonic() - t0 < 300  # generous: a loaded 2-core machine
     assert not list((out / "shards").glob("*.tar")) and not (out / "index.json").exists()

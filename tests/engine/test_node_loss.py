@@ -18,7 +18,9 @@ from tests.engine.conftest import REPO, standin_doc
 pytestmark = pytest.mark.ray
 
 
-def test_build_survives_losing_the_node_its_gpu_worker_runs_on(tmp_path: Path, monkeypatch) -> None:
+def test_build_survives_losing_the_node_its_gpu_worker_runs_on(
+    no_shared_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import ray
     from ray.cluster_utils import Cluster
 

@@ -1,19 +1,18 @@
 """Builds to object storage (moto's S3 server on 127.0.0.1, the real client, the CLI as a user
-runs it): the dataset equals the same build on local disk, a kill -9 mid-build then the same
-command gives the dataset an uninterrupted build gives, the tools read the bucket, and the
-secret in the environment never reaches a written file or the output."""
+runs it): the dataset equals the same build on local disk, a kill -9 mid-build (at a named
+point, or inside a PUT) then the same command gives the dataset an uninterrupted build
+gives, the tools read the bucket, and the secret in the environment never reaches a written
+file or the output."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,10 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from manifests.store import location
-from tests.engine.test_kill_resume import _build_cmd, _dataset, _env, _write_recipe
+from tests.engine.cli_builds import build_cmd, build_killed_at, cli_env, dataset, run_build, write_recipe
 from tests.s3server import SECRET, S3Server, s3_server
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.subprocess, pytest.mark.s3]
 
 
 @pytest.fixture(scope="module")
@@ -44,32 +43,21 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 def _factory(*args: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "factory.cli", *args]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Path:
-    """The same recipe built uninterrupted on local disk."""
-    folder = tmp_path_factory.mktemp("reference")
-    out = folder / "out"
-    done = subprocess.run(
-        _build_cmd(_write_recipe(folder / "ref.toml", out)), env=_env(), capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr
-    return out
+def reference(s3: S3Server, standin_reference: Path) -> Path:
+    """The same recipe built uninterrupted on local disk (the session's, shared with the local
+    kill test); after the server, so the module's client environment is in place."""
+    return standin_reference
 
 
 @pytest.fixture(scope="module")
 def s3_build(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> tuple[str, str]:
     """The recipe built uninterrupted to the bucket; (its URL, what the CLI printed)."""
     url = s3.url("whole")
-    done = subprocess.run(
-        _build_cmd(_write_recipe(tmp_path_factory.mktemp("s3") / "s3.toml", url)),  # type: ignore[arg-type]
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_build(write_recipe(tmp_path_factory.mktemp("s3") / "s3.toml", url))
     assert done.returncode == 0, done.stderr
     return url, done.stdout + done.stderr
 
@@ -79,7 +67,7 @@ def _same_dataset(s3: S3Server, url: str, reference: Path) -> None:
     root = location(url)
     fs = s3.fs()
     index = json.loads(fs.cat(f"{root.path}/index.json"))
-    ref_shards, _ = _dataset(reference)
+    ref_shards, _ = dataset(reference)
     assert index["shards"] == ref_shards
     with fs.open(f"{root.path}/index.parquet", "rb") as fh:
         assert pq.read_table(fh).equals(pq.read_table(reference / "index.parquet"))
@@ -123,7 +111,7 @@ def test_s3_build_equals_the_local_build_and_the_tools_read_it(
 
 
 def test_credentials_in_the_url_are_refused_and_not_repeated(s3: S3Server, tmp_path: Path) -> None:
-    recipe = _write_recipe(tmp_path / "r.toml", tmp_path / "unused")
+    recipe = write_recipe(tmp_path / "r.toml", tmp_path / "unused")
     run = _factory("build", str(recipe), "--out", f"s3://AKIAEXAMPLE:{SECRET}@{s3.bucket}/x", "--quiet")
     assert run.returncode == 2, run.stdout + run.stderr
     assert "must not hold credentials" in run.stderr and SECRET not in run.stdout + run.stderr
@@ -132,29 +120,23 @@ def test_credentials_in_the_url_are_refused_and_not_repeated(s3: S3Server, tmp_p
     assert SECRET not in missing.stdout + missing.stderr
 
 
-def test_kill_9_mid_build_on_s3_then_resume_equals_uninterrupted(s3: S3Server, reference: Path, tmp_path: Path) -> None:
+def test_kill_9_between_a_shards_uploads_and_its_stats_then_resume_equals_uninterrupted(
+    s3: S3Server, reference: Path, tmp_path: Path
+) -> None:
+    """The kill lands where a store differs from a disk: shard 1's tar and manifest objects
+    are uploaded whole, its stats object (the done marker) is not; other workers hold staged
+    temps."""
     url = s3.url("killed")
-    recipe = _write_recipe(tmp_path / "killed.toml", url)  # type: ignore[arg-type]
-    seed = random.randrange(1_000_000)
-    delay = random.Random(seed).uniform(0.0, 2.5)  # after the first commit; the build runs ~5 s more
-    proc = subprocess.Popen(
-        _build_cmd(recipe), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    shards = location(url) / "shards"
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(shards.glob("*.stats.json")):
-        time.sleep(0.1)
-    time.sleep(delay)
-    # The driver and everything it started: a worker may be mid-upload (the tars here are small,
-    # so more often between uploads; a multipart upload's leftovers are tested in test_store).
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (location(url) / "index.json").exists(), f"the build finished before the kill at +{delay:.1f}s"
+    recipe = write_recipe(tmp_path / "killed.toml", url)
+    build_killed_at(recipe, "renamed:1")
+    fs = s3.fs()
+    shards = f"{s3.bucket}/killed/shards"
+    assert fs.exists(f"{shards}/t-000001.tar") and fs.exists(f"{shards}/t-000001.parquet")
+    assert not fs.exists(f"{shards}/t-000001.stats.json") and not fs.exists(f"{s3.bucket}/killed/index.json")
 
-    resumed = subprocess.run(_build_cmd(recipe), env=_env(), capture_output=True, text=True, timeout=600)
+    resumed = run_build(recipe)
     assert resumed.returncode == 0, resumed.stderr
     _same_dataset(s3, url, reference)
-    fs = s3.fs()
     assert not [u for u in fs.list_multipart_uploads(s3.bucket) if u["Key"].startswith("killed/")]
     # The killed writers' staged files (local, beside no object) went with the resume's clean-up.
     assert not list(Path(os.environ["MIFA_STAGING_DIR"]).rglob("*.tmp"))
@@ -169,7 +151,7 @@ def test_kill_9_while_a_tar_upload_is_in_flight_then_resume_equals_uninterrupted
     from moto.s3.models import S3Backend  # deferred: a dev dependency, heavy to import; only this test patches it
 
     url = s3.url("midupload")
-    recipe = _write_recipe(tmp_path / "midupload.toml", url)  # type: ignore[arg-type]
+    recipe = write_recipe(tmp_path / "midupload.toml", url)
     in_flight, killed = threading.Event(), threading.Event()
     held: list[str] = []
     original = S3Backend.put_object
@@ -185,7 +167,11 @@ def test_kill_9_while_a_tar_upload_is_in_flight_then_resume_equals_uninterrupted
     S3Backend.put_object = put_object  # type: ignore[method-assign]
     try:
         proc = subprocess.Popen(
-            _build_cmd(recipe), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            build_cmd(recipe),
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         assert in_flight.wait(300), "no tar upload started"
         os.killpg(proc.pid, signal.SIGKILL)
@@ -198,7 +184,7 @@ def test_kill_9_while_a_tar_upload_is_in_flight_then_resume_equals_uninterrupted
     assert not fs.exists(f"{s3.bucket}/{held[0]}") and not fs.exists(f"{s3.bucket}/midupload/shards/{shard}.stats.json")
     assert not fs.exists(f"{s3.bucket}/midupload/index.json")
 
-    resumed = subprocess.run(_build_cmd(recipe), env=_env(), capture_output=True, text=True, timeout=600)
+    resumed = run_build(recipe)
     assert resumed.returncode == 0, resumed.stderr
     _same_dataset(s3, url, reference)
     assert fs.exists(f"{s3.bucket}/{held[0]}")

@@ -1,0 +1,95 @@
+"""Test tiers: which tests are slow, and a guard that fails an unmarked one.
+
+A test is ``slow`` when it starts a Ray cluster (``ray``), runs the ``factory`` CLI in a child
+process (``subprocess``), starts the S3 server (``s3``) or a browser (``browser``); the markers
+are registered in pyproject.toml. The four come from a module's ``pytestmark``, a test's
+decorator, or the fixtures it uses (:data:`FIXTURE_MARKERS`); any of them adds ``slow``.
+``make test-fast`` runs ``-m "not slow"``.
+
+While a test that is not marked ``slow`` is set up, runs or is torn down, starting any of the
+four fails it, naming the marker it lacks: a new slow test cannot join the fast tier unmarked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import PurePath
+from typing import Any
+from unittest import mock
+
+import pytest
+
+SLOW_KINDS = {
+    "ray": "starts a Ray cluster (a local one, or a test cluster of several nodes)",
+    "subprocess": "runs the factory CLI in a child process (a build, or a command as a user runs it)",
+    "s3": "starts the S3 server (moto on 127.0.0.1)",
+    "browser": "runs headless Chromium",
+}
+# Fixtures that start one of the slow kinds: a test using one is marked without being told.
+FIXTURE_MARKERS = {
+    "ray_cluster": "ray",
+    "no_shared_ray": "ray",
+    "demo_build": "subprocess",
+    "standin_reference": "subprocess",
+    "chromium": "browser",
+    "s3": "s3",
+}
+# Ray's own processes: a local cluster starts both, whatever API started it.
+_RAY_BINARIES = {"gcs_server", "raylet"}
+
+
+def mark_slow_tests(items: Sequence[pytest.Item]) -> None:
+    """Add the markers the fixtures imply, and ``slow`` to every test with a slow kind."""
+    for item in items:
+        for fixture, kind in FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(kind)
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
+            item.add_marker("slow")
+
+
+def slow_kind_of(args: Any) -> str | None:
+    """Which slow kind a child process's argv starts, if any."""
+    argv = [os.fspath(a) for a in ([args] if isinstance(args, str | bytes | os.PathLike) else args)]
+    argv = [a.decode() if isinstance(a, bytes) else a for a in argv]
+    program = PurePath(argv[0]).name if argv else ""
+    if program in _RAY_BINARIES:
+        return "ray"
+    if program.startswith("chromium") or program.startswith("google-chrome"):
+        return "browser"
+    if program == "factory" or "factory.cli" in argv:
+        return "subprocess"
+    return None
+
+
+def _refuse(kind: str) -> None:
+    pytest.fail(
+        f"this test {SLOW_KINDS[kind]} but is not marked slow: mark it `pytest.mark.{kind}` "
+        "(its module's pytestmark or the test), so `make test-fast` leaves it out",
+        pytrace=False,
+    )
+
+
+@contextmanager
+def refusing_slow_work() -> Iterator[None]:
+    """Within: a child process of a slow kind, or the S3 server, fails the running test."""
+    real_init = subprocess.Popen.__init__
+
+    def guarded_init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        kind = slow_kind_of(args)
+        if kind is not None:
+            _refuse(kind)
+        real_init(self, args, *rest, **kwargs)
+
+    with ExitStack() as stack:
+        stack.enter_context(mock.patch.object(subprocess.Popen, "__init__", guarded_init))
+        try:
+            from moto.server import ThreadedMotoServer  # deferred: a dev dependency, heavy to import
+        except ImportError:  # without the dev extra no test can start it
+            pass
+        else:
+            stack.enter_context(mock.patch.object(ThreadedMotoServer, "start", lambda self: _refuse("s3")))
+        yield
