@@ -181,7 +181,9 @@ def test_transient_errors_are_retried_and_recover(stub, tmp_path, status) -> Non
 @pytest.mark.parametrize("status", ["500", "429"])
 def test_persistent_errors_cost_exactly_the_attempt_budget(stub, tmp_path, status) -> None:
     stub.reset(status)
-    stage = _stage(stub, tmp_path, max_retries=2, give_up_after=1000, concurrency=2)
+    # A generous timeout: the stub answers at once, and a request timed out by a loaded machine
+    # before the stub read it would be an attempt the stub never counted.
+    stage = _stage(stub, tmp_path, max_retries=2, give_up_after=1000, concurrency=2, timeout_s=10)
     out = _run(stage, make_records(N, seed=7))
     assert stub.requests == N * 3  # 1 attempt + 2 retries per sample, no more
     for r in out:
