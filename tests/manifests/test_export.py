@@ -120,12 +120,14 @@ def test_export_huggingface_loads_with_datasets(source: tuple[Path, dict], tmp_p
     datasets = pytest.importorskip("datasets", reason="datasets is a [dev] dependency")
     run_dir, accepted = source
     out = tmp_path / "hf"
-    export(run_dir, out, format="huggingface", shard_size=4)
+    report = export(run_dir, out, format="huggingface", shard_size=4, format_options={"shares": "0.5,0.5"})
     readme = (out / "README.md").read_text()
-    assert readme.startswith("---\nconfigs:") and "data/train-*.parquet" in readme
-    loaded = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
-    assert loaded.num_rows == len(accepted)
-    first = loaded[0]
+    assert readme.startswith("---\nconfigs:") and "data/train-*.parquet" in readme and "data/test-*.parquet" in readme
+    loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    assert sorted(loaded) == ["test", "train"]  # two identities: one in each split
+    assert loaded["train"].num_rows + loaded["test"].num_rows == len(accepted) == report["samples"]
+    first = loaded["train"][0]
+    assert [first[f"AU{a:02d}"] for a in DISFA_AUS] == first["au_occurrence"]
     record = accepted[first["key"]]
     assert first["image"].size == (64, 64)  # decoded to a PIL image
     assert first["au_occurrence"] == record["au_occurrence"].tolist()
@@ -150,11 +152,11 @@ def test_export_maugen_sample_data(source: tuple[Path, dict], tmp_path: Path) ->
 def test_export_graphau_lists_split_by_identity(source: tuple[Path, dict], tmp_path: Path) -> None:
     run_dir, accepted = source
     out = tmp_path / "graphau"
-    report = export(run_dir, out, format="graphau", shard_size=4)
+    report = export(run_dir, out, format="graphau", shard_size=4, format_options={"folds": 2})
     lists = out / "list"
     eight = [DISFA_AUS.index(a) for a in (1, 2, 4, 6, 9, 12, 25, 26)]
     key_identity = {k: r["identity_id"] for k, r in accepted.items()}
-    for fold in (1, 2, 3):
+    for fold in (1, 2):
         train = (lists / f"DISFA_train_img_path_fold{fold}.txt").read_text().split()
         test = (lists / f"DISFA_test_img_path_fold{fold}.txt").read_text().split()
         assert len(train) + len(test) == len(accepted)
@@ -172,7 +174,7 @@ def test_export_graphau_lists_split_by_identity(source: tuple[Path, dict], tmp_p
         assert relation[0, 9] == 2 * labels[0, 1] + labels[0, 1]  # 2 * a_j + a_k, j = k = 1
         weights = np.loadtxt(lists / f"DISFA_weight_fold{fold}.txt")
         assert weights.shape == (8,) and weights.sum() == pytest.approx(8.0, abs=1e-3)
-    test_sets = [set((lists / f"DISFA_test_img_path_fold{f}.txt").read_text().split()) for f in (1, 2, 3)]
+    test_sets = [set((lists / f"DISFA_test_img_path_fold{f}.txt").read_text().split()) for f in (1, 2)]
     assert sum(len(t) for t in test_sets) == len(accepted)  # every sample is tested in exactly one fold
     assert report["aus"] == [1, 2, 4, 6, 9, 12, 25, 26]
 
@@ -319,5 +321,6 @@ def test_label_formats_refuse_unlabelled_samples_before_writing(tmp_path: Path, 
     assert not (tmp_path / "out").exists()
     # Selecting the labelled samples is the fix the message names.
     column = "au_intensity" if fmt == "maugen" else "au_occurrence"
-    export(run_dir, tmp_path / "out", format=fmt, where=f"{column} IS NOT NULL")
+    folds = {"folds": 2} if fmt == "graphau" else {}  # two identities are left
+    export(run_dir, tmp_path / "out", format=fmt, where=f"{column} IS NOT NULL", format_options=folds)
     assert json.loads((tmp_path / "out" / "export.json").read_text())["samples"] == 2
