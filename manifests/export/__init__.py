@@ -67,7 +67,8 @@ def export(
     constant memory, resumes an unfinished export of the same job; returns ``export.json``.
 
     Parts (output shards, image folders) hold ``shard_size`` samples (default 1,000), or with
-    ``shard_bytes`` close at that many bytes (and at ``BYTE_SHARD_MAX_SAMPLES`` samples unless
+    ``shard_bytes`` no more than that many bytes, unless one sample does (and at most
+    ``BYTE_SHARD_MAX_SAMPLES`` samples unless
     ``shard_size`` says otherwise). ``landmarker`` gives the libreface format its 68 points
     (``--landmarks``; the command layer passes dlib's, which this layer cannot import)."""
     if shard_size is None:

@@ -118,6 +118,14 @@ class Exporter:
         """Bytes the current part holds so far, for ``shard_bytes`` (default: its images' bytes)."""
         return self.part_image_bytes
 
+    def sample_bytes(self, sample: Sample) -> int:
+        """Bytes ``sample`` adds to a part (default: its image's)."""
+        return len(sample.image)
+
+    def closed_bytes(self, written: int) -> int:
+        """A part's size once closed, after ``written`` bytes (default: the same)."""
+        return written
+
     def finish(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
         """Write the files that cover every part; returns what goes into export.json."""
         return {"parts": len(parts)}

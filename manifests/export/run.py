@@ -108,7 +108,8 @@ def open_target(out: Path, job: dict[str, Any], overwrite: bool) -> list[dict[st
 
 
 class _Parts:
-    """Cuts the sample stream into parts: ``shard_size`` samples, or ``shard_bytes``."""
+    """Cuts the sample stream into parts: ``shard_size`` samples, and with ``shard_bytes`` no
+    more than fit in that many bytes once the part is closed (a part of one sample may not)."""
 
     def __init__(self, samples: Iterator[Sample], exporter: Exporter, options: ExportOptions) -> None:
         self.samples = samples
@@ -120,12 +121,17 @@ class _Parts:
     def more(self) -> bool:
         return self.pending is not None
 
+    def _would_exceed(self, sample: Sample, limit_bytes: int) -> bool:
+        """Whether the part, closed with ``sample`` in it, would be over ``limit_bytes``."""
+        exporter = self.exporter
+        return exporter.closed_bytes(exporter.part_bytes() + exporter.sample_bytes(sample)) > limit_bytes
+
     def part(self) -> Iterator[Sample]:
         self.taken = 0
         self.exporter.part_image_bytes = 0
         limit_bytes = self.options.shard_bytes
         while self.pending is not None and self.taken < self.options.shard_size:
-            if limit_bytes is not None and self.taken and self.exporter.part_bytes() >= limit_bytes:
+            if limit_bytes is not None and self.taken and self._would_exceed(self.pending, limit_bytes):
                 return
             sample, self.pending = self.pending, None
             self.taken += 1

@@ -82,16 +82,21 @@ def test_export_webdataset_reshards_selection(source: tuple[Path, dict], tmp_pat
 def test_webdataset_reshard_by_bytes(source: tuple[Path, dict], tmp_path: Path) -> None:
     run_dir, accepted = source
     one = len(next(iter(_source_images(run_dir).values())))
-    limit = 3 * one  # about three samples' images per shard
+    limit = 3 * one + 10240  # about three samples per shard, and tar's closing record
     report = export(run_dir, tmp_path / "out", shard_bytes=limit, shard_size=1000)
     assert report["samples"] == len(accepted)
     sizes = [shard_paths(tmp_path / "out", "mifa", s).tar.stat().st_size for s in range(report["shards"])]
     assert report["shards"] > 2
-    # A shard closes once it reaches the limit: it overshoots by at most one sample (image,
-    # label JSON, two headers) plus the end-of-archive padding to tar's 10 kB record.
-    assert all(size < limit + one + 2048 + 10240 for size in sizes)
-    assert min(sizes[:-1]) >= limit
+    # A shard's tar, end-of-archive record included, never exceeds the limit; and a shard is
+    # closed only when the next sample would not fit (each holds close to the limit).
+    assert max(sizes) <= limit
+    assert min(sizes[:-1]) > limit - one - 2048 - 10240
     assert verify(tmp_path / "out") == []
+
+
+def test_a_sample_larger_than_the_byte_cap_gets_a_shard_of_its_own(source: tuple[Path, dict], tmp_path: Path) -> None:
+    report = export(source[0], tmp_path / "out", shard_bytes=1000, limit=3)
+    assert report["shards"] == 3  # one sample each: the only case a shard exceeds the cap
 
 
 def test_export_folder_labels_csv(source: tuple[Path, dict], tmp_path: Path) -> None:
