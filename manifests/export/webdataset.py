@@ -156,4 +156,9 @@ class WebDatasetExporter(Exporter):
         accepted = sum(int(p["accepted"]) for p in parts)
         write_derived_card(self.run_dir, self.out, before_index=True)
         write_index(self.out, self.dataset, shards, target=accepted, surplus=[], failed={}, shards_dir=self.out)
-        return {"shards": len(shards), "tar_bytes": sum(int(p["tar_bytes"]) for p in parts)}
+        last = f"{max(shards):06d}" if shards else "000000"
+        return {
+            "shards": len(shards),
+            "tar_bytes": sum(int(p["tar_bytes"]) for p in parts),
+            "urls": str(self.out / f"{self.dataset}-{{000000..{last}}}.tar"),  # webdataset's brace range
+        }

@@ -70,6 +70,7 @@ def test_export_webdataset_reshards_selection(source: tuple[Path, dict], tmp_pat
         assert manifest.num_rows <= 3
         assert set(manifest["shard"].to_pylist()) == {shard}  # where the sample is now
     assert keys == expected
+    assert len(list(wds.WebDataset(report["urls"], shardshuffle=False))) == len(expected)  # the range it prints
     # The export is a dataset of its own: indexed, verifiable, queryable, with a card.
     assert verify(out) == []
     assert sorted(query(out)["key"].to_pylist()) == expected
