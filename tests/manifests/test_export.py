@@ -149,7 +149,8 @@ def test_export_maugen_sample_data(source: tuple[Path, dict], tmp_path: Path) ->
     by_key = {Path(e["image"]).stem: e for e in entries}
     for key, record in accepted.items():
         entry = by_key[key]
-        assert set(entry) == {"image", "intensity", "prompt"}
+        assert set(entry) == {"image", "intensity", "prompt", "identity_id"}
+        assert entry["identity_id"] == record["identity_id"]
         assert entry["intensity"] == record["au_intensity"].tolist()
         assert entry["prompt"] == record["description"]
         assert (out / entry["image"]).is_file()
