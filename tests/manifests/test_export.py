@@ -190,22 +190,28 @@ class _Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("fmt", ["webdataset", "folder", "maugen", "identity-bank"])
+@pytest.mark.parametrize("fmt", ["webdataset", "folder", "maugen", "identity-bank", "graphau", "libreface"])
 def test_killed_export_resumes_without_duplicates(source: tuple[Path, dict], tmp_path: Path, fmt: str) -> None:
     run_dir, accepted = source
     out = tmp_path / fmt
+    options = {"folds": 2, "split_by": "sample"} if fmt in ("graphau", "libreface") else {}
 
     def die_after_two_parts(done: int, total: int) -> None:
         if done >= 4:
             raise _Killed
 
     with pytest.raises(_Killed):
-        export(run_dir, out, format=fmt, shard_size=2, progress=die_after_two_parts)
+        export(run_dir, out, format=fmt, shard_size=2, progress=die_after_two_parts, format_options=options)
     assert not (out / "export.json").exists()
     seen: list[int] = []
-    report = export(run_dir, out, format=fmt, shard_size=2, progress=lambda done, total: seen.append(done))
+    report = export(
+        run_dir, out, format=fmt, shard_size=2, progress=lambda done, total: seen.append(done), format_options=options
+    )
     assert seen[0] == 4  # resumed after the two committed parts
     assert report["samples"] == len(accepted)
+    if options:  # a resumed split by sample places every sample where an unbroken export does
+        whole = export(run_dir, tmp_path / "whole", format=fmt, shard_size=2, format_options=options)
+        assert whole["folds"] == report["folds"]
     if fmt == "webdataset":
         keys = query(out)["key"].to_pylist()
         assert verify(out) == []
@@ -220,6 +226,12 @@ def test_killed_export_resumes_without_duplicates(source: tuple[Path, dict], tmp
         assert sorted(r["identity_id"] for r in rows) == sorted(r["identity_id"] for r in accepted.values())
         assert json.loads((out / "bank-stats.json").read_text())["identities"] == len(accepted)
         keys = list(accepted)  # rows carry no key: one row per selected sample is checked above
+    elif fmt == "graphau":
+        lists = [(out / "list" / f"DISFA_test_img_path_fold{f}.txt").read_text() for f in (1, 2)]
+        keys = [Path(p).stem for text in lists for p in text.split()]
+    elif fmt == "libreface":
+        tests = [(out / "DISFA" / "labels" / f / "test.csv").read_text() for f in ("0", "1")]
+        keys = [Path(r["image_path"]).stem for text in tests for r in csv.DictReader(text.splitlines())]
     else:
         keys = [Path(e["image"]).stem for e in json.loads((out / "sample_data.json").read_text())]
     assert sorted(keys) == sorted(accepted) and len(keys) == len(set(keys))
