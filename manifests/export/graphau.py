@@ -13,9 +13,12 @@ or all 12 with ``aus="disfa12"``. ``k`` runs over ``folds`` identity-disjoint fo
 ``layout="opengraphau"``, for the OpenGraphAU folder's ``dataset.py`` class ``HybridDataset``:
 ``list/hybrid_{train|val|test}_{img_path|label}.txt`` with their 41 AU columns in their order
 (``OPENGRAPHAU_AUS``, from their ``tool/dataset_process.py``), our 12 in the columns that tool
-gives DISFA's AUs, every other column -1 (that tool pads an AU a dataset does not label with
--1), and ``list/hybrid_train_weight.txt`` (41 weights, ``train_stage1.py``); train / val /
-test split by identity in ``shares``.
+gives DISFA's AUs, every other column -1: that tool pads an AU a dataset does not label with
+-1, their ``WeightedAsymmetricLoss`` drops -1 labels (``mask = y != -1``) and their F1
+``statistics`` skips them. Also ``list/hybrid_train_weight.txt`` (41 weights,
+``train_stage1.py``); train / val / test split by identity in ``shares``. Stage 2's
+``hybrid_train_AU_relation.txt`` is not written (how their tool fills it for -1 labels is not
+public).
 
 Both write ``list/*_identity*.txt`` beside the paths (one identity id per line, the same
 order), which their loaders ignore and identity-adversarial training can read. A label row is
@@ -213,8 +216,8 @@ class GraphAUExporter(SplitExporter):
                 f"`dataset_path: '{self.out.resolve()}'`, then run `python train_stage1.py` there (its `--dataset` "
                 "default, hybrid, names list/hybrid_train_weight.txt). The 41 label columns are OpenGraphAU's "
                 f"order ({' '.join(OPENGRAPHAU_AUS)}); MIFA labels AUs {', '.join(map(str, self.aus))}, every "
-                "other column is -1 (unlabelled, as their tool writes for a dataset without that AU). train / val "
-                f"/ test hold disjoint identities (list/hybrid_*_identity.txt). {threshold}\n"
+                "other column is -1 (unlabelled: their loss and F1 skip it). Stage 1 only (no AU relation list). "
+                f"train / val / test hold disjoint identities (list/hybrid_*_identity.txt). {threshold}\n"
             )
         return (
             "# ME-GraphAU DISFA lists (MIFA export)\n\nME-GraphAU reads the dataset folder from its config, not "
