@@ -286,7 +286,7 @@ def test_keys_and_ids_cannot_escape_the_export(tmp_path: Path) -> None:
     write_index(run_dir, "mifa", [0, 1], target=5, surplus=[], failed={})
     _mark_identity_bank(run_dir)
     before = _tree(tmp_path)
-    for fmt in ("folder", "maugen", "graphau", "huggingface", "webdataset", "identity-bank"):
+    for fmt in ("folder", "maugen", "graphau", "libreface", "huggingface", "webdataset", "identity-bank"):
         export(run_dir, tmp_path / "out" / fmt, format=fmt)
     created = set(_tree(tmp_path)) - set(before)
     assert all(p.startswith("out") for p in created), sorted(p for p in created if not p.startswith("out"))
