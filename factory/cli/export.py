@@ -40,17 +40,42 @@ def export(
     name: Annotated[str | None, typer.Option("--name", help="Dataset name of a WebDataset export.")] = None,
     aus: Annotated[str, typer.Option("--aus", help="graphau: disfa8 (ME-GraphAU's DISFA AUs) or disfa12.")] = "disfa8",
     list_name: Annotated[str, typer.Option("--list-name", help="graphau: list file prefix (DISFA).")] = "DISFA",
+    layout: Annotated[
+        str, typer.Option("--layout", help="graphau: disfa (ME-GraphAU) or opengraphau (hybrid lists).")
+    ] = "disfa",
+    folds: Annotated[
+        int, typer.Option("--folds", help="graphau / libreface: identity-disjoint folds (DISFA's protocol: 3).")
+    ] = 3,
+    split_by: Annotated[
+        str, typer.Option("--split-by", help="identity (disjoint folds and splits) or sample (identities shared).")
+    ] = "identity",
+    occurrence_threshold: Annotated[
+        int,
+        typer.Option("--occurrence-threshold", help="An AU is present at intensity >= 1 (MIFA) or 2 (ME-GraphAU)."),
+    ] = 1,
+    shares: Annotated[
+        str, typer.Option("--shares", help="huggingface / opengraphau: train,validation,test shares.")
+    ] = "0.6,0.2,0.2",
+    landmarks: Annotated[
+        bool, typer.Option("--landmarks", help="libreface: write the 68 dlib landmarks as .npy beside images/.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished or different export.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Export samples as WebDataset shards, a folder + labels.csv, a Hugging Face dataset folder,
-    MAUGen's sample_data.json or ME-GraphAU lists; in constant memory, resumable. An
+    MAUGen's sample_data.json, ME-GraphAU / OpenGraphAU lists or LibreFace's csv folds
+    (identity-disjoint); in constant memory, resumable. An
     identity-bank build exports as a bank folder (identity-bank), indexed and ready for
     identities.bank."""
     if fmt == "identity-bank":
         _export_bank(run_dir, dest, where, limit, overwrite)
         return
-    options = {"aus": aus, "list_name": list_name} if fmt == "graphau" else {}
+    split = {"folds": folds, "split_by": split_by, "occurrence_threshold": occurrence_threshold}
+    options = {
+        "graphau": {"aus": aus, "list_name": list_name, "layout": layout, "shares": shares, **split},
+        "libreface": {**split, "landmarks": landmarks},
+        "huggingface": {"split_by": split_by, "shares": shares},
+    }.get(fmt, {})
     result = run_export(
         run_dir,
         dest,

@@ -1,13 +1,13 @@
-"""`factory query`: SQL over a dataset (or a subset)."""
+"""`factory query`: SQL over a dataset (or a subset), printed as a table, CSV or JSON."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from factory.cli.common import RunArg, out
+from factory.commands.query_output import FORMATS, check_format, render, select_columns
 from manifests.query import query as run_query
 
 
@@ -19,23 +19,16 @@ def query(
     where: Annotated[
         str | None, typer.Option("--where", help='Filter instead of full SQL, e.g. "au_occ(12) = 1".')
     ] = None,
+    columns: Annotated[
+        str | None, typer.Option("--columns", help="Comma-separated columns to show, e.g. key,emotion,realism_score.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help=f"One of: {', '.join(FORMATS)}.")] = "table",
     include_rejected: Annotated[bool, typer.Option("--include-rejected")] = False,
-    limit: Annotated[int, typer.Option("--limit", help="Rows to print.")] = 20,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Rows to print (a table: 20 unless given; csv / json: all).")
+    ] = None,
 ) -> None:
     """Query a built dataset's labels with SQL (DuckDB over the Parquet manifests)."""
-
-    table = run_query(run_dir, sql=sql, where=where, include_rejected=include_rejected)
-    shown = Table(show_lines=False)
-    for name in table.column_names:
-        shown.add_column(name, overflow="ellipsis", max_width=40)
-    for row in table.slice(0, limit).to_pylist():
-        shown.add_row(*(_cell(v) for v in row.values()))
-    out.print(shown)
-    out.print(f"{table.num_rows} rows")
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value)
-    return text if len(text) <= 40 else text[:39] + "…"
+    check_format(fmt)  # before the query runs
+    table = select_columns(run_query(run_dir, sql=sql, where=where, include_rejected=include_rejected), columns)
+    render(out, table, fmt, limit)

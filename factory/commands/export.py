@@ -8,6 +8,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -56,8 +57,30 @@ class ExportProgress:
             self._bar.stop()
 
 
+def dlib_landmarks(image: bytes) -> tuple[np.ndarray, bool]:
+    """The 68 points of the largest face dlib finds (the model our ``dlib`` stage uses, upsampled
+    once as LibreFace's own fallback does), and True; with no face found, the points dlib
+    predicts in the whole image's box (MIFA's images are face crops), and False."""
+    import io  # deferred: only --landmarks decodes images
+
+    from PIL import Image  # deferred: only --landmarks decodes images
+
+    from stages.faces.landmarks import detect_faces, landmarks_for_box  # deferred: loads dlib
+
+    with Image.open(io.BytesIO(image)) as decoded:
+        pixels = np.asarray(decoded.convert("RGB"))
+    faces = detect_faces(pixels, upsample=1)
+    if faces:
+        return faces[0].landmarks, True
+    height, width = pixels.shape[:2]
+    return landmarks_for_box(pixels, (0.0, 0.0, float(width - 1), float(height - 1))), False
+
+
 def run_export(run_dir: Path, out: Path, *, quiet: bool = False, **options: Any) -> dict[str, Any]:
-    """Export with a progress display on stderr; ``options`` are :func:`manifests.export.export`'s."""
+    """Export with a progress display on stderr; ``options`` are :func:`manifests.export.export`'s
+    (``--landmarks`` gets dlib's landmarker here: the library layer cannot import stages)."""
     console = Console(stderr=True, force_terminal=None if sys.stderr.isatty() else False)
+    if (options.get("format_options") or {}).get("landmarks"):
+        options["landmarker"] = dlib_landmarks
     with ExportProgress(console, quiet=quiet) as progress:
         return export(run_dir, out, progress=progress.update, **options)

@@ -14,6 +14,7 @@ from manifests.export.folder import FolderExporter
 from manifests.export.graphau import GraphAUExporter
 from manifests.export.huggingface import HuggingFaceExporter
 from manifests.export.identity_bank import IdentityBankExporter
+from manifests.export.libreface import Landmarker, LibreFaceExporter
 from manifests.export.maugen import MaugenExporter
 from manifests.export.run import Progress, run_export
 from manifests.export.webdataset import WebDatasetExporter
@@ -27,6 +28,7 @@ __all__ = [
     "ExportError",
     "ExportOptions",
     "Exporter",
+    "Landmarker",
     "Sample",
     "export",
 ]
@@ -40,6 +42,7 @@ FORMATS: dict[str, type[Exporter]] = {
     "huggingface": HuggingFaceExporter,
     "maugen": MaugenExporter,
     "graphau": GraphAUExporter,
+    "libreface": LibreFaceExporter,
     "identity-bank": IdentityBankExporter,
 }
 
@@ -57,14 +60,17 @@ def export(
     format_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    landmarker: Landmarker | None = None,
 ) -> dict[str, Any]:
     """Export the samples of ``run_dir`` (a dataset or a subset) matching ``where`` (SQL on
     ``samples``; the first ``limit`` in source order) to ``out`` in ``format``; streams in
     constant memory, resumes an unfinished export of the same job; returns ``export.json``.
 
     Parts (output shards, image folders) hold ``shard_size`` samples (default 1,000), or with
-    ``shard_bytes`` close at that many bytes (and at ``BYTE_SHARD_MAX_SAMPLES`` samples unless
-    ``shard_size`` says otherwise)."""
+    ``shard_bytes`` no more than that many bytes, unless one sample does (and at most
+    ``BYTE_SHARD_MAX_SAMPLES`` samples unless
+    ``shard_size`` says otherwise). ``landmarker`` gives the libreface format its 68 points
+    (``--landmarks``; the command layer passes dlib's, which this layer cannot import)."""
     if shard_size is None:
         # By bytes, a shard also closes at BYTE_SHARD_MAX_SAMPLES: its manifest rows stay in memory until it commits.
         shard_size = 1000 if shard_bytes is None else BYTE_SHARD_MAX_SAMPLES
@@ -80,5 +86,11 @@ def export(
         format_options=dict(format_options or {}),
     )
     return run_export(
-        FORMATS[format], location(run_dir), location(out), options, overwrite=overwrite, progress=progress
+        FORMATS[format],
+        location(run_dir),
+        location(out),
+        options,
+        overwrite=overwrite,
+        progress=progress,
+        landmarker=landmarker,
     )

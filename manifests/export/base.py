@@ -118,9 +118,29 @@ class Exporter:
         """Bytes the current part holds so far, for ``shard_bytes`` (default: its images' bytes)."""
         return self.part_image_bytes
 
+    def sample_bytes(self, sample: Sample) -> int:
+        """Bytes ``sample`` adds to a part (default: its image's)."""
+        return len(sample.image)
+
+    def closed_bytes(self, written: int) -> int:
+        """A part's size once closed, after ``written`` bytes (default: the same)."""
+        return written
+
     def finish(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
         """Write the files that cover every part; returns what goes into export.json."""
         return {"parts": len(parts)}
+
+    def required_columns(self) -> tuple[str, ...]:
+        """Columns every selected sample must have with these options (default: ``required``)."""
+        return self.required
+
+    def missing_message(self, key: str, required: tuple[str, ...]) -> str:
+        """The one-line refusal of a sample without a ``required`` column, and the fix."""
+        return (
+            f"sample {key} has no {' / '.join(required)} (its build ran no AU detector and its "
+            f"generator gives no labels); the {self.name} format writes labels: select labelled samples "
+            f'with --where "{required[0]} IS NOT NULL" or export --format webdataset / folder'
+        )
 
     def inside(self, *parts: str) -> Path:
         """``out/part/...`` after checking the result stays inside ``out`` (no traversal)."""

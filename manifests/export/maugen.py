@@ -1,7 +1,8 @@
 """MAUGen release layout: ``sample_data.json``, a JSON list of ``{"image", "intensity", "prompt"}``
 (``image`` a path relative to the folder, ``intensity`` the 12 DISFA AU intensities 0-5 in
 ``manifests.vocab.DISFA_AUS`` order, ``prompt`` the description), as in XDLI13/MAUGen's
-``sample_data.json``, with the images under ``output_images/{part:06d}/``.
+``sample_data.json``, with the images under ``output_images/{part:06d}/``; each entry also
+has ``identity_id`` (a reader taking the three keys by name ignores it).
 
 Each part leaves its entries in ``.parts/`` (one JSON per line); the list is written from
 them at the end, so the file is never held in memory.
@@ -29,7 +30,7 @@ def _indented(entry: dict[str, Any]) -> str:
 
 class MaugenExporter(Exporter):
     name = "maugen"
-    columns = ("au_intensity", "description")
+    columns = ("au_intensity", "description", "identity_id")
     required = ("au_intensity",)
 
     def write_part(self, part: int, samples: Iterator[Sample]) -> dict[str, Any]:
@@ -38,7 +39,12 @@ class MaugenExporter(Exporter):
         for sample in samples:
             image = write_image(self, "output_images", part, sample)
             intensity = [int(v) for v in sample.row["au_intensity"]]
-            entry = {"image": image, "intensity": intensity, "prompt": sample.row["description"] or ""}
+            entry = {
+                "image": image,
+                "intensity": intensity,
+                "prompt": sample.row["description"] or "",
+                "identity_id": sample.row["identity_id"],
+            }
             lines.append(json.dumps(entry, ensure_ascii=False))
         make_dir(self.layout.parts)
         fragment = self.layout.parts / f"sample_data-{part:06d}.jsonl"

@@ -27,7 +27,8 @@ from manifests.atomic import clean_temps, write_bytes_atomic, write_text_atomic
 from manifests.claim import FolderKind, claim_folder
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.export.base import Exporter, ExportError, ExportOptions, Sample
-from manifests.export.stream import count_sql, iter_samples, shard_batches, unlabelled_sql
+from manifests.export.folds import SplitExporter
+from manifests.export.stream import count_sql, iter_rows, iter_samples, shard_batches, unlabelled_sql
 from manifests.files import exists, make_dir, remove_tree
 from manifests.layout import ExportLayout
 from manifests.query import connect, sql_string, user_sql
@@ -107,7 +108,8 @@ def open_target(out: Path, job: dict[str, Any], overwrite: bool) -> list[dict[st
 
 
 class _Parts:
-    """Cuts the sample stream into parts: ``shard_size`` samples, or ``shard_bytes``."""
+    """Cuts the sample stream into parts: ``shard_size`` samples, and with ``shard_bytes`` no
+    more than fit in that many bytes once the part is closed (a part of one sample may not)."""
 
     def __init__(self, samples: Iterator[Sample], exporter: Exporter, options: ExportOptions) -> None:
         self.samples = samples
@@ -119,12 +121,17 @@ class _Parts:
     def more(self) -> bool:
         return self.pending is not None
 
+    def _would_exceed(self, sample: Sample, limit_bytes: int) -> bool:
+        """Whether the part, closed with ``sample`` in it, would be over ``limit_bytes``."""
+        exporter = self.exporter
+        return exporter.closed_bytes(exporter.part_bytes() + exporter.sample_bytes(sample)) > limit_bytes
+
     def part(self) -> Iterator[Sample]:
         self.taken = 0
         self.exporter.part_image_bytes = 0
         limit_bytes = self.options.shard_bytes
         while self.pending is not None and self.taken < self.options.shard_size:
-            if limit_bytes is not None and self.taken and self.exporter.part_bytes() >= limit_bytes:
+            if limit_bytes is not None and self.taken and self._would_exceed(self.pending, limit_bytes):
                 return
             sample, self.pending = self.pending, None
             self.taken += 1
@@ -149,17 +156,14 @@ def _write_parts(
         progress(done, total)
 
 
-def _check_required(con: Any, exporter_cls: type[Exporter], options: ExportOptions) -> None:
+def _check_required(con: Any, exporter: Exporter, options: ExportOptions) -> None:
     """Refuse, before the target is touched, a selection holding a sample the format cannot write."""
-    if not exporter_cls.required:
+    required = exporter.required_columns()
+    if not required:
         return
-    row = con.execute(unlabelled_sql(options, exporter_cls.required)).fetchone()
+    row = con.execute(unlabelled_sql(options, required)).fetchone()
     if row is not None:
-        raise ExportError(
-            f"sample {row[0]} has no {' / '.join(exporter_cls.required)} (its build ran no AU detector and its "
-            f"generator gives no labels); the {exporter_cls.name} format writes labels: select labelled samples "
-            f'with --where "{exporter_cls.required[0]} IS NOT NULL" or export --format webdataset / folder'
-        )
+        raise ExportError(exporter.missing_message(str(row[0]), required))
 
 
 def run_export(
@@ -170,6 +174,7 @@ def run_export(
     *,
     overwrite: bool = False,
     progress: Progress | None = None,
+    landmarker: Any = None,
 ) -> dict[str, Any]:
     """Export the selected samples of the dataset in ``run_dir`` to ``out``; returns export.json."""
     options.check()
@@ -185,12 +190,18 @@ def run_export(
         with user_sql():  # a bad --where fails before out is touched
             (selected,) = con.execute(count_sql(options)).fetchall()[0]
         total = selected if options.limit is None else min(selected, options.limit)
-        _check_required(con, exporter_cls, options)
+        exporter = exporter_cls(dataset.root, out, options.name or dataset.name, options.shard_size, options)
+        if landmarker is not None:
+            exporter.landmarker = landmarker
+        _check_required(con, exporter, options)
+        if isinstance(exporter, SplitExporter):  # its folds are planned (or refused) before out is touched
+            exporter.plan(iter_rows(shard_batches(con, dataset, options, exporter.count_columns)))
         job = _job(dataset, options)
         parts = open_target(out, job, overwrite)
         layout = ExportLayout(out)
-        exporter = exporter_cls(dataset.root, out, options.name or dataset.name, options.shard_size, options)
         done = sum(int(p["rows"]) for p in parts)
+        if isinstance(exporter, SplitExporter):
+            exporter.position = done
         progress(done, total)
         with tempfile.TemporaryDirectory(prefix=".export-spill-", dir=out) as spill:
             con.execute(f"SET temp_directory = {sql_string(spill)}")

@@ -24,7 +24,7 @@ from manifests.schema import MANIFEST_SCHEMA
 from manifests.store import read_table
 from manifests.tar import ShardImages  # re-exported: the report's contact sheets read through it
 
-__all__ = ["BATCH_ROWS", "ShardImages", "count_sql", "iter_samples", "shard_batches", "unlabelled_sql"]
+__all__ = ["BATCH_ROWS", "ShardImages", "count_sql", "iter_rows", "iter_samples", "shard_batches", "unlabelled_sql"]
 
 BATCH_ROWS = 2048
 # Shard manifests per DuckDB query: enough to amortise a query's cost (~20 ms), few enough
@@ -117,6 +117,12 @@ def _rows(batch: Any, columns: tuple[str, ...] | None) -> Iterator[dict[str, Any
     names = [n for n in (columns or batch.schema.names) if n in batch.schema.names]
     values = [batch.column(n).to_pylist() for n in names]
     return (dict(zip(names, row, strict=True)) for row in zip(*values, strict=True))
+
+
+def iter_rows(batches: Iterator[Any]) -> Iterator[dict[str, Any]]:
+    """The rows of ``batches`` as dicts (every column of each batch)."""
+    for batch in batches:
+        yield from _rows(batch, None)
 
 
 def iter_samples(

@@ -1,6 +1,7 @@
 """WebDataset export: ``out/{dataset}-{n:06d}.tar|.parquet|.stats.json`` written by
 :class:`manifests.writer.ShardWriter` (atomic per shard, stats last), resharded by count
-(``shard_size``) or by bytes (``shard_bytes``: a shard closes once its tar reaches it), then
+(``shard_size``) or by bytes (``shard_bytes``: a shard's tar never exceeds it, unless a single
+sample's members and tar's end-of-archive record do), then
 ``out/index.parquet`` + ``out/index.json`` and the dataset card: an export is itself a
 dataset that ``factory query``, ``verify``, ``report`` and ``export`` open.
 
@@ -14,6 +15,7 @@ WebDataset member name (a dot or a slash), which is made safe and gets a new lab
 
 from __future__ import annotations
 
+import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,8 @@ from manifests.schema import MANIFEST_SCHEMA
 from manifests.writer import ShardWriter
 
 __all__ = ["WebDatasetExporter", "webdataset_key"]
+
+BLOCK, RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
 
 
 def webdataset_key(key: str) -> str:
@@ -127,6 +131,17 @@ class WebDatasetExporter(Exporter):
     def part_bytes(self) -> int:
         return self._writer.tar_bytes if self._writer is not None else 0
 
+    def sample_bytes(self, sample: Sample) -> int:
+        """The sample's two tar members: a 512-byte header each, data padded to 512 bytes."""
+        if sample.blocks is not None:
+            return len(sample.blocks[0]) + len(sample.blocks[1])
+        label = len(sample.label_json or b"") or 2048  # a label rebuilt from the row: about 2 kB
+        return sum(BLOCK + -(-n // BLOCK) * BLOCK for n in (len(sample.image), label))
+
+    def closed_bytes(self, written: int) -> int:
+        """The tar once closed: two zero blocks, then padded to tar's 10,240-byte record."""
+        return -(-(written + 2 * BLOCK) // RECORD) * RECORD
+
     def write_part(self, part: int, samples: Iterator[Sample]) -> dict[str, Any]:
         with _CopyingShardWriter(self.out, self.dataset, part) as writer:
             self._writer = writer
@@ -141,4 +156,9 @@ class WebDatasetExporter(Exporter):
         accepted = sum(int(p["accepted"]) for p in parts)
         write_derived_card(self.run_dir, self.out, before_index=True)
         write_index(self.out, self.dataset, shards, target=accepted, surplus=[], failed={}, shards_dir=self.out)
-        return {"shards": len(shards), "tar_bytes": sum(int(p["tar_bytes"]) for p in parts)}
+        last = f"{max(shards):06d}" if shards else "000000"
+        return {
+            "shards": len(shards),
+            "tar_bytes": sum(int(p["tar_bytes"]) for p in parts),
+            "urls": str(self.out / f"{self.dataset}-{{000000..{last}}}.tar"),  # webdataset's brace range
+        }

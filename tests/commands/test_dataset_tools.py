@@ -109,10 +109,16 @@ def test_filter_then_every_export_format(demo_build: tuple[Path, Path], tmp_path
     assert len(keys) == 8 and set(keys) <= set(query(run)["key"].to_pylist())
     assert [k for (k,) in duckdb.sql(f"SELECT key FROM '{subset}/index.parquet' ORDER BY key").fetchall()] == keys
 
-    for fmt in ("webdataset", "folder", "huggingface", "maugen", "graphau"):
-        code, output = _cli("export", subset, tmp_path / fmt, "--format", fmt, "--shard-size", "3", "-q")
+    # The demo has two identities: the splitting formats take two folds / a train-test split.
+    two = {"huggingface": ["--shares", "0.5,0.5"], "graphau": ["--folds", "2"], "libreface": ["--folds", "2"]}
+    for fmt in ("webdataset", "folder", "huggingface", "maugen", "graphau", "libreface"):
+        code, output = _cli(
+            "export", subset, tmp_path / fmt, "--format", fmt, "--shard-size", "3", "-q", *two.get(fmt, [])
+        )
         assert code == 0, output
         assert json.loads((tmp_path / fmt / "export.json").read_text())["samples"] == 8
+    code, output = _cli("export", subset, tmp_path / "three-folds", "--format", "graphau")
+    assert code == 2 and len(output.strip().splitlines()) == 1 and "--folds 2" in output, output
 
     # WebDataset: read by webdataset inside a torch DataLoader with 2 workers, each sample once.
     tars = sorted(str(p) for p in (tmp_path / "webdataset").glob("*.tar"))
@@ -126,8 +132,10 @@ def test_filter_then_every_export_format(demo_build: tuple[Path, Path], tmp_path
     assert all(shape == (256, 256, 3) for shape, _ in seen.values())
     # Hugging Face folder: loads without a script.
     datasets = pytest.importorskip("datasets", reason="datasets is a [dev] dependency")
-    loaded = datasets.load_dataset(str(tmp_path / "huggingface"), split="train", cache_dir=str(tmp_path / "hf-cache"))
-    assert sorted(loaded["key"]) == keys and loaded[0]["image"].size == (256, 256)
+    loaded = datasets.load_dataset(str(tmp_path / "huggingface"), cache_dir=str(tmp_path / "hf-cache"))
+    assert sorted([*loaded["train"]["key"], *loaded["test"]["key"]]) == keys
+    assert loaded["train"][0]["image"].size == (256, 256)
+    assert not set(loaded["train"]["identity_id"]) & set(loaded["test"]["identity_id"])
     # Folder: one row per image, 12 occurrence and 12 intensity columns.
     with open(tmp_path / "folder" / "labels.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -70,6 +70,7 @@ def test_export_webdataset_reshards_selection(source: tuple[Path, dict], tmp_pat
         assert manifest.num_rows <= 3
         assert set(manifest["shard"].to_pylist()) == {shard}  # where the sample is now
     assert keys == expected
+    assert len(list(wds.WebDataset(report["urls"], shardshuffle=False))) == len(expected)  # the range it prints
     # The export is a dataset of its own: indexed, verifiable, queryable, with a card.
     assert verify(out) == []
     assert sorted(query(out)["key"].to_pylist()) == expected
@@ -82,16 +83,21 @@ def test_export_webdataset_reshards_selection(source: tuple[Path, dict], tmp_pat
 def test_webdataset_reshard_by_bytes(source: tuple[Path, dict], tmp_path: Path) -> None:
     run_dir, accepted = source
     one = len(next(iter(_source_images(run_dir).values())))
-    limit = 3 * one  # about three samples' images per shard
+    limit = 3 * one + 10240  # about three samples per shard, and tar's closing record
     report = export(run_dir, tmp_path / "out", shard_bytes=limit, shard_size=1000)
     assert report["samples"] == len(accepted)
     sizes = [shard_paths(tmp_path / "out", "mifa", s).tar.stat().st_size for s in range(report["shards"])]
     assert report["shards"] > 2
-    # A shard closes once it reaches the limit: it overshoots by at most one sample (image,
-    # label JSON, two headers) plus the end-of-archive padding to tar's 10 kB record.
-    assert all(size < limit + one + 2048 + 10240 for size in sizes)
-    assert min(sizes[:-1]) >= limit
+    # A shard's tar, end-of-archive record included, never exceeds the limit; and a shard is
+    # closed only when the next sample would not fit (each holds close to the limit).
+    assert max(sizes) <= limit
+    assert min(sizes[:-1]) > limit - one - 2048 - 10240
     assert verify(tmp_path / "out") == []
+
+
+def test_a_sample_larger_than_the_byte_cap_gets_a_shard_of_its_own(source: tuple[Path, dict], tmp_path: Path) -> None:
+    report = export(source[0], tmp_path / "out", shard_bytes=1000, limit=3)
+    assert report["shards"] == 3  # one sample each: the only case a shard exceeds the cap
 
 
 def test_export_folder_labels_csv(source: tuple[Path, dict], tmp_path: Path) -> None:
@@ -120,12 +126,14 @@ def test_export_huggingface_loads_with_datasets(source: tuple[Path, dict], tmp_p
     datasets = pytest.importorskip("datasets", reason="datasets is a [dev] dependency")
     run_dir, accepted = source
     out = tmp_path / "hf"
-    export(run_dir, out, format="huggingface", shard_size=4)
+    report = export(run_dir, out, format="huggingface", shard_size=4, format_options={"shares": "0.5,0.5"})
     readme = (out / "README.md").read_text()
-    assert readme.startswith("---\nconfigs:") and "data/train-*.parquet" in readme
-    loaded = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
-    assert loaded.num_rows == len(accepted)
-    first = loaded[0]
+    assert readme.startswith("---\nconfigs:") and "data/train-*.parquet" in readme and "data/test-*.parquet" in readme
+    loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    assert sorted(loaded) == ["test", "train"]  # two identities: one in each split
+    assert loaded["train"].num_rows + loaded["test"].num_rows == len(accepted) == report["samples"]
+    first = loaded["train"][0]
+    assert [first[f"AU{a:02d}"] for a in DISFA_AUS] == first["au_occurrence"]
     record = accepted[first["key"]]
     assert first["image"].size == (64, 64)  # decoded to a PIL image
     assert first["au_occurrence"] == record["au_occurrence"].tolist()
@@ -141,7 +149,8 @@ def test_export_maugen_sample_data(source: tuple[Path, dict], tmp_path: Path) ->
     by_key = {Path(e["image"]).stem: e for e in entries}
     for key, record in accepted.items():
         entry = by_key[key]
-        assert set(entry) == {"image", "intensity", "prompt"}
+        assert set(entry) == {"image", "intensity", "prompt", "identity_id"}
+        assert entry["identity_id"] == record["identity_id"]
         assert entry["intensity"] == record["au_intensity"].tolist()
         assert entry["prompt"] == record["description"]
         assert (out / entry["image"]).is_file()
@@ -150,11 +159,11 @@ def test_export_maugen_sample_data(source: tuple[Path, dict], tmp_path: Path) ->
 def test_export_graphau_lists_split_by_identity(source: tuple[Path, dict], tmp_path: Path) -> None:
     run_dir, accepted = source
     out = tmp_path / "graphau"
-    report = export(run_dir, out, format="graphau", shard_size=4)
+    report = export(run_dir, out, format="graphau", shard_size=4, format_options={"folds": 2})
     lists = out / "list"
     eight = [DISFA_AUS.index(a) for a in (1, 2, 4, 6, 9, 12, 25, 26)]
     key_identity = {k: r["identity_id"] for k, r in accepted.items()}
-    for fold in (1, 2, 3):
+    for fold in (1, 2):
         train = (lists / f"DISFA_train_img_path_fold{fold}.txt").read_text().split()
         test = (lists / f"DISFA_test_img_path_fold{fold}.txt").read_text().split()
         assert len(train) + len(test) == len(accepted)
@@ -172,7 +181,7 @@ def test_export_graphau_lists_split_by_identity(source: tuple[Path, dict], tmp_p
         assert relation[0, 9] == 2 * labels[0, 1] + labels[0, 1]  # 2 * a_j + a_k, j = k = 1
         weights = np.loadtxt(lists / f"DISFA_weight_fold{fold}.txt")
         assert weights.shape == (8,) and weights.sum() == pytest.approx(8.0, abs=1e-3)
-    test_sets = [set((lists / f"DISFA_test_img_path_fold{f}.txt").read_text().split()) for f in (1, 2, 3)]
+    test_sets = [set((lists / f"DISFA_test_img_path_fold{f}.txt").read_text().split()) for f in (1, 2)]
     assert sum(len(t) for t in test_sets) == len(accepted)  # every sample is tested in exactly one fold
     assert report["aus"] == [1, 2, 4, 6, 9, 12, 25, 26]
 
@@ -181,22 +190,28 @@ class _Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("fmt", ["webdataset", "folder", "maugen", "identity-bank"])
+@pytest.mark.parametrize("fmt", ["webdataset", "folder", "maugen", "identity-bank", "graphau", "libreface"])
 def test_killed_export_resumes_without_duplicates(source: tuple[Path, dict], tmp_path: Path, fmt: str) -> None:
     run_dir, accepted = source
     out = tmp_path / fmt
+    options = {"folds": 2, "split_by": "sample"} if fmt in ("graphau", "libreface") else {}
 
     def die_after_two_parts(done: int, total: int) -> None:
         if done >= 4:
             raise _Killed
 
     with pytest.raises(_Killed):
-        export(run_dir, out, format=fmt, shard_size=2, progress=die_after_two_parts)
+        export(run_dir, out, format=fmt, shard_size=2, progress=die_after_two_parts, format_options=options)
     assert not (out / "export.json").exists()
     seen: list[int] = []
-    report = export(run_dir, out, format=fmt, shard_size=2, progress=lambda done, total: seen.append(done))
+    report = export(
+        run_dir, out, format=fmt, shard_size=2, progress=lambda done, total: seen.append(done), format_options=options
+    )
     assert seen[0] == 4  # resumed after the two committed parts
     assert report["samples"] == len(accepted)
+    if options:  # a resumed split by sample places every sample where an unbroken export does
+        whole = export(run_dir, tmp_path / "whole", format=fmt, shard_size=2, format_options=options)
+        assert whole["folds"] == report["folds"]
     if fmt == "webdataset":
         keys = query(out)["key"].to_pylist()
         assert verify(out) == []
@@ -211,6 +226,12 @@ def test_killed_export_resumes_without_duplicates(source: tuple[Path, dict], tmp
         assert sorted(r["identity_id"] for r in rows) == sorted(r["identity_id"] for r in accepted.values())
         assert json.loads((out / "bank-stats.json").read_text())["identities"] == len(accepted)
         keys = list(accepted)  # rows carry no key: one row per selected sample is checked above
+    elif fmt == "graphau":
+        lists = [(out / "list" / f"DISFA_test_img_path_fold{f}.txt").read_text() for f in (1, 2)]
+        keys = [Path(p).stem for text in lists for p in text.split()]
+    elif fmt == "libreface":
+        tests = [(out / "DISFA" / "labels" / f / "test.csv").read_text() for f in ("0", "1")]
+        keys = [Path(r["image_path"]).stem for text in tests for r in csv.DictReader(text.splitlines())]
     else:
         keys = [Path(e["image"]).stem for e in json.loads((out / "sample_data.json").read_text())]
     assert sorted(keys) == sorted(accepted) and len(keys) == len(set(keys))
@@ -265,7 +286,7 @@ def test_keys_and_ids_cannot_escape_the_export(tmp_path: Path) -> None:
     write_index(run_dir, "mifa", [0, 1], target=5, surplus=[], failed={})
     _mark_identity_bank(run_dir)
     before = _tree(tmp_path)
-    for fmt in ("folder", "maugen", "graphau", "huggingface", "webdataset", "identity-bank"):
+    for fmt in ("folder", "maugen", "graphau", "libreface", "huggingface", "webdataset", "identity-bank"):
         export(run_dir, tmp_path / "out" / fmt, format=fmt)
     created = set(_tree(tmp_path)) - set(before)
     assert all(p.startswith("out") for p in created), sorted(p for p in created if not p.startswith("out"))
@@ -319,5 +340,6 @@ def test_label_formats_refuse_unlabelled_samples_before_writing(tmp_path: Path, 
     assert not (tmp_path / "out").exists()
     # Selecting the labelled samples is the fix the message names.
     column = "au_intensity" if fmt == "maugen" else "au_occurrence"
-    export(run_dir, tmp_path / "out", format=fmt, where=f"{column} IS NOT NULL")
+    folds = {"folds": 2} if fmt == "graphau" else {}  # two identities are left
+    export(run_dir, tmp_path / "out", format=fmt, where=f"{column} IS NOT NULL", format_options=folds)
     assert json.loads((tmp_path / "out" / "export.json").read_text())["samples"] == 2
