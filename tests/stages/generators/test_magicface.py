@@ -4,6 +4,25 @@ The models are built here (``bench.tiny_models.build_tiny_magicface``: the two U
 as the release's classes save them) and loaded only through the stage's own loading code.
 The identities are the builtin bank's (an astronaut who smiles, ``AU12=3 AU25=5``, and
 Grace Hopper, neutral), so the relative AU input is checked against a recorded expression.
+
+Agreement with the release code was measured once, outside the repository, on these tiny
+random weights in the real layout: the release's own ``MgPipeline``, ``UNetID2DConditionModel``
+and ``UNetDeno2DConditionModel`` (weimengting/MagicFace at its published commit) under its pin
+diffusers 0.25.1 (transformers 4.42.4, huggingface_hub 0.24.7, numpy 1.26.4 in a side folder),
+loading with its own ``ignore_mismatched_sizes=True``; the same 64 px Grace Hopper crop and
+stand-in bg (PNG), the same AU vector and seed (a one-element generator list), 3 UniPC steps,
+guidance 1.5, CPU float32. Two adaptations in the harness, both outside the compared code: its
+hard-wired ``au_aug_mlp = Linear(12, 1280)`` is swapped for the file's ``Linear(12, 128)`` (the
+tiny time-embedding width; its lenient loader had silently re-initialised it), and the CLIP
+text encoder's tensors are loaded under transformers 4.42's key prefix::
+
+    cd <worktree> && PYTHONPATH=$PWD .venv/bin/python /tmp/mfrel/ours.py
+    cd /tmp/mfrel && PYTHONPATH=/tmp/mfrel/site:/tmp/mfrel/release .venv/bin/python release.py
+
+    first-step noise prediction [cond, uncond], max |ours - release|   2.4e-06 / 2.5e-06 (values up to 1.4 / 1.6)
+    image after 3 steps (uint8 levels)                                 max 1, mean 0.08 / 0.09
+
+The pinned slice below guards that agreement against regressions.
 """
 
 from __future__ import annotations
