@@ -256,3 +256,43 @@ def test_registered_and_light_to_import() -> None:
 
 # Red channel, row 30, columns 28-35, of the tiny model's image for one fixed plan (seed 100, 2 steps).
 PINNED_ROW = [140, 110, 29, 119, 126, 233, 131, 135]
+
+
+RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "mifa-1m-multi-identity.toml"
+
+
+def test_plan_repeats_each_bank_identity_with_its_own_au_vectors() -> None:
+    from factory.plan import Planner
+    from factory.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(
+        {"dataset": {"target": 12, "shard_size": 6}, "identities": {"expressions_per_identity": 3}}
+    )
+    planner = Planner(recipe, open_bank("builtin").records())
+    rows = planner.shard(0).to_pylist() + planner.shard(1).to_pylist()
+    ids = [r["identity_id"] for r in rows]
+    a, h = "builtin-astronaut", "builtin-grace-hopper"
+    assert ids == [a, a, a, h, h, h] * 2  # identity-major, wrapping round the bank
+    assert {r["identity_match"] for r in rows} == {"exact"}
+    assert rows[3]["age_band"] == "elderly"  # the bank's demographics, not a drawn cell
+    hopper = [tuple(r["planned_intensity"]) for r in rows if r["identity_id"] == h]
+    assert len(set(hopper)) > 1  # one identity, different expressions
+
+
+def test_multi_identity_recipe_plans_identities_x_expressions(capsys: pytest.CaptureFixture[str]) -> None:
+    from factory.cli import edge
+
+    assert edge.run(["plan", str(RECIPE), "--target", "200"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "multi-identity: 10 identities (bank not there yet) x 20 expressions per identity = 200 samples" in printed
+
+
+def test_multi_identity_recipe_chains_and_round_trips() -> None:
+    from factory.recipe import load_recipe, recipe_from_dict
+    from stages.pipeline import Pipeline
+
+    recipe = load_recipe(RECIPE)
+    Pipeline.check(recipe.stage_specs())  # every stage's reads written by an earlier one
+    again = recipe_from_dict(json.loads(json.dumps(recipe.model_dump(mode="json"))), source="run.json")
+    assert again == recipe and recipe.identities.expressions_per_identity == 20
+    assert recipe.generator.name == "magicface" and recipe.generator.options()["guidance_scale"] == 1.5
