@@ -1,4 +1,4 @@
-"""Throughput of the ``diffusers``, ``maugen`` and ``fineface`` generators on tiny random-weight models.
+"""Throughput of the ``diffusers``, ``maugen``, ``fineface`` and ``magicface`` generators on tiny random-weight models.
 
 Builds the tiny models of ``bench/tiny_models.py`` (64 px, 2 denoising steps,
 classifier-free guidance on) in a temporary folder, loads them through the stages' real
@@ -6,6 +6,10 @@ loading path, and for batch sizes 1, 8 and 32 reports images/s and the share of 
 spent inside the UNet (the rest is text encoding, VAE encode/decode, identity encoding,
 conversion). One warm-up call per generator precedes the timed calls. Runs on CPU, and
 again on CUDA when a GPU is visible.
+
+MagicFace runs twice: with its identity cache (an identity's face crop, bg, latents and
+attention keys/values computed once and kept) and with ``identity_cache = 0`` (all of that,
+dlib's face detection included, recomputed for every sample).
 
 The absolute numbers say nothing about real SD-size models; what transfers is how the
 UNet share and per-image cost move with batch size.
@@ -46,14 +50,16 @@ def _records(n: int, seed0: int) -> list[dict[str, Any]]:
     ]
 
 
-def _pipeline(kind: str, folder: Path, device: str, batch: int, bank: Any) -> Pipeline:
+def _pipeline(kind: str, folder: Path, device: str, batch: int, bank: Any, extra: dict[str, Any]) -> Pipeline:
     """The generator alone, built as a shard worker builds it."""
     context = StageContext(run_dir=folder, device=device, image_size=SIZE, identity_bank=bank)
     if kind == "fineface":
         where = {"base_dir": str(folder / "stable-diffusion-2-1-base"), "weights_dir": str(folder / "fineface")}
+    elif kind == "magicface":
+        where = {"sd_dir": str(folder / "stable-diffusion-v1-5"), "weights_dir": str(folder / "magicface")}
     else:
         where = {{"diffusers": "pipeline", "maugen": "checkpoint_dir"}[kind]: str(folder)}
-    options = {**where, "steps": STEPS, "batch_size": batch}
+    options = {**where, "steps": STEPS, "batch_size": batch, **extra}
     return Pipeline.build([StageSpec("generator", kind, options)], context)
 
 
@@ -74,9 +80,17 @@ def main(argv: list[str] | None = None) -> str:
     import torch  # deferred: optional and heavy; the other benchmarks do not need it
 
     # deferred: imports diffusers and transformers, as torch above
-    from bench.tiny_models import build_tiny_fineface, build_tiny_maugen, build_tiny_sd
+    from bench.tiny_models import build_tiny_fineface, build_tiny_magicface, build_tiny_maugen, build_tiny_sd
 
-    builders = {"diffusers": build_tiny_sd, "maugen": build_tiny_maugen, "fineface": build_tiny_fineface}
+    builders = {
+        "diffusers": build_tiny_sd,
+        "maugen": build_tiny_maugen,
+        "fineface": build_tiny_fineface,
+        "magicface": build_tiny_magicface,
+    }
+    variants: dict[str, list[tuple[str, dict[str, Any]]]] = {
+        "magicface": [("magicface, identities cached", {}), ("magicface, recomputed per sample", {"identity_cache": 0})]
+    }
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per batch size")
@@ -89,7 +103,7 @@ def main(argv: list[str] | None = None) -> str:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     bank = open_bank("builtin")
     lines = [
-        "### Generators: diffusers, maugen and fineface (`python -m bench.bench_generators`)",
+        "### Generators: diffusers, maugen, fineface and magicface (`python -m bench.bench_generators`)",
         "",
         f"Tiny random-weight models, {SIZE} px, {STEPS} steps, guidance on; torch threads: {torch.get_num_threads()}.",
         "",
@@ -99,14 +113,14 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="bench_generators_") as tmp:
         folders = {kind: build(Path(tmp) / kind) for kind, build in builders.items() if kind in (args.only or builders)}
         for kind, folder in folders.items():
-            for device in devices:
-                for batch in BATCH_SIZES:
-                    pipeline = _pipeline(kind, folder, device, batch, bank)  # built and set up
-                    pipeline.run(_records(1, seed0=1))  # warm-up: first-call allocations, identity cache
-                    rate, share = _measure(pipeline, batch, args.repeats)
-                    lines.append(
-                        f"| {kind} | {device} | {batch} | {rate:.2f} | {1000.0 / rate:.0f} | {100.0 * share:.0f}% |"
-                    )
+            for label, extra in variants.get(kind, [(kind, {})]):
+                for device in devices:
+                    for batch in BATCH_SIZES:
+                        pipeline = _pipeline(kind, folder, device, batch, bank, extra)  # built and set up
+                        pipeline.run(_records(2, seed0=1))  # warm-up: first-call allocations, identity cache
+                        rate, share = _measure(pipeline, batch, args.repeats)
+                        cells = (label, device, batch, f"{rate:.2f}", f"{1000.0 / rate:.0f}", f"{100.0 * share:.0f}%")
+                        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     markdown = "\n".join(lines)
     print(markdown)
     return markdown

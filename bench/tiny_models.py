@@ -18,6 +18,12 @@ network is a diffusers/transformers model with a tiny config (``block_out_channe
   the LoRA through peft + ``save_lora_weights``). ``faceid=True`` adds the FaceID variant:
   ``realistic-vision-v4/``, the ``sd15_*`` files, the IP-Adapter portrait file and a tiny
   ArcFace-shaped ONNX model.
+- :func:`build_tiny_magicface` writes the MagicFace layout as ``factory models pull`` lays it
+  out: ``stable-diffusion-v1-5/`` (an SD-1.5-like pipeline: convolutional projections) and
+  ``magicface/ID_enc/`` + ``magicface/denoising_unet/`` (``config.json`` +
+  ``diffusion_pytorch_model.safetensors``) as the release's classes save them: the release's
+  ``_class_name`` s, 8 input channels and the AU projection under ``au_aug_mlp`` (a
+  ``Linear(12 -> 128)``: the tiny UNet's time-embedding width, 1280 in the release).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ __all__ = [
     "TINY_AU_HIDDEN",
     "TINY_CROSS_DIM",
     "build_tiny_fineface",
+    "build_tiny_magicface",
     "build_tiny_maugen",
     "build_tiny_sd",
     "export_tiny_arcface",
@@ -301,4 +308,51 @@ def build_tiny_fineface(
     _save_lora(unet, fineface, lora_rank)
     if faceid:
         _faceid_files(unet, folder, cross_dim, faceid_tokens)
+    return folder
+
+
+def _save_release_unet(unet: Any, folder: Path, class_name: str, rename: dict[str, str]) -> None:
+    """A UNet saved as the release's subclass saves it: its class name, its own key names."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    config.update(_class_name=class_name, _diffusers_version="0.27.2", class_embed_type=None)
+    config.update(projection_class_embeddings_input_dim=None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    state = {}
+    for key, value in unet.state_dict().items():
+        for old, new in rename.items():
+            key = new + key[len(old) :] if key.startswith(old) else key
+        state[key] = value.contiguous()
+    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+
+
+def build_tiny_magicface(folder: Path, seed: int = 0) -> Path:
+    """Save tiny MagicFace files in a models-folder layout under ``folder``; returns ``folder``."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = _tiny_parts(in_channels=4, seed=seed, work=folder / "_work")
+    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder / "stable-diffusion-v1-5")
+    config = {k: v for k, v in dict(parts["unet"].config).items() if not k.startswith("_")}
+    torch.manual_seed(seed + 1)
+    id_enc = UNet2DConditionModel.from_config(config)
+    _save_release_unet(id_enc, folder / "magicface" / "ID_enc", "UNetID2DConditionModel", {})
+    torch.manual_seed(seed + 2)
+    deno = UNet2DConditionModel.from_config(
+        {
+            **config,
+            "in_channels": 8,
+            "class_embed_type": "simple_projection",
+            "projection_class_embeddings_input_dim": 12,
+        }
+    )
+    with torch.no_grad():
+        deno.class_embedding.weight.mul_(20.0)  # an AU effect visible in a 2-step tiny image
+    _save_release_unet(
+        deno, folder / "magicface" / "denoising_unet", "UNetDeno2DConditionModel", {"class_embedding.": "au_aug_mlp."}
+    )
     return folder

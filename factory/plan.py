@@ -252,6 +252,12 @@ class Planner:
         if self._bank_table is None:  # resolved once per planner, not per shard (a bank may hold 50k identities)
             self._bank_table = _bank_choices(self.identities, self._cells)
         table, choices = self._bank_table
+        per_identity = self.recipe.identities.expressions_per_identity
+        if per_identity:
+            # Identity-major: sample g of the whole plan shows identity (g // N) mod bank size.
+            first = shard * self.recipe.dataset.shard_size
+            cols = table[((first + np.arange(n)) // per_identity) % len(table)]
+            return cols[:, 0].tolist(), cols[:, 1].tolist(), cols[:, 2].tolist(), cols[:, 3].tolist(), ["exact"] * n
         chosen, level = np.zeros(n, np.int64), np.zeros(n, np.int64)
         for c in np.unique(cell_idx).tolist():
             rows = np.flatnonzero(cell_idx == c)

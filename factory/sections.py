@@ -144,6 +144,14 @@ class EmotionSection(_Model):
 
 class IdentitySection(_Model):
     bank: str = Field("builtin", description="'builtin', 'none', or a folder with identities.csv")
+    expressions_per_identity: int | None = Field(
+        None,
+        ge=1,
+        le=100000,
+        description="None: each sample draws a bank identity of its demographic cell; N: the bank's "
+        "identities in id order, each planned N times in a row (a multi-identity dataset; the "
+        "demographics are then the bank's)",
+    )
 
 
 class BankSection(_Model):

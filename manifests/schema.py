@@ -104,6 +104,7 @@ MANIFEST_FIELDS = PLAN_FIELDS + [
     pa.field("realism_score", pa.float32()),
     pa.field("realism_scorer", pa.string()),
     pa.field("identity_similarity", pa.float32()),
+    pa.field("identity_model", pa.string()),  # "arcface" or "dlib": what identity_similarity embedded with
     # identity-bank builds: the kept portrait's identity embedding (L2-normalised), deduplicated
     # across the bank when the dataset is committed; null in sample builds
     pa.field("identity_embedding", pa.list_(pa.float32())),

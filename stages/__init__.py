@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "diffusers": "stages.generators.diffusers:DiffusersGenerator",
     "maugen": "stages.generators.maugen.stage:MaugenGenerator",
     "fineface": "stages.generators.fineface.stage:FineFaceGenerator",
+    "magicface": "stages.generators.magicface.stage:MagicFaceGenerator",
     # face detection and alignment
     "dlib": "stages.faces.dlib:DlibFaceStage",
     "lbp": "stages.faces.lbp:LBPFaceStage",

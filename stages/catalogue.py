@@ -111,6 +111,18 @@ _SD_REQUIRED = (
     "unet/diffusion_pytorch_model.safetensors",
     "vae/diffusion_pytorch_model.safetensors",
 )
+# SD 1.5 without its UNet (3.4 GB): MagicFace replaces it with its own two.
+_SD15_PARTS = (
+    "model_index.json",
+    "scheduler/*.json",
+    "tokenizer/*",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
+_MAGICFACE_FILES = tuple(f"{unet}/{file}" for unet in ("ID_enc", "denoising_unet") for file in (
+    "config.json", "diffusion_pytorch_model.safetensors"))  # fmt: skip
 _FINEFACE_FILES = (
     "attn_processors.ckpt",
     "pytorch_lora_weights.safetensors",
@@ -241,6 +253,25 @@ _CATALOGUE: tuple[ModelEntry, ...] = (
         "non-commercial research use only (h94/IP-Adapter-FaceID; insightface ArcFace inputs)",
         "~0.1 GB", "fineface (identity = 'faceid', faceid_file)",
         ("ip-adapter-faceid-portrait-v11_sd15.bin",), ("ip-adapter-faceid-portrait-v11_sd15.bin",),
+    ),
+    _hub(
+        "stable-diffusion-v1-5", "sd-legacy/stable-diffusion-v1-5",
+        "Stable Diffusion 1.5 VAE, text encoder, tokenizer and scheduler (no UNet): MagicFace's base parts",
+        "CreativeML Open RAIL-M (use restrictions; sd-legacy/stable-diffusion-v1-5)",
+        "~0.8 GB", "magicface (sd_dir)", _SD15_PARTS, _SD15_PARTS[2:],
+    ),
+    _hub(
+        "magicface", "mengtingwei/magicface",
+        "MagicFace identity UNet (ID_enc) and AU-conditioned denoising UNet (denoising_unet)",
+        "Apache-2.0 (mengtingwei/magicface model card; weimengting/MagicFace code)",
+        "~6.9 GB", "magicface (weights_dir)", _MAGICFACE_FILES, _MAGICFACE_FILES,
+    ),
+    _hub(
+        "bisenet-face-parsing", "mengtingwei/magicface",
+        "BiSeNet face parsing (19 CelebAMask-HQ classes), 79999_iter.pth as the MagicFace release ships it",
+        "MIT (zllrunning/face-parsing.PyTorch); weights trained on CelebAMask-HQ (non-commercial research use)",
+        "~53 MB", "magicface bg preprocessing (BiSeNet; not read yet: the bg is the landmark-hull stand-in)",
+        ("79999_iter.pth",), ("79999_iter.pth",),
     ),
 )  # fmt: skip
 

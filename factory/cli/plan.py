@@ -54,6 +54,16 @@ def plan(
     _print_stats(r, stats)
     if note:
         out.print(f"[bold]identity bank[/]: {note}")
+    per_identity = r.identities.expressions_per_identity
+    if per_identity:
+        planned = -(-r.dataset.target // per_identity)
+        bank = f"of {len(identities)} in the bank" if identities else "(bank not there yet)"
+        if identities and planned > len(identities):
+            bank += f"; the plan wraps round the bank, {-(-planned // len(identities))} rounds"
+        out.print(
+            f"[bold]multi-identity[/]: {planned} identities {bank} x {per_identity} expressions per identity "
+            f"= {planned * per_identity} samples planned for target {r.dataset.target}"
+        )
     if identities:
         _print_coverage(r, identities)
     if estimate_:

@@ -26,7 +26,7 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from bench.tiny_models import build_tiny_fineface, build_tiny_maugen, build_tiny_sd
+from bench.tiny_models import build_tiny_fineface, build_tiny_magicface, build_tiny_maugen, build_tiny_sd
 from manifests.bank import open_bank
 from manifests.schema import RECORD_FIELDS
 from stages import REGISTRY, stage_class
@@ -167,6 +167,11 @@ def tiny_fineface(root: Path) -> Path:
 
 
 @cache
+def tiny_magicface(root: Path) -> Path:
+    return build_tiny_magicface(root / "magicface")
+
+
+@cache
 def tiny_scrfd(root: Path) -> Path:
     (root / "scrfd").mkdir(exist_ok=True)
     return export_tiny_scrfd(root / "scrfd" / "painted.onnx")
@@ -273,6 +278,17 @@ CASES: dict[str, Case] = {
         drops=(),
         why="without identity conditioning an AU-conditioned text-to-image model draws every plan",
         context={"image_size": SIZE},
+    ),
+    "magicface": Case(
+        "generator",
+        lambda root: {
+            "sd_dir": str(tiny_magicface(root) / "stable-diffusion-v1-5"),
+            "weights_dir": str(tiny_magicface(root) / "magicface"),
+            "steps": 2,
+        },
+        lambda: [*plans(2), {**plans(1)[0], "identity_id": "not-in-the-bank"}],
+        drops=(2,),
+        context=WITH_BANK,
     ),
     "dlib": Case("face", lambda root: {}, photos, drops=(2,)),
     "lbp": Case("face", lambda root: {}, photos, drops=(2,)),

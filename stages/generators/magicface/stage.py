@@ -1,0 +1,143 @@
+"""Generator: MagicFace, AU-vector editing of a bank identity's face on public weights (Apache-2.0).
+
+Every sample edits its identity's exemplar photo (``identities.bank``) towards the planned AU
+vector. MagicFace takes AU *changes relative to the source face* (0 = unchanged), so the
+planned absolute vector becomes ``target - own``, where ``own`` is the exemplar's recorded
+expression (the bank's ``expression``: ``neutral`` or ``AU12=3 ...``; not recorded counts as
+neutral, the bank index's default for portraits). The labels are the planned absolute
+vector, ``label_source = "planned"``, and the detector consensus decides the final labels.
+
+Per identity, once (``identity_cache`` identities kept, least recently used first out): the
+face crop (1.5x the dlib face box, as the release's preprocessing crops SCRFD's), the "bg"
+attribute image (``bg = "landmark-hull"``: a named stand-in for the release's BiSeNet parsing,
+see :mod:`.source`), their latents and the identity keys/values of every self-attention. A
+sample whose exemplar has no single usable face is dropped with that reason.
+
+Files come from local folders (:mod:`.layout`): by default the catalogue's
+``stable-diffusion-v1-5`` and ``magicface`` folders (``factory models pull``).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from stages.base import Record, StageConfig, StageContext, StageError, drop
+from stages.catalogue import DLIB_68_LICENCE, local_path
+from stages.generators.base import DType, GeneratorStage, chunks, planned_labels, resolve_dtype
+from stages.generators.magicface.layout import MagicFaceFiles
+from stages.generators.magicface.source import source_face
+
+__all__ = ["LICENCE", "MagicFaceConfig", "MagicFaceGenerator", "relative_aus", "release_files"]
+
+LICENCE = (
+    "MagicFace code and weights: Apache-2.0 (weimengting/MagicFace, mengtingwei/magicface); "
+    "Stable Diffusion 1.5 VAE and text encoder: CreativeML Open RAIL-M; face crop and bg stand-in: "
+    f"{DLIB_68_LICENCE}"
+)
+
+
+class MagicFaceConfig(StageConfig):
+    sd_dir: str | None = Field(None, description="Stable Diffusion 1.5 folder; None: the catalogue's")
+    weights_dir: str | None = Field(
+        None, description="folder with ID_enc/ and denoising_unet/; None: the catalogue's 'magicface'"
+    )
+    steps: int = Field(50, ge=1, le=1000, description="UniPC steps (the release: 50)")
+    guidance_scale: float = Field(1.5, ge=0.0, le=20.0, description="AU guidance u + g (c - u) (the release: 1.5)")
+    bg: Literal["landmark-hull"] = Field(
+        "landmark-hull",
+        description="the bg attribute image: a stand-in (68-landmark face polygon painted black + jaw dots) "
+        "for the release's BiSeNet parsing",
+    )
+    dtype: DType = Field("auto", description="auto: float16 on CUDA, float32 on CPU (CPU is always float32)")
+    batch_size: int = Field(8, ge=1, le=256, description="samples per denoiser call; the micro-batch is chunked")
+    identity_cache: int = Field(
+        64, ge=0, description="identities whose latents and keys/values are kept (~50 MB each at 512 px, fp16)"
+    )
+
+
+def _folder(configured: str | None, catalogue_name: str) -> Path:
+    return Path(configured).expanduser() if configured else local_path(catalogue_name)
+
+
+def release_files(cfg: MagicFaceConfig) -> MagicFaceFiles:
+    """The files the stage reads, recipe paths first, else the catalogue's."""
+    return MagicFaceFiles(
+        sd_dir=_folder(cfg.sd_dir, "stable-diffusion-v1-5"), weights_dir=_folder(cfg.weights_dir, "magicface")
+    )
+
+
+def relative_aus(planned: Any, own: Any) -> np.ndarray:
+    """MagicFace's input: the planned absolute intensities minus the source face's own."""
+    return np.asarray(planned, np.float32) - np.asarray(own, np.float32)
+
+
+class MagicFaceGenerator(GeneratorStage[MagicFaceConfig]):
+    name = "magicface"
+    reads = frozenset({"identity_id", "planned_intensity", "seed"})
+    licence: ClassVar[str] = LICENCE
+
+    def __init__(self, config: MagicFaceConfig, context: StageContext) -> None:
+        super().__init__(config, context)
+        self.pipe: Any = None
+        # Least recently used identities go first; identity_cache = 0 keeps none.
+        self._identity = functools.lru_cache(maxsize=config.identity_cache)(self._prepare_identity)
+
+    def setup(self) -> None:
+        # deferred: the MagicFace network modules import torch and diffusers (optional, heavy)
+        from stages.generators.magicface.pipeline import MagicFacePipeline
+
+        if self.context.image_size % 8:
+            raise StageError(f"output.image_size={self.context.image_size}: latent diffusion needs a multiple of 8")
+        if self.context.identity_bank is None:
+            raise StageError("magicface edits bank identities; set identities.bank to a folder or 'builtin'")
+        device = self.context.device
+        self.pipe = MagicFacePipeline(release_files(self.config), device, resolve_dtype(self.config.dtype, device))
+
+    # ------------------------------------------------------------------ identities
+    def _prepare_identity(self, identity_id: str) -> tuple[Any, np.ndarray] | str:
+        """(prepared identity, own AU intensities), or why the exemplar cannot be used."""
+        from stages.faces.exemplar import ExemplarError, exemplar_face  # deferred: dlib, loaded on the first identity
+
+        bank = self.context.identity_bank
+        try:
+            own = bank.get(identity_id).own_intensity() or (0,) * 12
+            image = np.asarray(bank.image(identity_id), dtype=np.uint8)
+            face = exemplar_face(image)
+            source = source_face(image, face.box, face.landmarks, self.context.image_size)
+        except (ExemplarError, ValueError, OSError, KeyError) as exc:
+            return f"identity {identity_id!r} unusable for MagicFace: {exc}"
+        return self.pipe.prepare(source.crop, source.bg), np.asarray(own, np.float32)
+
+    # ------------------------------------------------------------------ generation
+    def run(self, live: list[Record]) -> None:
+        if self.pipe is None:
+            raise StageError("MagicFaceGenerator.process() called before setup()")
+        t0 = time.perf_counter()
+        ready: list[tuple[Record, Any, np.ndarray]] = []
+        for record in live:
+            prepared = self._identity(str(record["identity_id"]))
+            if isinstance(prepared, str):
+                drop(record, self.name, prepared)  # an unusable exemplar drops only its samples
+                continue
+            identity, own = prepared
+            ready.append((record, identity, relative_aus(record["planned_intensity"], own)))
+        model_s = 0.0
+        for chunk in chunks(ready, self.config.batch_size):
+            out = self.pipe(
+                [identity for _, identity, _ in chunk],
+                np.stack([delta for _, _, delta in chunk]),
+                [int(r["seed"]) for r, _, _ in chunk],
+                steps=self.config.steps,
+                guidance_scale=self.config.guidance_scale,
+            )
+            for (record, _, _), image in zip(chunk, out.images, strict=True):
+                occurrence, intensity = planned_labels(record["planned_intensity"])
+                self.write_sample(record, image, "planned", occurrence, intensity)
+            model_s += out.unet_seconds
+        self.note_timing(len(ready), model_s, t0)
