@@ -143,9 +143,14 @@ def check_where(where: str) -> None:
     check_read_only(f"SELECT * FROM samples WHERE ({where})")
 
 
-def _absolute(folder: object) -> str:
+def _spellings(folder: object) -> list[str]:
+    """``folder`` as DuckDB compares it with ``allowed_directories``: a local path absolute; a
+    URL both as written and as an fsspec filesystem may hand it back (``proto:///rest``)."""
     text = str(folder)
-    return text if "://" in text else os.path.abspath(text)  # DuckDB compares absolute paths
+    if "://" not in text:
+        return [os.path.abspath(text)]
+    protocol, rest = text.split("://", 1)
+    return [text, f"{protocol}:///{rest.lstrip('/')}"]
 
 
 def _lock(con: Any, allowed: list[str]) -> None:
@@ -216,7 +221,7 @@ def connect(
     for macro in MACROS:
         con.execute(macro)
     folders = [dataset.root, dataset.shards_dir, *([spill_dir] if spill_dir else []), *writable]
-    _lock(con, [_absolute(f) for f in folders])
+    _lock(con, [spelling for f in folders for spelling in _spellings(f)])
     return con
 
 
