@@ -16,7 +16,7 @@ from manifests.bank import IdentityBankError, open_bank
 from stages.base import StageError
 from stages.pipeline import build_stage
 
-__all__ = ["Check", "run_checks"]
+__all__ = ["Check", "blocking", "run_checks"]
 
 PACKAGES = {
     "ray": "engine (pip install 'mifa-factory')",
@@ -131,3 +131,13 @@ def run_checks(recipe: Recipe | None = None) -> list[Check]:
         if llm:
             checks.append(llm)
     return checks
+
+
+# Checks a build of the recipe cannot do without (a missing optional package or no GPU is a
+# fact about the machine; a stage that cannot load is a build that would fail).
+_NEEDED = ("stage ", "identity bank", "LLM endpoint", "Ray cluster")
+
+
+def blocking(checks: list[Check]) -> list[Check]:
+    """The failed checks a build of the recipe would stop at."""
+    return [c for c in checks if not c.ok and c.name.startswith(_NEEDED)]

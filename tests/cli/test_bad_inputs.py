@@ -18,6 +18,7 @@ from tests.manifests import write_shard
 
 DEMO = REPO / "recipes" / "demo.toml"
 OUTSIDE = "outside.csv"  # a file in the current folder, outside the dataset
+OUTSIDE_TEXT = "not-for-queries-4711"  # its content, never to be printed
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +32,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-def tree_digest(folder: Path) -> str:
-    """Every file's path and bytes under ``folder``: equal digests, nothing written or changed."""
+def tree_digest(folder: Path, skip: str = "home") -> str:
+    """Every file's path and bytes under ``folder`` (but ``skip``, the test's $HOME where
+    libraries keep caches): equal digests, nothing written or changed."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*")):
+    for path in sorted(p for p in folder.rglob("*") if p.relative_to(folder).parts[0] != skip):
         digest.update(str(path.relative_to(folder)).encode())
         if path.is_file():
             digest.update(path.read_bytes())
@@ -90,14 +92,110 @@ SQL_ROWS = [
     ("empty-sql", ["query", "{run}", ";"], 2, "read-only"),
 ]
 
-ROWS = SQL_ROWS
+# Recipe files: {recipe} is written from the row's text (DEMO_HEAD: a valid [dataset]).
+DEMO_HEAD = '[dataset]\nname = "r"\ntarget = 4\nshard_size = 2\n'
+RECIPE_ROWS = [
+    ("recipe-empty", ["build", "{recipe}"], 2, "no [dataset] table", ""),
+    ("recipe-comments-only", ["build", "{recipe}"], 2, "no [dataset] table", "# nothing here\n"),
+    ("recipe-no-dataset", ["build", "{recipe}"], 2, "no [dataset] table", "[engine]\ngpus = 0\n"),
+    ("recipe-empty-plan", ["plan", "{recipe}"], 2, "no [dataset] table", ""),
+    ("recipe-empty-doctor", ["doctor", "{recipe}"], 2, "no [dataset] table", ""),
+    ("recipe-out-empty", ["build", "{recipe}"], 2, "field 'dataset.out'", '[dataset]\nout = ""\n'),
+    ("recipe-out-blank", ["build", "{recipe}"], 2, "field 'dataset.out'", '[dataset]\nout = "   "\n'),
+    (
+        "recipe-stage-unknown-key",
+        ["build", "{recipe}"],
+        2,
+        "unknown field 'generator.bogus_opt' in generator;",
+        DEMO_HEAD + '[generator]\nname = "warp"\nbogus_opt = 1\n',
+    ),
+    (
+        "recipe-face-unknown-key",
+        ["build", "{recipe}"],
+        2,
+        "unknown field 'face.bogus' in face;",
+        DEMO_HEAD + '[face]\nname = "dlib"\nbogus = 1\n',
+    ),
+    (
+        "recipe-detector-unknown-key",
+        ["plan", "{recipe}"],
+        2,
+        "unknown field 'detectors[0].bogus' in detectors[0];",
+        DEMO_HEAD + '[[detectors]]\nname = "geometric"\nbogus = 1\n',
+    ),
+    (
+        "recipe-dataset-unknown-key",
+        ["build", "{recipe}"],
+        2,
+        "unknown field 'dataset.bogus' in dataset",
+        DEMO_HEAD + "bogus = 1\n",
+    ),
+    (
+        "recipe-stage-bad-value",
+        ["build", "{recipe}"],
+        2,
+        "field 'realism.checkpoint'",
+        DEMO_HEAD + '[realism]\nname = "learned-realism"\ncheckpoint = 5\n',
+    ),
+    (
+        "doctor-stage-cannot-load",
+        ["doctor", "{recipe}"],
+        1,
+        "stage realism = learned-realism",
+        DEMO_HEAD + '[realism]\nname = "learned-realism"\ncheckpoint = "nope.pt"\n',
+    ),
+]
+
+# Flags of `factory build` on a valid recipe ({demo}: recipes/demo.toml, out in the temp folder).
+FLAG_ROWS = [
+    ("out-empty", ["build", "{demo}", "--out", ""], 2, "field 'dataset.out'"),
+    ("out-blank", ["build", "{demo}", "--out", "  "], 2, "field 'dataset.out'"),
+    ("out-credentials", ["build", "{demo}", "--out", "s3://user:pw@bucket/x"], 2, "dataset.out"),
+    ("address-nothing-listening", ["build", "{demo}", "--address", "127.0.0.1:1"], 2, "127.0.0.1:1"),
+    ("address-ray-client", ["build", "{demo}", "--address", "ray://127.0.0.1:1"], 2, "ray://127.0.0.1:1"),
+    ("address-not-host-port", ["build", "{demo}", "--address", "nonsense"], 2, "--address 'nonsense'"),
+    ("gpus-none-here", ["build", "{demo}", "--gpus", "999"], 2, "--gpus 999"),
+    ("gpus-over-local", ["build", "{demo}", "--gpus", "4", "--local-gpus", "2"], 2, "--local-gpus 2"),
+    ("target-negative", ["build", "{demo}", "--target", "-1"], 2, "dataset.target"),
+    ("retry-a-recipe", ["retry", "{demo}"], 2, "demo.toml"),
+]
+
+# Commands that take a run folder, given one that is not a (usable) build.
+RUN_ROWS = [
+    ("retry-not-a-build", ["retry", "{tmp}/nowhere"], 2, "nowhere"),
+    ("retry-a-dataset-without-run-json", ["retry", "{run}"], 2, "not a build directory"),
+    ("status-not-a-build", ["status", "{tmp}/nowhere"], 2, "nowhere"),
+    ("verify-nowhere", ["verify", "{tmp}/nowhere"], 2, "nowhere"),
+    ("query-nowhere", ["query", "{tmp}/nowhere"], 2, "nowhere"),
+    ("show-unknown-key", ["show", "{run}", "999999_00000"], 2, "999999_00000"),
+    ("export-onto-source", ["export", "{run}", "{run}"], 2, "would contain the source"),
+    ("filter-into-source", ["filter", "{run}", "{run}"], 2, "{run}"),
+]
+
+# Object storage that does not answer (the endpoint in the environment).
+UNREACHABLE = {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+STORAGE_ROWS = [
+    ("s3-query-unreachable", ["query", "s3://bucket/x"], 2, "endpoint http://127.0.0.1:1"),
+    ("s3-build-unreachable", ["build", "{demo}", "--out", "s3://bucket/x"], 2, "endpoint http://127.0.0.1:1"),
+]
+
+ROWS = (
+    [(*r, "", {}) for r in SQL_ROWS]
+    + [(*r, {}) for r in RECIPE_ROWS]
+    + [(*r, "", {}) for r in FLAG_ROWS + RUN_ROWS]
+    + [(*r, "", UNREACHABLE) for r in STORAGE_ROWS]
+)
 
 
-@pytest.mark.parametrize(("argv", "code", "culprit"), [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+@pytest.mark.parametrize(
+    ("argv", "code", "culprit", "recipe_text", "env"), [r[1:] for r in ROWS], ids=[r[0] for r in ROWS]
+)
 def test_bad_input_is_one_line_naming_the_culprit_and_changes_nothing(
     argv: list[str],
     code: int,
     culprit: str,
+    recipe_text: str,
+    env: dict[str, str],
     dataset: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -105,16 +203,21 @@ def test_bad_input_is_one_line_naming_the_culprit_and_changes_nothing(
 ) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    (cwd / OUTSIDE).write_text("a\nsecret\n")
+    (cwd / OUTSIDE).write_text(f"a\n{OUTSIDE_TEXT}\n")
+    (tmp_path / "r.toml").write_text(recipe_text)
+    demo = DEMO.read_text().replace('out = "runs/demo"', f'out = "{tmp_path / "out"}"')
+    (tmp_path / "demo.toml").write_text(demo)
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # an extension install would land in ~/.duckdb
-    names = {"run": dataset, "tmp": tmp_path, "demo": DEMO}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    names = {"run": dataset, "tmp": tmp_path, "recipe": tmp_path / "r.toml", "demo": tmp_path / "demo.toml"}
     before = (tree_digest(dataset), tree_digest(tmp_path))
     assert edge.run([a.format(**names) for a in argv]) == code
     line = error_line(capsys)
-    assert culprit in line
+    assert culprit.format(**names) in line
     assert (tree_digest(dataset), tree_digest(tmp_path)) == before
-    assert "secret" not in line
+    assert OUTSIDE_TEXT not in line
 
 
 @pytest.mark.parametrize(
