@@ -6,12 +6,19 @@ a build; every row runs in process through the CLI edge."""
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from skimage import data as skimage_data
 
 from factory.cli import edge
+from factory.recipe import Recipe, recipe_from_dict
+from manifests.errors import UserError
 from manifests.index import write_index
 from tests.cli.conftest import REPO, error_line
 from tests.manifests import write_shard
@@ -255,3 +262,72 @@ def test_the_advised_query_works_where_the_refused_one_did_not(
     assert "one SELECT" in error_line(capsys)
     assert edge.run(["query", str(dataset), "SELECT key FROM samples"]) == 0
     assert "rows" in capsys.readouterr().out and list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_recipe_is_refused_and_the_advised_dataset_table_is_enough(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("")
+    assert edge.run(["plan", str(recipe)]) == 2
+    assert "needs at least [dataset]" in error_line(capsys)
+    recipe.write_text("[dataset]\ntarget = 20\nshard_size = 10\n")
+    assert edge.run(["plan", str(recipe)]) == 0
+
+
+def test_an_unknown_column_lists_the_columns_and_a_listed_one_works(
+    dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert edge.run(["query", str(dataset), "SELECT emotions FROM samples"]) == 2
+    line = error_line(capsys)
+    assert "no column 'emotions'" in line and "emotion," in line
+    assert edge.run(["query", str(dataset), "SELECT emotion FROM samples"]) == 0
+
+
+def test_retry_works_on_the_run_folder_it_is_given_wherever_it_runs(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recorded dataset.out is relative to where the build ran; retry builds in RUN."""
+    run = tmp_path / "elsewhere" / "run"
+    run.mkdir(parents=True)
+    recipe = recipe_from_dict(tomllib.loads(DEMO.read_text()))
+    assert recipe.dataset.out == "runs/demo"  # relative: the trap
+    (run / "run.json").write_text(
+        json.dumps({"dataset": recipe.dataset.name, "recipe": recipe.model_dump(mode="json")})
+    )
+    seen: list[str] = []
+
+    def fake_build(r: Recipe, **options: object) -> None:
+        seen.append(r.dataset.out)
+        raise UserError("stopped before Ray")
+
+    monkeypatch.setattr("factory.engine.build.build", fake_build)
+    monkeypatch.chdir(tmp_path)
+    assert edge.run(["retry", str(run)]) == 2
+    assert seen == [str(run)] and not (tmp_path / "runs").exists()
+    capsys.readouterr()
+
+
+def _bank(folder: Path, image: str, data: bytes | None) -> Path:
+    folder.mkdir()
+    Image.fromarray(skimage_data.astronaut()).save(folder / "astronaut.png")
+    if data is not None:
+        (folder / image).write_bytes(data)
+    rows = [("astronaut", "astronaut.png"), ("broken", image)]
+    lines = ["identity_id,image,ethnicity,age_band,gender,source,licence"]
+    lines += [f"{i},{f},white,adult,female,test,public-domain" for i, f in rows]
+    (folder / "identities.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize(("image", "cut"), [("gone.png", None), ("truncated.png", 0.5), ("empty.png", 0.0)])
+def test_identities_index_names_a_missing_or_truncated_image(
+    image: str, cut: float | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = io.BytesIO()
+    Image.fromarray(skimage_data.astronaut()).save(whole, format="png")
+    data = None if cut is None else whole.getvalue()[: int(len(whole.getvalue()) * cut)]
+    bank = _bank(tmp_path / "bank", image, data)
+    assert edge.run(["identities", "index", str(bank)]) == 2
+    line = error_line(capsys)
+    assert f"image '{image}' of identity 'broken'" in line and "identities.csv" in line
