@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.ray_cluster import ClusterError, connect, shutdown
+from cluster.ray_cluster import ClusterError, ClusterRequestError, connect, shutdown
 from factory.engine.pipeline import make_context
 from factory.recipe import Recipe
 from factory.sections import IdentitySection
@@ -67,7 +67,7 @@ def _ray_check(address: str | None) -> Check:
         return Check("Ray cluster", True, "a local cluster on 127.0.0.1 is started by `factory build`")
     try:
         info = connect(address)
-    except ClusterError as exc:  # report, don't crash: this is a diagnosis
+    except (ClusterError, ClusterRequestError) as exc:  # report, don't crash: this is a diagnosis
         return Check("Ray cluster", False, str(exc))
     shutdown(info, force=True)
     return Check("Ray cluster", True, f"{address}: {info.cpus:g} CPUs, {info.gpus:g} GPUs, {info.nodes} node(s)")

@@ -153,6 +153,23 @@ RECIPE_ROWS = [
     ),
 ]
 
+RECIPE_ROWS += [
+    (
+        "doctor-address-unreachable",
+        ["doctor", "{recipe}"],
+        1,
+        "Ray cluster",
+        DEMO_HEAD + '[engine]\naddress = "127.0.0.1:1"\n',
+    ),
+    (
+        "recipe-address-unreachable",
+        ["build", "{recipe}"],
+        2,
+        "--address 127.0.0.1:1",
+        DEMO_HEAD + '[engine]\naddress = "127.0.0.1:1"\n',
+    ),
+]
+
 # Flags of `factory build` on a valid recipe ({demo}: recipes/demo.toml, out in the temp folder).
 FLAG_ROWS = [
     ("out-empty", ["build", "{demo}", "--out", ""], 2, "field 'dataset.out'"),
