@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tomllib
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from factory.cli import edge
 from factory.recipe import Recipe, recipe_from_dict
 from manifests.errors import UserError
 from manifests.index import write_index
+from stages.base import StageError
 from tests.cli.conftest import REPO, error_line
 from tests.manifests import write_shard
+from tests.s3server import _forget_clients
 
 DEMO = REPO / "recipes" / "demo.toml"
 OUTSIDE = "outside.csv"  # a file in the current folder, outside the dataset
@@ -235,6 +238,8 @@ def test_bad_input_is_one_line_naming_the_culprit_and_changes_nothing(
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # an extension install would land in ~/.duckdb
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    if env:
+        _forget_clients()  # fsspec caches clients with their endpoint; this row's is in env
     names = {"run": dataset, "tmp": tmp_path, "recipe": tmp_path / "r.toml", "demo": tmp_path / "demo.toml"}
     before = (tree_digest(dataset), tree_digest(tmp_path))
     assert edge.run([a.format(**names) for a in argv]) == code
@@ -348,3 +353,41 @@ def test_identities_index_names_a_missing_or_truncated_image(
     assert edge.run(["identities", "index", str(bank)]) == 2
     line = error_line(capsys)
     assert f"image '{image}' of identity 'broken'" in line and "identities.csv" in line
+
+
+def test_a_stage_message_of_several_lines_prints_real_lines(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def missing_layout(*args: object, **kwargs: object) -> None:
+        raise StageError("MAUGen checkpoint file /m/unet is missing.\n  expected: /m/unet/model.safetensors")
+
+    monkeypatch.setattr("factory.cli.plan.plan_statistics", missing_layout)
+    assert edge.run(["plan", str(DEMO)]) == 1
+    err = capsys.readouterr().err
+    assert err.split("\n") == [
+        "error: MAUGen checkpoint file /m/unet is missing.",
+        "  expected: /m/unet/model.safetensors",
+        "",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_an_unreachable_endpoint_is_named_and_the_reachable_one_works(
+    dataset: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The advice: check AWS_ENDPOINT_URL and that the server is up; with both, the query runs."""
+    from tests.s3server import s3_server  # deferred: moto is heavy and only this test needs it
+
+    with s3_server() as s3:
+        url = s3.url("ds")
+        s3.fs().put(f"{dataset}/", url.removeprefix("s3://") + "/", recursive=True)
+        endpoint = os.environ["AWS_ENDPOINT_URL"]
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+        _forget_clients()
+        assert edge.run(["query", url, "SELECT count(*) AS n FROM samples"]) == 2
+        assert "endpoint http://127.0.0.1:1" in error_line(capsys)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        _forget_clients()  # a new command is a new process: no client of the old endpoint
+        assert edge.run(["query", url, "SELECT count(*) AS n FROM samples"]) == 0
+        assert "1 rows" in capsys.readouterr().out
