@@ -185,6 +185,8 @@ FLAG_ROWS = [
     ("gpus-over-local", ["build", "{demo}", "--gpus", "4", "--local-gpus", "2"], 2, "--local-gpus 2"),
     ("target-negative", ["build", "{demo}", "--target", "-1"], 2, "dataset.target"),
     ("retry-a-recipe", ["retry", "{demo}"], 2, "demo.toml"),
+    ("models-pull-unknown", ["models", "pull", "bogus-name"], 2, "unknown model 'bogus-name'"),
+    ("identities-index-no-bank", ["identities", "index", "{tmp}/nobank"], 2, "nobank"),
 ]
 
 # Commands that take a run folder, given one that is not a (usable) build.
