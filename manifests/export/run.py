@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from manifests.layout import ExportLayout
 from manifests.query import check_where, connect, user_sql
 from manifests.records import json_default
 from manifests.store import absolute, is_inside, location
+from manifests.urls import is_url
 
 __all__ = ["Progress", "run_export"]
 
@@ -182,8 +184,9 @@ def run_export(
     if options.where:
         check_where(options.where)  # read-only, before anything runs
     # DuckDB's spill folder is set before the connection is locked, so it is named now (inside
-    # out, made once out is claimed); the user's --where can reach no file but the dataset's.
-    spill = Path(out) / f".export-spill-{os.getpid()}-{time.time_ns()}"
+    # a local out, made once out is claimed); the user's --where can reach no file but the dataset's.
+    spill_parent = Path(tempfile.gettempdir()) if is_url(str(out)) else Path(out)
+    spill = spill_parent / f".export-spill-{os.getpid()}-{time.time_ns()}"
     con = connect(run_dir, memory_limit=DUCKDB_MEMORY, spill_dir=spill)
     try:
         with user_sql():  # a bad --where fails before out is touched
