@@ -92,7 +92,7 @@ def check_request(address: str | None, *, gpus: int, local_gpus: int | None = No
     if gpus > have:
         where = f"--local-gpus {local_gpus}" if local_gpus is not None else "this machine"
         raise ClusterRequestError(
-            f"--gpus {gpus} asked for, but {where} has {have} GPU(s); lower --gpus, use --gpus 0 to "
+            f"--gpus {gpus} (engine.gpus) asked for, but {where} has {have} GPU(s); lower it, use --gpus 0 to "
             "run on CPU, or pass --address of a cluster with GPU nodes"
         )
 
