@@ -4,15 +4,38 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
+import threading
 from dataclasses import dataclass
+from types import FrameType
 
-from manifests.errors import FailedError
+from manifests.errors import FailedError, UserError
 
-__all__ = ["ClusterError", "ClusterInfo", "connect", "quiet_auth_notice", "shutdown"]
+__all__ = [
+    "ClusterError",
+    "ClusterInfo",
+    "ClusterRequestError",
+    "check_request",
+    "connect",
+    "quiet_auth_notice",
+    "shutdown",
+    "stop_on_sigterm",
+]
+
+# How long a TCP connect to --address may take before the address counts as unreachable
+# (Ray itself retries its GCS connection for minutes, printing each try).
+PROBE_TIMEOUT_S = 5.0
+_START_A_CLUSTER = "start one there with `ray start --head` or leave --address out to run a local cluster"
 
 
 class ClusterError(FailedError, RuntimeError):
     pass
+
+
+class ClusterRequestError(UserError, RuntimeError):
+    """What the build asks of a cluster cannot be had: an address nothing answers at, more
+    GPUs than the machine has. Input to fix (exit 2), found before Ray starts."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +45,68 @@ class ClusterInfo:
     cpus: float
     nodes: int
     started_here: bool
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` of ``ray://host:10001`` or ``host:6379``; None for ``auto``/``local``."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def probe_address(address: str) -> None:
+    """Refuse at once an address nothing answers at (a bounded TCP connect)."""
+    target = _host_port(address)
+    if target is None:
+        if address.strip() in ("auto", "local"):
+            return
+        raise ClusterRequestError(
+            f"--address {address!r} is not host:port; pass the head node's ray://host:10001 or host:6379"
+        )
+    try:
+        socket.create_connection(target, timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise ClusterRequestError(
+            f"no Ray cluster answers at --address {address} ({reason}); {_START_A_CLUSTER}, "
+            "or check the host, the port and the firewall"
+        ) from None
+
+
+def _visible_gpus() -> int:
+    """The GPUs a local Ray cluster would see (CUDA_VISIBLE_DEVICES honoured)."""
+    import torch  # deferred: heavy, and only a GPU build asks
+
+    return int(torch.cuda.device_count())
+
+
+def check_request(address: str | None, *, gpus: int, local_gpus: int | None = None) -> None:
+    """What can be checked before Ray starts: an --address that answers, and for a local
+    cluster the GPUs ``--gpus`` asks for (logical ones with ``local_gpus``)."""
+    if address:
+        probe_address(address)
+        return
+    have = local_gpus if local_gpus is not None else (_visible_gpus() if gpus > 0 else 0)
+    if gpus > have:
+        where = f"--local-gpus {local_gpus}" if local_gpus is not None else "this machine"
+        raise ClusterRequestError(
+            f"--gpus {gpus} (engine.gpus) asked for, but {where} has {have} GPU(s); lower it, use --gpus 0 to "
+            "run on CPU, or pass --address of a cluster with GPU nodes"
+        )
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops the process as Ctrl-C does: the build's ``finally`` blocks shut Ray down,
+    release the lock and leave no half-written file (Ray's own handler would exit at once)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupted)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def connect(address: str | None = None, *, gpus: int = 0, local_gpus: int | None = None) -> ClusterInfo:
@@ -39,6 +124,7 @@ def connect(address: str | None = None, *, gpus: int = 0, local_gpus: int | None
     started = False
     if not ray.is_initialized():
         if address:
+            probe_address(address)
             try:
                 ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -57,6 +143,7 @@ def connect(address: str | None = None, *, gpus: int = 0, local_gpus: int | None
                 configure_logging=False,
             )
             started = True
+        stop_on_sigterm()  # ray.init installs a handler that exits without cleaning up
     res = ray.cluster_resources()
     have = float(res.get("GPU", 0.0))
     if gpus > have:

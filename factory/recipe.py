@@ -149,9 +149,12 @@ def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
     return data
 
 
-def _first_error(exc: ValidationError, data: dict[str, Any], source: str) -> RecipeError:
+def _first_error(exc: ValidationError, data: dict[str, Any], source: str, section: str = "") -> RecipeError:
+    """The first problem, one line; ``section`` is where ``data`` sits in the recipe (a stage's
+    options are validated apart: ``generator``), so a field is named by its full path."""
     err = exc.errors()[0]
-    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    inner = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    loc = (section, *inner) if section else inner
     field = _location(loc)
     more = len(exc.errors()) - 1
     tail = f" ({more} more problem{'s' if more > 1 else ''} after this one)" if more else ""
@@ -159,7 +162,7 @@ def _first_error(exc: ValidationError, data: dict[str, Any], source: str) -> Rec
         parent = _location(loc[:-1]) or "the top level"
         msg = f"{source}: unknown field '{field}' in {parent}; check the spelling{tail}"
     else:
-        value = _lookup(data, loc)
+        value = _lookup(data, inner)
         got = "missing" if err["type"] == "missing" else f"got {_short(value)}"
         if loc == ("dataset", "out") and is_url(value):
             got = "got a URL (not repeated: it may hold a secret)"
@@ -190,9 +193,7 @@ def _validate_stage_options(recipe: Recipe, source: str) -> None:
         try:
             cls.config_model(**section.options())
         except ValidationError as exc:
-            sub = _first_error(exc, section.options(), source)
-            field = f"{path}.{sub.field}"
-            raise RecipeError(str(sub).replace(f"'{sub.field}'", f"'{field}'", 1), field=field) from exc
+            raise _first_error(exc, section.options(), source, section=path) from exc
 
 
 def _check_chain(recipe: Recipe, source: str) -> None:
@@ -297,7 +298,21 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
         raise RecipeError(f"{p}: not valid TOML ({exc}); fix the syntax at that line") from None
 
 
+# What a recipe file must hold at least: a [dataset] table (its name, target and out may be
+# defaults); an empty file would otherwise plan 1000 samples into runs/mifa unasked.
+REQUIRED_SECTIONS = ("dataset",)
+
+
 def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
-    """Read, override and validate a recipe file."""
-    data = apply_overrides(read_recipe_file(path), **overrides)
-    return recipe_from_dict(data, source=str(path))
+    """Read, override and validate a recipe file; a file without ``REQUIRED_SECTIONS`` is
+    refused once its fields are otherwise valid (their errors name a field, this the file)."""
+    data = read_recipe_file(path)
+    recipe = recipe_from_dict(apply_overrides(data, **overrides), source=str(path))
+    for section in REQUIRED_SECTIONS:
+        if section not in data:
+            raise RecipeError(
+                f"{path}: no [{section}] table; a recipe needs at least [{section}] (its target and out "
+                "may be left to the defaults; copy recipes/demo.toml)",
+                field=section,
+            )
+    return recipe

@@ -51,7 +51,10 @@ class DatasetSection(_Model):
     @field_validator("out")
     @classmethod
     def _out_url(cls, value: str) -> str:
-        """A URL must be usable and hold no credentials (run.json records it)."""
+        """A URL must be usable and hold no credentials (run.json records it); an empty path
+        would be the current folder, never what was meant."""
+        if not value.strip():
+            raise ValueError("must name a folder or s3://bucket/prefix, not an empty path")
         return check_url(value) if is_url(value) else value
 
 

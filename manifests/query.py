@@ -21,10 +21,18 @@ are therefore expanded before DuckDB sees the SQL, by :func:`expand_au_shorthand
 
 An AU MIFA does not label is an error there, naming the labelled ones. In Python,
 :func:`au_filter` builds the same conditions (``au_filter(12) == "au_occ(12) = 1"``).
+
+Queries are read-only. A user's SQL is exactly one SELECT statement (``WITH``, ``DESCRIBE``,
+``SUMMARIZE`` and ``FROM ...`` parse as one), checked by DuckDB's own parser
+(:func:`check_read_only`); a ``--where`` is checked as the statement it becomes
+(:func:`check_where`). Every connection :func:`connect` returns is locked once its views exist:
+no file outside the dataset (and the folders the caller names as writable) can be read or
+written, no extension installed or loaded, and no setting changed.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +52,8 @@ __all__ = [
     "QueryError",
     "au_filter",
     "au_occurrence_counts",
+    "check_read_only",
+    "check_where",
     "connect",
     "drop_reasons",
     "expand_au_shorthand",
@@ -69,17 +79,89 @@ class QueryError(UserError, ValueError):
     multiline = True
 
 
+class ReadOnlyError(QueryError):
+    """SQL that is not one read-only statement, or that reaches outside the dataset."""
+
+    multiline = False
+
+
 # DuckDB's errors about the SQL itself: syntax, unknown names, types and values that do not fit.
 _SQL_ERRORS = (duckdb.ProgrammingError, duckdb.DataError)
+_READ_ONLY_FIX = "queries are read-only: one SELECT / WITH / DESCRIBE / SUMMARIZE statement over `samples`"
+_UNKNOWN_COLUMN = re.compile(r'Referenced column "([^"]+)" not found')
 
 
 @contextmanager
 def user_sql() -> Iterator[None]:
-    """Run SQL that holds a user's query or filter: DuckDB's refusal of it is a :class:`QueryError`."""
+    """Run SQL that holds a user's query or filter: DuckDB's refusal of it is a :class:`QueryError`
+    (an unknown column names the columns there are; reaching outside the dataset is refused)."""
     try:
         yield
+    except duckdb.PermissionException as exc:
+        raise ReadOnlyError(f"{_READ_ONLY_FIX}; it may read only the dataset's own files ({_first_line(exc)})") from exc
     except _SQL_ERRORS as exc:
+        unknown = _UNKNOWN_COLUMN.search(str(exc))
+        if isinstance(exc, duckdb.BinderException) and unknown:
+            columns = ", ".join(MANIFEST_SCHEMA.names)
+            raise QueryError(f"no column {unknown.group(1)!r} in samples; columns: {columns}") from exc
         raise QueryError(f"query failed: {exc}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _statement_kinds(sql: str) -> list[str]:
+    con = duckdb.connect()
+    try:
+        with user_sql():
+            return [s.type.name for s in con.extract_statements(sql)]
+    finally:
+        con.close()
+
+
+def _refuse_unless_one_select(kinds: list[str]) -> None:
+    if kinds != ["SELECT"]:
+        found = "no statement" if not kinds else (f"{len(kinds)} statements" if len(kinds) > 1 else kinds[0])
+        raise ReadOnlyError(f"{_READ_ONLY_FIX}, got {found}")
+
+
+def check_read_only(sql: str) -> None:
+    """Refuse ``sql`` unless DuckDB parses it as exactly one SELECT statement (a ``COPY``,
+    ``ATTACH``, ``INSTALL``, ``DROP``, ``PRAGMA``, ``SET``, ``CALL`` or a second statement is not)."""
+    _refuse_unless_one_select(_statement_kinds(sql))
+
+
+def check_where(where: str) -> None:
+    """Refuse a ``--where`` that does not make exactly one SELECT over ``samples``, as it is
+    written (``1=1; COPY ...``) and as the commands enclose it in parentheses."""
+    try:
+        bare = _statement_kinds(f"SELECT * FROM samples WHERE {where}")
+    except QueryError:
+        bare = ["SELECT"]  # not SQL on its own; the enclosed form below decides
+    _refuse_unless_one_select(bare)
+    check_read_only(f"SELECT * FROM samples WHERE ({where})")
+
+
+def _spellings(folder: object) -> list[str]:
+    """``folder`` as DuckDB compares it with ``allowed_directories``: a local path absolute; a
+    URL both as written and as an fsspec filesystem may hand it back (``proto:///rest``)."""
+    text = str(folder)
+    if "://" not in text:
+        return [os.path.abspath(text)]
+    protocol, rest = text.split("://", 1)
+    return [text, f"{protocol}:///{rest.lstrip('/')}"]
+
+
+def _lock(con: Any, allowed: list[str]) -> None:
+    """No file but those under ``allowed``, no extension, no further setting: the SQL that
+    runs next (a user's) can only read the dataset."""
+    listing = "[" + ", ".join(sql_string(a.rstrip("/") + "/") for a in allowed) + "]"
+    con.execute(f"SET allowed_directories = {listing}")
+    for setting in ("autoinstall_known_extensions", "autoload_known_extensions", "allow_community_extensions"):
+        con.execute(f"SET {setting} = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 def sql_string(text: str) -> str:
@@ -106,8 +188,10 @@ def connect(
     include_rejected: bool = False,
     memory_limit: str | None = None,
     spill_dir: Path | None = None,
+    writable: tuple[Path, ...] = (),
 ) -> Any:
-    """An in-memory DuckDB connection with the ``samples`` view and the ``au(n)`` macro.
+    """An in-memory DuckDB connection with the ``samples`` view and the ``au(n)`` macro, locked
+    (module docstring): it reads and writes only the dataset, ``spill_dir`` and ``writable``.
 
     ``memory_limit`` (e.g. ``"512MB"``) caps DuckDB's own memory; sorts and joins beyond it
     spill to ``spill_dir`` (the tools that must stay flat at a million rows set both).
@@ -136,6 +220,8 @@ def connect(
     con.execute(f"CREATE VIEW samples AS SELECT * FROM {source}{where}")
     for macro in MACROS:
         con.execute(macro)
+    folders = [dataset.root, dataset.shards_dir, *([spill_dir] if spill_dir else []), *writable]
+    _lock(con, [spelling for f in folders for spelling in _spellings(f)])
     return con
 
 
@@ -169,8 +255,11 @@ def query(run_dir: Path, sql: str | None = None, where: str | None = None, inclu
     if sql is not None and where is not None:
         raise QueryError("pass either sql (a full query) or where (a filter on samples), not both")
     if sql is None:
-        sql = "SELECT * FROM samples" + (f" WHERE {where}" if where else "")
+        if where:
+            check_where(where)
+        sql = "SELECT * FROM samples" + (f" WHERE ({where})" if where else "")
     sql = expand_au_shorthand(sql)
+    check_read_only(sql)
     con = connect(run_dir, include_rejected=include_rejected)
     try:
         with user_sql():

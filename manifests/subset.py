@@ -40,7 +40,7 @@ from manifests.dataset import DatasetRef, open_dataset
 from manifests.errors import UserError
 from manifests.files import copy_file, exists, make_dir, remove
 from manifests.layout import RunLayout
-from manifests.query import au_filter, connect, expand_au_shorthand, sql_string
+from manifests.query import au_filter, check_where, connect, expand_au_shorthand, sql_string
 from manifests.schema import INDEX_COLUMNS, MANIFEST_SCHEMA, SCHEMA_VERSION
 from manifests.store import absolute, relative_path
 from manifests.vocab import EMOTION_MIX_KEYS
@@ -220,12 +220,21 @@ def _prepare_target(dest: Path, source: DatasetRef, overwrite: bool) -> None:
 def make_subset(source: Path, dest: Path, selection: Selection, *, overwrite: bool = False) -> dict[str, Any]:
     """Select from the dataset in ``source`` and commit the subset in ``dest``; returns its index.json."""
     selection.check()
+    if selection.where:
+        check_where(selection.where)  # read-only, before the target is touched
     dataset = open_dataset(source)
     dest = Path(dest)
+    con = connect(source, include_rejected=True)
+    try:  # the selection binds (a bad column, a file outside the dataset) before the target is touched
+        con.execute("SELECT key FROM samples WHERE " + " AND ".join(selection.conditions()) + " LIMIT 0")
+    finally:
+        con.close()
     _prepare_target(dest, dataset, overwrite)
     layout = RunLayout(dest, dataset.name)
     with tempfile.TemporaryDirectory(prefix=".subset-spill-", dir=dest) as spill:
-        con = connect(source, include_rejected=True, memory_limit=DUCKDB_MEMORY, spill_dir=Path(spill))
+        con = connect(
+            source, include_rejected=True, memory_limit=DUCKDB_MEMORY, spill_dir=Path(spill), writable=(dest,)
+        )
         try:
             chosen = _selected_sql(con, selection)
             # The index schema's columns (tar after image_member), then accepted.

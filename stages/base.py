@@ -74,8 +74,11 @@ KINDS: tuple[str, ...] = get_args(Kind)
 class StageError(FailedError, RuntimeError):
     """A stage cannot run at all (missing model file, missing package, ...).
 
-    The message names the file or package and says how to fix it.
+    The message names the file or package and says how to fix it; a stage may add lines of
+    its own (the layout a checkpoint folder must have), printed as real lines.
     """
+
+    multiline = True
 
 
 class StageConfig(BaseModel):

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from factory.cli.common import OutOpt, RecipeArg, RunArg, SeedOpt, TargetOpt, load, out
+from cluster.ray_cluster import check_request, stop_on_sigterm
+from factory.cli.common import OutOpt, RecipeArg, RunArg, SeedOpt, TargetOpt, check_reachable, load, out
 from factory.engine.rundir import open_run
 from factory.recipe import Recipe, recipe_from_dict
 from manifests.errors import FailedError
@@ -42,15 +43,22 @@ def build(
 
 
 def retry(run_dir: RunArg, quiet: QuietOpt = False, local_gpus: LocalGpusOpt = None) -> None:
-    """Rerun the failed shards of a build (with its recorded recipe) and re-index."""
+    """Rerun the failed shards of a build (with its recorded recipe) and re-index, in RUN_DIR
+    wherever the command runs from (not the recipe's recorded, maybe relative, dataset.out)."""
     run, info = open_run(run_dir)
-    r = recipe_from_dict(info["recipe"], source=str(run.run_json))
+    recorded = info["recipe"]
+    here = {**recorded, "dataset": {**recorded.get("dataset", {}), "out": str(run_dir)}}
+    r = recipe_from_dict(here, source=str(run.run_json))
     _run_build(r, local_gpus=local_gpus, quiet=quiet, retry_failed=True)
 
 
 def _run_build(r: Recipe, *, local_gpus: int | None, quiet: bool, retry_failed: bool) -> None:
     from factory.engine.build import build as run_build  # deferred: imports ray (~0.5 s)
 
+    stop_on_sigterm()  # SIGTERM stops a build as Ctrl-C does: Ray shut down, the lock released
+    # Before anything is written: an --address nothing answers at, GPUs the machine lacks.
+    check_request(r.engine.address, gpus=r.engine.gpus, local_gpus=local_gpus)
+    check_reachable(r.dataset.out)
     # Its errors (a bad --out, a failed build, a full disk...) reach the CLI's error edge,
     # which prints them and exits 2 for input to fix, 1 for a failed build.
     summary = run_build(r, local_gpus=local_gpus, quiet=quiet, retry_failed=retry_failed)

@@ -11,24 +11,67 @@ from rich.console import Console
 from rich.markup import escape
 
 from factory.recipe import Recipe, load_recipe
+from manifests.errors import UserError
 from manifests.store import check_url, is_url, location
 
-__all__ = ["OutOpt", "RecipeArg", "RunArg", "SeedOpt", "TargetOpt", "err", "load", "out", "print_error"]
+__all__ = [
+    "OutOpt",
+    "RecipeArg",
+    "RunArg",
+    "SeedOpt",
+    "StorageUnreachable",
+    "TargetOpt",
+    "check_reachable",
+    "err",
+    "load",
+    "out",
+    "print_error",
+]
 
 # Wide tables in logs and CI (a pipe has no terminal width to follow).
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
+class StorageUnreachable(UserError, ConnectionError):
+    """Object storage that does not answer: the environment to fix, not a bug."""
+
+
+def check_reachable(url: str) -> None:
+    """Refuse a ``s3://...`` whose endpoint does not answer, naming the endpoint (its host only:
+    a URL's path or query may hold a secret)."""
+    if not is_url(url):
+        return
+    from urllib.parse import urlsplit  # deferred: only object-storage paths are probed
+
+    from botocore.exceptions import ConnectionError as EndpointError  # deferred: the [s3] extra's client
+
+    folder = location(url)
+    try:
+        folder.fs.exists(folder.path)
+    except EndpointError as exc:
+        parts = urlsplit(str(getattr(exc, "kwargs", {}).get("endpoint_url") or ""))
+        endpoint = f"{parts.scheme}://{parts.netloc}" if parts.netloc else "the default S3 endpoint"
+        bucket = f"{url.split('://')[0]}://{folder.path.split('/')[0]}"
+        raise StorageUnreachable(
+            f"cannot reach the object storage endpoint {endpoint} for {bucket}; "
+            "check the network, AWS_ENDPOINT_URL and that the storage server is up"
+        ) from None
+
+
 def _run_location(text: str) -> Path:
-    """A folder, or a dataset on object storage (``s3://bucket/prefix``: a ``UPath``)."""
+    """A folder, or a dataset on object storage (``s3://bucket/prefix``: a ``UPath``) whose
+    endpoint answers."""
+    if is_url(text):
+        check_reachable(check_url(text))
     return location(check_url(text) if is_url(text) else text)
 
 
 def _out_text(text: str) -> str:
     """``--out`` as the recipe spells dataset.out: a plain path normalised as ``Path`` would,
-    a URL kept as it is (``Path`` would fold its ``//``)."""
-    return text if is_url(text) else str(Path(text))
+    a URL kept as it is (``Path`` would fold its ``//``), an empty one kept empty (``Path``
+    would make it ``.``) for the recipe to refuse."""
+    return text if is_url(text) or not text.strip() else str(Path(text))
 
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe TOML file, e.g. recipes/demo.toml.")]

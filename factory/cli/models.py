@@ -12,7 +12,7 @@ from rich.table import Table
 from factory.cli.common import out
 from factory.commands.identities import index_bank
 from factory.commands.models import catalogue, local_state, pull
-from manifests.errors import FailedError
+from manifests.errors import UserError
 from stages.realism.train import train_realism as run_train
 
 
@@ -61,10 +61,12 @@ def identities_index(
 
     report = index_bank(bank_dir, embedder=embedder, arcface_onnx=arcface_onnx)
     out.print(report.summary())
-    if report.failed:
-        raise FailedError(
-            f"{len(report.failed)} identit{'y' if len(report.failed) == 1 else 'ies'} unusable (listed above); "
-            "fix or remove them from identities.csv"
+    if report.failed:  # the bank's own images: input to fix (exit 2), the first one named
+        first, more = report.failed[0], len(report.failed) - 1
+        others = f" (and {more} more identit{'y' if more == 1 else 'ies'}, listed above)" if more else ""
+        raise UserError(
+            f"{bank_dir}: image {first.image!r} of identity {first.identity_id!r} is {first.status.replace('_', ' ')}"
+            f" ({first.reason}){others}; replace the image or remove its row from identities.csv"
         )
 
 

@@ -10,8 +10,9 @@ import typer
 from rich.table import Table
 
 from factory.cli.common import RunArg, load, out
-from factory.commands.doctor import run_checks
+from factory.commands.doctor import blocking, run_checks
 from factory.commands.status import run_status
+from manifests.errors import FailedError
 
 
 def status(
@@ -82,3 +83,9 @@ def doctor(
     for c in checks:
         table.add_row(c.name, "[green]yes[/]" if c.ok else "[red]no[/]", c.detail)
     out.print(table)
+    failed = blocking(checks)
+    if failed:
+        raise FailedError(
+            f"{len(failed)} check(s) a build would stop at failed: {', '.join(c.name for c in failed)}; "
+            "fix them as the table above says"
+        )

@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.ray_cluster import ClusterError, connect, shutdown
+from cluster.ray_cluster import ClusterError, ClusterRequestError, connect, shutdown
 from factory.engine.pipeline import make_context
 from factory.recipe import Recipe
 from factory.sections import IdentitySection
@@ -16,7 +16,7 @@ from manifests.bank import IdentityBankError, open_bank
 from stages.base import StageError
 from stages.pipeline import build_stage
 
-__all__ = ["Check", "run_checks"]
+__all__ = ["Check", "blocking", "run_checks"]
 
 PACKAGES = {
     "ray": "engine (pip install 'mifa-factory')",
@@ -67,7 +67,7 @@ def _ray_check(address: str | None) -> Check:
         return Check("Ray cluster", True, "a local cluster on 127.0.0.1 is started by `factory build`")
     try:
         info = connect(address)
-    except ClusterError as exc:  # report, don't crash: this is a diagnosis
+    except (ClusterError, ClusterRequestError) as exc:  # report, don't crash: this is a diagnosis
         return Check("Ray cluster", False, str(exc))
     shutdown(info, force=True)
     return Check("Ray cluster", True, f"{address}: {info.cpus:g} CPUs, {info.gpus:g} GPUs, {info.nodes} node(s)")
@@ -131,3 +131,13 @@ def run_checks(recipe: Recipe | None = None) -> list[Check]:
         if llm:
             checks.append(llm)
     return checks
+
+
+# Checks a build of the recipe cannot do without (a missing optional package or no GPU is a
+# fact about the machine; a stage that cannot load is a build that would fail).
+_NEEDED = ("stage ", "identity bank", "LLM endpoint", "Ray cluster")
+
+
+def blocking(checks: list[Check]) -> list[Check]:
+    """The failed checks a build of the recipe would stop at."""
+    return [c for c in checks if not c.ok and c.name.startswith(_NEEDED)]

@@ -31,9 +31,10 @@ from manifests.export.folds import SplitExporter
 from manifests.export.stream import count_sql, iter_rows, iter_samples, shard_batches, unlabelled_sql
 from manifests.files import exists, make_dir, remove_tree
 from manifests.layout import ExportLayout
-from manifests.query import connect, sql_string, user_sql
+from manifests.query import check_where, connect, user_sql
 from manifests.records import json_default
 from manifests.store import absolute, is_inside, location
+from manifests.urls import is_url
 
 __all__ = ["Progress", "run_export"]
 
@@ -185,7 +186,13 @@ def run_export(
         if is_inside(source, out):
             raise ExportError(f"export target {out} would contain the source {source}; choose another folder")
     progress = progress or _no_progress
-    con = connect(run_dir, memory_limit=DUCKDB_MEMORY)
+    if options.where:
+        check_where(options.where)  # read-only, before anything runs
+    # DuckDB's spill folder is set before the connection is locked, so it is named now (inside
+    # a local out, made once out is claimed); the user's --where can reach no file but the dataset's.
+    spill_parent = Path(tempfile.gettempdir()) if is_url(str(out)) else Path(out)
+    spill = spill_parent / f".export-spill-{os.getpid()}-{time.time_ns()}"
+    con = connect(run_dir, memory_limit=DUCKDB_MEMORY, spill_dir=spill)
     try:
         with user_sql():  # a bad --where fails before out is touched
             (selected,) = con.execute(count_sql(options)).fetchall()[0]
@@ -203,14 +210,16 @@ def run_export(
         if isinstance(exporter, SplitExporter):
             exporter.position = done
         progress(done, total)
-        with tempfile.TemporaryDirectory(prefix=".export-spill-", dir=out) as spill:
-            con.execute(f"SET temp_directory = {sql_string(spill)}")
+        spill.mkdir()
+        try:
             batches = shard_batches(con, dataset, options, exporter_cls.columns, done)
             samples = iter_samples(
                 dataset, batches, exporter_cls.row_columns or exporter_cls.columns, copies=exporter_cls.copies_members
             )
             _write_parts(exporter, parts, _Parts(samples, exporter, options), layout.state, progress, total)
             result = exporter.finish(parts)
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
     finally:
         con.close()
     seconds = round(time.perf_counter() - started, 3)  # this run's (a resumed export: the rest)
