@@ -225,6 +225,13 @@ _CATALOGUE: tuple[ModelEntry, ...] = (
         "~5.2 GB", "fineface (base_dir)", _SD_PATTERNS, _SD_REQUIRED,
     ),
     _hub(
+        "stable-diffusion-v1-5", "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "Stable Diffusion 1.5 diffusers folder: the diffusers generator's default pipeline "
+        "(recipes/identity-bank.toml; pull with --dest models for its models/stable-diffusion-v1-5)",
+        "CreativeML Open RAIL-M (stable-diffusion-v1-5/stable-diffusion-v1-5)",
+        "~5.2 GB", "diffusers (pipeline)", _SD_PATTERNS, _SD_REQUIRED,
+    ),
+    _hub(
         "fineface", "Tvaranka/fineface",
         "FineFace AU attention, LoRA and AU encoder (SD 2.1 files, and the sd15_* FaceID-variant files)",
         "Apache-2.0 (tvaranka/fineface)", "~0.4 GB", "fineface (weights_dir)", _FINEFACE_FILES, _FINEFACE_FILES[:3],

@@ -22,6 +22,7 @@ from cluster.ray_cluster import ClusterError, connect, shutdown
 from factory.engine.dedup import bank_dedup
 from factory.engine.failures import BuildError
 from factory.engine.ledger import Ledger
+from factory.engine.preflight import preflight
 from factory.engine.progress import BuildProgress
 from factory.engine.rules import LedgerRules
 from factory.engine.rundir import RunDir
@@ -140,8 +141,9 @@ def build(
     """Build (or resume) the dataset the recipe describes; returns when the index is written."""
     t0 = time.perf_counter()
     run = RunDir(recipe.dataset.out, recipe.dataset.name)
+    bank = open_bank(recipe.identities.bank)
+    preflight(recipe, bank)  # model files, endpoints, bank images: before the run folder and Ray
     with run.lock():
-        bank = open_bank(recipe.identities.bank)
         run.start(recipe, bank.fingerprint if bank is not None else None)
         run.clean_temps()
         if retry_failed:

@@ -187,6 +187,8 @@ class RunDir(RunLayout):
             diff = recipe_differences(recorded["recipe"], current)
             if recorded.get("identity_bank") != bank_fingerprint:
                 diff.append("identities (bank contents changed)")
+            if diff and not any(self.shards.glob("*.stats.json")):  # any dataset name's committed shard
+                return self._restart(recorded, recipe, bank_fingerprint, diff)
             if diff:
                 raise RunError(
                     f"{self.root} was started with a different recipe; differing fields: "
@@ -205,6 +207,28 @@ class RunDir(RunLayout):
             "versions": software_versions(),
             "started_at": time.time(),
             "host": socket.gethostname(),
+        }
+        write_text_atomic(self.run_json, json.dumps(info, indent=2))
+        return info
+
+    def _restart(
+        self, recorded: dict[str, Any], recipe: Recipe, bank_fingerprint: str | None, diff: list[str]
+    ) -> dict[str, Any]:
+        """Take a changed recipe on a run that has no shard written yet (a first start that
+        failed before any shard, e.g. on a missing model): its plans and failure records came
+        from the old recipe and go; the change is recorded in run.json's ``recipe_changes``."""
+        for folder in (self.plans, self.failed):
+            for path in folder.iterdir():
+                path.unlink()
+        change = {"at": time.time(), "fields": diff, "previous_fingerprint": recorded.get("fingerprint")}
+        info = {
+            **recorded,
+            "dataset": self.dataset,
+            "recipe": recipe.model_dump(mode="json"),
+            "fingerprint": recipe.fingerprint(),
+            "seed": recipe.dataset.seed,
+            "identity_bank": bank_fingerprint,
+            "recipe_changes": [*recorded.get("recipe_changes", []), change],
         }
         write_text_atomic(self.run_json, json.dumps(info, indent=2))
         return info
