@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import ray
 from PIL import Image
 
+from cluster.ray_cluster import AUTH_ADVICE, ClusterError, connect, connect_failure
 from factory.cli import edge
 from factory.engine.rundir import RunDir, RunError
 from factory.recipe import Recipe, load_recipe
@@ -193,3 +199,104 @@ def test_following_the_advice_into_the_same_out_builds(tmp_path: Path, capsys: p
     recorded = json.loads((out / "run.json").read_text())
     assert "dataset.seed" in recorded["recipe_changes"][0]["fields"]
     assert (out / "index.json").is_file()
+    # Damage the manifest: status names it and what to run; each advised command works in turn.
+    _random_bytes(RunDir(out, "mifa_demo").shard_paths(0).parquet)
+    capsys.readouterr()
+    assert edge.run(["status", str(out)]) == 1
+    assert f"factory verify {out} --repair" in error_line(capsys)
+    assert edge.run(["verify", str(out), "--repair"]) == 1
+    capsys.readouterr()
+    assert edge.run(["verify", str(out)]) == 1
+    said = capsys.readouterr().out
+    assert "moved" in said and f"factory retry {out}" in said, said
+    assert "never committed" not in said and f"factory verify {out} --repair" not in said
+    retried = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "retry", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )  # fmt: skip
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    assert edge.run(["status", str(out), "--verify"]) == 0
+    assert "verified:" in capsys.readouterr().out
+
+
+def synthetic_run(tmp_path: Path, shards: int = 3) -> tuple[Path, RunDir]:
+    """A committed run without Ray: run.json, plans, shard files whose stats match their sizes,
+    and an index naming them (what `factory status` reads)."""
+    run, recipe = _started(tmp_path, 'name = "warp"')
+    run.start(recipe, None)
+    run.build_lock.touch()  # every build leaves its lock file (status probes it)
+    for shard in range(shards):
+        paths = run.shard_paths(shard)
+        pq.write_table(pa.table({"key": [f"{shard:06d}_00000"]}), paths.parquet)
+        paths.tar.write_bytes(b"\0" * 1024)
+        run.plan_path(shard).write_bytes(b"plan")
+        stats = {"planned": 4, "accepted": 4, "drop_reasons": {}, "tar_bytes": 1024}
+        paths.stats.write_text(json.dumps({**stats, "parquet_bytes": paths.parquet.stat().st_size}))
+    index = {"shards": list(range(shards)), "accepted": 4 * shards, "target": 4}
+    (run.root / "index.json").write_text(json.dumps(index))
+    return run.root, run
+
+
+def _random_bytes(path: Path, same_size: bool = True) -> None:
+    size = path.stat().st_size if same_size else 17
+    path.write_bytes(bytes((i * 97 + 13) % 256 for i in range(size)))
+
+
+# (case id, damage(run) -> the file or words the line must name)
+DAMAGE: list[tuple[str, Callable[[RunDir], str]]] = [
+    ("manifest-random-bytes", lambda r: (_random_bytes(r.shard_paths(1).parquet), "x-000001.parquet")[1]),
+    ("manifest-random-shorter", lambda r: (_random_bytes(r.shard_paths(1).parquet, False), "shard 1")[1]),
+    ("manifest-deleted", lambda r: (r.shard_paths(2).parquet.unlink(), "shard 2")[1]),
+    ("tar-truncated", lambda r: (r.shard_paths(0).tar.write_bytes(b"\0" * 10), "x-000000.tar")[1]),
+    ("tar-deleted", lambda r: (r.shard_paths(0).tar.unlink(), "shard 0")[1]),
+    ("stats-random-bytes", lambda r: (_random_bytes(r.shard_paths(1).stats), "x-000001.stats.json")[1]),
+    ("stats-not-an-object", lambda r: (r.shard_paths(1).stats.write_text("[1, 2]"), "x-000001.stats.json")[1]),
+    ("stats-deleted-but-indexed", lambda r: (r.shard_paths(2).stats.unlink(), "shard 2")[1]),
+    ("stats-empty", lambda r: (r.shard_paths(0).stats.write_text(""), "x-000000.stats.json")[1]),
+    ("index-json-random", lambda r: (_random_bytes(r.root / "index.json"), "index.json")[1]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "damage"), DAMAGE, ids=[row[0] for row in DAMAGE])
+def test_status_names_a_damaged_shard_and_what_to_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, damage: Callable[[RunDir], str]
+) -> None:
+    root, run = synthetic_run(tmp_path)
+    culprit = damage(run)
+    before = folder_hash(tmp_path)
+    capsys.readouterr()
+    assert edge.run(["status", str(root)]) == 1
+    line = error_line(capsys)
+    assert culprit in line, line
+    if case != "index-json-random":
+        assert f"factory verify {root} --repair" in line and f"factory retry {root}" in line
+    assert folder_hash(tmp_path) == before
+
+
+def test_status_of_a_whole_run_exits_0_and_status_verify_says_it_verified(tmp_path: Path, capsys) -> None:
+    root, _ = synthetic_run(tmp_path)
+    assert edge.run(["status", str(root)]) == 0
+    assert "complete" in capsys.readouterr().out
+
+
+def test_a_cluster_that_refuses_the_token_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(**_: object) -> None:
+        raise ray.exceptions.AuthenticationError("InvalidAuthToken: the token does not match")
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setattr(ray, "init", refused)
+    with pytest.raises(ClusterError) as info:
+        connect("10.0.0.1:6379")
+    message = str(info.value)
+    assert "'10.0.0.1:6379' refused this driver: it has token authentication on (RAY_AUTH_MODE is unset" in message
+    assert "RAY_AUTH_MODE=token" in message and "RAY_AUTH_TOKEN=" in message and "ray get-auth-token" in message
+
+
+def test_a_failed_connection_names_the_auth_fix_unless_token_mode_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    timeout = ConnectionError("Failed to connect to GCS within 60 seconds")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert "check the address" in connect_failure("h:6379", timeout) and AUTH_ADVICE in connect_failure(
+        "h:6379", timeout
+    )
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert AUTH_ADVICE not in connect_failure("h:6379", timeout)
