@@ -283,8 +283,15 @@ class RunDir(RunLayout):
     def failures(self) -> dict[int, dict[str, Any]]:
         out = {}
         for p in sorted(self.failed.glob("*.json")) if self.failed.exists() else []:
-            rec = json.loads(p.read_text())
-            out[int(rec["shard"])] = rec
+            try:
+                rec = json.loads(p.read_text())
+                out[int(rec["shard"])] = rec
+                _ = [str(e["error"]) for e in rec["errors"]]  # every reader of a record needs these
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise RunError(
+                    f"failure record {p} is unreadable ({type(exc).__name__}: {exc})",
+                    fix="delete it: it only records failed attempts (its shard is then tried afresh)",
+                ) from None
         return out
 
     def clear_failure(self, shard: int) -> None:
@@ -325,10 +332,20 @@ class RunDir(RunLayout):
 def open_run(path: Path) -> tuple[RunDir, dict[str, Any]]:
     """The run directory at ``path`` and its recorded start info, or a clear error."""
     info_path = RunLayout(path, "").run_json
+    if not path.exists():
+        raise RunError(f"{path} does not exist; pass the --out of a build")
     if not info_path.exists():
         raise RunError(f"{path} is not a build directory (no run.json); pass the --out of a build")
     try:
         info = json.loads(info_path.read_text())
     except (OSError, ValueError) as exc:
-        raise RunError(f"{info_path} is unreadable ({exc}); it is not a usable build directory") from exc
+        raise RunError(f"{info_path} is unreadable ({exc}); it is not a usable build directory") from None
+    if (
+        not isinstance(info, dict)
+        or not isinstance(info.get("dataset"), str)
+        or not isinstance(info.get("recipe"), dict)
+    ):
+        raise RunError(
+            f"{info_path} lacks the dataset name or the recipe a build records; it is not a usable build directory"
+        )
     return RunDir(path, info["dataset"]), info

@@ -300,3 +300,63 @@ def test_a_failed_connection_names_the_auth_fix_unless_token_mode_is_set(monkeyp
     )
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     assert AUTH_ADVICE not in connect_failure("h:6379", timeout)
+
+
+def _run_json(root: Path, text: str) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "run.json").write_text(text)
+
+
+# (case id, command (RUN = the run folder), make(tmp, run) -> words the line must hold, exit code)
+RUN_FOLDERS: list[tuple[str, list[str], Callable[[Path, Path], str], int]] = [
+    ("status-no-such-folder", ["status", "RUN"], lambda t, r: "does not exist", 2),
+    ("status-a-file", ["status", "RUN"], lambda t, r: (r.write_text("x"), "no run.json")[1], 2),
+    ("status-empty-folder", ["status", "RUN"], lambda t, r: (r.mkdir(), "no run.json")[1], 2),
+    ("status-run-json-random", ["status", "RUN"], lambda t, r: (_run_json(r, "\x00{{nope"), "run.json")[1], 2),
+    ("status-run-json-a-list", ["status", "RUN"], lambda t, r: (_run_json(r, "[1]"), "run.json")[1], 2),
+    ("status-run-json-no-recipe", ["status", "RUN"], lambda t, r: (_run_json(r, '{"dataset": "x"}'), "run.json")[1], 2),
+    ("retry-no-run-json", ["retry", "RUN"], lambda t, r: (r.mkdir(), "no run.json")[1], 2),
+    ("retry-run-json-random", ["retry", "RUN"], lambda t, r: (_run_json(r, "garbage"), "run.json")[1], 2),
+    ("verify-no-such-folder", ["verify", "RUN"], lambda t, r: "does not exist", 2),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "argv", "make", "code"), RUN_FOLDERS, ids=[row[0] for row in RUN_FOLDERS])
+def test_a_run_folder_that_is_not_usable_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, argv: list[str], make: Callable, code: int
+) -> None:
+    run = tmp_path / "run"
+    says = make(tmp_path, run)
+    before = folder_hash(tmp_path)
+    assert edge.run([str(run) if a == "RUN" else a for a in argv]) == code
+    line = error_line(capsys)
+    assert says in line and str(run) in line, line
+    assert not ray.is_initialized()
+    assert folder_hash(tmp_path) == before
+
+
+# (case id, damage(run) -> words the line must hold): a committed run's other files
+RUN_FILES: list[tuple[str, Callable[[RunDir], str]]] = [
+    ("failure-record-random", lambda r: (_random_bytes(_failure(r)), "x-000000.json")[1]),
+    ("failure-record-no-errors", lambda r: (_failure(r).write_text('{"shard": 0}'), "x-000000.json")[1]),
+]  # fmt: skip
+
+
+def _failure(run: RunDir) -> Path:
+    run.record_failure(0, "ValueError: an old failure")
+    (run.shard_paths(0).stats).unlink()  # not done: its failure record is read
+    return run.failure_path(0)
+
+
+@pytest.mark.parametrize(("case", "damage"), RUN_FILES, ids=[row[0] for row in RUN_FILES])
+def test_a_damaged_run_file_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, damage: Callable[[RunDir], str]
+) -> None:
+    root, run = synthetic_run(tmp_path)
+    says = damage(run)
+    before = folder_hash(tmp_path)
+    capsys.readouterr()
+    assert edge.run(["status", str(root)]) in (1, 2)
+    line = error_line(capsys)
+    assert says in line, line
+    assert folder_hash(tmp_path) == before

@@ -8,9 +8,11 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 from typer.testing import CliRunner
 
 from factory.cli import app
+from factory.commands.report.data import collect
 from factory.recipe import load_recipe
 from manifests.card import render_card
 from stages.catalogue import local_path
@@ -56,3 +58,10 @@ def test_models_list_names_every_model_a_shipped_recipe_uses() -> None:
         assert name in output
     pipeline = load_recipe(REPO / "recipes" / "identity-bank.toml").stage_config("generator").pipeline
     assert local_path("stable-diffusion-v1-5", Path("models")) == Path(pipeline)  # the pull the error advises
+
+
+def test_the_reports_all_detectors_agree_row_is_computed(demo_build: tuple[Path, Path]) -> None:
+    data = collect(demo_build[0])
+    covered = ~np.isnan(data.unanimous)
+    assert covered.sum() >= 2  # the demo's two detectors share several AUs
+    assert np.all((data.unanimous[covered] >= 0.0) & (data.unanimous[covered] <= 1.0))
