@@ -30,7 +30,15 @@ from manifests.store import location, register_duckdb
 from manifests.vocab import DISFA_AUS
 from manifests.writer import read_stats
 
-__all__ = ["acceptance_funnel", "is_non_commercial", "licence_verdict", "read_provenance", "render_card", "write_card"]
+__all__ = [
+    "acceptance_funnel",
+    "drop_code",
+    "is_non_commercial",
+    "licence_verdict",
+    "read_provenance",
+    "render_card",
+    "write_card",
+]
 
 _NON_COMMERCIAL = re.compile(r"non[- ]?commercial|research (?:use )?only|\bCC[- ]BY[- ]NC\b|NonCommercial", re.I)
 
@@ -106,8 +114,19 @@ def _balance(dataset: DatasetRef) -> dict[str, Any]:
     return {"by": by, "au_share": au_share, "rows": occurrence[-1], "identities": identities}
 
 
+# The values inside a drop reason (numbers, quoted names, lists): masked, one rule's drops are one code.
+_REASON_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]|\(-?\d[^)]*\)|-?\d+(?:\.\d+)?(?:e-?\d+)?")
+
+
+def drop_code(reason: str) -> str:
+    """The stable code of a drop reason: its text with the values in it masked as ``#``, so
+    "jaccard 0.33 < 0.5" and "jaccard 0.25 < 0.5" are one code (the manifest keeps the value)."""
+    return " ".join(_REASON_VALUES.sub("#", reason).split())[:200]
+
+
 def acceptance_funnel(dataset: DatasetRef) -> tuple[int, int, dict[str, dict[str, int]]]:
-    """(planned, accepted, stage -> reason -> dropped) over the indexed shards' stats."""
+    """(planned, accepted, stage -> reason code (:func:`drop_code`) -> dropped) over the indexed
+    shards' stats."""
     planned = accepted = 0
     drops: dict[str, dict[str, int]] = {}
     for shard in dataset.shards:
@@ -119,8 +138,9 @@ def acceptance_funnel(dataset: DatasetRef) -> tuple[int, int, dict[str, dict[str
         accepted += int(stats.get("accepted", 0))
         for stage, reasons in stats.get("drop_reasons", {}).items():
             for reason, n in reasons.items():
-                drops.setdefault(stage, {}).setdefault(reason, 0)
-                drops[stage][reason] += int(n)
+                code = drop_code(reason)
+                drops.setdefault(stage, {}).setdefault(code, 0)
+                drops[stage][code] += int(n)
     return planned, accepted, drops
 
 

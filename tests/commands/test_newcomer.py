@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from factory.cli import app
 from factory.commands.report.data import collect
 from factory.recipe import load_recipe
-from manifests.card import render_card
+from manifests.card import drop_code, render_card
 from stages.catalogue import local_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,3 +65,10 @@ def test_the_reports_all_detectors_agree_row_is_computed(demo_build: tuple[Path,
     covered = ~np.isnan(data.unanimous)
     assert covered.sum() >= 2  # the demo's two detectors share several AUs
     assert np.all((data.unanimous[covered] >= 0.0) & (data.unanimous[covered] <= 1.0))
+
+
+def test_one_drop_rule_is_one_reason_code_whatever_its_values() -> None:
+    reasons = [f"prompt read-back jaccard {j:.2f} < 0.50" for j in (0.0, 0.25, 0.33, 0.4)]
+    assert {drop_code(r) for r in reasons} == {"prompt read-back jaccard # < #"}
+    assert drop_code("identity 'builtin-a' unusable: no face") == drop_code("identity 'b' unusable: no face")
+    assert drop_code("no face found") != drop_code("realism 0.1 below min_realism=0.3")
