@@ -1,5 +1,10 @@
 """`factory status`: what a run directory holds: planned / running / done / failed shards and counts,
-and while a build runs, its workers (host, GPU, current shard, samples/s) from ``workers.json``."""
+and while a build runs, its workers (host, GPU, current shard, samples/s) from ``workers.json``.
+
+A committed shard whose files no longer read (a stats file that does not parse or match its
+tar and manifest, a manifest without Parquet's magic bytes, an indexed shard not done) is
+named with the commands that restore it (``verify --repair``, then ``retry``): exit 1. Failure
+records of shards that committed after all are history, not counted."""
 
 from __future__ import annotations
 
