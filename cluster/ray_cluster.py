@@ -13,11 +13,14 @@ from types import FrameType
 from manifests.errors import FailedError, UserError
 
 __all__ = [
+    "AUTH_ADVICE",
     "ClusterError",
     "ClusterInfo",
     "ClusterRequestError",
+    "auth_failure",
     "check_request",
     "connect",
+    "connect_failure",
     "quiet_auth_notice",
     "shutdown",
     "stop_on_sigterm",
@@ -127,12 +130,8 @@ def connect(address: str | None = None, *, gpus: int = 0, local_gpus: int | None
             probe_address(address)
             try:
                 ray.init(address=address, log_to_driver=False)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ClusterError(
-                    f"cannot connect to the Ray cluster at {address!r} ({exc}); "
-                    "check the address (ray://host:10001 or host:6379) and that "
-                    "`ray status` works there"
-                ) from exc
+            except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as exc:
+                raise ClusterError(connect_failure(address, exc)) from exc
         else:
             ray.init(
                 address="local",  # a fresh cluster, never one left behind on this machine
@@ -153,6 +152,52 @@ def connect(address: str | None = None, *, gpus: int = 0, local_gpus: int | None
         )
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
     return ClusterInfo(address or "local", have, float(res.get("CPU", 0.0)), nodes, started)
+
+
+# Ray >= 2.5x: `ray start --head` turns token authentication on; a driver joins such a cluster
+# only with RAY_AUTH_MODE=token and the head's token (RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a
+# file; `ray get-auth-token` on the head prints it). Without them ray.init fails with an
+# AuthenticationError, or with Ray's own words for it (InvalidAuthToken, UNAUTHENTICATED).
+_AUTH_WORDS = ("invalidauthtoken", "unauthenticated", "authentication token", "auth_token", "token authentication")
+AUTH_ADVICE = (
+    "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<the head's token> (print it with `ray get-auth-token` on the "
+    "head node), or RAY_AUTH_TOKEN_PATH=<a file holding it>, in the environment of `factory build`"
+)
+
+
+def auth_failure(address: str, exc: BaseException) -> str | None:
+    """The message for a connection to ``address`` refused for token authentication, or
+    ``None`` when ``exc`` is some other failure."""
+    import ray  # deferred: see connect()
+
+    text = f"{type(exc).__name__} {exc}".lower()
+    if not isinstance(exc, ray.exceptions.AuthenticationError) and not any(w in text for w in _AUTH_WORDS):
+        return None
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    has_token = bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"))
+    state = f"RAY_AUTH_MODE is {mode}, {'a token is set' if has_token else 'no token is set'}"
+    return (
+        f"the Ray cluster at {address!r} refused this driver: it has token authentication on ({state}); "
+        f"{AUTH_ADVICE}" + ("; the token set does not match the head's" if has_token and mode == "token" else "")
+    )
+
+
+def connect_failure(address: str, exc: BaseException) -> str:
+    """What to say when ``ray.init(address)`` failed: the token-auth fix when the failure says
+    so; otherwise check the address, and, unless RAY_AUTH_MODE=token is set, the auth fix too
+    (Ray reports a refused token only in its own log lines, after the GCS retries give up)."""
+    refused = auth_failure(address, exc)
+    if refused is not None:
+        return refused
+    message = (
+        f"cannot connect to the Ray cluster at {address!r} ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
+        "check the address (ray://host:10001 or host:6379) and that `ray status` works there"
+    )
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        message += (
+            f"; if the cluster has token authentication on (a plain `ray start --head` turns it on), {AUTH_ADVICE}"
+        )
+    return message
 
 
 # Ray 2.5x/2.6x logs a notice at every ray.init about token authentication being on (or off)

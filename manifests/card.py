@@ -23,13 +23,22 @@ from typing import Any
 import duckdb
 
 from manifests.atomic import write_text_atomic
+from manifests.bank import IdentityBankError, open_bank
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.query import sql_string
 from manifests.store import location, register_duckdb
 from manifests.vocab import DISFA_AUS
 from manifests.writer import read_stats
 
-__all__ = ["acceptance_funnel", "is_non_commercial", "licence_verdict", "read_provenance", "render_card", "write_card"]
+__all__ = [
+    "acceptance_funnel",
+    "drop_code",
+    "is_non_commercial",
+    "licence_verdict",
+    "read_provenance",
+    "render_card",
+    "write_card",
+]
 
 _NON_COMMERCIAL = re.compile(r"non[- ]?commercial|research (?:use )?only|\bCC[- ]BY[- ]NC\b|NonCommercial", re.I)
 
@@ -98,13 +107,26 @@ def _balance(dataset: DatasetRef) -> dict[str, Any]:
             )
             + f", count(*) FROM {source}"
         ).fetchone()
+        identities = dict(con.execute(f"SELECT identity_id, count(*) FROM {source} GROUP BY ALL").fetchall())
     finally:
         con.close()
-    return {"by": by, "au_share": dict(zip(DISFA_AUS, occurrence[:-1], strict=True)), "rows": occurrence[-1]}
+    au_share = dict(zip(DISFA_AUS, occurrence[:-1], strict=True))
+    return {"by": by, "au_share": au_share, "rows": occurrence[-1], "identities": identities}
+
+
+# The values inside a drop reason (numbers, quoted names, lists): masked, one rule's drops are one code.
+_REASON_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]|\(-?\d[^)]*\)|-?\d+(?:\.\d+)?(?:e-?\d+)?")
+
+
+def drop_code(reason: str) -> str:
+    """The stable code of a drop reason: its text with the values in it masked as ``#``, so
+    "jaccard 0.33 < 0.5" and "jaccard 0.25 < 0.5" are one code (the manifest keeps the value)."""
+    return " ".join(_REASON_VALUES.sub("#", reason).split())[:200]
 
 
 def acceptance_funnel(dataset: DatasetRef) -> tuple[int, int, dict[str, dict[str, int]]]:
-    """(planned, accepted, stage -> reason -> dropped) over the indexed shards' stats."""
+    """(planned, accepted, stage -> reason code (:func:`drop_code`) -> dropped) over the indexed
+    shards' stats."""
     planned = accepted = 0
     drops: dict[str, dict[str, int]] = {}
     for shard in dataset.shards:
@@ -116,9 +138,35 @@ def acceptance_funnel(dataset: DatasetRef) -> tuple[int, int, dict[str, dict[str
         accepted += int(stats.get("accepted", 0))
         for stage, reasons in stats.get("drop_reasons", {}).items():
             for reason, n in reasons.items():
-                drops.setdefault(stage, {}).setdefault(reason, 0)
-                drops[stage][reason] += int(n)
+                code = drop_code(reason)
+                drops.setdefault(stage, {}).setdefault(code, 0)
+                drops[stage][code] += int(n)
     return planned, accepted, drops
+
+
+def _listed(values: Any) -> str:
+    """A list as the card prints it: comma-separated values, or "none"."""
+    items = list(values or [])
+    return ", ".join(str(v) for v in items) if items else "none"
+
+
+def _identities(dataset: DatasetRef, provenance: dict[str, Any] | None, used: dict[str, int]) -> list[str]:
+    """How many identities the samples show, and the licences of the bank photos they come from
+    (read from the bank the recipe names; said so when it cannot be read here)."""
+    lines = ["### Identities", "", f"{len(used)} identities in {sum(used.values())} samples."]
+    spec = str(((provenance or {}).get("recipe") or {}).get("identities", {}).get("bank", "none"))
+    if spec == "none":
+        return lines + ["No identity bank: identities come from text-to-image prompts (no photos)."]
+    try:
+        bank = open_bank(spec)
+    except (IdentityBankError, OSError) as exc:
+        return lines + [f"The bank photos' licences could not be read from `{spec}` here ({exc})."]
+    licences: dict[str, int] = {}
+    for record in bank.records() if bank is not None else []:
+        if record.identity_id in used:
+            licences[record.licence] = licences.get(record.licence, 0) + 1
+    rows = [[licence, n] for licence, n in sorted(licences.items())]
+    return lines + ["", f"Bank photos (`{spec}`) by licence:", ""] + _table(["licence", "identities"], rows)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -163,7 +211,8 @@ def _counts(dataset: DatasetRef) -> list[str]:
         )
     lines.append(
         f"{index.get('accepted')} accepted samples (target {index.get('target')}) in {len(dataset.shards)} shards; "
-        f"surplus shards {index.get('surplus_shards', [])}, failed shards {sorted(index.get('failed_shards', {}))}."
+        f"surplus shards: {_listed(index.get('surplus_shards'))}; failed shards: "
+        f"{_listed(sorted(index.get('failed_shards', {})))}."
     )
     lines += ["", "### Acceptance funnel (indexed shards)", ""]
     rate = f"{accepted / planned:.3f}" if planned else "n/a"
@@ -188,6 +237,7 @@ def _balance_section(dataset: DatasetRef, provenance: dict[str, Any] | None) -> 
     lines = ["## Balance", ""]
     for column, counts in balance["by"].items():
         target = targets.get(column) or {}
+        counts = {**counts, **{k: 0 for k in target if k not in counts}}  # a recipe value no sample has
         rows = [[k, n, f"{n / total:.3f}", f"{target.get(k, 0.0):.3f}" if target else ""] for k, n in counts.items()]
         lines += [f"### {column}", ""] + _table([column, "samples", "share", "recipe share"], rows) + [""]
     aus = recipe.get("aus", {})
@@ -197,7 +247,8 @@ def _balance_section(dataset: DatasetRef, provenance: dict[str, Any] | None) -> 
         target = aus.get("share_overrides", {}).get(f"AU{au}", aus.get("active_share")) if au in units else None
         shown = "n/a" if share is None else f"{share:.3f}"  # no rows: no share
         rows.append([f"AU{au}", shown, "off" if au not in units else (f"{target:.3f}" if target else "")])
-    return lines + ["### AU occurrence", ""] + _table(["AU", "share present", "recipe share"], rows)
+    lines += ["### AU occurrence", ""] + _table(["AU", "share present", "recipe share"], rows)
+    return lines + [""] + _identities(dataset, provenance, balance["identities"])
 
 
 def render_card(root: Path, note: str | None = None) -> str:

@@ -115,6 +115,10 @@ def read_index(run_dir: Path) -> dict[str, Any] | None:
         text = json_path.read_text()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{json_path} is not text ({exc.reason}); rerun `factory build` on this directory to rewrite it"
+        ) from None
     try:
         index = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -21,6 +21,8 @@ def read_stats(shards_dir: Path, dataset: str, shard: int) -> dict[str, Any]:
         text = path.read_text()
     except FileNotFoundError:
         raise FileNotFoundError(f"shard stats {path} does not exist: the shard is not done") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"shard stats {path} is not text ({exc.reason}); delete it to rebuild the shard") from None
     try:
         stats = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -17,6 +17,7 @@ extra, dataset); ``manifests.repair`` acts on it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ import pyarrow.compute as pc
 from manifests.dataset import DatasetRef, NotADatasetError, open_dataset
 from manifests.files import exists, file_sha256, file_size, list_dir, open_read
 from manifests.index import KeyTracker
-from manifests.layout import parse_shard, shard_paths
+from manifests.layout import RunLayout, parse_shard, shard_paths
 from manifests.store import location, open_parquet, register_duckdb
 from manifests.tar import TarFormatError, iter_members
 from manifests.writer import is_done, read_stats
@@ -61,6 +62,7 @@ class VerifyReport:
     samples: int = 0
     findings: list[Finding] = field(default_factory=list)
     late_surplus: list[int] = field(default_factory=list)  # done shards beyond the index: fine
+    pending_repair: dict[str, Any] | None = None  # the repair.json of a repair no build has finished
 
     @property
     def ok(self) -> bool:
@@ -91,6 +93,7 @@ class VerifyReport:
             "extra_shards": self.shards("extra"),
             "late_surplus_shards": self.late_surplus,
             "findings": [{"kind": f.kind, "shard": f.shard, "message": f.message} for f in self.findings],
+            "pending_repair": self.pending_repair,
         }
 
 
@@ -268,6 +271,19 @@ def _check_subset_keys(dataset: DatasetRef) -> list[Finding]:
     return []
 
 
+def _pending_repair(run_dir: Path) -> dict[str, Any] | None:
+    """The record of the latest ``--repair`` of a build whose index is withdrawn, if any: the
+    build that finishes the repair writes the index again (the record stays as evidence)."""
+    folder = RunLayout(run_dir, "").quarantine
+    records = sorted(p / "repair.json" for p in list_dir(folder)) if exists(folder) else []
+    for record in reversed(records):
+        try:
+            return json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def verify_dataset(run_dir: Path, *, workers: int | None = None) -> VerifyReport:
     """Check every file of the committed dataset in ``run_dir``; reads each file once."""
     run_dir = location(run_dir)
@@ -275,7 +291,18 @@ def verify_dataset(run_dir: Path, *, workers: int | None = None) -> VerifyReport
     try:
         dataset = open_dataset(run_dir)
     except (NotADatasetError, ValueError) as exc:
-        report.findings.append(Finding("dataset", None, str(exc)))
+        report.pending_repair = _pending_repair(run_dir) if isinstance(exc, NotADatasetError) else None
+        if report.pending_repair is None:
+            report.findings.append(Finding("dataset", None, str(exc)))
+            return report
+        repaired = report.pending_repair
+        report.dataset = repaired.get("found", {}).get("dataset")
+        message = (
+            f"not whole yet: `factory verify --repair` moved {len(repaired.get('moved', []))} file(s) to "
+            f"{repaired.get('quarantine')} and withdrew the index; shard(s) {repaired.get('shards_to_rebuild')} "
+            "are to be rebuilt"
+        )
+        report.findings.append(Finding("dataset", None, message))
         return report
     report.dataset, report.subset = dataset.name, dataset.subset is not None
     keys = KeyTracker()

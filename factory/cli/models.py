@@ -13,6 +13,7 @@ from factory.cli.common import out
 from factory.commands.identities import index_bank
 from factory.commands.models import catalogue, local_state, pull
 from manifests.errors import UserError
+from stages.catalogue import PACKAGED, packaged_path
 from stages.realism.train import train_realism as run_train
 
 
@@ -26,6 +27,10 @@ def models_list() -> None:
         here = local_state(entry)
         state = here.state + (f" @ {here.revision[:12]}" if here.revision else "")
         table.add_row(entry.name, entry.licence, entry.size, state, str(here.path))
+    for model in PACKAGED:  # shipped by a package: `pip install` brings it, not `models pull`
+        path = packaged_path(model)
+        state = "present" if path is not None and path.is_file() else f"missing: pip install {model.package}"
+        table.add_row(model.name, model.licence, f"in {model.package}", state, str(path or "-"))
     out.print(table)
 
 

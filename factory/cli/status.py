@@ -11,7 +11,7 @@ from rich.table import Table
 
 from factory.cli.common import RunArg, load, out
 from factory.commands.doctor import blocking, run_checks
-from factory.commands.status import run_status
+from factory.commands.status import damage_error, run_status
 from manifests.errors import FailedError
 
 
@@ -51,8 +51,14 @@ def status(
             out.print(_worker_line(w), highlight=False)
         for shard, error in s["failed_shards"].items():
             out.print(f"  [red]failed[/] shard {shard}: {error.splitlines()[0][:200]}")
+        for shard, reason in s["damaged_shards"].items():
+            out.print(f"  [red]damaged[/] shard {shard}: {reason}", highlight=False)
         for problem in s.get("problems", []):
             out.print(f"  [red]problem[/]: {problem}")
+        if s.get("verified") and not s["problems"]:
+            out.print("  verified: every indexed shard file read back and matched its manifest and stats")
+    if s["damaged_shards"]:
+        raise damage_error(s)
     if s.get("problems"):
         raise typer.Exit(1)
 

@@ -55,3 +55,5 @@ def filter_subset(
         f"from {len(index['shards'])} shards of {index['subset']['source']}",
         highlight=False,
     )
+    if limit is not None and index["samples"] < limit:
+        out.print(f"note: only {index['samples']} samples matched the selection, fewer than --limit {limit}")

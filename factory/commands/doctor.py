@@ -13,7 +13,8 @@ from factory.engine.pipeline import make_context
 from factory.recipe import Recipe
 from factory.sections import IdentitySection
 from manifests.bank import IdentityBankError, open_bank
-from stages.base import StageError
+from stages import stage_class
+from stages.base import ModelFilesError, StageError
 from stages.pipeline import build_stage
 
 __all__ = ["Check", "blocking", "run_checks"]
@@ -74,8 +75,8 @@ def _ray_check(address: str | None) -> Check:
 
 
 def _stage_checks(recipe: Recipe) -> list[Check]:
-    """Set up every stage the recipe chooses, as a worker would: a missing checkpoint,
-    package or model file shows up here with the stage's own message."""
+    """Check then set up every stage the recipe chooses, as a build and a worker would: a
+    missing checkpoint, package or model file shows up here with the stage's own message."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -85,8 +86,10 @@ def _stage_checks(recipe: Recipe) -> list[Check]:
         for spec in recipe.stage_specs():
             label = f"stage {spec.path} = {spec.name}"
             try:
+                # The build's own pre-Ray check first: a missing file is named without loading anything.
+                stage_class(spec.name)(recipe.stage_config(spec.path), context).preflight()
                 build_stage(spec, context)
-            except StageError as exc:
+            except (StageError, ModelFilesError) as exc:
                 out.append(Check(label, False, str(exc)))
                 continue
             except Exception as exc:  # doctor reports whatever a worker would hit

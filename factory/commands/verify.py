@@ -20,6 +20,11 @@ def run_verify(run_dir: Path, *, fix: bool = False) -> tuple[VerifyReport, Repai
 def summary_lines(report: VerifyReport, result: RepairResult | None) -> list[str]:
     """What to print: the verdict, the findings by kind, and after a repair what comes next."""
     what = "subset" if report.subset else "dataset"
+    if report.pending_repair is not None:
+        return [
+            f"{report.root}: {report.findings[0].message}",
+            f"run `factory retry {report.root}` to rebuild them and write the index (nothing else is redone)",
+        ]
     if report.ok:
         whole = f"{report.shards_checked} shards, {report.samples} samples"
         late = f" (done shards beyond the index, kept as surplus: {report.late_surplus})" if report.late_surplus else ""

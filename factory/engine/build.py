@@ -20,8 +20,9 @@ from typing import Any
 from cluster.actors import ActorSpec, Ref, call, call_control, kill, restart, result, start_actors, wait_ready
 from cluster.ray_cluster import ClusterError, connect, shutdown
 from factory.engine.dedup import bank_dedup
-from factory.engine.failures import BuildError
+from factory.engine.failures import BuildError, counted_errors
 from factory.engine.ledger import Ledger
+from factory.engine.preflight import preflight
 from factory.engine.progress import BuildProgress
 from factory.engine.rules import LedgerRules
 from factory.engine.rundir import RunDir
@@ -140,8 +141,9 @@ def build(
     """Build (or resume) the dataset the recipe describes; returns when the index is written."""
     t0 = time.perf_counter()
     run = RunDir(recipe.dataset.out, recipe.dataset.name)
+    bank = open_bank(recipe.identities.bank)
+    preflight(recipe, bank)  # model files, endpoints, bank images: before the run folder and Ray
     with run.lock():
-        bank = open_bank(recipe.identities.bank)
         run.start(recipe, bank.fingerprint if bank is not None else None)
         run.clean_temps()
         if retry_failed:
@@ -150,8 +152,12 @@ def build(
         planner = Planner(recipe, bank.records() if bank is not None else None)
         workers = recipe.engine.gpus or recipe.engine.cpu_workers
         rules = LedgerRules.from_recipe(recipe, workers, str(run.root))
-        failures = {s: [e["error"] for e in f["errors"]] for s, f in run.failures().items()}
-        ledger = Ledger.resume(rules, run.done_shards(), failures)
+        # A full disk's failures are not attempts: the build run again retries their shards.
+        failures = {s: counted_errors([e["error"] for e in f["errors"]]) for s, f in run.failures().items()}
+        done = run.done_shards()
+        for shard in set(failures) & set(done):  # committed after all (killed between commit and clear)
+            run.clear_failure(shard)
+        ledger = Ledger.resume(rules, done, failures)
         ledger.check_stop()  # a resumed build whose recorded failures already say stop
         cluster = connect(recipe.engine.address, gpus=recipe.engine.gpus, local_gpus=local_gpus)
         progress = BuildProgress(recipe.dataset.target, quiet=quiet)

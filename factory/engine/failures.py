@@ -13,7 +13,18 @@ from typing import Literal
 
 from manifests.errors import ReportError
 
-__all__ = ["BuildError", "Cause", "FailureKind", "FailureLog", "cause_key", "failure_report", "first_line"]
+__all__ = [
+    "BuildError",
+    "Cause",
+    "FailureKind",
+    "FailureLog",
+    "cause_key",
+    "counted_errors",
+    "failure_kind",
+    "failure_report",
+    "first_line",
+    "is_environmental",
+]
 
 
 class BuildError(ReportError, RuntimeError):
@@ -21,12 +32,36 @@ class BuildError(ReportError, RuntimeError):
 
 
 # error: our code (or a stage) raised; lost: the worker's process or node died;
-# timeout: the shard made no progress for engine.shard_timeout_s and was cancelled.
-FailureKind = Literal["error", "lost", "timeout"]
+# timeout: the shard made no progress for engine.shard_timeout_s and was cancelled;
+# disk_full: the disk the shard writes to is full (whatever else the attempt reported).
+FailureKind = Literal["error", "lost", "timeout", "disk_full"]
+
+# An attempt that failed on a full disk: the environment's fault, the same for every shard
+# (ENOSPC is errno 28, EDQUOT 122 on Linux; the texts are strerror's and our write errors').
+_DISK_FULL = re.compile(r"no space left on device|disk quota exceeded|\[Errno (28|122)\]", re.IGNORECASE)
+
+
+def is_environmental(error: str) -> bool:
+    """Whether an attempt failed on its environment, not its shard (a full disk): such a failure
+    stops the build at once and is not counted as an attempt when the build runs again."""
+    return _DISK_FULL.search(error) is not None
+
+
+def counted_errors(errors: list[str]) -> list[str]:
+    """The recorded errors of a shard that count as attempts when a build resumes (not a full disk's)."""
+    return [error for error in errors if not is_environmental(error)]
+
+
+def failure_kind(error: str, kind: FailureKind) -> FailureKind:
+    """The kind of an attempt's failure: ``disk_full`` when its text says so, else ``kind``."""
+    return "disk_full" if is_environmental(error) else kind
+
 
 _HINTS: dict[str, str] = {
     "lost": "a worker process or node died (out of memory? a GPU fault?); see the Ray logs of the cluster "
     "(/tmp/ray/session_latest/logs on each node)",
+    "disk_full": "the disk the run folder is on is full: free space on it (or point dataset.out at a larger "
+    "disk); these attempts do not count, the next build retries their shards",
     "timeout": "a shard made no progress (a hung GPU or stuck filesystem?); check the workers' hosts, "
     "or raise engine.shard_timeout_s if shards are legitimately that slow",
 }
@@ -55,7 +90,7 @@ class FailureLog:
         """Record an attempt; returns its cause and whether the cause is new."""
         key = cause_key(root)
         new = key not in self.causes
-        cause = self.causes.setdefault(key, Cause(root.strip(), kind))
+        cause = self.causes.setdefault(key, Cause(root.strip(), failure_kind(root, kind)))
         cause.shards.add(shard)
         if worker is not None:
             cause.workers.add(worker)
@@ -87,7 +122,7 @@ def failure_report(reason: str, failed: dict[int, str], log: FailureLog, run_dir
     kinds = {k: c.kind for k, c in log.causes.items()}
     lines = [reason, "Failures by cause:"]
     for key, shards in sorted(grouped.items(), key=lambda item: -len(item[1])):
-        hint = _HINTS.get(kinds.get(key, "error"), "")
+        hint = _HINTS.get(failure_kind(examples[key], kinds.get(key, "error")), "")
         lines.append(
             f"  {len(shards)} shard(s) {_shard_list(shards)}: {examples[key]}" + (f" -- {hint}" if hint else "")
         )

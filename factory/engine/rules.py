@@ -3,6 +3,7 @@ that stop a build: the failure rules, the acceptance floor and the shard limit.
 
 Failure rules (each stops the build with a report grouped by cause):
 
+* a full disk (``failures.is_environmental``), on the first attempt that meets it;
 * the same error on ``fail_fast_shards`` shards, from at least two workers, before any shard
   of this session succeeded: it is the setup, not bad luck; stop at once;
 * ``fail_fast_shards`` shards failed for good before any shard of this session succeeded;
@@ -97,6 +98,9 @@ class LedgerRules:
         ``session_*`` count this session's done and failed-for-good shards, ``done`` and
         ``failed`` all of them."""
         k = self.fail_fast_shards
+        for cause in log.causes.values():
+            if cause.kind == "disk_full":  # every shard would fail the same way: stop at the first
+                return f"build stopped: the disk is full (shard(s) {sorted(cause.shards)} could not be written)"
         if session_done == 0:
             for cause in log.causes.values():
                 if cause.kind == "error" and len(cause.shards) >= k and len(cause.workers) >= min(2, self.workers):

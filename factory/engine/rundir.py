@@ -187,6 +187,8 @@ class RunDir(RunLayout):
             diff = recipe_differences(recorded["recipe"], current)
             if recorded.get("identity_bank") != bank_fingerprint:
                 diff.append("identities (bank contents changed)")
+            if diff and not any(self.shards.glob("*.stats.json")):  # any dataset name's committed shard
+                return self._restart(recorded, recipe, bank_fingerprint, diff)
             if diff:
                 raise RunError(
                     f"{self.root} was started with a different recipe; differing fields: "
@@ -205,6 +207,28 @@ class RunDir(RunLayout):
             "versions": software_versions(),
             "started_at": time.time(),
             "host": socket.gethostname(),
+        }
+        write_text_atomic(self.run_json, json.dumps(info, indent=2))
+        return info
+
+    def _restart(
+        self, recorded: dict[str, Any], recipe: Recipe, bank_fingerprint: str | None, diff: list[str]
+    ) -> dict[str, Any]:
+        """Take a changed recipe on a run that has no shard written yet (a first start that
+        failed before any shard, e.g. on a missing model): its plans and failure records came
+        from the old recipe and go; the change is recorded in run.json's ``recipe_changes``."""
+        for folder in (self.plans, self.failed):
+            for path in folder.iterdir():
+                path.unlink()
+        change = {"at": time.time(), "fields": diff, "previous_fingerprint": recorded.get("fingerprint")}
+        info = {
+            **recorded,
+            "dataset": self.dataset,
+            "recipe": recipe.model_dump(mode="json"),
+            "fingerprint": recipe.fingerprint(),
+            "seed": recipe.dataset.seed,
+            "identity_bank": bank_fingerprint,
+            "recipe_changes": [*recorded.get("recipe_changes", []), change],
         }
         write_text_atomic(self.run_json, json.dumps(info, indent=2))
         return info
@@ -259,8 +283,15 @@ class RunDir(RunLayout):
     def failures(self) -> dict[int, dict[str, Any]]:
         out = {}
         for p in sorted(self.failed.glob("*.json")) if self.failed.exists() else []:
-            rec = json.loads(p.read_text())
-            out[int(rec["shard"])] = rec
+            try:
+                rec = json.loads(p.read_text())
+                out[int(rec["shard"])] = rec
+                _ = [str(e["error"]) for e in rec["errors"]]  # every reader of a record needs these
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise RunError(
+                    f"failure record {p} is unreadable ({type(exc).__name__}: {exc})",
+                    fix="delete it: it only records failed attempts (its shard is then tried afresh)",
+                ) from None
         return out
 
     def clear_failure(self, shard: int) -> None:
@@ -301,10 +332,20 @@ class RunDir(RunLayout):
 def open_run(path: Path) -> tuple[RunDir, dict[str, Any]]:
     """The run directory at ``path`` and its recorded start info, or a clear error."""
     info_path = RunLayout(path, "").run_json
+    if not path.exists():
+        raise RunError(f"{path} does not exist; pass the --out of a build")
     if not info_path.exists():
         raise RunError(f"{path} is not a build directory (no run.json); pass the --out of a build")
     try:
         info = json.loads(info_path.read_text())
     except (OSError, ValueError) as exc:
-        raise RunError(f"{info_path} is unreadable ({exc}); it is not a usable build directory") from exc
+        raise RunError(f"{info_path} is unreadable ({exc}); it is not a usable build directory") from None
+    if (
+        not isinstance(info, dict)
+        or not isinstance(info.get("dataset"), str)
+        or not isinstance(info.get("recipe"), dict)
+    ):
+        raise RunError(
+            f"{info_path} lacks the dataset name or the recipe a build records; it is not a usable build directory"
+        )
     return RunDir(path, info["dataset"]), info

@@ -3,7 +3,10 @@
 It sends shards to idle workers (every idle worker gets one before any gets a second), asks
 each worker about once a second how far its shard calls got, cancels a silent shard after
 ``engine.shard_timeout_s`` by restarting its worker, sends a backup copy of a slow shard to
-an idle worker, and writes ``workers.json`` for ``factory status``. Every decision about a
+an idle worker, and writes ``workers.json`` for ``factory status``. A restarting worker (after a
+timeout, or a death Ray restarts it from) gets no shard until it answers a progress call, its
+models loaded (or ``shard_timeout_s`` passed); a call that fails on it meanwhile is sent out
+again without counting an attempt. Every decision about a
 shard is the ledger's (``factory.engine.ledger``); why the engine works this way (progress on
 the control lane, restart as the only cancel, first commit wins) is in ARCHITECTURE.md,
 "Decisions": "Every GPU works; hung shards are cancelled" and "Backups, first commit wins".
@@ -76,6 +79,9 @@ class Runner:
         self.durations: deque[float] = deque(maxlen=101)  # running seconds of recent shards
         self.poll_every = min(1.0, self.engine.shard_timeout_s / 4)
         self._status_at = 0.0
+        # Workers restarting (after a timeout, or a death Ray restarts), since when: no shard goes
+        # to one until it answers a progress call (its models loaded), or shard_timeout_s passed.
+        self.restarting: dict[int, float] = {}
 
     # -- the loop -------------------------------------------------------------------------
     def run_until_complete(self) -> int:
@@ -89,7 +95,7 @@ class Runner:
                 return last
             self.dispatch(time.monotonic())
             self.send_backups(time.monotonic())
-            if not self.flights:
+            if not self.flights and not self._restarting(time.monotonic()):
                 raise BuildError(
                     f"no shard left to run but only {accepted} of {self.ledger.rules.target} samples accepted "
                     f"in the committed prefix; failed shards: {self.ledger.shards('failed')}. "
@@ -103,7 +109,7 @@ class Runner:
     def dispatch(self, now: float) -> None:
         """Send out shards, one per idle worker before a second on any (least loaded first); a
         worker busy with a straggler gets a shard to queue only when every other one is full."""
-        skip: set[int] = set()
+        skip = self._restarting(now)
         stuck = self._stuck_workers(now)
         while self.ledger.wants_more():
             load = {w: self.ledger.load(w) for w in range(self.workers) if w not in skip}
@@ -118,6 +124,11 @@ class Runner:
             plan = self.run.load_or_write_plan(shard, self.planner.shard)
             copy = self.ledger.start(shard, worker, now, planned=plan.num_rows)
             self._send(copy, self.pool.describe(shard, plan), now)
+
+    def _restarting(self, now: float) -> set[int]:
+        """Workers still restarting: they get no shard yet."""
+        timeout = self.engine.shard_timeout_s
+        return {w for w, since in self.restarting.items() if now - since < timeout}
 
     def _send(self, copy: Copy, described: Ref, now: float) -> None:
         ref = self.pool.run(copy.worker, copy.shard, described, copy.attempt, copy.id)
@@ -140,7 +151,11 @@ class Runner:
     def on_result(self, ref: Ref, outcome: dict[str, Any] | TaskFailed, now: float) -> None:
         """A shard call returned: its stats, a superseded copy's note, or its failure."""
         flight = self.flights.pop(ref)
-        if isinstance(outcome, TaskFailed):
+        if isinstance(outcome, TaskFailed) and flight.copy.worker in self._restarting(now):
+            self.ledger.requeue(flight.copy.id)  # its worker was restarting: not the shard's fault, no attempt
+        elif isinstance(outcome, TaskFailed):
+            if outcome.lost:  # Ray restarts the worker: nothing more goes to it until it answers
+                self.restarting[flight.copy.worker] = now
             self._failed(flight, f"{outcome.root}\n\n{outcome.detail}", "lost" if outcome.lost else "error")
         elif outcome.get("superseded"):
             self._superseded(flight, now)
@@ -212,6 +227,7 @@ class Runner:
         (by copy id) its state, steps, samples and running seconds."""
         calls = report.pop("calls", {})
         self.places[worker] = report
+        self.restarting.pop(worker, None)  # it answers: restarted and its models loaded
         for flight in self.flights.values():
             if flight.copy.worker != worker:
                 continue
@@ -233,6 +249,7 @@ class Runner:
         timeout = self.engine.shard_timeout_s
         for worker in sorted({f.copy.worker for f in self.flights.values() if now - f.seen > timeout}):
             self.pool.restart(worker)
+            self.restarting[worker] = now
             self.polls = {ref: w for ref, w in self.polls.items() if w != worker}
             on_worker = [ref for ref, f in self.flights.items() if f.copy.worker == worker]
             popped = [self.flights.pop(ref) for ref in on_worker]
@@ -258,7 +275,8 @@ class Runner:
         threshold = self._slow_after()
         if not self.engine.backups or threshold is None or self.ledger.wants_more():
             return
-        for worker in [w for w in range(self.workers) if self.ledger.load(w) == 0]:
+        restarting = self._restarting(now)
+        for worker in [w for w in range(self.workers) if self.ledger.load(w) == 0 and w not in restarting]:
             straggler = self._straggler(worker, threshold, now)
             if straggler is None:
                 return

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from stages.base import Record, StageConfig, StageContext, StageError
+from stages.base import ModelFilesError, Record, StageConfig, StageContext, StageError
 from stages.generators.base import (
     DType,
     ForwardTimer,
@@ -115,6 +115,17 @@ class DiffusersGenerator(GeneratorStage[DiffusersConfig]):
                 "naming a licence (README.md front matter `license:`); check the weights' terms"
             )
         return f"Apache-2.0 (this code); pipeline {self.config.pipeline}: {found} (its model card)"
+
+    def preflight(self) -> None:
+        try:
+            check_pipeline_dir(Path(self.config.pipeline).expanduser())
+        except StageError as exc:
+            problem = str(exc).split(" (expected layout", 1)[0].split("; set generator.pipeline", 1)[0]
+            raise ModelFilesError(
+                problem,
+                fix="set generator.pipeline to a diffusers pipeline folder (model_index.json, unet/, vae/, ...), "
+                "or fetch Stable Diffusion 1.5 with `factory models pull stable-diffusion-v1-5 --dest models`",
+            ) from None
 
     def setup(self) -> None:
         import torch  # deferred: optional and heavy (the gen extra); only setup() and generation need it

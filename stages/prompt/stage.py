@@ -13,6 +13,7 @@ Every description, from either backend, is read back before use
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -21,7 +22,7 @@ from urllib.parse import urlparse
 from pydantic import Field
 
 from manifests.vocab import EMOTION_MIX_KEYS
-from stages.base import Kind, Record, Stage, StageConfig, StageContext, StageError, drop
+from stages.base import Kind, ModelFilesError, Record, Stage, StageConfig, StageContext, StageError, drop
 from stages.prompt.cache import cache_file
 from stages.prompt.grammar import GRAMMAR_VERSION, describe, validate_intensity
 from stages.prompt.readback import check_description, mismatch_report
@@ -91,6 +92,20 @@ class PromptStage(Stage[PromptConfig]):
             f"Apache-2.0 (this code); descriptions written by the LLM {self.config.model!r} at "
             f"{self.config.base_url}: that model's licence applies to them (not checked here)"
         )
+
+    def preflight(self) -> None:
+        """With ``on_failure = "drop"`` an unreachable endpoint would drop every sample: the
+        build refuses it before Ray starts (with the grammar fallback, setup() warns)."""
+        if self.config.backend != "llm" or self.config.on_failure != "drop":
+            return
+        if importlib.util.find_spec("openai") is None:
+            raise ModelFilesError(
+                "prompt backend 'llm' needs the Python package 'openai'", fix="pip install 'mifa-factory[llm]'"
+            )
+        try:
+            self._probe(self._api_key())
+        except StageError as exc:
+            raise ModelFilesError(str(exc)) from None
 
     def setup(self) -> None:
         if self.config.backend != "llm":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from factory.engine.failures import BuildError
+from factory.engine.failures import BuildError, counted_errors
 from factory.engine.ledger import Ledger, LedgerError
 from factory.engine.policy import CommittedPrefix, PolicyDecision
 from factory.engine.rules import LedgerRules, drop_reason_summary
@@ -219,3 +219,29 @@ def test_a_policy_cannot_count_outside_the_prefix_or_more_than_was_accepted() ->
         with pytest.raises(LedgerError, match="outside the committed prefix"):
             ledger.consult(Greedy(counted))
     assert ledger.counted(0) == 4
+
+
+DISK_FULL = "WriteError: cannot write shard /runs/x/shards/x-000003.tar: no space left on device; free space"
+
+
+@pytest.mark.parametrize("kind", ["error", "lost"])
+def test_a_full_disk_stops_the_build_at_its_first_failure_after_successes_too(kind: str) -> None:
+    ledger = _ledger({0: _stats(10, 10)}, target=1000, max_attempts=3, workers=8)
+    ledger.session_done = 1  # a shard of this session succeeded: the fast rules are off
+    with pytest.raises(BuildError) as info:
+        _fail(ledger, 3, DISK_FULL, worker=2, kind=kind)
+    message = str(info.value)
+    assert message.startswith("build stopped: the disk is full (shard(s) [3] could not be written)")
+    assert "free space on it" in message and "factory retry /runs/x" in message
+    assert "worker process or node died" not in message  # a full disk is not blamed on the worker
+
+
+def test_a_full_disks_recorded_failures_are_not_attempts_when_the_build_runs_again() -> None:
+    errors = [DISK_FULL, "OSError: [Errno 28] No space left on device", "ValueError: a real bug"]
+    assert counted_errors(errors) == ["ValueError: a real bug"]
+    ledger = _ledger(
+        target=1000, max_attempts=2, failures={3: counted_errors(errors[:2] * 2), 4: counted_errors(errors)}
+    )
+    assert ledger.state(3) == "planned" and ledger.attempts(3) == 0
+    assert ledger.attempts(4) == 1 and ledger.state(4) == "planned"
+    ledger.check_stop()  # nothing recorded says stop: the same build command retries them

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from cluster.actors import TaskFailed
 from factory.engine.ledger import Ledger
 from factory.engine.progress import BuildProgress
 from factory.engine.rules import LedgerRules
@@ -144,3 +145,38 @@ def test_no_backup_before_any_shard_is_done_or_when_switched_off(tmp_path: Path,
     _finish(runner, 1, 1.0, 1000.0)
     runner.send_backups(1000.0)
     assert runner.pool.sent[2:] == ([(1, 0)] if backups else [])
+
+
+def test_a_restarting_worker_gets_no_shard_until_it_answers_and_its_failures_cost_no_attempt(tmp_path: Path) -> None:
+    runner = _runner(tmp_path, 40, workers=2, shard_timeout_s=5, max_retries=1, inflight_per_actor=1)
+    runner.dispatch(0.0)  # shard 0 on worker 0, shard 1 on worker 1
+    _report(runner, 1, 9.0, s1={"state": "running"})
+    runner.expire(9.0)  # shard 0 silent since 0 s: worker 0 restarts
+    assert runner.pool.restarted == [0] and runner.ledger.attempts(0) == 1
+    _finish(runner, 1, 1.0, 9.5)
+    runner.dispatch(10.0)  # worker 1 takes the retry; worker 0, restarting, gets nothing
+    assert runner.pool.sent[2:] == [(1, 0)] and runner.ledger.load(0) == 0
+    # a call that fails on a worker while it restarts is sent out again without an attempt
+    runner.restarting[1] = 10.0
+    runner.on_result(runner.pool.refs[0], TaskFailed("ActorDiedError: restarting", "...", lost=True), 10.5)
+    assert runner.ledger.attempts(0) == 1 and runner.ledger.state(0) == "planned"
+    for worker in (0, 1):  # both answer: restarted, models loaded
+        runner.on_progress(worker, {"host": "h", "calls": {}}, 11.0)
+    runner.dispatch(11.0)
+    assert sorted(runner.pool.sent[3:]) == [(0, 2), (1, 0)]  # worker 0 gets shards again
+    # the timed-out shard finally commits: no failure record is left for `factory status` to count
+    assert list(runner.run.failures()) == [0]
+    runner.on_result(runner.pool.refs[0], {"shard": 0, "planned": 10, "accepted": 10, "drop_reasons": {}}, 13.0)
+    assert runner.ledger.state(0) == "done" and runner.run.failures() == {}
+
+
+def test_a_lost_worker_is_restarting_so_its_other_calls_cost_no_attempt(tmp_path: Path) -> None:
+    runner = _runner(tmp_path, 160, workers=2, inflight_per_actor=2, max_retries=2)
+    runner.dispatch(0.0)  # worker 0 holds two shards
+    first, second = [r for r, f in runner.flights.items() if f.copy.worker == 0]
+    shards = [runner.flights[r].copy.shard for r in (first, second)]
+    runner.on_result(first, TaskFailed("ActorDiedError: the worker died", "...", lost=True), 1.0)
+    runner.on_result(second, TaskFailed("ActorDiedError: the worker died", "...", lost=True), 1.1)
+    assert [runner.ledger.attempts(s) for s in shards] == [1, 0]
+    runner.dispatch(1.2)
+    assert runner.ledger.load(0) == 0  # nothing sent to it until it answers

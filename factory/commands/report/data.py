@@ -140,6 +140,21 @@ def _detectors(con: Any, data: ReportData) -> None:
     ).fetchall()[0]
 
 
+def _unanimous(con: Any, data: ReportData) -> None:
+    """Per AU: the share of accepted samples, among those two or more detectors cover, on which
+    every covering detector decides the same (vote >= 0.5 or not); n/a where fewer cover it."""
+    rows = con.execute(
+        "WITH v AS (SELECT key, unnest(votes) AS vote FROM samples WHERE accepted), "
+        "d AS (SELECT key, i, CASE WHEN vote.occurrence[i] >= 0.5 THEN 1 ELSE 0 END AS yes "
+        f"FROM v, {_RANGE} WHERE vote.occurrence[i] IS NOT NULL) "
+        "SELECT i, avg(CASE WHEN lo = hi THEN 1.0 ELSE 0.0 END) FROM "
+        "(SELECT key, i, min(yes) AS lo, max(yes) AS hi FROM d GROUP BY key, i HAVING count(*) >= 2) "
+        "GROUP BY i ORDER BY i"
+    ).fetchall()
+    for i, share in rows:
+        data.unanimous[i - 1] = share
+
+
 def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
     denominator = 2 * tp + fp + fn
     return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), np.nan)
@@ -158,6 +173,7 @@ def collect(run_dir: Path, spill_dir: Path | None = None) -> ReportData:
         _cooccurrence(con, data)
         _groups(con, data)
         _detectors(con, data)
+        _unanimous(con, data)
     finally:
         con.close()
     data.funnel = acceptance_funnel(data.dataset)

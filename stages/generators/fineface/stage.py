@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from stages.base import Record, StageConfig, StageContext, StageError, drop
+from stages.base import ModelFilesError, Record, StageConfig, StageContext, StageError, drop
 from stages.catalogue import local_path
 from stages.generators.base import DType, GeneratorStage, chunks, planned_labels, resolve_dtype
 from stages.generators.fineface.layout import FineFaceFiles
@@ -116,6 +116,19 @@ def release_files(cfg: FineFaceConfig) -> FineFaceFiles:
     )
 
 
+def _pull_advice(files: FineFaceFiles, problem: str) -> str:
+    """The pull command (or recipe key) for the part of ``files`` that ``problem`` names."""
+    parts = [
+        (files.base_dir, "realistic-vision-v4" if files.with_identity else "stable-diffusion-2-1-base", "base_dir"),
+        (files.faceid, "ip-adapter-faceid-portrait", "faceid_file"),
+        (files.arcface, "arcface-r50", "arcface_model"),
+    ]
+    for path, model, key in parts:
+        if path is not None and str(path) in problem:
+            return f"run `factory models pull {model}` or set generator.{key}"
+    return "run `factory models pull fineface` or set generator.weights_dir"
+
+
 class FineFaceGenerator(GeneratorStage[FineFaceConfig]):
     name = "fineface"
     reads = frozenset({"description", "identity_id", "planned_intensity", "seed"})
@@ -129,6 +142,18 @@ class FineFaceGenerator(GeneratorStage[FineFaceConfig]):
         self._embed: Any = None
         # Least recently used identities go first; identity_cache = 0 keeps none.
         self._identity = functools.lru_cache(maxsize=config.identity_cache)(self._prepare_identity)
+
+    def preflight(self) -> None:
+        files = release_files(self.config)
+        if files.with_identity and self.context.identity_bank is None:
+            raise ModelFilesError(
+                "fineface identity = 'faceid' needs identity exemplars", fix="set identities.bank to a folder"
+            )
+        try:
+            files.check()
+        except StageError as exc:
+            problem = str(exc).splitlines()[0]
+            raise ModelFilesError(problem, fix=_pull_advice(files, problem)) from None
 
     def setup(self) -> None:
         import torch  # deferred: optional and heavy (the gen extra); only setup() and generation need it

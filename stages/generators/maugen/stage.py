@@ -33,9 +33,10 @@ from PIL import Image
 from pydantic import Field, field_validator
 
 from manifests.vocab import DISFA_AUS
-from stages.base import Record, StageConfig, StageContext, StageError, drop
+from stages.base import ModelFilesError, Record, StageConfig, StageContext, StageError, drop
 from stages.generators.base import DType, GeneratorStage, model_card_licence, resolve_dtype
 from stages.generators.maugen.chips import face_chip, resize_square
+from stages.generators.maugen.layout import ReleaseFiles, resolve_files
 
 __all__ = ["MaugenConfig", "MaugenGenerator", "default_mask", "fit_image", "fit_mask"]
 
@@ -129,9 +130,24 @@ class MaugenGenerator(GeneratorStage[MaugenConfig]):
         # Least recently used identities go first; identity_cache = 0 keeps none.
         self._identity = functools.lru_cache(maxsize=config.identity_cache)(self._prepare_identity)
 
+    def preflight(self) -> None:
+        cfg = self.config
+        if self.context.identity_bank is None:
+            raise ModelFilesError(
+                "the maugen generator needs identity exemplars", fix="set identities.bank to 'builtin' or a folder"
+            )
+        files = ReleaseFiles(cfg.base_dir, cfg.unet_file, cfg.au_cue_file, cfg.img2text_file, cfg.identity_encoder_file)
+        try:
+            resolve_files(Path(cfg.checkpoint_dir).expanduser(), files)
+        except StageError as exc:
+            raise ModelFilesError(
+                str(exc).splitlines()[0].split("; set generator", 1)[0].rstrip("."),
+                fix="set generator.checkpoint_dir to a folder holding the MAUGen release files (the release "
+                "publishes no weights: bring your own checkpoint; `factory models list` shows the pullable models)",
+            ) from None
+
     def setup(self) -> None:
         # deferred: the MAUGen network modules import torch and diffusers (optional, heavy)
-        from stages.generators.maugen.checkpoint import ReleaseFiles
         from stages.generators.maugen.pipeline import MaugenPipeline
 
         cfg = self.config
