@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -47,7 +48,9 @@ __all__ = [
     "Tally",
     "balance_path",
     "balance_shard",
+    "read_balance",
     "read_surplus",
+    "read_targets",
     "sample_cells",
 ]
 
@@ -99,6 +102,25 @@ class BalanceTargets:
     shares: Mapping[str, float]
     tolerances: Mapping[str, float]
     infeasible: frozenset[str] = frozenset()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "target": self.target,
+            "units": list(self.units),
+            "shares": dict(self.shares),
+            "tolerances": dict(self.tolerances),
+            "infeasible": sorted(self.infeasible),
+        }
+
+    @staticmethod
+    def from_json(doc: Mapping[str, Any]) -> BalanceTargets:
+        return BalanceTargets(
+            int(doc["target"]),
+            tuple(doc["units"]),
+            dict(doc["shares"]),
+            dict(doc["tolerances"]),
+            frozenset(doc["infeasible"]),
+        )
 
     def cap(self, cell: str) -> int | None:
         """Kept samples a cell may hold (None: no target on it)."""
@@ -204,17 +226,83 @@ def balance_shard(
         dropped.append(DROPPED_BY if reason else None)
         reasons.append(reason)
     tally.generated += table.num_rows
-    meta = {"after": after, "target": targets.target, "infeasible": sorted(targets.infeasible), "open_loop": open_loop}
+    meta = {"after": after, "open_loop": open_loop, "targets": targets.to_json()}
     out = pa.table({"key": keys, "dropped_by": dropped, "reason": reasons}, schema=BALANCE_SCHEMA)
     write_parquet_atomic(balance_path(paths), out.replace_schema_metadata({"mifa_balance": json.dumps(meta)}))
     kept = sum(d is None for d in dropped)
     return ShardBalance(shard, len(keys), kept, tuple(sorted(targets.infeasible)))
 
 
-def read_surplus(paths: ShardPaths) -> set[str]:
-    """Keys of a shard's accepted samples held back as surplus (empty without a balance file)."""
+def read_balance(paths: ShardPaths) -> tuple[pa.Table, dict[str, Any]] | None:
+    """A shard's balance file and its metadata, or ``None`` when it has none (open loop)."""
     path = balance_path(paths)
     if not path.is_file():
-        return set()
+        return None
     table = read_table(path)
+    return table, json.loads((table.schema.metadata or {}).get(b"mifa_balance", b"{}"))
+
+
+def read_targets(paths: ShardPaths) -> BalanceTargets | None:
+    """The targets a shard was decided under (the last indexed shard's: the build's final ones)."""
+    found = read_balance(paths)
+    return BalanceTargets.from_json(found[1]["targets"]) if found is not None else None
+
+
+def read_surplus(paths: ShardPaths) -> set[str]:
+    """Keys of a shard's accepted samples held back as surplus (empty without a balance file)."""
+    found = read_balance(paths)
+    if found is None:
+        return set()
+    table = found[0]
     return {k for k, d in zip(table["key"].to_pylist(), table["dropped_by"].to_pylist(), strict=True) if d}
+
+
+@dataclass(frozen=True)
+class CellReport:
+    """One target as delivered: ``share`` of the kept samples (an intensity level's: of its AU's
+    active ones) against ``target`` within ``tolerance``."""
+
+    cell: str
+    samples: int
+    share: float
+    target: float
+    tolerance: float
+    infeasible: bool
+
+    @property
+    def met(self) -> bool:
+        return abs(self.share - self.target) <= self.tolerance + 1e-9
+
+
+def delivered_cells(table: pa.Table, units: Iterable[int]) -> Counter[str]:
+    """Samples per cell of ``table`` (index rows, or kept manifest rows: ``au_intensity``,
+    ``emotion``, ``ethnicity``, ``age_band``, ``gender``)."""
+    labels = _vectors(table["au_intensity"])
+    counts: Counter[str] = Counter()
+    for au in units:  # counted per column, not per sample: an index of 1M rows in a second
+        levels = np.bincount(labels[:, DISFA_AUS.index(au)].clip(0, 5), minlength=6)
+        counts[f"AU{au}-"], counts[f"AU{au}+"] = int(levels[0]), int(levels[1:].sum())
+        counts.update({f"AU{au}={level}": int(levels[level]) for level in range(1, 6)})
+    for kind in _STRATA:
+        counts.update(f"{kind}={v}" for v in table[kind].to_pylist())
+    return +counts  # without the empty cells
+
+
+def balance_report(kept: Counter[str], n: int, targets: BalanceTargets) -> list[CellReport]:
+    """Every target with a share (and every cell delivered), in the targets' order; ``AU12-``
+    is left out (it mirrors ``AU12+``)."""
+    rows = []
+    for cell, target in targets.shares.items():
+        if cell.endswith("-") or (target == 0.0 and kept[cell] == 0 and cell not in targets.infeasible):
+            continue
+        base, whole, tolerance = n, target, targets.tolerances[cell]
+        dead = cell in targets.infeasible
+        if "=" in cell and cell.startswith("AU"):  # a level's share of its AU's active samples
+            active = cell.split("=")[0] + "+"
+            base, active_share = kept[active], targets.shares[active]
+            whole = target / active_share if active_share > 0 else 0.0
+            tolerance = tolerance / active_share if active_share > 0 else tolerance
+            dead = dead or active in targets.infeasible
+        share = kept[cell] / base if base else 0.0
+        rows.append(CellReport(cell, kept[cell], share, whole, tolerance, dead))
+    return rows

@@ -11,10 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from factory.commands.status import delivered_balance
 from factory.engine.balance import BalancePolicy, balance_policy, balance_targets, bank_infeasible
 from factory.engine.policy import CommittedPrefix
+from factory.engine.rundir import RunDir
 from factory.recipe import RecipeError, recipe_from_dict
-from manifests.balance import BalanceTargets, balance_path, read_surplus, sample_cells
+from manifests.balance import BalanceTargets, balance_path, balance_report, delivered_cells, read_surplus, sample_cells
 from manifests.bank import IdentityRecord
 from manifests.layout import RunLayout, sample_key
 from manifests.schema import MANIFEST_SCHEMA, N_AUS
@@ -226,3 +228,37 @@ def test_untouched_balance_keeps_the_fingerprint() -> None:
     base = recipe_from_dict({})
     assert base.fingerprint() == recipe_from_dict({"balance": {"enabled": False}}).fingerprint()
     assert base.fingerprint() != recipe_from_dict({"balance": {"enabled": True}}).fingerprint()
+
+
+def test_report_measures_delivered_shares() -> None:
+    rows = pa.table(
+        {
+            "au_intensity": pa.array([_vector(3, 3), _vector(0, 0), _vector(3, 0), None], pa.list_(pa.int8(), N_AUS)),
+            "emotion": ["happiness", "neutral", "happiness", "neutral"],
+            "ethnicity": ["white"] * 4,
+            "age_band": ["adult"] * 4,
+            "gender": ["female", "male", "female", "male"],
+        }
+    )
+    targets = balance_targets(_recipe(target=4), [_identity("a", "female"), _identity("b", "male")])
+    cells = delivered_cells(rows, targets.units)
+    assert cells["AU12+"] == 2 and cells["AU12-"] == 2 and cells["AU12=3"] == 2 and cells["AU25+"] == 1
+    report = {r.cell: r for r in balance_report(cells, rows.num_rows, targets)}
+    assert report["AU12+"].share == 0.5 and report["AU12+"].met
+    assert report["AU25+"].share == 0.25 and not report["AU25+"].met  # 0.5 wanted, within 0.02
+    assert report["AU12=3"].share == 1.0 and report["AU12=3"].target == pytest.approx(0.2)  # of the active ones
+    assert report["ethnicity=black"].infeasible and "AU12-" not in report
+
+
+def test_status_reports_the_kept_samples_while_running(tmp_path: Path) -> None:
+    policy, layout = _policy(tmp_path)
+    for shard in range(4):
+        _write_shard(layout, shard, _skewed_shard(shard))
+    counted = policy.review(_prefix([0, 1, 3]))  # shard 2 not done: the prefix stops at 1
+    run = RunDir(tmp_path, NAME)
+    info = {"recipe": _recipe().model_dump(mode="json")}
+    balance = delivered_balance(run, info, {}, [0, 1, 3])
+    assert balance is not None
+    assert balance["samples"] == counted.counted[0] + counted.counted[1]
+    cells = {c["cell"]: c for c in balance["cells"]}
+    assert cells["gender=female"]["target"] == 0.5 and "gender=male" in cells
