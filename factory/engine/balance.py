@@ -22,13 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from factory.engine.policy import CommittedPrefix, PolicyDecision
+from factory.expressions import EMFACS_PROTOTYPES
 from factory.recipe import Recipe
 from manifests.balance import BalanceTargets, ShardBalance, Tally, balance_shard
 from manifests.bank import IdentityRecord
 from manifests.layout import RunLayout
-from manifests.vocab import AGE_BANDS, EMOTION_MIX_KEYS, ETHNICITIES, GENDERS
+from manifests.vocab import AGE_BANDS, DISFA_AUS, EMOTION_MIX_KEYS, ETHNICITIES, GENDERS
 
-__all__ = ["BalancePolicy", "balance_policy", "balance_targets", "bank_infeasible"]
+__all__ = ["BalancePolicy", "balance_policy", "balance_targets", "bank_infeasible", "unshowable_emotions"]
 
 
 def _normalised(weights: dict[str, float], keys: Sequence[str]) -> dict[str, float]:
@@ -44,6 +45,24 @@ def bank_infeasible(identities: Sequence[IdentityRecord] | None) -> list[str]:
     have = {(kind, getattr(r, kind)) for r in identities for kind in ("ethnicity", "age_band", "gender")}
     groups = [("ethnicity", ETHNICITIES), ("age_band", AGE_BANDS), ("gender", GENDERS)]
     return [f"{kind}={g}" for kind, vocab in groups for g in vocab if (kind, g) not in have]
+
+
+def unshowable_emotions(recipe: Recipe, identities: Sequence[IdentityRecord] | None) -> list[str]:
+    """Emotions of the recipe's mix no bank identity can show as planned: an identity whose photo
+    shows AUs (``IdentityRecord.expression``) has them folded into every plan, so it shows an
+    emotion only when the emotion's prototype holds them all (``mixed`` always), and never
+    ``neutral``; an identity with a neutral or unrecorded expression shows any emotion."""
+    wanted = [e for e in EMOTION_MIX_KEYS if recipe.emotions.mix.get(e, 0.0) > 0]
+    if not identities:
+        return []
+    shown: set[str] = set()
+    for record in identities:
+        own = {au for au, level in zip(DISFA_AUS, record.own_intensity() or (), strict=False) if level > 0}
+        if not own:
+            return []  # a neutral-capable identity takes every plan
+        shown.add("mixed")
+        shown.update(e for e, (req, opt, _) in EMFACS_PROTOTYPES.items() if e != "neutral" and own <= {*req, *opt})
+    return [e for e in wanted if e not in shown]
 
 
 def balance_targets(recipe: Recipe, identities: Sequence[IdentityRecord] | None = None) -> BalanceTargets:

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory.commands.status import delivered_balance
-from factory.engine.balance import BalancePolicy, balance_policy, balance_targets, bank_infeasible
+from factory.engine.balance import BalancePolicy, balance_policy, balance_targets, bank_infeasible, unshowable_emotions
 from factory.engine.policy import CommittedPrefix
 from factory.engine.rundir import RunDir
 from factory.recipe import RecipeError, recipe_from_dict
@@ -262,3 +262,11 @@ def test_status_reports_the_kept_samples_while_running(tmp_path: Path) -> None:
     assert balance["samples"] == counted.counted[0] + counted.counted[1]
     cells = {c["cell"]: c for c in balance["cells"]}
     assert cells["gender=female"]["target"] == 0.5 and "gender=male" in cells
+
+
+def test_emotions_a_smiling_bank_cannot_show() -> None:
+    smiling = IdentityRecord("s", "s.png", "white", "adult", "female", "test", "CC0", "AU12=3 AU25=5")
+    recipe = recipe_from_dict({"emotions": {"mix": {"happiness": 1.0, "sadness": 1.0, "neutral": 1.0, "mixed": 1.0}}})
+    assert unshowable_emotions(recipe, [smiling]) == ["sadness", "neutral"]  # happiness holds 12 and 25
+    neutral = IdentityRecord("n", "n.png", "white", "adult", "male", "test", "CC0", "neutral")
+    assert unshowable_emotions(recipe, [smiling, neutral]) == []
