@@ -14,7 +14,7 @@ import pytest
 from factory.commands.status import delivered_balance
 from factory.engine.balance import BalancePolicy, balance_policy, balance_targets, bank_infeasible, unshowable_emotions
 from factory.engine.policy import CommittedPrefix
-from factory.engine.rundir import RunDir
+from factory.engine.rundir import RunDir, recipe_differences
 from factory.recipe import RecipeError, recipe_from_dict
 from manifests.balance import BalanceTargets, balance_path, balance_report, delivered_cells, read_surplus, sample_cells
 from manifests.bank import IdentityRecord
@@ -270,3 +270,11 @@ def test_emotions_a_smiling_bank_cannot_show() -> None:
     assert unshowable_emotions(recipe, [smiling]) == ["sadness", "neutral"]  # happiness holds 12 and 25
     neutral = IdentityRecord("n", "n.png", "white", "adult", "male", "test", "CC0", "neutral")
     assert unshowable_emotions(recipe, [smiling, neutral]) == []
+
+
+def test_a_run_recorded_before_balance_resumes() -> None:
+    current = recipe_from_dict({}).model_dump(mode="json")
+    recorded = {k: v for k, v in current.items() if k != "balance"}
+    assert recipe_differences(recorded, current) == []
+    balanced = recipe_from_dict({"balance": {"enabled": True}}).model_dump(mode="json")
+    assert recipe_differences(recorded, balanced) == ["balance.enabled"]

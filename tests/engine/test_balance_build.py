@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from factory.commands.status import run_status
 from factory.engine.build import build
 from factory.recipe import recipe_from_dict
 from manifests.balance import read_balance, read_surplus
@@ -40,3 +41,7 @@ def test_balanced_build_is_the_same_on_one_and_two_gpus(ray_cluster, tmp_path: P
         assert not held & set(index["key"].to_pylist())  # the surplus is not indexed ...
         assert held <= set(pq.read_table(a.parquet)["key"].to_pylist())  # ... and stays in its shard
     assert surplus > 0
+    card = (tmp_path / "1" / "DATASET_CARD.md").read_text()
+    assert "### Delivered balance ([balance] on)" in card and f"| held back by balance (surplus) | {surplus} |" in card
+    status = run_status(tmp_path / "1")["balance"]
+    assert status["samples"] == 30 and {c["cell"] for c in status["cells"]} >= {"AU12+", "emotion=fear"}
