@@ -163,7 +163,11 @@ class BalanceSection(_Model):
         0.01, gt=0.0, le=0.5, description="each ethnic group's, age band's and gender's share, absolute"
     )
     max_generated_per_accepted: float = Field(
-        4.0, ge=1.0, le=1000.0, description="waste bound: planned samples per indexed one, at most"
+        3.0,
+        ge=1.0,
+        le=1000.0,
+        description="waste bound: past this many planned samples per target sample, cells still short "
+        "are infeasible; past twice as many, later shards are indexed open loop",
     )
     infeasible_after: int = Field(
         50, ge=1, le=1_000_000, description="planned samples of a cell with none accepted before it is infeasible"

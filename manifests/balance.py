@@ -179,6 +179,16 @@ class Tally:
             if n >= tries and self.accepted[c] == 0 and targets.shares.get(c, 0.0) > 0
         )
 
+    def short(self, targets: BalanceTargets) -> list[str]:
+        """Cells with a share whose kept share falls below it by more than their tolerance (an
+        AU's inactive cell left out: it mirrors the active one)."""
+        n = max(self.kept_total, 1)
+        return sorted(
+            c
+            for c, share in targets.shares.items()
+            if share > 0 and not c.endswith("-") and self.kept[c] / n < share - targets.tolerances[c]
+        )
+
 
 @dataclass(frozen=True)
 class ShardBalance:

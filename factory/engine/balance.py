@@ -12,8 +12,11 @@ from the start.
 
 The policy runs in the driver: its state is a few hundred counters, and it reads each shard's
 manifest once (eight small columns). Waste bound: once the decided shards planned
-``max_generated_per_accepted x target`` samples, later shards are decided open loop (every
-accepted sample kept, up to the target), so the build finishes; their files say so.
+``max_generated_per_accepted x target`` samples, every cell still short of its share (below it
+by more than its tolerance) is infeasible, not chased: its share goes to the other cells of its
+kind, so the full cells that blocked the rest open up. At twice the bound later shards are
+decided open loop (every accepted sample kept, up to the target), so the build finishes; their
+files say so.
 """
 
 from __future__ import annotations
@@ -113,7 +116,10 @@ class BalancePolicy:
         counted = {}
         for shard in shards[len(self.order) :]:
             self.targets = self.targets.with_infeasible(self.tally.infeasible(self.targets, self.tries))
-            open_loop = self.tally.generated >= self.max_generated * self.base.target
+            budget = self.tally.generated / (self.max_generated * self.base.target)
+            if budget >= 1.0:
+                self.targets = self.targets.with_infeasible(self.tally.short(self.targets))
+            open_loop = budget >= 2.0
             paths = self.layout.shard_paths(shard)
             decided = balance_shard(paths, shard, self.tally, self.targets, list(self.order), open_loop=open_loop)
             self.order.append(shard)

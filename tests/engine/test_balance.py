@@ -16,7 +16,15 @@ from factory.engine.balance import BalancePolicy, balance_policy, balance_target
 from factory.engine.policy import CommittedPrefix
 from factory.engine.rundir import RunDir, recipe_differences
 from factory.recipe import RecipeError, recipe_from_dict
-from manifests.balance import BalanceTargets, balance_path, balance_report, delivered_cells, read_surplus, sample_cells
+from manifests.balance import (
+    BalanceTargets,
+    balance_path,
+    balance_report,
+    delivered_cells,
+    read_balance,
+    read_surplus,
+    sample_cells,
+)
 from manifests.bank import IdentityRecord
 from manifests.layout import RunLayout, sample_key
 from manifests.schema import MANIFEST_SCHEMA, N_AUS
@@ -123,7 +131,7 @@ def test_bank_infeasible_without_bank_is_empty() -> None:
 
 
 def test_selection_keeps_shares_within_tolerance(tmp_path: Path) -> None:
-    policy, layout = _policy(tmp_path)
+    policy, layout = _policy(tmp_path, max_generated_per_accepted=100.0)  # no waste bound here
     shards = list(range(8))
     for shard in shards:
         _write_shard(layout, shard, _skewed_shard(shard))
@@ -198,12 +206,18 @@ def test_never_accepted_cell_becomes_infeasible(tmp_path: Path) -> None:
     assert policy.targets.shares["emotion=happiness"] == pytest.approx(1.0)
 
 
-def test_waste_bound_turns_selection_off(tmp_path: Path) -> None:
+def test_waste_bound_gives_up_on_short_cells_then_selection(tmp_path: Path) -> None:
+    """Only smiling women at AU12 level 3: past the bound (one shard) the cells still short are
+    infeasible and AU12=3 may fill all of AU12's active share; past twice it, open loop."""
     policy, layout = _policy(tmp_path, target=20, max_generated_per_accepted=1.0)
-    for shard in range(2):
+    for shard in range(3):
         _write_shard(layout, shard, [(True, 3, "happiness", "female")] * 20)
-    counted = policy.review(_prefix([0, 1])).counted
-    assert counted[0] < 20 and counted[1] == 20 - counted[0]  # shard 1 open loop, up to the target
+    counted = policy.review(_prefix([0, 1, 2])).counted
+    assert counted == {0: 2, 1: 8, 2: 10}  # AU12=3 holds 2, then AU12+ its 10, then the rest
+    assert {"emotion=neutral", "gender=male", "AU12=1"} <= policy.targets.infeasible
+    assert "AU12+" not in policy.targets.infeasible  # over its share, not short
+    meta = read_balance(layout.shard_paths(2))
+    assert meta is not None and meta[1]["open_loop"] is True
 
 
 def test_infeasible_au_moves_its_share_to_inactive() -> None:
