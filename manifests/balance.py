@@ -9,7 +9,7 @@ from the sample's delivered labels (``au_intensity``, ``emotion`` and the identi
 a sample is kept unless one of its cells is full or the target is reached; otherwise it is
 surplus, with the first full cell named as the reason.
 
-A cell is *infeasible* when nobody can fill it: a demographic group no bank identity belongs
+A cell is *infeasible* when nobody can fill it (it then has no cap): a demographic group no bank identity belongs
 to (known before the build), or a cell planned ``infeasible_after`` times on the committed
 shards before with no sample of it accepted (measured). Its share moves to the other cells of
 its kind (an infeasible ``AU20+`` leaves ``AU20-`` the whole share), so the rest can still
@@ -95,7 +95,7 @@ def _kind(cell: str) -> str:
 @dataclass(frozen=True)
 class BalanceTargets:
     """Share and tolerance per cell, for a dataset of ``target`` samples; ``infeasible`` cells
-    hold share 0, their kind's other cells scaled up to fill the kind."""
+    hold share 0 and no cap, their kind's other cells scaled up to fill the kind."""
 
     target: int
     units: tuple[int, ...]
@@ -123,15 +123,20 @@ class BalanceTargets:
         )
 
     def cap(self, cell: str) -> int | None:
-        """Kept samples a cell may hold (None: no target on it)."""
+        """Kept samples a cell may hold (None: no target on it, or an infeasible one)."""
         share = self.shares.get(cell)
-        if share is None:
+        if share is None or cell in self.infeasible:
             return None
         return math.floor((share + self.tolerances[cell]) * self.target + 1e-9)
 
     def with_infeasible(self, cells: Iterable[str]) -> BalanceTargets:
         """These targets with ``cells`` (and those already known) infeasible."""
         dead = self.infeasible | {c for c in cells if c in self.shares}
+        for kind in {_kind(c) for c in dead - self.infeasible}:  # never a kind left with no target
+            if all(c in dead for c, share in self.shares.items() if _kind(c) == kind and share > 0):
+                dead -= {c for c in dead - self.infeasible if _kind(c) == kind}
+        # an AU never shown active has no intensity targets either
+        dead |= {c for c in self.shares if c.startswith("AU") and "=" in c and c.split("=")[0] + "+" in dead}
         if dead == self.infeasible:
             return self
         shares = dict(self.shares)
@@ -146,9 +151,6 @@ class BalanceTargets:
                     shares[c] = shares[c] / kept * whole
                 else:
                     shares[c] = whole / len(alive)
-        for cell in dead:
-            if cell.endswith("+"):  # an AU never shown active: no intensity targets either
-                shares.update({c: 0.0 for c in shares if _kind(c) == cell[:-1] + "="})
         return replace(self, shares=shares, infeasible=frozenset(dead))
 
     def full_cell(self, cells: Iterable[str], kept: Counter[str]) -> str | None:

@@ -13,7 +13,7 @@ from the start.
 The policy runs in the driver: its state is a few hundred counters, and it reads each shard's
 manifest once (eight small columns). Waste bound: once the decided shards planned
 ``max_generated_per_accepted x target`` samples, every cell still short of its share (below it
-by more than its tolerance) is infeasible, not chased: its share goes to the other cells of its
+by more than its tolerance) at that shard is infeasible, not chased (once): its share goes to the other cells of its
 kind, so the full cells that blocked the rest open up. At twice the bound later shards are
 decided open loop (every accepted sample kept, up to the target), so the build finishes; their
 files say so.
@@ -108,17 +108,20 @@ class BalancePolicy:
         self.targets = targets
         self.order: list[int] = []  # shards decided so far, in dataset order
         self.decided: dict[int, ShardBalance] = {}
+        self.gave_up = False  # the waste bound was reached and the short cells given up
 
     def review(self, prefix: CommittedPrefix) -> PolicyDecision:
         shards = list(prefix.shards)
         if self.order != shards[: len(self.order)]:
             self.tally, self.targets, self.order, self.decided = Tally(), self.base, [], {}
+            self.gave_up = False
         counted = {}
         for shard in shards[len(self.order) :]:
             self.targets = self.targets.with_infeasible(self.tally.infeasible(self.targets, self.tries))
             budget = self.tally.generated / (self.max_generated * self.base.target)
-            if budget >= 1.0:
+            if budget >= 1.0 and not self.gave_up:  # once: the shares it leaves are met from then on
                 self.targets = self.targets.with_infeasible(self.tally.short(self.targets))
+                self.gave_up = True
             open_loop = budget >= 2.0
             paths = self.layout.shard_paths(shard)
             decided = balance_shard(paths, shard, self.tally, self.targets, list(self.order), open_loop=open_loop)
