@@ -172,6 +172,7 @@ class Planner:
     _cell_weights: np.ndarray = field(init=False)
     _own: dict[str, np.ndarray] = field(init=False)  # identity -> its photo's own AUs (non-neutral only)
     _bank_table: tuple[np.ndarray, list[tuple[int, np.ndarray]]] | None = field(init=False, default=None)
+    _own_table: np.ndarray = field(init=False)  # own AUs per row of the bank table (zeros: neutral)
 
     def __post_init__(self) -> None:
         self._spec = _Spec.of(self.recipe)
@@ -207,7 +208,7 @@ class Planner:
         cell_idx = _quota(self._cell_weights, n, rng)
         seeds = rng.integers(0, 2**63 - 1, size=n, dtype=np.int64)
         pick = rng.random(n)
-        ids, eths, ages, gens, matches = self._identities(cell_idx, pick, shard)
+        ids, eths, ages, gens, matches = self._identities(cell_idx, pick, shard, vectors)
         self._fold_own_expressions(ids, vectors, emotions)
         return pa.table(
             {
@@ -238,12 +239,15 @@ class Planner:
                     emotions[i] = "mixed"
 
     def _identities(
-        self, cell_idx: np.ndarray, pick: np.ndarray, shard: int
+        self, cell_idx: np.ndarray, pick: np.ndarray, shard: int, vectors: np.ndarray | None = None
     ) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
         """Identity per sample: the bank identity that best fits the planned stratum (fallback:
         same cell, same ethnicity + gender, same ethnicity, any; resolved per cell, the pick is
         ``int(u * len(candidates))``). The sample's metadata is the chosen identity's (truthful),
-        ``identity_match`` says which level matched. Without a bank: a new identity per sample."""
+        ``identity_match`` says which level matched. Without a bank: a new identity per sample.
+        With ``[balance] enabled``, identity-aware: a sample picks among the candidates whose own
+        AUs its plan already holds at no lower intensity (neutral ones always qualify), so folding
+        changes no plan; only when no candidate qualifies does it pick among all (and fold)."""
         n = len(cell_idx)
         if not self.identities:
             cells = np.asarray(self._cells, dtype=object)[cell_idx]
@@ -251,6 +255,8 @@ class Planner:
             return ids, cells[:, 0].tolist(), cells[:, 1].tolist(), cells[:, 2].tolist(), ["generated"] * n
         if self._bank_table is None:  # resolved once per planner, not per shard (a bank may hold 50k identities)
             self._bank_table = _bank_choices(self.identities, self._cells)
+            zero = np.zeros(N_AUS, np.int8)
+            self._own_table = np.stack([self._own.get(i, zero) for i in self._bank_table[0][:, 0].tolist()])
         table, choices = self._bank_table
         per_identity = self.recipe.identities.expressions_per_identity
         if per_identity:
@@ -264,6 +270,11 @@ class Planner:
             lvl, members = choices[c]
             chosen[rows] = members[(pick[rows] * len(members)).astype(np.int64)]
             level[rows] = lvl
+            if vectors is not None and self.recipe.balance.enabled:
+                for r in rows.tolist():
+                    fits = members[(vectors[r] >= self._own_table[members]).all(axis=1)]
+                    if len(fits):
+                        chosen[r] = fits[int(pick[r] * len(fits))]
         cols = table[chosen]
         matches = np.asarray(_MATCH_LEVELS, dtype=object)[level]
         return cols[:, 0].tolist(), cols[:, 1].tolist(), cols[:, 2].tolist(), cols[:, 3].tolist(), matches.tolist()

@@ -26,6 +26,7 @@ from pydantic import (
 from factory.sections import (
     IDENTITY_BANK,
     AUSection,
+    BalanceSection,
     BankSection,
     DatasetSection,
     DemographicsSection,
@@ -80,12 +81,22 @@ class Recipe(_Model):
     filters: StageSection = StageSection(name="filters")
     output: OutputSection = OutputSection()
     engine: EngineSection = EngineSection()
+    balance: BalanceSection = BalanceSection()
 
     @model_validator(mode="after")
     def _detector_names_unique(self) -> Recipe:
         names = [d.name for d in self.detectors]
         if len(set(names)) != len(names):
             raise ValueError(f"detectors: each detector may appear once, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _balance_of_samples(self) -> Recipe:
+        if self.balance.enabled and self.dataset.kind == IDENTITY_BANK:
+            raise ValueError(
+                "balance.enabled: an identity bank keeps one neutral portrait per identity, there is no "
+                "AU or emotion balance to select; set [balance] enabled = false"
+            )
         return self
 
     @model_validator(mode="after")
@@ -120,7 +131,10 @@ class Recipe(_Model):
 
     def fingerprint(self) -> str:
         """Stable hash of the full recipe; a resume with another fingerprint is refused."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        # An untouched [balance] section is left out, so recipes (and runs) from before it
+        # existed keep their fingerprint and resume.
+        exclude = {"balance"} if self.balance == BalanceSection() else None
+        blob = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

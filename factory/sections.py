@@ -16,6 +16,7 @@ from manifests.vocab import AGE_BANDS, DISFA_AUS, EMOTION_MIX_KEYS, EMOTIONS, ET
 __all__ = [
     "IDENTITY_BANK",
     "AUSection",
+    "BalanceSection",
     "BankSection",
     "DatasetKind",
     "DatasetSection",
@@ -143,6 +144,37 @@ class EmotionSection(_Model):
     mix: dict[str, float] = Field(default_factory=lambda: dict(_DEFAULT_EMOTIONS))
 
     _mix = field_validator("mix")(_weights(EMOTION_MIX_KEYS, "emotion"))
+
+
+class BalanceSection(_Model):
+    """Delivered-balance targets: the shares of the *accepted* samples the index holds.
+
+    With ``enabled = false`` (the default) the build is open loop: every accepted sample of the
+    indexed shards is indexed, exactly as before this section existed. With ``enabled = true``
+    the index keeps, in shard order, only the accepted samples that keep every share within its
+    tolerance of the recipe's target (``factory.engine.balance``); the rest is surplus, kept on
+    disk and recorded with ``dropped_by = "balance"``.
+    """
+
+    enabled: bool = Field(False, description="select the indexed samples to meet the shares below")
+    au_share_tolerance: float = Field(0.02, gt=0.0, le=0.5, description="each AU's active share, absolute")
+    intensity_share_tolerance: float = Field(
+        0.03, gt=0.0, le=0.5, description="each intensity level's share of an AU's active samples"
+    )
+    emotion_tolerance: float = Field(0.01, gt=0.0, le=0.5, description="each emotion's share, absolute")
+    demographic_tolerance: float = Field(
+        0.01, gt=0.0, le=0.5, description="each ethnic group's, age band's and gender's share, absolute"
+    )
+    max_generated_per_accepted: float = Field(
+        3.0,
+        ge=1.0,
+        le=1000.0,
+        description="waste bound: past this many planned samples per target sample, cells still short "
+        "are infeasible; past twice as many, later shards are indexed open loop",
+    )
+    infeasible_after: int = Field(
+        50, ge=1, le=1_000_000, description="planned samples of a cell with none accepted before it is infeasible"
+    )
 
 
 class IdentitySection(_Model):

@@ -4,8 +4,10 @@ Its first line is the licence verdict: a dataset whose images or labels were sha
 model under non-commercial terms says so there, naming the stages; an undeclared licence is
 named there too. Then: what made it (recipe, seed, fingerprint, software versions, every
 stage with its licence and the sha256 of its model files), counts, the acceptance funnel
-(drops by stage and reason, from the shard stats), and balance statistics (emotions,
-demographics and AU occurrence against the recipe's targets, from ``index.parquet``).
+(drops by stage and reason, from the shard stats; a balanced build's surplus), and balance
+statistics (emotions, demographics and AU occurrence against the recipe's targets, from
+``index.parquet``; a balanced build's delivered shares against its tolerances and its
+infeasible cells, ``manifests.balance``).
 
 The card reads ``index.json``, the shard stats, ``index.parquet`` (DuckDB aggregates: flat
 memory at any size) and ``provenance.json`` (written before the index by the build's index
@@ -23,10 +25,12 @@ from typing import Any
 import duckdb
 
 from manifests.atomic import write_text_atomic
+from manifests.balance import balance_report, delivered_cells, read_targets
 from manifests.bank import IdentityBankError, open_bank
 from manifests.dataset import DatasetRef, open_dataset
+from manifests.layout import shard_paths
 from manifests.query import sql_string
-from manifests.store import location, register_duckdb
+from manifests.store import location, open_parquet, register_duckdb
 from manifests.vocab import DISFA_AUS
 from manifests.writer import read_stats
 
@@ -223,7 +227,48 @@ def _counts(dataset: DatasetRef) -> list[str]:
         listed += f", and {len(ranked) - 5} more reasons" if len(ranked) > 5 else ""
         rows.append([f"dropped by {stage}", sum(reasons.values()), listed])
     rows.append(["accepted", accepted, f"acceptance rate {rate}"])
+    surplus = int(index.get("balance_surplus", 0) or 0)
+    if surplus:  # [balance]: accepted, kept on disk, left out of the index (manifests.balance)
+        rows.append(["held back by balance (surplus)", surplus, "a cell was full; `dropped_by = balance`"])
+        rows.append(["indexed", accepted - surplus - int(index.get("near_duplicates", 0) or 0), ""])
     return lines + _table(["step", "samples", "reasons"], rows)
+
+
+def _delivered_section(dataset: DatasetRef) -> list[str]:
+    """A balanced build's delivered shares against its targets (``manifests.balance``); nothing
+    for an open-loop build."""
+    if not dataset.shards or dataset.subset is not None:
+        return []
+    targets = read_targets(shard_paths(dataset.shards_dir, dataset.name, dataset.shards[-1]))
+    if targets is None:
+        return []
+    with open_parquet(dataset.layout.index_parquet) as index:
+        rows = index.read(columns=["au_intensity", "emotion", "ethnicity", "age_band", "gender"])
+    report = balance_report(delivered_cells(rows, targets.units), rows.num_rows, targets)
+    missed = [r.cell for r in report if not r.met and not r.infeasible]
+    lines = ["### Delivered balance ([balance] on)", ""]
+    lines.append(
+        "Every target met within its tolerance."
+        if not missed
+        else f"{len(missed)} target(s) missed: {', '.join(missed)}."
+    )
+    if targets.infeasible:
+        lines.append(
+            "Infeasible (no identity of the bank, or never accepted after repeated tries; their share went "
+            f"to the other cells of their kind): {', '.join(sorted(targets.infeasible))}."
+        )
+    table = [
+        [
+            r.cell,
+            r.samples,
+            f"{r.share:.3f}",
+            f"{r.target:.3f}",
+            f"±{r.tolerance:.3f}",
+            "infeasible" if r.infeasible else ("met" if r.met else "missed"),
+        ]
+        for r in report
+    ]
+    return lines + [""] + _table(["cell", "samples", "delivered", "target", "tolerance", ""], table) + [""]
 
 
 def _balance_section(dataset: DatasetRef, provenance: dict[str, Any] | None) -> list[str]:
@@ -234,7 +279,7 @@ def _balance_section(dataset: DatasetRef, provenance: dict[str, Any] | None) -> 
         **{k: _shares(v) for k, v in recipe.get("demographics", {}).items()},
     }
     total = balance["rows"] or 1
-    lines = ["## Balance", ""]
+    lines = ["## Balance", "", *_delivered_section(dataset)]
     for column, counts in balance["by"].items():
         target = targets.get(column) or {}
         counts = {**counts, **{k: 0 for k in target if k not in counts}}  # a recipe value no sample has

@@ -1,7 +1,8 @@
 """The dataset index: the commit point of a build, written after every indexed shard is done.
 
 ``run_dir/index.parquet`` has one row per accepted sample of the indexed shards (an
-identity bank's near-duplicates, ``manifests.dedup``, left out) (key,
+identity bank's near-duplicates, ``manifests.dedup``, and the balance surplus,
+``manifests.balance``, left out) (key,
 shard, tar file, image member and the label columns a user trains on, ``INDEX_SCHEMA``);
 ``run_dir/index.json`` names the dataset, its target, the indexed / surplus / failed shards
 and each indexed shard's recorded sizes and checksums. Both are written temp-then-rename and
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests.atomic import atomic_output, fsync_dir, write_bytes_atomic
+from manifests.balance import read_surplus
 from manifests.card import write_card
 from manifests.dataset import index_shards_dir, read_index  # read here, committed by write_index
 from manifests.dedup import read_duplicates
@@ -114,22 +116,23 @@ def _hashed_duplicates(all_keys: Callable[[], Iterable[list[str]]]) -> list[str]
 
 
 def _unique_rows(rows: pa.Table, duplicates: set[str]) -> pa.Table:
-    """``rows`` without an identity bank's near-duplicates (``manifests.dedup``)."""
+    """``rows`` without the keys ``duplicates`` (an identity bank's near-duplicates,
+    ``manifests.dedup``, or the balance surplus, ``manifests.balance``)."""
     if not duplicates:
         return rows
     return rows.filter(pc.invert(pc.is_in(rows["key"], pa.array(sorted(duplicates), pa.string()))))
 
 
-def _stream_index(tmp: Path, shards_dir: Path, dataset: str, shards: list[int]) -> tuple[int, list[str], int]:
+def _stream_index(tmp: Path, shards_dir: Path, dataset: str, shards: list[int]) -> tuple[int, list[str], int, int]:
     """Write the index rows of ``shards`` to ``tmp``; returns (accepted, repeated keys,
-    near-duplicate identities left out).
+    near-duplicate identities left out, balance surplus left out).
 
     Streamed in row groups of ~INDEX_ROW_GROUP_ROWS: the index of a million samples never
     sits in memory, and the footer stays small (one row group per 1,000-sample shard gave a
     2 MB footer at 1M samples, held in memory until the file closed).
     """
     keys = KeyTracker()
-    accepted = left_out = 0
+    accepted = left_out = surplus = 0
     with pq.ParquetWriter(tmp, INDEX_SCHEMA, compression="zstd") as out:
         pending: list[pa.Table] = []
         for shard in shards:
@@ -137,7 +140,8 @@ def _stream_index(tmp: Path, shards_dir: Path, dataset: str, shards: list[int]) 
             rows = accepted_rows(paths.parquet, paths.tar.name)
             unique = _unique_rows(rows, read_duplicates(paths))
             left_out += rows.num_rows - unique.num_rows
-            rows = unique
+            rows = _unique_rows(unique, read_surplus(paths))
+            surplus += unique.num_rows - rows.num_rows
             keys.add(shard, rows["key"].to_pylist())
             pending.append(rows)
             accepted += rows.num_rows
@@ -149,7 +153,7 @@ def _stream_index(tmp: Path, shards_dir: Path, dataset: str, shards: list[int]) 
     duplicates = keys.duplicates(
         lambda: (accepted_rows(shard_paths(shards_dir, dataset, s).parquet, "")["key"].to_pylist() for s in shards)
     )
-    return accepted, duplicates, left_out
+    return accepted, duplicates, left_out, surplus
 
 
 def write_index(
@@ -185,7 +189,7 @@ def write_index(
         "(the shards are kept; only the index is rewritten)"
     )
     with atomic_output(layout.index_parquet, fix=fix) as tmp:
-        accepted, duplicates, near_duplicates = _stream_index(tmp, shards_dir, dataset, shards)
+        accepted, duplicates, near_duplicates, balance_surplus = _stream_index(tmp, shards_dir, dataset, shards)
         if duplicates:
             raise ValueError(
                 f"cannot index {dataset}: {len(duplicates)} key(s) appear more than once "
@@ -207,6 +211,7 @@ def write_index(
         "surplus_shards": sorted(surplus),
         "failed_shards": {str(s): err for s, err in sorted(failed.items())},
         "near_duplicates": near_duplicates,  # identity banks: portraits left out as another's duplicate
+        "balance_surplus": balance_surplus,  # [balance]: accepted samples held back (manifests.balance)
         "index_parquet": layout.index_parquet.name,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

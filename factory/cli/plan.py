@@ -11,6 +11,7 @@ from rich.table import Table
 from factory.cli.common import RecipeArg, SeedOpt, load, out
 from factory.commands.coverage import bank_coverage
 from factory.commands.estimate import estimate, measure_batch_seconds
+from factory.engine.balance import bank_infeasible, unshowable_emotions
 from factory.plan import PlanStats, plan_statistics
 from factory.recipe import Recipe
 from manifests.bank import IdentityRecord, open_bank
@@ -140,3 +141,6 @@ def _print_coverage(r: Recipe, records: list[IdentityRecord]) -> None:
         names = ["/".join(c.cell) for c in unfilled if c.match == level]
         if names:
             out.print(f"  matched at level {level}: {', '.join(names)}", highlight=False)
+    groups, emotions = bank_infeasible(records), unshowable_emotions(r, records)
+    out.print(f"[bold]groups no identity belongs to[/] (\\[balance]: infeasible): {', '.join(groups) or 'none'}")
+    out.print(f"[bold]emotions no identity can show[/] (its own expression): {', '.join(emotions) or 'none'}")

@@ -47,6 +47,8 @@ def status(
                 f"  index: {ix.get('accepted')} samples in {len(ix.get('shards', []))} shards "
                 f"(surplus {ix.get('surplus_shards', [])})"
             )
+        if s.get("balance"):
+            out.print(_balance_table(s["balance"]))
         for w in s.get("workers", []):
             out.print(_worker_line(w), highlight=False)
         for shard, error in s["failed_shards"].items():
@@ -61,6 +63,22 @@ def status(
         raise damage_error(s)
     if s.get("problems"):
         raise typer.Exit(1)
+
+
+def _balance_table(balance: dict[str, Any]) -> Table:
+    """Delivered vs target per cell (``factory.commands.status.delivered_balance``)."""
+    verdict = "[green]all met[/]" if balance["met"] else "[yellow]some missed[/]"
+    title = f"delivered balance of {balance['samples']} samples: {verdict}"
+    if balance["infeasible"]:
+        title += f"; infeasible: {', '.join(balance['infeasible'])}"
+    table = Table(title=title, title_justify="left")
+    for column in ("cell", "samples", "delivered", "target", "tolerance", ""):
+        table.add_column(column)
+    for c in balance["cells"]:
+        mark = "infeasible" if c["infeasible"] else ("[green]met[/]" if c["met"] else "[red]missed[/]")
+        row = (c["cell"], str(c["samples"]), f"{c['share']:.3f}", f"{c['target']:.3f}", f"±{c['tolerance']:.3f}", mark)
+        table.add_row(*row)
+    return table
 
 
 def _worker_line(w: dict[str, Any]) -> str:

@@ -1,5 +1,8 @@
 """`factory status`: what a run directory holds: planned / running / done / failed shards and counts,
-and while a build runs, its workers (host, GPU, current shard, samples/s) from ``workers.json``.
+while a build runs, its workers (host, GPU, current shard, samples/s) from ``workers.json``, and
+the delivered balance: per AU, intensity level, emotion and demographic group the share of the
+indexed samples (while the build runs: of the kept samples of the committed prefix) against the
+recipe's target and ``[balance]`` tolerance, met or missed, and the infeasible cells.
 
 A committed shard whose files no longer read (a stats file that does not parse or match its
 tar and manifest, a manifest without Parquet's magic bytes, an indexed shard not done) is
@@ -12,14 +15,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
+from factory.engine.balance import balance_targets
 from factory.engine.rundir import RunDir, open_run
-from manifests.dataset import read_index
+from factory.recipe import RecipeError, recipe_from_dict
+from manifests.balance import BalanceTargets, balance_report, delivered_cells, read_surplus, read_targets
+from manifests.bank import open_bank
+from manifests.dataset import index_shards_dir, read_index
 from manifests.errors import FailedError
-from manifests.store import store_for
+from manifests.layout import shard_paths
+from manifests.store import open_parquet, store_for
 from manifests.verify import verify as verify_index
 from manifests.writer import read_stats
 
-__all__ = ["WORKERS_STALE_S", "DamagedRunError", "damage_error", "damaged_shards", "run_status"]
+__all__ = ["WORKERS_STALE_S", "DamagedRunError", "damage_error", "damaged_shards", "delivered_balance", "run_status"]
 
 # The build rewrites workers.json every second; older than this, the record is not shown as live.
 WORKERS_STALE_S = 30.0
@@ -103,6 +113,7 @@ def run_status(path: Path, *, verify: bool = False) -> dict[str, Any]:
         updated, workers = run.read_workers()
         if time.time() - updated < WORKERS_STALE_S:
             status["workers"] = workers
+    status["balance"] = delivered_balance(run, info, index, sorted(done))
     if verify:
         status["problems"] = verify_index(run.root)
         status["verified"] = True
@@ -120,3 +131,68 @@ def damage_error(status: dict[str, Any]) -> DamagedRunError:
         f"shard {shard} of {root} is damaged: {reason}{others}",
         fix=f"run `factory verify {root} --repair`, then `factory retry {root}` to rebuild it",
     )
+
+
+_BALANCE_COLUMNS = ["au_intensity", "emotion", "ethnicity", "age_band", "gender"]
+
+
+def _kept_rows(run: RunDir, index: dict[str, Any], done: list[int]) -> tuple[pa.Table | None, list[int], Path]:
+    """The samples delivered so far: the index's rows, else the kept samples of the committed
+    prefix (done shards from 0, accepted, surplus left out); with the shards and their folder."""
+    if index:
+        with open_parquet(run.index_parquet) as rows:
+            return rows.read(columns=_BALANCE_COLUMNS), list(index["shards"]), index_shards_dir(run.root, index)
+    prefix = [s for i, s in enumerate(done) if s == i]
+    tables = []
+    for shard in prefix:
+        paths = run.shard_paths(shard)
+        with open_parquet(paths.parquet) as manifest:
+            table = manifest.read(columns=["key", "accepted", *_BALANCE_COLUMNS], use_threads=False)
+        surplus = read_surplus(paths)
+        keep = [
+            a and k not in surplus for k, a in zip(table["key"].to_pylist(), table["accepted"].to_pylist(), strict=True)
+        ]
+        tables.append(table.filter(pa.array(keep, pa.bool_())).select(_BALANCE_COLUMNS))
+    return (pa.concat_tables(tables) if tables else None), prefix, run.shards
+
+
+def _targets(run: RunDir, info: dict[str, Any], shards: list[int], shards_dir: Path) -> BalanceTargets | None:
+    """The targets the last shard was decided under (a balanced build), else the recipe's."""
+    if shards:
+        decided = read_targets(shard_paths(shards_dir, run.dataset, shards[-1]))
+        if decided is not None:
+            return decided
+    try:
+        recipe = recipe_from_dict(info["recipe"], source="run.json")
+    except RecipeError:
+        return None  # a recipe this version no longer loads: no targets to compare against
+    bank = open_bank(recipe.identities.bank) if recipe.identities.bank != "none" else None
+    return balance_targets(recipe, bank.records() if bank is not None else None)
+
+
+def delivered_balance(
+    run: RunDir, info: dict[str, Any], index: dict[str, Any], done: list[int]
+) -> dict[str, Any] | None:
+    """Delivered vs target per cell (see module docstring); ``None`` before any sample is kept."""
+    rows, shards, shards_dir = _kept_rows(run, index, done)
+    targets = _targets(run, info, shards, shards_dir)
+    if rows is None or rows.num_rows == 0 or targets is None:
+        return None
+    report = balance_report(delivered_cells(rows, targets.units), rows.num_rows, targets)
+    return {
+        "samples": rows.num_rows,
+        "met": all(r.met for r in report if not r.infeasible),
+        "infeasible": sorted(targets.infeasible),
+        "cells": [
+            {
+                "cell": r.cell,
+                "samples": r.samples,
+                "share": round(r.share, 4),
+                "target": round(r.target, 4),
+                "tolerance": round(r.tolerance, 4),
+                "met": r.met,
+                "infeasible": r.infeasible,
+            }
+            for r in report
+        ],
+    }

@@ -19,6 +19,7 @@ from typing import Any
 
 from cluster.actors import ActorSpec, Ref, call, call_control, kill, restart, result, start_actors, wait_ready
 from cluster.ray_cluster import ClusterError, connect, shutdown
+from factory.engine.balance import balance_policy
 from factory.engine.dedup import bank_dedup
 from factory.engine.failures import BuildError, counted_errors
 from factory.engine.ledger import Ledger
@@ -149,7 +150,8 @@ def build(
         if retry_failed:
             for shard in run.failures():
                 run.clear_failure(shard)
-        planner = Planner(recipe, bank.records() if bank is not None else None)
+        identities = bank.records() if bank is not None else None
+        planner = Planner(recipe, identities)
         workers = recipe.engine.gpus or recipe.engine.cpu_workers
         rules = LedgerRules.from_recipe(recipe, workers, str(run.root))
         # A full disk's failures are not attempts: the build run again retries their shards.
@@ -167,11 +169,12 @@ def build(
                 for warning in pool.warnings:
                     progress.note(f"warning: {warning}")
                 t_run = time.perf_counter()
-                if dedup is not None:
-                    ledger.consult(dedup)  # a resumed bank: decide (or read back) the shards already done
+                policy = dedup or balance_policy(recipe, run.root, identities)
+                if policy is not None:
+                    ledger.consult(policy)  # a resumed build: decide (or read back) the shards already done
                 done = {s: ledger.stats(s) for s in ledger.shards("done")}
                 progress.start(sum(ledger.counted(s) for s in done), done)
-                Runner(ledger, pool, run, planner, progress, recipe.engine, dedup).run_until_complete()
+                Runner(ledger, pool, run, planner, progress, recipe.engine, policy).run_until_complete()
                 indexed, surplus, failed_shards = ledger.outcome()
                 recorded = run.failures()
                 failed = {s: recorded[s]["errors"][-1]["error"] for s in failed_shards}

@@ -24,6 +24,7 @@ import pyarrow as pa
 from filelock import FileLock, Timeout
 
 from factory.recipe import Recipe
+from factory.sections import BalanceSection
 from manifests.atomic import TEMP_SUFFIX, clean_temps, write_parquet_atomic, write_text_atomic
 from manifests.claim import FolderKind, claim_folder
 from manifests.errors import UserError
@@ -48,6 +49,8 @@ RESUMABLE_FIELDS = ("dataset.target", "dataset.out", "engine.")
 # Fields removed from the recipe, with the one value a recorded recipe can hold for each: a
 # build recorded before the removal resumes (sections.AUSection drops the same value on load).
 RETIRED_FIELDS = {"aus.intensity_scale": [0, 5]}
+# Sections added to the recipe later: a recipe recorded before holds their defaults.
+ADDED_SECTIONS = {"balance": BalanceSection().model_dump(mode="json")}
 
 
 class RunError(UserError, RuntimeError):
@@ -111,7 +114,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def recipe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted fields whose values differ and would change the dataset."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = _flatten({**ADDED_SECTIONS, **old}), _flatten(new)
     a = {k: v for k, v in a.items() if k not in RETIRED_FIELDS or v != RETIRED_FIELDS[k]}
     diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     return [k for k in diff if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_FIELDS)]

@@ -1,0 +1,143 @@
+"""Closed-loop balance of the accepted dataset, as the build runs (``[balance] enabled = true``).
+
+:class:`BalancePolicy` is a prefix policy of the ledger (``factory.engine.policy``), like the
+identity bank's deduplication (``factory.engine.dedup``): each time the committed prefix grows it
+decides the new shards, in dataset order, with :func:`manifests.balance.balance_shard` (which
+accepted samples the index keeps, the rest surplus) and tells the ledger to count only the kept
+ones, so ``dataset.target`` counts kept samples and the ledger's projection (counted per planned
+sample) sends as many more shards as the selection needs. Decisions depend only on the
+committed prefix in shard order, so a resumed build or one on another number of GPUs decides
+the same; a prefix that no longer extends the decided one (a retried shard) is decided again
+from the start.
+
+The policy runs in the driver: its state is a few hundred counters, and it reads each shard's
+manifest once (eight small columns). Waste bound: once the decided shards planned
+``max_generated_per_accepted x target`` samples, every cell still short of its share (below it
+by more than its tolerance) at that shard is infeasible, not chased (once): its share goes to the other cells of its
+kind, so the full cells that blocked the rest open up. At twice the bound later shards are
+decided open loop (every accepted sample kept, up to the target), so the build finishes; their
+files say so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from factory.engine.policy import CommittedPrefix, PolicyDecision
+from factory.expressions import EMFACS_PROTOTYPES
+from factory.recipe import Recipe
+from manifests.balance import BalanceTargets, ShardBalance, Tally, balance_shard
+from manifests.bank import IdentityRecord
+from manifests.layout import RunLayout
+from manifests.vocab import AGE_BANDS, DISFA_AUS, EMOTION_MIX_KEYS, ETHNICITIES, GENDERS
+
+__all__ = ["BalancePolicy", "balance_policy", "balance_targets", "bank_infeasible", "unshowable_emotions"]
+
+
+def _normalised(weights: dict[str, float], keys: Sequence[str]) -> dict[str, float]:
+    total = sum(weights.get(k, 0.0) for k in keys)
+    return {k: weights.get(k, 0.0) / total for k in keys}
+
+
+def bank_infeasible(identities: Sequence[IdentityRecord] | None) -> list[str]:
+    """Demographic groups no identity of the bank belongs to (none without a bank: every
+    sample gets a new identity of its planned stratum)."""
+    if not identities:
+        return []
+    have = {(kind, getattr(r, kind)) for r in identities for kind in ("ethnicity", "age_band", "gender")}
+    groups = [("ethnicity", ETHNICITIES), ("age_band", AGE_BANDS), ("gender", GENDERS)]
+    return [f"{kind}={g}" for kind, vocab in groups for g in vocab if (kind, g) not in have]
+
+
+def unshowable_emotions(recipe: Recipe, identities: Sequence[IdentityRecord] | None) -> list[str]:
+    """Emotions of the recipe's mix no bank identity can show as planned: an identity whose photo
+    shows AUs (``IdentityRecord.expression``) has them folded into every plan, so it shows an
+    emotion only when the emotion's prototype holds them all (``mixed`` always), and never
+    ``neutral``; an identity with a neutral or unrecorded expression shows any emotion."""
+    wanted = [e for e in EMOTION_MIX_KEYS if recipe.emotions.mix.get(e, 0.0) > 0]
+    if not identities:
+        return []
+    shown: set[str] = set()
+    for record in identities:
+        own = {au for au, level in zip(DISFA_AUS, record.own_intensity() or (), strict=False) if level > 0}
+        if not own:
+            return []  # a neutral-capable identity takes every plan
+        shown.add("mixed")
+        shown.update(e for e, (req, opt, _) in EMFACS_PROTOTYPES.items() if e != "neutral" and own <= {*req, *opt})
+    return [e for e in wanted if e not in shown]
+
+
+def balance_targets(recipe: Recipe, identities: Sequence[IdentityRecord] | None = None) -> BalanceTargets:
+    """Every cell's share of the target and tolerance, from the recipe's shares and the
+    ``[balance]`` tolerances; the bank's missing demographic groups infeasible."""
+    section, aus = recipe.balance, recipe.aus
+    shares: dict[str, float] = {}
+    tolerances: dict[str, float] = {}
+    weights = [w / sum(aus.intensity_weights) for w in aus.intensity_weights]
+    for au in aus.units:
+        share = aus.share(au)
+        shares[f"AU{au}+"], shares[f"AU{au}-"] = share, 1.0 - share
+        tolerances[f"AU{au}+"] = tolerances[f"AU{au}-"] = section.au_share_tolerance
+        for level, w in enumerate(weights, start=1):
+            shares[f"AU{au}={level}"] = w * share
+            # the tolerance is on the level's share of the AU's active samples
+            tolerances[f"AU{au}={level}"] = section.intensity_share_tolerance * share
+    groups = (
+        ("emotion", _normalised(recipe.emotions.mix, EMOTION_MIX_KEYS), section.emotion_tolerance),
+        ("ethnicity", _normalised(recipe.demographics.ethnicity, ETHNICITIES), section.demographic_tolerance),
+        ("age_band", _normalised(recipe.demographics.age_band, AGE_BANDS), section.demographic_tolerance),
+        ("gender", _normalised(recipe.demographics.gender, GENDERS), section.demographic_tolerance),
+    )
+    for kind, table, tolerance in groups:
+        for name, share in table.items():
+            shares[f"{kind}={name}"], tolerances[f"{kind}={name}"] = share, tolerance
+    targets = BalanceTargets(recipe.dataset.target, tuple(aus.units), shares, tolerances)
+    return targets.with_infeasible(bank_infeasible(identities))
+
+
+class BalancePolicy:
+    """The ledger's prefix policy of a balanced build (see module docstring)."""
+
+    def __init__(self, layout: RunLayout, targets: BalanceTargets, *, tries: int, max_generated: float) -> None:
+        self.layout = layout
+        self.base = targets
+        self.tries = tries
+        self.max_generated = max_generated
+        self.tally = Tally()
+        self.targets = targets
+        self.order: list[int] = []  # shards decided so far, in dataset order
+        self.decided: dict[int, ShardBalance] = {}
+        self.gave_up = False  # the waste bound was reached and the short cells given up
+
+    def review(self, prefix: CommittedPrefix) -> PolicyDecision:
+        shards = list(prefix.shards)
+        if self.order != shards[: len(self.order)]:
+            self.tally, self.targets, self.order, self.decided = Tally(), self.base, [], {}
+            self.gave_up = False
+        counted = {}
+        for shard in shards[len(self.order) :]:
+            self.targets = self.targets.with_infeasible(self.tally.infeasible(self.targets, self.tries))
+            budget = self.tally.generated / (self.max_generated * self.base.target)
+            if budget >= 1.0 and not self.gave_up:  # once: the shares it leaves are met from then on
+                self.targets = self.targets.with_infeasible(self.tally.short(self.targets))
+                self.gave_up = True
+            open_loop = budget >= 2.0
+            paths = self.layout.shard_paths(shard)
+            decided = balance_shard(paths, shard, self.tally, self.targets, list(self.order), open_loop=open_loop)
+            self.order.append(shard)
+            self.decided[shard] = decided
+            counted[shard] = decided.kept
+        return PolicyDecision(counted=counted)
+
+
+def balance_policy(recipe: Recipe, run_root: Path, identities: Sequence[IdentityRecord] | None) -> BalancePolicy | None:
+    """The balance policy of a build with ``[balance] enabled = true`` (``None`` otherwise)."""
+    if not recipe.balance.enabled:
+        return None
+    return BalancePolicy(
+        RunLayout(run_root, recipe.dataset.name),
+        balance_targets(recipe, identities),
+        tries=recipe.balance.infeasible_after,
+        max_generated=recipe.balance.max_generated_per_accepted,
+    )

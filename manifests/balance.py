@@ -1,0 +1,320 @@
+"""Balanced selection of the accepted samples: which of them the index keeps, in dataset order.
+
+A *cell* is one thing a share is asked of: ``AU12+`` / ``AU12-`` (AU12 active / not), ``AU12=3``
+(AU12 at intensity 3), ``emotion=fear``, ``ethnicity=white``, ``age_band=adult``,
+``gender=female``. :class:`BalanceTargets` gives each cell its share of the target and a
+tolerance; a cell is *full* when it holds ``floor((share + tolerance) x target)`` kept samples.
+Accepted samples are visited in dataset order (shard, then index in the shard), each cell read
+from the sample's delivered labels (``au_intensity``, ``emotion`` and the identity's strata):
+a sample is kept unless one of its cells is full or the target is reached; otherwise it is
+surplus, with the first full cell named as the reason.
+
+A cell is *infeasible* when nobody can fill it (it then has no cap): a demographic group no bank identity belongs
+to (known before the build), or a cell planned ``infeasible_after`` times on the committed
+shards before with no sample of it accepted (measured). Its share moves to the other cells of
+its kind (an infeasible ``AU20+`` leaves ``AU20-`` the whole share), so the rest can still
+reach the target.
+
+Each shard's decisions depend only on the shards before it; they are written beside the shard
+as ``{name}-{shard}.balance.parquet`` (one row per accepted sample: ``key``, ``dropped_by``
+(``"balance"`` or null when kept), ``reason``), with the shards before it (``after``) and the
+infeasible cells it was decided under in the file's metadata. The surplus stays in the shard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from manifests.atomic import write_parquet_atomic
+from manifests.layout import ShardPaths
+from manifests.schema import N_AUS
+from manifests.store import open_parquet, read_table
+from manifests.vocab import DISFA_AUS
+
+__all__ = [
+    "BALANCE_SCHEMA",
+    "DROPPED_BY",
+    "BalanceTargets",
+    "ShardBalance",
+    "Tally",
+    "balance_path",
+    "balance_shard",
+    "read_balance",
+    "read_surplus",
+    "read_targets",
+    "sample_cells",
+]
+
+DROPPED_BY = "balance"
+BALANCE_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("dropped_by", pa.string()),
+        pa.field("reason", pa.string()),
+    ]
+)
+_COLUMNS = ["key", "accepted", "emotion", "ethnicity", "age_band", "gender", "planned_intensity", "au_intensity"]
+_STRATA = ("emotion", "ethnicity", "age_band", "gender")
+
+
+def balance_path(paths: ShardPaths) -> Path:
+    """``{name}-{shard}.balance.parquet``, beside the shard's manifest."""
+    return paths.parquet.with_name(paths.parquet.name.removesuffix(".parquet") + ".balance.parquet")
+
+
+def sample_cells(intensity: Iterable[int], strata: Mapping[str, str], units: Iterable[int]) -> tuple[str, ...]:
+    """The cells of one sample: per AU of ``units`` active or not (and its level when active),
+    then its emotion and demographic groups (``strata``: emotion, ethnicity, age_band, gender)."""
+    levels = list(intensity)
+    cells: list[str] = []
+    for au in units:
+        level = int(levels[DISFA_AUS.index(au)] or 0)
+        cells.append(f"AU{au}+" if level > 0 else f"AU{au}-")
+        if level > 0:
+            cells.append(f"AU{au}={level}")
+    cells.extend(f"{kind}={strata[kind]}" for kind in _STRATA)
+    return tuple(cells)
+
+
+def _kind(cell: str) -> str:
+    """The group of cells whose shares sum to one: ``AU12`` (+/-), ``AU12=`` (levels), ``emotion``..."""
+    if cell.startswith("AU"):
+        return cell.split("=")[0] + "=" if "=" in cell else cell[:-1]
+    return cell.split("=")[0]
+
+
+@dataclass(frozen=True)
+class BalanceTargets:
+    """Share and tolerance per cell, for a dataset of ``target`` samples; ``infeasible`` cells
+    hold share 0 and no cap, their kind's other cells scaled up to fill the kind."""
+
+    target: int
+    units: tuple[int, ...]
+    shares: Mapping[str, float]
+    tolerances: Mapping[str, float]
+    infeasible: frozenset[str] = frozenset()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "target": self.target,
+            "units": list(self.units),
+            "shares": dict(self.shares),
+            "tolerances": dict(self.tolerances),
+            "infeasible": sorted(self.infeasible),
+        }
+
+    @staticmethod
+    def from_json(doc: Mapping[str, Any]) -> BalanceTargets:
+        return BalanceTargets(
+            int(doc["target"]),
+            tuple(doc["units"]),
+            dict(doc["shares"]),
+            dict(doc["tolerances"]),
+            frozenset(doc["infeasible"]),
+        )
+
+    def cap(self, cell: str) -> int | None:
+        """Kept samples a cell may hold (None: no target on it, or an infeasible one)."""
+        share = self.shares.get(cell)
+        if share is None or cell in self.infeasible:
+            return None
+        return math.floor((share + self.tolerances[cell]) * self.target + 1e-9)
+
+    def with_infeasible(self, cells: Iterable[str]) -> BalanceTargets:
+        """These targets with ``cells`` (and those already known) infeasible."""
+        dead = self.infeasible | {c for c in cells if c in self.shares}
+        for kind in {_kind(c) for c in dead - self.infeasible}:  # never a kind left with no target
+            if all(c in dead for c, share in self.shares.items() if _kind(c) == kind and share > 0):
+                dead -= {c for c in dead - self.infeasible if _kind(c) == kind}
+        # an AU never shown active has no intensity targets either
+        dead |= {c for c in self.shares if c.startswith("AU") and "=" in c and c.split("=")[0] + "+" in dead}
+        if dead == self.infeasible:
+            return self
+        shares = dict(self.shares)
+        for kind in sorted({_kind(c) for c in dead}):
+            cells = [c for c in shares if _kind(c) == kind]
+            alive = [c for c in cells if c not in dead]
+            whole, kept = sum(shares[c] for c in cells), sum(shares[c] for c in alive)
+            for c in cells:
+                if c in dead:
+                    shares[c] = 0.0
+                elif kept > 0:
+                    shares[c] = shares[c] / kept * whole
+                else:
+                    shares[c] = whole / len(alive)
+        return replace(self, shares=shares, infeasible=frozenset(dead))
+
+    def full_cell(self, cells: Iterable[str], kept: Counter[str]) -> str | None:
+        """The first of ``cells`` that one more kept sample would push over its cap."""
+        for cell in cells:
+            cap = self.cap(cell)
+            if cap is not None and kept[cell] + 1 > cap:
+                return cell
+        return None
+
+
+@dataclass
+class Tally:
+    """What the decisions so far add up to: kept samples per cell, and for the yields, planned
+    and accepted samples per cell over every decided shard."""
+
+    kept_total: int = 0
+    kept: Counter[str] = field(default_factory=Counter)
+    planned: Counter[str] = field(default_factory=Counter)
+    accepted: Counter[str] = field(default_factory=Counter)
+    generated: int = 0  # planned samples of the decided shards
+
+    def infeasible(self, targets: BalanceTargets, tries: int) -> list[str]:
+        """Cells with a share, planned at least ``tries`` times, never accepted."""
+        return sorted(
+            c
+            for c, n in self.planned.items()
+            if n >= tries and self.accepted[c] == 0 and targets.shares.get(c, 0.0) > 0
+        )
+
+    def short(self, targets: BalanceTargets) -> list[str]:
+        """Cells with a share whose kept share falls below it by more than their tolerance (an
+        AU's inactive cell left out: it mirrors the active one)."""
+        n = max(self.kept_total, 1)
+        return sorted(
+            c
+            for c, share in targets.shares.items()
+            if share > 0 and not c.endswith("-") and self.kept[c] / n < share - targets.tolerances[c]
+        )
+
+
+@dataclass(frozen=True)
+class ShardBalance:
+    shard: int
+    accepted: int
+    kept: int
+    infeasible: tuple[str, ...]
+
+
+def _vectors(column: pa.ChunkedArray) -> np.ndarray:
+    """A 12-AU intensity column as an (n, 12) int array, nulls as 0."""
+    rows = column.to_pylist()
+    return np.asarray([r if r is not None else [0] * N_AUS for r in rows], dtype=np.int64).reshape(-1, N_AUS)
+
+
+def balance_shard(
+    paths: ShardPaths, shard: int, tally: Tally, targets: BalanceTargets, after: list[int], *, open_loop: bool = False
+) -> ShardBalance:
+    """Decide the accepted samples of one shard against ``tally`` (the shards ``after``), write
+    the decisions beside it and add the shard to ``tally``. ``open_loop``: keep every accepted
+    sample (the waste bound was reached), still up to the target."""
+    with open_parquet(paths.parquet) as manifest:
+        table = manifest.read(columns=_COLUMNS, use_threads=False)
+    strata = {k: table[k].to_pylist() for k in _STRATA}
+    planned, labels = _vectors(table["planned_intensity"]), _vectors(table["au_intensity"])
+    accepted = table["accepted"].to_pylist()
+    keys, dropped, reasons = [], [], []
+    for i, key in enumerate(table["key"].to_pylist()):
+        row = {k: strata[k][i] for k in _STRATA}
+        tally.planned.update(sample_cells(planned[i], row, targets.units))
+        if not accepted[i]:
+            continue
+        cells = sample_cells(labels[i], row, targets.units)
+        tally.accepted.update(cells)
+        full = None if open_loop else targets.full_cell(cells, tally.kept)
+        if tally.kept_total >= targets.target:
+            reason: str | None = f"target of {targets.target} kept samples reached"
+        elif full is not None:
+            reason = f"cell {full} full ({targets.cap(full)} of {targets.target})"
+        else:
+            reason = None
+            tally.kept.update(cells)
+            tally.kept_total += 1
+        keys.append(key)
+        dropped.append(DROPPED_BY if reason else None)
+        reasons.append(reason)
+    tally.generated += table.num_rows
+    meta = {"after": after, "open_loop": open_loop, "targets": targets.to_json()}
+    out = pa.table({"key": keys, "dropped_by": dropped, "reason": reasons}, schema=BALANCE_SCHEMA)
+    write_parquet_atomic(balance_path(paths), out.replace_schema_metadata({"mifa_balance": json.dumps(meta)}))
+    kept = sum(d is None for d in dropped)
+    return ShardBalance(shard, len(keys), kept, tuple(sorted(targets.infeasible)))
+
+
+def read_balance(paths: ShardPaths) -> tuple[pa.Table, dict[str, Any]] | None:
+    """A shard's balance file and its metadata, or ``None`` when it has none (open loop)."""
+    path = balance_path(paths)
+    if not path.is_file():
+        return None
+    table = read_table(path)
+    return table, json.loads((table.schema.metadata or {}).get(b"mifa_balance", b"{}"))
+
+
+def read_targets(paths: ShardPaths) -> BalanceTargets | None:
+    """The targets a shard was decided under (the last indexed shard's: the build's final ones)."""
+    found = read_balance(paths)
+    return BalanceTargets.from_json(found[1]["targets"]) if found is not None else None
+
+
+def read_surplus(paths: ShardPaths) -> set[str]:
+    """Keys of a shard's accepted samples held back as surplus (empty without a balance file)."""
+    found = read_balance(paths)
+    if found is None:
+        return set()
+    table = found[0]
+    return {k for k, d in zip(table["key"].to_pylist(), table["dropped_by"].to_pylist(), strict=True) if d}
+
+
+@dataclass(frozen=True)
+class CellReport:
+    """One target as delivered: ``share`` of the kept samples (an intensity level's: of its AU's
+    active ones) against ``target`` within ``tolerance``."""
+
+    cell: str
+    samples: int
+    share: float
+    target: float
+    tolerance: float
+    infeasible: bool
+
+    @property
+    def met(self) -> bool:
+        return abs(self.share - self.target) <= self.tolerance + 1e-9
+
+
+def delivered_cells(table: pa.Table, units: Iterable[int]) -> Counter[str]:
+    """Samples per cell of ``table`` (index rows, or kept manifest rows: ``au_intensity``,
+    ``emotion``, ``ethnicity``, ``age_band``, ``gender``)."""
+    labels = _vectors(table["au_intensity"])
+    counts: Counter[str] = Counter()
+    for au in units:  # counted per column, not per sample: an index of 1M rows in a second
+        levels = np.bincount(labels[:, DISFA_AUS.index(au)].clip(0, 5), minlength=6)
+        counts[f"AU{au}-"], counts[f"AU{au}+"] = int(levels[0]), int(levels[1:].sum())
+        counts.update({f"AU{au}={level}": int(levels[level]) for level in range(1, 6)})
+    for kind in _STRATA:
+        counts.update(f"{kind}={v}" for v in table[kind].to_pylist())
+    return +counts  # without the empty cells
+
+
+def balance_report(kept: Counter[str], n: int, targets: BalanceTargets) -> list[CellReport]:
+    """Every target with a share (and every cell delivered), in the targets' order; ``AU12-``
+    is left out (it mirrors ``AU12+``)."""
+    rows = []
+    for cell, target in targets.shares.items():
+        if cell.endswith("-") or (target == 0.0 and kept[cell] == 0 and cell not in targets.infeasible):
+            continue
+        base, whole, tolerance = n, target, targets.tolerances[cell]
+        dead = cell in targets.infeasible
+        if "=" in cell and cell.startswith("AU"):  # a level's share of its AU's active samples
+            active = cell.split("=")[0] + "+"
+            base, active_share = kept[active], targets.shares[active]
+            whole = target / active_share if active_share > 0 else 0.0
+            tolerance = tolerance / active_share if active_share > 0 else tolerance
+            dead = dead or active in targets.infeasible
+        share = kept[cell] / base if base else 0.0
+        rows.append(CellReport(cell, kept[cell], share, whole, tolerance, dead))
+    return rows

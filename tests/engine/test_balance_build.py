@@ -1,0 +1,47 @@
+"""A balanced build on Ray (stand-in generator): the same shards, balance decisions and index on
+one logical GPU as on two, and the index holds exactly the kept samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from factory.commands.status import run_status
+from factory.engine.build import build
+from factory.recipe import recipe_from_dict
+from manifests.balance import read_balance, read_surplus
+from manifests.layout import RunLayout
+from tests.engine.conftest import standin_doc
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def _balanced(out: Path, gpus: int):
+    doc = standin_doc(out, dataset={"target": 30}, engine={"gpus": gpus}, balance={"enabled": True})
+    return recipe_from_dict(doc)
+
+
+def test_balanced_build_is_the_same_on_one_and_two_gpus(ray_cluster, tmp_path: Path) -> None:
+    summaries = {gpus: build(_balanced(tmp_path / str(gpus), gpus), quiet=True) for gpus in (1, 2)}
+    one, two = (RunLayout(tmp_path / str(g), "t") for g in (1, 2))
+    assert summaries[1].indexed_shards == summaries[2].indexed_shards
+    index = pq.read_table(one.index_parquet)
+    assert index.equals(pq.read_table(two.index_parquet))
+    assert index.num_rows == 30  # the target counts kept samples, exactly
+    surplus = 0
+    for shard in summaries[1].indexed_shards:
+        a, b = one.shard_paths(shard), two.shard_paths(shard)
+        assert a.tar.read_bytes() == b.tar.read_bytes()
+        decided = read_balance(a)
+        assert decided is not None and decided[0].equals(read_balance(b)[0])
+        held = read_surplus(a)
+        surplus += len(held)
+        assert not held & set(index["key"].to_pylist())  # the surplus is not indexed ...
+        assert held <= set(pq.read_table(a.parquet)["key"].to_pylist())  # ... and stays in its shard
+    assert surplus > 0
+    card = (tmp_path / "1" / "DATASET_CARD.md").read_text()
+    assert "### Delivered balance ([balance] on)" in card and f"| held back by balance (surplus) | {surplus} |" in card
+    status = run_status(tmp_path / "1")["balance"]
+    assert status["samples"] == 30 and {c["cell"] for c in status["cells"]} >= {"AU12+", "emotion=fear"}
