@@ -113,7 +113,8 @@ def run_status(path: Path, *, verify: bool = False) -> dict[str, Any]:
         updated, workers = run.read_workers()
         if time.time() - updated < WORKERS_STALE_S:
             status["workers"] = workers
-    status["balance"] = delivered_balance(run, info, index, sorted(done))
+    # Damaged shards first: the balance of a run whose files do not read is not worth a crash.
+    status["balance"] = None if damaged else delivered_balance(run, info, index, sorted(done))
     if verify:
         status["problems"] = verify_index(run.root)
         status["verified"] = True
@@ -140,6 +141,8 @@ def _kept_rows(run: RunDir, index: dict[str, Any], done: list[int]) -> tuple[pa.
     """The samples delivered so far: the index's rows, else the kept samples of the committed
     prefix (done shards from 0, accepted, surplus left out); with the shards and their folder."""
     if index:
+        if not run.index_parquet.exists():
+            return None, [], run.shards  # index.json without its rows: `factory verify` names it
         with open_parquet(run.index_parquet) as rows:
             return rows.read(columns=_BALANCE_COLUMNS), list(index["shards"]), index_shards_dir(run.root, index)
     prefix = [s for i, s in enumerate(done) if s == i]
