@@ -12,7 +12,6 @@ import os
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from skimage import data as skimage_data
@@ -20,26 +19,13 @@ from skimage import data as skimage_data
 from factory.cli import edge
 from factory.recipe import Recipe, recipe_from_dict
 from manifests.errors import UserError
-from manifests.index import write_index
 from stages.base import StageError
 from tests.cli.conftest import REPO, error_line
-from tests.manifests import write_shard
 from tests.s3server import _forget_clients
 
 DEMO = REPO / "recipes" / "demo.toml"
 OUTSIDE = "outside.csv"  # a file in the current folder, outside the dataset
 OUTSIDE_TEXT = "not-for-queries-4711"  # its content, never to be printed
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A committed dataset of two small shards, written without a build."""
-    run_dir = tmp_path_factory.mktemp("run")
-    rng = np.random.default_rng(0)
-    for shard in range(2):
-        write_shard(run_dir / "shards", "mifa", shard, 6, rng=rng, drop_every=3)
-    write_index(run_dir, "mifa", [0, 1], target=8, surplus=[], failed={})
-    return run_dir
 
 
 def tree_digest(folder: Path, skip: str = "home") -> str:

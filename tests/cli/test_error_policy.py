@@ -6,30 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from factory.cli import app, edge
 from factory.cli.common import print_error
 from manifests.errors import FailedError, ReportError, UserError
-from manifests.index import write_index
 from stages.base import StageError
 from tests.cli.conftest import REPO, error_line
-from tests.manifests import write_shard
 
 DEMO = REPO / "recipes" / "demo.toml"
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A committed dataset of two small shards, written without a build."""
-    run_dir = tmp_path_factory.mktemp("run")
-    rng = np.random.default_rng(0)
-    for shard in range(2):
-        write_shard(run_dir / "shards", "mifa", shard, 6, rng=rng, drop_every=3)
-    write_index(run_dir, "mifa", [0, 1], target=8, surplus=[], failed={})
-    return run_dir
 
 
 def _bug(*args: object, **kwargs: object) -> None:
