@@ -133,14 +133,22 @@ def connect(address: str | None = None, *, gpus: int = 0, local_gpus: int | None
             except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as exc:
                 raise ClusterError(connect_failure(address, exc)) from exc
         else:
-            ray.init(
-                address="local",  # a fresh cluster, never one left behind on this machine
-                _node_ip_address="127.0.0.1",
-                include_dashboard=False,
-                num_gpus=local_gpus,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+            try:
+                ray.init(
+                    address="local",  # a fresh cluster, never one left behind on this machine
+                    _node_ip_address="127.0.0.1",
+                    include_dashboard=False,
+                    num_gpus=local_gpus,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            except Exception as exc:  # Ray raises a bare Exception when its own processes start too slowly
+                if "timed out during startup" not in str(exc):
+                    raise
+                raise ClusterError(
+                    "the local Ray cluster did not start in time (its GCS or raylet was too slow: the machine "
+                    "is overloaded or short of memory); run the same command again when the load is lower"
+                ) from exc
             started = True
         stop_on_sigterm()  # ray.init installs a handler that exits without cleaning up
     res = ray.cluster_resources()
