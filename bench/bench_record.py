@@ -142,11 +142,12 @@ def best_ms(run: Callable[[], None], repeat: int) -> float:
     return min(times) * 1000.0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> str:
+    """The section for BENCHMARKS.md (``make bench`` calls it with no options)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     table = plan_table(args.records)
     assert set(STAGE_FIELDS) <= set(MANIFEST_SCHEMA.names) | RECORD_FIELDS
     shapes = {
@@ -155,16 +156,22 @@ def main(argv: list[str] | None = None) -> int:
         "slotted dataclass, dict at the edges": as_dataclasses,
         "pydantic model (validated), dict at the edges": as_pydantic,
     }
-    print(f"| record shape | ms per {args.records} records (best of {args.repeat}) |")
-    print("|---|---|")
+    lines = [
+        "### The record's shape (`python -m bench.bench_record`)",
+        "",
+        f"A {args.records:,}-record batch from plan rows to manifest rows (best of {args.repeat}).",
+        "",
+        f"| record shape | ms per {args.records:,} records |",
+        "|---|---:|",
+    ]
     for label, run in shapes.items():
-        print(f"| {label} | {best_ms(lambda run=run: run(table), args.repeat):.1f} |")
+        lines.append(f"| {label} | {best_ms(lambda run=run: run(table), args.repeat):.1f} |")
     recipe = recipe_from_dict(tomllib.loads((REPO / "recipes" / "demo.toml").read_text()))
     specs = recipe.stage_specs()
     check_ms = best_ms(lambda: Pipeline.check(specs), args.repeat)
-    print(f"\nPipeline.check of recipes/demo.toml ({len(specs)} stages): {check_ms:.2f} ms")
-    return 0
+    lines += ["", f"`Pipeline.check` of recipes/demo.toml ({len(specs)} stages): {check_ms:.2f} ms"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    print(main())

@@ -21,6 +21,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 BENCHES = (
     "bench_plan",
+    "bench_record",
     "bench_writer",
     "bench_engine",
     "bench_warp",
