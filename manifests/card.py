@@ -29,7 +29,7 @@ from manifests.balance import balance_report, delivered_cells, read_targets
 from manifests.bank import IdentityBankError, open_bank
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.layout import shard_paths
-from manifests.query import sql_string
+from manifests.query import drop_code, sql_string  # drop_code: re-exported for the card's callers
 from manifests.store import location, open_parquet, register_duckdb
 from manifests.vocab import DISFA_AUS
 from manifests.writer import read_stats
@@ -116,16 +116,6 @@ def _balance(dataset: DatasetRef) -> dict[str, Any]:
         con.close()
     au_share = dict(zip(DISFA_AUS, occurrence[:-1], strict=True))
     return {"by": by, "au_share": au_share, "rows": occurrence[-1], "identities": identities}
-
-
-# The values inside a drop reason (numbers, quoted names, lists): masked, one rule's drops are one code.
-_REASON_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]|\(-?\d[^)]*\)|-?\d+(?:\.\d+)?(?:e-?\d+)?")
-
-
-def drop_code(reason: str) -> str:
-    """The stable code of a drop reason: its text with the values in it masked as ``#``, so
-    "jaccard 0.33 < 0.5" and "jaccard 0.25 < 0.5" are one code (the manifest keeps the value)."""
-    return " ".join(_REASON_VALUES.sub("#", reason).split())[:200]
 
 
 def acceptance_funnel(dataset: DatasetRef) -> tuple[int, int, dict[str, dict[str, int]]]:
