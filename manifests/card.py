@@ -29,7 +29,7 @@ from manifests.balance import balance_report, delivered_cells, read_targets
 from manifests.bank import IdentityBankError, open_bank
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.layout import shard_paths
-from manifests.query import sql_string
+from manifests.query import connect, drop_code, sql_string  # drop_code: re-exported for the card's callers
 from manifests.store import location, open_parquet, register_duckdb
 from manifests.vocab import DISFA_AUS
 from manifests.writer import read_stats
@@ -116,16 +116,6 @@ def _balance(dataset: DatasetRef) -> dict[str, Any]:
         con.close()
     au_share = dict(zip(DISFA_AUS, occurrence[:-1], strict=True))
     return {"by": by, "au_share": au_share, "rows": occurrence[-1], "identities": identities}
-
-
-# The values inside a drop reason (numbers, quoted names, lists): masked, one rule's drops are one code.
-_REASON_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]|\(-?\d[^)]*\)|-?\d+(?:\.\d+)?(?:e-?\d+)?")
-
-
-def drop_code(reason: str) -> str:
-    """The stable code of a drop reason: its text with the values in it masked as ``#``, so
-    "jaccard 0.33 < 0.5" and "jaccard 0.25 < 0.5" are one code (the manifest keeps the value)."""
-    return " ".join(_REASON_VALUES.sub("#", reason).split())[:200]
 
 
 def acceptance_funnel(dataset: DatasetRef) -> tuple[int, int, dict[str, dict[str, int]]]:
@@ -271,8 +261,7 @@ def _delivered_section(dataset: DatasetRef) -> list[str]:
     return lines + [""] + _table(["cell", "samples", "delivered", "target", "tolerance", ""], table) + [""]
 
 
-def _balance_section(dataset: DatasetRef, provenance: dict[str, Any] | None) -> list[str]:
-    balance = _balance(dataset)
+def _balance_section(dataset: DatasetRef, provenance: dict[str, Any] | None, balance: dict[str, Any]) -> list[str]:
     recipe = (provenance or {}).get("recipe", {})
     targets = {
         "emotion": _shares(recipe.get("emotions", {}).get("mix")),
@@ -296,6 +285,49 @@ def _balance_section(dataset: DatasetRef, provenance: dict[str, Any] | None) -> 
     return lines + [""] + _identities(dataset, provenance, balance["identities"])
 
 
+def _fidelity_sql() -> str:
+    """Per AU (1-based ``i``): TP, FP, FN of the consensus occurrence (present when >= 0.5, -1 =
+    uncertain left out) and the MAE of its intensity, against labels that are not uncertain."""
+    parts = []
+    for i in range(1, len(DISFA_AUS) + 1):
+        label, vote = f"au_occurrence[{i}]", f"consensus_occurrence[{i}]"
+        level, guess = f"au_intensity[{i}]", f"consensus_intensity[{i}]"
+        parts += [
+            f"count(*) FILTER (WHERE {label} = 1 AND {vote} >= 0.5)",
+            f"count(*) FILTER (WHERE {label} = 0 AND {vote} >= 0.5)",
+            f"count(*) FILTER (WHERE {label} = 1 AND {vote} >= 0 AND {vote} < 0.5)",
+            f"avg(abs({level} - {guess})) FILTER (WHERE {level} >= 0 AND {guess} >= 0 AND NOT isnan({guess}))",
+        ]
+    return "SELECT count(*), " + ", ".join(parts) + " FROM samples WHERE label_source = 'exact'"
+
+
+def _exact_fidelity(dataset: DatasetRef, balance: dict[str, Any]) -> list[str]:
+    """When samples carry exact labels: the detector consensus scored against them as `factory
+    eval` scores it (per-AU F1 and intensity MAE, their means over the AUs that have one)."""
+    if not balance["by"]["label_source"].get("exact"):
+        return []  # read from index.parquet: no manifest is scanned for a dataset without exact labels
+    con = connect(dataset.root)
+    try:
+        row = con.execute(_fidelity_sql()).fetchone()
+    finally:
+        con.close()
+    rows, f1s, maes = [], [], []
+    for k, au in enumerate(DISFA_AUS):
+        tp, fp, fn, mae = row[1 + 4 * k : 5 + 4 * k]
+        f1 = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None
+        f1s += [f1] if f1 is not None else []
+        maes += [mae] if mae is not None else []
+        rows.append([f"AU{au}", "n/a" if f1 is None else f"{f1:.3f}", "n/a" if mae is None else f"{mae:.3f}"])
+    mean_f1 = f"{sum(f1s) / len(f1s):.3f}" if f1s else "n/a"
+    mean_mae = f"{sum(maes) / len(maes):.3f}" if maes else "n/a"
+    lines = ["## Label fidelity (exact labels)", ""]
+    lines.append(
+        f"{row[0]} samples carry exact labels (`label_source = exact`). The detector consensus against them: "
+        f"mean F1 {mean_f1} (occurrence), mean MAE {mean_mae} (intensity, 0-5). `factory eval` scores each detector."
+    )
+    return lines + [""] + _table(["AU", "consensus F1", "consensus MAE"], rows)
+
+
 def render_card(root: Path, note: str | None = None) -> str:
     """The card of the committed dataset in ``root`` (``note`` goes right after the licence line)."""
     dataset = open_dataset(root)
@@ -304,7 +336,10 @@ def render_card(root: Path, note: str | None = None) -> str:
     if note:
         lines += [note, ""]
     lines += [f"# Dataset card: {dataset.name}", "", f"Index written {dataset.index.get('created_at')}.", ""]
-    lines += _counts(dataset) + [""] + _balance_section(dataset, provenance) + [""] + _made_by(provenance)
+    balance = _balance(dataset)
+    lines += _counts(dataset) + [""] + _balance_section(dataset, provenance, balance) + [""]
+    fidelity = _exact_fidelity(dataset, balance)
+    lines += fidelity + [""] * bool(fidelity) + _made_by(provenance)
     if provenance is not None:
         lines += ["", "## Licences", ""]
         lines += [f"- **{s.get('name')}** ({s.get('path')}): {s.get('licence')}" for s in provenance.get("stages", [])]

@@ -22,6 +22,11 @@ are therefore expanded before DuckDB sees the SQL, by :func:`expand_au_shorthand
 An AU MIFA does not label is an error there, naming the labelled ones. In Python,
 :func:`au_filter` builds the same conditions (``au_filter(12) == "au_occ(12) = 1"``).
 
+``drop_code(drop_reason)`` is the stable code of a drop reason (:func:`drop_code`: its values
+masked as ``#``), the one the card and report group by, so one rule's drops are one row::
+
+    SELECT drop_code(drop_reason) AS drop_code, count(*) FROM samples WHERE NOT accepted GROUP BY drop_code
+
 Queries are read-only. A user's SQL is exactly one SELECT statement (``WITH``, ``DESCRIBE``,
 ``SUMMARIZE`` and ``FROM ...`` parse as one), checked by DuckDB's own parser
 (:func:`check_read_only`); a ``--where`` is checked as the statement it becomes
@@ -55,6 +60,7 @@ __all__ = [
     "check_read_only",
     "check_where",
     "connect",
+    "drop_code",
     "drop_reasons",
     "expand_au_shorthand",
     "intensity_histograms",
@@ -70,6 +76,17 @@ MACROS = (
     # 1-based position of AU n in the label vectors (NULL if MIFA does not label it).
     f"CREATE MACRO au(n) AS list_position({_AU_LIST}, n)",
 )
+
+
+# The values inside a drop reason (numbers, quoted names, lists): masked, one rule's drops are one code.
+_REASON_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]|\(-?\d[^)]*\)|-?\d+(?:\.\d+)?(?:e-?\d+)?")
+
+
+def drop_code(reason: str) -> str:
+    """The stable code of a drop reason: its text with the values in it masked as ``#``, so
+    "jaccard 0.33 < 0.5" and "jaccard 0.25 < 0.5" are one code (the manifest keeps the value).
+    SQL over ``samples`` has it as the function ``drop_code(drop_reason)``."""
+    return " ".join(_REASON_VALUES.sub("#", reason).split())[:200]
 
 
 class QueryError(UserError, ValueError):
@@ -220,6 +237,8 @@ def connect(
     con.execute(f"CREATE VIEW samples AS SELECT * FROM {source}{where}")
     for macro in MACROS:
         con.execute(macro)
+    # The same Python function as the card's and report's funnel, so SQL groups by the same codes.
+    con.create_function("drop_code", drop_code, [duckdb.sqltype("VARCHAR")], duckdb.sqltype("VARCHAR"))
     folders = [dataset.root, dataset.shards_dir, *([spill_dir] if spill_dir else []), *writable]
     _lock(con, [spelling for f in folders for spelling in _spellings(f)])
     return con

@@ -32,6 +32,7 @@ NOT_RUN: dict[str, str] = {
     "factory doctor": "reports on GPUs and model weights this machine does not have",
     "factory plan recipes/mifa-1m.toml --target": "plans a million samples (minutes of CPU)",
     "factory plan recipes/mifa-1m.toml --estimate --measure": "measures batches on GPUs",
+    "RAY_AUTH_MODE=token": "joins a remote Ray cluster's head over ssh",
     "factory build": _BUILD,
     "factory retry": _BUILD,
     "factory status": "needs a build directory (run.json, plans); tests/commands run it on the demo build",
@@ -52,7 +53,7 @@ def readme_commands() -> list[str]:
     commands = []
     for block in _blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
-            command = re.split(r"\s+#\s", line, maxsplit=1)[0].strip()
+            command = re.split(r"(?:^|\s+)#\s", line.strip(), maxsplit=1)[0].strip()
             if command:
                 commands.append(" ".join(command.split()))
     return commands

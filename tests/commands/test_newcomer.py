@@ -35,6 +35,8 @@ def test_the_card_counts_identities_names_bank_licences_and_every_recipe_emotion
     assert all(f"| {emotion} |" in section for emotion in emotions)
     counts = card.split("## Counts", 1)[1].split("###", 1)[0]
     assert "surplus shards: " in counts and "[" not in counts  # values, not Python lists
+    # The demo's warp labels are exact: the card scores the consensus against them.
+    assert re.search(r"^\d+ samples carry exact labels .* mean F1 [\d.]+ .* mean MAE [\d.]+ ", card, re.M), card
 
 
 def test_filter_says_when_fewer_than_limit_matched(demo_build: tuple[Path, Path], tmp_path: Path) -> None:

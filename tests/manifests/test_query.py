@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from manifests.index import write_index
-from manifests.query import au_filter, expand_au_shorthand, query, summary
+from manifests.query import au_filter, drop_code, expand_au_shorthand, query, summary
 from manifests.vocab import DISFA_AUS
-from tests.manifests import write_shard
+from manifests.writer import ShardWriter
+from tests.manifests import make_record, write_shard
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +94,28 @@ def test_empty_index(tmp_path: Path) -> None:
     write_index(tmp_path, "mifa", [], target=1, surplus=[], failed={})
     assert query(tmp_path).num_rows == 0
     assert summary(tmp_path)["accepted"] == 0
+
+
+def test_sql_groups_drop_reasons_by_their_stable_code(tmp_path: Path) -> None:
+    """Drops of one rule with different values are one ``drop_code`` row, the card's code."""
+    rng = np.random.default_rng(3)
+    reasons = ["prompt read-back jaccard 0.33 < 0.5", "prompt read-back jaccard 0.25 < 0.5", "no face found"]
+    with ShardWriter(tmp_path / "shards", "mifa", 0) as writer:
+        for index in range(5):
+            reason = reasons[index] if index < len(reasons) else None
+            writer.add(make_record(0, index, rng, dropped_by="readback" if reason else None, drop_reason=reason))
+        writer.commit({"attempt": 1})
+    write_index(tmp_path, "mifa", [0], target=2, surplus=[], failed={})
+    table = query(
+        tmp_path,
+        sql="SELECT drop_code(drop_reason) AS drop_code, count(*) AS n FROM samples "
+        "WHERE NOT accepted GROUP BY drop_code ORDER BY drop_code",
+        include_rejected=True,
+    )
+    assert table.to_pylist() == [
+        {"drop_code": "no face found", "n": 1},
+        {"drop_code": "prompt read-back jaccard # < #", "n": 2},
+    ]
+    assert {drop_code(r) for r in reasons} == set(table["drop_code"].to_pylist())
+    # Accepted rows have no reason: NULL in, NULL out.
+    assert query(tmp_path, sql="SELECT drop_code(drop_reason) AS c FROM samples")["c"].to_pylist() == [None, None]

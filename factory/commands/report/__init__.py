@@ -41,8 +41,10 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1240px; color: #222; }
 h1 { margin-bottom: 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ccc; padding-bottom: 4px; }
 img.plot { display: block; max-width: 100%; margin: 12px 0; }
-img.sheet { display: block; margin: 4px 0 2px; }
-.keys { font-family: monospace; font-size: 11px; color: #555; margin: 0 0 14px; }
+.sheet { display: flex; flex-wrap: wrap; gap: 4px; margin: 4px 0 14px; }
+.sheet figure { margin: 0; width: 128px; }
+.sheet img { display: block; }
+.sheet figcaption { font-family: monospace; font-size: 11px; color: #555; overflow-wrap: anywhere; }
 .licence { background: #fff4e0; border: 1px solid #e0b060; padding: 8px 12px; }
 table { border-collapse: collapse; font-size: 13px; } td, th { border: 1px solid #ccc; padding: 3px 8px; }
 """
@@ -73,10 +75,13 @@ def _sheets(sheets: dict[str, ContactSheet]) -> str:
     if not sheets:
         return "<p>No accepted sample with an image.</p>"
     parts = []
-    for emotion, (strip, keys) in sheets.items():
-        parts.append(f"<h3>{html.escape(emotion)}</h3>")
-        parts.append(_img(strip, "jpeg", "sheet", f"contact sheet: {emotion}"))
-        parts.append(f'<p class="keys">{html.escape(" ".join(keys))}</p>')
+    for emotion, samples in sheets.items():
+        # One figure per sample: the key is the caption of its own image, so they cannot drift apart.
+        figures = "".join(
+            f"<figure>{_img(thumb, 'jpeg', 'thumb', key)}<figcaption>{html.escape(key)}</figcaption></figure>"
+            for key, thumb in samples
+        )
+        parts.append(f'<h3>{html.escape(emotion)}</h3>\n<div class="sheet">{figures}</div>')
     return "\n".join(parts)
 
 

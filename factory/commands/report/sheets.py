@@ -1,7 +1,9 @@
-"""Contact sheets: a strip of thumbnails per emotion, drawn with Pillow (no plotting needed).
+"""Contact sheets: a row of captioned thumbnails per emotion, drawn with Pillow (no plotting needed).
 
 The samples are a seeded draw (``md5(key)`` order within each emotion), read from the
-source tars in shard order, one tar open at a time.
+source tars in shard order, one tar open at a time. Each thumbnail is its own JPEG, kept
+with its key, so the page prints every key directly under the image it names (a single
+strip with a line of keys below it drifted apart once keys were wider than thumbnails).
 """
 
 from __future__ import annotations
@@ -17,25 +19,22 @@ from manifests.query import connect
 
 __all__ = ["ContactSheet", "contact_sheets"]
 
-ContactSheet = tuple[bytes, list[str]]  # (JPEG bytes of the strip, keys left to right)
+ContactSheet = list[tuple[str, bytes]]  # (key, JPEG thumbnail of that key's image), in draw order
 
 
-def _strip(images: list[bytes], size: int) -> bytes:
-    sheet = Image.new("RGB", (size * len(images) + 4 * (len(images) + 1), size + 8), "white")
-    for k, data in enumerate(images):
-        with Image.open(io.BytesIO(data)) as image:
-            thumb = image.convert("RGB")
-            thumb.thumbnail((size, size))
-            sheet.paste(thumb, (4 + k * (size + 4), 4))
+def _thumbnail(data: bytes, size: int) -> bytes:
+    with Image.open(io.BytesIO(data)) as image:
+        thumb = image.convert("RGB")
+    thumb.thumbnail((size, size))
     buffer = io.BytesIO()
-    sheet.save(buffer, format="JPEG", quality=85)
+    thumb.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
 
 
 def contact_sheets(
     dataset: DatasetRef, run_dir: Path, per_emotion: int = 8, size: int = 128
 ) -> dict[str, ContactSheet]:
-    """Emotion -> (strip of up to ``per_emotion`` accepted samples, their keys)."""
+    """Emotion -> up to ``per_emotion`` accepted samples as (key, thumbnail) pairs."""
     con = connect(run_dir)
     try:
         rows = con.execute(
@@ -45,7 +44,7 @@ def contact_sheets(
         ).fetchall()
     finally:
         con.close()
-    picked: dict[str, list[tuple[str, bytes]]] = {}
+    picked: dict[str, ContactSheet] = {}
     reader: ShardImages | None = None
     current = None
     try:
@@ -55,11 +54,8 @@ def contact_sheets(
                     reader.close()
                 reader, current = ShardImages(dataset.tar(int(shard))), shard
             assert reader is not None
-            picked.setdefault(str(emotion), []).append((str(key), reader.get(member)))
+            picked.setdefault(str(emotion), []).append((str(key), _thumbnail(reader.get(member), size)))
     finally:
         if reader is not None:
             reader.close()
-    return {
-        emotion: (_strip([data for _, data in items], size), [key for key, _ in items])
-        for emotion, items in sorted(picked.items())
-    }
+    return dict(sorted(picked.items()))
