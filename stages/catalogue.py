@@ -115,16 +115,6 @@ _SD_REQUIRED = (
     "unet/diffusion_pytorch_model.safetensors",
     "vae/diffusion_pytorch_model.safetensors",
 )
-# SD 1.5 without its UNet (3.4 GB): MagicFace replaces it with its own two.
-_SD15_PARTS = (
-    "model_index.json",
-    "scheduler/*.json",
-    "tokenizer/*",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-)
 _MAGICFACE_FILES = tuple(f"{unet}/{file}" for unet in ("ID_enc", "denoising_unet") for file in (
     "config.json", "diffusion_pytorch_model.safetensors"))  # fmt: skip
 _FINEFACE_FILES = (
@@ -243,9 +233,10 @@ _CATALOGUE: tuple[ModelEntry, ...] = (
     _hub(
         "stable-diffusion-v1-5", "stable-diffusion-v1-5/stable-diffusion-v1-5",
         "Stable Diffusion 1.5 diffusers folder: the diffusers generator's default pipeline "
-        "(recipes/identity-bank.toml; pull with --dest models for its models/stable-diffusion-v1-5)",
-        "CreativeML Open RAIL-M (stable-diffusion-v1-5/stable-diffusion-v1-5)",
-        "~5.2 GB", "diffusers (pipeline)", _SD_PATTERNS, _SD_REQUIRED,
+        "(recipes/identity-bank.toml; pull with --dest models for its models/stable-diffusion-v1-5) "
+        "and MagicFace's VAE, text encoder, tokenizer and scheduler",
+        "CreativeML Open RAIL-M (use restrictions; stable-diffusion-v1-5/stable-diffusion-v1-5)",
+        "~5.2 GB", "diffusers (pipeline), magicface (sd_dir)", _SD_PATTERNS, _SD_REQUIRED,
     ),
     _hub(
         "fineface", "Tvaranka/fineface",
@@ -264,12 +255,6 @@ _CATALOGUE: tuple[ModelEntry, ...] = (
         "non-commercial research use only (h94/IP-Adapter-FaceID; insightface ArcFace inputs)",
         "~0.1 GB", "fineface (identity = 'faceid', faceid_file)",
         ("ip-adapter-faceid-portrait-v11_sd15.bin",), ("ip-adapter-faceid-portrait-v11_sd15.bin",),
-    ),
-    _hub(
-        "stable-diffusion-v1-5", "sd-legacy/stable-diffusion-v1-5",
-        "Stable Diffusion 1.5 VAE, text encoder, tokenizer and scheduler (no UNet): MagicFace's base parts",
-        "CreativeML Open RAIL-M (use restrictions; sd-legacy/stable-diffusion-v1-5)",
-        "~0.8 GB", "magicface (sd_dir)", _SD15_PARTS, _SD15_PARTS[2:],
     ),
     _hub(
         "magicface", "mengtingwei/magicface",

@@ -136,7 +136,7 @@ def test_run_rates_of_done_shards(tmp_path: Path) -> None:
     from factory.engine.rundir import RunDir
 
     run = RunDir(tmp_path, "t")
-    (tmp_path / "run.json").write_text(json.dumps({"dataset": "t"}))
+    (tmp_path / "run.json").write_text(json.dumps({"dataset": "t", "recipe": {}}))  # what open_run asks of a build
     for shard, (planned, accepted, wall) in enumerate(((10, 4, 30.0), (10, 6, 50.0))):
         paths = run.shard_paths(shard)
         paths.tar.parent.mkdir(parents=True, exist_ok=True)
