@@ -187,6 +187,11 @@ class IdentitySection(_Model):
         "identities in id order, each planned N times in a row (a multi-identity dataset; the "
         "demographics are then the bank's)",
     )
+    bank_recipe: str | None = Field(
+        None,
+        description="the recipe that builds the bank (the chain's first step: an identity-bank build, then "
+        "`factory export --format identity-bank`); `factory plan --estimate` prices both steps",
+    )
 
 
 class BankSection(_Model):

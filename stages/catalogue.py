@@ -266,7 +266,7 @@ _CATALOGUE: tuple[ModelEntry, ...] = (
         "bisenet-face-parsing", "mengtingwei/magicface",
         "BiSeNet face parsing (19 CelebAMask-HQ classes), 79999_iter.pth as the MagicFace release ships it",
         "MIT (zllrunning/face-parsing.PyTorch); weights trained on CelebAMask-HQ (non-commercial research use)",
-        "~53 MB", "magicface bg preprocessing (BiSeNet; not read yet: the bg is the landmark-hull stand-in)",
+        "~53 MB", "magicface (bg = 'bisenet', the 'auto' default when present; bisenet_file)",
         ("79999_iter.pth",), ("79999_iter.pth",),
     ),
 )  # fmt: skip

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from factory.cli.common import RecipeArg, SeedOpt, load, out
+from factory.commands.chain_estimate import estimate_chain
 from factory.commands.coverage import bank_coverage
 from factory.commands.estimate import estimate, measure_batch_seconds
 from factory.engine.balance import bank_infeasible, unshowable_emotions
@@ -44,6 +45,14 @@ def plan(
     measure: Annotated[
         bool, typer.Option("--measure", help="Estimate: time one batch of the recipe's pipeline on this machine.")
     ] = False,
+    bank_batch_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--bank-batch-seconds",
+            min=0.0,
+            help="Estimate, with identities.bank_recipe: stated seconds per batch of the bank build.",
+        ),
+    ] = None,
 ) -> None:
     """Plan samples and print their balance: AU shares, intensities, emotions, demographics.
 
@@ -67,7 +76,14 @@ def plan(
         )
     if identities:
         _print_coverage(r, identities)
-    if estimate_:
+    if estimate_ and r.identities.bank_recipe:
+        chain = estimate_chain(
+            r, workers=gpus, batch_seconds=batch_seconds, bank_batch_seconds=bank_batch_seconds,
+            acceptance=acceptance, measure=measure,
+        )  # fmt: skip
+        for line in chain.lines():
+            out.print(f"[bold]estimate[/] {line}", highlight=False)
+    elif estimate_:
         _print_estimate(r, gpus, batch_seconds, acceptance, measure)
 
 

@@ -5,19 +5,19 @@ around the box centre, resized to the output size; outside the photo is black. T
 from our face alignment (dlib's detector and 68 landmarks, :func:`stages.faces.exemplar.exemplar_face`);
 the release uses insightface's SCRFD, whose box is a little larger than dlib's.
 
-**bg image, a stand-in.** The release paints the face regions of a BiSeNet face parsing black
-(skin, brows, eyes, nose, mouth; hair, ears, neck, clothes and background kept) and draws the
-17 jaw-contour points of a Basel-Face-Model reconstruction as coloured dots (radius 2 at
-256 px, matplotlib's ``rainbow`` colours over 70 points). Until the BiSeNet preprocessing lands,
-this stand-in paints black the polygon of our 68-point jaw line closed over the brows raised by
-a quarter of the brow-to-chin height (the forehead), then draws the jaw dots the same way.
-It needs no extra model and no non-commercial one; it is not the release's input, so images
-differ from the release's on real photos (named ``bg = "landmark-hull"`` in the stage).
+**bg image.** The release paints the face regions of a BiSeNet face parsing black (skin,
+brows, eyes, nose, mouth; hair, ears, neck, clothes and background kept) and draws the 17
+jaw-contour points of a Basel-Face-Model reconstruction as coloured dots: ``bg = "bisenet"``
+does that with our BiSeNet and dlib's jaw points (:mod:`.parsing`). ``bg = "landmark-hull"``
+is a stand-in needing no parsing model: it paints black the polygon of our 68-point jaw line
+closed over the brows raised by a quarter of the brow-to-chin height (the forehead), then
+draws the jaw dots (matplotlib's ``rainbow`` in RGB order); it is not the release's input, so
+images differ from the release's on real photos.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,7 +83,13 @@ def landmark_hull_bg(crop: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     return np.asarray(bg, dtype=np.uint8)
 
 
-def source_face(image: np.ndarray, box: Sequence[float], landmarks: np.ndarray, size: int) -> SourceFace:
-    """The crop and the stand-in bg of one identity photo."""
+def source_face(
+    image: np.ndarray,
+    box: Sequence[float],
+    landmarks: np.ndarray,
+    size: int,
+    make_bg: Callable[[np.ndarray, np.ndarray], np.ndarray] = landmark_hull_bg,
+) -> SourceFace:
+    """The crop and the bg of one identity photo; ``make_bg(crop, crop_landmarks)`` paints the bg."""
     crop, moved = face_crop(image, box, landmarks, size)
-    return SourceFace(crop=crop, bg=landmark_hull_bg(crop, moved), landmarks=moved)
+    return SourceFace(crop=crop, bg=make_bg(crop, moved), landmarks=moved)

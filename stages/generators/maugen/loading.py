@@ -26,7 +26,7 @@ from stages.generators.maugen.checkpoint import (
 )
 from stages.generators.maugen.identity_encoder import IdentityEncoder, ImageToTextWithExpression
 from stages.generators.maugen.label_decoder import IDMMode
-from stages.generators.maugen.unet import MaugenUNet, MaugenUNetSpec
+from stages.generators.maugen.unet import TRAINING_ONLY_KEYS, MaugenUNet, MaugenUNetSpec
 
 __all__ = [
     "ID_TOKENS",
@@ -105,7 +105,7 @@ def load_unet(
     path: Path, layout: str, unet_base: Any, num_heads: int, idm_mode: IDMMode
 ) -> tuple[MaugenUNet, MaugenUNetSpec, int]:
     """MAUGen's UNet (base UNet + label branch) from its state dict, with its spec and identity width."""
-    unet_sd = load_state_dict(path, layout)
+    unet_sd = {k: v for k, v in load_state_dict(path, layout).items() if k not in TRAINING_ONLY_KEYS}
     spec, id_dim = unet_spec(unet_sd, path, layout, num_heads=num_heads)
     unet = MaugenUNet(unet_base, spec, id_dim=id_dim, idm_mode=idm_mode)
     load_strict(unet, unet_sd, path, layout)

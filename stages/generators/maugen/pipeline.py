@@ -306,7 +306,7 @@ class MaugenPipeline:
         num_inference_steps: int = 30,
         guidance_scale: float = 7.5,
         negative_prompt: str = "",
-        au_cue_mode: AUCueMode = "ema",
+        au_cue_mode: AUCueMode = "fixed",
         au_cue_momentum: float = 0.9,
     ) -> MaugenOutput:
         """Generate ``len(prompts)`` samples.

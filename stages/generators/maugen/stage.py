@@ -19,6 +19,10 @@ Per sample:
   else the identity exemplar, centre-cropped to the frame.
 - prompt: ``prompt_template`` with ``{description}``; its ``<ID> <ID2>`` slots carry the
   identity tokens into the text condition, as in the release.
+
+Defaults are the release's ``inference.py``: the AU cue file is the cue at every step
+(``au_cue_mode = "fixed"``; ``"ema"`` refreshes it each step, the paper's section 3.3) and its
+negative prompt (``negative_prompt = "release"``; ``"short"`` is our face-only one).
 """
 
 from __future__ import annotations
@@ -38,14 +42,44 @@ from stages.generators.base import DType, GeneratorStage, model_card_licence, re
 from stages.generators.maugen.chips import face_chip, resize_square
 from stages.generators.maugen.layout import ReleaseFiles, resolve_files
 
-__all__ = ["MaugenConfig", "MaugenGenerator", "default_mask", "fit_image", "fit_mask"]
+__all__ = [
+    "NEGATIVE_PROMPTS",
+    "RELEASE_NEGATIVE_PROMPT",
+    "SHORT_NEGATIVE_PROMPT",
+    "MaugenConfig",
+    "MaugenGenerator",
+    "default_mask",
+    "fit_image",
+    "fit_mask",
+]
 
-_NEGATIVE = (
+# The release's inference.py negative prompt, verbatim (its "(...:1.4)" weighting is plain
+# text to diffusers, and CLIP reads only the first 77 tokens, as here).
+RELEASE_NEGATIVE_PROMPT = (
+    "(deformed iris, deformed pupils, semi-realistic, cgi, 3d, render, sketch, cartoon, drawing, "
+    "anime:1.4), text, close up, cropped, out of frame, worst quality, low quality, "
+    "jpeg artifacts, ugly, duplicate, morbid, mutilated, extra fingers, mutated hands, "
+    "poorly drawn hands, poorly drawn face, mutation, deformed, blurry, dehydrated, bad anatomy, "
+    "bad proportions, extra limbs, cloned face, disfigured, gross proportions, malformed limbs, "
+    "missing arms, missing legs, extra arms, extra legs, fused fingers, too many fingers, long neck, "
+    "uneven skin texture, rough skin, noisy skin, patchy cheeks, unnatural lighting, blotchy color, red spots, "
+    "discoloration, uneven tone, overexposed skin, deformed face, asymmetric cheeks, distorted features, "
+    "unnatural proportions, sunken cheeks, plastic-like skin, overly smooth skin, waxy texture, overly edited "
+    "face, harsh shadows, patchy texture, artifact, unrealistic lighting, unnatural cheek blush, uncanny valley,"
+    "excessive frown lines, overly deep forehead wrinkles,"
+    "unnaturally harsh forehead creases, excessively visible facial stress lines, overly defined horizontal lines "
+    "on the forehead, over-exaggerated facial expressions, unnatural deep wrinkles, overly harsh shadows on skin, "
+    "unnatural texture exaggeration, asymmetrical wrinkle distribution, overly strained facial features, "
+    "exaggerated skin folds)"
+)
+# Ours: shorter, face terms only (no limbs, no wrinkle terms).
+SHORT_NEGATIVE_PROMPT = (
     "semi-realistic, cgi, 3d, render, sketch, cartoon, drawing, anime, text, cropped, out of frame, "
     "worst quality, "
     "low quality, jpeg artifacts, duplicate, deformed, blurry, bad anatomy, bad proportions, disfigured, "
     "deformed iris, plastic-like skin, waxy texture, asymmetric cheeks, distorted features, uncanny valley"
 )
+NEGATIVE_PROMPTS = {"release": RELEASE_NEGATIVE_PROMPT, "short": SHORT_NEGATIVE_PROMPT}
 
 
 class MaugenConfig(StageConfig):
@@ -59,7 +93,10 @@ class MaugenConfig(StageConfig):
     identity_encoder_file: str = "msid_112.pth"
     steps: int = Field(30, ge=1, le=1000)
     guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
-    negative_prompt: str = _NEGATIVE
+    negative_prompt: str = Field(
+        "release",
+        description='"release" (the release\'s inference.py text), "short" (ours), or the text itself',
+    )
     prompt_template: str = "a photo of <ID> <ID2>, {description}"
     scheduler: str | None = Field(None, description="diffusers scheduler class; None keeps the base folder's")
     dtype: DType = "auto"
@@ -69,7 +106,8 @@ class MaugenConfig(StageConfig):
         description="IDM equations: as the release computes them (its weights) or as printed (eqs. 6-8)",
     )
     au_cue_mode: Literal["ema", "fixed"] = Field(
-        "ema", description="refresh C_AU from the decoder each step, or keep it"
+        "fixed",
+        description='"fixed": the AU cue file throughout (the release); "ema": refreshed each step (paper 3.3)',
     )
     au_cue_momentum: float = Field(0.9, ge=0.0, le=1.0, description="EMA weight of the previous AU cue")
     attention_heads: int = Field(8, ge=1, description="heads of the label decoder's attention (8 in the release)")
@@ -77,6 +115,11 @@ class MaugenConfig(StageConfig):
     identity_align: Literal["dlib", "center-crop"] = "dlib"
     identity_padding: float = Field(0.3, ge=0.0, le=2.0, description="dlib face-chip padding around the landmarks")
     identity_cache: int = Field(4096, ge=0, description="identity embeddings kept in memory")
+
+    @property
+    def negative_text(self) -> str:
+        """The negative prompt itself: a named one (``NEGATIVE_PROMPTS``) or the text given."""
+        return NEGATIVE_PROMPTS.get(self.negative_prompt, self.negative_prompt)
 
     @field_validator("prompt_template")
     @classmethod
@@ -234,7 +277,7 @@ class MaugenGenerator(GeneratorStage[MaugenConfig]):
             [int(r["seed"]) for r in records],
             num_inference_steps=cfg.steps,
             guidance_scale=cfg.guidance_scale,
-            negative_prompt=cfg.negative_prompt,
+            negative_prompt=cfg.negative_text,
             au_cue_mode=cfg.au_cue_mode,
             au_cue_momentum=cfg.au_cue_momentum,
         )

@@ -9,7 +9,10 @@ layer by layer; the dual head turns the final queries into labels.
 Attribute names (``unet``, ``auxiliary_head``, ``au_transformer``,
 ``dual_prediction_head``) are the release's state-dict prefixes. The release also stores
 ``position_embedding.{l}.pe``: fixed sine codes, recomputed here for any image size, so
-those keys are accepted and ignored (:data:`IGNORED_PREFIXES`).
+those keys are accepted and ignored (:data:`IGNORED_PREFIXES`). A UNet saved from the
+release's model in training mode also carries ``learnable_tokens`` (the AU queries it
+trains; inference reads the AU cue file instead): exactly that key is accepted and
+ignored (:data:`TRAINING_ONLY_KEYS`), everything else stays strict.
 
 Checked once (2026-11-22, not a committed test: it needs the release's code) against the
 release's ``CustomUNet`` on random weights (SD-1.5 block layout, ``layers_per_block=1``,
@@ -35,6 +38,7 @@ from stages.generators.maugen.label_decoder import (
 
 __all__ = [
     "IGNORED_PREFIXES",
+    "TRAINING_ONLY_KEYS",
     "MaugenUNet",
     "MaugenUNetOutput",
     "MaugenUNetSpec",
@@ -42,6 +46,8 @@ __all__ = [
 ]
 
 IGNORED_PREFIXES = ("position_embedding.",)
+# The release's CustomUNet(train=True) holds this parameter; its lenient load skips it.
+TRAINING_ONLY_KEYS = frozenset({"learnable_tokens"})
 
 
 @dataclass(frozen=True)

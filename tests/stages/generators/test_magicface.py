@@ -37,14 +37,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from bench.tiny_models import build_tiny_magicface
 from manifests.bank import open_bank
 from stages import stage_class
-from stages.base import StageContext, StageError
+from stages.base import ModelFilesError, StageContext, StageError
 from stages.generators.magicface.source import CROP_SCALE, face_crop, landmark_hull_bg
 from stages.generators.magicface.stage import LICENCE, MagicFaceConfig, MagicFaceGenerator, relative_aus
+from stages.nets.bisenet import BiSeNet
 from tests.stages.generators.planned import PINNED_PLAN, check_pinned_row, check_planned_record, max_level_diff
 
 SIZE = 64
@@ -58,7 +60,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _generator(models: Path, **options: Any) -> MagicFaceGenerator:
-    defaults = {"sd_dir": str(models / SD), "weights_dir": str(models / WEIGHTS), "steps": 2}
+    defaults = {"sd_dir": str(models / SD), "weights_dir": str(models / WEIGHTS), "steps": 2, "bg": "landmark-hull"}
     gen = MagicFaceGenerator(
         MagicFaceConfig(**{**defaults, **options}),
         StageContext(run_dir=Path("."), image_size=SIZE, identity_bank=open_bank("builtin")),
@@ -114,6 +116,69 @@ def test_identity_prepared_once_across_batches(models: Path, monkeypatch: pytest
     gen.process(_records(5))
     gen.process(_records(4, seed0=7))
     assert len(calls) == 2  # two identities, nine samples, five denoiser calls
+
+
+def _bank_folder(root: Path) -> Path:
+    """A bank folder holding the builtin Grace Hopper portrait (so the disk cache has a home)."""
+    root.mkdir(parents=True)
+    rec = open_bank("builtin").get("builtin-grace-hopper")
+    Image.fromarray(open_bank("builtin").image(rec.identity_id)).save(root / "gh.png")
+    (root / "identities.csv").write_text(
+        "identity_id,image,ethnicity,age_band,gender,source,licence,expression\n"
+        f"gh,gh.png,{rec.ethnicity},{rec.age_band},{rec.gender},test,public-domain,neutral\n"
+    )
+    return root
+
+
+def _bisenet_generator(models: Path, bank_dir: Path, weights: Path) -> MagicFaceGenerator:
+    config = MagicFaceConfig(
+        sd_dir=str(models / SD), weights_dir=str(models / WEIGHTS), steps=2, bisenet_file=str(weights), parse_size=64
+    )
+    gen = MagicFaceGenerator(
+        config, StageContext(run_dir=Path("."), image_size=SIZE, identity_bank=open_bank(str(bank_dir)))
+    )
+    gen.setup()
+    return gen
+
+
+def test_bisenet_bg_when_its_file_is_there_cached_beside_the_bank(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = tmp_path / "79999_iter.pth"
+    torch.manual_seed(0)
+    torch.save(BiSeNet().state_dict(), weights)
+    bank_dir = _bank_folder(tmp_path / "bank")
+    record = {"key": "k0", "seed": 5, "planned_intensity": [2] * 12, "identity_id": "gh"}
+    gen = _bisenet_generator(models, bank_dir, weights)
+    assert gen.bg == "bisenet" and f"BiSeNet face parsing from {weights}" in gen.licence_notice()
+    first = gen.process([dict(record)])[0]
+    (entry,) = (bank_dir / ".magicface-cache").glob("*-bisenet-64.npz")
+    with np.load(entry) as cached:
+        hull = landmark_hull_bg(cached["crop"], cached["landmarks"])
+        assert cached["bg"].shape == (SIZE, SIZE, 3) and not np.array_equal(cached["bg"], hull)
+    # With its memory emptied (as a fresh worker) it reads the crop and bg from disk: no face
+    # detection, no parsing.
+    gen._identity.cache_clear()
+    monkeypatch.setattr(gen.parser, "parse", lambda crop: pytest.fail("parsed a cached identity"))
+    monkeypatch.setattr("stages.faces.exemplar.exemplar_face", lambda image: pytest.fail("detected again"))
+    assert np.array_equal(gen.process([dict(record)])[0]["image"], first["image"])
+
+
+def test_bisenet_file_missing_is_named(models: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    missing = tmp_path / "nowhere" / "79999_iter.pth"
+    options = {"sd_dir": str(models / SD), "weights_dir": str(models / WEIGHTS), "bisenet_file": str(missing)}
+    context = StageContext(run_dir=Path("."), image_size=SIZE, identity_bank=open_bank("builtin"))
+    with pytest.raises(ModelFilesError) as err:
+        MagicFaceGenerator(MagicFaceConfig(**options, bg="bisenet"), context).preflight()
+    assert str(missing) in str(err.value) and "factory models pull bisenet-face-parsing" in str(err.value)
+    auto = MagicFaceGenerator(MagicFaceConfig(**options), context)
+    with caplog.at_level("WARNING"):
+        auto.preflight()
+    assert auto.bg == "landmark-hull" and str(missing) in caplog.text and str(missing) in auto.licence_notice()
+    no_sd = MagicFaceGenerator(MagicFaceConfig(**{**options, "sd_dir": str(tmp_path / "no-sd")}), context)
+    with pytest.raises(ModelFilesError, match="factory models pull stable-diffusion-v1-5") as err:
+        no_sd.preflight()
+    assert str(tmp_path / "no-sd") in str(err.value)
 
 
 def test_relative_aus_from_the_identity_own_expression(

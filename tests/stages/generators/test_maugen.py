@@ -107,8 +107,8 @@ def test_identity_conditions_image_and_labels(generator: MaugenGenerator) -> Non
 
 
 def test_au_cue_refresh_changes_labels(ckpt: Path, bank: Any, generator: MaugenGenerator) -> None:
-    fixed = _generator(ckpt, bank, au_cue_mode="fixed").process(_records(1))[0]
-    ema = generator.process(_records(1))[0]
+    ema = _generator(ckpt, bank, au_cue_mode="ema").process(_records(1))[0]
+    fixed = generator.process(_records(1))[0]
     assert not np.allclose(fixed["generator_occurrence"], ema["generator_occurrence"])
 
 
