@@ -62,7 +62,9 @@ def chain_recipe(
         "agreement": {"name": "agreement"},
         "realism": {"name": "heuristic-realism"},
         "filters": {"name": "filters"},
-        "output": {"image_size": size, "image_format": "webp", "image_quality": 95},
+        # Random weights make faces no filter accepts; keeping rejected images makes the writer
+        # encode every sample, as it encodes the accepted ones of a real build.
+        "output": {"image_size": size, "image_format": "webp", "image_quality": 95, "keep_rejected_images": True},
         "balance": {"enabled": False},
         "engine": {"gpus": 1, "batch_size": batch_size},
     }  # fmt: skip
@@ -82,6 +84,7 @@ class ChainTiming:
     samples: int
     wall_s: float
     generator_s: float
+    unet_s: float
     checks_s: float
     write_s: float
     accepted: int
@@ -108,7 +111,7 @@ def time_chain(
 ) -> tuple[ChainTiming, list[Record]]:
     """Run the chain over ``records`` into shard 0 of ``out``; returns the timing and the records as written."""
     device = generator.stages[0].context.device
-    spent = {"generator": 0.0, "checks": 0.0, "write": 0.0}
+    spent = {"generator": 0.0, "unet": 0.0, "checks": 0.0, "write": 0.0}
     done: list[Record] = []
 
     def check_and_write(batch: list[Record], writer: ShardWriter) -> None:
@@ -124,7 +127,8 @@ def time_chain(
     work = [dict(r) for r in records]
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checks")
     t_start = time.perf_counter()
-    with ShardWriter(out / "shards", "gpu", 0, image_format="webp", image_quality=95, overwrite=True) as writer:
+    shards = out / "shards"
+    with ShardWriter(shards, "gpu", 0, image_format="webp", image_quality=95, keep_rejected_images=True) as writer:
         pending: list[Future[None]] = []
         for start in range(0, len(work), batch_size):
             batch = work[start : start + batch_size]
@@ -132,6 +136,7 @@ def time_chain(
             generator.run(batch)
             _sync(device)
             spent["generator"] += time.perf_counter() - t0
+            spent["unet"] += generator.stages[0].last_timing.get("model_s", 0.0)
             if overlap:  # as the shard worker: at most two micro-batches wait for their checks
                 pending.append(pool.submit(check_and_write, batch, writer))
                 while len(pending) >= 2:
@@ -143,7 +148,9 @@ def time_chain(
         wall = time.perf_counter() - t_start
         stats = writer.commit({"wall_seconds": wall})
     pool.shutdown()
-    timing = ChainTiming(len(work), wall, spent["generator"], spent["checks"], spent["write"], stats["accepted"])
+    timing = ChainTiming(
+        len(work), wall, spent["generator"], spent["unet"], spent["checks"], spent["write"], stats["accepted"]
+    )
     return timing, done
 
 
