@@ -30,11 +30,12 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.gpu_chain import ChainTiming, chain_recipe, described, time_chain
-from bench.gpu_models import ModelFolders, Size, build_models
+from bench.gpu_models import ModelFolders, Size, models_at
 from factory.engine.pipeline import Pipeline, make_context, recipe_pipeline
 from stages.base import Record
 
@@ -178,28 +179,40 @@ def cost_model(rows: list[dict[str, Any]], chain: dict[str, Any]) -> dict[str, d
 
 
 def measure(
-    size: Size, work: Path, device: str, settings: dict[str, Any] | None = None, folders: ModelFolders | None = None
+    size: Size,
+    work: Path,
+    device: str,
+    settings: dict[str, Any] | None = None,
+    folders: ModelFolders | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Build the models under ``work`` (unless given) and run every measurement; the result file's content."""
+    """Build the models under ``work`` (unless given) and run every measurement; the result file's
+    content. ``save`` gets the result so far after each part (a device run cut short keeps those)."""
     s = {**SETTINGS[size], **(settings or {})}
     t0 = time.perf_counter()
-    folders = folders or build_models(work / "models", size, device=device)
-    build_s = time.perf_counter() - t0
-    recipe = chain_recipe(folders, work / "plan", batch_size=max(s["batches"]), batches=1)
-    records = described(recipe)
+    folders = folders or models_at(work / "models", size, device=device)
     rows: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"kind": RESULT_KIND, "version": 1, "size": size, "device": device_info(),
+                              "model_build_s": time.perf_counter() - t0, "image_size": 512 if size == "full" else 64,
+                              "guidance_scale": 7.5, "steps": s["steps"], "variant_batch": s["variant_batch"],
+                              "rows": rows}  # fmt: skip
+    records = described(chain_recipe(folders, work / "plan", batch_size=max(s["batches"]), batches=1))
     for kind in ("diffusers", "fineface"):
         rows += _generator_rows(folders, kind, "float16", {}, s["batches"], s["steps"], records, device, work / kind)
-    for label, options in VARIANTS:
+        if save:
+            save(result)
+    result["chain"] = chain = _chain(folders, s["chain_batch"], s["steps"], device, work / "chain")
+    result["cost_model"] = cost_model(rows, chain)
+    if save:
+        save(result)
+    for label, options in VARIANTS:  # torch.compile last: its compile is the longest step
         if options.get("compile") and not device.startswith("cuda"):
             continue  # compiling on the CPU takes minutes and says nothing about the GPU
         rows += _generator_rows(folders, "fineface", label, options, (s["variant_batch"],), s["steps"], records,
                                 device, work / label.replace(" ", "_"))  # fmt: skip
-    chain = _chain(folders, s["chain_batch"], s["steps"], device, work / "chain")
-    return {"kind": RESULT_KIND, "version": 1, "size": size, "device": device_info(), "model_build_s": build_s,
-            "image_size": 512 if size == "full" else 64, "guidance_scale": 7.5, "steps": s["steps"],
-            "variant_batch": s["variant_batch"], "rows": rows, "chain": chain,
-            "cost_model": cost_model(rows, chain)}  # fmt: skip
+        if save:
+            save(result)
+    return result
 
 
 def _ratio(rows: list[dict[str, Any]], batch: int) -> float | None:
@@ -264,14 +277,19 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     _quiet()
     device = "cuda" if cuda else "cpu"
-    with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
-        result = measure(args.size, args.work or Path(tmp), device)
     command = f"python -m bench.bench_gpu --size {args.size}"
+
+    def save(result: dict[str, Any]) -> None:
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2))
+            if "chain" in result:
+                args.out.with_suffix(".md").write_text(markdown(result, command) + "\n")
+
+    with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
+        result = measure(args.size, args.work or Path(tmp), device, save=save)
+    save(result)
     text = markdown(result, command)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-        args.out.with_suffix(".md").write_text(text + "\n")
     print(text)
     return text
 

@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["SD21_BASE", "ModelFolders", "Size", "build_models", "export_centred_scrfd", "sd21_parts"]
+__all__ = [
+    "SD21_BASE",
+    "ModelFolders",
+    "Size",
+    "build_models",
+    "export_centred_scrfd",
+    "folders_at",
+    "models_at",
+    "sd21_parts",
+]
 
 Size = Literal["full", "tiny"]
 
@@ -217,7 +226,7 @@ class _CentredSCRFD:
         logits[32][((cells // 2) * cells + cells // 2) * 2] = 20.0  # anchor 0 of the centre cell
         layers: list[Any] = []
         channels = 3
-        for i in range(4 if width else 0):  # stride 2 each: about det_10g's GFLOPs at width 64
+        for i in range(4 if width else 0):  # stride 2 each: ~10 GFLOPs at 640 px and width 32, as det_10g
             layers += [torch.nn.Conv2d(channels, width * 2**i, 3, 2, 1), torch.nn.ReLU()]
             layers += [torch.nn.Conv2d(width * 2**i, width * 2**i, 3, 1, 1), torch.nn.ReLU()]
             channels = width * 2**i
@@ -265,12 +274,25 @@ def build_models(root: Path, size: Size, device: str = "cpu") -> ModelFolders:
     pipe.save_pretrained(root / "stable-diffusion-2-1-base")
     parts["unet"] = parts["unet"].float()  # the LoRA is made in float32, as the trainer made it
     _save_fineface(parts, root / "fineface", size)
-    backbone = "resnet50" if size == "full" else "resnet18"
-    _save_opengraphau(root / "opengraphau.pth", backbone)
-    export_centred_scrfd(root / "scrfd.onnx", SCRFD_SIDE[size], 64 if size == "full" else 0)
-    spec = _save_libreface(root / "libreface")
-    (root / "models.json").write_text(json.dumps({"size": size, "seed": 0}))
+    _save_opengraphau(root / "opengraphau.pth", folders_at(root, size).opengraphau_backbone)
+    export_centred_scrfd(root / "scrfd.onnx", SCRFD_SIDE[size], 32 if size == "full" else 0)
+    _save_libreface(root / "libreface")
+    (root / "models.json").write_text(json.dumps({"size": size, "seed": 0}))  # written last: the build is whole
+    return folders_at(root, size)
+
+
+def folders_at(root: Path, size: Size) -> ModelFolders:
+    """The folders :func:`build_models` writes under ``root``."""
     return ModelFolders(
         root, size, root / "stable-diffusion-2-1-base", root / "fineface", root / "scrfd.onnx",
-        root / "opengraphau.pth", backbone, spec,
+        root / "opengraphau.pth", "resnet50" if size == "full" else "resnet18", root / "libreface" / "libreface.yaml",
     )  # fmt: skip
+
+
+def models_at(root: Path, size: Size, device: str = "cpu") -> ModelFolders:
+    """The models under ``root``, built there first unless a whole build of ``size`` is there
+    (the device script builds them once for the smoke test and the bench)."""
+    marker = root / "models.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("size") == size:
+        return folders_at(root, size)
+    return build_models(root, size, device)

@@ -7,11 +7,12 @@ the same harness runs at tiny size on the CPU in ``tests/gpu/test_harness_tiny.p
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from bench.gpu_models import build_models
+from bench.gpu_models import models_at
 from tests.gpu.smoke import run_smoke
 from tests.gpu.test_harness_tiny import check_smoke
 
@@ -28,7 +29,8 @@ pytestmark = [
 
 
 def test_the_shard_worker_runs_the_full_size_chain_on_cuda(tmp_path: Path) -> None:
-    folders = build_models(tmp_path / "models", "full", device="cuda")
+    # MIFA_GPU_MODELS: a folder the device script shares with the bench (the models are built once).
+    folders = models_at(Path(os.environ.get("MIFA_GPU_MODELS", tmp_path / "models")), "full", device="cuda")
     smoke = run_smoke(folders, tmp_path / "out", batch_size=4, steps=4)
     check_smoke(smoke, "cuda", generator_dtype="float16")
     print("ONNX providers:", smoke.onnx_providers)  # CPU-only onnxruntime runs scrfd and LibreFace on the CPU
