@@ -20,6 +20,14 @@ from typing import Any
 
 import pyarrow as pa
 
+try:
+    from cluster.actors import gpu_ids
+except ImportError:  # no Ray installed: the worker runs in process only (tests/gpu on a device image without Ray)
+
+    def gpu_ids() -> list[str]:
+        return []
+
+
 from factory.engine.pipeline import StageTimings, make_context, recipe_pipeline
 from factory.engine.provenance import write_provenance
 from factory.engine.rundir import check_probe
@@ -109,9 +117,6 @@ class ShardWorker:
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs and which device it sees (GPU pinning is checked on this)."""
-        # deferred: cluster.actors imports Ray; the worker also runs in process without it (tests/gpu on a device)
-        from cluster.actors import gpu_ids
-
         return {
             "pid": os.getpid(),
             "host": socket.gethostname(),
