@@ -21,7 +21,8 @@ from manifests.layout import shard_paths
 from manifests.schema import MANIFEST_SCHEMA
 from tests.gpu.smoke import Smoke, device_guard, run_smoke
 
-TINY_SETTINGS = {"batches": (2,), "variant_batch": 2, "chain_batch": 2, "steps": 2}
+# One batch size and one variant keep the test short; the device run measures them all.
+TINY_SETTINGS = {"batches": (2,), "variant_batch": 2, "chain_batch": 2, "steps": 2, "variants": ("bfloat16",)}
 
 
 def check_smoke(smoke: Smoke, device: str, generator_dtype: str) -> None:
@@ -77,8 +78,7 @@ def test_the_bench_measures_both_generators_the_variants_and_the_chain(tiny_benc
         ("diffusers", "float16", 2),
         ("fineface", "float16", 2),
         ("fineface", "bfloat16", 2),
-        ("fineface", "channels_last off", 2),
-    }  # no torch.compile row on a CPU
+    }
     for r in result["rows"]:
         assert r["images_per_s"] > r[f"images_per_s_at_{FULL_STEPS}_steps"] > 0
         assert 0 < r["unet_share"] < 1
@@ -88,7 +88,7 @@ def test_the_bench_measures_both_generators_the_variants_and_the_chain(tiny_benc
         assert chain[mode]["generator_s"] >= chain[mode]["unet_s"] > 0
     assert set(result["cost_model"]) == {"diffusers", "fineface"}
     text = markdown(result, "python -m bench.bench_gpu --size tiny")
-    assert "| fineface | bfloat16 | 2 |" in text and "overlapped (as the shard worker)" in text
+    assert "| fineface | bfloat16 (float32 on a CPU) | 2 |" in text and "overlapped (as the shard worker)" in text
 
 
 def test_the_overlapped_chain_writes_what_the_serial_chain_writes(tiny_bench: tuple[dict[str, Any], Path]) -> None:
