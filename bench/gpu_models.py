@@ -6,8 +6,8 @@ configurations, written out below: Stable Diffusion 2.1-base's UNet, VAE and tex
 (OpenCLIP ViT-H/14's text tower, 23 layers, 1024 wide), FineFace's AU encoder (12 -> 64) and
 AU attention processors on every ``attn2``, a rank-32 LoRA (the release's training scale
 8/32), OpenGraphAU's ResNet-50 and LibreFace's ResNet-18 encoder + DISFA-12 head as ONNX
-graphs. ``tiny`` shrinks the diffusion models (``bench.tiny_models``' sizes) and uses a
-ResNet-18 OpenGraphAU, so the same harness runs in the test suite on CPU.
+graphs. ``tiny`` shrinks the diffusion models (``bench.tiny_models``' sizes) and LibreFace's
+encoder and uses a ResNet-18 OpenGraphAU, so the same harness runs in the test suite on CPU.
 
 SCRFD cannot be exported from this code: insightface ships det_10g only as an ONNX file,
 without the network's source. :func:`export_centred_scrfd` writes a stand-in with SCRFD's
@@ -191,16 +191,26 @@ def _export(model: Any, example: Any, path: Path, inputs: list[str], outputs: li
         torch.onnx.export(model.eval(), (example,), str(path), input_names=inputs, output_names=outputs, dynamo=False)
 
 
-def _save_libreface(folder: Path) -> Path:
-    """LibreFace's two ONNX graphs (ResNet-18 encoder 224 px -> 512, head 512 -> 12) and their spec."""
+def _save_libreface(folder: Path, size: Size) -> Path:
+    """LibreFace's two ONNX graphs (encoder 224 px -> 512: ResNet-18 at full size, one strided
+    convolution at tiny size; head 512 -> 12) and their spec."""
     import torch  # deferred: optional and heavy
 
     from stages.nets.resnet import build_resnet  # deferred: imports torch
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(3)
-    _export(build_resnet("resnet18", num_classes=None), torch.zeros(1, 3, 224, 224), folder / "enc.onnx",
-            ["image"], ["feature"])  # fmt: skip
+    encoder = (
+        build_resnet("resnet18", num_classes=None)
+        if size == "full"
+        else torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 7, stride=8),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8, 512),
+        )
+    )
+    _export(encoder, torch.zeros(1, 3, 224, 224), folder / "enc.onnx", ["image"], ["feature"])
     _export(torch.nn.Linear(512, 12), torch.zeros(1, 512), folder / "head.onnx", ["feature"], ["au_intensity"])
     spec = (Path(__file__).resolve().parents[1] / "recipes" / "detectors" / "libreface.yaml").read_text()
     spec = spec.replace("catalogue:libreface-au-encoder", "enc.onnx").replace(
@@ -276,7 +286,7 @@ def build_models(root: Path, size: Size, device: str = "cpu") -> ModelFolders:
     _save_fineface(parts, root / "fineface", size)
     _save_opengraphau(root / "opengraphau.pth", folders_at(root, size).opengraphau_backbone)
     export_centred_scrfd(root / "scrfd.onnx", SCRFD_SIDE[size], 32 if size == "full" else 0)
-    _save_libreface(root / "libreface")
+    _save_libreface(root / "libreface", size)
     (root / "models.json").write_text(json.dumps({"size": size, "seed": 0}))  # written last: the build is whole
     return folders_at(root, size)
 
