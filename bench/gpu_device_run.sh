@@ -5,8 +5,8 @@
 # minutes on one H100 or H200, building the models included (each step has its own timeout).
 #
 # 1. Here, once, in the repository root (a machine with pip and a network): the Python packages the
-#    device image lacks, as wheels for its Python 3.12, into .whl/ (ignored by git; ~30 MB, under the
-#    64 MiB a device call carries). Ray is not among them: nothing below imports it.
+#    device image lacks, as wheels for its Python 3.12, into .whl/ (in .gitignore; under the 64 MiB a
+#    device call carries). Ray (~70 MB) is not among them: nothing below imports it.
 #        bash bench/gpu_device_run.sh --prepare-wheels
 # 2. On the device (its `run` tool: carry [".whl"]), from the repository root:
 #        bash bench/gpu_device_run.sh
@@ -17,17 +17,17 @@ set -euo pipefail
 
 # What the device image lacks of what the chain imports (KINDS.md lists what it has), pinned to the
 # versions this repository is tested with. insightface 2.1 is a pure-Python wheel.
-WHEELS=(diffusers==0.42.1 importlib-metadata duckdb orjson pydantic pydantic-core annotated-types
-        typing-inspection insightface==2.1)
+# diffusers 0.42 needs huggingface-hub >= 1.32: versions.txt shows the device's; carry a newer one if it is older.
+WHEELS=(diffusers==0.42.1 importlib-metadata==10.2.0 duckdb==2.0.1 orjson==3.13.0 pydantic==2.14.4
+        pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 insightface==2.1)
 
+WHEEL_DIR="${MIFA_WHEELS:-.whl}"  # .whl/ is in .gitignore: it travels only when a device call carries it
 if [[ "${1:-}" == "--prepare-wheels" ]]; then
-    exclude="$(git rev-parse --git-common-dir)/info/exclude"
-    grep -qx '/.whl/' "$exclude" 2>/dev/null || echo /.whl/ >> "$exclude"
     # pip matches each manylinux tag exactly: these cover the wheels above.
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${WHEELS[@]}"
-    du -sh .whl
+        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$WHEEL_DIR" "${WHEELS[@]}"
+    du -sh "$WHEEL_DIR"
     exit 0
 fi
 
@@ -39,12 +39,14 @@ mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 MIFA_GPU_MODELS="$WORK/models"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-if [[ -d .whl ]] && ! "$PY" -c "import diffusers, pydantic, duckdb, orjson, insightface" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+if [[ -d "$WHEEL_DIR" ]] && ! "$PY" -c "import diffusers, pydantic, duckdb, orjson, insightface" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        "$WHEEL_DIR"/*.whl
     export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
-"$PY" -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+"$PY" -c "import torch, onnxruntime as o, transformers, huggingface_hub as h; print('torch', torch.__version__,
+'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'huggingface_hub', h.__version__,
 'onnxruntime', o.__version__, o.get_available_providers())" | tee "$OUT/versions.txt"
 
 status=0

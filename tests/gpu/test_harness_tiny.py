@@ -22,6 +22,10 @@ from manifests.schema import MANIFEST_SCHEMA
 from tests.gpu.smoke import Smoke, device_guard, run_smoke
 
 # One batch size and one variant keep the test short; the device run measures them all.
+# The tests that build the tiny models and run diffusion on them take tens of seconds, not a
+# fast-tier second: `slow` (they start nothing a tier kind names; make test still runs them).
+HARNESS = pytest.mark.slow
+
 TINY_SETTINGS = {"batches": (2,), "variant_batch": 2, "chain_batch": 2, "steps": 2, "variants": ("bfloat16",)}
 
 
@@ -48,6 +52,7 @@ def check_smoke(smoke: Smoke, device: str, generator_dtype: str) -> None:
     assert len(faces) == smoke.planned  # the SCRFD stand-in finds the face: every sample reaches the detectors
 
 
+@HARNESS
 def test_the_smoke_harness_runs_the_shard_worker_at_tiny_size_on_cpu(tiny_models: ModelFolders, tmp_path: Path) -> None:
     smoke = run_smoke(tiny_models, tmp_path / "out", batch_size=2, steps=2)
     check_smoke(smoke, "cpu", generator_dtype="float32")
@@ -71,6 +76,7 @@ def tiny_bench(tiny_models: ModelFolders, tmp_path_factory: pytest.TempPathFacto
     return result, path
 
 
+@HARNESS
 def test_the_bench_measures_both_generators_the_variants_and_the_chain(tiny_bench: tuple[dict[str, Any], Path]) -> None:
     result, _ = tiny_bench
     rows = {(r["generator"], r["variant"], r["batch"]) for r in result["rows"]}
@@ -91,6 +97,7 @@ def test_the_bench_measures_both_generators_the_variants_and_the_chain(tiny_benc
     assert "| fineface | bfloat16 (float32 on a CPU) | 2 |" in text and "overlapped (as the shard worker)" in text
 
 
+@HARNESS
 def test_the_overlapped_chain_writes_what_the_serial_chain_writes(tiny_bench: tuple[dict[str, Any], Path]) -> None:
     _, path = tiny_bench
     chain = path.parent / "chain"
@@ -100,6 +107,7 @@ def test_the_overlapped_chain_writes_what_the_serial_chain_writes(tiny_bench: tu
     assert serial.tar.read_bytes() == overlapped.tar.read_bytes()
 
 
+@HARNESS
 def test_plan_estimates_gpu_hours_from_the_bench_file(tiny_bench: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
     _, path = tiny_bench
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "mifa-1m.toml"
