@@ -25,8 +25,9 @@ from bench.gpu_models import ModelFolders
 from factory.engine.pipeline import Pipeline
 from factory.engine.worker import ShardWorker
 from manifests.layout import shard_paths
+from manifests.schema import MANIFEST_SCHEMA
 
-__all__ = ["Smoke", "run_smoke"]
+__all__ = ["Smoke", "check_smoke", "device_guard", "run_smoke"]
 
 
 @dataclass
@@ -124,3 +125,31 @@ def run_smoke(folders: ModelFolders, out: Path, batch_size: int, steps: int) -> 
         planned=len(records),
         onnx_providers=_onnx_providers(worker),
     )
+
+
+def check_smoke(smoke: Smoke, device: str, generator_dtype: str) -> None:
+    """What the CUDA smoke test asserts, on any device."""
+    assert smoke.device == device
+    names = {path for path, _, _ in smoke.placement}
+    assert {"fineface.pipe.pipe.unet", "fineface.pipe.pipe.vae", "fineface.pipe.pipe.text_encoder"} <= names
+    assert "opengraphau.net" in names
+    off = [p for p in smoke.placement if p[1] != device]
+    assert not off, f"modules not on {device}: {off}"
+    for path, _, dtype in smoke.placement:
+        if path.startswith("fineface.pipe.pipe."):
+            assert dtype == generator_dtype, (path, dtype)
+    assert smoke.mismatches == []
+    table = smoke.manifest
+    assert table.num_rows == smoke.planned
+    for name in MANIFEST_SCHEMA.names:  # every column of the data model, with its type
+        assert table.schema.field(name).type == MANIFEST_SCHEMA.field(name).type, name
+    assert smoke.stats["accepted"] == sum(table.column("accepted").to_pylist())
+    images = [m for m in table.column("image_member").to_pylist() if m]
+    assert images and set(images) <= set(smoke.members)
+    # The SCRFD stand-in finds the face, so every sample reaches the three detectors; the two
+    # networks vote on every AU (geometric needs 68 landmarks, which SCRFD's 5 keypoints are not).
+    assert "scrfd" not in table.column("dropped_by").to_pylist()
+    for votes in table.column("votes").to_pylist():
+        by_detector = {v["detector"]: v for v in votes}
+        assert set(by_detector) == {"geometric", "opengraphau", "onnx-au"}
+        assert all(x is not None for name in ("opengraphau", "onnx-au") for x in by_detector[name]["occurrence"])

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.gpu_models import models_at
-from tests.gpu.smoke import run_smoke
-from tests.gpu.test_harness_tiny import check_smoke
+from tests.gpu.smoke import check_smoke, run_smoke
 
 torch = pytest.importorskip("torch")
 

@@ -18,8 +18,7 @@ from bench.bench_gpu import FULL_STEPS, markdown, measure
 from bench.gpu_models import ModelFolders
 from factory.cli import app
 from manifests.layout import shard_paths
-from manifests.schema import MANIFEST_SCHEMA
-from tests.gpu.smoke import Smoke, device_guard, run_smoke
+from tests.gpu.smoke import check_smoke, device_guard, run_smoke
 
 # One batch size and one variant keep the test short; the device run measures them all.
 # The tests that build the tiny models and run diffusion on them take tens of seconds, not a
@@ -27,29 +26,6 @@ from tests.gpu.smoke import Smoke, device_guard, run_smoke
 HARNESS = pytest.mark.slow
 
 TINY_SETTINGS = {"batches": (2,), "variant_batch": 2, "chain_batch": 2, "steps": 2, "variants": ("bfloat16",)}
-
-
-def check_smoke(smoke: Smoke, device: str, generator_dtype: str) -> None:
-    """What the CUDA smoke test asserts, on any device."""
-    assert smoke.device == device
-    names = {path for path, _, _ in smoke.placement}
-    assert {"fineface.pipe.pipe.unet", "fineface.pipe.pipe.vae", "fineface.pipe.pipe.text_encoder"} <= names
-    assert "opengraphau.net" in names
-    off = [p for p in smoke.placement if p[1] != device]
-    assert not off, f"modules not on {device}: {off}"
-    for path, _, dtype in smoke.placement:
-        if path.startswith("fineface.pipe.pipe."):
-            assert dtype == generator_dtype, (path, dtype)
-    assert smoke.mismatches == []
-    table = smoke.manifest
-    assert table.num_rows == smoke.planned
-    for name in MANIFEST_SCHEMA.names:  # every column of the data model, with its type
-        assert table.schema.field(name).type == MANIFEST_SCHEMA.field(name).type, name
-    assert smoke.stats["accepted"] == sum(table.column("accepted").to_pylist())
-    images = [m for m in table.column("image_member").to_pylist() if m]
-    assert images and set(images) <= set(smoke.members)
-    faces = [r for r in table.column("dropped_by").to_pylist() if r != "face"]
-    assert len(faces) == smoke.planned  # the SCRFD stand-in finds the face: every sample reaches the detectors
 
 
 @HARNESS
