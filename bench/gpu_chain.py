@@ -43,9 +43,9 @@ def chain_recipe(
 ) -> Recipe:
     """A recipe of the full chain on ``folders``' models: one shard of ``batches`` micro-batches."""
     size = image_size or (512 if folders.size == "full" else 64)
-    gen = {**folders.generator(generator), "steps": steps, "batch_size": batch_size, **(options or {})}
-    if generator == "fineface":
-        gen.update(guidance_scale=7.5)
+    # The same steps and classifier-free guidance (FineFace's 7.5) for either generator.
+    gen = {**folders.generator(generator), "steps": steps, "batch_size": batch_size, "guidance_scale": 7.5}
+    gen.update(options or {})
     doc: dict[str, Any] = {
         "dataset": {"name": "gpu", "target": batch_size * batches, "shard_size": batch_size * batches,
                     "seed": 0, "out": str(out)},
