@@ -6,7 +6,7 @@ FACTORY := $(VENV)/bin/factory
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export RAY_USAGE_STATS_ENABLED = 0
 
-.PHONY: help setup test test-fast test-deps lint bench demo clean
+.PHONY: help setup test test-fast test-gpu test-deps lint bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test: setup lint test-deps ## lint, then the whole suite (what CI runs), printin
 
 test-fast: setup ## the fast tier: no Ray, no factory child process, no S3 server, no browser
 	$(VENV)/bin/pytest -q --durations=25 -m "not slow" tests
+
+test-gpu: setup ## the CUDA smoke test (tests/gpu, marker gpu): skipped, with the reason, without a CUDA device
+	$(VENV)/bin/pytest -q -rs -m gpu tests/gpu
 
 test-deps: ## system packages the tests need: Debian's headless Chromium (the report test)
 	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \

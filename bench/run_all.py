@@ -1,5 +1,8 @@
 """`make bench`: run every benchmark and rewrite BENCHMARKS.md with the results.
 
+``bench_gpu`` (the per-GPU benchmark at full size) runs only where a CUDA device is; elsewhere
+its section of BENCHMARKS.md is kept as it was (a device's numbers, or "not measured").
+
 ``python -m bench.run_all bench_tools`` runs only the named benchmarks and replaces only
 their sections (each section sits between ``<!-- bench:NAME -->`` markers), keeping the rest
 of BENCHMARKS.md as it was.
@@ -29,6 +32,21 @@ BENCHES = (
     "bench_tools",
     "bench_storage",
 )
+GPU_BENCH = "bench_gpu"
+
+
+def _cuda() -> bool:
+    try:
+        import torch  # deferred: optional and heavy; only asked whether a CUDA device is here
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _section(text: str, name: str) -> str | None:
+    """The marked section of ``name`` in ``text``, markers included, or None."""
+    found = re.search(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", text, re.S)
+    return found.group(0) if found else None
 
 
 def _machine() -> str:
@@ -78,6 +96,10 @@ def main(names: list[str]) -> None:
         print(text)
         return
     sections = [_marked(name, _run(name)) for name in BENCHES]
+    if _cuda():
+        sections.append(_marked(GPU_BENCH, _run(GPU_BENCH)))
+    elif path.exists() and (kept := _section(path.read_text(), GPU_BENCH)):
+        sections.append(kept)
     text = "\n\n".join(
         [
             "# Benchmarks",

@@ -195,7 +195,7 @@ def _attn2_names(unet: Any) -> list[str]:
     return [name for name, m in unet.named_modules() if isinstance(m, Attention) and name.endswith("attn2")]
 
 
-def _au_processor_weights(unet: Any, scale: float) -> dict[str, Any]:
+def au_processor_weights(unet: Any, scale: float) -> dict[str, Any]:
     """``attn_processors.ckpt`` as the release writes it: ``<attn2>.processor.au_to_{k,v}.weight``."""
     import torch
 
@@ -208,7 +208,7 @@ def _au_processor_weights(unet: Any, scale: float) -> dict[str, Any]:
     return state
 
 
-def _au_encoder_state(hidden: int) -> dict[str, Any]:
+def au_encoder_state(hidden: int) -> dict[str, Any]:
     import torch
 
     holder = torch.nn.Module()
@@ -216,7 +216,7 @@ def _au_encoder_state(hidden: int) -> dict[str, Any]:
     return holder.state_dict()
 
 
-def _save_lora(unet: Any, folder: Path, rank: int) -> None:
+def save_lora(unet: Any, folder: Path, rank: int) -> None:
     """The release trainer's way: peft LoRA on to_q/to_k/to_v/to_out.0, saved by ``save_lora_weights``."""
     import torch
     from diffusers import StableDiffusionPipeline
@@ -256,8 +256,8 @@ def _faceid_files(unet: Any, folder: Path, cross_dim: int, tokens: int) -> None:
     import torch
 
     fineface = folder / "fineface"
-    torch.save(_au_processor_weights(unet, 0.2), fineface / "sd15_attn_processors.ckpt")
-    torch.save(_au_encoder_state(cross_dim - 12), fineface / "sd15_au_encoder.ckpt")  # no padding, as in the release
+    torch.save(au_processor_weights(unet, 0.2), fineface / "sd15_attn_processors.ckpt")
+    torch.save(au_encoder_state(cross_dim - 12), fineface / "sd15_au_encoder.ckpt")  # no padding, as in the release
     processors = list(unet.attn_processors)
     attn2 = set(_attn2_names(unet))
     ip_adapter = {}
@@ -303,9 +303,9 @@ def build_tiny_fineface(
     fineface.mkdir(exist_ok=True)
     torch.manual_seed(seed + 1)
     unet = parts["unet"]
-    torch.save(_au_processor_weights(unet, 0.2), fineface / "attn_processors.ckpt")
-    torch.save(_au_encoder_state(au_hidden), fineface / "au_encoder.ckpt")
-    _save_lora(unet, fineface, lora_rank)
+    torch.save(au_processor_weights(unet, 0.2), fineface / "attn_processors.ckpt")
+    torch.save(au_encoder_state(au_hidden), fineface / "au_encoder.ckpt")
+    save_lora(unet, fineface, lora_rank)
     if faceid:
         _faceid_files(unet, folder, cross_dim, faceid_tokens)
     return folder

@@ -12,6 +12,7 @@ from factory.cli.common import RecipeArg, SeedOpt, load, out
 from factory.commands.chain_estimate import estimate_chain
 from factory.commands.coverage import bank_coverage
 from factory.commands.estimate import estimate, measure_batch_seconds
+from factory.commands.gpu_estimate import estimate_lines, gpu_estimates, read_bench
 from factory.engine.balance import bank_infeasible, unshowable_emotions
 from factory.plan import PlanStats, plan_statistics
 from factory.recipe import Recipe
@@ -53,6 +54,14 @@ def plan(
             help="Estimate, with identities.bank_recipe: stated seconds per batch of the bank build.",
         ),
     ] = None,
+    from_bench: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-bench",
+            help="Estimate with --measure: per-GPU rates from a `python -m bench.bench_gpu --out FILE` result "
+            "(GPU-hours per generator and for 50/30/20 steps; --gpus default 8).",
+        ),
+    ] = None,
 ) -> None:
     """Plan samples and print their balance: AU shares, intensities, emotions, demographics.
 
@@ -76,7 +85,9 @@ def plan(
         )
     if identities:
         _print_coverage(r, identities)
-    if estimate_ and r.identities.bank_recipe:
+    if from_bench is not None:  # a bench file is only read for an estimate: it implies --estimate
+        _print_bench_estimate(r, from_bench, gpus, acceptance)
+    elif estimate_ and r.identities.bank_recipe:
         chain = estimate_chain(
             r, workers=gpus, batch_seconds=batch_seconds, bank_batch_seconds=bank_batch_seconds,
             acceptance=acceptance, measure=measure,
@@ -111,6 +122,13 @@ def _print_estimate(
     )  # fmt: skip
     for line in result.lines():
         out.print(f"[bold]estimate[/] {line}")
+
+
+def _print_bench_estimate(r: Recipe, path: Path, gpus: int | None, acceptance: float | None) -> None:
+    bench = read_bench(path)
+    found = gpu_estimates(r, bench, gpus=gpus or 8, acceptance=acceptance, run_dir=Path(r.dataset.out))
+    for line in estimate_lines(r, bench, path, found):
+        out.print(f"[bold]estimate[/] {line}", highlight=False)
 
 
 def _print_stats(r: Recipe, stats: PlanStats) -> None:

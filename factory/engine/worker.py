@@ -20,7 +20,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from cluster.actors import gpu_ids
+try:
+    from cluster.actors import gpu_ids
+except ImportError:  # no Ray installed: the worker runs in process only (tests/gpu on a device image without Ray)
+
+    def gpu_ids() -> list[str]:
+        return []
+
+
 from factory.engine.pipeline import StageTimings, make_context, recipe_pipeline
 from factory.engine.provenance import write_provenance
 from factory.engine.rundir import check_probe
