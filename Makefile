@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 FACTORY := $(VENV)/bin/factory
+# pytest-xdist workers for `make test` / `make test-fast`: one per core of the 2-core machine the
+# suite is timed on (most slow tests wait on Ray and child processes, so two overlap well).
+TEST_WORKERS ?= 2
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export RAY_USAGE_STATS_ENABLED = 0
 
@@ -28,10 +31,10 @@ setup: $(VENV)/.installed ## create .venv and install everything (CPU torch 2.13
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 test: setup lint test-deps ## lint, then the whole suite (what CI runs), printing the 25 slowest tests
-	$(VENV)/bin/pytest -q --durations=25 tests
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25 tests
 
 test-fast: setup ## the fast tier: no Ray, no factory child process, no S3 server, no browser
-	$(VENV)/bin/pytest -q --durations=25 -m "not slow" tests
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25 -m "not slow" tests
 
 test-gpu: setup ## the CUDA smoke test (tests/gpu, marker gpu): skipped, with the reason, without a CUDA device
 	$(VENV)/bin/pytest -q -rs -m gpu tests/gpu

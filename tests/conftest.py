@@ -5,11 +5,12 @@ S3 server or a browser."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests.tiers import mark_slow_tests, refusing_slow_work
+from tests.tiers import group_for_xdist, mark_slow_tests, refusing_slow_work
 
 pytest_plugins = ["pytester"]
 
@@ -20,6 +21,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     mark_slow_tests(items)
+    group_for_xdist(items)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -57,3 +59,13 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left_connected(request: pytest.FixtureRequest) -> None:
+    """Before a test that does not use the shared cluster (``ray_cluster``), the one the tests
+    before it on this worker left connected is shut down: under xdist any test may follow them,
+    and a test proving a command stopped before Ray checks that none is connected."""
+    ray = sys.modules.get("ray")
+    if "ray_cluster" not in request.fixturenames and ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiers import mark_slow_tests, refusing_slow_work, slow_kind_of
+from tests.tiers import group_for_xdist, mark_slow_tests, refusing_slow_work, slow_kind_of
 
 RAY = Path(sys.executable).parent / "site-packages" / "ray" / "core" / "src" / "ray"
 
@@ -83,4 +83,38 @@ def test_fixtures_that_start_slow_work_mark_their_tests(pytester: pytest.Pyteste
         "test_on_ray": ["ray", "slow"],
         "test_in_a_browser": ["browser", "slow"],
         "test_marked": ["s3", "slow"],
+    }
+
+
+def test_tests_sharing_a_costly_fixture_run_in_one_xdist_group_and_others_beside_their_module(
+    pytester: pytest.Pytester,
+) -> None:
+    items = pytester.getitems(
+        """
+        import pytest
+
+        @pytest.fixture
+        def ray_cluster(): ...
+
+        @pytest.fixture
+        def demo_build(): ...
+
+        def test_pure(): ...
+
+        def test_on_ray(ray_cluster): ...
+
+        def test_on_the_demo(demo_build): ...
+
+        @pytest.mark.xdist_group("mine")
+        def test_grouped_by_hand(demo_build): ...
+        """
+    )
+    group_for_xdist(items)
+    groups = {item.name: [m.args[0] for m in item.iter_markers("xdist_group")] for item in items}
+    module = items[0].nodeid.split("::")[0]
+    assert groups == {
+        "test_pure": [module],
+        "test_on_ray": [module],
+        "test_on_the_demo": ["demo_build"],
+        "test_grouped_by_hand": ["mine"],
     }

