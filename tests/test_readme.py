@@ -29,11 +29,14 @@ README = REPO / "README.md"
 _BUILD = "a Ray build on GPUs with model weights (tests/commands build the demo)"
 # Command prefix -> why it is not run here.
 NOT_RUN: dict[str, str] = {
-    "make demo": "installs and builds the demo: the whole of `make demo`",
+    "make demo": "installs the package (pip: network), then builds the full demo; tests/commands build it small",
     "make test": "is the test suite itself",
     "factory doctor": "reports on GPUs and model weights this machine does not have",
     "factory plan recipes/mifa-1m.toml --estimate --measure": "measures batches on GPUs",
-    "RAY_AUTH_MODE=token": "joins a remote Ray cluster's head over ssh",
+    "RAY_AUTH_MODE=token": (
+        "asks a remote head for its token over ssh (network); tests/cli/test_token_auth_cluster.py follows it "
+        "on a local token-auth head"
+    ),
     "factory build": _BUILD,
     "factory retry": _BUILD,
     "factory models pull": "downloads model weights",

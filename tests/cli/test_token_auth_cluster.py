@@ -1,12 +1,12 @@
 """Issue 21 class 6, followed for real: a Ray head started with token authentication on
 (``RAY_AUTH_MODE=token``, its own token, temp dir and port on 127.0.0.1), a ``factory build
---address`` without the token refused with our one line naming what to set (exit 2), and the
-same command with the advised environment builds on that cluster.
+--address`` without the token (or with a wrong one) refused with our one line naming what to set
+(exit 2), and the same command with the advised environment builds on that cluster.
 
-The head runs as ``ray start --head --block`` in its own process group, with ``HOME`` pointed
+The head runs as a plain ``ray start --head`` in a session of its own, with ``HOME`` pointed
 at a scratch folder (so neither side finds a token in the user's ``~/.ray``); it is stopped by
-signalling that group only, never with ``ray stop``, which would stop every Ray cluster on the
-machine.
+signalling that session's process group only, never with ``ray stop``, which would stop every
+Ray cluster on the machine.
 """
 
 from __future__ import annotations
@@ -46,30 +46,31 @@ def _answers(port: int) -> bool:
         return False
 
 
-def _stop(head: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the head's process group, then SIGKILL to whatever of the group is left
-    (``ray start --block`` often outlives a SIGTERM by half a minute)."""
+def _stop(group: int) -> None:
+    """SIGTERM to the head's process group, then SIGKILL to whatever of it is left."""
     for sig, wait_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
         try:
-            os.killpg(head.pid, sig)
+            os.killpg(group, sig)
         except ProcessLookupError:
             return
-        try:
-            head.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-        deadline = time.monotonic() + wait_s  # the group's other members (gcs_server, raylet)
+        deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             try:
-                os.killpg(head.pid, 0)
+                os.killpg(group, 0)
             except ProcessLookupError:
                 return
             time.sleep(0.2)
 
 
+def _head_log(scratch: Path) -> str:
+    """What the head printed, and which of its processes exited (for a failing assertion)."""
+    exits = "".join(p.read_text() for p in (scratch / "ray").glob("session_*/logs/ray_process_exit.log"))
+    return ((scratch / "head.log").read_text() + exits)[-3000:]
+
+
 @pytest.fixture
-def token_head() -> Iterator[tuple[str, str, dict[str, str]]]:
-    """(address, token, base environment) of a token-auth head; stopped after the test."""
+def token_head() -> Iterator[tuple[str, str, Path, dict[str, str]]]:
+    """(address, token, scratch folder, base environment) of a token-auth head; stopped after."""
     scratch = Path(tempfile.mkdtemp(prefix="rayauth", dir="/tmp"))  # Ray's socket paths must stay short
     token, port = secrets.token_hex(16), _free_port()
     base = {
@@ -80,7 +81,7 @@ def token_head() -> Iterator[tuple[str, str, dict[str, str]]]:
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
     (scratch / "home").mkdir()
-    argv = [str(RAY), "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1"]
+    argv = [str(RAY), "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1"]
     argv += ["--temp-dir", str(scratch / "ray"), "--num-cpus", "4", "--num-gpus", "0", "--include-dashboard", "false"]
     head = subprocess.Popen(
         argv,
@@ -90,15 +91,13 @@ def token_head() -> Iterator[tuple[str, str, dict[str, str]]]:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not _answers(port):
-            assert head.poll() is None, (scratch / "head.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the token-auth Ray head did not start in 120 s"
-            time.sleep(0.5)
-        time.sleep(2)  # the raylet registers after the GCS port opens
-        yield f"127.0.0.1:{port}", token, base
+        assert head.wait(timeout=180) == 0 and _answers(port), _head_log(scratch)  # started, then returned
+        yield f"127.0.0.1:{port}", token, scratch, base
     finally:
-        _stop(head)
+        if head.poll() is None:  # `ray start` itself hung
+            head.kill()
+            head.wait()
+        _stop(head.pid)  # its processes keep the process group of the session it started
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -108,9 +107,9 @@ def _build(recipe: Path, address: str, env: dict[str, str]) -> subprocess.Comple
 
 
 def test_a_token_auth_cluster_refuses_then_builds_with_the_advised_environment(
-    token_head: tuple[str, str, dict[str, str]], tmp_path: Path
+    token_head: tuple[str, str, Path, dict[str, str]], tmp_path: Path
 ) -> None:
-    address, token, base = token_head
+    address, token, scratch, base = token_head
     out = tmp_path / "run"
     recipe = demo_recipe(out, tmp_path / "demo.toml")
     recipe.write_text(recipe.read_text().replace("target = 13", "target = 4"))
@@ -120,9 +119,11 @@ def test_a_token_auth_cluster_refuses_then_builds_with_the_advised_environment(
     assert line.startswith("error: ") and "\n" not in line, refused.stderr[-3000:]  # no Ray retry lines either
     assert address in line and "RAY_AUTH_MODE=token" in line and "RAY_AUTH_TOKEN" in line, line
     assert not (out / "index.json").exists()
+    wrong = _build(recipe, address, {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)})
+    assert wrong.returncode == 2 and "the token set does not match the head's" in wrong.stderr, wrong.stderr[-3000:]
     token_file = tmp_path / "token"
     token_file.write_text(token)
     advised = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
     built = _build(recipe, address, advised)
-    assert built.returncode == 0, built.stderr[-3000:]
+    assert built.returncode == 0, built.stderr[-3000:] + _head_log(scratch)
     assert (out / "index.json").is_file()
