@@ -37,8 +37,9 @@ class ClusterError(FailedError, RuntimeError):
 
 
 class ClusterRequestError(UserError, RuntimeError):
-    """What the build asks of a cluster cannot be had: an address nothing answers at, more
-    GPUs than the machine has. Input to fix (exit 2), found before Ray starts."""
+    """What the build asks of a cluster cannot be had: an address nothing answers at, a
+    cluster that refuses this driver's token (or its lack of one), more GPUs than the machine
+    has. Input to fix (exit 2), found before Ray starts where it can be."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,34 @@ def probe_address(address: str) -> None:
             f"no Ray cluster answers at --address {address} ({reason}); {_START_A_CLUSTER}, "
             "or check the host, the port and the firewall"
         ) from None
+    if "://" not in address:  # a GCS address; ray:// is Ray Client's own protocol
+        probe_token_auth(address, target)
+
+
+def probe_token_auth(address: str, target: tuple[str, int]) -> None:
+    """Refuse at once a cluster whose GCS rejects this driver's token, or its lack of one: the
+    first call of Ray's own handshake (``GetClusterId``) with the metadata Ray would send, one
+    bounded try. Ray's client retries a refused call for many seconds, printing each refusal,
+    and then reports only that it could not connect. Any other outcome is left to ``ray.init``."""
+    try:
+        import grpc  # deferred: Ray's own dependency, needed only to reach an existing cluster
+        from ray._private.authentication.grpc_authentication_client_interceptor import (  # deferred: as grpc
+            _get_authentication_metadata_tuple,
+        )
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc  # deferred: as grpc
+    except ImportError:  # a Ray without token authentication
+        return
+    with grpc.insecure_channel(f"{target[0]}:{target[1]}") as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(
+                gcs_service_pb2.GetClusterIdRequest(),
+                timeout=PROBE_TIMEOUT_S,
+                metadata=_get_authentication_metadata_tuple(),
+            )
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise ClusterRequestError(_refused_message(address)) from None
 
 
 def _visible_gpus() -> int:
@@ -131,6 +160,9 @@ def connect(address: str | None = None, *, gpus: int = 0, local_gpus: int | None
             try:
                 ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as exc:
+                refused = auth_failure(address, exc)
+                if refused is not None:  # the environment to set: input, as the probe says
+                    raise ClusterRequestError(refused) from exc
                 raise ClusterError(connect_failure(address, exc)) from exc
         else:
             try:
@@ -181,6 +213,10 @@ def auth_failure(address: str, exc: BaseException) -> str | None:
     text = f"{type(exc).__name__} {exc}".lower()
     if not isinstance(exc, ray.exceptions.AuthenticationError) and not any(w in text for w in _AUTH_WORDS):
         return None
+    return _refused_message(address)
+
+
+def _refused_message(address: str) -> str:
     mode = os.environ.get("RAY_AUTH_MODE", "unset")
     has_token = bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"))
     state = f"RAY_AUTH_MODE is {mode}, {'a token is set' if has_token else 'no token is set'}"

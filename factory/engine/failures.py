@@ -107,8 +107,15 @@ def failure_report(reason: str, failed: dict[int, str], log: FailureLog, run_dir
     (how many shards, which, the first error line, a hint by kind), then what to do.
 
     ``failed`` maps each permanently failed shard to its last error line; causes seen only
-    on attempts that are still being retried come from ``log``.
+    on attempts that are still being retried come from ``log``. A full disk is one line: the
+    same cause for every shard, so the list of causes would only repeat it.
     """
+    if any(cause.kind == "disk_full" for cause in log.causes.values()):
+        return (
+            f"{reason}: the disk holding {run_dir} has no space left; free space on it (or point dataset.out at "
+            f"a larger disk), then run the same `factory build` command again, or `factory retry {run_dir}` "
+            "(the shards already committed are kept; these attempts do not count)"
+        )
     grouped: dict[str, list[int]] = {}
     examples: dict[str, str] = {}
     for shard, root in sorted(failed.items()):

@@ -14,6 +14,7 @@ the control lane, restart as the only cancel, first commit wins) is in ARCHITECT
 
 from __future__ import annotations
 
+import errno
 import statistics
 import time
 from collections import deque
@@ -28,6 +29,7 @@ from factory.engine.progress import BuildProgress
 from factory.engine.rundir import RunDir, brief_stats
 from factory.plan import Planner
 from factory.sections import EngineSection
+from manifests.atomic import WriteError
 from manifests.writer import is_done, read_stats
 
 __all__ = ["Flight", "Runner"]
@@ -197,7 +199,14 @@ class Runner:
         failure = self.ledger.fail(copy.id, error, kind)
         if failure is None:
             return  # the shard is done, or another copy of it still runs and decides
-        self.run.record_failure(copy.shard, error)
+        try:
+            self.run.record_failure(copy.shard, error)
+        except WriteError as exc:
+            # The disk is full: the record cannot be written, which loses nothing (an attempt that
+            # failed on a full disk is not counted when the build runs again), and the ledger stops
+            # the build with the one disk-full message once it has seen such a failure.
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
         self.ledger.check_stop()
         what = "retrying" if failure.retry else "giving up"
         first = min(failure.cause.shards)

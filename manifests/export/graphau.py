@@ -16,9 +16,15 @@ or all 12 with ``aus="disfa12"``. ``k`` runs over ``folds`` identity-disjoint fo
 gives DISFA's AUs, every other column -1: that tool pads an AU a dataset does not label with
 -1, their ``WeightedAsymmetricLoss`` drops -1 labels (``mask = y != -1``) and their F1
 ``statistics`` skips them. Also ``list/hybrid_train_weight.txt`` (41 weights,
-``train_stage1.py``); train / val / test split by identity in ``shares``. Stage 2's
-``hybrid_train_AU_relation.txt`` is not written (how their tool fills it for -1 labels is not
-public).
+``train_stage1.py`` and ``train_stage2.py``); train / val / test split by identity in
+``shares``. Their ``train_stage2.py`` builds ``HybridDataset(stage=1)``, so stage 2 reads the
+same files; ``HybridDataset(stage=2)`` also reads ``list/hybrid_train_AU_relation.txt``
+(``np.loadtxt``, ``au_relation[i, :]``), which no public tool of theirs writes. We write it as
+ME-GraphAU's ``tool/DISFA_deal_AU_relation.py`` does (``2 * a_j + a_k``, one column per AU
+pair ``j * n + k``) over the 27 main AUs, the nodes of their stage-2 model (``MEFL.Head``'s
+``GEM(in_channels, num_main_classes)``, 27 x 27 edges); a pair with an unlabelled (-1) AU is
+written -100, the ``ignore_index`` of the ``nn.CrossEntropyLoss()`` ME-GraphAU's stage 2 puts
+on these labels (``2 * a_j + a_k`` of a -1 would give -3..2 and collide with real classes).
 
 Both write ``list/*_identity*.txt`` beside the paths (one identity id per line, the same
 order), which their loaders ignore and identity-adversarial training can read. A label row is
@@ -145,6 +151,7 @@ class GraphAUExporter(SplitExporter):
             self._disfa_extras(parts)
         else:
             self._write_weights(lists / "hybrid_train_weight.txt", parts, [0], wide=True)
+            _write_relations(lists / "hybrid_train_label.txt", lists / "hybrid_train_AU_relation.txt", len(_MAIN))
         write_derived_card(self.run_dir, self.out)
         write_text_atomic(self.out / "README.md", self._readme())
         return {
@@ -183,11 +190,7 @@ class GraphAUExporter(SplitExporter):
         for fold in range(self.folds):
             train, _ = fold_sides(fold, self.folds)
             labels = lists / f"{name}_train_label_fold{fold + 1}.txt"
-            # The label file's rows (a one-row list holds its row twice: see _repeat_single_row).
-            with atomic_output(lists / f"{name}_train_AU_relation_fold{fold + 1}.txt") as rel, open(rel, "w") as fh:
-                for line in labels.read_text().splitlines():
-                    a = [int(v) for v in line.split()]
-                    fh.write(" ".join(str(2 * x + y) for x in a for y in a) + "\n")
+            _write_relations(labels, lists / f"{name}_train_AU_relation_fold{fold + 1}.txt", len(self.aus))
             self._write_weights(lists / f"{name}_weight_fold{fold + 1}.txt", parts, train, wide=False)
 
     def _write_weights(self, target: Any, parts: list[dict[str, Any]], groups: list[int], *, wide: bool) -> None:
@@ -212,11 +215,17 @@ class GraphAUExporter(SplitExporter):
         )
         if self.layout_name == "opengraphau":
             return (
-                "# OpenGraphAU lists (MIFA export)\n\nIn ME-GraphAU's `OpenGraphAU/conf/hybrid_config.yaml` set "
-                f"`dataset_path: '{self.out.resolve()}'`, then run `python train_stage1.py` there (its `--dataset` "
-                "default, hybrid, names list/hybrid_train_weight.txt). The 41 label columns are OpenGraphAU's "
+                "# OpenGraphAU lists (MIFA export)\n\nOpenGraphAU's `conf.py` reads `config/hybrid_config.yaml` "
+                "(lingjivoo/OpenGraphAU ships it there; ME-GraphAU's OpenGraphAU folder ships it as "
+                "`conf/hybrid_config.yaml`: copy it to `config/`); in it set "
+                f"`dataset_path: '{self.out.resolve()}'`, then run `python train_stage1.py` (and later "
+                "`python train_stage2.py --resume <stage-1 checkpoint>`) there (their `--dataset` default, "
+                "hybrid, names list/hybrid_train_weight.txt). The 41 label columns are OpenGraphAU's "
                 f"order ({' '.join(OPENGRAPHAU_AUS)}); MIFA labels AUs {', '.join(map(str, self.aus))}, every "
-                "other column is -1 (unlabelled: their loss and F1 skip it). Stage 1 only (no AU relation list). "
+                "other column is -1 (unlabelled: their loss and F1 skip it). Their `train_stage2.py` reads the "
+                "same lists; for `HybridDataset(stage=2)`, list/hybrid_train_AU_relation.txt holds "
+                "`2 * a_j + a_k` for every pair of the 27 main AUs (column `j * 27 + k`, as ME-GraphAU's "
+                "tool/DISFA_deal_AU_relation.py), -100 (CrossEntropyLoss's ignore_index) where either is -1. "
                 f"train / val / test hold disjoint identities (list/hybrid_*_identity.txt). {threshold}\n"
             )
         return (
@@ -228,6 +237,16 @@ class GraphAUExporter(SplitExporter):
             f"{', '.join(map(str, self.aus))}. Fold k tests on identities no other fold tests on and trains on "
             f"the rest (list/*_identity_fold*.txt). {threshold}\n"
         )
+
+
+def _write_relations(labels: Path, target: Path, nodes: int) -> None:
+    """ME-GraphAU's AU relation list from a label list: ``2 * a_j + a_k`` for the first ``nodes``
+    label columns (-100 where either is -1); one row per label row, so a one-row list's doubled
+    row (``_repeat_single_row``) is doubled here too."""
+    with atomic_output(target) as relations, open(relations, "w") as fh:
+        for line in labels.read_text().splitlines():
+            a = [int(v) for v in line.split()[:nodes]]
+            fh.write(" ".join(str(2 * x + y if min(x, y) >= 0 else -100) for x in a for y in a) + "\n")
 
 
 def _repeat_single_row(labels: Path) -> None:

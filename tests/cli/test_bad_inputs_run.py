@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from cluster.ray_cluster import AUTH_ADVICE, ClusterError, connect, connect_failure
+from cluster.ray_cluster import AUTH_ADVICE, ClusterRequestError, connect, connect_failure
 from factory.cli import edge
 from factory.engine.rundir import RunDir, RunError
 from factory.recipe import Recipe, load_recipe
@@ -277,7 +277,8 @@ def test_a_cluster_that_refuses_the_token_says_what_to_set(monkeypatch: pytest.M
 
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     monkeypatch.setattr(ray, "init", refused)
-    with pytest.raises(ClusterError) as info:
+    monkeypatch.setattr("cluster.ray_cluster.probe_address", lambda address: None)  # no cluster to reach here
+    with pytest.raises(ClusterRequestError) as info:
         connect("10.0.0.1:6379")
     message = str(info.value)
     assert "'10.0.0.1:6379' refused this driver: it has token authentication on (RAY_AUTH_MODE is unset" in message
