@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from bench.bench_balance import simulate
 from factory.engine.balance import balance_policy, balance_targets
-from factory.engine.ledger import LedgerError
-from factory.engine.policy import CommittedPrefix
+from factory.engine.ledger import Ledger, LedgerError
+from factory.engine.policy import CommittedPrefix, PolicyDecision
 from factory.engine.rounds import KEEP_BASE, Rounds, choose_plan, rake, round_weights
+from factory.engine.rules import LedgerRules
 from factory.plan import Planner
 from factory.recipe import RecipeError, recipe_from_dict
 from manifests.balance import Tally
@@ -148,3 +149,43 @@ def test_rounds_plan_from_the_committed_prefix_alone_and_chase_the_low_yield(tmp
     recipe = _skewed(tmp_path / "open", rounds=0)  # without rounds: the open loop's plans
     still = balance_policy(recipe, recipe.dataset.out, None, Planner(recipe))
     assert still is not None and still.shard(6).equals(Planner(recipe).shard(6))
+
+
+class _HoldBack:
+    """A policy holding back frontier shards from ``below`` (what a closed-loop round asks)."""
+
+    def __init__(self, rounds: Rounds) -> None:
+        self.rounds = rounds
+        self.resolved: list[int] = []
+
+    def review(self, prefix: CommittedPrefix) -> PolicyDecision:
+        self.resolved.append(prefix.resolved)
+        return PolicyDecision(send_below=self.rounds.send_below(prefix.resolved))
+
+
+def test_the_ledger_sends_no_shard_of_a_round_not_planned_yet() -> None:
+    ledger = Ledger.resume(LedgerRules(target=1000, shard_size=10, max_attempts=1, run_dir="/r"), {}, {})
+    policy = _HoldBack(Rounds(4, 2))
+    ledger.consult(policy)
+    for shard in range(4):
+        assert ledger.next_shard() == shard
+        ledger.start(shard, 0, 0.0, planned=10)
+    assert not ledger.wants_more() and ledger.next_shard() is None  # round 1 waits for shards 0-1
+    copy = ledger.copies(1)[0]
+    ledger.fail(copy.id, "boom")  # failed for good: resolved, though not done
+    ledger.finish(ledger.copies(0)[0].id, {"planned": 10, "accepted": 10})
+    ledger.consult(policy)
+    assert policy.resolved[-1] == 2 and ledger.next_shard() == 4
+
+
+def test_a_policy_cannot_hold_back_a_resolved_shard() -> None:
+    ledger = Ledger.resume(
+        LedgerRules(target=100, shard_size=10, max_attempts=1, run_dir="/r"), {0: {"planned": 10, "accepted": 1}}, {}
+    )
+
+    class Late:
+        def review(self, prefix: CommittedPrefix) -> PolicyDecision:
+            return PolicyDecision(send_below=0)
+
+    with pytest.raises(LedgerError, match="inside the resolved prefix"):
+        ledger.consult(Late())
