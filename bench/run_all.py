@@ -28,6 +28,7 @@ BENCHES = (
     "bench_generators",
     "bench_tools",
     "bench_storage",
+    "bench_balance",
 )
 
 
