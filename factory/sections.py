@@ -173,7 +173,14 @@ class BalanceSection(_Model):
         "are infeasible; past twice as many, later shards are indexed open loop",
     )
     infeasible_after: int = Field(
-        50, ge=1, le=1_000_000, description="planned samples of a cell with none accepted before it is infeasible"
+        50, ge=1, le=1_000_000, description="planned samples of a cell before its yield is judged"
+    )
+    infeasible_yield: float = Field(
+        0.02,
+        ge=0.0,
+        lt=1.0,
+        description="a cell whose yield (delivered per planned) is below this with 95 % confidence is "
+        "infeasible, no longer chased (0.02: past 50 generated per delivered; 0: only a cell never accepted)",
     )
     round_shards: int = Field(
         8,

@@ -10,8 +10,9 @@ a sample is kept unless one of its cells is full or the target is reached; other
 surplus, with the first full cell named as the reason.
 
 A cell is *infeasible* when nobody can fill it (it then has no cap): a demographic group no bank identity belongs
-to (known before the build), or a cell planned ``infeasible_after`` times on the committed
-shards before with no sample of it accepted (measured). Its share moves to the other cells of
+to (known before the build), or a cell planned at least ``infeasible_after`` times on the
+committed shards before whose yield is below ``infeasible_yield`` with 95 % confidence
+(measured: :meth:`Tally.infeasible`). Its share moves to the other cells of
 its kind (an infeasible ``AU20+`` leaves ``AU20-`` the whole share), so the rest can still
 reach the target.
 
@@ -75,6 +76,7 @@ _COLUMNS = [
     "au_intensity",
 ]
 _STRATA = ("emotion", "ethnicity", "age_band", "gender")
+_CONFIDENCE = 0.95  # of the upper bound on a cell's yield before it is given up
 _GENERATED = generated_identity_id(0, 0).split("-")[0] + "-"  # a new person per sample: no yield of its own
 
 
@@ -217,13 +219,22 @@ class Tally:
     identity_planned: Counter[str] = field(default_factory=Counter)
     identity_accepted: Counter[str] = field(default_factory=Counter)
 
-    def infeasible(self, targets: BalanceTargets, tries: int) -> list[str]:
-        """Cells with a share, planned at least ``tries`` times, never accepted."""
-        return sorted(
-            c
-            for c, n in self.planned.items()
-            if n >= tries and self.accepted[c] == 0 and targets.shares.get(c, 0.0) > 0
-        )
+    def infeasible(self, targets: BalanceTargets, tries: int, floor: float = 0.0) -> list[str]:
+        """Cells with a share, planned at least ``tries`` times, whose yield (samples delivered
+        in the cell per sample planned in it) is below ``floor`` with 95 % confidence: the
+        one-sided Clopper-Pearson upper bound of ``accepted / planned`` under ``floor``. Without
+        a floor: cells never accepted."""
+        from scipy.stats import beta  # deferred: scipy's import is slow and only the closed loop needs it
+
+        found = []
+        for cell, n in self.planned.items():
+            k = min(self.accepted[cell], n)
+            if n < tries or targets.shares.get(cell, 0.0) <= 0:
+                continue
+            bound = 1.0 if k >= n else float(beta.ppf(_CONFIDENCE, k + 1, n - k))
+            if (k == 0 and floor <= 0.0) or bound < floor:
+                found.append(cell)
+        return sorted(found)
 
     def short(self, targets: BalanceTargets) -> list[str]:
         """Cells with a share whose kept share falls below it by more than their tolerance (an

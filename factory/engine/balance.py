@@ -121,11 +121,13 @@ class BalancePolicy:
         max_generated: float,
         planner: Planner | None = None,
         rounds: Rounds | None = None,
+        infeasible_yield: float = 0.0,
     ) -> None:
         self.layout = layout
         self.base = targets
         self.tries = tries
         self.max_generated = max_generated
+        self.infeasible_yield = infeasible_yield
         self.planner = planner
         self.rounds = rounds if rounds is not None and planner is not None else Rounds(0, 0)
         self._reset()
@@ -141,7 +143,8 @@ class BalancePolicy:
     def _advance_targets(self) -> bool:
         """The targets the tally so far implies (cells found infeasible, the waste bound);
         returns whether later shards are decided open loop. Idempotent for one tally."""
-        self.targets = self.targets.with_infeasible(self.tally.infeasible(self.targets, self.tries))
+        dead = self.tally.infeasible(self.targets, self.tries, self.infeasible_yield)
+        self.targets = self.targets.with_infeasible(dead)
         budget = self.tally.generated / (self.max_generated * self.base.target)
         if budget >= 1.0 and not self.gave_up:  # once: the shares it leaves are met from then on
             self.targets = self.targets.with_infeasible(self.tally.short(self.targets))
@@ -208,4 +211,5 @@ def balance_policy(
         max_generated=section.max_generated_per_accepted,
         planner=planner,
         rounds=rounds,
+        infeasible_yield=section.infeasible_yield,
     )

@@ -189,3 +189,14 @@ def test_a_policy_cannot_hold_back_a_resolved_shard() -> None:
 
     with pytest.raises(LedgerError, match="inside the resolved prefix"):
         ledger.consult(Late())
+
+
+def test_a_cell_is_given_up_when_its_yield_is_surely_below_the_floor() -> None:
+    targets = balance_targets(_recipe())
+    tally = Tally()
+    tally.planned.update({"AU9=5": 60, "AU9=4": 60, "AU9=3": 300, "AU9=2": 40, "AU9=1": 2000})
+    tally.accepted.update({"AU9=4": 6, "AU9=3": 1, "AU9=1": 60})
+    # upper bounds: 0 of 60 4.9 %, 1 of 300 1.6 %, 60 of 2000 3.7 %, 6 of 60 18.8 %; 0 of 40: too few tries
+    assert tally.infeasible(targets, 50, 0.05) == ["AU9=1", "AU9=3", "AU9=5"]
+    assert tally.infeasible(targets, 50, 0.02) == ["AU9=3"]
+    assert tally.infeasible(targets, 50, 0.0) == ["AU9=5"]  # no floor: never accepted, as before
