@@ -179,7 +179,8 @@ class BalanceTargets:
         share = self.shares.get(cell)
         if share is None or cell in self.infeasible:
             return 0
-        return max(math.ceil((share - self.tolerances[cell]) * self.target - 1e-9), 0)
+        need = max(math.ceil((share - self.tolerances[cell]) * self.target - 1e-9), 0)
+        return min(need, self.cap(cell) or 0)  # a tolerance under half a sample: the cap wins
 
     def crowded(self, cells: Iterable[str], kept: Counter[str], kept_total: int) -> str | None:
         """The first kind (``AU12`` active or not, ``emotion``, ...) whose other cells still
