@@ -2,7 +2,8 @@
 prefix whatever the run: built by the ``factory`` CLI on 1 logical GPU, killed -9 after a
 closed-loop round's shard committed, and resumed in-process on 8 logical GPUs, every plan and
 balance decision on disk is what a fresh policy computes from the committed manifests alone,
-byte for byte, and the index holds exactly the kept samples. An uninterrupted build, on any
+byte for byte, and the index holds exactly the kept samples; ``show --regenerate`` reproduces
+a closed-loop sample whose plan file is gone. An uninterrupted build, on any
 number of GPUs, is that same function of the same prefix."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from factory.commands.show import regenerate
 from factory.engine.balance import balance_policy
 from factory.engine.build import build
 from factory.engine.policy import CommittedPrefix
@@ -97,3 +99,9 @@ def test_closed_loop_killed_on_1_gpu_resumed_on_8_is_its_committed_prefix(ray_cl
             if a and k not in surplus
         ]
     assert pq.read_table(out / "index.parquet")["key"].to_pylist() == kept[: recipe.dataset.target]
+
+    # show --regenerate of a closed-loop sample whose plan file is gone: its manifest row is its plan
+    shard = summary.indexed_shards[-1]
+    layout.plan_path(shard).unlink()
+    key = next(k for k in kept if k.startswith(f"{shard:06d}_"))
+    assert regenerate(out, key)[1].identical
