@@ -31,6 +31,7 @@ BENCHES = (
     "bench_generators",
     "bench_tools",
     "bench_storage",
+    "bench_balance",
 )
 GPU_BENCH = "bench_gpu"
 

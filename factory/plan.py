@@ -197,8 +197,17 @@ class Planner:
         """The plan of shard ``shard`` as an Arrow table with :data:`PLAN_SCHEMA`."""
         if shard < 0:
             raise ValueError(f"shard index must be >= 0, got {shard}")
-        n = self.recipe.dataset.shard_size
-        rng = np.random.default_rng([self.recipe.dataset.seed, shard])
+        return self._plan(
+            shard, self.recipe.dataset.shard_size, np.random.default_rng([self.recipe.dataset.seed, shard])
+        )
+
+    def pool(self, shard: int, size: int) -> pa.Table:
+        """``size`` candidate samples for shard ``shard``, planned as :meth:`shard` plans but from a
+        stream of their own (a closed-loop round picks the shard's plan from them; their keys
+        and generated identities are renumbered then)."""
+        return self._plan(shard, size, np.random.default_rng([self.recipe.dataset.seed, shard, 1]))
+
+    def _plan(self, shard: int, n: int, rng: np.random.Generator) -> pa.Table:
         if self._bank:
             emotions, vectors = np.full(n, "neutral", dtype=object), np.zeros((n, N_AUS), np.int8)
         else:

@@ -173,8 +173,38 @@ class BalanceSection(_Model):
         "are infeasible; past twice as many, later shards are indexed open loop",
     )
     infeasible_after: int = Field(
-        50, ge=1, le=1_000_000, description="planned samples of a cell with none accepted before it is infeasible"
+        50, ge=1, le=1_000_000, description="planned samples of a cell before its yield is judged"
     )
+    infeasible_yield: float = Field(
+        0.02,
+        ge=0.0,
+        lt=1.0,
+        description="a cell whose yield (delivered per planned) is below this with 95 % confidence is "
+        "infeasible, no longer chased (0.02: past 50 generated per delivered; 0: only a cell never accepted)",
+    )
+    round_shards: int = Field(
+        8,
+        ge=0,
+        le=100_000,
+        description="closed loop: shards per planning round, each round after the first planned from the "
+        "yields measured on the committed shards; 0 plans every shard as the open loop does (selection only)",
+    )
+    round_lag_shards: int = Field(
+        4,
+        ge=0,
+        le=100_000,
+        description="round k+1 is planned once all but this many of round k's shards are committed; the "
+        "workers take those meanwhile (never idle when it is at least the number of workers)",
+    )
+
+    @model_validator(mode="after")
+    def _lag_inside_a_round(self) -> BalanceSection:
+        if self.round_shards and self.round_lag_shards >= self.round_shards:
+            raise ValueError(
+                f"round_lag_shards ({self.round_lag_shards}) must be below round_shards ({self.round_shards}): "
+                "a round is planned from shards of the round before it"
+            )
+        return self
 
 
 class IdentitySection(_Model):

@@ -10,8 +10,9 @@ a sample is kept unless one of its cells is full or the target is reached; other
 surplus, with the first full cell named as the reason.
 
 A cell is *infeasible* when nobody can fill it (it then has no cap): a demographic group no bank identity belongs
-to (known before the build), or a cell planned ``infeasible_after`` times on the committed
-shards before with no sample of it accepted (measured). Its share moves to the other cells of
+to (known before the build), or a cell planned at least ``infeasible_after`` times on the
+committed shards before whose yield is below ``infeasible_yield`` with 95 % confidence
+(measured: :meth:`Tally.infeasible`). Its share moves to the other cells of
 its kind (an infeasible ``AU20+`` leaves ``AU20-`` the whole share), so the rest can still
 reach the target.
 
@@ -35,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from manifests.atomic import write_parquet_atomic
-from manifests.layout import ShardPaths
+from manifests.layout import ShardPaths, generated_identity_id
 from manifests.schema import N_AUS
 from manifests.store import open_parquet, read_table
 from manifests.vocab import DISFA_AUS
@@ -48,6 +49,7 @@ __all__ = [
     "Tally",
     "balance_path",
     "balance_shard",
+    "decide_samples",
     "read_balance",
     "read_surplus",
     "read_targets",
@@ -62,8 +64,20 @@ BALANCE_SCHEMA = pa.schema(
         pa.field("reason", pa.string()),
     ]
 )
-_COLUMNS = ["key", "accepted", "emotion", "ethnicity", "age_band", "gender", "planned_intensity", "au_intensity"]
+_COLUMNS = [
+    "key",
+    "accepted",
+    "identity_id",
+    "emotion",
+    "ethnicity",
+    "age_band",
+    "gender",
+    "planned_intensity",
+    "au_intensity",
+]
 _STRATA = ("emotion", "ethnicity", "age_band", "gender")
+_CONFIDENCE = 0.95  # of the upper bound on a cell's yield before it is given up
+_GENERATED = generated_identity_id(0, 0).split("-")[0] + "-"  # a new person per sample: no yield of its own
 
 
 def balance_path(paths: ShardPaths) -> Path:
@@ -102,6 +116,13 @@ class BalanceTargets:
     shares: Mapping[str, float]
     tolerances: Mapping[str, float]
     infeasible: frozenset[str] = frozenset()
+    by_kind: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        kinds: dict[str, list[str]] = {}
+        for cell in self.shares:
+            kinds.setdefault(_kind(cell), []).append(cell)
+        object.__setattr__(self, "by_kind", {k: tuple(v) for k, v in kinds.items()})
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -153,6 +174,29 @@ class BalanceTargets:
                     shares[c] = whole / len(alive)
         return replace(self, shares=shares, infeasible=frozenset(dead))
 
+    def floor(self, cell: str) -> int:
+        """Kept samples a cell needs to meet its share at the target (0: no share, infeasible)."""
+        share = self.shares.get(cell)
+        if share is None or cell in self.infeasible:
+            return 0
+        need = max(math.ceil((share - self.tolerances[cell]) * self.target - 1e-9), 0)
+        return min(need, self.cap(cell) or 0)  # a tolerance under half a sample: the cap wins
+
+    def crowded(self, cells: Iterable[str], kept: Counter[str], kept_total: int) -> str | None:
+        """The first kind (``AU12`` active or not, ``emotion``, ...) whose other cells still
+        need more kept samples than the slots left after one more: keeping this sample would
+        leave one of them short at the target (an AU's levels are left out: their shares are
+        of its active samples, which the target does not bound)."""
+        room = self.target - kept_total - 1
+        for cell in cells:
+            if cell.startswith("AU") and "=" in cell:
+                continue
+            kind = _kind(cell)
+            short = sum(max(self.floor(c) - kept[c], 0) for c in self.by_kind.get(kind, ()) if c != cell)
+            if short > room:
+                return kind
+        return None
+
     def full_cell(self, cells: Iterable[str], kept: Counter[str]) -> str | None:
         """The first of ``cells`` that one more kept sample would push over its cap."""
         for cell in cells:
@@ -172,14 +216,26 @@ class Tally:
     planned: Counter[str] = field(default_factory=Counter)
     accepted: Counter[str] = field(default_factory=Counter)
     generated: int = 0  # planned samples of the decided shards
+    accepted_total: int = 0
+    identity_planned: Counter[str] = field(default_factory=Counter)
+    identity_accepted: Counter[str] = field(default_factory=Counter)
 
-    def infeasible(self, targets: BalanceTargets, tries: int) -> list[str]:
-        """Cells with a share, planned at least ``tries`` times, never accepted."""
-        return sorted(
-            c
-            for c, n in self.planned.items()
-            if n >= tries and self.accepted[c] == 0 and targets.shares.get(c, 0.0) > 0
-        )
+    def infeasible(self, targets: BalanceTargets, tries: int, floor: float = 0.0) -> list[str]:
+        """Cells with a share, planned at least ``tries`` times, whose yield (samples delivered
+        in the cell per sample planned in it) is below ``floor`` with 95 % confidence: the
+        one-sided Clopper-Pearson upper bound of ``accepted / planned`` under ``floor``. Without
+        a floor: cells never accepted."""
+        from scipy.stats import beta  # deferred: scipy's import is slow and only the closed loop needs it
+
+        found = []
+        for cell, n in self.planned.items():
+            k = min(self.accepted[cell], n)
+            if n < tries or targets.shares.get(cell, 0.0) <= 0:
+                continue
+            bound = 1.0 if k >= n else float(beta.ppf(_CONFIDENCE, k + 1, n - k))
+            if (k == 0 and floor <= 0.0) or bound < floor:
+                found.append(cell)
+        return sorted(found)
 
     def short(self, targets: BalanceTargets) -> list[str]:
         """Cells with a share whose kept share falls below it by more than their tolerance (an
@@ -214,22 +270,43 @@ def balance_shard(
     sample (the waste bound was reached), still up to the target."""
     with open_parquet(paths.parquet) as manifest:
         table = manifest.read(columns=_COLUMNS, use_threads=False)
+    out = decide_samples(table, tally, targets, open_loop=open_loop)
+    meta = {"after": after, "open_loop": open_loop, "targets": targets.to_json()}
+    write_parquet_atomic(balance_path(paths), out.replace_schema_metadata({"mifa_balance": json.dumps(meta)}))
+    kept = sum(d is None for d in out["dropped_by"].to_pylist())
+    return ShardBalance(shard, out.num_rows, kept, tuple(sorted(targets.infeasible)))
+
+
+def decide_samples(table: pa.Table, tally: Tally, targets: BalanceTargets, *, open_loop: bool = False) -> pa.Table:
+    """The decisions on one shard's manifest rows (``key``, ``accepted``, ``identity_id``, the
+    strata, ``planned_intensity``, ``au_intensity``), in row order, added to ``tally``: one
+    :data:`BALANCE_SCHEMA` row per accepted sample."""
     strata = {k: table[k].to_pylist() for k in _STRATA}
     planned, labels = _vectors(table["planned_intensity"]), _vectors(table["au_intensity"])
     accepted = table["accepted"].to_pylist()
     keys, dropped, reasons = [], [], []
+    identities = table["identity_id"].to_pylist()
     for i, key in enumerate(table["key"].to_pylist()):
         row = {k: strata[k][i] for k in _STRATA}
         tally.planned.update(sample_cells(planned[i], row, targets.units))
+        bank = not identities[i].startswith(_GENERATED)
+        if bank:
+            tally.identity_planned[identities[i]] += 1
         if not accepted[i]:
             continue
         cells = sample_cells(labels[i], row, targets.units)
         tally.accepted.update(cells)
+        tally.accepted_total += 1
+        if bank:
+            tally.identity_accepted[identities[i]] += 1
         full = None if open_loop else targets.full_cell(cells, tally.kept)
+        crowded = None if open_loop or full else targets.crowded(cells, tally.kept, tally.kept_total)
         if tally.kept_total >= targets.target:
             reason: str | None = f"target of {targets.target} kept samples reached"
         elif full is not None:
             reason = f"cell {full} full ({targets.cap(full)} of {targets.target})"
+        elif crowded is not None:
+            reason = f"the slots left are kept for the short cells of {crowded}"
         else:
             reason = None
             tally.kept.update(cells)
@@ -238,11 +315,7 @@ def balance_shard(
         dropped.append(DROPPED_BY if reason else None)
         reasons.append(reason)
     tally.generated += table.num_rows
-    meta = {"after": after, "open_loop": open_loop, "targets": targets.to_json()}
-    out = pa.table({"key": keys, "dropped_by": dropped, "reason": reasons}, schema=BALANCE_SCHEMA)
-    write_parquet_atomic(balance_path(paths), out.replace_schema_metadata({"mifa_balance": json.dumps(meta)}))
-    kept = sum(d is None for d in dropped)
-    return ShardBalance(shard, len(keys), kept, tuple(sorted(targets.infeasible)))
+    return pa.table({"key": keys, "dropped_by": dropped, "reason": reasons}, schema=BALANCE_SCHEMA)
 
 
 def read_balance(paths: ShardPaths) -> tuple[pa.Table, dict[str, Any]] | None:

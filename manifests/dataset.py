@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from manifests.balance import balance_path
 from manifests.errors import UserError
 from manifests.files import exists
 from manifests.layout import RunLayout, shard_paths
@@ -76,6 +77,12 @@ class DatasetRef:
         """An identity bank's per-shard near-duplicate files (``manifests.dedup``) that exist,
         of every indexed shard or of ``shards``."""
         paths = (shard_paths(self.shards_dir, self.name, s).dedup for s in (self.shards if shards is None else shards))
+        return [p for p in paths if exists(p)]
+
+    def balance_files(self) -> list[Path]:
+        """A balanced build's per-shard selection files (``manifests.balance``) that exist, of
+        every indexed shard: they name the surplus the index leaves out."""
+        paths = (balance_path(shard_paths(self.shards_dir, self.name, s)) for s in self.shards)
         return [p for p in paths if exists(p)]
 
     def tar(self, shard: int) -> Path:

@@ -199,10 +199,24 @@ def with_dedup(manifests: str, dedup_files: list[Path]) -> str:
     )
 
 
+def with_balance(manifests: str, balance_files: list[Path]) -> str:
+    """A balanced build's manifests with its surplus (``manifests.balance``: accepted samples the
+    index leaves out) no longer accepted, ``dropped_by = 'balance'`` and the full cell as reason."""
+    if not balance_files:
+        return manifests
+    listing = "[" + ", ".join(sql_string(str(f)) for f in balance_files) + "]"
+    return (
+        "(SELECT m.* REPLACE (m.accepted AND b.dropped_by IS NULL AS accepted, "
+        "coalesce(m.dropped_by, b.dropped_by) AS dropped_by, coalesce(m.drop_reason, b.reason) AS drop_reason) "
+        f"FROM {manifests} m LEFT JOIN read_parquet({listing}) b USING (key))"
+    )
+
+
 def connect(
     run_dir: Path,
     *,
     include_rejected: bool = False,
+    include_surplus: bool = False,
     memory_limit: str | None = None,
     spill_dir: Path | None = None,
     writable: tuple[Path, ...] = (),
@@ -210,8 +224,9 @@ def connect(
     """An in-memory DuckDB connection with the ``samples`` view and the ``au(n)`` macro, locked
     (module docstring): it reads and writes only the dataset, ``spill_dir`` and ``writable``.
 
-    ``memory_limit`` (e.g. ``"512MB"``) caps DuckDB's own memory; sorts and joins beyond it
-    spill to ``spill_dir`` (the tools that must stay flat at a million rows set both).
+    ``include_surplus``: a balanced build's surplus counts as accepted, as it was before the
+    balance selection held it back. ``memory_limit`` (e.g. ``"512MB"``) caps DuckDB's own
+    memory; sorts and joins beyond it spill to ``spill_dir`` (the tools that must stay flat at a million rows set both).
     """
     dataset = open_dataset(run_dir)
     files = dataset.manifests()
@@ -225,6 +240,9 @@ def connect(
     if files:
         listing = "[" + ", ".join(sql_string(str(f)) for f in files) + "]"
         source = with_dedup(f"read_parquet({listing})", dataset.dedup_files())
+        chosen = (dataset.subset or {}).get("selection", {}).get("include_surplus", False)
+        if not (include_surplus or chosen):  # a balanced build's surplus is not the dataset's, unless asked for
+            source = with_balance(source, dataset.balance_files())
     else:
         # An index of zero shards is valid (target reached by nothing yet): an empty view.
         con.register("_empty_manifest", MANIFEST_SCHEMA.empty_table())

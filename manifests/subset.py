@@ -11,6 +11,8 @@ the accepted ones, and rejected ones a build kept with ``output.keep_rejected_im
 
 - ``where``: any SQL condition (``au_occ(12) = 1`` shorthands work), and the presets of
   :class:`Selection` (consensus, minimum intensities, emotions, accepted only), ANDed;
+- ``include_surplus``: a balanced build's surplus (accepted samples its index leaves out,
+  ``manifests.balance``) is selected too, as accepted; left out otherwise, like the index;
 - ``limit`` alone: a uniform sample of that many, ``balance`` + ``limit``: as equal a
   share per group of the balance columns as the groups allow (a group smaller than its
   share gives all it has, the rest is shared by the others). Both draw by
@@ -81,9 +83,12 @@ class Selection:
     balance: tuple[str, ...] = ()
     limit: int | None = None
     seed: int = 0
+    include_surplus: bool = False  # a balanced build's surplus too (left out like the index does)
 
     def conditions(self) -> list[str]:
         found = ["image_member IS NOT NULL"]
+        if not self.include_surplus:
+            found.append("dropped_by IS DISTINCT FROM 'balance'")
         if self.accepted_only:
             found.append("accepted")
         found += [_consensus(self.consensus)] if self.consensus else []
@@ -224,7 +229,8 @@ def make_subset(source: Path, dest: Path, selection: Selection, *, overwrite: bo
         check_where(selection.where)  # read-only, before the target is touched
     dataset = open_dataset(source)
     dest = Path(dest)
-    con = connect(source, include_rejected=True)
+    surplus = selection.include_surplus
+    con = connect(source, include_rejected=True, include_surplus=surplus)
     try:  # the selection binds (a bad column, a file outside the dataset) before the target is touched
         con.execute("SELECT key FROM samples WHERE " + " AND ".join(selection.conditions()) + " LIMIT 0")
     finally:
@@ -233,7 +239,12 @@ def make_subset(source: Path, dest: Path, selection: Selection, *, overwrite: bo
     layout = RunLayout(dest, dataset.name)
     with tempfile.TemporaryDirectory(prefix=".subset-spill-", dir=dest) as spill:
         con = connect(
-            source, include_rejected=True, memory_limit=DUCKDB_MEMORY, spill_dir=Path(spill), writable=(dest,)
+            source,
+            include_rejected=True,
+            include_surplus=surplus,
+            memory_limit=DUCKDB_MEMORY,
+            spill_dir=Path(spill),
+            writable=(dest,),
         )
         try:
             chosen = _selected_sql(con, selection)

@@ -32,6 +32,12 @@ def filter_subset(
     limit: Annotated[int | None, typer.Option("--limit", help="Samples in the subset (a seeded sample).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the --limit / --balance draw.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a subset already in SUBSET.")] = False,
+    include_surplus: Annotated[
+        bool,
+        typer.Option(
+            "--include-surplus", help="Bring back a balanced build's surplus (accepted samples its index left out)."
+        ),
+    ] = False,
 ) -> None:
     """Select samples into a subset: no image is copied and the source is never modified.
 
@@ -49,6 +55,7 @@ def filter_subset(
         limit=limit,
         seed=seed,
         overwrite=overwrite,
+        include_surplus=include_surplus,
     )
     out.print(
         f"[bold green]subset[/] {subset}: {index['samples']} samples ({index['accepted']} accepted) "

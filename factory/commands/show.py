@@ -28,6 +28,7 @@ from factory.recipe import recipe_from_dict
 from manifests.bank import open_bank
 from manifests.records import encode_image, manifest_row, manifest_table
 from manifests.sample import StoredSample, read_sample
+from manifests.schema import PLAN_SCHEMA
 from manifests.writer import read_stats
 
 __all__ = ["Difference", "Regeneration", "regenerate", "show_sample"]
@@ -109,6 +110,11 @@ def _value_difference(stored: Any, regenerated: Any) -> str:
 def _plan_row(sample: StoredSample, recipe: Any) -> dict[str, Any]:
     if sample.plan is not None:
         return dict(sample.plan)
+    balance = recipe.balance
+    if balance.enabled and balance.round_shards and sample.shard >= balance.round_shards:
+        # A closed-loop round was planned from the yields of the shards before it: not from the
+        # recipe alone. The manifest row holds every plan column as planned.
+        return {f.name: sample.row[f.name] for f in PLAN_SCHEMA}
     # The plan file is gone: the planner is deterministic, so plan the shard again.
     bank = open_bank(recipe.identities.bank)
     table = Planner(recipe, bank.records() if bank is not None else None).shard(sample.shard)

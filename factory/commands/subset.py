@@ -24,6 +24,7 @@ def run_filter(
     limit: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    include_surplus: bool = False,
 ) -> dict[str, Any]:
     """Parse the CLI's presets into a :class:`Selection` and commit the subset; returns its index.json."""
     selection = Selection(
@@ -35,6 +36,7 @@ def run_filter(
         balance=tuple(c.strip() for c in balance.split(",") if c.strip()) if balance else (),
         limit=limit,
         seed=seed,
+        include_surplus=include_surplus,
     )
     with user_sql():  # the selection's SQL holds the user's --where
         return make_subset(source, dest, selection, overwrite=overwrite)

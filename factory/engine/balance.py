@@ -10,6 +10,13 @@ committed prefix in shard order, so a resumed build or one on another number of 
 the same; a prefix that no longer extends the decided one (a retried shard) is decided again
 from the start.
 
+It also plans the closed loop (``balance.round_shards`` > 0): the runner asks it for each
+shard's plan (:meth:`BalancePolicy.shard`); the first round is the open loop's, each later round
+is chosen from the yields of the committed prefix below the round's boundary
+(``factory.engine.rounds``), and the policy holds back (``send_below``) the shards of a round
+whose boundary is not resolved yet. Plans are written before their shard runs, so a resumed
+build replays them.
+
 The policy runs in the driver: its state is a few hundred counters, and it reads each shard's
 manifest once (eight small columns). Waste bound: once the decided shards planned
 ``max_generated_per_accepted x target`` samples, every cell still short of its share (below it
@@ -24,8 +31,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import pyarrow as pa
+
+from factory.engine.ledger import LedgerError
 from factory.engine.policy import CommittedPrefix, PolicyDecision
+from factory.engine.rounds import POOL, Rounds, RoundWeights, choose_plan, round_weights
 from factory.expressions import EMFACS_PROTOTYPES
+from factory.plan import Planner
 from factory.recipe import Recipe
 from manifests.balance import BalanceTargets, ShardBalance, Tally, balance_shard
 from manifests.bank import IdentityRecord
@@ -97,47 +109,107 @@ def balance_targets(recipe: Recipe, identities: Sequence[IdentityRecord] | None 
 
 
 class BalancePolicy:
-    """The ledger's prefix policy of a balanced build (see module docstring)."""
+    """The ledger's prefix policy of a balanced build, and the planner of its closed-loop
+    rounds (see module docstring and ``factory.engine.rounds``)."""
 
-    def __init__(self, layout: RunLayout, targets: BalanceTargets, *, tries: int, max_generated: float) -> None:
+    def __init__(
+        self,
+        layout: RunLayout,
+        targets: BalanceTargets,
+        *,
+        tries: int,
+        max_generated: float,
+        planner: Planner | None = None,
+        rounds: Rounds | None = None,
+        infeasible_yield: float = 0.0,
+    ) -> None:
         self.layout = layout
         self.base = targets
         self.tries = tries
         self.max_generated = max_generated
+        self.infeasible_yield = infeasible_yield
+        self.planner = planner
+        self.rounds = rounds if rounds is not None and planner is not None else Rounds(0, 0)
+        self._reset()
+
+    def _reset(self) -> None:
         self.tally = Tally()
-        self.targets = targets
+        self.targets = self.base
         self.order: list[int] = []  # shards decided so far, in dataset order
         self.decided: dict[int, ShardBalance] = {}
         self.gave_up = False  # the waste bound was reached and the short cells given up
+        self.weights: dict[int, RoundWeights] = {}  # closed-loop round -> its mix
+
+    def _advance_targets(self) -> bool:
+        """The targets the tally so far implies (cells found infeasible, the waste bound);
+        returns whether later shards are decided open loop. Idempotent for one tally."""
+        dead = self.tally.infeasible(self.targets, self.tries, self.infeasible_yield)
+        self.targets = self.targets.with_infeasible(dead)
+        budget = self.tally.generated / (self.max_generated * self.base.target)
+        if budget >= 1.0 and not self.gave_up:  # once: the shares it leaves are met from then on
+            self.targets = self.targets.with_infeasible(self.tally.short(self.targets))
+            self.gave_up = True
+        return budget >= 2.0
+
+    def _plan_rounds(self, below: int) -> None:
+        """Plan every round whose boundary is at most ``below`` from the tally (which holds
+        exactly the committed shards below that boundary when called)."""
+        if not self.rounds.shards:
+            return
+        r = max(self.weights, default=0) + 1
+        while self.rounds.boundary(r) <= below:
+            self._advance_targets()
+            self.weights[r] = round_weights(self.tally, self.targets)
+            r += 1
 
     def review(self, prefix: CommittedPrefix) -> PolicyDecision:
         shards = list(prefix.shards)
         if self.order != shards[: len(self.order)]:
-            self.tally, self.targets, self.order, self.decided = Tally(), self.base, [], {}
-            self.gave_up = False
+            self._reset()
         counted = {}
         for shard in shards[len(self.order) :]:
-            self.targets = self.targets.with_infeasible(self.tally.infeasible(self.targets, self.tries))
-            budget = self.tally.generated / (self.max_generated * self.base.target)
-            if budget >= 1.0 and not self.gave_up:  # once: the shares it leaves are met from then on
-                self.targets = self.targets.with_infeasible(self.tally.short(self.targets))
-                self.gave_up = True
-            open_loop = budget >= 2.0
+            self._plan_rounds(shard)
+            open_loop = self._advance_targets()
             paths = self.layout.shard_paths(shard)
             decided = balance_shard(paths, shard, self.tally, self.targets, list(self.order), open_loop=open_loop)
             self.order.append(shard)
             self.decided[shard] = decided
             counted[shard] = decided.kept
-        return PolicyDecision(counted=counted)
+        self._plan_rounds(prefix.resolved)
+        return PolicyDecision(counted=counted, send_below=self.rounds.send_below(prefix.resolved))
+
+    def shard(self, shard: int) -> pa.Table:
+        """The plan of ``shard``: the open loop's in round 0, else chosen for its round's mix."""
+        assert self.planner is not None, "a balance policy without a planner plans nothing"
+        r = self.rounds.round_of(shard)
+        if r == 0:
+            return self.planner.shard(shard)
+        if r not in self.weights:
+            raise LedgerError(f"shard {shard}: round {r} is not planned yet (the ledger sent it early)")
+        size = self.planner.recipe.dataset.shard_size
+        pool = self.planner.pool(shard, POOL * size)
+        seed = self.planner.recipe.dataset.seed
+        return choose_plan(pool, self.weights[r], self.base.units, size, shard, seed)
 
 
-def balance_policy(recipe: Recipe, run_root: Path, identities: Sequence[IdentityRecord] | None) -> BalancePolicy | None:
-    """The balance policy of a build with ``[balance] enabled = true`` (``None`` otherwise)."""
-    if not recipe.balance.enabled:
+def balance_policy(
+    recipe: Recipe, run_root: Path, identities: Sequence[IdentityRecord] | None, planner: Planner | None = None
+) -> BalancePolicy | None:
+    """The balance policy of a build with ``[balance] enabled = true`` (``None`` otherwise);
+    with ``planner`` it plans closed-loop rounds (``balance.round_shards``; not for a
+    multi-identity recipe, whose identities follow the sample's position in the plan)."""
+    section = recipe.balance
+    if not section.enabled:
         return None
+    rounds = Rounds(section.round_shards, section.round_lag_shards)
+    if recipe.identities.expressions_per_identity:
+        rounds = Rounds(0, 0)
     return BalancePolicy(
         RunLayout(run_root, recipe.dataset.name),
         balance_targets(recipe, identities),
-        tries=recipe.balance.infeasible_after,
-        max_generated=recipe.balance.max_generated_per_accepted,
+        tries=section.infeasible_after,
+        max_generated=section.max_generated_per_accepted,
+        planner=planner,
+        rounds=rounds,
+        infeasible_yield=section.infeasible_yield,
     )

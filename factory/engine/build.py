@@ -169,12 +169,14 @@ def build(
                 for warning in pool.warnings:
                     progress.note(f"warning: {warning}")
                 t_run = time.perf_counter()
-                policy = dedup or balance_policy(recipe, run.root, identities)
+                balance = balance_policy(recipe, run.root, identities, planner)
+                policy = dedup or balance
                 if policy is not None:
                     ledger.consult(policy)  # a resumed build: decide (or read back) the shards already done
                 done = {s: ledger.stats(s) for s in ledger.shards("done")}
                 progress.start(sum(ledger.counted(s) for s in done), done)
-                Runner(ledger, pool, run, planner, progress, recipe.engine, policy).run_until_complete()
+                plans = balance if balance is not None and dedup is None else planner  # closed-loop rounds
+                Runner(ledger, pool, run, plans, progress, recipe.engine, policy).run_until_complete()
                 indexed, surplus, failed_shards = ledger.outcome()
                 recorded = run.failures()
                 failed = {s: recorded[s]["errors"][-1]["error"] for s in failed_shards}

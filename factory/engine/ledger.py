@@ -18,9 +18,8 @@ ledger from what was committed (done shards' stats, failure records), and the co
 prefix and the index selection follow from that alone.
 
 Illegal transitions (starting a done shard, finishing a copy twice, a third copy) raise
-:class:`LedgerError`; the stop rules (``factory.engine.rules``) raise ``BuildError``.
-Policies read the committed prefix and change what counts through a declared hook, never by
-writing into the ledger: see ``factory.engine.policy`` (:meth:`Ledger.consult` applies them).
+:class:`LedgerError`; the stop rules (``factory.engine.rules``) raise ``BuildError``. Policies
+change what counts, and hold back shards, through a declared hook (``factory.engine.policy``).
 """
 
 from __future__ import annotations
@@ -93,6 +92,7 @@ class Ledger:
         self._queue: list[int] = []  # queued shards, sorted
         self._low = 0  # every shard below is done or failed
         self._more = 0  # frontier shards a policy asked for beyond the projection
+        self._send_below: int | None = None  # a policy holds back frontier shards from here on
         self.session_done = 0
         self.session_failed: set[int] = set()
 
@@ -149,8 +149,7 @@ class Ledger:
         entry = self._shards.get(shard)
         return list(entry.copies.values()) if entry else []
 
-    def is_live(self, copy_id: int) -> bool:
-        """Is the copy out and not dropped (its shard in flight: only such shards have copies)?"""
+    def is_live(self, copy_id: int) -> bool:  # out, not dropped (only in-flight shards have copies)
         copy = self._out.get(copy_id)
         return copy is not None and copy_id in self._shards[copy.shard].copies
 
@@ -162,8 +161,7 @@ class Ledger:
         """Calls out on ``worker``: live copies and dropped ones that have not returned."""
         return sum(c.worker == worker for c in self._out.values())
 
-    def errors(self) -> dict[int, str]:
-        """First line of the last error of every failed shard."""
+    def errors(self) -> dict[int, str]:  # the first line of each failed shard's last error
         return {s: e.error or "" for s, e in sorted(self._shards.items()) if e.state == "failed"}
 
     def _resolved(self) -> Iterator[tuple[int, _Shard]]:
@@ -217,8 +215,9 @@ class Ledger:
 
     def _wants_frontier(self) -> bool:
         """Send the frontier while a policy asks for more shards, or while the projection
-        falls short of the target."""
-        return self._more > 0 or self._projected_short()
+        falls short of the target; never one a policy holds back."""
+        held = self._send_below is not None and self._frontier() >= self._send_below
+        return not held and (self._more > 0 or self._projected_short())
 
     def _projected_short(self) -> bool:
         """Over-provision from the running rate: do the counted samples projected for the
@@ -353,25 +352,27 @@ class Ledger:
         self._requeue(copy.shard, entry)
         return Failure(copy.shard, True, cause, new)
 
-    def timeout(self, copy_id: int, error: str) -> Failure | None:
-        """The copy made no progress for the shard timeout: a counted failure of kind timeout."""
+    def timeout(self, copy_id: int, error: str) -> Failure | None:  # no progress: a counted failure
         return self.fail(copy_id, error, "timeout")
 
     # -- policies -------------------------------------------------------------------------
     def consult(self, policy: PrefixPolicy) -> PolicyDecision:
         """Show ``policy`` the committed prefix and apply its decision, checked: it may count
         only shards of the prefix, each at most its accepted samples."""
-        shards = tuple(self.committed_prefix())
+        shards, resolved = tuple(self.committed_prefix()), len([*self._resolved()])
         stats = MappingProxyType({s: self.stats(s) for s in shards})
-        decision = policy.review(CommittedPrefix(shards, stats, self.rules.target))
+        decision = policy.review(CommittedPrefix(shards, stats, self.rules.target, resolved))
         for shard, n in decision.counted.items():
             if shard not in stats or not 0 <= n <= int(stats[shard]["accepted"]):
                 raise LedgerError(f"a policy counted {n} samples of shard {shard}, outside the committed prefix")
         if decision.more_shards < 0:
             raise LedgerError("a policy asked for a negative number of shards")
+        if decision.send_below is not None and decision.send_below < resolved:
+            raise LedgerError(f"a policy held back shard {decision.send_below}, inside the resolved prefix")
         for shard, n in decision.counted.items():
             self._shards[shard].counted = n
         self._more += decision.more_shards
+        self._send_below = decision.send_below
         return decision
 
     # -- stop rules -----------------------------------------------------------------------

@@ -9,12 +9,13 @@ decision and applies it; a policy never writes into the ledger. The identity ban
 deduplication (``factory.engine.dedup``) counts only distinct identities this way. A
 closed-loop planner builds on the same hook: it reads the committed prefix in order,
 measures yields from the shards' stats, lowers what counts (samples it holds back as
-surplus) and asks for further shards (``more_shards``); the prefix and stop rules then
-follow its counts, so the dataset still depends only on what was committed.
+surplus), plans later rounds from what it measured and holds back the shards of a round not
+planned yet (``send_below``); the prefix and stop rules then follow its counts, so the
+dataset still depends only on what was committed.
 
 The ledger (``factory.engine.ledger.Ledger.consult``) refuses a decision that counts a shard
-outside the committed prefix, counts more than a shard accepted, or asks for fewer than zero
-shards.
+outside the committed prefix, counts more than a shard accepted, asks for fewer than zero
+shards, or holds back a shard of the resolved prefix.
 """
 
 from __future__ import annotations
@@ -35,16 +36,20 @@ class CommittedPrefix:
     shards: tuple[int, ...]
     stats: Mapping[int, Stats]
     target: int
+    resolved: int = 0  # shards 0 .. resolved-1 are all done or failed (the prefix's extent)
 
 
 @dataclass(frozen=True)
 class PolicyDecision:
     """A policy's answer: ``counted`` maps a prefix shard to the samples of it that count
     (at most what it accepted; shards not named keep their count); ``more_shards`` asks for
-    that many frontier shards beyond what the projection wants (within the shard limit)."""
+    that many frontier shards beyond what the projection wants (within the shard limit);
+    ``send_below``, when set, holds back frontier shards from it on (their plans depend on
+    shards not committed yet: a closed-loop planning round)."""
 
     counted: Mapping[int, int] = field(default_factory=dict)
     more_shards: int = 0
+    send_below: int | None = None
 
 
 class PrefixPolicy(Protocol):

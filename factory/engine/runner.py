@@ -19,7 +19,9 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import pyarrow as pa
 
 from cluster.actors import Ref, TaskFailed, cancel, ready, result, wait_any
 from factory.engine.failures import BuildError, FailureKind
@@ -27,12 +29,18 @@ from factory.engine.ledger import Copy, Ledger
 from factory.engine.policy import PrefixPolicy
 from factory.engine.progress import BuildProgress
 from factory.engine.rundir import RunDir, brief_stats
-from factory.plan import Planner
 from factory.sections import EngineSection
 from manifests.atomic import WriteError
 from manifests.writer import is_done, read_stats
 
-__all__ = ["Flight", "Runner"]
+__all__ = ["Flight", "Runner", "ShardPlanner"]
+
+
+class ShardPlanner(Protocol):
+    """What plans a shard: the open-loop ``factory.plan.Planner``, or a closed-loop balance policy."""
+
+    def shard(self, shard: int) -> pa.Table: ...
+
 
 STATUS_EVERY_S = 1.0
 
@@ -65,7 +73,7 @@ class Runner:
         ledger: Ledger,
         pool: Any,
         run: RunDir,
-        planner: Planner,
+        planner: ShardPlanner,
         progress: BuildProgress,
         engine: EngineSection,
         policy: PrefixPolicy | None = None,
@@ -113,6 +121,8 @@ class Runner:
         worker busy with a straggler gets a shard to queue only when every other one is full."""
         skip = self._restarting(now)
         stuck = self._stuck_workers(now)
+        if self.policy is not None:  # what it holds back follows the resolved prefix (a failure resolves one)
+            self.ledger.consult(self.policy)
         while self.ledger.wants_more():
             load = {w: self.ledger.load(w) for w in range(self.workers) if w not in skip}
             free = [w for w, n in load.items() if n < self.engine.inflight_per_actor]

@@ -59,12 +59,17 @@ def run_build(recipe: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(build_cmd(recipe), env=cli_env(), capture_output=True, text=True, timeout=600)
 
 
-def build_killed_at(recipe: Path, point: str) -> None:
+def build_killed_at(recipe: Path, point: str, extra: tuple[str, ...] = ()) -> None:
     """``factory build`` in a new session (its process group: the driver, Ray and its workers),
-    SIGKILLed by the first of its processes to reach ``point``; fails if it ended otherwise."""
+    SIGKILLed by the first of its processes to reach ``point``; fails if it ended otherwise.
+    ``extra``: more options of the command."""
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: no reader to wait for
         proc = subprocess.Popen(
-            build_cmd(recipe), env=cli_env(kill_at=point), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+            [*build_cmd(recipe), *extra],
+            env=cli_env(kill_at=point),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
         )
         try:
             proc.wait(timeout=600)

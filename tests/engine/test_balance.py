@@ -61,6 +61,7 @@ def _write_shard(layout: RunLayout, shard: int, rows: list[tuple[bool, int, str,
     columns = {
         "key": keys,
         "accepted": [r[0] for r in rows],
+        "identity_id": ["a" if r[3] == "female" else "b" for r in rows],
         "emotion": [r[2] for r in rows],
         "ethnicity": ["white"] * len(rows),
         "age_band": ["adult"] * len(rows),

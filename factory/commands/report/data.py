@@ -35,6 +35,7 @@ class ReportData:
     accepted: int = 0
     recipe_share: dict[int, float | None] = field(default_factory=dict)  # AU -> target share (None: AU off)
     recipe_groups: dict[str, dict[str, float]] = field(default_factory=dict)  # column -> group -> target share
+    recipe_levels: list[float] = field(default_factory=list)  # target share of each level 1-5 of an active AU
     planned_share: np.ndarray = field(default_factory=lambda: np.zeros(N))
     label_share: np.ndarray = field(default_factory=lambda: np.zeros(N))
     planned_levels: np.ndarray = field(default_factory=lambda: np.zeros((N, 5)))  # AU x level 1-5 counts
@@ -62,6 +63,7 @@ def _recipe(data: ReportData) -> None:
     except RecipeError:
         return
     data.recipe_share = {au: (recipe.aus.share(au) if au in recipe.aus.units else None) for au in DISFA_AUS}
+    data.recipe_levels = [w / sum(recipe.aus.intensity_weights) for w in recipe.aus.intensity_weights]
     tables = {"emotion": recipe.emotions.mix, **recipe.demographics.model_dump()}
     for column, weights in tables.items():
         total = float(sum(weights.values())) or 1.0

@@ -2,7 +2,8 @@
 
 matplotlib's object API (``Figure``, no pyplot): no global state, no display backend, safe in
 any process. Colours are matplotlib's default cycle, so plan / labels / recipe read the same
-in every plot (recipe grey, plan blue, labels orange).
+in every plot (recipe grey, plan blue, labels orange). *Delivered* is what the index holds: the
+accepted samples, less a balanced build's surplus (``manifests.query.with_balance``).
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ def plot_au_occurrence(data: ReportData) -> bytes:
         series.append(("recipe target", [data.recipe_share.get(a) or 0.0 for a in DISFA_AUS], RECIPE_COLOUR))
     series += [
         ("planned (all planned samples)", list(data.planned_share), PLAN_COLOUR),
-        ("labels (accepted samples)", list(data.label_share), LABEL_COLOUR),
+        ("delivered (indexed samples' labels)", list(data.label_share), LABEL_COLOUR),
     ]
     _bars(ax, _AUS, series)
     ax.set_ylabel("share of samples with the AU present")
-    ax.set_title("AU occurrence against the plan")
+    ax.set_title("AU occurrence: delivered vs planned vs recipe target")
     return _png(figure)
 
 
@@ -72,13 +73,15 @@ def plot_intensity(data: ReportData) -> bytes:
     for i, ax in enumerate(axes.flat):
         planned = data.planned_levels[i] / max(data.planned_levels[i].sum(), 1)
         labels = data.label_levels[i] / max(data.label_levels[i].sum(), 1)
-        ax.bar(levels - 0.2, planned, 0.4, color=PLAN_COLOUR, label="planned")
-        ax.bar(levels + 0.2, labels, 0.4, color=LABEL_COLOUR, label="labels")
+        if data.recipe_levels:
+            ax.bar(levels - 0.27, data.recipe_levels, 0.27, color=RECIPE_COLOUR, label="recipe target")
+        ax.bar(levels, planned, 0.27, color=PLAN_COLOUR, label="planned")
+        ax.bar(levels + 0.27, labels, 0.27, color=LABEL_COLOUR, label="delivered")
         ax.set_title(f"{_AUS[i]} (n={int(data.label_levels[i].sum())})", fontsize=9)
         ax.set_xticks(levels)
     axes.flat[0].legend(fontsize=8)
     figure.subplots_adjust(hspace=0.45)
-    figure.suptitle("Intensity of active AUs (share per level 1-5): plan vs accepted labels")
+    figure.suptitle("Intensity of active AUs (share per level 1-5): delivered vs planned vs recipe target")
     return _png(figure)
 
 
@@ -110,11 +113,11 @@ def plot_demographics(data: ReportData) -> bytes:
         series = [("recipe", [target.get(n, 0.0) for n in names], RECIPE_COLOUR)] if target else []
         series += [
             ("planned", [counts.get(n, (0, 0))[0] / planned for n in names], PLAN_COLOUR),
-            ("accepted", [counts.get(n, (0, 0))[1] / accepted for n in names], LABEL_COLOUR),
+            ("delivered", [counts.get(n, (0, 0))[1] / accepted for n in names], LABEL_COLOUR),
         ]
         _bars(ax, names, series)
         ax.set_title(column)
-    figure.suptitle("Balance: share of samples per group")
+    figure.suptitle("Balance: share of samples per group, delivered (indexed) vs planned vs recipe")
     figure.subplots_adjust(hspace=0.75)
     return _png(figure)
 

@@ -1,0 +1,187 @@
+"""Closed-loop planning rounds: later rounds planned from the yields of the committed prefix.
+
+Pure: no Ray, no disk, no clock. :class:`BalancePolicy` (``factory.engine.balance``) feeds it
+the tally of the committed prefix; the same prefix gives the same plans, whatever the timing.
+
+Rounds and lag
+--------------
+Round ``r`` is shards ``[r L, (r + 1) L)`` (``L = balance.round_shards``). Round 0 is planned as
+the open loop plans. Round ``r >= 1`` is planned from the committed prefix of the shards below
+its *boundary* ``r L - G`` (``G = balance.round_lag_shards``): once all but ``G`` of round
+``r - 1``'s shards are committed (or failed for good), in shard order. A frontier shard ``s``
+therefore waits only while a shard below ``s - G`` is unresolved, so ``G`` at least the number
+of workers keeps them all busy while a round is planned.
+
+What a round plans
+------------------
+Each *variable* (each AU's level, 0 = inactive or 1-5; emotion; ethnicity; age band; gender) has
+a target share per category (``BalanceTargets``). From the prefix: the *need* of a category,
+``max(share x target - kept, 0)``, and its *yield*, samples delivered in it (accepted, by
+their delivered labels) per sample planned in it, smoothed towards the overall yield with
+:data:`PRIOR` pseudo-samples. The round plans each variable's categories in proportion to
+``need / yield`` (a cell in deficit is over-sampled by the inverse of its measured yield), mixed
+with :data:`KEEP_BASE` of the target shares so that no category's weight is zero. Identities
+have no share of their own: each one is weighted by its smoothed yield over the overall one
+(a better-yielding identity of the same stratum is preferred).
+
+Each shard of such a round draws a pool of :data:`POOL` x ``shard_size`` candidate samples
+from the open-loop planner (a seeded stream of its own), gives each candidate its identity's
+weight, rakes the weights (iterative proportional fitting) to the round's share of every
+variable, and keeps ``shard_size`` candidates, sampled without replacement by weight
+(Efraimidis-Spirakis keys from the shard's seed), in pool order, renumbered as the shard's
+samples. Every candidate is a plan the open-loop planner could make (its constraints, identity
+fit and folding hold).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from manifests.balance import BalanceTargets, Tally
+from manifests.layout import generated_identity_id, sample_key
+from manifests.schema import N_AUS
+from manifests.vocab import DISFA_AUS
+
+__all__ = ["KEEP_BASE", "POOL", "PRIOR", "RoundWeights", "Rounds", "choose_plan", "rake", "round_weights"]
+
+POOL = 8  # candidates per planned sample: the most a category can be over-sampled
+PRIOR = 20.0  # pseudo-samples at the overall yield behind every measured yield
+KEEP_BASE = 0.05  # share of the target mix kept in every round's mix (no weight reaches zero)
+_YIELD_FLOOR = 0.02  # over-sample a cell by at most 1 / this over a fully yielding one
+_STRATA = ("emotion", "ethnicity", "age_band", "gender")
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """The round layout: ``shards`` per round (0: no rounds, every shard open loop), ``lag``."""
+
+    shards: int
+    lag: int
+
+    def round_of(self, shard: int) -> int:
+        return shard // self.shards if self.shards else 0
+
+    def boundary(self, round_: int) -> int:
+        """Round ``round_`` is planned from the committed shards below this one."""
+        return max(round_ * self.shards - self.lag, 0) if round_ > 0 else 0
+
+    def send_below(self, resolved: int) -> int | None:
+        """The first shard of the first round not plannable while shards ``0 .. resolved-1``
+        are resolved (None without rounds)."""
+        if not self.shards:
+            return None
+        return ((resolved + self.lag) // self.shards + 1) * self.shards
+
+
+@dataclass(frozen=True)
+class RoundWeights:
+    """A round's planned share per variable and category, and a weight per identity."""
+
+    shares: Mapping[str, Mapping[str, float]]
+    identities: Mapping[str, float]
+
+    def to_json(self) -> dict[str, object]:
+        return {"shares": {v: dict(c) for v, c in self.shares.items()}, "identities": dict(self.identities)}
+
+
+def _variables(targets: BalanceTargets) -> dict[str, list[str]]:
+    """Variable -> its categories (cells of ``targets``): ``AU12`` -> AU12-, AU12=1..5; strata."""
+    out: dict[str, list[str]] = {f"AU{au}": [f"AU{au}-"] + [f"AU{au}={k}" for k in range(1, 6)] for au in targets.units}
+    for kind in _STRATA:
+        out[kind] = [c for c in targets.shares if c.startswith(kind + "=")]
+    return {v: [c for c in cells if c in targets.shares] for v, cells in out.items()}
+
+
+def round_weights(tally: Tally, targets: BalanceTargets) -> RoundWeights:
+    """The next round's mix from the prefix's ``tally`` (see module docstring)."""
+    overall = tally.kept_total / tally.generated if tally.generated else 1.0
+    overall = max(overall, _YIELD_FLOOR)
+    shares: dict[str, dict[str, float]] = {}
+    for variable, cells in _variables(targets).items():
+        target = np.asarray([targets.shares[c] for c in cells])
+        if target.sum() <= 0:
+            continue
+        need = np.asarray([max(targets.shares[c] * targets.target - tally.kept[c], 0.0) for c in cells])
+        need = need / need.sum() if need.sum() > 0 else target / target.sum()
+        measured = np.asarray([(tally.kept[c] + PRIOR * overall) / (tally.planned[c] + PRIOR) for c in cells])
+        mix = need / np.maximum(measured, _YIELD_FLOOR)
+        mix = (1 - KEEP_BASE) * mix / mix.sum() + KEEP_BASE * target / target.sum()
+        shares[variable] = {c: float(m) for c, m in zip(cells, mix, strict=True)}
+    identities = {
+        identity: float((tally.identity_accepted[identity] + PRIOR * overall) / (n + PRIOR) / overall)
+        for identity, n in sorted(tally.identity_planned.items())
+    }
+    return RoundWeights(shares, identities)
+
+
+def _categories(pool: pa.Table, units: tuple[int, ...]) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Per variable: its category names and each candidate's category (an index into them)."""
+    vectors = pool["planned_intensity"].combine_chunks().flatten().to_numpy().reshape(-1, N_AUS)
+    out: dict[str, tuple[list[str], np.ndarray]] = {}
+    for au in units:
+        levels = vectors[:, DISFA_AUS.index(au)].astype(np.int64).clip(0, 5)
+        out[f"AU{au}"] = ([f"AU{au}-"] + [f"AU{au}={k}" for k in range(1, 6)], levels)
+    for kind in _STRATA:
+        names, codes = np.unique(np.asarray(pool[kind].to_pylist(), dtype=object), return_inverse=True)
+        out[kind] = ([f"{kind}={v}" for v in names.tolist()], codes.reshape(-1))
+    return out
+
+
+def rake(
+    categories: Mapping[str, tuple[list[str], np.ndarray]],
+    shares: Mapping[str, Mapping[str, float]],
+    base: np.ndarray,
+    sweeps: int = 12,
+) -> np.ndarray:
+    """Weights as close to ``base`` as iterative proportional fitting gets them while each
+    variable's weighted category shares approach ``shares`` (``categories``: per variable its
+    category names and each candidate's category index; categories absent from the candidates
+    are left out, the rest scaled up to fill the variable; one the round plans none of gets 0)."""
+    weights = base.astype(np.float64).copy()
+    goals = []
+    for variable, wanted in shares.items():
+        if variable in categories:
+            names, codes = categories[variable]
+            goal = np.asarray([max(wanted.get(c, 0.0), 0.0) for c in names])
+            goal[np.bincount(codes, minlength=len(names)) == 0] = 0.0
+            if goal.sum() > 0:
+                goals.append((codes, goal / goal.sum()))
+    for _ in range(sweeps):
+        for codes, goal in goals:
+            mass = np.bincount(codes, weights=weights, minlength=len(goal))
+            total = mass.sum()
+            if total <= 0:
+                return weights
+            factor = np.divide(goal * total, mass, out=np.zeros_like(goal), where=mass > 0)
+            weights *= factor[codes]
+    return weights
+
+
+def choose_plan(
+    pool: pa.Table, weights: RoundWeights, units: tuple[int, ...], n: int, shard: int, seed: int
+) -> pa.Table:
+    """``n`` candidates of ``pool`` (see module docstring) as shard ``shard``'s plan."""
+    base = np.asarray([weights.identities.get(i, 1.0) for i in pool["identity_id"].to_pylist()])
+    raked = rake(_categories(pool, units), weights.shares, np.clip(base, 0.1, 10.0))
+    u = np.random.default_rng([seed, shard, 2]).random(pool.num_rows)
+    with np.errstate(divide="ignore"):
+        keys = np.where(raked > 0, np.log(u) / np.where(raked > 0, raked, 1.0), -np.inf)
+    chosen = np.sort(np.argsort(-keys, kind="stable")[:n])
+    plan = pool.take(pa.array(chosen))
+    generated = np.asarray(plan["identity_match"].to_pylist()) == "generated"
+    ids = [
+        generated_identity_id(shard, i) if g else v
+        for i, (g, v) in enumerate(zip(generated, plan["identity_id"].to_pylist(), strict=True))
+    ]
+    columns = {
+        "key": pa.array([sample_key(shard, i) for i in range(n)], pa.string()),
+        "index": pa.array(np.arange(n, dtype=np.int32)),
+        "identity_id": pa.array(ids, pa.string()),
+    }
+    for name, column in columns.items():
+        plan = plan.set_column(plan.schema.get_field_index(name), plan.schema.field(name), column)
+    return plan
