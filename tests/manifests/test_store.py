@@ -96,6 +96,7 @@ def test_incomplete_multipart_uploads_under_the_prefix_are_aborted(s3: S3Server)
         ("s3:///prefix", "names no bucket"),
         ("nosuchscheme://bucket/prefix", "no filesystem for nosuchscheme://"),
     ],
+    ids=["credentials", "signature", "no-bucket", "unknown-scheme"],  # the secret differs per process (xdist)
 )
 def test_bad_urls_are_refused_without_repeating_a_secret(url: str, says: str) -> None:
     with pytest.raises(ValueError, match=says) as caught:
