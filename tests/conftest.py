@@ -19,9 +19,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     mark_slow_tests(items)
-    group_for_xdist(items)
+    group_for_xdist(items, tag_node_ids=bool(getattr(config.option, "loadgroup", False)))
 
 
 @pytest.hookimpl(wrapper=True)

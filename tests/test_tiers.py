@@ -118,3 +118,5 @@ def test_tests_sharing_a_costly_fixture_run_in_one_xdist_group_and_others_beside
         "test_on_the_demo": ["demo_build"],
         "test_grouped_by_hand": ["mine"],
     }
+    group_for_xdist(items, tag_node_ids=True)  # what an xdist worker does under --dist loadgroup
+    assert [item.nodeid.rsplit("@", 1)[1] for item in items] == [module, module, "demo_build", "mine"]

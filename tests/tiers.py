@@ -37,12 +37,12 @@ FIXTURE_MARKERS = {
     "chromium": "browser",
     "s3": "s3",
 }
-# Costly session fixtures (builds): under pytest-xdist (``make test`` runs ``-n 2 --dist
-# loadgroup``) every test using one runs on the same worker, so it is made once; any other test
-# runs beside its module, so a module's fixtures are made once too. The shared Ray cluster
-# (``ray_cluster``) is not a group: its tests would make one group of several minutes, longer
-# than a start per module costs.
-SHARED_FIXTURE_GROUPS = ("demo_build", "standin_reference")
+# Costly session fixtures shared by tests that take little time beside them: under pytest-xdist
+# (``make test`` runs ``--dist loadgroup``) every test using one runs on the same worker, so it
+# is made once; any other test runs beside its module, so a module's fixtures are made once too.
+# Not groups: the shared Ray cluster (``ray_cluster``) and the kill tests' reference build
+# (``standin_reference``): their tests take minutes, more in one group than a second start costs.
+SHARED_FIXTURE_GROUPS = ("demo_build",)
 # Ray's own processes: a local cluster starts both, whatever API started it.
 _RAY_BINARIES = {"gcs_server", "raylet"}
 
@@ -66,11 +66,21 @@ def xdist_group_of(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
 
 
-def group_for_xdist(items: Sequence[pytest.Item]) -> None:
-    """Mark each test with its :func:`xdist_group_of` (a test's own mark is kept)."""
+def group_for_xdist(items: Sequence[pytest.Item], *, tag_node_ids: bool = False) -> None:
+    """Mark each test with its :func:`xdist_group_of` (a test's own mark is kept); with
+    ``tag_node_ids`` (an xdist worker under ``--dist loadgroup``) also suffix its node id with
+    ``@group``, which is how the controller schedules a group on one worker. pytest-xdist 3.8
+    does that by setting ``item._nodeid``, which pytest 9 no longer reads (its node ids live in
+    ``_id``), so without this every test would be scheduled alone."""
     for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
+        mark = item.get_closest_marker("xdist_group")
+        group = mark.args[0] if mark is not None else xdist_group_of(item)
+        if mark is None:
+            item.add_marker(pytest.mark.xdist_group(group))
+        if tag_node_ids and "@" not in item.nodeid:
+            from _pytest.nodeid import coerce_node_id  # deferred: pytest's private API, for xdist only
+
+            item._id = coerce_node_id(f"{item.nodeid}@{group}")  # type: ignore[attr-defined]
 
 
 def slow_kind_of(args: Any) -> str | None:

@@ -185,15 +185,14 @@ def test_relative_aus_from_the_identity_own_expression(
     generator: MagicFaceGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[np.ndarray] = []
-    real = generator.pipe.__call__
-
-    class Spy:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(generator.pipe.__wrapped__, name)
-
     pipe = generator.pipe
+    real = pipe.__call__
+
+    class Spy:  # the real pipe's attributes, its calls recorded
+        def __getattr__(self, name: str) -> Any:
+            return getattr(pipe, name)
+
     monkeypatch.setattr(generator, "pipe", Spy())
-    pipe.__wrapped__ = pipe  # type: ignore[attr-defined]
 
     def call(identities: Any, aus: np.ndarray, seeds: Any, **kw: Any) -> Any:
         seen.append(np.asarray(aus))
