@@ -41,7 +41,7 @@ TEMP_SUFFIX = ".tmp"
 
 
 class WriteError(FailedError, OSError):
-    """Writing a file failed (disk full, permissions, ...); nothing was committed.
+    """Writing a file failed (disk full, permissions, ...); the file it was writing was not committed.
 
     ``errno`` is the errno of the underlying ``OSError``; ``path`` the file being written.
     The message names the file and says what to do.
@@ -69,7 +69,7 @@ def write_error(path: Path, exc: OSError, what: str) -> WriteError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = (
             f"free space on the disk holding {path.parent} (or point dataset.out at a larger disk) "
-            "and run the build again; nothing was committed (a shard is rebuilt by the next build)"
+            "and run the build again (shards committed before are kept; this file is written again by the next build)"
         )
         reason = "no space left on device"
     else:

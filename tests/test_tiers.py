@@ -86,7 +86,7 @@ def test_fixtures_that_start_slow_work_mark_their_tests(pytester: pytest.Pyteste
     }
 
 
-def test_tests_sharing_a_costly_fixture_run_in_one_xdist_group_and_others_beside_their_module(
+def test_tests_sharing_a_costly_fixture_run_in_one_xdist_group_and_others_alone(
     pytester: pytest.Pytester,
 ) -> None:
     items = pytester.getitems(
@@ -111,12 +111,12 @@ def test_tests_sharing_a_costly_fixture_run_in_one_xdist_group_and_others_beside
     )
     group_for_xdist(items)
     groups = {item.name: [m.args[0] for m in item.iter_markers("xdist_group")] for item in items}
-    module = items[0].nodeid.split("::")[0]
     assert groups == {
-        "test_pure": [module],
-        "test_on_ray": [module],
+        "test_pure": [],
+        "test_on_ray": [],
         "test_on_the_demo": ["demo_build"],
         "test_grouped_by_hand": ["mine"],
     }
     group_for_xdist(items, tag_node_ids=True)  # what an xdist worker does under --dist loadgroup
-    assert [item.nodeid.rsplit("@", 1)[1] for item in items] == [module, module, "demo_build", "mine"]
+    assert ["@" in item.nodeid for item in items] == [False, False, True, True]
+    assert items[2].nodeid.endswith("@demo_build") and items[3].nodeid.endswith("@mine")

@@ -39,9 +39,9 @@ FIXTURE_MARKERS = {
 }
 # Costly session fixtures shared by tests that take little time beside them: under pytest-xdist
 # (``make test`` runs ``--dist loadgroup``) every test using one runs on the same worker, so it
-# is made once; any other test runs beside its module, so a module's fixtures are made once too.
-# Not groups: the shared Ray cluster (``ray_cluster``) and the kill tests' reference build
-# (``standin_reference``): their tests take minutes, more in one group than a second start costs.
+# is made once. Every other test is scheduled alone, which balances the two workers best (a
+# module or the kill tests' reference as a group queued minutes of builds on one worker while
+# another idled: the suite took 1,011 s so on three workers, 921 s test by test on two).
 SHARED_FIXTURE_GROUPS = ("demo_build",)
 # Ray's own processes: a local cluster starts both, whatever API started it.
 _RAY_BINARIES = {"gcs_server", "raylet"}
@@ -57,24 +57,23 @@ def mark_slow_tests(items: Sequence[pytest.Item]) -> None:
             item.add_marker("slow")
 
 
-def xdist_group_of(item: pytest.Item) -> str:
-    """The xdist group ``item`` runs in: the first costly shared fixture it uses, else its module."""
+def xdist_group_of(item: pytest.Item) -> str | None:
+    """The xdist group ``item`` runs in: the first costly shared fixture it uses, else none."""
     names = getattr(item, "fixturenames", ())
-    for fixture in SHARED_FIXTURE_GROUPS:
-        if fixture in names:
-            return fixture
-    return item.nodeid.split("::", 1)[0]
+    return next((fixture for fixture in SHARED_FIXTURE_GROUPS if fixture in names), None)
 
 
 def group_for_xdist(items: Sequence[pytest.Item], *, tag_node_ids: bool = False) -> None:
     """Mark each test with its :func:`xdist_group_of` (a test's own mark is kept); with
-    ``tag_node_ids`` (an xdist worker under ``--dist loadgroup``) also suffix its node id with
-    ``@group``, which is how the controller schedules a group on one worker. pytest-xdist 3.8
-    does that by setting ``item._nodeid``, which pytest 9 no longer reads (its node ids live in
-    ``_id``), so without this every test would be scheduled alone."""
+    ``tag_node_ids`` (an xdist worker under ``--dist loadgroup``) also suffix a grouped test's
+    node id with ``@group``, which is how the controller schedules a group on one worker.
+    pytest-xdist 3.8 does that by setting ``item._nodeid``, which pytest 9 no longer reads (its
+    node ids live in ``_id``), so without this no group would hold."""
     for item in items:
         mark = item.get_closest_marker("xdist_group")
         group = mark.args[0] if mark is not None else xdist_group_of(item)
+        if group is None:
+            continue
         if mark is None:
             item.add_marker(pytest.mark.xdist_group(group))
         if tag_node_ids and "@" not in item.nodeid:

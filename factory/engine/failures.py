@@ -102,6 +102,16 @@ def _shard_list(shards: list[int], limit: int = 8) -> str:
     return f"[{head}{', ...' if len(shards) > limit else ''}]"
 
 
+def disk_full_report(reason: str, run_dir: str) -> str:
+    """The one line of a build stopped by a full disk, whichever write (a shard's on a worker, a
+    plan's in the driver) met it first."""
+    return (
+        f"{reason}: the disk holding {run_dir} has no space left; free space on it (or point dataset.out at "
+        f"a larger disk), then run the same `factory build` command again, or `factory retry {run_dir}` "
+        "(the shards already committed are kept; these attempts do not count)"
+    )
+
+
 def failure_report(reason: str, failed: dict[int, str], log: FailureLog, run_dir: str) -> str:
     """The message of a build stopped by its failures: why it stopped, then each cause once
     (how many shards, which, the first error line, a hint by kind), then what to do.
@@ -111,11 +121,7 @@ def failure_report(reason: str, failed: dict[int, str], log: FailureLog, run_dir
     same cause for every shard, so the list of causes would only repeat it.
     """
     if any(cause.kind == "disk_full" for cause in log.causes.values()):
-        return (
-            f"{reason}: the disk holding {run_dir} has no space left; free space on it (or point dataset.out at "
-            f"a larger disk), then run the same `factory build` command again, or `factory retry {run_dir}` "
-            "(the shards already committed are kept; these attempts do not count)"
-        )
+        return disk_full_report(reason, run_dir)
     grouped: dict[str, list[int]] = {}
     examples: dict[str, str] = {}
     for shard, root in sorted(failed.items()):

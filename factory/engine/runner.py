@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from cluster.actors import Ref, TaskFailed, cancel, ready, result, wait_any
-from factory.engine.failures import BuildError, FailureKind
+from factory.engine.failures import BuildError, FailureKind, disk_full_report
 from factory.engine.ledger import Copy, Ledger
 from factory.engine.policy import PrefixPolicy
 from factory.engine.progress import BuildProgress
@@ -133,7 +133,13 @@ class Runner:
             if shard is None:  # only retries that last failed on this worker are left
                 skip.add(worker)
                 continue
-            plan = self.run.load_or_write_plan(shard, self.planner.shard)
+            try:
+                plan = self.run.load_or_write_plan(shard, self.planner.shard)
+            except WriteError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                reason = f"build stopped: the disk is full (the plan of shard {shard} could not be written)"
+                raise BuildError(disk_full_report(reason, str(self.run.root))) from exc
             copy = self.ledger.start(shard, worker, now, planned=plan.num_rows)
             self._send(copy, self.pool.describe(shard, plan), now)
 
