@@ -40,10 +40,6 @@ NOT_RUN: dict[str, str] = {
     "factory build": _BUILD,
     "factory retry": _BUILD,
     "factory models pull": "downloads model weights",
-    "factory train-realism": (
-        "trains a ResNet-18 at 224 px for 5 epochs, GPU work (about 20 s of CPU on 8 tiny images here); "
-        "tests/stages/realism/test_train.py trains it at 48 px"
-    ),
 }
 # Command prefix -> the build directory it needs; tests/commands/test_readme_on_build.py runs them.
 ON_BUILD: dict[str, str] = {
@@ -51,6 +47,7 @@ ON_BUILD: dict[str, str] = {
     "factory show": "the demo build (its recorded plans)",
     "factory identities index": "the bank folder the identity-bank export writes",
     "factory export runs/identity-bank": "an identity-bank run directory",
+    "factory train-realism": "folders of real faces (the builtin portraits) and generated ones (the demo build's)",
 }
 
 

@@ -10,12 +10,15 @@ Which commands this runs is :data:`tests.test_readme.ON_BUILD`.
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
+import webdataset as wds
+from PIL import Image
 from typer.testing import CliRunner
 
 from factory.cli import app
@@ -51,6 +54,19 @@ def _identity_bank_run(run_dir: Path) -> None:
     (run_dir / "run.json").write_text(json.dumps({"dataset": "idbank", "recipe": recipe}))
 
 
+def _realism_folders(scratch: Path, demo_run: Path) -> None:
+    """``real_faces/``: the builtin bank's two photographs; ``generated/``: two demo images."""
+    (scratch / "real_faces").mkdir()
+    bank = open_bank("builtin")
+    for identity in bank.records():
+        Image.fromarray(bank.image(identity.identity_id)).save(scratch / "real_faces" / f"{identity.identity_id}.png")
+    (scratch / "generated").mkdir()
+    tar = sorted((demo_run / "shards").glob("*.tar"))[0]
+    for sample in list(wds.WebDataset(str(tar), shardshuffle=False))[:2]:
+        encoded = next(value for name, value in sample.items() if name.endswith(("jpg", "png", "webp")))
+        Image.open(io.BytesIO(encoded)).save(scratch / "generated" / f"{sample['__key__']}.png")
+
+
 def _order(commands: list[str]) -> list[str]:
     """Each distinct command once (two README sections name the same bank export; a second
     export into the finished folder is refused on purpose, naming --overwrite), in README order
@@ -69,6 +85,7 @@ def test_readme_build_commands_run_on_real_build_directories(
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "mifa-1m").symlink_to(demo_build[0])
     _identity_bank_run(tmp_path / "runs" / "identity-bank")
+    _realism_folders(tmp_path, demo_build[0])
     key = query(demo_build[0], sql="SELECT key FROM samples ORDER BY key LIMIT 1")["key"][0].as_py()
     monkeypatch.chdir(tmp_path)
     outputs = {}
@@ -81,3 +98,4 @@ def test_readme_build_commands_run_on_real_build_directories(
     assert embedded["samples"] == len(open_bank("builtin").records())
     assert (tmp_path / "my-bank" / "embeddings.parquet").is_file()
     assert len(open_bank(str(tmp_path / "my-bank")).records()) == embedded["samples"]
+    assert (tmp_path / "realism.pt").stat().st_size > 0 and "accuracy" in outputs["train-realism"]
