@@ -52,7 +52,7 @@ import numpy as np
 from pydantic import Field
 
 from manifests.vocab import DISFA_AUS, UNCERTAIN
-from stages.base import Kind, Record, Stage, StageConfig, StageContext, StageError
+from stages.base import Kind, ModelCheck, Record, Stage, StageConfig, StageContext, StageError
 from stages.catalogue import (
     DLIB_68_LICENCE,
     DLIB_HOG_LICENCE,
@@ -159,6 +159,13 @@ class FilterStage(Stage[FilterConfig]):
         if self.identity_model == "arcface":
             return f"{THIS_CODE}; ArcFace: {INSIGHTFACE_LICENCE}; {DLIB_68_LICENCE}"
         return f"{THIS_CODE}; {DLIB_RESNET_LICENCE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}"
+
+    def model_checks(self) -> list[ModelCheck]:
+        if self.identity_model is None or self.config.identity_model == "dlib":
+            return []
+        chosen = self.config.identity_model
+        instead = f"dlib's face descriptor (threshold {DEFAULT_MIN_IDENTITY['dlib']})" if chosen == "auto" else None
+        return [ModelCheck("arcface-r50", self._arcface_path(), f"identity_model = {chosen!r}", instead)]
 
     def model_files(self) -> dict[str, Path]:
         if self.identity_model is None:
