@@ -93,11 +93,12 @@ def identities_calibrate(
     unknown = sorted(set(embedder) - {"dlib", "arcface"})
     if unknown:
         raise UserError(f"--embedder {unknown[0]}: not one of dlib, arcface")
+    recognisers = {name: recogniser(name, arcface_onnx) for name in embedder}  # a bad model file before detection
     faces = labelled_faces(folder)
     for line in faces.left_out:
         out.print(f"left out {line}")
-    for name in dict.fromkeys(embedder):
-        for line in calibrate_folder(faces, recogniser(name, arcface_onnx)).summary(far, name):
+    for name, embed in recognisers.items():
+        for line in calibrate_folder(faces, embed).summary(far, name):
             out.print(line)
 
 

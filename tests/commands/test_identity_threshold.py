@@ -43,6 +43,7 @@ def test_thresholds_from_the_two_score_distributions() -> None:
         (["{tmp}/nowhere"], "is not a folder"),
         (["{tmp}"], "0 usable photos of 0 people"),
         (["{tmp}", "--embedder", "facenet"], "--embedder facenet: not one of dlib, arcface"),
+        (["{tmp}", "--embedder", "arcface", "--arcface-onnx", "{tmp}/none.onnx"], "none.onnx does not exist"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
