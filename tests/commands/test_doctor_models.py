@@ -12,10 +12,21 @@ import pytest
 from typer.testing import CliRunner
 
 from factory.cli import app
+from factory.commands import doctor
 from factory.commands.doctor import Check, blocking, run_checks
 from factory.recipe import recipe_from_dict
 
 ROW = "model bisenet-face-parsing"
+
+
+@pytest.fixture(autouse=True)
+def _no_package_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The package and GPU rows import every optional package (torch, diffusers, openai, ...:
+    seconds on a cold process) and are not what these tests are about."""
+    monkeypatch.setattr(doctor, "_package_checks", list)
+    monkeypatch.setattr(doctor, "_gpu_check", lambda: Check("GPUs", False, "not probed here"))
+
+
 FIX = "factory models pull bisenet-face-parsing"
 
 
