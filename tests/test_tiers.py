@@ -86,7 +86,7 @@ def test_fixtures_that_start_slow_work_mark_their_tests(pytester: pytest.Pyteste
     }
 
 
-def test_tests_sharing_a_costly_fixture_run_in_one_xdist_group_and_others_alone(
+def test_tests_sharing_a_costly_fixture_run_in_one_xdist_group_the_shared_cluster_in_turns_and_others_alone(
     pytester: pytest.Pytester,
 ) -> None:
     items = pytester.getitems(
@@ -103,6 +103,12 @@ def test_tests_sharing_a_costly_fixture_run_in_one_xdist_group_and_others_alone(
 
         def test_on_ray(ray_cluster): ...
 
+        def test_on_ray_too(ray_cluster): ...
+
+        def test_on_ray_and_the_demo(ray_cluster, demo_build): ...
+
+        def test_on_ray_third(ray_cluster): ...
+
         def test_on_the_demo(demo_build): ...
 
         @pytest.mark.xdist_group("mine")
@@ -113,10 +119,16 @@ def test_tests_sharing_a_costly_fixture_run_in_one_xdist_group_and_others_alone(
     groups = {item.name: [m.args[0] for m in item.iter_markers("xdist_group")] for item in items}
     assert groups == {
         "test_pure": [],
-        "test_on_ray": [],
+        "test_on_ray": ["ray_cluster_0"],
+        "test_on_ray_too": ["ray_cluster_0"],
+        "test_on_ray_and_the_demo": ["demo_build"],
+        "test_on_ray_third": ["ray_cluster_1"],  # dealt in node-id order: _ray, _ray_third, _ray_too
         "test_on_the_demo": ["demo_build"],
         "test_grouped_by_hand": ["mine"],
     }
     group_for_xdist(items, tag_node_ids=True)  # what an xdist worker does under --dist loadgroup
-    assert ["@" in item.nodeid for item in items] == [False, False, True, True]
-    assert items[2].nodeid.endswith("@demo_build") and items[3].nodeid.endswith("@mine")
+    assert ["@" in item.nodeid for item in items] == [False, True, True, True, True, True, True]
+    assert items[1].nodeid.endswith("@ray_cluster_0") and items[4].nodeid.endswith("@ray_cluster_1")
+    assert items[5].nodeid.endswith("@demo_build") and items[6].nodeid.endswith("@mine")
+    group_for_xdist(items, tag_node_ids=True)  # a second pass deals the same groups
+    assert [m.args[0] for m in items[4].iter_markers("xdist_group")] == ["ray_cluster_1"]
