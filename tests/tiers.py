@@ -39,10 +39,11 @@ FIXTURE_MARKERS = {
 }
 # Costly session fixtures shared by tests that take little time beside them: under pytest-xdist
 # (``make test`` runs ``--dist loadgroup``) every test using one runs on the same worker, so it
-# is made once. A module or the kill tests' reference as a group queued minutes of builds on one
-# worker while another idled (the suite took 1,011 s so on three workers, 921 s test by test on
-# two), so other slow tests are scheduled alone, except the ``ray_cluster`` tests below.
-SHARED_FIXTURE_GROUPS = ("demo_build",)
+# is made once: the demo build, and the stand-in build the kill -9 tests (local, S3, full disk)
+# compare with. A module as a group queued minutes of builds on one worker while another idled
+# (the suite took 1,011 s so on three workers, 921 s test by test on two), so other slow tests
+# are scheduled alone, except the ``ray_cluster`` tests below.
+SHARED_FIXTURE_GROUPS = ("demo_build", "standin_reference")
 # A fast test runs with the rest of its module on one worker: a module's costly fixtures (a
 # calibration, a trained realism model, the portraits' detections) were made once per worker
 # that ran one of its tests, i.e. twice, when fast tests were scheduled alone.
