@@ -239,6 +239,8 @@ class Planner:
     def _fold_own_expressions(self, ids: list[str], vectors: np.ndarray, emotions: np.ndarray) -> None:
         """Fold a non-neutral bank photo's own AUs (``IdentityRecord.expression``) into its plans, in
         place; an emotion whose prototype lacks them becomes ``mixed``: the plan describes the face shown."""
+        if not self._own:  # no bank photo with its own expression: nothing to fold (1M plans: ~1 s)
+            return
         for i, identity in enumerate(ids):
             own = self._own.get(identity)
             if own is not None:
@@ -260,7 +262,8 @@ class Planner:
         n = len(cell_idx)
         if not self.identities:
             cells = np.asarray(self._cells, dtype=object)[cell_idx]
-            ids = [generated_identity_id(shard, i) for i in range(n)]
+            prefix = generated_identity_id(shard, 0).rsplit("-", 1)[0]
+            ids = [f"{prefix}-{suffix}" for suffix in _generated_suffixes(n)]
             return ids, cells[:, 0].tolist(), cells[:, 1].tolist(), cells[:, 2].tolist(), ["generated"] * n
         if self._bank_table is None:  # resolved once per planner, not per shard (a bank may hold 50k identities)
             self._bank_table = _bank_choices(self.identities, self._cells)
@@ -304,7 +307,14 @@ def _key_suffixes(n: int) -> tuple[str, ...]:
 
 def _keys(shard: int, n: int) -> list[str]:
     """The planner keys of a shard: ``sample_key(shard, i)`` for i < n (suffixes cached)."""
-    return [key_prefix(shard) + suffix for suffix in _key_suffixes(n)]
+    prefix = key_prefix(shard)
+    return [prefix + suffix for suffix in _key_suffixes(n)]
+
+
+@lru_cache(maxsize=256)
+def _generated_suffixes(n: int) -> tuple[str, ...]:
+    """The sample part of ``generated_identity_id(shard, i)`` for i < n (cached, as the keys')."""
+    return tuple(generated_identity_id(0, i).rsplit("-", 1)[1] for i in range(n))
 
 
 def _bank_choices(

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.urls import check_url, is_url, location  # the location helpers travel with the seam
+from manifests.urls import check_url, is_url, location, probe_location  # the location helpers travel with the seam
 from manifests.urls import is_remote as _is_remote
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "location",
     "node_cache_dir",
     "open_parquet",
+    "probe_location",
     "read_table",
     "register_duckdb",
     "relative_path",

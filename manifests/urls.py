@@ -13,11 +13,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["check_url", "is_remote", "is_url", "location"]
+__all__ = ["check_url", "is_remote", "is_url", "location", "probe_location"]
 
 # Storage options for every remote location: no cached listings (see the module docstring).
 _OPTIONS: dict[str, Any] = {"use_listings_cache": False}
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+# A reachability probe asks once: botocore's default five attempts with back-off take ~9 s to
+# say that nothing listens at the endpoint; the builds' own filesystems keep their retries.
+_PROBE_OPTIONS: dict[str, dict[str, Any]] = {
+    "s3": {"config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 5}},
+}
 
 
 def is_url(text: object) -> bool:
@@ -77,6 +82,15 @@ def location(path: object) -> Any:
     if type(path).__module__.startswith("upath"):
         return path
     return Path(path)  # type: ignore[arg-type]
+
+
+def probe_location(url: str) -> Any:
+    """``location(url)`` on a filesystem of its own that tries each request once (see
+    :data:`_PROBE_OPTIONS`): for asking whether the endpoint answers at all."""
+    from upath import UPath  # deferred: optional ([s3] extra); only object-storage outputs need it
+
+    scheme = _EXTRAS.get(url.split("://", 1)[0], "")
+    return UPath(url, **_OPTIONS, **_PROBE_OPTIONS.get(scheme, {}), skip_instance_cache=True)
 
 
 def is_remote(path: object) -> bool:

@@ -86,7 +86,7 @@ def test_fixtures_that_start_slow_work_mark_their_tests(pytester: pytest.Pyteste
     }
 
 
-def test_tests_sharing_a_costly_fixture_run_in_one_xdist_group_and_others_alone(
+def test_xdist_groups_a_shared_fixture_the_cluster_in_turns_a_fast_module_and_no_other_slow_test(
     pytester: pytest.Pytester,
 ) -> None:
     items = pytester.getitems(
@@ -101,7 +101,19 @@ def test_tests_sharing_a_costly_fixture_run_in_one_xdist_group_and_others_alone(
 
         def test_pure(): ...
 
+        @pytest.mark.slow
+        def test_slow_alone(): ...
+
+        @pytest.mark.slow
+        def test_slow_alone(): ...
+
         def test_on_ray(ray_cluster): ...
+
+        def test_on_ray_too(ray_cluster): ...
+
+        def test_on_ray_and_the_demo(ray_cluster, demo_build): ...
+
+        def test_on_ray_third(ray_cluster): ...
 
         def test_on_the_demo(demo_build): ...
 
@@ -112,11 +124,18 @@ def test_tests_sharing_a_costly_fixture_run_in_one_xdist_group_and_others_alone(
     group_for_xdist(items)
     groups = {item.name: [m.args[0] for m in item.iter_markers("xdist_group")] for item in items}
     assert groups == {
-        "test_pure": [],
-        "test_on_ray": [],
+        "test_pure": [items[0].nodeid.split("::")[0]],  # a fast test: with its module
+        "test_slow_alone": [],
+        "test_on_ray": ["ray_cluster_0"],
+        "test_on_ray_too": ["ray_cluster_0"],
+        "test_on_ray_and_the_demo": ["demo_build"],
+        "test_on_ray_third": ["ray_cluster_1"],  # dealt in node-id order: _ray, _ray_third, _ray_too
         "test_on_the_demo": ["demo_build"],
         "test_grouped_by_hand": ["mine"],
     }
     group_for_xdist(items, tag_node_ids=True)  # what an xdist worker does under --dist loadgroup
-    assert ["@" in item.nodeid for item in items] == [False, False, True, True]
-    assert items[2].nodeid.endswith("@demo_build") and items[3].nodeid.endswith("@mine")
+    assert ["@" in item.nodeid for item in items] == [True, False, True, True, True, True, True, True]
+    assert items[2].nodeid.endswith("@ray_cluster_0") and items[5].nodeid.endswith("@ray_cluster_1")
+    assert items[6].nodeid.endswith("@demo_build") and items[7].nodeid.endswith("@mine")
+    group_for_xdist(items, tag_node_ids=True)  # a second pass deals the same groups
+    assert [m.args[0] for m in items[5].iter_markers("xdist_group")] == ["ray_cluster_1"]

@@ -39,10 +39,18 @@ FIXTURE_MARKERS = {
 }
 # Costly session fixtures shared by tests that take little time beside them: under pytest-xdist
 # (``make test`` runs ``--dist loadgroup``) every test using one runs on the same worker, so it
-# is made once. Every other test is scheduled alone, which balances the two workers best (a
-# module or the kill tests' reference as a group queued minutes of builds on one worker while
-# another idled: the suite took 1,011 s so on three workers, 921 s test by test on two).
-SHARED_FIXTURE_GROUPS = ("demo_build",)
+# is made once: the demo build, and the stand-in build the kill -9 tests (local, S3, full disk)
+# compare with. A module as a group queued minutes of builds on one worker while another idled
+# (the suite took 1,011 s so on three workers, 921 s test by test on two), so other slow tests
+# are scheduled alone, except the ``ray_cluster`` tests below.
+SHARED_FIXTURE_GROUPS = ("demo_build", "standin_reference")
+# A fast test runs with the rest of its module on one worker: a module's costly fixtures (a
+# calibration, a trained realism model, the portraits' detections) were made once per worker
+# that ran one of its tests, i.e. twice, when fast tests were scheduled alone.
+# The tests on the shared local cluster (``ray_cluster``), dealt in turn into this many groups:
+# a group's tests run one after another on one worker and start the cluster once, where tests
+# scheduled alone met tests without it in between, which shut it down (seconds of CPU each time).
+RAY_CLUSTER_GROUPS = 2
 # Ray's own processes: a local cluster starts both, whatever API started it.
 _RAY_BINARIES = {"gcs_server", "raylet"}
 
@@ -63,15 +71,35 @@ def xdist_group_of(item: pytest.Item) -> str | None:
     return next((fixture for fixture in SHARED_FIXTURE_GROUPS if fixture in names), None)
 
 
+def ray_cluster_groups(items: Sequence[pytest.Item]) -> dict[str, str]:
+    """The group of each test on the shared cluster (and in no other group), by node id: the
+    tests in node-id order dealt in turn into :data:`RAY_CLUSTER_GROUPS` groups. Every worker
+    deals the same: it depends only on the collected node ids."""
+    on_ray = sorted(
+        _plain_node_id(item)
+        for item in items
+        if "ray_cluster" in getattr(item, "fixturenames", ()) and xdist_group_of(item) is None
+    )
+    return {node_id: f"ray_cluster_{i % RAY_CLUSTER_GROUPS}" for i, node_id in enumerate(on_ray)}
+
+
+def _plain_node_id(item: pytest.Item) -> str:
+    return item.nodeid.split("@", 1)[0]
+
+
 def group_for_xdist(items: Sequence[pytest.Item], *, tag_node_ids: bool = False) -> None:
-    """Mark each test with its :func:`xdist_group_of` (a test's own mark is kept); with
-    ``tag_node_ids`` (an xdist worker under ``--dist loadgroup``) also suffix a grouped test's
-    node id with ``@group``, which is how the controller schedules a group on one worker.
-    pytest-xdist 3.8 does that by setting ``item._nodeid``, which pytest 9 no longer reads (its
-    node ids live in ``_id``), so without this no group would hold."""
+    """Mark each test with its :func:`xdist_group_of` or :func:`ray_cluster_groups` group, a fast
+    test without one with its module (a test's own mark is kept); with ``tag_node_ids`` (an
+    xdist worker under ``--dist loadgroup``) also suffix a grouped test's node id with
+    ``@group``, which is how the controller schedules a group on one worker. pytest-xdist 3.8
+    does that by setting ``item._nodeid``, which pytest 9 no longer reads (its node ids live in
+    ``_id``), so without this no group would hold."""
+    on_ray = ray_cluster_groups(items)
     for item in items:
         mark = item.get_closest_marker("xdist_group")
-        group = mark.args[0] if mark is not None else xdist_group_of(item)
+        group = mark.args[0] if mark is not None else xdist_group_of(item) or on_ray.get(_plain_node_id(item))
+        if group is None and item.get_closest_marker("slow") is None:
+            group = _plain_node_id(item).split("::", 1)[0]  # its module
         if group is None:
             continue
         if mark is None:

@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from factory.recipe import Recipe, load_recipe
 from manifests.errors import UserError
-from manifests.store import check_url, is_url, location
+from manifests.store import check_url, is_url, location, probe_location
 
 __all__ = [
     "OutOpt",
@@ -46,7 +46,7 @@ def check_reachable(url: str) -> None:
 
     from botocore.exceptions import ConnectionError as EndpointError  # deferred: the [s3] extra's client
 
-    folder = location(url)
+    folder = probe_location(url)
     try:
         folder.fs.exists(folder.path)
     except EndpointError as exc:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -38,15 +40,28 @@ from manifests.store import location
 from manifests.writer import ShardWriter, is_done
 from stages.base import Record
 
-__all__ = ["IndexWriter", "PromptWorker", "ShardAbandoned", "ShardWorker", "device_for_worker"]
+__all__ = ["IndexWriter", "PromptWorker", "ShardAbandoned", "ShardWorker", "device_for_worker", "gpu_driver_present"]
 
 
 class ShardAbandoned(Exception):
     """The driver dropped this copy of a shard: another copy committed it first."""
 
 
+def gpu_driver_present() -> bool:
+    """Could torch see a GPU here? False on a Linux machine with no NVIDIA (``/proc/driver/nvidia``,
+    ``/dev/nvidia*``), WSL (``/dev/dxg``) or ROCm (``/dev/kfd``) driver; True elsewhere (ask torch)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    marks = (Path("/proc/driver/nvidia"), Path("/dev/dxg"), Path("/dev/kfd"))
+    return any(mark.exists() for mark in marks) or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def device_for_worker() -> str:
-    """'cuda' when this process sees a CUDA device (Ray sets CUDA_VISIBLE_DEVICES), else 'cpu'."""
+    """'cuda' when this process sees a CUDA device (Ray sets CUDA_VISIBLE_DEVICES), else 'cpu'.
+    Without a GPU driver the answer is 'cpu' without importing torch: seconds of CPU per worker
+    that a recipe of CPU stages (and Ray's logical GPUs in tests) would pay for nothing."""
+    if not gpu_driver_present():
+        return "cpu"
     try:
         import torch  # deferred: torch is an optional, heavy dependency
     except ImportError:

@@ -53,15 +53,6 @@ def reference(s3: S3Server, standin_reference: Path) -> Path:
     return standin_reference
 
 
-@pytest.fixture(scope="module")
-def s3_build(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> tuple[str, str]:
-    """The recipe built uninterrupted to the bucket; (its URL, what the CLI printed)."""
-    url = s3.url("whole")
-    done = run_build(write_recipe(tmp_path_factory.mktemp("s3") / "s3.toml", url))
-    assert done.returncode == 0, done.stderr
-    return url, done.stdout + done.stderr
-
-
 def _same_dataset(s3: S3Server, url: str, reference: Path) -> None:
     """Index rows, index.json's shards and every tar's bytes equal the local build's."""
     root = location(url)
@@ -76,40 +67,6 @@ def _same_dataset(s3: S3Server, url: str, reference: Path) -> None:
         assert fs.cat(f"{root.path}/shards/{name}") == (reference / "shards" / name).read_bytes(), name
 
 
-def test_s3_build_equals_the_local_build_and_the_tools_read_it(
-    s3: S3Server, reference: Path, s3_build: tuple[str, str], tmp_path: Path
-) -> None:
-    url, printed = s3_build
-    _same_dataset(s3, url, reference)
-    status = _factory("status", url)
-    assert status.returncode == 0 and "complete" in status.stdout, status.stderr
-    verify = _factory("verify", url)
-    assert verify.returncode == 0 and "whole" in verify.stdout, verify.stdout + verify.stderr
-    query = _factory("query", url, "SELECT 'n=' || count(*) AS n FROM samples")
-    assert query.returncode == 0, query.stderr
-    found = re.search(r"n=(\d+)", query.stdout)
-    assert found and int(found.group(1)) == pq.read_table(reference / "index.parquet").num_rows, query.stdout
-    export = _factory("export", url, str(tmp_path / "export"))
-    assert export.returncode == 0, export.stderr
-    local = _factory("export", str(reference), str(tmp_path / "export-local"))
-    assert local.returncode == 0, local.stderr
-    tars = sorted(p.name for p in (tmp_path / "export").glob("*.tar"))
-    assert tars and tars == sorted(p.name for p in (tmp_path / "export-local").glob("*.tar"))
-    for name in tars:
-        assert (tmp_path / "export" / name).read_bytes() == (tmp_path / "export-local" / name).read_bytes()
-    # The secret in the environment: in no object, no staged or exported file, no output.
-    fs = s3.fs()
-    for key in fs.find(s3.bucket):
-        assert SECRET.encode() not in fs.cat(key), key
-    staged = Path(os.environ["MIFA_STAGING_DIR"])
-    for path in [*staged.rglob("*"), *(tmp_path / "export").rglob("*")]:
-        if path.is_file():
-            assert SECRET.encode() not in path.read_bytes(), path
-    for run in (printed, status, verify, query, export):
-        text = run if isinstance(run, str) else run.stdout + run.stderr
-        assert SECRET not in text
-
-
 def test_credentials_in_the_url_are_refused_and_not_repeated(s3: S3Server, tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r.toml", tmp_path / "unused")
     run = _factory("build", str(recipe), "--out", f"s3://AKIAEXAMPLE:{SECRET}@{s3.bucket}/x", "--quiet")
@@ -120,44 +77,22 @@ def test_credentials_in_the_url_are_refused_and_not_repeated(s3: S3Server, tmp_p
     assert SECRET not in missing.stdout + missing.stderr
 
 
-def test_kill_9_between_a_shards_uploads_and_its_stats_then_resume_equals_uninterrupted(
-    s3: S3Server, reference: Path, tmp_path: Path
-) -> None:
-    """The kill lands where a store differs from a disk: shard 1's tar and manifest objects
-    are uploaded whole, its stats object (the done marker) is not; other workers hold staged
-    temps."""
-    url = s3.url("killed")
-    recipe = write_recipe(tmp_path / "killed.toml", url)
-    build_killed_at(recipe, "renamed:1")
-    fs = s3.fs()
-    shards = f"{s3.bucket}/killed/shards"
-    assert fs.exists(f"{shards}/t-000001.tar") and fs.exists(f"{shards}/t-000001.parquet")
-    assert not fs.exists(f"{shards}/t-000001.stats.json") and not fs.exists(f"{s3.bucket}/killed/index.json")
-
-    resumed = run_build(recipe)
-    assert resumed.returncode == 0, resumed.stderr
-    _same_dataset(s3, url, reference)
-    assert not [u for u in fs.list_multipart_uploads(s3.bucket) if u["Key"].startswith("killed/")]
-    # The killed writers' staged files (local, beside no object) went with the resume's clean-up.
-    assert not list(Path(os.environ["MIFA_STAGING_DIR"]).rglob("*.tmp"))
+def _done_shards(fs: object, shards: str) -> set[int]:
+    return {int(Path(key).name[2:8]) for key in fs.glob(f"{shards}/t-*.stats.json")}  # type: ignore[attr-defined]
 
 
-def test_kill_9_while_a_tar_upload_is_in_flight_then_resume_equals_uninterrupted(
-    s3: S3Server, reference: Path, tmp_path: Path
-) -> None:
-    """The kill lands inside a PUT for certain: the in-process server holds the first tar
-    upload of this run until the build's processes are dead, then drops it (as a store does
-    when the client vanishes mid-body)."""
+def _kill_inside_the_first_tar_upload(recipe: Path, prefix: str) -> str:
+    """Run the build until its first tar PUT, which the in-process server holds until the
+    build's processes are dead and then drops (as a store does when the client vanishes
+    mid-body): the key of the dropped upload."""
     from moto.s3.models import S3Backend  # deferred: a dev dependency, heavy to import; only this test patches it
 
-    url = s3.url("midupload")
-    recipe = write_recipe(tmp_path / "midupload.toml", url)
     in_flight, killed = threading.Event(), threading.Event()
     held: list[str] = []
     original = S3Backend.put_object
 
     def put_object(self: S3Backend, bucket_name: str, key_name: str, *args: object, **kwargs: object) -> object:
-        if key_name.startswith("midupload/shards/") and key_name.endswith(".tar") and not held:
+        if key_name.startswith(f"{prefix}/shards/") and key_name.endswith(".tar") and not held:
             held.append(key_name)
             in_flight.set()
             killed.wait(120)
@@ -179,12 +114,63 @@ def test_kill_9_while_a_tar_upload_is_in_flight_then_resume_equals_uninterrupted
     finally:
         killed.set()
         S3Backend.put_object = original  # type: ignore[method-assign]
+    return held[0]
+
+
+def test_kill_9_inside_an_upload_and_between_uploads_then_resume_equals_the_local_build_and_the_tools_read_it(
+    s3: S3Server, reference: Path, tmp_path: Path
+) -> None:
+    """Two kills where a store differs from a disk, then the same command once: inside a PUT
+    (for certain: the server holds it), then between a shard's uploads and its stats object
+    (the done marker) while other workers hold staged temps. The resumed bucket equals the
+    local build, the tools read it, and the secret in the environment is nowhere."""
+    url = s3.url("killed")
+    recipe = write_recipe(tmp_path / "killed.toml", url)
     fs = s3.fs()
-    shard = held[0].rsplit("/", 1)[1].removesuffix(".tar")
-    assert not fs.exists(f"{s3.bucket}/{held[0]}") and not fs.exists(f"{s3.bucket}/midupload/shards/{shard}.stats.json")
-    assert not fs.exists(f"{s3.bucket}/midupload/index.json")
+    shards = f"{s3.bucket}/killed/shards"
+
+    dropped = _kill_inside_the_first_tar_upload(recipe, "killed")
+    shard = dropped.rsplit("/", 1)[1].removesuffix(".tar")
+    assert not fs.exists(f"{s3.bucket}/{dropped}") and not fs.exists(f"{shards}/{shard}.stats.json")
+    assert not fs.exists(f"{s3.bucket}/killed/index.json")
+
+    ref_shards, _ = dataset(reference)
+    renamed = min(set(ref_shards) - _done_shards(fs, shards))
+    build_killed_at(recipe, f"renamed:{renamed}")
+    name = f"{shards}/t-{renamed:06d}"
+    assert fs.exists(f"{name}.tar") and fs.exists(f"{name}.parquet") and not fs.exists(f"{name}.stats.json")
+    assert not fs.exists(f"{s3.bucket}/killed/index.json")
 
     resumed = run_build(recipe)
     assert resumed.returncode == 0, resumed.stderr
     _same_dataset(s3, url, reference)
-    assert fs.exists(f"{s3.bucket}/{held[0]}")
+    assert fs.exists(f"{s3.bucket}/{dropped}")
+    assert not [u for u in fs.list_multipart_uploads(s3.bucket) if u["Key"].startswith("killed/")]
+    # The killed writers' staged files (local, beside no object) went with the resume's clean-up.
+    assert not list(Path(os.environ["MIFA_STAGING_DIR"]).rglob("*.tmp"))
+
+    status = _factory("status", url)
+    assert status.returncode == 0 and "complete" in status.stdout, status.stderr
+    verify = _factory("verify", url)
+    assert verify.returncode == 0 and "whole" in verify.stdout, verify.stdout + verify.stderr
+    query = _factory("query", url, "SELECT 'n=' || count(*) AS n FROM samples")
+    assert query.returncode == 0, query.stderr
+    found = re.search(r"n=(\d+)", query.stdout)
+    assert found and int(found.group(1)) == pq.read_table(reference / "index.parquet").num_rows, query.stdout
+    export = _factory("export", url, str(tmp_path / "export"))
+    assert export.returncode == 0, export.stderr
+    local = _factory("export", str(reference), str(tmp_path / "export-local"))
+    assert local.returncode == 0, local.stderr
+    tars = sorted(p.name for p in (tmp_path / "export").glob("*.tar"))
+    assert tars and tars == sorted(p.name for p in (tmp_path / "export-local").glob("*.tar"))
+    for name in tars:
+        assert (tmp_path / "export" / name).read_bytes() == (tmp_path / "export-local" / name).read_bytes()
+    # The secret in the environment: in no object, no staged or exported file, no output.
+    for key in fs.find(s3.bucket):
+        assert SECRET.encode() not in fs.cat(key), key
+    staged = Path(os.environ["MIFA_STAGING_DIR"])
+    for path in [*staged.rglob("*"), *(tmp_path / "export").rglob("*")]:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    for run in (resumed, status, verify, query, export):
+        assert SECRET not in run.stdout + run.stderr
