@@ -25,7 +25,8 @@ from typing import Any
 import duckdb
 
 from manifests.atomic import write_text_atomic
-from manifests.balance import balance_report, delivered_cells, read_targets
+from manifests.balance import read_targets
+from manifests.balance_report import balance_report, delivered_cells
 from manifests.bank import IdentityBankError, open_bank
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.layout import shard_paths

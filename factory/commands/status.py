@@ -20,7 +20,8 @@ import pyarrow as pa
 from factory.engine.balance import balance_targets
 from factory.engine.rundir import RunDir, open_run
 from factory.recipe import RecipeError, recipe_from_dict
-from manifests.balance import BalanceTargets, balance_report, delivered_cells, read_surplus, read_targets
+from manifests.balance import BalanceTargets, read_surplus, read_targets
+from manifests.balance_report import balance_report, delivered_cells
 from manifests.bank import open_bank
 from manifests.dataset import index_shards_dir, read_index
 from manifests.errors import FailedError
