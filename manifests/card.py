@@ -248,6 +248,12 @@ def _delivered_section(dataset: DatasetRef) -> list[str]:
             "Infeasible (no identity of the bank, or never accepted after repeated tries; their share went "
             f"to the other cells of their kind): {', '.join(sorted(targets.infeasible))}."
         )
+    if targets.limits:
+        limited = ", ".join(f"{cell} at most {share:.3f}" for cell, share in sorted(targets.limits.items()))
+        lines.append(
+            "Limited by the bank (every identity of the group shows its own AUs in every sample, so the AU "
+            f"targets leave it no more; the rest of its share went to the other groups of its kind): {limited}."
+        )
     table = [
         [
             r.cell,
