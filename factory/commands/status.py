@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from factory.commands.rounds_status import round_summary
 from factory.engine.balance import balance_targets
 from factory.engine.rundir import RunDir, open_run
 from factory.recipe import RecipeError, recipe_from_dict
@@ -116,6 +117,7 @@ def run_status(path: Path, *, verify: bool = False) -> dict[str, Any]:
             status["workers"] = workers
     # Damaged shards first: the balance of a run whose files do not read is not worth a crash.
     status["balance"] = None if damaged else delivered_balance(run, info, index, sorted(done))
+    status["rounds"] = [] if damaged else round_summary(run, info, sorted(done))
     if verify:
         status["problems"] = verify_index(run.root)
         status["verified"] = True

@@ -4,6 +4,8 @@ back (``factory.engine.balance``, ``manifests.balance``, ``factory.engine.rounds
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -81,7 +83,7 @@ def test_a_round_plans_no_candidate_in_a_full_cell() -> None:
     recipe = _recipe(40)
     planner = Planner(recipe)
     targets = balance_targets(recipe)
-    pool = planner.pool(3, 400)
+    pool = planner.pool(3, 200)
     tally = Tally(generated=20, accepted_total=12, kept_total=12)
     tally.kept.update({"AU12+": targets.cap("AU12+") or 0})  # AU12 active is full
     weights = round_weights(tally, targets)
@@ -110,3 +112,47 @@ def test_near_the_target_a_round_plans_what_selection_would_keep() -> None:
     keepable = sum(r is None for r in in_pool)
     assert 0 < keepable < pool.num_rows
     assert sum(r is None for r in kept) == min(keepable, 20)  # every candidate it would keep comes first
+
+
+def test_status_shows_each_round_planned_and_delivered(tmp_path: Path) -> None:
+    import pyarrow as pa  # deferred: only this test writes shard files
+    import pyarrow.parquet as pq  # deferred: as above
+
+    from factory.cli.status import _round_line
+    from factory.commands.rounds_status import round_summary
+    from manifests.balance import BALANCE_SCHEMA, balance_path
+    from manifests.layout import RunLayout
+
+    layout = RunLayout(tmp_path, "r")
+    layout.shards.mkdir(parents=True)
+    layout.plans.mkdir(parents=True)
+    for shard, emotions in enumerate([["fear", "fear", "anger"], ["neutral", "fear", "anger"], ["neutral"] * 3]):
+        keys = [f"{shard}-{i}" for i in range(3)]
+        pq.write_table(pa.table({"emotion": emotions}), layout.plan_path(shard))
+        pq.write_table(
+            pa.table({"key": keys, "emotion": emotions, "accepted": [True, True, False]}),
+            layout.shards / f"r-{shard:06d}.parquet",
+        )
+        decisions = pa.table(
+            {"key": keys[:2], "dropped_by": ["balance", None], "reason": ["full", None]}, schema=BALANCE_SCHEMA
+        )
+        pq.write_table(decisions, balance_path(layout.shard_paths(shard)))
+    info = {"recipe": {"balance": {"enabled": True, "round_shards": 2}}}
+    rounds = round_summary(layout, info, [0, 1, 2])  # type: ignore[arg-type]
+    assert [r["shards"] for r in rounds] == [[0, 1], [2]]
+    assert rounds[0] | {"planned_mix": None, "kept_mix": None} == {
+        "round": 0,
+        "shards": [0, 1],
+        "planned": 6,
+        "accepted": 4,
+        "kept": 2,
+        "planned_mix": None,
+        "kept_mix": None,
+    }
+    assert rounds[0]["planned_mix"] == {"fear": 3, "anger": 2, "neutral": 1}
+    assert rounds[0]["kept_mix"] == {"fear": 2}  # the first of each shard is surplus, the third rejected
+    assert (
+        _round_line(rounds[1])
+        == "  round 1 (shards 2): planned 3, accepted 2, kept 1; emotions planned->kept: neutral 3->1"
+    )
+    assert round_summary(layout, {"recipe": {"balance": {"enabled": False, "round_shards": 2}}}, [0]) == []  # type: ignore[arg-type]
