@@ -7,15 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from factory.cli.status import _round_line
+from factory.commands.rounds_status import round_summary
 from factory.engine.balance import balance_targets, bank_limits
 from factory.engine.rounds import choose_plan, round_weights
 from factory.plan import Planner
 from factory.recipe import recipe_from_dict
-from manifests.balance import BalanceTargets, Tally, refusal, sample_cells
+from manifests.balance import BALANCE_SCHEMA, BalanceTargets, Tally, balance_path, refusal, sample_cells
 from manifests.bank import IdentityRecord
+from manifests.layout import RunLayout
 from manifests.schema import N_AUS
+from manifests.vocab import DISFA_AUS
 
 SMILING = IdentityRecord("smiling", "s.png", "white", "adult", "female", "test", "CC0", "AU12=3 AU25=5")
 NEUTRAL = IdentityRecord("plain", "p.png", "white", "elderly", "female", "test", "CC0")
@@ -51,7 +57,6 @@ def test_no_limit_where_a_neutral_identity_shares_the_group_or_the_share_fits() 
 
 
 def _vector(**levels: int) -> list[int]:
-    from manifests.vocab import DISFA_AUS  # deferred: only this helper spells AUs by name
 
     v = [0] * N_AUS
     for au, level in levels.items():
@@ -115,13 +120,6 @@ def test_near_the_target_a_round_plans_what_selection_would_keep() -> None:
 
 
 def test_status_shows_each_round_planned_and_delivered(tmp_path: Path) -> None:
-    import pyarrow as pa  # deferred: only this test writes shard files
-    import pyarrow.parquet as pq  # deferred: as above
-
-    from factory.cli.status import _round_line
-    from factory.commands.rounds_status import round_summary
-    from manifests.balance import BALANCE_SCHEMA, balance_path
-    from manifests.layout import RunLayout
 
     layout = RunLayout(tmp_path, "r")
     layout.shards.mkdir(parents=True)
