@@ -133,7 +133,6 @@ def test_the_offline_demo_chain_builds_real_samples(ray_cluster, tmp_path: Path)
     doc = tomllib.loads((Path(__file__).resolve().parents[2] / "recipes" / "demo.toml").read_text())
     doc["dataset"].update(target=10, shard_size=8, out=str(tmp_path / "out"))
     doc["output"]["image_size"] = 192
-    doc["balance"]["enabled"] = False  # the chain, not the demo's closed loop (10 samples hold no shares)
     summary = build(recipe_from_dict(doc), quiet=True)
     assert summary.accepted >= 10
     manifest = pq.read_table(tmp_path / "out" / "shards" / "mifa_demo-000000.parquet").to_pylist()
