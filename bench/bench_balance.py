@@ -38,7 +38,8 @@ from factory.engine.balance import balance_policy
 from factory.engine.policy import CommittedPrefix
 from factory.plan import Planner
 from factory.recipe import Recipe, recipe_from_dict
-from manifests.balance import balance_report, delivered_cells, read_surplus
+from manifests.balance import read_surplus
+from manifests.balance_report import balance_report, delivered_cells
 from manifests.layout import RunLayout
 from manifests.schema import MANIFEST_SCHEMA, N_AUS
 from manifests.vocab import DISFA_AUS

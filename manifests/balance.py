@@ -12,9 +12,11 @@ surplus, with the first full cell named as the reason.
 A cell is *infeasible* when nobody can fill it (it then has no cap): a demographic group no bank identity belongs
 to (known before the build), or a cell planned at least ``infeasible_after`` times on the
 committed shards before whose yield is below ``infeasible_yield`` with 95 % confidence
-(measured: :meth:`Tally.infeasible`). Its share moves to the other cells of
-its kind (an infeasible ``AU20+`` leaves ``AU20-`` the whole share), so the rest can still
-reach the target.
+(measured: :meth:`Tally.infeasible`), or a demographic group the bank can fill only up to a
+*limit* below its share (its identities show their own AUs in every plan, and the AU targets
+allow that few samples with them). Its share, or what exceeds its limit, moves to the other
+cells of its kind (an infeasible ``AU20+`` leaves ``AU20-`` the whole share), so the rest can
+still reach the target.
 
 Each shard's decisions depend only on the shards before it; they are written beside the shard
 as ``{name}-{shard}.balance.parquet`` (one row per accepted sample: ``key``, ``dropped_by``
@@ -44,15 +46,18 @@ from manifests.vocab import DISFA_AUS
 __all__ = [
     "BALANCE_SCHEMA",
     "DROPPED_BY",
+    "STRATA",
     "BalanceTargets",
     "ShardBalance",
     "Tally",
     "balance_path",
     "balance_shard",
     "decide_samples",
+    "intensity_vectors",
     "read_balance",
     "read_surplus",
     "read_targets",
+    "refusal",
     "sample_cells",
 ]
 
@@ -75,7 +80,7 @@ _COLUMNS = [
     "planned_intensity",
     "au_intensity",
 ]
-_STRATA = ("emotion", "ethnicity", "age_band", "gender")
+STRATA = ("emotion", "ethnicity", "age_band", "gender")
 _CONFIDENCE = 0.95  # of the upper bound on a cell's yield before it is given up
 _GENERATED = generated_identity_id(0, 0).split("-")[0] + "-"  # a new person per sample: no yield of its own
 
@@ -95,7 +100,7 @@ def sample_cells(intensity: Iterable[int], strata: Mapping[str, str], units: Ite
         cells.append(f"AU{au}+" if level > 0 else f"AU{au}-")
         if level > 0:
             cells.append(f"AU{au}={level}")
-    cells.extend(f"{kind}={strata[kind]}" for kind in _STRATA)
+    cells.extend(f"{kind}={strata[kind]}" for kind in STRATA)
     return tuple(cells)
 
 
@@ -116,6 +121,7 @@ class BalanceTargets:
     shares: Mapping[str, float]
     tolerances: Mapping[str, float]
     infeasible: frozenset[str] = frozenset()
+    limits: Mapping[str, float] = field(default_factory=dict)  # infeasible cell -> the share it still holds
     by_kind: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -131,6 +137,7 @@ class BalanceTargets:
             "shares": dict(self.shares),
             "tolerances": dict(self.tolerances),
             "infeasible": sorted(self.infeasible),
+            "limits": dict(self.limits),
         }
 
     @staticmethod
@@ -141,6 +148,7 @@ class BalanceTargets:
             dict(doc["shares"]),
             dict(doc["tolerances"]),
             frozenset(doc["infeasible"]),
+            dict(doc.get("limits", {})),
         )
 
     def cap(self, cell: str) -> int | None:
@@ -165,13 +173,12 @@ class BalanceTargets:
             cells = [c for c in shares if _kind(c) == kind]
             alive = [c for c in cells if c not in dead]
             whole, kept = sum(shares[c] for c in cells), sum(shares[c] for c in alive)
-            for c in cells:
+            for c in cells:  # a limited cell keeps its limit, uncapped; the rest of the kind fills the remainder
                 if c in dead:
-                    shares[c] = 0.0
-                elif kept > 0:
-                    shares[c] = shares[c] / kept * whole
-                else:
-                    shares[c] = whole / len(alive)
+                    shares[c] = min(self.limits.get(c, 0.0), shares[c])
+            whole -= sum(shares[c] for c in cells if c in dead)
+            for c in alive:
+                shares[c] = shares[c] / kept * whole if kept > 0 else whole / len(alive)
         return replace(self, shares=shares, infeasible=frozenset(dead))
 
     def floor(self, cell: str) -> int:
@@ -197,6 +204,22 @@ class BalanceTargets:
                 return kind
         return None
 
+    def reserved(self, cells: Iterable[str], kept: Counter[str], together: Mapping[str, frozenset[str]]) -> str | None:
+        """The first cell short of its floor, not one of ``cells``, whose every accepted sample so
+        far (``together``: the cells they all shared) also fell in a capped cell of ``cells`` with
+        no more room left than it still needs: keeping this sample would leave it unable to
+        reach its floor (``emotion=neutral`` needs room in every ``AUx-``)."""
+        mine = set(cells)
+        for short, shared in together.items():
+            need = self.floor(short) - kept[short]
+            if need <= 0 or short in mine:
+                continue
+            for cell in sorted(shared & mine):
+                cap = self.cap(cell)
+                if cap is not None and cap - kept[cell] - 1 < need:
+                    return short
+        return None
+
     def full_cell(self, cells: Iterable[str], kept: Counter[str]) -> str | None:
         """The first of ``cells`` that one more kept sample would push over its cap."""
         for cell in cells:
@@ -219,6 +242,7 @@ class Tally:
     accepted_total: int = 0
     identity_planned: Counter[str] = field(default_factory=Counter)
     identity_accepted: Counter[str] = field(default_factory=Counter)
+    together: dict[str, frozenset[str]] = field(default_factory=dict)  # cell -> cells all its accepted samples share
 
     def infeasible(self, targets: BalanceTargets, tries: int, floor: float = 0.0) -> list[str]:
         """Cells with a share, planned at least ``tries`` times, whose yield (samples delivered
@@ -256,7 +280,7 @@ class ShardBalance:
     infeasible: tuple[str, ...]
 
 
-def _vectors(column: pa.ChunkedArray) -> np.ndarray:
+def intensity_vectors(column: pa.ChunkedArray) -> np.ndarray:
     """A 12-AU intensity column as an (n, 12) int array, nulls as 0."""
     rows = column.to_pylist()
     return np.asarray([r if r is not None else [0] * N_AUS for r in rows], dtype=np.int64).reshape(-1, N_AUS)
@@ -277,17 +301,33 @@ def balance_shard(
     return ShardBalance(shard, out.num_rows, kept, tuple(sorted(targets.infeasible)))
 
 
+def refusal(cells: tuple[str, ...], tally: Tally, targets: BalanceTargets, *, open_loop: bool = False) -> str | None:
+    """Why selection holds back an accepted sample of ``cells`` after ``tally``, or None: it keeps it."""
+    kept, total = tally.kept, tally.kept_total
+    if total >= targets.target:
+        return f"target of {targets.target} kept samples reached"
+    if open_loop:
+        return None
+    if (full := targets.full_cell(cells, kept)) is not None:
+        return f"cell {full} full ({targets.cap(full)} of {targets.target})"
+    if (crowded := targets.crowded(cells, kept, total)) is not None:
+        return f"the slots left are kept for the short cells of {crowded}"
+    if (reserved := targets.reserved(cells, kept, tally.together)) is not None:
+        return f"the room left is kept for the short cell {reserved}"
+    return None
+
+
 def decide_samples(table: pa.Table, tally: Tally, targets: BalanceTargets, *, open_loop: bool = False) -> pa.Table:
     """The decisions on one shard's manifest rows (``key``, ``accepted``, ``identity_id``, the
     strata, ``planned_intensity``, ``au_intensity``), in row order, added to ``tally``: one
     :data:`BALANCE_SCHEMA` row per accepted sample."""
-    strata = {k: table[k].to_pylist() for k in _STRATA}
-    planned, labels = _vectors(table["planned_intensity"]), _vectors(table["au_intensity"])
+    strata = {k: table[k].to_pylist() for k in STRATA}
+    planned, labels = intensity_vectors(table["planned_intensity"]), intensity_vectors(table["au_intensity"])
     accepted = table["accepted"].to_pylist()
     keys, dropped, reasons = [], [], []
     identities = table["identity_id"].to_pylist()
     for i, key in enumerate(table["key"].to_pylist()):
-        row = {k: strata[k][i] for k in _STRATA}
+        row = {k: strata[k][i] for k in STRATA}
         tally.planned.update(sample_cells(planned[i], row, targets.units))
         bank = not identities[i].startswith(_GENERATED)
         if bank:
@@ -297,18 +337,12 @@ def decide_samples(table: pa.Table, tally: Tally, targets: BalanceTargets, *, op
         cells = sample_cells(labels[i], row, targets.units)
         tally.accepted.update(cells)
         tally.accepted_total += 1
+        for cell in cells:
+            tally.together[cell] = tally.together.get(cell, frozenset(cells)) & frozenset(cells)
         if bank:
             tally.identity_accepted[identities[i]] += 1
-        full = None if open_loop else targets.full_cell(cells, tally.kept)
-        crowded = None if open_loop or full else targets.crowded(cells, tally.kept, tally.kept_total)
-        if tally.kept_total >= targets.target:
-            reason: str | None = f"target of {targets.target} kept samples reached"
-        elif full is not None:
-            reason = f"cell {full} full ({targets.cap(full)} of {targets.target})"
-        elif crowded is not None:
-            reason = f"the slots left are kept for the short cells of {crowded}"
-        else:
-            reason = None
+        reason = refusal(cells, tally, targets, open_loop=open_loop)
+        if reason is None:
             tally.kept.update(cells)
             tally.kept_total += 1
         keys.append(key)
@@ -340,54 +374,3 @@ def read_surplus(paths: ShardPaths) -> set[str]:
         return set()
     table = found[0]
     return {k for k, d in zip(table["key"].to_pylist(), table["dropped_by"].to_pylist(), strict=True) if d}
-
-
-@dataclass(frozen=True)
-class CellReport:
-    """One target as delivered: ``share`` of the kept samples (an intensity level's: of its AU's
-    active ones) against ``target`` within ``tolerance``."""
-
-    cell: str
-    samples: int
-    share: float
-    target: float
-    tolerance: float
-    infeasible: bool
-
-    @property
-    def met(self) -> bool:
-        return abs(self.share - self.target) <= self.tolerance + 1e-9
-
-
-def delivered_cells(table: pa.Table, units: Iterable[int]) -> Counter[str]:
-    """Samples per cell of ``table`` (index rows, or kept manifest rows: ``au_intensity``,
-    ``emotion``, ``ethnicity``, ``age_band``, ``gender``)."""
-    labels = _vectors(table["au_intensity"])
-    counts: Counter[str] = Counter()
-    for au in units:  # counted per column, not per sample: an index of 1M rows in a second
-        levels = np.bincount(labels[:, DISFA_AUS.index(au)].clip(0, 5), minlength=6)
-        counts[f"AU{au}-"], counts[f"AU{au}+"] = int(levels[0]), int(levels[1:].sum())
-        counts.update({f"AU{au}={level}": int(levels[level]) for level in range(1, 6)})
-    for kind in _STRATA:
-        counts.update(f"{kind}={v}" for v in table[kind].to_pylist())
-    return +counts  # without the empty cells
-
-
-def balance_report(kept: Counter[str], n: int, targets: BalanceTargets) -> list[CellReport]:
-    """Every target with a share (and every cell delivered), in the targets' order; ``AU12-``
-    is left out (it mirrors ``AU12+``)."""
-    rows = []
-    for cell, target in targets.shares.items():
-        if cell.endswith("-") or (target == 0.0 and kept[cell] == 0 and cell not in targets.infeasible):
-            continue
-        base, whole, tolerance = n, target, targets.tolerances[cell]
-        dead = cell in targets.infeasible
-        if "=" in cell and cell.startswith("AU"):  # a level's share of its AU's active samples
-            active = cell.split("=")[0] + "+"
-            base, active_share = kept[active], targets.shares[active]
-            whole = target / active_share if active_share > 0 else 0.0
-            tolerance = tolerance / active_share if active_share > 0 else tolerance
-            dead = dead or active in targets.infeasible
-        share = kept[cell] / base if base else 0.0
-        rows.append(CellReport(cell, kept[cell], share, whole, tolerance, dead))
-    return rows

@@ -25,7 +25,8 @@ from typing import Any
 import duckdb
 
 from manifests.atomic import write_text_atomic
-from manifests.balance import balance_report, delivered_cells, read_targets
+from manifests.balance import read_targets
+from manifests.balance_report import balance_report, delivered_cells
 from manifests.bank import IdentityBankError, open_bank
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.layout import shard_paths
@@ -246,6 +247,12 @@ def _delivered_section(dataset: DatasetRef) -> list[str]:
         lines.append(
             "Infeasible (no identity of the bank, or never accepted after repeated tries; their share went "
             f"to the other cells of their kind): {', '.join(sorted(targets.infeasible))}."
+        )
+    if targets.limits:
+        limited = ", ".join(f"{cell} at most {share:.3f}" for cell, share in sorted(targets.limits.items()))
+        lines.append(
+            "Limited by the bank (every identity of the group shows its own AUs in every sample, so the AU "
+            f"targets leave it no more; the rest of its share went to the other groups of its kind): {limited}."
         )
     table = [
         [

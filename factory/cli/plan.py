@@ -13,7 +13,7 @@ from factory.commands.chain_estimate import estimate_chain
 from factory.commands.coverage import bank_coverage
 from factory.commands.estimate import estimate, measure_batch_seconds
 from factory.commands.gpu_estimate import estimate_lines, gpu_estimates, read_bench
-from factory.engine.balance import bank_infeasible, unshowable_emotions
+from factory.engine.balance import balance_targets, bank_infeasible, unshowable_emotions
 from factory.plan import PlanStats, plan_statistics
 from factory.recipe import Recipe
 from manifests.bank import IdentityRecord, open_bank
@@ -178,3 +178,6 @@ def _print_coverage(r: Recipe, records: list[IdentityRecord]) -> None:
     groups, emotions = bank_infeasible(records), unshowable_emotions(r, records)
     out.print(f"[bold]groups no identity belongs to[/] (\\[balance]: infeasible): {', '.join(groups) or 'none'}")
     out.print(f"[bold]emotions no identity can show[/] (its own expression): {', '.join(emotions) or 'none'}")
+    limited = balance_targets(r, records).limits
+    shown = ", ".join(f"{cell} at most {share:.3f} of the samples" for cell, share in limited.items())
+    out.print(f"[bold]groups whose identities all show their own AUs[/] (\\[balance]: limited): {shown or 'none'}")

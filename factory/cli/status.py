@@ -49,6 +49,8 @@ def status(
             )
         if s.get("balance"):
             out.print(_balance_table(s["balance"]))
+        for r in s.get("rounds", []):
+            out.print(_round_line(r), highlight=False)
         for w in s.get("workers", []):
             out.print(_worker_line(w), highlight=False)
         for shard, error in s["failed_shards"].items():
@@ -79,6 +81,19 @@ def _balance_table(balance: dict[str, Any]) -> Table:
         row = (c["cell"], str(c["samples"]), f"{c['share']:.3f}", f"{c['target']:.3f}", f"±{c['tolerance']:.3f}", mark)
         table.add_row(*row)
     return table
+
+
+def _round_line(r: dict[str, Any]) -> str:
+    """One closed-loop round: its shards, counts, and emotion mix planned -> delivered (kept)."""
+    shards = r["shards"]
+    span = f"{shards[0]}-{shards[-1]}" if len(shards) > 1 else str(shards[0])
+    mix = ", ".join(
+        f"{e} {n}->{r['kept_mix'].get(e, 0)}" for e, n in sorted(r["planned_mix"].items(), key=lambda kv: -kv[1])
+    )
+    return (
+        f"  round {r['round']} (shards {span}): planned {r['planned']}, accepted {r['accepted']}, "
+        f"kept {r['kept']}; emotions planned->kept: {mix}"
+    )
 
 
 def _worker_line(w: dict[str, Any]) -> str:

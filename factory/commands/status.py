@@ -17,10 +17,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from factory.commands.rounds_status import round_summary
 from factory.engine.balance import balance_targets
 from factory.engine.rundir import RunDir, open_run
 from factory.recipe import RecipeError, recipe_from_dict
-from manifests.balance import BalanceTargets, balance_report, delivered_cells, read_surplus, read_targets
+from manifests.balance import BalanceTargets, read_surplus, read_targets
+from manifests.balance_report import balance_report, delivered_cells
 from manifests.bank import open_bank
 from manifests.dataset import index_shards_dir, read_index
 from manifests.errors import FailedError
@@ -115,6 +117,7 @@ def run_status(path: Path, *, verify: bool = False) -> dict[str, Any]:
             status["workers"] = workers
     # Damaged shards first: the balance of a run whose files do not read is not worth a crash.
     status["balance"] = None if damaged else delivered_balance(run, info, index, sorted(done))
+    status["rounds"] = [] if damaged else round_summary(run, info, sorted(done))
     if verify:
         status["problems"] = verify_index(run.root)
         status["verified"] = True

@@ -28,9 +28,11 @@ files say so.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from factory.engine.ledger import LedgerError
@@ -44,7 +46,14 @@ from manifests.bank import IdentityRecord
 from manifests.layout import RunLayout
 from manifests.vocab import AGE_BANDS, DISFA_AUS, EMOTION_MIX_KEYS, ETHNICITIES, GENDERS
 
-__all__ = ["BalancePolicy", "balance_policy", "balance_targets", "bank_infeasible", "unshowable_emotions"]
+__all__ = [
+    "BalancePolicy",
+    "balance_policy",
+    "balance_targets",
+    "bank_infeasible",
+    "bank_limits",
+    "unshowable_emotions",
+]
 
 
 def _normalised(weights: dict[str, float], keys: Sequence[str]) -> dict[str, float]:
@@ -60,6 +69,31 @@ def bank_infeasible(identities: Sequence[IdentityRecord] | None) -> list[str]:
     have = {(kind, getattr(r, kind)) for r in identities for kind in ("ethnicity", "age_band", "gender")}
     groups = [("ethnicity", ETHNICITIES), ("age_band", AGE_BANDS), ("gender", GENDERS)]
     return [f"{kind}={g}" for kind, vocab in groups for g in vocab if (kind, g) not in have]
+
+
+def bank_limits(identities: Sequence[IdentityRecord] | None, shares: Mapping[str, float]) -> dict[str, float]:
+    """Demographic groups the bank can fill only in part: every identity of the group shows its
+    own AUs (``IdentityRecord.expression``) in every plan it gets, so the group's samples all
+    carry the AUs its identities share, at their lowest level or above; the group's share is
+    limited to the least target share (``shares``) of such an AU at such levels. Only groups
+    whose recipe share exceeds that limit are named (with the limit)."""
+    groups: dict[str, list[np.ndarray]] = {}
+    for record in identities or ():
+        own = np.zeros(len(DISFA_AUS), np.int64)
+        own[: len(record.own_intensity() or ())] = record.own_intensity() or ()
+        for kind in ("ethnicity", "age_band", "gender"):
+            groups.setdefault(f"{kind}={getattr(record, kind)}", []).append(own.clip(0, 5))
+    limits = {}
+    for cell, owns in sorted(groups.items()):
+        shown = np.stack(owns).min(axis=0)  # an AU every identity of the group shows, at the lowest level
+        room = [
+            sum(shares.get(f"AU{au}={k}", 0.0) for k in range(int(level), 6))
+            for au, level in zip(DISFA_AUS, shown.tolist(), strict=True)
+            if level > 0 and f"AU{au}+" in shares
+        ]
+        if room and min(room) < shares.get(cell, 0.0):
+            limits[cell] = min(room)
+    return limits
 
 
 def unshowable_emotions(recipe: Recipe, identities: Sequence[IdentityRecord] | None) -> list[str]:
@@ -82,7 +116,8 @@ def unshowable_emotions(recipe: Recipe, identities: Sequence[IdentityRecord] | N
 
 def balance_targets(recipe: Recipe, identities: Sequence[IdentityRecord] | None = None) -> BalanceTargets:
     """Every cell's share of the target and tolerance, from the recipe's shares and the
-    ``[balance]`` tolerances; the bank's missing demographic groups infeasible."""
+    ``[balance]`` tolerances; the bank's missing demographic groups infeasible, and those it
+    can fill only in part (:func:`bank_limits`) infeasible above their limit."""
     section, aus = recipe.balance, recipe.aus
     shares: dict[str, float] = {}
     tolerances: dict[str, float] = {}
@@ -105,7 +140,9 @@ def balance_targets(recipe: Recipe, identities: Sequence[IdentityRecord] | None 
         for name, share in table.items():
             shares[f"{kind}={name}"], tolerances[f"{kind}={name}"] = share, tolerance
     targets = BalanceTargets(recipe.dataset.target, tuple(aus.units), shares, tolerances)
-    return targets.with_infeasible(bank_infeasible(identities))
+    targets = targets.with_infeasible(bank_infeasible(identities))
+    limits = bank_limits(identities, targets.shares)
+    return replace(targets, limits=limits).with_infeasible(limits)
 
 
 class BalancePolicy:

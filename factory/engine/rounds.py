@@ -27,7 +27,8 @@ have no share of their own: each one is weighted by its smoothed yield over the 
 Each shard of such a round draws a pool of :data:`POOL` x ``shard_size`` candidate samples
 from the open-loop planner (a seeded stream of its own), gives each candidate its identity's
 weight, rakes the weights (iterative proportional fitting) to the round's share of every
-variable, and keeps ``shard_size`` candidates, sampled without replacement by weight
+variable (a candidate in a cell already full on the prefix gets weight 0: selection would hold
+it back as surplus), and keeps ``shard_size`` candidates, sampled without replacement by weight
 (Efraimidis-Spirakis keys from the shard's seed), in pool order, renumbered as the shard's
 samples. Every candidate is a plan the open-loop planner could make (its constraints, identity
 fit and folding hold).
@@ -35,13 +36,14 @@ fit and folding hold).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from manifests.balance import BalanceTargets, Tally
+from manifests.balance import BalanceTargets, Tally, refusal, sample_cells
 from manifests.layout import generated_identity_id, sample_key
 from manifests.schema import N_AUS
 from manifests.vocab import DISFA_AUS
@@ -50,6 +52,7 @@ __all__ = ["KEEP_BASE", "POOL", "PRIOR", "RoundWeights", "Rounds", "choose_plan"
 
 POOL = 8  # candidates per planned sample: the most a category can be over-sampled
 PRIOR = 20.0  # pseudo-samples at the overall yield behind every measured yield
+ENDGAME = 0.5  # past this share of the target kept, a round plans only candidates selection would keep
 KEEP_BASE = 0.05  # share of the target mix kept in every round's mix (no weight reaches zero)
 _YIELD_FLOOR = 0.02  # over-sample a cell by at most 1 / this over a fully yielding one
 _STRATA = ("emotion", "ethnicity", "age_band", "gender")
@@ -83,9 +86,13 @@ class RoundWeights:
 
     shares: Mapping[str, Mapping[str, float]]
     identities: Mapping[str, float]
+    full: tuple[str, ...] = ()  # cells at their cap on the prefix: a candidate in one would be surplus
+    # near the target: the prefix's selection state, to plan only candidates it would keep
+    prefix: tuple[Tally, BalanceTargets] | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, object]:
-        return {"shares": {v: dict(c) for v, c in self.shares.items()}, "identities": dict(self.identities)}
+        shares = {v: dict(c) for v, c in self.shares.items()}
+        return {"shares": shares, "identities": dict(self.identities), "full": list(self.full)}
 
 
 def _variables(targets: BalanceTargets) -> dict[str, list[str]]:
@@ -115,7 +122,9 @@ def round_weights(tally: Tally, targets: BalanceTargets) -> RoundWeights:
         identity: float((tally.identity_accepted[identity] + PRIOR * overall) / (n + PRIOR) / overall)
         for identity, n in sorted(tally.identity_planned.items())
     }
-    return RoundWeights(shares, identities)
+    full = tuple(c for c in targets.shares if (cap := targets.cap(c)) is not None and tally.kept[c] >= cap)
+    endgame = (copy.deepcopy(tally), targets) if tally.kept_total >= targets.target * ENDGAME else None
+    return RoundWeights(shares, identities, full, endgame)
 
 
 def _categories(pool: pa.Table, units: tuple[int, ...]) -> dict[str, tuple[list[str], np.ndarray]]:
@@ -129,6 +138,32 @@ def _categories(pool: pa.Table, units: tuple[int, ...]) -> dict[str, tuple[list[
         names, codes = np.unique(np.asarray(pool[kind].to_pylist(), dtype=object), return_inverse=True)
         out[kind] = ([f"{kind}={v}" for v in names.tolist()], codes.reshape(-1))
     return out
+
+
+def in_full(categories: Mapping[str, tuple[list[str], np.ndarray]], full: Iterable[str], n: int) -> np.ndarray:
+    """Per candidate: whether one of its cells is full (``AU12+`` full: every level of AU12)."""
+    full = set(full)
+    out = np.zeros(n, bool)
+    for variable, (names, codes) in categories.items():
+        active = f"{variable}+" in full
+        flags = [c in full or (active and "=" in c) for c in names]
+        if any(flags):
+            out |= np.asarray(flags)[codes]
+    return out
+
+
+def refused(pool: pa.Table, units: tuple[int, ...], tally: Tally, targets: BalanceTargets) -> np.ndarray:
+    """Per candidate: whether selection would hold it back after ``tally``, were it accepted
+    with its planned labels."""
+    vectors = pool["planned_intensity"].combine_chunks().flatten().to_numpy().reshape(-1, N_AUS)
+    strata = {kind: pool[kind].to_pylist() for kind in _STRATA}
+    return np.asarray(
+        [
+            refusal(sample_cells(vectors[i], {k: strata[k][i] for k in _STRATA}, units), tally, targets) is not None
+            for i in range(pool.num_rows)
+        ],
+        bool,
+    )
 
 
 def rake(
@@ -165,8 +200,14 @@ def choose_plan(
     pool: pa.Table, weights: RoundWeights, units: tuple[int, ...], n: int, shard: int, seed: int
 ) -> pa.Table:
     """``n`` candidates of ``pool`` (see module docstring) as shard ``shard``'s plan."""
-    base = np.asarray([weights.identities.get(i, 1.0) for i in pool["identity_id"].to_pylist()])
-    raked = rake(_categories(pool, units), weights.shares, np.clip(base, 0.1, 10.0))
+    base = np.clip(np.asarray([weights.identities.get(i, 1.0) for i in pool["identity_id"].to_pylist()]), 0.1, 10.0)
+    categories = _categories(pool, units)
+    surplus = in_full(categories, weights.full, pool.num_rows)
+    if weights.prefix is not None:
+        surplus |= refused(pool, units, *weights.prefix)
+    if not surplus.all():  # candidates selection would hold back as surplus are not planned
+        base = np.where(surplus, 0.0, base)
+    raked = rake(categories, weights.shares, base)
     u = np.random.default_rng([seed, shard, 2]).random(pool.num_rows)
     with np.errstate(divide="ignore"):
         keys = np.where(raked > 0, np.log(u) / np.where(raked > 0, raked, 1.0), -np.inf)

@@ -56,3 +56,7 @@ def test_plan_command_prints_coverage() -> None:
     assert result.exit_code == 0, result.output
     assert "identity bank coverage: 2 identities, 72 planned cells" in result.output
     assert "cells the bank cannot fill: 70 of 72" in result.output
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert "groups no identity belongs to ([balance]: infeasible): ethnicity=east_asian" in output
+    # the astronaut, the bank's only adult, smiles with AU25 at 5 in every plan: at most AU25=5's share
+    assert "([balance]: limited): age_band=adult at most 0.090 of the samples" in output

@@ -19,12 +19,11 @@ from factory.recipe import RecipeError, recipe_from_dict
 from manifests.balance import (
     BalanceTargets,
     balance_path,
-    balance_report,
-    delivered_cells,
     read_balance,
     read_surplus,
     sample_cells,
 )
+from manifests.balance_report import balance_report, delivered_cells
 from manifests.bank import IdentityRecord
 from manifests.layout import RunLayout, sample_key
 from manifests.schema import MANIFEST_SCHEMA, N_AUS
