@@ -94,7 +94,9 @@ def test_a_hung_shard_is_cancelled_and_retried_elsewhere(ray_cluster, tmp_path: 
         dataset={"target": 24, "shard_size": 6},
         generator={"name": STANDIN, "seconds_per_batch": 0.1},
         filters={"name": "tests.engine.plugins:HangOnce", "shard": 1, "seconds": HANG_S, "marker_dir": str(tmp_path)},
-        engine={"gpus": 4, "shard_timeout_s": 4, "backups": False, "max_retries": 2},
+        # Long enough that a healthy shard on a loaded 2-core machine (or a worker's restart)
+        # is never silent that long: at 4 s a fresh clone's first run timed every shard out.
+        engine={"gpus": 4, "shard_timeout_s": 20, "backups": False, "max_retries": 2},
     )
     summary = _build_unless_hung(doc)  # returns only if the hung attempt was cancelled
     assert summary.indexed_shards == [0, 1, 2, 3] and not summary.failed_shards
