@@ -122,6 +122,9 @@ class BalanceTargets:
     tolerances: Mapping[str, float]
     infeasible: frozenset[str] = frozenset()
     limits: Mapping[str, float] = field(default_factory=dict)  # infeasible cell -> the share it still holds
+    # a cell given up during the build -> the share its kept samples already hold: they stay in
+    # the index, so only the rest of its share can go to the other cells of its kind
+    held: Mapping[str, float] = field(default_factory=dict)
     by_kind: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -138,6 +141,7 @@ class BalanceTargets:
             "tolerances": dict(self.tolerances),
             "infeasible": sorted(self.infeasible),
             "limits": dict(self.limits),
+            "held": dict(self.held),
         }
 
     @staticmethod
@@ -149,6 +153,7 @@ class BalanceTargets:
             dict(doc["tolerances"]),
             frozenset(doc["infeasible"]),
             dict(doc.get("limits", {})),
+            dict(doc.get("held", {})),
         )
 
     def cap(self, cell: str) -> int | None:
@@ -158,8 +163,11 @@ class BalanceTargets:
             return None
         return math.floor((share + self.tolerances[cell]) * self.target + 1e-9)
 
-    def with_infeasible(self, cells: Iterable[str]) -> BalanceTargets:
-        """These targets with ``cells`` (and those already known) infeasible."""
+    def with_infeasible(self, cells: Iterable[str], held: Mapping[str, float] | None = None) -> BalanceTargets:
+        """These targets with ``cells`` (and those already known) infeasible; ``held``: the share
+        each of them already holds in the kept samples (kept for it, never given away)."""
+        if held:
+            return replace(self, held={**self.held, **held}).with_infeasible(cells)
         dead = self.infeasible | {c for c in cells if c in self.shares}
         for kind in {_kind(c) for c in dead - self.infeasible}:  # never a kind left with no target
             if all(c in dead for c, share in self.shares.items() if _kind(c) == kind and share > 0):
@@ -173,9 +181,9 @@ class BalanceTargets:
             cells = [c for c in shares if _kind(c) == kind]
             alive = [c for c in cells if c not in dead]
             whole, kept = sum(shares[c] for c in cells), sum(shares[c] for c in alive)
-            for c in cells:  # a limited cell keeps its limit, uncapped; the rest of the kind fills the remainder
-                if c in dead:
-                    shares[c] = min(self.limits.get(c, 0.0), shares[c])
+            for c in cells:  # a limited cell keeps its limit (a given-up one what it holds), uncapped;
+                if c in dead:  # the rest of the kind fills the remainder
+                    shares[c] = min(max(self.limits.get(c, 0.0), self.held.get(c, 0.0)), shares[c])
             whole -= sum(shares[c] for c in cells if c in dead)
             for c in alive:
                 shares[c] = shares[c] / kept * whole if kept > 0 else whole / len(alive)

@@ -245,8 +245,9 @@ def _delivered_section(dataset: DatasetRef) -> list[str]:
     )
     if targets.infeasible:
         lines.append(
-            "Infeasible (no identity of the bank, or never accepted after repeated tries; their share went "
-            f"to the other cells of their kind): {', '.join(sorted(targets.infeasible))}."
+            "Infeasible (no identity of the bank, too rarely accepted after repeated tries, or still short at "
+            "the waste bound; a cell given up during the build keeps the share its kept samples hold, the rest "
+            f"of its share went to the other cells of its kind): {', '.join(sorted(targets.infeasible))}."
         )
     if targets.limits:
         limited = ", ".join(f"{cell} at most {share:.3f}" for cell, share in sorted(targets.limits.items()))

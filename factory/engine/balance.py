@@ -20,10 +20,11 @@ build replays them.
 The policy runs in the driver: its state is a few hundred counters, and it reads each shard's
 manifest once (eight small columns). Waste bound: once the decided shards planned
 ``max_generated_per_accepted x target`` samples, every cell still short of its share (below it
-by more than its tolerance) at that shard is infeasible, not chased (once): its share goes to the other cells of its
-kind, so the full cells that blocked the rest open up. At twice the bound later shards are
-decided open loop (every accepted sample kept, up to the target), so the build finishes; their
-files say so.
+by more than its tolerance) at that shard is infeasible, not chased (once): it keeps the share its
+kept samples hold and the rest of its share goes to the other cells of its kind, so the full
+cells that blocked the rest open up (a cell found infeasible by its yield keeps what it holds
+too). At twice the bound later shards are decided open loop (every accepted sample kept, up to
+the target), so the build finishes; their files say so.
 """
 
 from __future__ import annotations
@@ -180,13 +181,21 @@ class BalancePolicy:
     def _advance_targets(self) -> bool:
         """The targets the tally so far implies (cells found infeasible, the waste bound);
         returns whether later shards are decided open loop. Idempotent for one tally."""
-        dead = self.tally.infeasible(self.targets, self.tries, self.infeasible_yield)
-        self.targets = self.targets.with_infeasible(dead)
+        self._give_up(self.tally.infeasible(self.targets, self.tries, self.infeasible_yield))
         budget = self.tally.generated / (self.max_generated * self.base.target)
         if budget >= 1.0 and not self.gave_up:  # once: the shares it leaves are met from then on
-            self.targets = self.targets.with_infeasible(self.tally.short(self.targets))
+            self._give_up(self.tally.short(self.targets))
             self.gave_up = True
         return budget >= 2.0
+
+    def _give_up(self, cells: Sequence[str]) -> None:
+        """``cells`` infeasible from now on, each keeping the share its kept samples already
+        hold: they stay in the index, and a share of 0 would raise the other cells of its kind
+        above what the slots left can give them (every later sample refused, the build stalled)."""
+        new = [c for c in cells if c in self.targets.shares and c not in self.targets.infeasible]
+        if new:
+            held = {c: self.tally.kept[c] / self.base.target for c in new}
+            self.targets = self.targets.with_infeasible(new, held)
 
     def _plan_rounds(self, below: int) -> None:
         """Plan every round whose boundary is at most ``below`` from the tally (which holds

@@ -292,3 +292,20 @@ def test_a_run_recorded_before_balance_resumes() -> None:
     assert recipe_differences(recorded, current) == []
     balanced = recipe_from_dict({"balance": {"enabled": True}}).model_dump(mode="json")
     assert recipe_differences(recorded, balanced) == ["balance.enabled"]
+
+
+def test_a_cell_given_up_keeps_the_share_its_kept_samples_hold() -> None:
+    """Three emotions at a third each; neutral, given up holding 4 of 30 kept samples, keeps
+    4/30 and the other two share only the rest (with a share of 0 each would need 15 of the
+    26 slots its 4 samples leave: every later sample held back for the other, the demo's stall)."""
+    cells = ["emotion=happiness", "emotion=sadness", "emotion=neutral"]
+    targets = BalanceTargets(30, (), dict.fromkeys(cells, 1 / 3), dict.fromkeys(cells, 0.01))
+    given_up = targets.with_infeasible(["emotion=neutral"], {"emotion=neutral": 4 / 30})
+    assert given_up.shares["emotion=neutral"] == pytest.approx(4 / 30)
+    assert given_up.shares["emotion=happiness"] == pytest.approx(13 / 30)
+    assert given_up.floor("emotion=happiness") == 13 and given_up.cap("emotion=neutral") is None
+    again = given_up.with_infeasible(["emotion=sadness"], {"emotion=sadness": 0.3})  # held shares stay
+    assert again.shares["emotion=neutral"] == pytest.approx(4 / 30)
+    assert again.shares["emotion=happiness"] == pytest.approx(1 - 4 / 30 - 0.3)
+    assert BalanceTargets.from_json(again.to_json()) == again
+    assert targets.with_infeasible(["emotion=neutral"]).shares["emotion=happiness"] == pytest.approx(0.5)
