@@ -36,8 +36,15 @@ BATCH = 8
 BATCHES_PER_SHARD = 16  # 128 samples: per-shard commit cost amortised as in real 1000-sample shards
 
 
-def _doc(out: Path, *, target: int, shard_size: int, gpus: int, seconds: float, batch: int) -> dict[str, Any]:
-    return {
+# The closed loop as a balanced build runs it ([balance] on, rounds of 8 shards, lag 4): the
+# stand-in accepts every sample, so what it adds is the driver's planning and selection.
+CLOSED_LOOP = {"enabled": True, "round_shards": 8, "round_lag_shards": 4}
+
+
+def _doc(
+    out: Path, *, target: int, shard_size: int, gpus: int, seconds: float, batch: int, closed: bool = False
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
         "dataset": {"name": "bench", "target": target, "shard_size": shard_size, "seed": 1, "out": str(out)},
         "identities": {"bank": "none"},
         "generator": {"name": STANDIN, "seconds_per_batch": seconds},
@@ -50,6 +57,9 @@ def _doc(out: Path, *, target: int, shard_size: int, gpus: int, seconds: float, 
         # the stand-in accepts everything: tell the scheduler so it does not over-provision
         "engine": {"gpus": gpus, "batch_size": batch, "expected_acceptance_rate": 1.0, "cpu_workers": 2},
     }
+    if closed:
+        doc["balance"] = dict(CLOSED_LOOP)
+    return doc
 
 
 def _toml(doc: dict[str, Any], path: Path) -> Path:
@@ -75,8 +85,9 @@ def bare_loop_rate() -> float:
     return n * BATCH / (time.perf_counter() - t0)
 
 
-def engine_rate(gpus: int, shards_per_worker: int) -> float:
-    """Samples/s of a build on ``gpus`` logical GPUs, from workers ready to index written."""
+def engine_rate(gpus: int, shards_per_worker: int, closed: bool = False) -> float:
+    """Samples/s of a build on ``gpus`` logical GPUs, from workers ready to index written
+    (generated samples: with the closed loop the index keeps fewer than the workers make)."""
     shard_size = BATCH * BATCHES_PER_SHARD
     with tempfile.TemporaryDirectory() as tmp:
         doc = _doc(
@@ -86,9 +97,10 @@ def engine_rate(gpus: int, shards_per_worker: int) -> float:
             gpus=gpus,
             seconds=SECONDS_PER_BATCH,
             batch=BATCH,
+            closed=closed,
         )
         summary = build(recipe_from_dict(doc), local_gpus=8, quiet=True)
-        return summary.accepted / summary.run_seconds
+        return summary.planned_samples / summary.run_seconds
 
 
 def _peak_rss(cmd: list[str]) -> tuple[float, float]:
@@ -155,14 +167,14 @@ def _timed(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def rehearsal(target: int) -> dict[str, Any]:
+def rehearsal(target: int, closed: bool = False) -> dict[str, Any]:
     """`factory build` of ``target`` planned samples (shards of 1,000) on 8 logical GPUs, then
     `factory status` and `factory verify`: times, the driver's peak RSS, and the peak
     RSS of the index pass over the same build run alone in a fresh process."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
         # the same shard size for every build size: only the number of shards grows
-        doc = _doc(out, target=target, shard_size=1000, gpus=8, seconds=0.0, batch=500)
+        doc = _doc(out, target=target, shard_size=1000, gpus=8, seconds=0.0, batch=500, closed=closed)
         recipe = _toml(doc, Path(tmp) / "r.toml")
         cli = [sys.executable, "-m", "factory.cli"]
         peak, wall = _peak_rss([*cli, "build", str(recipe), "--quiet", "--local-gpus", "8"])
@@ -209,6 +221,29 @@ def _memory_rows(runs: list[dict[str, Any]]) -> list[str]:
             f"**{runs[1]['peak_mib'] / runs[0]['peak_mib']:.3f}** (target: within 10%, i.e. <= 1.10)"
         )
     return lines
+
+
+def closed_loop_rows(target: int = 10_000) -> str:
+    """Engine efficiency at 8 logical GPUs and the driver's peak RSS with the closed loop on vs
+    off, measured in one run (open, closed, open, closed: the best rate and largest RSS of each)."""
+    bare = bare_loop_rate()
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    peaks: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(2):
+        for closed in (False, True):
+            rates[closed].append(engine_rate(8, shards_per_worker=12, closed=closed))
+            peaks[closed].append(rehearsal(target, closed=closed)["peak_mib"])
+    rows = [
+        f"| balance | efficiency at 8 GPUs (generated/s / 8 x bare) | peak driver RSS MiB, {target:,}-sample build |",
+        "|---|---:|---:|",
+    ]
+    for closed in (False, True):
+        name = "closed loop (rounds of 8, lag 4)" if closed else "open loop"
+        rows.append(f"| {name} | {max(rates[closed]) / (8 * bare):.3f} | {max(peaks[closed]):.0f} |")
+    ratio = max(rates[True]) / max(rates[False])
+    memory = max(peaks[True]) / max(peaks[False])
+    rows.append(f"\nClosed / open: efficiency **{ratio:.3f}**, driver RSS **{memory:.3f}**.")
+    return "\n".join(rows)
 
 
 def main(memory_targets: tuple[int, ...] = (10_000, 1_000_000)) -> str:
