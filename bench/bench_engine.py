@@ -223,26 +223,30 @@ def _memory_rows(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def closed_loop_rows(target: int = 10_000) -> str:
-    """Engine efficiency at 8 logical GPUs and the driver's peak RSS with the closed loop on vs
-    off, measured in one run (open, closed, open, closed: the best rate and largest RSS of each)."""
+def closed_loop_rows(target: int = 10_000, layouts: tuple[tuple[int, int], ...] = ((8, 4), (16, 8))) -> str:
+    """Engine efficiency at 8 logical GPUs and the driver's peak RSS with the closed loop off and
+    on (``layouts``: round_shards, round_lag_shards; the recipe's default first), in one run."""
     bare = bare_loop_rate()
-    rates: dict[bool, list[float]] = {False: [], True: []}
-    peaks: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(2):
-        for closed in (False, True):
-            rates[closed].append(engine_rate(8, shards_per_worker=12, closed=closed))
-            peaks[closed].append(rehearsal(target, closed=closed)["peak_mib"])
     rows = [
         f"| balance | efficiency at 8 GPUs (generated/s / 8 x bare) | peak driver RSS MiB, {target:,}-sample build |",
         "|---|---:|---:|",
     ]
-    for closed in (False, True):
-        name = "closed loop (rounds of 8, lag 4)" if closed else "open loop"
-        rows.append(f"| {name} | {max(rates[closed]) / (8 * bare):.3f} | {max(peaks[closed]):.0f} |")
-    ratio = max(rates[True]) / max(rates[False])
-    memory = max(peaks[True]) / max(peaks[False])
-    rows.append(f"\nClosed / open: efficiency **{ratio:.3f}**, driver RSS **{memory:.3f}**.")
+    runs: list[tuple[str, float, float]] = []
+    for layout in (None, *layouts):
+        closed = layout is not None
+        if layout is not None:
+            CLOSED_LOOP.update(round_shards=layout[0], round_lag_shards=layout[1])
+        rate = engine_rate(8, shards_per_worker=12, closed=closed)
+        peak = rehearsal(target, closed=closed)["peak_mib"]
+        name = f"closed loop (rounds of {layout[0]}, lag {layout[1]})" if layout is not None else "open loop"
+        runs.append((name, rate, peak))
+        rows.append(f"| {name} | {rate / (8 * bare):.3f} | {peak:.0f} |")
+    _, open_rate, open_peak = runs[0]
+    rows.append("")
+    rows += [
+        f"{name} / open: efficiency **{r / open_rate:.3f}**, driver RSS **{p / open_peak:.3f}**."
+        for name, r, p in runs[1:]
+    ]
     return "\n".join(rows)
 
 
@@ -285,6 +289,15 @@ def main(memory_targets: tuple[int, ...] = (10_000, 1_000_000)) -> str:
         "reasons per shard; the index pass over every shard manifest runs in an IndexWriter actor on the "
         "driver's node (`factory/engine/worker.py`); the last column runs that pass alone on the same build. "
         'Run one size with `python -c "from bench.bench_engine import rehearsal; print(rehearsal(1_000_000))"`.',
+        "",
+        "#### Closed-loop balance on vs off",
+        "",
+        closed_loop_rows(),
+        "",
+        "The same stand-in builds with `[balance] enabled = true` and closed-loop rounds. A round's "
+        "shards wait until all but `round_lag_shards` of the round before are committed, so with fewer "
+        "lagging shards than workers, workers idle at each round boundary. Run alone: "
+        '`python -c "from bench.bench_engine import closed_loop_rows; print(closed_loop_rows())"`.',
     ]
     return "\n".join(lines)
 
