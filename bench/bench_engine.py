@@ -36,14 +36,18 @@ BATCH = 8
 BATCHES_PER_SHARD = 16  # 128 samples: per-shard commit cost amortised as in real 1000-sample shards
 
 
-# The closed loop as a balanced build runs it ([balance] on, rounds of 8 shards, lag 4): the
-# stand-in accepts every sample, so what it adds is the driver's planning and selection.
-CLOSED_LOOP = {"enabled": True, "round_shards": 8, "round_lag_shards": 4}
-
-
 def _doc(
-    out: Path, *, target: int, shard_size: int, gpus: int, seconds: float, batch: int, closed: bool = False
+    out: Path,
+    *,
+    target: int,
+    shard_size: int,
+    gpus: int,
+    seconds: float,
+    batch: int,
+    rounds: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+    """The stand-in recipe; ``rounds`` (round_shards, round_lag_shards): [balance]'s closed loop on
+    (the stand-in accepts every sample, so what it adds is the driver's planning and selection)."""
     doc: dict[str, Any] = {
         "dataset": {"name": "bench", "target": target, "shard_size": shard_size, "seed": 1, "out": str(out)},
         "identities": {"bank": "none"},
@@ -57,8 +61,8 @@ def _doc(
         # the stand-in accepts everything: tell the scheduler so it does not over-provision
         "engine": {"gpus": gpus, "batch_size": batch, "expected_acceptance_rate": 1.0, "cpu_workers": 2},
     }
-    if closed:
-        doc["balance"] = dict(CLOSED_LOOP)
+    if rounds is not None:
+        doc["balance"] = {"enabled": True, "round_shards": rounds[0], "round_lag_shards": rounds[1]}
     return doc
 
 
@@ -85,7 +89,7 @@ def bare_loop_rate() -> float:
     return n * BATCH / (time.perf_counter() - t0)
 
 
-def engine_rate(gpus: int, shards_per_worker: int, closed: bool = False) -> float:
+def engine_rate(gpus: int, shards_per_worker: int, rounds: tuple[int, int] | None = None) -> float:
     """Samples/s of a build on ``gpus`` logical GPUs, from workers ready to index written
     (generated samples: with the closed loop the index keeps fewer than the workers make)."""
     shard_size = BATCH * BATCHES_PER_SHARD
@@ -97,7 +101,7 @@ def engine_rate(gpus: int, shards_per_worker: int, closed: bool = False) -> floa
             gpus=gpus,
             seconds=SECONDS_PER_BATCH,
             batch=BATCH,
-            closed=closed,
+            rounds=rounds,
         )
         summary = build(recipe_from_dict(doc), local_gpus=8, quiet=True)
         return summary.planned_samples / summary.run_seconds
@@ -167,14 +171,14 @@ def _timed(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def rehearsal(target: int, closed: bool = False) -> dict[str, Any]:
+def rehearsal(target: int, rounds: tuple[int, int] | None = None) -> dict[str, Any]:
     """`factory build` of ``target`` planned samples (shards of 1,000) on 8 logical GPUs, then
     `factory status` and `factory verify`: times, the driver's peak RSS, and the peak
     RSS of the index pass over the same build run alone in a fresh process."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
         # the same shard size for every build size: only the number of shards grows
-        doc = _doc(out, target=target, shard_size=1000, gpus=8, seconds=0.0, batch=500, closed=closed)
+        doc = _doc(out, target=target, shard_size=1000, gpus=8, seconds=0.0, batch=500, rounds=rounds)
         recipe = _toml(doc, Path(tmp) / "r.toml")
         cli = [sys.executable, "-m", "factory.cli"]
         peak, wall = _peak_rss([*cli, "build", str(recipe), "--quiet", "--local-gpus", "8"])
@@ -233,11 +237,8 @@ def closed_loop_rows(target: int = 10_000, layouts: tuple[tuple[int, int], ...] 
     ]
     runs: list[tuple[str, float, float]] = []
     for layout in (None, *layouts):
-        closed = layout is not None
-        if layout is not None:
-            CLOSED_LOOP.update(round_shards=layout[0], round_lag_shards=layout[1])
-        rate = engine_rate(8, shards_per_worker=12, closed=closed)
-        peak = rehearsal(target, closed=closed)["peak_mib"]
+        rate = engine_rate(8, shards_per_worker=12, rounds=layout)
+        peak = rehearsal(target, rounds=layout)["peak_mib"]
         name = f"closed loop (rounds of {layout[0]}, lag {layout[1]})" if layout is not None else "open loop"
         runs.append((name, rate, peak))
         rows.append(f"| {name} | {rate / (8 * bare):.3f} | {peak:.0f} |")
