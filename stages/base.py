@@ -160,7 +160,9 @@ class Stage(ABC, Generic[C]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for base in getattr(cls, "__orig_bases__", ()):
+        # Its own bases only: a subclass of a concrete stage inherits the parent's __orig_bases__,
+        # which would put the parent's config model back over one the subclass sets.
+        for base in cls.__dict__.get("__orig_bases__", ()):
             origin = get_origin(base)
             args = get_args(base)
             if isinstance(origin, type) and issubclass(origin, Stage) and args and isinstance(args[0], type):

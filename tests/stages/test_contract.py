@@ -402,3 +402,21 @@ def _assert_declared_flow(cls: type, live: list[Record], snapshots: list[dict[st
     assert not undeclared_reads, (
         f"{cls.name} reads {sorted(undeclared_reads)} but declares them in neither `reads` nor `optional_reads`"
     )
+
+
+def test_a_subclass_of_a_stage_keeps_the_config_model_it_sets() -> None:
+    """A plugin extending a registered stage with options of its own: its model, not the parent's
+    (the parent's ``Stage[Config]`` base must not be read as the subclass's)."""
+    parent = stage_class("magicface")
+
+    class ExtendedConfig(parent.config_model):  # type: ignore[name-defined,misc]
+        extra_option: int = 0
+
+    class Extended(parent):  # type: ignore[valid-type,misc]
+        config_model = ExtendedConfig
+
+    class Plain(parent):  # type: ignore[valid-type,misc]
+        pass
+
+    assert Extended.config_model is ExtendedConfig and Plain.config_model is parent.config_model
+    assert Extended.config_model(extra_option=3).extra_option == 3  # type: ignore[call-arg,attr-defined]
