@@ -32,16 +32,6 @@ def test_gpus_8_creates_8_workers_each_on_its_own_device(ray_cluster, tmp_path: 
     assert {i["device"] for i in infos} == {"cpu"}  # logical GPUs only: code falls back to CPU
 
 
-def test_build_on_8_gpu_workers_reaches_target(ray_cluster, tmp_path: Path) -> None:
-    recipe = recipe_from_dict(standin_doc(tmp_path / "out", engine={"gpus": 8}))
-    summary = build(recipe, quiet=True)
-    assert summary.accepted >= 24 and summary.indexed_shards == [0, 1, 2, 3]
-    index = pq.read_table(tmp_path / "out" / "index.parquet")
-    assert index.num_rows == 24 and len(set(index.column("key").to_pylist())) == 24
-    stats = json.loads((tmp_path / "out" / "shards" / "t-000000.stats.json").read_text())
-    assert stats["stage_samples"]["bench-standin"] == 6
-
-
 def test_asking_for_more_gpus_than_the_cluster_has_fails_at_once(ray_cluster) -> None:
     with pytest.raises(ClusterError, match="--gpus 9 asked for, but the Ray cluster has 8 GPU"):
         connect(gpus=9)
@@ -133,6 +123,7 @@ def test_the_offline_demo_chain_builds_real_samples(ray_cluster, tmp_path: Path)
     doc = tomllib.loads((Path(__file__).resolve().parents[2] / "recipes" / "demo.toml").read_text())
     doc["dataset"].update(target=10, shard_size=8, out=str(tmp_path / "out"))
     doc["output"]["image_size"] = 192
+    doc["engine"]["cpu_workers"] = 1
     summary = build(recipe_from_dict(doc), quiet=True)
     assert summary.accepted >= 10
     manifest = pq.read_table(tmp_path / "out" / "shards" / "mifa_demo-000000.parquet").to_pylist()
