@@ -21,12 +21,14 @@ from bench.standin import STANDIN
 from tests.engine.conftest import REPO, standin_doc
 
 
-def write_recipe(path: Path, out: Path | str) -> Path:
-    """10 shards of 6 stand-in samples into ``out`` (a folder or an s3:// URL), as TOML."""
+def write_recipe(path: Path, out: Path | str, workers: int = 1) -> Path:
+    """10 shards of 6 stand-in samples into ``out`` (a folder or an s3:// URL), as TOML, built by
+    ``workers`` CPU workers (the dataset is the same for any number)."""
     doc = standin_doc(
         out,  # type: ignore[arg-type]
         dataset={"target": 60, "shard_size": 6},
         generator={"name": STANDIN, "seconds_per_batch": 0.0},
+        engine={"cpu_workers": workers},
     )
     lines = []
     for section, body in doc.items():

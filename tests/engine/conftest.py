@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def standin_doc(out: Path, **sections: Any) -> dict[str, Any]:
-    """A small recipe: grammar prompts, the benchmark stand-in generator, no checks."""
+    """A small recipe: grammar prompts, the benchmark stand-in generator, no checks, one CPU
+    worker (each worker is a process to start; a test that needs more asks for them)."""
     doc: dict[str, Any] = {
         "dataset": {"name": "t", "target": 24, "shard_size": 6, "seed": 5, "out": str(out)},
         "identities": {"bank": "none"},
@@ -24,7 +25,7 @@ def standin_doc(out: Path, **sections: Any) -> dict[str, Any]:
         "realism": {"name": "none"},
         "filters": {"name": "none"},
         "output": {"image_size": 32},
-        "engine": {"cpu_workers": 2, "batch_size": 3, "max_retries": 1},
+        "engine": {"cpu_workers": 1, "batch_size": 3, "max_retries": 1},
     }
     for name, value in sections.items():
         if isinstance(value, dict) and isinstance(doc.get(name), dict):
@@ -38,6 +39,11 @@ def _start_local_ray() -> None:
     import ray  # deferred: only the Ray tests start it
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # The test plugins (tests.*, bench.*) on the workers' path through the environment they
+    # inherit, not a runtime_env: workers of a runtime_env are started apart from the two
+    # Ray prestarts, which then idled (polling: ~3 % of a core) for the whole session.
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     ray.init(
         address="local",  # a fresh cluster, never another process's one running on this machine
         num_cpus=2,
@@ -45,7 +51,6 @@ def _start_local_ray() -> None:
         _node_ip_address="127.0.0.1",
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
     )
 
 

@@ -45,7 +45,7 @@ def _bank_doc(out: Path) -> dict[str, Any]:
         "detectors": [{"name": "geometric"}],
         "filters": {"name": "portrait-filters"},
         "output": {"image_size": 256},
-        "engine": {"cpu_workers": 2, "batch_size": 5},
+        "engine": {"cpu_workers": 1, "batch_size": 5},
     }
 
 
@@ -101,7 +101,7 @@ def _dataset_doc(out: Path, bank: Path) -> dict[str, Any]:
         "agreement": {"name": "agreement", "min_agree": 1},
         "filters": {"name": "filters", "min_label_jaccard": None},
         "output": {"image_size": 128},
-        "engine": {"cpu_workers": 2, "batch_size": 6},
+        "engine": {"cpu_workers": 1, "batch_size": 6},
     }
 
 
