@@ -28,7 +28,7 @@ class S3Server:
         return s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True)
 
 
-def _forget_clients() -> None:
+def forget_clients() -> None:
     import s3fs  # deferred: the [s3] extra; only these tests need a client
 
     # fsspec caches filesystem instances (endpoint included): another module's server is gone.
@@ -51,11 +51,11 @@ def s3_server() -> Iterator[S3Server]:
     }
     try:
         with mock.patch.dict(os.environ, env):  # the environment as it was, after
-            _forget_clients()
+            forget_clients()
             bucket = f"mifa-{uuid.uuid4().hex[:8]}"
             store = S3Server(env["AWS_ENDPOINT_URL"], bucket)
             store.fs().mkdir(bucket)
             yield store
     finally:
-        _forget_clients()
+        forget_clients()
         server.stop()

@@ -21,7 +21,7 @@ from factory.recipe import Recipe, recipe_from_dict
 from manifests.errors import UserError
 from stages.base import StageError
 from tests.cli.conftest import REPO, error_line
-from tests.s3server import _forget_clients
+from tests.s3server import forget_clients
 
 DEMO = REPO / "recipes" / "demo.toml"
 OUTSIDE = "outside.csv"  # a file in the current folder, outside the dataset
@@ -227,7 +227,7 @@ def test_bad_input_is_one_line_naming_the_culprit_and_changes_nothing(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     if env:
-        _forget_clients()  # fsspec caches clients with their endpoint; this row's is in env
+        forget_clients()  # fsspec caches clients with their endpoint; this row's is in env
     names = {"run": dataset, "tmp": tmp_path, "recipe": tmp_path / "r.toml", "demo": tmp_path / "demo.toml"}
     before = (tree_digest(dataset), tree_digest(tmp_path))
     assert edge.run([a.format(**names) for a in argv]) == code
@@ -372,10 +372,10 @@ def test_an_unreachable_endpoint_is_named_and_the_reachable_one_works(
         s3.fs().put(f"{dataset}/", url.removeprefix("s3://") + "/", recursive=True)
         endpoint = os.environ["AWS_ENDPOINT_URL"]
         monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
-        _forget_clients()
+        forget_clients()
         assert edge.run(["query", url, "SELECT count(*) AS n FROM samples"]) == 2
         assert "endpoint http://127.0.0.1:1" in error_line(capsys)
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        _forget_clients()  # a new command is a new process: no client of the old endpoint
+        forget_clients()  # a new command is a new process: no client of the old endpoint
         assert edge.run(["query", url, "SELECT count(*) AS n FROM samples"]) == 0
         assert "1 rows" in capsys.readouterr().out

@@ -4,7 +4,7 @@ the identity's own face crop. Random weights draw noise, where no face detector 
 with the crop underneath, the face stage, the AU detector and the identity check downstream
 run on a face, so the chain's records (identity, similarity, labels) are all exercised.
 Loaded as the plugin ``tests.engine.magicface_chain:MagicFaceOverSource``; never registered.
-With ``MIFA_TEST_BG_LOG`` set (the resume test), it appends one line per identity whose crop and
+With ``bg_log`` set (a file; the resume test), it appends one line per identity whose crop and
 bg it computes, so a test can tell a computed identity from one read back from the cache.
 
 ``TwoPortraits`` is the bank step's generator: the two photographs ``tests.engine.portraits``
@@ -22,19 +22,24 @@ import numpy as np
 from stages.base import Record, StageConfig
 from stages.generators.base import GeneratorStage, planned_labels
 from stages.generators.magicface.cache import source_key
-from stages.generators.magicface.stage import MagicFaceGenerator
+from stages.generators.magicface.stage import MagicFaceConfig, MagicFaceGenerator
 from tests.engine.portraits import photo
 
-__all__ = ["BG_LOG", "NOISE_WEIGHT", "MagicFaceOverSource", "TwoPortraits"]
+__all__ = ["NOISE_WEIGHT", "MagicFaceOverSource", "MagicFaceOverSourceConfig", "TwoPortraits"]
 
 NOISE_WEIGHT = 0.2  # share of MagicFace's own (noise) image in the written one
-BG_LOG = "MIFA_TEST_BG_LOG"  # a file: one line per bg image computed (a cache miss)
+
+
+class MagicFaceOverSourceConfig(MagicFaceConfig):
+    bg_log: str | None = None  # a file: one line per bg image computed (a cache miss)
 
 
 class MagicFaceOverSource(MagicFaceGenerator):
+    config_model = MagicFaceOverSourceConfig
+
     def _make_bg(self, crop: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         # Called only when the identity's crop and bg are not in the cache beside the bank.
-        log = os.environ.get(BG_LOG)
+        log = getattr(self.config, "bg_log", None)
         if log:
             with open(log, "a") as f:
                 f.write(f"{os.getpid()}\n")

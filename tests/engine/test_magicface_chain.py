@@ -12,10 +12,12 @@ meaningful; the test checks the plumbing, the resume and the records.
 
 Step 3 is ``factory build`` in a child process, SIGKILLed as its last shard's commit begins
 (``MIFA_TEST_KILL_AT=commit:1``: shard 0, identity A's two expressions, committed; shard 1,
-identity B's, generated but not renamed), then the same command again: shard 0 is kept as it
-was, shard 1 is made again from B's crop and bg read back from the cache beside the bank (no
-bg computed by the resume), and the dataset holds exactly the planned samples. No
-uninterrupted reference build: the expected records are the planner's, from the bank.
+identity B's, generated but not renamed), then the same recipe resumed, here on the shared
+cluster (the CLI's own resume is the kill tests'; a second child would start a second Ray
+cluster): shard 0 is kept as it was, shard 1 is made again from B's crop and bg read back
+from the cache beside the bank (no bg computed by the resume), and the dataset holds exactly
+the planned samples. No uninterrupted reference build: the expected records are the
+planner's, from the bank.
 """
 
 from __future__ import annotations
@@ -34,14 +36,13 @@ from bench.tiny_models import build_tiny_magicface
 from factory.cli import app
 from factory.engine.build import build
 from factory.plan import Planner
-from factory.recipe import recipe_from_dict
+from factory.recipe import load_recipe, recipe_from_dict
 from manifests.bank import open_bank
 from manifests.layout import RunLayout
 from manifests.query import query
 from stages.generators.magicface.cache import CACHE_DIR
 from stages.nets.bisenet import BiSeNet
-from tests.engine.cli_builds import build_killed_at, run_build
-from tests.engine.magicface_chain import BG_LOG
+from tests.engine.cli_builds import build_killed_at
 from tests.engine.test_identity_bank import CELL
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.subprocess]
@@ -65,7 +66,7 @@ def _bank_doc(out: Path) -> dict[str, object]:
     }
 
 
-def _chain_doc(out: Path, bank: Path, models: Path, bisenet: Path) -> dict[str, Any]:
+def _chain_doc(out: Path, bank: Path, models: Path, bisenet: Path, bg_log: Path) -> dict[str, Any]:
     return {
         "dataset": {"name": "chain", "target": 4, "shard_size": EXPRESSIONS, "seed": 3, "out": str(out)},
         "identities": {"bank": str(bank), "expressions_per_identity": EXPRESSIONS},
@@ -77,6 +78,7 @@ def _chain_doc(out: Path, bank: Path, models: Path, bisenet: Path) -> dict[str, 
             "parse_size": 64,
             "steps": 2,
             "batch_size": 2,
+            "bg_log": str(bg_log),
         },
         "face": {"name": "dlib"},
         "detectors": [{"name": "geometric"}],
@@ -111,7 +113,7 @@ def _bg_computed(log: Path) -> int:
 
 
 def _build_killed_then_resumed(recipe: Path, out: Path, bank: Path, log: Path) -> None:
-    """Kill -9 as shard 1's commit begins; the same command resumes without recomputing any bg."""
+    """Kill -9 as shard 1's commit begins; the same recipe resumes without recomputing any bg."""
     build_killed_at(recipe, "commit:1")
     layout = RunLayout(out, "chain")
     assert layout.stats_shards() == [0] and not (out / "index.json").exists()
@@ -120,8 +122,8 @@ def _build_killed_then_resumed(recipe: Path, out: Path, bank: Path, log: Path) -
     assert len(cache) == 2 and all(name.endswith("-bisenet-128.npz") for name in cache)
     committed = _files(out / "shards", "chain-000000*")
 
-    resumed = run_build(recipe)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = build(load_recipe(recipe), quiet=True)
+    assert resumed.indexed_shards == list(SHARDS) and not resumed.failed_shards
     assert _bg_computed(log) == 2  # shard 1 again: B's crop and bg read back from the cache
     assert _files(bank / CACHE_DIR, "*.npz") == cache  # and not rewritten
     assert _files(out / "shards", "chain-000000*") == committed  # the committed shard kept as it was
@@ -178,9 +180,7 @@ def _check_exports(run: Path, tmp_path: Path, bank_ids: set[str]) -> None:
     assert not train & test and train | test == bank_ids
 
 
-def test_bank_export_multi_identity_magicface_killed_resumed_and_exports(
-    ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bank_export_multi_identity_magicface_killed_resumed_and_exports(ray_cluster: Any, tmp_path: Path) -> None:
     bank_run, bank = tmp_path / "bank-run", tmp_path / "my-bank"
     assert build(recipe_from_dict(_bank_doc(bank_run)), quiet=True).accepted == 2
     exported = CliRunner().invoke(app, ["export", str(bank_run), str(bank), "--format", "identity-bank"])
@@ -193,9 +193,8 @@ def test_bank_export_multi_identity_magicface_killed_resumed_and_exports(
     torch.manual_seed(0)
     torch.save(BiSeNet().state_dict(), bisenet)
     run = tmp_path / "mifa"
-    doc = _chain_doc(run, bank, models, bisenet)
     log = tmp_path / "bg-computed.log"
-    monkeypatch.setenv(BG_LOG, str(log))  # the child builds inherit it
+    doc = _chain_doc(run, bank, models, bisenet, log)
     _build_killed_then_resumed(_toml(doc, tmp_path / "mifa.toml"), run, bank, log)
     _check_records(run, doc, bank_ids)
     assert "bg: BiSeNet face parsing" in (run / "provenance.json").read_text()
