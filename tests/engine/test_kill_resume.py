@@ -1,7 +1,10 @@
 """kill -9 of a real build (its whole process group) at named points of a commit, then the
 same command: the dataset equals an uninterrupted build's (same shards, same keys, no
 duplicates, byte-identical tars). The points (``manifests.killpoint``) make each kill land
-where it says on every run, instead of at a random moment."""
+where it says on every run, instead of at a random moment. The fourth point, ``committed``
+(a shard done, the index not yet), is the closed-loop test's kill (``test_closed_loop_build``),
+whose resume is checked there to be the function of the committed prefix an uninterrupted build
+is; it is not killed a fifth time here."""
 
 from __future__ import annotations
 
@@ -39,10 +42,6 @@ def test_kill_9_at_each_commit_point_then_resume_equals_uninterrupted_build(
     name = f"t-{shard:06d}"
     assert (out / "shards" / f"{name}.tar").exists() and (out / "shards" / f"{name}.parquet").exists()
     assert shard not in _done_shards(out)
-
-    shard = _first_not_done(out, ref_shards)
-    build_killed_at(recipe, f"committed:{shard}")  # after this shard's commit (and others' before it)
-    assert shard in _done_shards(out) and not (out / "index.json").exists()
 
     build_killed_at(recipe, "index")  # every shard done, index.parquet written, no index.json
     assert _done_shards(out) >= set(ref_shards)
