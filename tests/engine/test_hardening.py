@@ -86,9 +86,10 @@ def test_a_setup_error_on_every_worker_stops_the_build_at_once_grouped(ray_clust
     assert "the same error on" in message and "before any shard succeeded" in message
     assert message.count("cannot read identity image /bank/portrait-0007.jpg") == 1  # one line per cause
     assert f"factory retry {out}" in message
-    # The first wave (2 workers x 2) and the few slots its first failures free before the third
-    # shard fails (a retry avoids the worker it failed on): never shard 1886.
-    assert len(list((out / "plans").glob("*.parquet"))) <= 2 * 2 + 2 * 3
+    # The stop needs the error on both workers: the first wave (2 workers x 2), and the shards
+    # the first worker fails at once while the other's first failure is on its way (11 seen on
+    # a loaded machine); a few dozen at most, never the ~1,886 the build would plan.
+    assert len(list((out / "plans").glob("*.parquet"))) <= 40
     assert not (out / "index.json").exists()
 
 
