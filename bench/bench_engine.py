@@ -227,26 +227,33 @@ def _memory_rows(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def closed_loop_rows(target: int = 10_000, layouts: tuple[tuple[int, int], ...] = ((8, 4), (16, 8))) -> str:
+def closed_loop_rows(
+    target: int = 10_000,
+    layouts: tuple[tuple[int, int], ...] = ((8, 4), (16, 8)),
+    open_loop: tuple[float, float, float] | None = None,
+) -> str:
     """Engine efficiency at 8 logical GPUs and the driver's peak RSS with the closed loop off and
-    on (``layouts``: round_shards, round_lag_shards; the recipe's default first), in one run."""
-    bare = bare_loop_rate()
+    on (``layouts``: round_shards, round_lag_shards; the recipe's default first), in one run.
+    ``open_loop``: (bare loop rate, open-loop rate at 8 GPUs, its peak driver RSS on ``target``)
+    when the caller measured them in this run already; else measured here."""
+    if open_loop is None:
+        open_loop = (bare_loop_rate(), engine_rate(8, shards_per_worker=12), rehearsal(target)["peak_mib"])
+    bare, open_rate, open_peak = open_loop
     rows = [
         f"| balance | efficiency at 8 GPUs (generated/s / 8 x bare) | peak driver RSS MiB, {target:,}-sample build |",
         "|---|---:|---:|",
+        f"| open loop | {open_rate / (8 * bare):.3f} | {open_peak:.0f} |",
     ]
     runs: list[tuple[str, float, float]] = []
-    for layout in (None, *layouts):
+    for layout in layouts:
         rate = engine_rate(8, shards_per_worker=12, rounds=layout)
         peak = rehearsal(target, rounds=layout)["peak_mib"]
-        name = f"closed loop (rounds of {layout[0]}, lag {layout[1]})" if layout is not None else "open loop"
+        name = f"closed loop (rounds of {layout[0]}, lag {layout[1]})"
         runs.append((name, rate, peak))
         rows.append(f"| {name} | {rate / (8 * bare):.3f} | {peak:.0f} |")
-    _, open_rate, open_peak = runs[0]
     rows.append("")
     rows += [
-        f"{name} / open: efficiency **{r / open_rate:.3f}**, driver RSS **{p / open_peak:.3f}**."
-        for name, r, p in runs[1:]
+        f"{name} / open: efficiency **{r / open_rate:.3f}**, driver RSS **{p / open_peak:.3f}**." for name, r, p in runs
     ]
     return "\n".join(rows)
 
@@ -293,7 +300,8 @@ def main(memory_targets: tuple[int, ...] = (10_000, 1_000_000)) -> str:
         "",
         "#### Closed-loop balance on vs off",
         "",
-        closed_loop_rows(),
+        # the open loop's rows as measured above: the bare loop, the 8-GPU rate, the first size's RSS
+        closed_loop_rows(memory_targets[0], open_loop=(bare, rate8, runs[0]["peak_mib"])),
         "",
         "The same stand-in builds with `[balance] enabled = true` and closed-loop rounds. A round's "
         "shards wait until all but `round_lag_shards` of the round before are committed, so with fewer "
