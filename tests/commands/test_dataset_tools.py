@@ -18,14 +18,13 @@ import pytest
 import torch
 import webdataset as wds
 from PIL import Image
-from typer.testing import CliRunner
 
-from factory.cli import app
 from factory.commands.report import build_report
 from factory.commands.show import regenerate
 from manifests.index import read_index
 from manifests.layout import shard_paths
 from manifests.query import query
+from tests.cli_runner import run_cli
 from tests.commands.conftest import build
 
 CHROMIUM_FLAGS = (
@@ -39,11 +38,6 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
 )
 PLAN_BLUE, LABEL_ORANGE = (31, 119, 180), (255, 127, 14)  # the report's plan and label colours
-
-
-def _cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
 
 
 def _sha(path: Path) -> str:
@@ -77,17 +71,17 @@ def test_verify_finds_damage_and_repair_then_build_restores_the_dataset(
     for path in (paths[3].tar, paths[3].parquet, paths[3].stats):
         path.unlink()  # missing shard
 
-    code, output = _cli("verify", run)
+    code, output = run_cli("verify", run)
     assert code == 1
     assert "corrupt shards: [0, 1]" in output and "missing shards: [2, 3]" in output
     assert "truncated" in output and "sha256" in output
-    code, output = _cli("verify", run, "--repair")
+    code, output = run_cli("verify", run, "--repair")
     assert code == 1 and "redoes shard(s) [0, 1, 2, 3]" in output
     assert not (run / "index.json").exists()
 
     rebuilt = build(recipe, "--out", str(run))
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
-    assert _cli("verify", run)[0] == 0
+    assert run_cli("verify", run)[0] == 0
     # Equal to the original: the same shards, byte for byte, and the same index rows.
     assert read_index(run)["shards"] == index["shards"]  # type: ignore[index]
     for shard in index["shards"]:
@@ -101,7 +95,7 @@ def test_verify_finds_damage_and_repair_then_build_restores_the_dataset(
 def test_filter_then_every_export_format(demo_build: tuple[Path, Path], tmp_path: Path) -> None:
     run, _ = demo_build
     subset = tmp_path / "subset"
-    code, output = _cli(
+    code, output = run_cli(
         "filter", run, subset, "--balance", "age_band", "--limit", "8", "--seed", "3", "--accepted-only"
     )
     assert code == 0, output
@@ -112,12 +106,12 @@ def test_filter_then_every_export_format(demo_build: tuple[Path, Path], tmp_path
     # The demo has two identities: the splitting formats take two folds / a train-test split.
     two = {"huggingface": ["--shares", "0.5,0.5"], "graphau": ["--folds", "2"], "libreface": ["--folds", "2"]}
     for fmt in ("webdataset", "folder", "huggingface", "maugen", "graphau", "libreface"):
-        code, output = _cli(
+        code, output = run_cli(
             "export", subset, tmp_path / fmt, "--format", fmt, "--shard-size", "3", "-q", *two.get(fmt, [])
         )
         assert code == 0, output
         assert json.loads((tmp_path / fmt / "export.json").read_text())["samples"] == 8
-    code, output = _cli("export", subset, tmp_path / "three-folds", "--format", "graphau")
+    code, output = run_cli("export", subset, tmp_path / "three-folds", "--format", "graphau")
     assert code == 2 and len(output.strip().splitlines()) == 1 and "--folds 2" in output, output
 
     # WebDataset: read by webdataset inside a torch DataLoader with 2 workers, each sample once.
@@ -148,7 +142,7 @@ def test_filter_then_every_export_format(demo_build: tuple[Path, Path], tmp_path
     assert len(entries) == 8 and all(len(e["intensity"]) == 12 for e in entries)
     assert (tmp_path / "graphau" / "list" / "DISFA_train_img_path_fold1.txt").exists()
     # eval reads the subset like any dataset.
-    assert _cli("eval", subset, "--out", tmp_path / "eval")[0] == 0
+    assert run_cli("eval", subset, "--out", tmp_path / "eval")[0] == 0
     # The licences travel: the subset's and every export's card open with the verdict.
     for card in (
         subset / "DATASET_CARD.md",
@@ -164,10 +158,10 @@ def test_show_regenerate_reproduces_a_demo_sample_exactly(demo_build: tuple[Path
     key = query(run, sql="SELECT key FROM samples ORDER BY key LIMIT 1")["key"][0].as_py()
     sample, result = regenerate(run, key)
     assert result.identical and result.image_identical, result.to_dict()
-    code, output = _cli("show", run, key, "--image", tmp_path / "s.jpg")
+    code, output = run_cli("show", run, key, "--image", tmp_path / "s.jpg")
     assert code == 0 and "description:" in output and "geometric" in output and "consensus" in output
     assert (tmp_path / "s.jpg").read_bytes() == sample.image
-    code, output = _cli("show", run, key, "--regenerate")
+    code, output = run_cli("show", run, key, "--regenerate")
     assert code == 0 and "regenerated identically" in output
 
 
@@ -191,7 +185,7 @@ def test_show_regenerate_reports_a_difference(demo_build: tuple[Path, Path], tmp
     _, result = regenerate(run, key)
     assert not result.identical and result.image_identical is False
     assert any(d.field == "image" and "max abs pixel difference" in d.detail for d in result.differences)
-    assert _cli("show", run, key, "--regenerate")[0] == 1
+    assert run_cli("show", run, key, "--regenerate")[0] == 1
 
 
 def _screenshot(chromium: str, page: Path, png: Path, profile: Path) -> np.ndarray:
@@ -251,6 +245,6 @@ def test_cli_errors_are_one_line(demo_build: tuple[Path, Path], tmp_path: Path) 
         (("verify", tmp_path / "nowhere"), "does not exist"),
         (("report", tmp_path), "never committed"),
     ):
-        code, output = _cli(*args)
+        code, output = run_cli(*args)
         assert code == 2, (args, output)
         assert message in output and "Traceback" not in output

@@ -9,20 +9,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from typer.testing import CliRunner
 
-from factory.cli import app
 from factory.commands.report.data import collect
 from factory.recipe import load_recipe
 from manifests.card import drop_code, render_card
 from stages.catalogue import local_path
+from tests.cli_runner import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _cli(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "300"})
-    return result.exit_code, result.output
 
 
 def test_the_card_counts_identities_names_bank_licences_and_every_recipe_emotion(demo_build: tuple[Path, Path]) -> None:
@@ -41,20 +35,20 @@ def test_the_card_counts_identities_names_bank_licences_and_every_recipe_emotion
 
 def test_filter_says_when_fewer_than_limit_matched(demo_build: tuple[Path, Path], tmp_path: Path) -> None:
     run, _ = demo_build
-    code, output = _cli("filter", run, tmp_path / "s", "--limit", "100000")
+    code, output = run_cli("filter", run, tmp_path / "s", "--limit", "100000", columns=300)
     assert code == 0 and "fewer than --limit 100000" in output
-    code, output = _cli("filter", run, tmp_path / "t", "--limit", "1")
+    code, output = run_cli("filter", run, tmp_path / "t", "--limit", "1", columns=300)
     assert code == 0 and "fewer than" not in output
 
 
 def test_status_verify_says_it_verified(demo_build: tuple[Path, Path], tmp_path: Path) -> None:
     run = shutil.copytree(demo_build[0], tmp_path / "run")  # status takes the build lock's probe
-    code, output = _cli("status", run, "--verify")
+    code, output = run_cli("status", run, "--verify", columns=300)
     assert code == 0 and "verified: every indexed shard file" in output
 
 
 def test_models_list_names_every_model_a_shipped_recipe_uses() -> None:
-    code, output = _cli("models", "list")
+    code, output = run_cli("models", "list", columns=300)
     assert code == 0
     for name in ("stable-diffusion-v1-5", "dlib-68-landmarks", "dlib-resnet-face", "stable-diffusion-2-1-base"):
         assert name in output

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
-from factory.cli import app
 from manifests.store import location
+from tests.cli_runner import run_cli
 from tests.engine.cli_builds import build_cmd, build_killed_at, cli_env, dataset, run_build, write_recipe
 from tests.s3server import SECRET, S3Server, forget_clients, s3_server
 
@@ -47,8 +46,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def _factory(*args: str) -> tuple[int, str]:
     """A ``factory`` command run here through the CLI's edge: (exit code, all it printed)."""
     forget_clients()  # a new client: nothing listed before a child build wrote is cached
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output
+    return run_cli(*args)
 
 
 @pytest.fixture(scope="module")
