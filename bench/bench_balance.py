@@ -109,6 +109,8 @@ def simulate(recipe: Recipe, max_shards: int = 100_000) -> dict[str, Any]:
         keys = plan["key"].to_pylist()
         cost += float(sum(1.0 / p[i] for i in range(len(keys)) if accepted[i] and keys[i] not in surplus))
         shard += 1
+        if decision.finish_at is not None:  # twice the waste bound: the dataset ends short here
+            break
     return {"generated": generated, "kept": kept, "shards": shard, "floor": cost / max(kept, 1), "policy": policy}
 
 

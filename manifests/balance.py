@@ -125,6 +125,9 @@ class BalanceTargets:
     # a cell given up during the build -> the share its kept samples already hold: they stay in
     # the index, so only the rest of its share can go to the other cells of its kind
     held: Mapping[str, float] = field(default_factory=dict)
+    # a cell given up during the build -> the share asked of it before: still its cap, so what it
+    # holds never grows past what the recipe asked (its floor is what was given up)
+    asked: Mapping[str, float] = field(default_factory=dict)
     by_kind: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -142,6 +145,7 @@ class BalanceTargets:
             "infeasible": sorted(self.infeasible),
             "limits": dict(self.limits),
             "held": dict(self.held),
+            "asked": dict(self.asked),
         }
 
     @staticmethod
@@ -154,20 +158,41 @@ class BalanceTargets:
             frozenset(doc["infeasible"]),
             dict(doc.get("limits", {})),
             dict(doc.get("held", {})),
+            dict(doc.get("asked", {})),
         )
 
-    def cap(self, cell: str) -> int | None:
-        """Kept samples a cell may hold (None: no target on it, or an infeasible one)."""
-        share = self.shares.get(cell)
-        if share is None or cell in self.infeasible:
+    def _level(self, cell: str) -> tuple[str, float] | None:
+        """An AU level cell's active cell and share of it (None: not a level, or its AU has no
+        active share): a level's share is asked of its AU's *active* samples, not of the target."""
+        if not (cell.startswith("AU") and "=" in cell) or cell in self.infeasible:
             return None
+        active = cell.split("=")[0] + "+"
+        active_share = self.shares.get(active, 0.0)
+        return (active, active_share) if active_share > 0 and active not in self.infeasible else None
+
+    def cap(self, cell: str, kept: Mapping[str, int] | None = None) -> int | None:
+        """Kept samples a cell may hold (None: no target on it, or an infeasible one that was
+        never asked for more than it holds: no identity for it, or limited by the bank). An AU
+        level's cap is its share of the most of the AU's active samples it can be measured
+        against: the AU's floor, or (``kept``) the active samples kept so far plus the one that
+        would join them; so its share of the AU's active samples holds whatever that ends at."""
+        share = self.shares.get(cell)
+        if share is not None and cell in self.infeasible:
+            share = self.asked.get(cell)
+        if share is None:
+            return None
+        if (level := self._level(cell)) is not None:
+            active, active_share = level
+            base = max(self.floor(active), (kept or {}).get(active, 0) + 1 if kept is not None else 0)
+            return math.floor((share + self.tolerances[cell]) / active_share * base + 1e-9)
         return math.floor((share + self.tolerances[cell]) * self.target + 1e-9)
 
     def with_infeasible(self, cells: Iterable[str], held: Mapping[str, float] | None = None) -> BalanceTargets:
         """These targets with ``cells`` (and those already known) infeasible; ``held``: the share
         each of them already holds in the kept samples (kept for it, never given away)."""
         if held:
-            return replace(self, held={**self.held, **held}).with_infeasible(cells)
+            asked = {c: self.shares[c] for c in held if c in self.shares and c not in self.infeasible}
+            return replace(self, held={**self.held, **held}, asked={**self.asked, **asked}).with_infeasible(cells)
         dead = self.infeasible | {c for c in cells if c in self.shares}
         for kind in {_kind(c) for c in dead - self.infeasible}:  # never a kind left with no target
             if all(c in dead for c, share in self.shares.items() if _kind(c) == kind and share > 0):
@@ -190,11 +215,16 @@ class BalanceTargets:
         return replace(self, shares=shares, infeasible=frozenset(dead))
 
     def floor(self, cell: str) -> int:
-        """Kept samples a cell needs to meet its share at the target (0: no share, infeasible)."""
+        """Kept samples a cell needs to meet its share at the target (0: no share, infeasible);
+        an AU level's, its share of the most active samples its AU may hold (its cap)."""
         share = self.shares.get(cell)
         if share is None or cell in self.infeasible:
             return 0
-        need = max(math.ceil((share - self.tolerances[cell]) * self.target - 1e-9), 0)
+        base = float(self.target)
+        if (level := self._level(cell)) is not None:
+            active, active_share = level
+            base = (self.cap(active) or 0) / active_share
+        need = max(math.ceil((share - self.tolerances[cell]) * base - 1e-9), 0)
         return min(need, self.cap(cell) or 0)  # a tolerance under half a sample: the cap wins
 
     def crowded(self, cells: Iterable[str], kept: Counter[str], kept_total: int) -> str | None:
@@ -231,7 +261,7 @@ class BalanceTargets:
     def full_cell(self, cells: Iterable[str], kept: Counter[str]) -> str | None:
         """The first of ``cells`` that one more kept sample would push over its cap."""
         for cell in cells:
-            cap = self.cap(cell)
+            cap = self.cap(cell, kept)
             if cap is not None and kept[cell] + 1 > cap:
                 return cell
         return None
@@ -295,29 +325,31 @@ def intensity_vectors(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def balance_shard(
-    paths: ShardPaths, shard: int, tally: Tally, targets: BalanceTargets, after: list[int], *, open_loop: bool = False
+    paths: ShardPaths, shard: int, tally: Tally, targets: BalanceTargets, after: list[int]
 ) -> ShardBalance:
     """Decide the accepted samples of one shard against ``tally`` (the shards ``after``), write
-    the decisions beside it and add the shard to ``tally``. ``open_loop``: keep every accepted
-    sample (the waste bound was reached), still up to the target."""
+    the decisions beside it and add the shard to ``tally``."""
     with open_parquet(paths.parquet) as manifest:
         table = manifest.read(columns=_COLUMNS, use_threads=False)
-    out = decide_samples(table, tally, targets, open_loop=open_loop)
-    meta = {"after": after, "open_loop": open_loop, "targets": targets.to_json()}
+    out = decide_samples(table, tally, targets)
+    meta = {"after": after, "targets": targets.to_json()}
     write_parquet_atomic(balance_path(paths), out.replace_schema_metadata({"mifa_balance": json.dumps(meta)}))
     kept = sum(d is None for d in out["dropped_by"].to_pylist())
     return ShardBalance(shard, out.num_rows, kept, tuple(sorted(targets.infeasible)))
 
 
-def refusal(cells: tuple[str, ...], tally: Tally, targets: BalanceTargets, *, open_loop: bool = False) -> str | None:
+def refusal(cells: tuple[str, ...], tally: Tally, targets: BalanceTargets) -> str | None:
     """Why selection holds back an accepted sample of ``cells`` after ``tally``, or None: it keeps it."""
     kept, total = tally.kept, tally.kept_total
     if total >= targets.target:
         return f"target of {targets.target} kept samples reached"
-    if open_loop:
-        return None
     if (full := targets.full_cell(cells, kept)) is not None:
-        return f"cell {full} full ({targets.cap(full)} of {targets.target})"
+        of = (
+            f"its AU's {kept[full.split('=')[0] + '+']} active"
+            if full.startswith("AU") and "=" in full
+            else targets.target
+        )
+        return f"cell {full} full ({targets.cap(full, kept)} of {of})"
     if (crowded := targets.crowded(cells, kept, total)) is not None:
         return f"the slots left are kept for the short cells of {crowded}"
     if (reserved := targets.reserved(cells, kept, tally.together)) is not None:
@@ -325,7 +357,7 @@ def refusal(cells: tuple[str, ...], tally: Tally, targets: BalanceTargets, *, op
     return None
 
 
-def decide_samples(table: pa.Table, tally: Tally, targets: BalanceTargets, *, open_loop: bool = False) -> pa.Table:
+def decide_samples(table: pa.Table, tally: Tally, targets: BalanceTargets) -> pa.Table:
     """The decisions on one shard's manifest rows (``key``, ``accepted``, ``identity_id``, the
     strata, ``planned_intensity``, ``au_intensity``), in row order, added to ``tally``: one
     :data:`BALANCE_SCHEMA` row per accepted sample."""
@@ -349,7 +381,7 @@ def decide_samples(table: pa.Table, tally: Tally, targets: BalanceTargets, *, op
             tally.together[cell] = tally.together.get(cell, frozenset(cells)) & frozenset(cells)
         if bank:
             tally.identity_accepted[identities[i]] += 1
-        reason = refusal(cells, tally, targets, open_loop=open_loop)
+        reason = refusal(cells, tally, targets)
         if reason is None:
             tally.kept.update(cells)
             tally.kept_total += 1

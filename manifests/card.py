@@ -243,6 +243,8 @@ def _delivered_section(dataset: DatasetRef) -> list[str]:
         if not missed
         else f"{len(missed)} target(s) missed: {', '.join(missed)}."
     )
+    if dataset.index.get("short"):  # the closed loop's waste bound ended it short of the target
+        lines.append(f"Ended short of the target: {dataset.index['short']}.")
     if targets.infeasible:
         lines.append(
             "Infeasible (no identity of the bank, too rarely accepted after repeated tries, or still short at "

@@ -165,8 +165,10 @@ def write_index(
     surplus: list[int],
     failed: dict[int, str],
     shards_dir: Path | None = None,
+    short: str | None = None,
 ) -> dict[str, Any]:
     """Index the done ``shards`` (in the given order) and commit the dataset; returns index.json.
+    ``short``: why a balanced build ended short of ``target`` (its waste bound), else None.
 
     Raises ``ValueError`` naming the shard if one is not done, or the first key that repeats.
     """
@@ -212,6 +214,7 @@ def write_index(
         "failed_shards": {str(s): err for s, err in sorted(failed.items())},
         "near_duplicates": near_duplicates,  # identity banks: portraits left out as another's duplicate
         "balance_surplus": balance_surplus,  # [balance]: accepted samples held back (manifests.balance)
+        "short": short,  # [balance]: ended short of the target at the waste bound, and why
         "index_parquet": layout.index_parquet.name,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -71,6 +71,8 @@ def _run_build(r: Recipe, *, local_gpus: int | None, quiet: bool, retry_failed: 
         out.print("per-stage samples/s: " + ", ".join(f"{k} {v:.1f}" for k, v in summary.stage_rates.items()))
     if summary.surplus_shards:
         out.print(f"surplus shards kept aside (not indexed): {summary.surplus_shards}")
+    if summary.short:  # the balance could keep no more: finished, with what it could not fill named
+        out.print(f"[yellow]ended short of the target[/]: {summary.short}", highlight=False)
     if summary.failed_shards:
         raise FailedError(
             f"{len(summary.failed_shards)} shard(s) failed and were skipped: {sorted(summary.failed_shards)}; "

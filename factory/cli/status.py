@@ -47,6 +47,8 @@ def status(
                 f"  index: {ix.get('accepted')} samples in {len(ix.get('shards', []))} shards "
                 f"(surplus {ix.get('surplus_shards', [])})"
             )
+            if ix.get("short"):
+                out.print(f"  [yellow]ended short of the target[/]: {ix['short']}", highlight=False)
         if s.get("balance"):
             out.print(_balance_table(s["balance"]))
         for r in s.get("rounds", []):

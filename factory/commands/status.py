@@ -108,7 +108,10 @@ def run_status(path: Path, *, verify: bool = False) -> dict[str, Any]:
         "planned_in_done_shards": sum(int(s["planned"]) for s in done.values()),
         "index": index,
         "damaged_shards": damaged,
-        "complete": not damaged and bool(index) and index.get("accepted", 0) >= index.get("target", 1),
+        # a balanced build that ended short at its waste bound is complete too (``short`` says why)
+        "complete": not damaged
+        and bool(index)
+        and (index.get("accepted", 0) >= index.get("target", 1) or bool(index.get("short"))),
         "workers": [],
     }
     if running:

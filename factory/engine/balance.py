@@ -23,8 +23,10 @@ manifest once (eight small columns). Waste bound: once the decided shards planne
 by more than its tolerance) at that shard is infeasible, not chased (once): it keeps the share its
 kept samples hold and the rest of its share goes to the other cells of its kind, so the full
 cells that blocked the rest open up (a cell found infeasible by its yield keeps what it holds
-too). At twice the bound later shards are decided open loop (every accepted sample kept, up to
-the target), so the build finishes; their files say so.
+too). At twice the bound the dataset ends short of the target at the shard that reached it
+(``PolicyDecision.finish_at``): the slots left are reported (``short``, written into index.json),
+never filled with samples that would pass a full cell, so every share the index holds stays
+within its tolerance of the samples it could keep.
 """
 
 from __future__ import annotations
@@ -177,16 +179,37 @@ class BalancePolicy:
         self.decided: dict[int, ShardBalance] = {}
         self.gave_up = False  # the waste bound was reached and the short cells given up
         self.weights: dict[int, RoundWeights] = {}  # closed-loop round -> its mix
+        self.finish_at: int | None = None  # the shard the dataset ends at, short of the target
+        self.short: str | None = None  # why, and the slots left unfilled
 
-    def _advance_targets(self) -> bool:
-        """The targets the tally so far implies (cells found infeasible, the waste bound);
-        returns whether later shards are decided open loop. Idempotent for one tally."""
+    def _budget(self) -> float:
+        """Generated samples so far, in units of the waste bound (``max_generated x target``)."""
+        return self.tally.generated / (self.max_generated * self.base.target)
+
+    def _advance_targets(self) -> None:
+        """The targets the tally so far implies (cells found infeasible, the waste bound).
+        Idempotent for one tally."""
         self._give_up(self.tally.infeasible(self.targets, self.tries, self.infeasible_yield))
-        budget = self.tally.generated / (self.max_generated * self.base.target)
-        if budget >= 1.0 and not self.gave_up:  # once: the shares it leaves are met from then on
+        if self._budget() >= 1.0 and not self.gave_up:  # once: the shares it leaves are met from then on
             self._give_up(self.tally.short(self.targets))
             self.gave_up = True
-        return budget >= 2.0
+
+    def _finish_short(self, shard: int) -> None:
+        """Twice the waste bound generated and the target not reached: the dataset ends at
+        ``shard`` with the samples kept so far (the cells that were full are named: no sample
+        the build made could be kept without passing one)."""
+        kept, target = self.tally.kept_total, self.base.target
+        full = [
+            c
+            for c in self.targets.shares
+            if (cap := self.targets.cap(c, self.tally.kept)) is not None and self.tally.kept[c] >= cap
+        ]
+        self.finish_at = shard
+        self.short = (
+            f"{target - kept} of {target} slots unfilled: {self.tally.generated:,} samples generated, twice the "
+            f"waste bound (balance.max_generated_per_accepted = {self.max_generated:g}); the accepted samples "
+            f"after it each fell in a full cell ({', '.join(full[:8])}{', ...' if len(full) > 8 else ''})"
+        )
 
     def _give_up(self, cells: Sequence[str]) -> None:
         """``cells`` infeasible from now on, each keeping the share its kept samples already
@@ -214,13 +237,18 @@ class BalancePolicy:
             self._reset()
         counted = {}
         for shard in shards[len(self.order) :]:
+            if self.finish_at is not None:
+                break
             self._plan_rounds(shard)
-            open_loop = self._advance_targets()
-            paths = self.layout.shard_paths(shard)
-            decided = balance_shard(paths, shard, self.tally, self.targets, list(self.order), open_loop=open_loop)
+            self._advance_targets()
+            decided = balance_shard(self.layout.shard_paths(shard), shard, self.tally, self.targets, list(self.order))
             self.order.append(shard)
             self.decided[shard] = decided
             counted[shard] = decided.kept
+            if self._budget() >= 2.0 and self.tally.kept_total < self.base.target:
+                self._finish_short(shard)
+        if self.finish_at is not None:
+            return PolicyDecision(counted=counted, finish_at=self.finish_at)
         self._plan_rounds(prefix.resolved)
         return PolicyDecision(counted=counted, send_below=self.rounds.send_below(prefix.resolved))
 

@@ -49,10 +49,11 @@ class BuildSummary:
     seconds: float  # wall time of the whole command
     run_seconds: float  # from workers ready to index written (what throughput is measured on)
     stage_rates: dict[str, float] = field(default_factory=dict)
+    short: str | None = None  # a balanced build ended short of the target at its waste bound: why
 
     @property
     def complete(self) -> bool:
-        return self.accepted >= self.target
+        return self.accepted >= self.target or self.short is not None
 
 
 @dataclass
@@ -178,6 +179,7 @@ def build(
                 plans = balance if balance is not None and dedup is None else planner  # closed-loop rounds
                 Runner(ledger, pool, run, plans, progress, recipe.engine, policy).run_until_complete()
                 indexed, surplus, failed_shards = ledger.outcome()
+                short = balance.short if balance is not None else None
                 recorded = run.failures()
                 failed = {s: recorded[s]["errors"][-1]["error"] for s in failed_shards}
                 pool.write_index(
@@ -188,6 +190,7 @@ def build(
                     target=rules.target,
                     surplus=surplus,
                     failed=failed,
+                    short=short,
                 )
                 t_indexed = time.perf_counter()
         finally:
@@ -209,6 +212,7 @@ def build(
             seconds=time.perf_counter() - t0,
             run_seconds=t_indexed - t_run,  # not the worker and cluster teardown after it
             stage_rates=progress.stage_rates(),
+            short=short,
         )
         write_text_atomic(
             run.build_summary,

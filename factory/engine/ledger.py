@@ -93,6 +93,7 @@ class Ledger:
         self._low = 0  # every shard below is done or failed
         self._more = 0  # frontier shards a policy asked for beyond the projection
         self._send_below: int | None = None  # a policy holds back frontier shards from here on
+        self._finish_at: int | None = None  # a policy ends the dataset here, short of the target
         self.session_done = 0
         self.session_failed: set[int] = set()
 
@@ -176,13 +177,14 @@ class Ledger:
         return [s for s, e in self._resolved() if e.state == "done"]
 
     def complete_prefix(self) -> tuple[int | None, int]:
-        """(last shard of the shortest prefix whose counted samples reach the target, or None;
-        the counted samples of the committed prefix, up to that shard)."""
+        """(last shard of the shortest prefix whose counted samples reach the target, or the
+        shard a policy finished at short of it, or None; the counted samples of the committed
+        prefix, up to that shard)."""
         total = 0
         for shard, entry in self._resolved():
             if entry.state == "done":
                 total += self.counted(shard)
-                if total >= self.rules.target:
+                if total >= self.rules.target or shard == self._finish_at:
                     return shard, total
         return None, total
 
@@ -221,7 +223,10 @@ class Ledger:
 
     def _projected_short(self) -> bool:
         """Over-provision from the running rate: do the counted samples projected for the
-        shards below the frontier (done ones counted, in-flight ones at the rate) fall short?"""
+        shards below the frontier (done ones counted, in-flight ones at the rate) fall short?
+        Never once a policy finished the dataset short of the target."""
+        if self._finish_at is not None:
+            return False
         frontier = self._frontier()
         rate = self.rate()
         projected = 0.0
@@ -369,10 +374,15 @@ class Ledger:
             raise LedgerError("a policy asked for a negative number of shards")
         if decision.send_below is not None and decision.send_below < resolved:
             raise LedgerError(f"a policy held back shard {decision.send_below}, inside the resolved prefix")
+        if decision.finish_at is not None and decision.finish_at not in stats:
+            raise LedgerError(
+                f"a policy finished the dataset at shard {decision.finish_at}, outside the committed prefix"
+            )
         for shard, n in decision.counted.items():
             self._shards[shard].counted = n
         self._more += decision.more_shards
         self._send_below = decision.send_below
+        self._finish_at = decision.finish_at
         return decision
 
     # -- stop rules -----------------------------------------------------------------------

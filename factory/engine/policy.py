@@ -15,7 +15,8 @@ dataset still depends only on what was committed.
 
 The ledger (``factory.engine.ledger.Ledger.consult``) refuses a decision that counts a shard
 outside the committed prefix, counts more than a shard accepted, asks for fewer than zero
-shards, or holds back a shard of the resolved prefix.
+shards, holds back a shard of the resolved prefix, or finishes at a shard outside the committed
+prefix.
 """
 
 from __future__ import annotations
@@ -45,11 +46,14 @@ class PolicyDecision:
     (at most what it accepted; shards not named keep their count); ``more_shards`` asks for
     that many frontier shards beyond what the projection wants (within the shard limit);
     ``send_below``, when set, holds back frontier shards from it on (their plans depend on
-    shards not committed yet: a closed-loop planning round)."""
+    shards not committed yet: a closed-loop planning round); ``finish_at``, when set, ends the
+    dataset at that shard of the committed prefix, short of the target (the policy will count no
+    more: a closed loop past its waste bound), so the prefix is complete there."""
 
     counted: Mapping[int, int] = field(default_factory=dict)
     more_shards: int = 0
     send_below: int | None = None
+    finish_at: int | None = None
 
 
 class PrefixPolicy(Protocol):

@@ -19,7 +19,6 @@ from factory.recipe import RecipeError, recipe_from_dict
 from manifests.balance import (
     BalanceTargets,
     balance_path,
-    read_balance,
     read_surplus,
     sample_cells,
 )
@@ -149,12 +148,14 @@ def test_surplus_is_recorded_with_the_full_cell(tmp_path: Path) -> None:
     policy, layout = _policy(tmp_path)
     keys = _write_shard(layout, 0, [(True, 3, "happiness", "female")] * 20)
     decision = policy.review(_prefix([0]))
-    assert decision.counted == {0: 4}  # AU12 at level 3 holds floor((0.1 + 0.015) x 40) = 4
+    # AU12 at level 3: 0.2 +- 0.03 of AU12's active samples, at least its floor ceil(0.48 x 40) = 20:
+    # floor(0.23 x 20) = 4 (and 4 of 4 active kept so far)
     table = pq.read_table(balance_path(layout.shard_paths(0))).to_pylist()
     assert [r["key"] for r in table] == keys
     assert [r["dropped_by"] for r in table[:4]] == [None] * 4
     assert {r["dropped_by"] for r in table[4:]} == {"balance"}
-    assert table[4]["reason"] == "cell AU12=3 full (4 of 40)"
+    assert decision.counted == {0: 4}
+    assert table[4]["reason"] == "cell AU12=3 full (4 of its AU's 4 active)"
     assert read_surplus(layout.shard_paths(0)) == set(keys[4:])
 
 
@@ -206,18 +207,24 @@ def test_never_accepted_cell_becomes_infeasible(tmp_path: Path) -> None:
     assert policy.targets.shares["emotion=happiness"] == pytest.approx(1.0)
 
 
-def test_waste_bound_gives_up_on_short_cells_then_selection(tmp_path: Path) -> None:
+def test_waste_bound_gives_up_on_short_cells_then_ends_the_dataset_short(tmp_path: Path) -> None:
     """Only smiling women at AU12 level 3: past the bound (one shard) the cells still short are
-    infeasible and AU12=3 may fill all of AU12's active share; past twice it, open loop."""
+    infeasible and AU12=3 may fill all of AU12's active share; at twice it the dataset ends at
+    that shard, short of the target, and no sample that passes a full cell is kept."""
     policy, layout = _policy(tmp_path, target=20, max_generated_per_accepted=1.0)
     for shard in range(3):
         _write_shard(layout, shard, [(True, 3, "happiness", "female")] * 20)
-    counted = policy.review(_prefix([0, 1, 2])).counted
-    assert counted == {0: 2, 1: 8, 2: 10}  # AU12=3 holds 2, then AU12+ its 10, then the rest
+    decision = policy.review(_prefix([0, 1, 2]))
+    assert decision.counted == {0: 2, 1: 8}  # AU12=3 holds 2, then AU12+ its 10 of 20 ...
+    assert decision.finish_at == 1  # ... and 40 generated is twice the bound of 20: it ends there
     assert {"emotion=neutral", "gender=male", "AU12=1"} <= policy.targets.infeasible
     assert "AU12+" not in policy.targets.infeasible  # over its share, not short
-    meta = read_balance(layout.shard_paths(2))
-    assert meta is not None and meta[1]["open_loop"] is True
+    assert policy.short is not None and policy.short.startswith("10 of 20 slots unfilled: 40 samples generated")
+    assert "AU12+" in policy.short  # the full cell that held back the rest
+    assert not balance_path(layout.shard_paths(2)).exists()  # nothing decided past the end
+    # a resumed build's fresh policy, shown the same prefix, ends at the same shard
+    again, _ = _policy(tmp_path, target=20, max_generated_per_accepted=1.0)
+    assert again.review(_prefix([0, 1, 2])).finish_at == 1 and again.short == policy.short
 
 
 def test_infeasible_au_moves_its_share_to_inactive() -> None:
@@ -294,6 +301,24 @@ def test_a_run_recorded_before_balance_resumes() -> None:
     assert recipe_differences(recorded, balanced) == ["balance.enabled"]
 
 
+def test_an_au_levels_window_is_of_the_aus_active_samples_whatever_their_count() -> None:
+    """AU15 active in 0.3 +- 0.02 of 300 (84..96 samples), each level 0.2 +- 0.03 of those: a
+    level may hold 0.23 of the AU's floor (19 of 84), more as more AU15 samples are kept, and
+    needs 0.17 of the AU's cap (17 of 96), so its share holds wherever AU15 ends in its window
+    (the demo missed 9 level windows when their caps were of the AU's target count, 90)."""
+    cells = {"AU15+": 0.3, "AU15-": 0.7, **{f"AU15={k}": 0.2 * 0.3 for k in range(1, 6)}}
+    tolerances = {"AU15+": 0.02, "AU15-": 0.02, **{f"AU15={k}": 0.03 * 0.3 for k in range(1, 6)}}
+    targets = BalanceTargets(300, (15,), cells, tolerances)
+    assert (targets.floor("AU15+"), targets.cap("AU15+")) == (84, 96)
+    assert targets.cap("AU15=2") == 19 and targets.floor("AU15=2") == 17
+    assert targets.cap("AU15=2", Counter({"AU15+": 99})) == 23  # 0.23 x (99 + the one joining)
+    for active in (84, 90, 96):  # any count in AU15's window: 17..floor(0.23 x active) is in 0.2 +- 0.03
+        for level in range(17, targets.cap("AU15=2", Counter({"AU15+": active - 1})) + 1):
+            assert abs(level / active - 0.2) <= 0.03 + 1e-9, (level, active)
+    assert targets.full_cell(("AU15+", "AU15=2"), Counter({"AU15+": 83, "AU15=2": 19})) == "AU15=2"
+    assert targets.full_cell(("AU15+", "AU15=2"), Counter({"AU15+": 90, "AU15=2": 19})) is None
+
+
 def test_a_cell_given_up_keeps_the_share_its_kept_samples_hold() -> None:
     """Three emotions at a third each; neutral, given up holding 4 of 30 kept samples, keeps
     4/30 and the other two share only the rest (with a share of 0 each would need 15 of the
@@ -303,7 +328,10 @@ def test_a_cell_given_up_keeps_the_share_its_kept_samples_hold() -> None:
     given_up = targets.with_infeasible(["emotion=neutral"], {"emotion=neutral": 4 / 30})
     assert given_up.shares["emotion=neutral"] == pytest.approx(4 / 30)
     assert given_up.shares["emotion=happiness"] == pytest.approx(13 / 30)
-    assert given_up.floor("emotion=happiness") == 13 and given_up.cap("emotion=neutral") is None
+    assert given_up.floor("emotion=happiness") == 13 and given_up.floor("emotion=neutral") == 0
+    # its floor is given up, not its cap: it never grows past what the recipe asked of it
+    assert given_up.cap("emotion=neutral") == 10  # floor((1/3 + 0.01) x 30)
+    assert targets.with_infeasible(["emotion=neutral"]).cap("emotion=neutral") is None  # nobody can fill it
     again = given_up.with_infeasible(["emotion=sadness"], {"emotion=sadness": 0.3})  # held shares stay
     assert again.shares["emotion=neutral"] == pytest.approx(4 / 30)
     assert again.shares["emotion=happiness"] == pytest.approx(1 - 4 / 30 - 0.3)

@@ -221,6 +221,27 @@ def test_a_policy_cannot_count_outside_the_prefix_or_more_than_was_accepted() ->
     assert ledger.counted(0) == 4
 
 
+class _FinishAt:
+    """A policy that ends the dataset at one shard of the committed prefix, short of the target."""
+
+    def __init__(self, shard: int) -> None:
+        self.shard = shard
+
+    def review(self, prefix: CommittedPrefix) -> PolicyDecision:
+        return PolicyDecision(finish_at=self.shard)
+
+
+def test_a_policy_can_end_the_dataset_short_of_the_target_inside_the_committed_prefix() -> None:
+    ledger = _ledger({0: _stats(10, 5), 1: _stats(10, 5), 2: _stats(10, 5)}, target=100)
+    assert ledger.complete_prefix() == (None, 15) and ledger.wants_more()
+    ledger.consult(_FinishAt(1))
+    assert ledger.complete_prefix() == (1, 10)  # complete at shard 1 with what it counted
+    assert not ledger.wants_more() and ledger.next_shard() is None  # nothing more is sent
+    assert ledger.outcome() == ([0, 1], [2], [])  # shard 2 is surplus, kept on disk
+    with pytest.raises(LedgerError, match="finished the dataset at shard 5, outside the committed prefix"):
+        ledger.consult(_FinishAt(5))
+
+
 DISK_FULL = "WriteError: cannot write shard /runs/x/shards/x-000003.tar: no space left on device; free space"
 
 
