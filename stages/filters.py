@@ -14,6 +14,14 @@ Label-prompt Jaccard compares the set of AUs the plan made active
 plan. Two empty sets score 1.0 (a planned neutral face that the detectors also see as
 neutral is consistent); one empty and one non-empty set score 0.0.
 
+Label-prompt intensity error is the same comparison on the 0-5 scale: the mean of
+``|planned_intensity - consensus_intensity|`` over the AUs the consensus rated (not null, not
+uncertain); a sample whose consensus rated none passes. Off by default
+(``max_label_intensity_error``); the demo sets 0.4: its closed loop keeps mostly Grace Hopper
+(the astronaut's smile fits few balanced slots), whose raised brows the offline detectors read
+as AU1/AU2 at any plan, and measured on its samples this bound keeps the label fidelity that
+``factory eval`` reports at the open loop's level (README, "Delivered balance").
+
 Default ``min_label_jaccard = 0.5``. The paper gives no number. With the default AU
 active share of 0.3 a sample plans about 3.6 active AUs; 0.5 still keeps an image whose
 detectors missed one AU of a 2-4 AU expression, or saw one extra (3/4, 3/5, 2/3, 1/2),
@@ -77,7 +85,9 @@ __all__ = [
     "FilterStage",
     "active_sets",
     "identity_filter",
+    "intensity_filter",
     "label_prompt_filter",
+    "label_prompt_intensity_error",
     "label_prompt_jaccard",
     "realism_filter",
 ]
@@ -90,6 +100,9 @@ DEFAULT_MIN_IDENTITY: dict[str, float] = {"dlib": 0.9, "arcface": 0.35}
 
 class FilterConfig(StageConfig):
     min_label_jaccard: float | None = Field(0.5, ge=0.0, le=1.0, description="None disables")
+    max_label_intensity_error: float | None = Field(
+        None, ge=0.0, le=5.0, description="mean |planned - consensus| intensity over rated AUs; None disables"
+    )
     min_realism: float | None = Field(0.5, ge=0.0, le=1.0, description="None disables")
     identity_similarity: bool | None = Field(
         None, description="identity cosine to the bank exemplar; None: on when identities.bank is a folder"
@@ -123,6 +136,19 @@ def label_prompt_jaccard(planned_intensity: Sequence[int], consensus_occurrence:
     return jaccard(*active_sets(planned_intensity, consensus_occurrence))
 
 
+def label_prompt_intensity_error(
+    planned_intensity: Sequence[int], consensus_intensity: Sequence[float | None]
+) -> float | None:
+    """Mean absolute difference of the plan's and the consensus's intensities over the AUs the
+    consensus rated (a value >= 0); ``None`` when it rated none."""
+    if len(planned_intensity) != len(DISFA_AUS) or len(consensus_intensity) != len(DISFA_AUS):
+        raise ValueError("planned_intensity and consensus_intensity must both have 12 values")
+    errors = [
+        abs(p - c) for p, c in zip(planned_intensity, consensus_intensity, strict=True) if c is not None and c >= 0
+    ]
+    return sum(errors) / len(errors) if errors else None
+
+
 def _at_least(record: Record, key: str, threshold: float | None, what: str) -> FilterResult:
     if threshold is None:
         return True, None
@@ -136,6 +162,17 @@ def _at_least(record: Record, key: str, threshold: float | None, what: str) -> F
 
 def label_prompt_filter(record: Record, threshold: float | None) -> FilterResult:
     return _at_least(record, "label_jaccard", threshold, "label-prompt jaccard")
+
+
+def intensity_filter(record: Record, threshold: float | None) -> FilterResult:
+    if threshold is None:
+        return True, None
+    if record.get("consensus_intensity") is None:
+        return False, "label-prompt intensity error: no consensus_intensity"
+    error = label_prompt_intensity_error(record["planned_intensity"], record["consensus_intensity"])
+    if error is not None and error > threshold:
+        return False, f"label-prompt intensity error {error:.3f} > {threshold:.3f}"
+    return True, None
 
 
 def realism_filter(record: Record, threshold: float | None) -> FilterResult:
@@ -154,7 +191,7 @@ class FilterStage(Stage[FilterConfig]):
     kind: ClassVar[Kind] = "filter"
     reads = frozenset({"consensus_occurrence", "planned_intensity"})
     # A missing score fails its filter (a drop, not an error); identity_similarity needs a face.
-    optional_reads = frozenset({"realism_score", "identity_id", "image", "landmarks"})
+    optional_reads = frozenset({"consensus_intensity", "realism_score", "identity_id", "image", "landmarks"})
     writes = frozenset({"label_jaccard", "identity_similarity", "identity_model"})
     licence = f"{THIS_CODE} (no model; identity_similarity adds dlib's face descriptor and landmarks)"
 
@@ -247,6 +284,7 @@ class FilterStage(Stage[FilterConfig]):
         cfg = self.config
         return [
             (label_prompt_filter, cfg.min_label_jaccard),
+            (intensity_filter, cfg.max_label_intensity_error),
             (realism_filter, cfg.min_realism),
             (identity_filter, self.min_identity_similarity),
         ]

@@ -12,7 +12,9 @@ from stages.filters import (
     FilterConfig,
     FilterStage,
     active_sets,
+    intensity_filter,
     label_prompt_filter,
+    label_prompt_intensity_error,
     label_prompt_jaccard,
     realism_filter,
 )
@@ -52,6 +54,27 @@ def test_filter_functions_thresholds() -> None:
     assert realism_filter({"realism_score": 0.1}, None) == (True, None)  # disabled
     keep, reason = realism_filter({}, 0.5)
     assert not keep and "no realism_score" in (reason or "")
+
+
+def test_intensity_error_is_the_mean_over_the_aus_the_consensus_rated() -> None:
+    planned = vec({1: 4, 12: 3})
+    rated = [None] * N
+    rated[AU_INDEX[1]], rated[AU_INDEX[12]], rated[AU_INDEX[25]] = 1.0, 3.0, 0.5
+    rated[AU_INDEX[2]] = float(UNCERTAIN)  # uncertain: left out like an AU no detector covers
+    assert label_prompt_intensity_error(planned, rated) == pytest.approx((3.0 + 0.0 + 0.5) / 3)
+    assert label_prompt_intensity_error(planned, [None] * N) is None  # nothing rated: no evidence
+    record = {"planned_intensity": planned, "consensus_intensity": rated}
+    assert intensity_filter(record, None) == (True, None)  # off by default
+    assert intensity_filter(record, 1.2) == (True, None)
+    keep, reason = intensity_filter(record, 1.0)
+    assert not keep and reason == "label-prompt intensity error 1.167 > 1.000"
+    keep, reason = intensity_filter({"planned_intensity": planned}, 1.0)
+    assert not keep and "no consensus_intensity" in (reason or "")
+    # in the stage it applies after the Jaccard filter, before realism
+    stage = _stage(max_label_intensity_error=1.0, min_realism=None)
+    sample = {"key": "k", "consensus_occurrence": vec({1: 1, 12: 1}), **record}
+    stage.process([sample])
+    assert sample["dropped_by"] == "filters" and sample["drop_reason"] == "label-prompt intensity error 1.167 > 1.000"
 
 
 def _stage(**cfg: object) -> FilterStage:
