@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from manifests.balance import STRATA, BalanceTargets, intensity_vectors
+from manifests.balance import STRATA, intensity_vectors
+from manifests.balance_targets import BalanceTargets
 from manifests.vocab import DISFA_AUS
 
 __all__ = ["CellReport", "balance_report", "delivered_cells"]

@@ -21,8 +21,9 @@ from factory.commands.rounds_status import round_summary
 from factory.engine.balance import balance_targets
 from factory.engine.rundir import RunDir, open_run
 from factory.recipe import RecipeError, recipe_from_dict
-from manifests.balance import BalanceTargets, read_surplus, read_targets
+from manifests.balance import read_surplus, read_targets
 from manifests.balance_report import balance_report, delivered_cells
+from manifests.balance_targets import BalanceTargets
 from manifests.bank import open_bank
 from manifests.dataset import index_shards_dir, read_index
 from manifests.errors import FailedError

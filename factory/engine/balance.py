@@ -44,7 +44,8 @@ from factory.engine.rounds import POOL, Rounds, RoundWeights, choose_plan, round
 from factory.expressions import EMFACS_PROTOTYPES
 from factory.plan import Planner
 from factory.recipe import Recipe
-from manifests.balance import BalanceTargets, ShardBalance, Tally, balance_shard
+from manifests.balance import ShardBalance, Tally, balance_shard
+from manifests.balance_targets import BalanceTargets
 from manifests.bank import IdentityRecord
 from manifests.layout import RunLayout
 from manifests.vocab import AGE_BANDS, DISFA_AUS, EMOTION_MIX_KEYS, ETHNICITIES, GENDERS

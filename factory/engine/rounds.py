@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from manifests.balance import BalanceTargets, Tally, refusal, sample_cells
+from manifests.balance import Tally, refusal, sample_cells
+from manifests.balance_targets import BalanceTargets
 from manifests.layout import generated_identity_id, sample_key
 from manifests.schema import N_AUS
 from manifests.vocab import DISFA_AUS

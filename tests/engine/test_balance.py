@@ -17,12 +17,12 @@ from factory.engine.policy import CommittedPrefix
 from factory.engine.rundir import RunDir, recipe_differences
 from factory.recipe import RecipeError, recipe_from_dict
 from manifests.balance import (
-    BalanceTargets,
     balance_path,
     read_surplus,
     sample_cells,
 )
 from manifests.balance_report import balance_report, delivered_cells
+from manifests.balance_targets import BalanceTargets
 from manifests.bank import IdentityRecord
 from manifests.layout import RunLayout, sample_key
 from manifests.schema import MANIFEST_SCHEMA, N_AUS

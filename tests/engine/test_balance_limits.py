@@ -17,7 +17,8 @@ from factory.engine.balance import balance_targets, bank_limits
 from factory.engine.rounds import choose_plan, round_weights
 from factory.plan import Planner
 from factory.recipe import recipe_from_dict
-from manifests.balance import BALANCE_SCHEMA, BalanceTargets, Tally, balance_path, refusal, sample_cells
+from manifests.balance import BALANCE_SCHEMA, Tally, balance_path, refusal, sample_cells
+from manifests.balance_targets import BalanceTargets
 from manifests.bank import IdentityRecord
 from manifests.layout import RunLayout
 from manifests.schema import N_AUS
