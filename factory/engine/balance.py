@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from factory.engine.ledger import LedgerError
 from factory.engine.policy import CommittedPrefix, PolicyDecision
-from factory.engine.rounds import POOL, Rounds, RoundWeights, choose_plan, round_weights
+from factory.engine.rounds import POOL, WIDEN, Rounds, RoundWeights, choose_plan, held_back, round_weights
 from factory.expressions import EMFACS_PROTOTYPES
 from factory.plan import Planner
 from factory.recipe import Recipe
@@ -261,10 +261,13 @@ class BalancePolicy:
             return self.planner.shard(shard)
         if r not in self.weights:
             raise LedgerError(f"shard {shard}: round {r} is not planned yet (the ledger sent it early)")
-        size = self.planner.recipe.dataset.shard_size
+        size, weights = self.planner.recipe.dataset.shard_size, self.weights[r]
         pool = self.planner.pool(shard, POOL * size)
-        seed = self.planner.recipe.dataset.seed
-        return choose_plan(pool, self.weights[r], self.base.units, size, shard, seed)
+        surplus = held_back(pool, weights, self.base.units)
+        if weights.prefix is not None and (~surplus).sum() < size:  # the end game: widen the pool once
+            pool = self.planner.pool(shard, WIDEN * POOL * size)
+            surplus = held_back(pool, weights, self.base.units)
+        return choose_plan(pool, weights, self.base.units, size, shard, self.planner.recipe.dataset.seed, surplus)
 
 
 def balance_policy(

@@ -32,6 +32,13 @@ it back as surplus), and keeps ``shard_size`` candidates, sampled without replac
 (Efraimidis-Spirakis keys from the shard's seed), in pool order, renumbered as the shard's
 samples. Every candidate is a plan the open-loop planner could make (its constraints, identity
 fit and folding hold).
+
+End game (past :data:`ENDGAME` of the target kept): a candidate selection would refuse is not
+planned at all. When fewer candidates than ``shard_size`` are left, the pool is drawn
+:data:`WIDEN` times larger (once), and if still too few are left the shard plans the ones left
+again, by weight with replacement, each copy with a fresh seed: a different render of the same
+labels, another try at the rare combination the last slots need (on the demo the last 3 of 300
+slots took 600 generated samples when the other 49 of each shard's 50 were refused ones).
 """
 
 from __future__ import annotations
@@ -49,11 +56,23 @@ from manifests.layout import generated_identity_id, sample_key
 from manifests.schema import N_AUS
 from manifests.vocab import DISFA_AUS
 
-__all__ = ["KEEP_BASE", "POOL", "PRIOR", "RoundWeights", "Rounds", "choose_plan", "rake", "round_weights"]
+__all__ = [
+    "KEEP_BASE",
+    "POOL",
+    "PRIOR",
+    "WIDEN",
+    "RoundWeights",
+    "Rounds",
+    "choose_plan",
+    "held_back",
+    "rake",
+    "round_weights",
+]
 
 POOL = 8  # candidates per planned sample: the most a category can be over-sampled
 PRIOR = 20.0  # pseudo-samples at the overall yield behind every measured yield
 ENDGAME = 0.5  # past this share of the target kept, a round plans only candidates selection would keep
+WIDEN = 8  # in the end game, a pool with fewer keepable candidates than a shard is drawn this much larger
 KEEP_BASE = 0.05  # share of the target mix kept in every round's mix (no weight reaches zero)
 _YIELD_FLOOR = 0.02  # over-sample a cell by at most 1 / this over a fully yielding one
 _STRATA = ("emotion", "ethnicity", "age_band", "gender")
@@ -197,23 +216,50 @@ def rake(
     return weights
 
 
-def choose_plan(
-    pool: pa.Table, weights: RoundWeights, units: tuple[int, ...], n: int, shard: int, seed: int
-) -> pa.Table:
-    """``n`` candidates of ``pool`` (see module docstring) as shard ``shard``'s plan."""
-    base = np.clip(np.asarray([weights.identities.get(i, 1.0) for i in pool["identity_id"].to_pylist()]), 0.1, 10.0)
-    categories = _categories(pool, units)
-    surplus = in_full(categories, weights.full, pool.num_rows)
+def held_back(pool: pa.Table, weights: RoundWeights, units: tuple[int, ...]) -> np.ndarray:
+    """Per candidate: would selection hold it back as surplus (a cell full on the prefix; in the
+    end game, any refusal), were it accepted with its planned labels?"""
+    surplus = in_full(_categories(pool, units), weights.full, pool.num_rows)
     if weights.prefix is not None:
         surplus |= refused(pool, units, *weights.prefix)
+    return surplus
+
+
+def choose_plan(
+    pool: pa.Table,
+    weights: RoundWeights,
+    units: tuple[int, ...],
+    n: int,
+    shard: int,
+    seed: int,
+    surplus: np.ndarray | None = None,
+) -> pa.Table:
+    """``n`` candidates of ``pool`` (see module docstring) as shard ``shard``'s plan
+    (``surplus``: :func:`held_back` of the pool, when the caller has it)."""
+    base = np.clip(np.asarray([weights.identities.get(i, 1.0) for i in pool["identity_id"].to_pylist()]), 0.1, 10.0)
+    categories = _categories(pool, units)
+    surplus = held_back(pool, weights, units) if surplus is None else surplus
     if not surplus.all():  # candidates selection would hold back as surplus are not planned
         base = np.where(surplus, 0.0, base)
     raked = rake(categories, weights.shares, base)
+    live = np.flatnonzero(raked > 0)
+    if weights.prefix is not None and 0 < live.size < n and not surplus.all():
+        # the end game with fewer keepable candidates than samples: each planned again, fresh seeds
+        rng = np.random.default_rng([seed, shard, 3])
+        chosen = np.sort(rng.choice(live, size=n, p=raked[live] / raked[live].sum()))
+        plan = pool.take(pa.array(chosen))
+        fresh = pa.array(rng.integers(0, 2**63 - 1, size=n, dtype=np.int64))
+        plan = plan.set_column(plan.schema.get_field_index("seed"), plan.schema.field("seed"), fresh)
+        return _renumbered(plan, shard, n)
     u = np.random.default_rng([seed, shard, 2]).random(pool.num_rows)
     with np.errstate(divide="ignore"):
         keys = np.where(raked > 0, np.log(u) / np.where(raked > 0, raked, 1.0), -np.inf)
     chosen = np.sort(np.argsort(-keys, kind="stable")[:n])
-    plan = pool.take(pa.array(chosen))
+    return _renumbered(pool.take(pa.array(chosen)), shard, n)
+
+
+def _renumbered(plan: pa.Table, shard: int, n: int) -> pa.Table:
+    """Chosen candidates as shard ``shard``'s samples: its keys, indexes and generated identities."""
     generated = np.asarray(plan["identity_match"].to_pylist()) == "generated"
     ids = [
         generated_identity_id(shard, i) if g else v

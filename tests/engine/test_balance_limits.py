@@ -20,7 +20,7 @@ from factory.recipe import recipe_from_dict
 from manifests.balance import BALANCE_SCHEMA, Tally, balance_path, refusal, sample_cells
 from manifests.balance_targets import BalanceTargets
 from manifests.bank import IdentityRecord
-from manifests.layout import RunLayout
+from manifests.layout import RunLayout, sample_key
 from manifests.schema import N_AUS
 from manifests.vocab import DISFA_AUS
 
@@ -116,8 +116,14 @@ def test_near_the_target_a_round_plans_what_selection_would_keep() -> None:
         refusal(sample_cells(r["planned_intensity"], r, targets.units), tally, targets) for r in pool.to_pylist()
     ]
     keepable = sum(r is None for r in in_pool)
-    assert 0 < keepable < pool.num_rows
-    assert sum(r is None for r in kept) == min(keepable, 20)  # every candidate it would keep comes first
+    assert 0 < keepable < 20 < pool.num_rows
+    # every planned sample is one selection would keep: with fewer of them in the pool than the
+    # shard's samples, some are planned again, each copy with a seed of its own
+    assert all(r is None for r in kept)
+    strata = ("emotion", "ethnicity", "age_band", "gender")  # a generated identity is renumbered per sample
+    labels = {(tuple(r["planned_intensity"]), *(r[k] for k in strata)) for r in plan.to_pylist()}
+    assert len(labels) <= keepable < 20 and len(set(plan["seed"].to_pylist())) == 20
+    assert plan["key"].to_pylist() == [sample_key(4, i) for i in range(20)]
 
 
 def test_status_shows_each_round_planned_and_delivered(tmp_path: Path) -> None:
