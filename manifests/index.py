@@ -214,9 +214,10 @@ def write_index(
         "failed_shards": {str(s): err for s, err in sorted(failed.items())},
         "near_duplicates": near_duplicates,  # identity banks: portraits left out as another's duplicate
         "balance_surplus": balance_surplus,  # [balance]: accepted samples held back (manifests.balance)
-        "short": short,  # [balance]: ended short of the target at the waste bound, and why
         "index_parquet": layout.index_parquet.name,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # [balance]: ended short of the target at the waste bound, and why (no key otherwise)
+        **({"short": short} if short else {}),
     }
     write_bytes_atomic(layout.index_json, json.dumps(index, indent=1, default=json_default).encode())
     write_card(layout.root)

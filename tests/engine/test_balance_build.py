@@ -4,11 +4,13 @@ bound it ends short of the target and says so (the closed-loop build test reache
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from factory.commands.report import render_report
 from factory.commands.status import run_status
 from factory.engine.build import build
 from factory.recipe import recipe_from_dict
@@ -53,6 +55,7 @@ def test_balanced_build_is_the_same_on_one_and_two_gpus_and_ends_short_at_twice_
     card = (tmp_path / "1" / "DATASET_CARD.md").read_text()
     assert "### Delivered balance ([balance] on)" in card and f"| held back by balance (surplus) | {surplus} |" in card
     assert f"Ended short of the target: {short}." in card
+    assert f"Ended short of the target: {html.escape(short)}." in render_report(tmp_path / "1", per_emotion=1)
     status = run_status(tmp_path / "1")
     assert status["complete"] and status["index"]["short"] == short
     balance = status["balance"]

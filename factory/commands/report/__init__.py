@@ -96,6 +96,8 @@ def render_report(run_dir: Path, *, per_emotion: int = 8) -> str:
         f"{kind} {html.escape(dataset.name)} in {html.escape(str(dataset.root))}: {data.accepted} accepted of "
         f"{data.planned} samples, {len(dataset.shards)} shards; index written {dataset.index.get('created_at')}."
     )
+    if dataset.index.get("short"):  # a balanced build ended short of its target at the waste bound
+        summary += f" Ended short of the target: {html.escape(str(dataset.index['short']))}."
     sections = [
         _section("au-occurrence", "AU occurrence", _img(plot_au_occurrence(data), "png", "plot", "AU occurrence")),
         _section("au-intensity", "AU intensity", _img(plot_intensity(data), "png", "plot", "AU intensity")),
