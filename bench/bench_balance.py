@@ -69,8 +69,8 @@ def acceptance(vectors: np.ndarray) -> np.ndarray:
 def bench_recipe(out: Path, target: int, *, closed: bool, shard_size: int = 500) -> Recipe:
     balance = {
         "enabled": True,
-        "round_shards": 8 if closed else 0,
-        "round_lag_shards": 4,
+        "round_shards": 16 if closed else 0,  # the recipe's default layout
+        "round_lag_shards": 8,
         "max_generated_per_accepted": 12.0,
     }
     return recipe_from_dict(
@@ -143,7 +143,7 @@ def main() -> str:
             met, cells = delivered_met(RunLayout(tmp, NAME), run["shards"], run["policy"])
             seconds = time.perf_counter() - t0
         ratio = run["generated"] / run["kept"]
-        name = "closed loop ([balance] on, rounds of 8 shards, lag 4)" if closed else "open loop + balanced selection"
+        name = "closed loop ([balance] on, rounds of 16 shards, lag 8)" if closed else "open loop + balanced selection"
         rows.append(
             f"| {name} | {run['generated']:,} | {run['kept']:,} | {ratio:.2f} | {met}/{cells} | {seconds:.0f} |"
         )

@@ -229,7 +229,7 @@ def _memory_rows(runs: list[dict[str, Any]]) -> list[str]:
 
 def closed_loop_rows(
     target: int = 10_000,
-    layouts: tuple[tuple[int, int], ...] = ((8, 4), (16, 8)),
+    layouts: tuple[tuple[int, int], ...] = ((16, 8), (8, 4)),
     open_loop: tuple[float, float, float] | None = None,
 ) -> str:
     """Engine efficiency at 8 logical GPUs and the driver's peak RSS with the closed loop off and

@@ -183,14 +183,14 @@ class BalanceSection(_Model):
         "infeasible, no longer chased (0.02: past 50 generated per delivered; 0: only a cell never accepted)",
     )
     round_shards: int = Field(
-        8,
+        16,
         ge=0,
         le=100_000,
         description="closed loop: shards per planning round, each round after the first planned from the "
         "yields measured on the committed shards; 0 plans every shard as the open loop does (selection only)",
     )
     round_lag_shards: int = Field(
-        4,
+        8,
         ge=0,
         le=100_000,
         description="round k+1 is planned once all but this many of round k's shards are committed; the "
