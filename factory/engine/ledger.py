@@ -13,13 +13,14 @@ into the index. Per shard, one state:
 
 The dataset never depends on timing: it is the *complete prefix*, the shortest run of
 shards from 0, in shard order, permanently failed shards skipped, whose counted samples
-reach the target. A kill loses only what was in flight: :meth:`Ledger.resume` rebuilds the
-ledger from what was committed (done shards' stats, failure records), and the complete
-prefix and the index selection follow from that alone.
+reach the target (or that ends where a policy ended the dataset short of it). A kill loses
+only what was in flight: :meth:`Ledger.resume` rebuilds the ledger from what was committed
+(done shards' stats, failure records), and the complete prefix and the index selection
+follow from that alone.
 
 Illegal transitions (starting a done shard, finishing a copy twice, a third copy) raise
 :class:`LedgerError`; the stop rules (``factory.engine.rules``) raise ``BuildError``. Policies
-change what counts, and hold back shards, through a declared hook (``factory.engine.policy``).
+change what counts, hold back shards and end the dataset through a declared hook (``policy``).
 """
 
 from __future__ import annotations
