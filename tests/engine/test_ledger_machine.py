@@ -1,6 +1,7 @@
 """The shard ledger under random event sequences (hypothesis stateful): start, backup, finish,
-fail, timeout, requeue, superseded and kill-and-resume, against a model of what was
-committed (the "disk": done shards' stats and failure records), checking its invariants."""
+fail, timeout, requeue, superseded, kill-and-resume and a policy that ends the dataset short
+(as the balance does at twice its waste bound), against a model of what was committed (the
+"disk": done shards' stats and failure records), checking its invariants."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from factory.engine.failures import BuildError
 from factory.engine.ledger import Copy, Ledger
+from factory.engine.policy import CommittedPrefix, PolicyDecision
 from factory.engine.rules import LedgerRules
 
 RULES = LedgerRules(
@@ -28,8 +30,11 @@ LIMIT = RULES.shard_limit()
 ERRORS = ("OSError: cannot read /bank/img{n}.jpg", "ValueError: bad shard {n}", "CUDA error")
 
 
-def _reference_prefix(done: dict[int, dict], failed: set[int]) -> tuple[list[int], int | None, int]:
-    """(committed prefix, last shard of the complete prefix or None, counted samples), by brute force."""
+def _reference_prefix(
+    done: dict[int, dict], failed: set[int], finish_at: int | None = None
+) -> tuple[list[int], int | None, int]:
+    """(committed prefix, last shard of the complete prefix or None, counted samples), by brute
+    force; ``finish_at``: where a policy ended the dataset short."""
     prefix, total, last = [], 0, None
     for shard in range(LIMIT + 1):
         if shard not in done and shard not in failed:
@@ -38,14 +43,31 @@ def _reference_prefix(done: dict[int, dict], failed: set[int]) -> tuple[list[int
             prefix.append(shard)
             if last is None:
                 total += done[shard]["accepted"]
-                last = shard if total >= RULES.target else None
+                last = shard if total >= RULES.target or shard == finish_at else None
     return prefix, last, total
 
 
+class _EndsAfter:
+    """A policy that ends the dataset at the ``n``-th shard of the committed prefix (a pure
+    function of the prefix, as the balance's waste bound is)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def finish_at(self, shards: tuple[int, ...]) -> int | None:
+        return shards[self.n - 1] if len(shards) >= self.n else None
+
+    def review(self, prefix: CommittedPrefix) -> PolicyDecision:
+        return PolicyDecision(finish_at=self.finish_at(prefix.shards))
+
+
 class LedgerMachine(RuleBasedStateMachine):
-    @initialize(accepted=st.lists(st.integers(0, 10), min_size=LIMIT, max_size=LIMIT))
-    def setup(self, accepted: list[int]) -> None:
+    @initialize(accepted=st.lists(st.integers(0, 10), min_size=LIMIT, max_size=LIMIT), ends_after=st.integers(1, LIMIT))
+    def setup(self, accepted: list[int], ends_after: int) -> None:
         self.accepted = accepted  # what each shard accepts whenever it commits: the world is fixed
+        self.policy = _EndsAfter(ends_after)
+        self.consulted = False  # the build consults its policy from its first dispatch on
+        self.finish_at: int | None = None  # what the ledger was last told
         self.ledger = Ledger(RULES)
         self.out: list[Copy] = []  # copies whose calls have not returned
         self.disk_done: dict[int, dict] = {}
@@ -129,8 +151,20 @@ class LedgerMachine(RuleBasedStateMachine):
             self._committed(copy.shard)
 
     @rule()
+    def consult_the_policy(self) -> None:
+        decision = self.ledger.consult(self.policy)
+        assert decision.finish_at == self.policy.finish_at(tuple(self.ledger.committed_prefix()))
+        self.consulted, self.finish_at = True, decision.finish_at
+        if decision.finish_at is not None:
+            assert not self.ledger.wants_more() or self.ledger.complete_prefix()[0] is not None
+
+    @rule()
     def kill_and_resume(self) -> None:
         resumed = Ledger.resume(RULES, self.disk_done, self.disk_failures)
+        if self.consulted:  # the build consults its policy on the resumed ledger before anything else;
+            # the killed one, consulted on the same committed prefix, decided the same
+            self.finish_at = self.ledger.consult(self.policy).finish_at
+            assert resumed.consult(self.policy).finish_at == self.finish_at
         assert resumed.complete_prefix() == self.ledger.complete_prefix()
         assert resumed.committed_prefix() == self.ledger.committed_prefix()
         for state in ("done", "failed", "surplus"):
@@ -158,7 +192,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def the_prefix_is_monotone_and_equals_a_brute_force_walk(self) -> None:
         failed = self._failed()
-        prefix, last, total = _reference_prefix(self.disk_done, failed)
+        prefix, last, total = _reference_prefix(self.disk_done, failed, self.finish_at)
         assert self.ledger.committed_prefix() == prefix
         assert self.ledger.complete_prefix() == (last, total)
         resolved = 0
