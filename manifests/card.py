@@ -26,7 +26,7 @@ import duckdb
 
 from manifests.atomic import write_text_atomic
 from manifests.balance import read_targets
-from manifests.balance_report import balance_report, delivered_cells
+from manifests.balance_report import balance_report, causes_from, delivered_cells, shard_manifests
 from manifests.bank import IdentityBankError, open_bank
 from manifests.dataset import DatasetRef, open_dataset
 from manifests.layout import shard_paths
@@ -251,6 +251,8 @@ def _delivered_section(dataset: DatasetRef) -> list[str]:
             "the waste bound; a cell given up during the build keeps the share its kept samples hold, the rest "
             f"of its share went to the other cells of its kind): {', '.join(sorted(targets.infeasible))}."
         )
+        causes = causes_from(shard_manifests(dataset.shards_dir, dataset.name, dataset.shards), targets)
+        lines += ["", *(f"- {cell}: {cause}" for cell, cause in causes.items()), ""]
     if targets.limits:
         limited = ", ".join(f"{cell} at most {share:.3f}" for cell, share in sorted(targets.limits.items()))
         lines.append(

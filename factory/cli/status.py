@@ -51,6 +51,8 @@ def status(
                 out.print(f"  [yellow]ended short of the target[/]: {ix['short']}", highlight=False)
         if s.get("balance"):
             out.print(_balance_table(s["balance"]))
+            for cell, cause in s["balance"].get("causes", {}).items():
+                out.print(f"  infeasible {cell}: {cause}", highlight=False)
         for r in s.get("rounds", []):
             out.print(_round_line(r), highlight=False)
         for w in s.get("workers", []):

@@ -22,7 +22,7 @@ from factory.engine.balance import balance_targets
 from factory.engine.rundir import RunDir, open_run
 from factory.recipe import RecipeError, recipe_from_dict
 from manifests.balance import read_surplus, read_targets
-from manifests.balance_report import balance_report, delivered_cells
+from manifests.balance_report import balance_report, causes_from, delivered_cells, shard_manifests
 from manifests.balance_targets import BalanceTargets
 from manifests.bank import open_bank
 from manifests.dataset import index_shards_dir, read_index
@@ -193,6 +193,8 @@ def delivered_balance(
         "samples": rows.num_rows,
         "met": all(r.met for r in report if not r.infeasible),
         "infeasible": sorted(targets.infeasible),
+        # why each is: the bank, or given up during the build (the stage and reason that dropped it)
+        "causes": causes_from(shard_manifests(shards_dir, run.dataset, shards), targets),
         "cells": [
             {
                 "cell": r.cell,

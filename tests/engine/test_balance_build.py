@@ -60,3 +60,8 @@ def test_balanced_build_is_the_same_on_one_and_two_gpus_and_ends_short_at_twice_
     assert status["complete"] and status["index"]["short"] == short
     balance = status["balance"]
     assert balance["samples"] == kept and {c["cell"] for c in balance["cells"]} >= {"AU12+", "emotion=fear"}
+    # the cells given up at the waste bound, each with why: planned, accepted (the stand-in drops none)
+    causes = balance["causes"]
+    assert set(causes) == set(balance["infeasible"]) and causes
+    assert any(c.startswith("given up during the build: ") and "100% accepted" in c for c in causes.values())
+    assert all(f"- {cell}: {cause}" in card for cell, cause in causes.items())

@@ -32,7 +32,11 @@ from factory.commands.report.plots import (
 )
 from factory.commands.report.sheets import ContactSheet, contact_sheets
 from manifests.atomic import write_text_atomic
+from manifests.balance import read_targets
+from manifests.balance_report import causes_from, shard_manifests
 from manifests.card import licence_verdict, read_provenance
+from manifests.dataset import DatasetRef
+from manifests.layout import shard_paths
 from manifests.store import location
 
 __all__ = ["build_report", "render_report"]
@@ -69,6 +73,21 @@ def _drops_table(data: ReportData, top: int = 12) -> str:
         for n, stage, reason in ranked[:top]
     )
     return f"<table><tr><th>stage</th><th>drop reason</th><th>samples</th></tr>{rows}</table>"
+
+
+def _infeasible_table(dataset: DatasetRef) -> str | None:
+    """A balanced build's infeasible cells and why each is (``manifests.balance_report``), or
+    None for an open-loop build or a subset."""
+    if not dataset.shards or dataset.subset is not None:
+        return None
+    targets = read_targets(shard_paths(dataset.shards_dir, dataset.name, dataset.shards[-1]))
+    if targets is None:
+        return None
+    causes = causes_from(shard_manifests(dataset.shards_dir, dataset.name, dataset.shards), targets)
+    if not causes:
+        return "<p>Every cell of the recipe was feasible.</p>"
+    rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{html.escape(why)}</td></tr>" for c, why in causes.items())
+    return f"<table><tr><th>infeasible cell</th><th>why</th></tr>{rows}</table>"
 
 
 def _sheets(sheets: dict[str, ContactSheet]) -> str:
@@ -110,6 +129,9 @@ def render_report(run_dir: Path, *, per_emotion: int = 8) -> str:
         ),
         _section("agreement", "Detector agreement", _img(plot_agreement(data), "png", "plot", "detector agreement")),
     ]
+    infeasible = _infeasible_table(dataset)
+    if infeasible is not None:
+        sections.append(_section("infeasible", "Infeasible cells ([balance])", infeasible))
     if data.exact_samples:
         sections.append(
             _section("fidelity", "Label fidelity (exact labels)", _img(plot_fidelity(data), "png", "plot", "fidelity"))
