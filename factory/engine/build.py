@@ -182,16 +182,8 @@ def build(
                 short = balance.short if balance is not None else None
                 recorded = run.failures()
                 failed = {s: recorded[s]["errors"][-1]["error"] for s in failed_shards}
-                pool.write_index(
-                    run.root,
-                    recipe.dataset.name,
-                    indexed,
-                    probe=probe,
-                    target=rules.target,
-                    surplus=surplus,
-                    failed=failed,
-                    short=short,
-                )
+                index = {"target": rules.target, "surplus": surplus, "failed": failed, "short": short}
+                pool.write_index(run.root, recipe.dataset.name, indexed, probe=probe, **index)
                 t_indexed = time.perf_counter()
         finally:
             progress.stop()
@@ -214,8 +206,5 @@ def build(
             stage_rates=progress.stage_rates(),
             short=short,
         )
-        write_text_atomic(
-            run.build_summary,
-            json.dumps(summary.__dict__, indent=2, default=str),
-        )
+        write_text_atomic(run.build_summary, json.dumps(summary.__dict__, indent=2, default=str))
         return summary

@@ -363,27 +363,16 @@ class Ledger:
 
     # -- policies -------------------------------------------------------------------------
     def consult(self, policy: PrefixPolicy) -> PolicyDecision:
-        """Show ``policy`` the committed prefix and apply its decision, checked: it may count
-        only shards of the prefix, each at most its accepted samples."""
+        """Show ``policy`` the committed prefix and apply its decision (``PolicyDecision.wrong_for``: checked)."""
         shards, resolved = tuple(self.committed_prefix()), len([*self._resolved()])
         stats = MappingProxyType({s: self.stats(s) for s in shards})
-        decision = policy.review(CommittedPrefix(shards, stats, self.rules.target, resolved))
-        for shard, n in decision.counted.items():
-            if shard not in stats or not 0 <= n <= int(stats[shard]["accepted"]):
-                raise LedgerError(f"a policy counted {n} samples of shard {shard}, outside the committed prefix")
-        if decision.more_shards < 0:
-            raise LedgerError("a policy asked for a negative number of shards")
-        if decision.send_below is not None and decision.send_below < resolved:
-            raise LedgerError(f"a policy held back shard {decision.send_below}, inside the resolved prefix")
-        if decision.finish_at is not None and decision.finish_at not in stats:
-            raise LedgerError(
-                f"a policy finished the dataset at shard {decision.finish_at}, outside the committed prefix"
-            )
+        decision = policy.review(prefix := CommittedPrefix(shards, stats, self.rules.target, resolved))
+        if (wrong := decision.wrong_for(prefix)) is not None:
+            raise LedgerError(wrong)
         for shard, n in decision.counted.items():
             self._shards[shard].counted = n
         self._more += decision.more_shards
-        self._send_below = decision.send_below
-        self._finish_at = decision.finish_at
+        self._send_below, self._finish_at = decision.send_below, decision.finish_at
         return decision
 
     # -- stop rules -----------------------------------------------------------------------

@@ -55,6 +55,19 @@ class PolicyDecision:
     send_below: int | None = None
     finish_at: int | None = None
 
+    def wrong_for(self, prefix: CommittedPrefix) -> str | None:
+        """What makes this decision illegal for ``prefix`` (the ledger refuses it), or None."""
+        for shard, n in self.counted.items():
+            if shard not in prefix.stats or not 0 <= n <= int(prefix.stats[shard]["accepted"]):
+                return f"a policy counted {n} samples of shard {shard}, outside the committed prefix"
+        if self.more_shards < 0:
+            return "a policy asked for a negative number of shards"
+        if self.send_below is not None and self.send_below < prefix.resolved:
+            return f"a policy held back shard {self.send_below}, inside the resolved prefix"
+        if self.finish_at is not None and self.finish_at not in prefix.stats:
+            return f"a policy finished the dataset at shard {self.finish_at}, outside the committed prefix"
+        return None
+
 
 class PrefixPolicy(Protocol):
     def review(self, prefix: CommittedPrefix) -> PolicyDecision:
