@@ -264,7 +264,10 @@ class BalancePolicy:
         size, weights = self.planner.recipe.dataset.shard_size, self.weights[r]
         pool = self.planner.pool(shard, POOL * size)
         surplus = held_back(pool, weights, self.base.units)
-        if weights.prefix is not None and (~surplus).sum() < size:  # the end game: widen the pool once
+        # the last shard's worth of slots, with too few keepable candidates: widen the pool once
+        # (only then: a pool WIDEN x larger costs seconds of driver time per shard)
+        last = weights.prefix is not None and self.base.target - weights.prefix[0].kept_total <= size
+        if last and (~surplus).sum() < size:
             pool = self.planner.pool(shard, WIDEN * POOL * size)
             surplus = held_back(pool, weights, self.base.units)
         return choose_plan(pool, weights, self.base.units, size, shard, self.planner.recipe.dataset.seed, surplus)

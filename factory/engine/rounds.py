@@ -34,9 +34,10 @@ samples. Every candidate is a plan the open-loop planner could make (its constra
 fit and folding hold).
 
 End game (past :data:`ENDGAME` of the target kept): a candidate selection would refuse is not
-planned at all. When fewer candidates than ``shard_size`` are left, the pool is drawn
-:data:`WIDEN` times larger (once), and if still too few are left the shard plans the ones left
-again, by weight with replacement, each copy with a fresh seed: a different render of the same
+planned at all. When fewer candidates than ``shard_size`` are left, the shard plans the ones
+left again, by weight with replacement, each copy with a fresh seed (for the last shard's worth
+of slots the pool is first drawn :data:`WIDEN` times larger, once; earlier that would cost
+seconds of driver time per shard): a different render of the same
 labels, another try at the rare combination the last slots need (on the demo the last 3 of 300
 slots took 600 generated samples when the other 49 of each shard's 50 were refused ones).
 """
