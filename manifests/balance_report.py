@@ -6,7 +6,6 @@ the rest). Cells as in :mod:`manifests.balance`."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import pyarrow as pa
 from manifests.balance import STRATA, intensity_vectors
 from manifests.balance_targets import BalanceTargets
 from manifests.layout import shard_paths
+from manifests.query import drop_code
 from manifests.store import open_parquet
 from manifests.vocab import DISFA_AUS
 
@@ -103,8 +103,8 @@ def _cell_mask(table: pa.Table, vectors: np.ndarray, cell: str) -> np.ndarray:
 
 @dataclass
 class DropTally:
-    """Per cell: samples planned in it, accepted, and the rest by (stage, reason with its
-    numbers left out), over the manifests added so far."""
+    """Per cell: samples planned in it, accepted, and the rest by (stage, drop code: the
+    reason with its values masked, ``manifests.query.drop_code``), over the manifests added so far."""
 
     planned: Counter[str] = field(default_factory=Counter)
     accepted: Counter[str] = field(default_factory=Counter)
@@ -121,7 +121,7 @@ class DropTally:
             self.accepted[cell] += int((mask & accepted).sum())
             counter = self.drops.setdefault(cell, Counter())
             for i in np.flatnonzero(mask & ~accepted):
-                counter[(stages[i] or "?", re.sub(r"\d+(\.\d+)?", "#", reasons[i] or ""))] += 1
+                counter[(stages[i] or "?", drop_code(reasons[i] or ""))] += 1
 
 
 def infeasible_causes(targets: BalanceTargets, drops: DropTally | None) -> dict[str, str]:
