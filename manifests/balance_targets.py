@@ -173,6 +173,10 @@ class BalanceTargets:
                     return short
         return None
 
+    def full(self, kept: Counter[str]) -> tuple[str, ...]:
+        """The cells at their cap after ``kept``: no further sample in them can be kept."""
+        return tuple(c for c in self.shares if (cap := self.cap(c, kept)) is not None and kept[c] >= cap)
+
     def full_cell(self, cells: Iterable[str], kept: Counter[str]) -> str | None:
         """The first of ``cells`` that one more kept sample would push over its cap."""
         for cell in cells:

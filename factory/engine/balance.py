@@ -200,11 +200,7 @@ class BalancePolicy:
         ``shard`` with the samples kept so far (the cells that were full are named: no sample
         the build made could be kept without passing one)."""
         kept, target = self.tally.kept_total, self.base.target
-        full = [
-            c
-            for c in self.targets.shares
-            if (cap := self.targets.cap(c, self.tally.kept)) is not None and self.tally.kept[c] >= cap
-        ]
+        full = self.targets.full(self.tally.kept)
         self.finish_at = shard
         self.short = (
             f"{target - kept} of {target} slots unfilled: {self.tally.generated:,} samples generated, twice the "

@@ -143,7 +143,7 @@ def round_weights(tally: Tally, targets: BalanceTargets) -> RoundWeights:
         identity: float((tally.identity_accepted[identity] + PRIOR * overall) / (n + PRIOR) / overall)
         for identity, n in sorted(tally.identity_planned.items())
     }
-    full = tuple(c for c in targets.shares if (cap := targets.cap(c, tally.kept)) is not None and tally.kept[c] >= cap)
+    full = targets.full(tally.kept)
     endgame = (copy.deepcopy(tally), targets) if tally.kept_total >= targets.target * ENDGAME else None
     return RoundWeights(shares, identities, full, endgame)
 
