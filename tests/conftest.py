@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.tiers import group_for_xdist, mark_slow_tests, refusing_slow_work
+from tests.tiers import group_for_xdist, mark_slow_tests, order_for_xdist, refusing_slow_work
 
 pytest_plugins = ["pytester"]
 
@@ -23,6 +23,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     mark_slow_tests(items)
     group_for_xdist(items, tag_node_ids=bool(getattr(config.option, "loadgroup", False)))
+    order_for_xdist(items)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The controller deals units in the collection's order (``tests.tiers.order_for_xdist``),
+    # not xdist's default of the units with most tests first.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 @pytest.hookimpl(wrapper=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiers import group_for_xdist, mark_slow_tests, refusing_slow_work, slow_kind_of
+from tests.tiers import group_for_xdist, mark_slow_tests, order_for_xdist, refusing_slow_work, slow_kind_of
 
 RAY = Path(sys.executable).parent / "site-packages" / "ray" / "core" / "src" / "ray"
 
@@ -139,3 +139,40 @@ def test_xdist_groups_a_shared_fixture_the_cluster_in_turns_a_fast_module_and_no
     assert items[6].nodeid.endswith("@demo_build") and items[7].nodeid.endswith("@mine")
     group_for_xdist(items, tag_node_ids=True)  # a second pass deals the same groups
     assert [m.args[0] for m in items[5].iter_markers("xdist_group")] == ["ray_cluster_1"]
+
+
+def test_xdist_deals_the_slow_groups_first_then_slow_tests_alone_then_fast_modules(
+    pytester: pytest.Pytester, request: pytest.FixtureRequest
+) -> None:
+    items = pytester.getitems(
+        """
+        import pytest
+
+        @pytest.fixture
+        def ray_cluster(): ...
+
+        def test_pure(): ...
+
+        @pytest.mark.slow
+        def test_slow_alone(): ...
+
+        def test_pure_too(): ...
+
+        def test_on_ray(ray_cluster): ...
+
+        @pytest.mark.slow
+        def test_slow_alone_too(): ...
+        """
+    )
+    mark_slow_tests(items)
+    group_for_xdist(items)
+    order_for_xdist(items)
+    assert [item.name for item in items] == [
+        "test_on_ray",
+        "test_slow_alone",
+        "test_slow_alone_too",
+        "test_pure",
+        "test_pure_too",
+    ]
+    # and the controller keeps that order (tests/conftest.py), not xdist's most-tests-first
+    assert request.config.option.loadscopereorder is False

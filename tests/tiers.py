@@ -110,6 +110,22 @@ def group_for_xdist(items: Sequence[pytest.Item], *, tag_node_ids: bool = False)
             item._id = coerce_node_id(f"{item.nodeid}@{group}")  # type: ignore[attr-defined]
 
 
+def order_for_xdist(items: list[pytest.Item]) -> None:
+    """Sort ``items`` (stably) into the order the xdist controller deals work in: first the slow
+    groups (a shared fixture, the shared cluster: the longest units), then the other slow tests,
+    then the fast modules. The controller hands a worker its next unit as it finishes one, so the
+    longest first leaves short ones to even out the two workers' ends (longest-processing-time
+    first). xdist's own order (``--loadscope-reorder``: most tests per unit first) dealt the
+    single slow tests, child builds of 20-30 s, last: a worker ran them alone at the end."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow") is None:
+            return 2
+        return 0 if item.get_closest_marker("xdist_group") is not None else 1
+
+    items.sort(key=rank)
+
+
 def slow_kind_of(args: Any) -> str | None:
     """Which slow kind a child process's argv starts, if any."""
     argv = [os.fspath(a) for a in ([args] if isinstance(args, str | bytes | os.PathLike) else args)]
