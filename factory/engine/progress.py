@@ -14,26 +14,32 @@ __all__ = ["BuildProgress"]
 
 
 class BuildProgress:
-    """accepted / target, samples/s per stage, ETA; quiet mode prints one line per shard."""
+    """counted / target, samples/s per stage, ETA; quiet mode prints one line per shard.
+
+    The count is of the samples that count toward the target: accepted ones, or with
+    ``selects`` (a closed-loop balance or an identity bank's dedup) the ones the policy kept,
+    which is what the build stops at; a selecting build accepts more than it keeps."""
 
     def __init__(self, target: int, *, quiet: bool = False) -> None:
         self.target = target
+        self.counts = "accepted"
         self.quiet = quiet or not sys.stderr.isatty()
         self.console = Console(stderr=True)
         self.seconds: dict[str, float] = defaultdict(float)
         self.samples: dict[str, int] = defaultdict(int)
-        self.accepted = 0
+        self.counted = 0
         self.t0 = time.perf_counter()
         self._progress: Progress | None = None
         self._task: Any = None
 
-    def start(self, accepted: int, done: dict[int, Any]) -> None:
-        self.accepted = accepted
+    def start(self, counted: int, done: dict[int, Any], *, selects: bool = False) -> None:
+        self.counted = counted
+        self.counts = "kept" if selects else "accepted"
         if self.quiet:
-            self.console.print(f"build: {len(done)} shards already done, {accepted}/{self.target} accepted")
+            self.console.print(f"build: {len(done)} shards already done, {counted}/{self.target} {self.counts}")
             return
         self._progress = Progress(
-            TextColumn("[bold]accepted"),
+            TextColumn(f"[bold]{self.counts}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
@@ -41,7 +47,7 @@ class BuildProgress:
             console=self.console,
             transient=False,
         )
-        self._task = self._progress.add_task("", total=self.target, completed=min(accepted, self.target))
+        self._task = self._progress.add_task("", total=self.target, completed=min(counted, self.target))
         self._progress.start()
 
     def stage_rates(self) -> dict[str, float]:
@@ -51,8 +57,9 @@ class BuildProgress:
     def _rates_text(self) -> str:
         return " ".join(f"{k} {v:.1f}/s" for k, v in self.stage_rates().items())
 
-    def shard_done(self, stats: dict[str, Any]) -> None:
-        self.accepted += int(stats["accepted"])
+    def shard_done(self, stats: dict[str, Any], counted: int) -> None:
+        """A shard committed: ``stats`` its stats, ``counted`` the build's count after it."""
+        self.counted = counted
         for k, v in stats.get("stage_seconds", {}).items():
             self.seconds[k] += float(v)
         for k, v in stats.get("stage_samples", {}).items():
@@ -60,10 +67,16 @@ class BuildProgress:
         if self.quiet:
             self.console.print(
                 f"shard {stats.get('shard')}: {stats['accepted']}/{stats['planned']} accepted; "
-                f"total {self.accepted}/{self.target}; {self._rates_text()}"
+                f"total {counted}/{self.target} {self.counts}; {self._rates_text()}"
             )
         elif self._progress is not None:
-            self._progress.update(self._task, completed=min(self.accepted, self.target), description=self._rates_text())
+            self._progress.update(self._task, completed=min(counted, self.target), description=self._rates_text())
+
+    def count(self, counted: int) -> None:
+        """A policy decided shards: the build's count is now ``counted``."""
+        self.counted = counted
+        if self._progress is not None:
+            self._progress.update(self._task, completed=min(counted, self.target))
 
     def note(self, message: str) -> None:
         self.console.print(message)

@@ -92,6 +92,7 @@ class Runner:
         # Workers restarting (after a timeout, or a death Ray restarts), since when: no shard goes
         # to one until it answers a progress call (its models loaded), or shard_timeout_s passed.
         self.restarting: dict[int, float] = {}
+        self.committed: list[tuple[Copy, dict[str, Any]]] = []  # committed, not reported yet
 
     # -- the loop -------------------------------------------------------------------------
     def run_until_complete(self) -> int:
@@ -111,7 +112,7 @@ class Runner:
                     f"in the committed prefix; failed shards: {self.ledger.shards('failed')}. "
                     f"Run `factory retry {self.run.root}` after fixing the cause."
                 )
-            self._collect()
+            self.collect()
             self._poll()
             self.expire(time.monotonic())
             self._write_status()
@@ -153,7 +154,7 @@ class Runner:
         self.flights[ref] = Flight(copy, described, now, now)
 
     # -- outcomes -------------------------------------------------------------------------
-    def _collect(self) -> None:
+    def collect(self) -> None:
         """Wait up to a poll interval for finished shard calls and record each outcome."""
         finished = wait_any(self.flights, timeout=self.poll_every)
         for ref in ready(self.flights) if finished else []:
@@ -162,9 +163,21 @@ class Runner:
             except TaskFailed as exc:
                 outcome = exc
             self.on_result(ref, outcome, time.monotonic())
-        if self.policy is not None:
-            self.ledger.consult(self.policy)
+        decided = self.ledger.consult(self.policy).counted if self.policy is not None else {}
+        if self.committed or decided:
+            self.report_commits()
         self.progress.refresh()
+
+    def report_commits(self) -> None:
+        """Tell the progress the shards committed since the last call, with the build's count
+        after the policy saw them (a balance that keeps 40 of a shard's 50 says 40, not 50)."""
+        counted = self.counted()
+        self.progress.count(counted)
+        for copy, stats in self.committed:
+            self.progress.shard_done(stats, counted)
+            if copy.backup:
+                self.progress.note(f"shard {copy.shard}: the backup copy on worker {copy.worker} committed first")
+        self.committed.clear()
 
     def on_result(self, ref: Ref, outcome: dict[str, Any] | TaskFailed, now: float) -> None:
         """A shard call returned: its stats, a superseded copy's note, or its failure."""
@@ -192,10 +205,13 @@ class Runner:
 
     def _committed(self, copy: Copy, stats: dict[str, Any]) -> None:
         self.run.clear_failure(copy.shard)
-        self.progress.shard_done(stats)
-        if copy.backup:
-            self.progress.note(f"shard {copy.shard}: the backup copy on worker {copy.worker} committed first")
+        self.committed.append((copy, stats))  # reported once the policy saw it (report_commits)
         self.ledger.check_floor()
+
+    def counted(self) -> int:
+        """The samples of the done shards that count toward the target: a policy's count where
+        it decided one (kept by balance, distinct by dedup), else its accepted samples."""
+        return sum(self.ledger.counted(s) for s in self.ledger.shards("done"))
 
     def _superseded(self, flight: Flight, now: float) -> None:
         """A copy found its shard committed by another one; count it if nobody else will."""

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+import factory.engine.runner as runner_module
 from cluster.actors import TaskFailed
 from factory.engine.ledger import Ledger
+from factory.engine.policy import CommittedPrefix, PolicyDecision
 from factory.engine.progress import BuildProgress
 from factory.engine.rules import LedgerRules
 from factory.engine.rundir import RunDir
@@ -180,3 +182,29 @@ def test_a_lost_worker_is_restarting_so_its_other_calls_cost_no_attempt(tmp_path
     assert [runner.ledger.attempts(s) for s in shards] == [1, 0]
     runner.dispatch(1.2)
     assert runner.ledger.load(0) == 0  # nothing sent to it until it answers
+
+
+class _KeepsHalf:
+    """A selecting policy (as balance and dedup are): half of each shard's accepted samples count."""
+
+    def review(self, prefix: CommittedPrefix) -> PolicyDecision:
+        return PolicyDecision(counted={s: int(prefix.stats[s]["accepted"]) // 2 for s in prefix.shards})
+
+
+def test_progress_counts_what_a_policy_keeps_once_it_saw_the_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = _runner(tmp_path, target=40, workers=2)
+    runner.policy = _KeepsHalf()
+    runner.progress.start(0, {}, selects=True)
+    runner.dispatch(0.0)
+    finished: dict[Any, dict[str, Any]] = {}  # the FakePool's refs whose calls returned, and their stats
+    monkeypatch.setattr(runner_module, "wait_any", lambda refs, timeout: list(finished))
+    monkeypatch.setattr(runner_module, "ready", lambda refs: [r for r in refs if r in finished])
+    monkeypatch.setattr(runner_module, "result", lambda ref: finished.pop(ref))
+    for shard in (0, 1):
+        finished[runner.pool.refs[shard]] = {"shard": shard, "planned": 10, "accepted": 10 - shard, "drop_reasons": {}}
+    runner.collect()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("shard")]
+    assert lines == ["shard 0: 10/10 accepted; total 9/40 kept; ", "shard 1: 9/10 accepted; total 9/40 kept; "]
+    assert runner.progress.counted == runner.counted() == 5 + 4
