@@ -84,7 +84,7 @@ from stages.faces.geometry import (
     canonical_frame,
     similarity_fit,
 )
-from stages.faces.landmarks import dlib_model_files
+from stages.faces.landmarks import dlib_model_files, landmarks_for_box
 
 __all__ = [
     "DEFAULT_SIGNATURES",
@@ -300,9 +300,13 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
     scale = "probability"
     intensity_vocabulary = tuple(f"AU{au}" for au in DISFA_AUS)
     preprocessing = (
-        "68 iBUG landmarks from the face stage; similarity-normalised on stable points against "
-        "the identity exemplar's landmarks, IOD units; population mode without an exemplar"
+        "68 iBUG landmarks from the face stage (dlib's in its face box when it gives 5 keypoints); "
+        "similarity-normalised on stable points against the identity exemplar's landmarks, IOD units; "
+        "population mode without an exemplar"
     )
+    # A face stage of 5 keypoints (SCRFD, mifa-1m's) writes no 68 landmarks: the detector places
+    # dlib's in the face box it wrote, or it would abstain on every sample of such a build.
+    optional_reads = MeasuringDetector.optional_reads | {"face_box"}
     # Reads the 300-W mean shape from the 68-point model file and the face stage's 68 landmarks.
     licence = f"{THIS_CODE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}"
 
@@ -353,11 +357,23 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
                 return ref, "exemplar"
         return None, "population"
 
-    def features(self, record: Record) -> np.ndarray | None:
-        """The displacement ``FEATURES`` of one record against its exemplar (``None``
-        without landmarks, or in population mode)."""
-        cfg = self.config
+    def landmarks(self, record: Record) -> np.ndarray | None:
+        """The record's 68 landmarks: the face stage's, else dlib's in the face stage's box
+        (a stage that gives 5 keypoints), else ``None``."""
         landmarks = record.get("landmarks")
+        if landmarks is not None:
+            return np.asarray(landmarks)
+        image, box = record.get("image"), record.get("face_box")
+        if image is None or box is None:
+            return None
+        x0, y0, x1, y1 = (float(v) for v in box)
+        return landmarks_for_box(image, (x0, y0, x1, y1))
+
+    def features(self, record: Record, landmarks: np.ndarray | None = None) -> np.ndarray | None:
+        """The displacement ``FEATURES`` of one record against its exemplar (``None``
+        without landmarks, or in population mode); ``landmarks``: the record's, if known."""
+        cfg = self.config
+        landmarks = self.landmarks(record) if landmarks is None else landmarks
         ref, _ = self.reference(record)
         if landmarks is None or ref is None:
             return None
@@ -370,10 +386,10 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
     def measure(self, record: Record) -> np.ndarray:
         """0-5 intensity per DISFA AU for one record, NaN when it has no landmarks (and, in
         population mode, for the AUs that mode does not measure)."""
-        landmarks = record.get("landmarks")
+        landmarks = self.landmarks(record)
         if landmarks is None:
             return np.full(len(DISFA_AUS), np.nan)
-        features = self.features(record)
+        features = self.features(record, landmarks)
         if features is None:
             return population_intensities(landmarks)
         return np.clip(intensities_from_features(features, self._signatures) + self.own(record), 0.0, INTENSITY_MAX)

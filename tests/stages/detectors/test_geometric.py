@@ -168,6 +168,31 @@ def _measure(det: GeometricAUDetector, image: np.ndarray) -> dict[int, float]:
     return {au: vote["intensity"][AU_INDEX[au]] for au in DISFA_AUS}
 
 
+def test_a_face_stage_of_5_keypoints_gets_dlibs_68_in_its_box(population_detector: GeometricAUDetector) -> None:
+    """SCRFD (mifa-1m's face stage) writes a box and 5 keypoints, no 68 landmarks: the detector
+    places dlib's in that box and reads what it reads from the face stage's own landmarks. The
+    box here is dlib's widened a fifth up to the hairline and a tenth on each side, as SCRFD's
+    boxes are."""
+    from stages.faces.landmarks import detect_faces
+
+    image = astronaut()
+    face = detect_faces(image)[0]
+    x0, y0, x1, y1 = face.box
+    width, height = x1 - x0, y1 - y0
+    box = [x0 - 0.1 * width, y0 - 0.2 * height, x1 + 0.1 * width, y1]
+    with_landmarks = _measure(population_detector, image)
+    rec = {"key": "p", "identity_id": "unknown", "image": image, "face_box": box, "landmarks5": np.zeros((5, 2))}
+    population_detector.process([rec])
+    from_box = rec["detector_votes"]["geometric"]["intensity"]
+    assert from_box[AU_INDEX[12]] >= 1 and from_box[AU_INDEX[25]] >= 2 and from_box[AU_INDEX[4]] < 0.5
+    measured = [au for au in DISFA_AUS if with_landmarks[au] is not None]
+    assert [au for au in DISFA_AUS if from_box[AU_INDEX[au]] is not None] == measured
+    assert max(abs(from_box[AU_INDEX[au]] - with_landmarks[au]) for au in measured) < 0.75
+    no_box = {"key": "q", "identity_id": "unknown", "image": image, "landmarks5": np.zeros((5, 2))}
+    population_detector.process([no_box])
+    assert no_box["detector_votes"]["geometric"]["intensity"] == [None] * 12  # nothing to place them in
+
+
 def test_posed_photos_in_population_mode(population_detector: GeometricAUDetector) -> None:
     smiles = [
         _measure(population_detector, pyfeat_image(POSED["happiness"])),
