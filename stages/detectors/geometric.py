@@ -3,11 +3,12 @@
 Measurement, per sample:
 
 1. Reference shape: the 68 landmarks of the sample's identity exemplar (detected once per
-   identity and cached). Without a bank, with ``use_identity_exemplar = false``, or when the exemplar shows no
-   face, the detector measures in **population mode** instead
-   (:mod:`stages.detectors.population`: AUs 4, 12, 15, 25, 26 from features that are
-   near-universal in neutral faces, NaN for the rest), not against an average shape:
-   absolute landmark positions mix identity with expression.
+   identity and cached). Without a bank, with ``use_identity_exemplar = false``, or when the
+   exemplar shows no face, the detector measures in **population mode** instead
+   (:mod:`stages.detectors.population`: AUs 4, 12, 15, 25, 26 from features that are near-universal
+   in neutral faces, NaN for the rest), not against an average shape: absolute landmark
+   positions mix identity with expression. The sample's own 68 are the face stage's, or dlib's
+   in its face box when it gives 5 keypoints (SCRFD).
 2. Normalisation: the reference is put in a canonical frame (eye centres on a horizontal
    line, mid-eye at the origin, inter-ocular distance 1, y pointing **up**); the sample's
    landmarks are mapped onto it by the least-squares similarity transform (Umeyama) fitted
@@ -300,12 +301,9 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
     scale = "probability"
     intensity_vocabulary = tuple(f"AU{au}" for au in DISFA_AUS)
     preprocessing = (
-        "68 iBUG landmarks from the face stage (dlib's in its face box when it gives 5 keypoints); "
-        "similarity-normalised on stable points against the identity exemplar's landmarks, IOD units; "
-        "population mode without an exemplar"
+        "68 iBUG landmarks from the face stage, or dlib's in its face box; similarity-normalised on stable "
+        "points against the identity exemplar's landmarks, IOD units; population mode without an exemplar"
     )
-    # A face stage of 5 keypoints (SCRFD, mifa-1m's) writes no 68 landmarks: the detector places
-    # dlib's in the face box it wrote, or it would abstain on every sample of such a build.
     optional_reads = MeasuringDetector.optional_reads | {"face_box"}
     # Reads the 300-W mean shape from the 68-point model file and the face stage's 68 landmarks.
     licence = f"{THIS_CODE}; {DLIB_HOG_LICENCE}; {DLIB_68_LICENCE}"
@@ -358,20 +356,13 @@ class GeometricAUDetector(MeasuringDetector[GeometricConfig]):
         return None, "population"
 
     def landmarks(self, record: Record) -> np.ndarray | None:
-        """The record's 68 landmarks: the face stage's, else dlib's in the face stage's box
-        (a stage that gives 5 keypoints), else ``None``."""
-        landmarks = record.get("landmarks")
-        if landmarks is not None:
-            return np.asarray(landmarks)
-        image, box = record.get("image"), record.get("face_box")
-        if image is None or box is None:
-            return None
-        x0, y0, x1, y1 = (float(v) for v in box)
-        return landmarks_for_box(image, (x0, y0, x1, y1))
+        """The face stage's 68 landmarks, else dlib's in its face box (SCRFD's 5 keypoints), else None."""
+        if (landmarks := record.get("landmarks")) is not None or (box := record.get("face_box")) is None:
+            return landmarks
+        return landmarks_for_box(record["image"], (float(box[0]), float(box[1]), float(box[2]), float(box[3])))
 
     def features(self, record: Record, landmarks: np.ndarray | None = None) -> np.ndarray | None:
-        """The displacement ``FEATURES`` of one record against its exemplar (``None``
-        without landmarks, or in population mode); ``landmarks``: the record's, if known."""
+        """A record's ``FEATURES`` against its exemplar; None without landmarks or in population mode."""
         cfg = self.config
         landmarks = self.landmarks(record) if landmarks is None else landmarks
         ref, _ = self.reference(record)
