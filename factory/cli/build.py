@@ -62,10 +62,14 @@ def _run_build(r: Recipe, *, local_gpus: int | None, quiet: bool, retry_failed: 
     # Its errors (a bad --out, a failed build, a full disk...) reach the CLI's error edge,
     # which prints them and exits 2 for input to fix, 1 for a failed build.
     summary = run_build(r, local_gpus=local_gpus, quiet=quiet, retry_failed=retry_failed)
+    counted = (
+        f"{summary.accepted} accepted of"
+        if summary.selected_from is None
+        else f"{summary.accepted} kept of {summary.selected_from} accepted,"
+    )
     out.print(
-        f"[bold green]dataset[/] {summary.run_dir}: {summary.accepted} accepted of "
-        f"{summary.planned_samples} generated (target {summary.target}) in {len(summary.indexed_shards)} "
-        f"shards, {summary.seconds:.0f} s"
+        f"[bold green]dataset[/] {summary.run_dir}: {counted} {summary.planned_samples} generated "
+        f"(target {summary.target}) in {len(summary.indexed_shards)} shards, {summary.seconds:.0f} s"
     )
     if summary.stage_rates:
         out.print("per-stage samples/s: " + ", ".join(f"{k} {v:.1f}" for k, v in summary.stage_rates.items()))

@@ -50,6 +50,8 @@ class BuildSummary:
     run_seconds: float  # from workers ready to index written (what throughput is measured on)
     stage_rates: dict[str, float] = field(default_factory=dict)
     short: str | None = None  # a balanced build ended short of the target at its waste bound: why
+    # A policy (closed-loop balance, identity dedup) chose ``accepted`` among these accepted samples.
+    selected_from: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -205,6 +207,7 @@ def build(
             run_seconds=t_indexed - t_run,  # not the worker and cluster teardown after it
             stage_rates=progress.stage_rates(),
             short=short,
+            selected_from=None if policy is None else sum(int(ledger.stats(s)["accepted"]) for s in indexed),
         )
         write_text_atomic(run.build_summary, json.dumps(summary.__dict__, indent=2, default=str))
         return summary

@@ -52,6 +52,7 @@ def test_balanced_build_is_the_same_on_one_and_two_gpus_and_ends_short_at_twice_
         assert not held & set(index["key"].to_pylist())  # the surplus is not indexed ...
         assert held <= set(pq.read_table(a.parquet)["key"].to_pylist())  # ... and stays in its shard
     assert surplus > 0
+    assert summaries[1].selected_from == kept + surplus == 60  # the stand-in drops none: all 60 accepted
     card = (tmp_path / "1" / "DATASET_CARD.md").read_text()
     assert "### Delivered balance ([balance] on)" in card and f"| held back by balance (surplus) | {surplus} |" in card
     assert f"Ended short of the target: {short}." in card

@@ -38,7 +38,7 @@ def test_fineface_build_writes_valid_shards(ray_cluster, tmp_path: Path) -> None
     )
     doc["generator"] = generator  # replaces the stand-in section whole
     summary = build(recipe_from_dict(doc), quiet=True)
-    assert summary.accepted >= 6
+    assert summary.accepted >= 6 and summary.selected_from is None  # open loop: no policy chose among them
     status = run_status(tmp_path / "out", verify=True)
     assert status["problems"] == [] and status["complete"]
     rows = pq.read_table(tmp_path / "out" / "shards" / "t-000000.parquet").to_pylist()
