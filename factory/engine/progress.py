@@ -65,9 +65,10 @@ class BuildProgress:
         for k, v in stats.get("stage_samples", {}).items():
             self.samples[k] += int(v)
         if self.quiet:
+            rates = self._rates_text()
             self.console.print(
                 f"shard {stats.get('shard')}: {stats['accepted']}/{stats['planned']} accepted; "
-                f"total {counted}/{self.target} {self.counts}; {self._rates_text()}"
+                f"total {counted}/{self.target} {self.counts}" + (f"; {rates}" if rates else "")
             )
         elif self._progress is not None:
             self._progress.update(self._task, completed=min(counted, self.target), description=self._rates_text())

@@ -206,5 +206,5 @@ def test_progress_counts_what_a_policy_keeps_once_it_saw_the_shard(
         finished[runner.pool.refs[shard]] = {"shard": shard, "planned": 10, "accepted": 10 - shard, "drop_reasons": {}}
     runner.collect()
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("shard")]
-    assert lines == ["shard 0: 10/10 accepted; total 9/40 kept; ", "shard 1: 9/10 accepted; total 9/40 kept; "]
+    assert lines == ["shard 0: 10/10 accepted; total 9/40 kept", "shard 1: 9/10 accepted; total 9/40 kept"]
     assert runner.progress.counted == runner.counted() == 5 + 4
