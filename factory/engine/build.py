@@ -176,10 +176,10 @@ def build(
                 policy = dedup or balance
                 if policy is not None:
                     ledger.consult(policy)  # a resumed build: decide (or read back) the shards already done
-                done = {s: ledger.stats(s) for s in ledger.shards("done")}
-                progress.start(sum(ledger.counted(s) for s in done), done, selects=policy is not None)
                 plans = balance if balance is not None and dedup is None else planner  # closed-loop rounds
-                Runner(ledger, pool, run, plans, progress, recipe.engine, policy).run_until_complete()
+                runner = Runner(ledger, pool, run, plans, progress, recipe.engine, policy)
+                progress.start(runner.counted(), ledger.shards("done"), selects=policy is not None)
+                runner.run_until_complete()
                 indexed, surplus, failed_shards = ledger.outcome()
                 short = balance.short if balance is not None else None
                 recorded = run.failures()

@@ -32,7 +32,7 @@ class BuildProgress:
         self._progress: Progress | None = None
         self._task: Any = None
 
-    def start(self, counted: int, done: dict[int, Any], *, selects: bool = False) -> None:
+    def start(self, counted: int, done: list[int], *, selects: bool = False) -> None:
         self.counted = counted
         self.counts = "kept" if selects else "accepted"
         if self.quiet:
@@ -57,9 +57,8 @@ class BuildProgress:
     def _rates_text(self) -> str:
         return " ".join(f"{k} {v:.1f}/s" for k, v in self.stage_rates().items())
 
-    def shard_done(self, stats: dict[str, Any], counted: int) -> None:
-        """A shard committed: ``stats`` its stats, ``counted`` the build's count after it."""
-        self.counted = counted
+    def shard_done(self, stats: dict[str, Any]) -> None:
+        """A shard committed with ``stats`` (the build's count is set by :meth:`count` first)."""
         for k, v in stats.get("stage_seconds", {}).items():
             self.seconds[k] += float(v)
         for k, v in stats.get("stage_samples", {}).items():
@@ -68,13 +67,13 @@ class BuildProgress:
             rates = self._rates_text()
             self.console.print(
                 f"shard {stats.get('shard')}: {stats['accepted']}/{stats['planned']} accepted; "
-                f"total {counted}/{self.target} {self.counts}" + (f"; {rates}" if rates else "")
+                f"total {self.counted}/{self.target} {self.counts}" + (f"; {rates}" if rates else "")
             )
         elif self._progress is not None:
-            self._progress.update(self._task, completed=min(counted, self.target), description=self._rates_text())
+            self._progress.update(self._task, description=self._rates_text())
 
     def count(self, counted: int) -> None:
-        """A policy decided shards: the build's count is now ``counted``."""
+        """Shards committed or a policy decided some: the build's count is now ``counted``."""
         self.counted = counted
         if self._progress is not None:
             self._progress.update(self._task, completed=min(counted, self.target))

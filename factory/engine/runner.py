@@ -171,10 +171,9 @@ class Runner:
     def report_commits(self) -> None:
         """Tell the progress the shards committed since the last call, with the build's count
         after the policy saw them (a balance that keeps 40 of a shard's 50 says 40, not 50)."""
-        counted = self.counted()
-        self.progress.count(counted)
+        self.progress.count(self.counted())
         for copy, stats in self.committed:
-            self.progress.shard_done(stats, counted)
+            self.progress.shard_done(stats)
             if copy.backup:
                 self.progress.note(f"shard {copy.shard}: the backup copy on worker {copy.worker} committed first")
         self.committed.clear()

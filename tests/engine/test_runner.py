@@ -196,7 +196,7 @@ def test_progress_counts_what_a_policy_keeps_once_it_saw_the_shard(
 ) -> None:
     runner = _runner(tmp_path, target=40, workers=2)
     runner.policy = _KeepsHalf()
-    runner.progress.start(0, {}, selects=True)
+    runner.progress.start(0, [], selects=True)
     runner.dispatch(0.0)
     finished: dict[Any, dict[str, Any]] = {}  # the FakePool's refs whose calls returned, and their stats
     monkeypatch.setattr(runner_module, "wait_any", lambda refs, timeout: list(finished))
